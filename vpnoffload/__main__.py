@@ -1,0 +1,3 @@
+from vpnoffload.cli import main
+
+main()

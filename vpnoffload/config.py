@@ -1,0 +1,372 @@
+"""Load, validate and edit the one TOML config file.
+
+Validation is total: :func:`parse` either returns a :class:`~vpnoffload.model.Config`
+or raises :class:`ConfigError` naming the field (``services.blog.listen``) and
+the problem. The CLI edits the file with tomlkit so the user's comments stay,
+and every edit is validated as a whole before it is written atomically.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Callable
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from vpnoffload.errors import ConfigError, NotSetUpError
+from vpnoffload.model import Check, Config, Home, Service, Tunnel, Vps, Watch
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+HTTP_PATH_RE = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*$")
+INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+
+DEFAULT_SUBNET = "10.88.0.0/24"
+DEFAULT_PORT = 1194
+DEFAULT_PROTO = "udp"
+
+_KEYS: dict[str, set[str]] = {
+    "": {"vps", "tunnel", "homes", "services", "watch"},
+    "vps": {"address", "interface"},
+    "tunnel": {"subnet", "port", "proto"},
+    "home": {"address"},
+    "service": {"listen", "target", "proto", "check", "hostname"},
+    "watch": {"interval", "timeout", "fall", "rise"},
+}
+
+
+# ---------------------------------------------------------------- primitives
+# Each takes the raw value and the dotted field name, and raises ConfigError.
+
+
+def check_name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ConfigError(
+            f"{value!r} is not a valid name: use 1-32 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit",
+            field=field,
+        )
+    return value
+
+
+def check_port(value: Any, field: str) -> int:
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise ConfigError(f"{value!r} is not a port number (1-65535)", field=field)
+    return value
+
+
+def check_proto(value: Any, field: str) -> str:
+    if value not in ("tcp", "udp"):
+        raise ConfigError(f"{value!r} is not a protocol: use 'tcp' or 'udp'", field=field)
+    return value
+
+
+def check_address(value: Any, field: str) -> IPv4Address:
+    try:
+        addr = ipaddress.ip_address(value) if isinstance(value, str) else None
+    except ValueError:
+        addr = None
+    if addr is None:
+        raise ConfigError(f"{value!r} is not an IPv4 address", field=field)
+    if not isinstance(addr, IPv4Address):
+        raise ConfigError(f"{value!r} is an IPv6 address; only IPv4 is supported yet", field=field)
+    if addr.is_loopback or addr.is_multicast or addr.is_unspecified or addr == IPv4Address("255.255.255.255"):
+        raise ConfigError(f"{value} cannot be used here (loopback, multicast or unspecified)", field=field)
+    return addr
+
+
+def check_subnet(value: Any, field: str) -> IPv4Network:
+    if not isinstance(value, str):
+        raise ConfigError(f"{value!r} is not a CIDR subnet like 10.88.0.0/24", field=field)
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            fixed = ipaddress.ip_network(value, strict=False)
+            raise ConfigError(f"{value} has host bits set; did you mean {fixed}?", field=field) from None
+        raise ConfigError(f"{value!r} is not a CIDR subnet like 10.88.0.0/24", field=field) from None
+    if not isinstance(net, IPv4Network):
+        raise ConfigError(f"{value} is IPv6; the tunnel subnet must be IPv4", field=field)
+    if net.prefixlen > 29 or net.prefixlen < 8:
+        raise ConfigError(f"{value} must have a prefix length between /8 and /29", field=field)
+    return net
+
+
+def check_hostname(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not HOSTNAME_RE.match(value.lower()):
+        raise ConfigError(f"{value!r} is not a fully qualified host name like blog.example.org", field=field)
+    return value.lower()
+
+
+def check_check(value: Any, field: str) -> Check:
+    if value == "tcp":
+        return Check("tcp")
+    if isinstance(value, str) and value.startswith("http:"):
+        path = value[5:] or "/"
+        if HTTP_PATH_RE.match(path):
+            return Check("http", path)
+    raise ConfigError(f"{value!r} is not a check: use 'tcp' or 'http:/path'", field=field)
+
+
+def _number(value: Any, field: str, *, integer: bool, minimum: float, maximum: float) -> Any:
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not minimum <= value <= maximum:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{value!r} must be {kind} from {minimum:g} to {maximum:g}", field=field)
+    return value
+
+
+def parse_listen(value: Any, vps_address: IPv4Address, field: str) -> tuple[IPv4Address, int]:
+    """'80' or '203.0.113.10:80' -> (address, port); a bare port means the VPS address."""
+    text = str(value) if isinstance(value, (int, str)) else None
+    if text is None or not text:
+        raise ConfigError(f"{value!r} is not [ADDRESS:]PORT", field=field)
+    if ":" in text:
+        host, _, port = text.rpartition(":")
+        return check_address(host, field), check_port(port, field)
+    return vps_address, check_port(text, field)
+
+
+def parse_target(value: Any, homes: dict[str, Home], field: str) -> tuple[str, int]:
+    """'8080' or 'home:8080' -> (home name, port); a bare port means the first home."""
+    text = str(value) if isinstance(value, (int, str)) else ""
+    if ":" in text:
+        name, _, port = text.rpartition(":")
+        check_name(name, field)
+        if name not in homes:
+            known = ", ".join(homes) or "none"
+            raise ConfigError(f"unknown home box {name!r} (known: {known})", field=field)
+        return name, check_port(port, field)
+    if not text:
+        raise ConfigError(f"{value!r} is not [HOME:]PORT", field=field)
+    return next(iter(homes)), check_port(text, field)
+
+
+# ---------------------------------------------------------------- the whole file
+
+
+def _table(data: dict[str, Any], key: str, field: str, *, required: bool = True) -> dict[str, Any]:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise ConfigError("missing section", field=field)
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError("must be a table", field=field)
+    return value
+
+
+def _no_unknown(data: dict[str, Any], kind: str, field: str) -> None:
+    for key in data:
+        if key not in _KEYS[kind]:
+            where = f"[{field}]" if field else "the top level"
+            allowed = ", ".join(sorted(_KEYS[kind]))
+            raise ConfigError(f"unknown key {key!r} in {where} (allowed: {allowed})", field=f"{field}.{key}".strip("."))
+
+
+def parse(data: dict[str, Any]) -> Config:
+    """Validate a parsed TOML document as a whole and build the Config."""
+    _no_unknown(data, "", "")
+    vps = _parse_vps(_table(data, "vps", "vps"))
+    tunnel = _parse_tunnel(_table(data, "tunnel", "tunnel", required=False), vps)
+    homes = _parse_homes(_table(data, "homes", "homes", required=False), tunnel)
+    services = _parse_services(_table(data, "services", "services", required=False), vps, tunnel, homes)
+    watch = _parse_watch(_table(data, "watch", "watch", required=False))
+    return Config(vps=vps, tunnel=tunnel, homes=homes, services=services, watch=watch)
+
+
+def _parse_vps(raw: dict[str, Any]) -> Vps:
+    _no_unknown(raw, "vps", "vps")
+    if "address" not in raw:
+        raise ConfigError("missing (the VPS's public IPv4 address)", field="vps.address")
+    address = check_address(raw["address"], "vps.address")
+    interface = raw.get("interface")
+    if interface is not None and (not isinstance(interface, str) or not INTERFACE_RE.match(interface)):
+        raise ConfigError(f"{interface!r} is not an interface name", field="vps.interface")
+    return Vps(address=address, interface=interface)
+
+
+def _parse_tunnel(raw: dict[str, Any], vps: Vps) -> Tunnel:
+    _no_unknown(raw, "tunnel", "tunnel")
+    subnet = check_subnet(raw.get("subnet", DEFAULT_SUBNET), "tunnel.subnet")
+    if vps.address in subnet:
+        raise ConfigError(f"{subnet} contains the VPS address {vps.address}; pick another subnet", field="tunnel.subnet")
+    port = check_port(raw.get("port", DEFAULT_PORT), "tunnel.port")
+    proto = check_proto(raw.get("proto", DEFAULT_PROTO), "tunnel.proto")
+    return Tunnel(subnet=subnet, port=port, proto=proto)  # type: ignore[arg-type]
+
+
+def _parse_homes(raw: dict[str, Any], tunnel: Tunnel) -> dict[str, Home]:
+    if not raw:
+        raise ConfigError("at least one home box is needed", field="homes")
+    homes: dict[str, Home] = {}
+    seen: dict[IPv4Address, str] = {}
+    for name, body in raw.items():
+        field = f"homes.{name}"
+        check_name(name, field)
+        if not isinstance(body, dict):
+            raise ConfigError("must be a table", field=field)
+        _no_unknown(body, "home", field)
+        address = check_address(body.get("address", ""), f"{field}.address")
+        usable = address in tunnel.subnet and address not in (tunnel.subnet.network_address, tunnel.subnet.broadcast_address)
+        if not usable:
+            raise ConfigError(f"{address} is not a host address in the tunnel subnet {tunnel.subnet}", field=f"{field}.address")
+        if address == tunnel.server_address:
+            raise ConfigError(f"{address} is the VPS's own tunnel address", field=f"{field}.address")
+        if address in seen:
+            raise ConfigError(f"{address} is already used by home {seen[address]!r}", field=f"{field}.address")
+        seen[address] = name
+        homes[name] = Home(name=name, address=address)
+    return homes
+
+
+def _parse_services(raw: dict[str, Any], vps: Vps, tunnel: Tunnel, homes: dict[str, Home]) -> dict[str, Service]:
+    services: dict[str, Service] = {}
+    listens: dict[tuple[IPv4Address, int, str], str] = {}
+    for name, body in raw.items():
+        field = f"services.{name}"
+        check_name(name, field)
+        if not isinstance(body, dict):
+            raise ConfigError("must be a table", field=field)
+        _no_unknown(body, "service", field)
+        svc = _parse_service(name, body, field, vps, homes)
+        if svc.listen_address in tunnel.subnet:
+            raise ConfigError(f"{svc.listen_address} is inside the tunnel subnet {tunnel.subnet}", field=f"{field}.listen")
+        if svc.listen_address == vps.address and svc.listen_port == tunnel.port and svc.proto == tunnel.proto:
+            raise ConfigError(f"port {svc.listen_port}/{svc.proto} is the tunnel's own port", field=f"{field}.listen")
+        key = (svc.listen_address, svc.listen_port, svc.proto)
+        if key in listens:
+            raise ConfigError(f"{svc.listen}/{svc.proto} is already used by service {listens[key]!r}", field=f"{field}.listen")
+        listens[key] = name
+        services[name] = svc
+    return services
+
+
+def _parse_service(name: str, body: dict[str, Any], field: str, vps: Vps, homes: dict[str, Home]) -> Service:
+    for required in ("listen", "target"):
+        if required not in body:
+            raise ConfigError("missing", field=f"{field}.{required}")
+    address, port = parse_listen(body["listen"], vps.address, f"{field}.listen")
+    home, target_port = parse_target(body["target"], homes, f"{field}.target")
+    proto = check_proto(body.get("proto", "tcp"), f"{field}.proto")
+    check = check_check(body.get("check", "tcp"), f"{field}.check")
+    if check.kind == "http" and proto != "tcp":
+        raise ConfigError("an http check needs proto 'tcp'", field=f"{field}.check")
+    hostname = body.get("hostname")
+    if hostname is not None:
+        hostname = check_hostname(hostname, f"{field}.hostname")
+    return Service(
+        name=name, listen_address=address, listen_port=port, home=home, target_port=target_port,
+        proto=proto, check=check, hostname=hostname,  # type: ignore[arg-type]
+    )
+
+
+def _parse_watch(raw: dict[str, Any]) -> Watch:
+    _no_unknown(raw, "watch", "watch")
+    base = Watch()
+    return Watch(
+        interval=_number(raw.get("interval", base.interval), "watch.interval", integer=False, minimum=0.1, maximum=3600),
+        timeout=_number(raw.get("timeout", base.timeout), "watch.timeout", integer=False, minimum=0.1, maximum=300),
+        fall=_number(raw.get("fall", base.fall), "watch.fall", integer=True, minimum=1, maximum=100),
+        rise=_number(raw.get("rise", base.rise), "watch.rise", integer=True, minimum=1, maximum=100),
+    )
+
+
+# ---------------------------------------------------------------- files
+
+
+def parse_text(text: str, source: str = "config") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", field=source) from None
+    return parse(data)
+
+
+def load(path: Path) -> Config:
+    """Read and validate the config file; NotSetUpError when it does not exist."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NotSetUpError(f"no config file at {path}; run 'vpnoffload init' first (or pass -c)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", field=str(path)) from None
+    return parse_text(text, str(path))
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write via a temp file in the same directory and rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def edit(path: Path, change: Callable[[Any], None]) -> Config:
+    """Apply ``change`` to the tomlkit document, validate the result whole, then write it.
+
+    The file stays untouched when the current file or the result is invalid.
+    """
+    import tomlkit
+
+    load(path)  # the file as it is must be valid before we touch it
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    change(doc)
+    text = tomlkit.dumps(doc)
+    config = parse_text(text, str(path))
+    write_atomic(path, text, mode=path.stat().st_mode & 0o777)
+    return config
+
+
+def initial_text(vps_address: str, subnet: str, port: int, proto: str, home: str) -> str:
+    """The config ``init`` writes, with comments that explain each field."""
+    import tomlkit
+
+    net = check_subnet(subnet, "--tunnel-subnet")
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("vpnoffload configuration. Edit by hand or with 'vpnoffload service add'."))
+    doc.add(tomlkit.nl())
+    vps = tomlkit.table()
+    vps.add(tomlkit.comment("The VPS's public IPv4 address; services listen here unless they name another."))
+    vps.add("address", vps_address)
+    doc.add("vps", vps)
+    tunnel = tomlkit.table()
+    tunnel.add(tomlkit.comment("The OpenVPN tunnel between the VPS (first address of the subnet) and the home boxes."))
+    tunnel.add("subnet", str(net))
+    tunnel.add("port", port)
+    tunnel.add("proto", proto)
+    doc.add("tunnel", tunnel)
+    homes = tomlkit.table(is_super_table=True)
+    home_table = tomlkit.table()
+    home_table.add("address", str(net.network_address + 2))
+    homes.add(home, home_table)
+    doc.add("homes", homes)
+    doc.add("services", tomlkit.table(is_super_table=True))
+    return tomlkit.dumps(doc)
+
+
+def next_home_address(config: Config) -> IPv4Address:
+    """The lowest free host address in the tunnel subnet for a new home box."""
+    used = {config.tunnel.server_address} | {h.address for h in config.homes.values()}
+    for host in config.tunnel.subnet.hosts():
+        if host not in used:
+            return host
+    raise ConfigError(f"the tunnel subnet {config.tunnel.subnet} is full", field="tunnel.subnet")

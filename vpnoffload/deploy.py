@@ -1,0 +1,326 @@
+"""``up`` and ``down`` on each end: compose the backends' plans into one plan.
+
+Every step is computed first (validation, desired state, what the system has),
+so bad input changes nothing; :func:`vpnoffload.plan.apply` then runs the plan
+and rolls back on failure. A second ``up`` finds nothing to do, and ``down``
+removes only what vpnoffload owns or recorded adding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import filecmp
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vpnoffload import record as record_mod
+from vpnoffload import users
+from vpnoffload.errors import BackendError, NotSetUpError
+from vpnoffload.model import Config
+from vpnoffload.paths import Paths
+from vpnoffload.plan import Action
+
+#: How long ``up home`` waits for the tunnel to connect before giving up (and rolling back).
+CONNECT_TIMEOUT = 30.0
+SERVER_READY_TIMEOUT = 15.0
+
+
+@dataclass
+class Backends:
+    """The OS layer, injectable so unit tests run the real planning on fakes."""
+
+    firewall: Any
+    routing: Any
+    proc_root: Path = Path("/proc/sys")
+    users: Any = users
+    tunnel_factory: Callable[..., Any] | None = None
+
+    @classmethod
+    def real(cls) -> "Backends":
+        from vpnoffload.firewall import IptcBackend
+        from vpnoffload.routing import Pyroute2Backend
+
+        return cls(firewall=IptcBackend(), routing=Pyroute2Backend())
+
+
+# ------------------------------------------------------------------ locking
+
+
+@contextlib.contextmanager
+def exclusive(paths: Paths, timeout: float = 10.0) -> Iterator[None]:
+    """One vpnoffload run at a time per state dir: two `up`s must never interleave."""
+    paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    raise BackendError(f"another vpnoffload run holds {paths.lock}; try again when it is done") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _tunnel(backends: Backends, name: str, conf: Path, workdir: Path, paths: Paths) -> Any:
+    if backends.tunnel_factory is not None:
+        return backends.tunnel_factory(name=name, config=conf, workdir=workdir, run_dir=paths.run)
+    from vpnoffload.tunnel import DaemonTunnel
+
+    return DaemonTunnel(name=name, config=conf, workdir=workdir, run_dir=paths.run)
+
+
+def _record_path(paths: Paths, end: str) -> Path:
+    return paths.run / f"{end}.json"
+
+
+def _save_record_action(path: Path, rec: record_mod.Record) -> Action:
+    before = path.read_bytes() if path.exists() else None
+
+    def undo() -> None:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(before)
+
+    return Action(f"remember what was changed in {path}", lambda: record_mod.save(path, rec), undo)
+
+
+def _user_actions(backends: Backends, rec: record_mod.Record) -> list[Action]:
+    if backends.users.exists(users.RUN_AS):
+        return []
+
+    def do() -> None:
+        backends.users.create(users.RUN_AS)
+        rec.created_user = users.RUN_AS
+
+    def undo() -> None:
+        backends.users.delete(users.RUN_AS)
+        rec.created_user = None
+
+    return [Action(f"create system user {users.RUN_AS} for OpenVPN to drop privileges to", do, undo)]
+
+
+def _sysctl_actions(desired: dict[str, str], backends: Backends, rec: record_mod.Record) -> list[Action]:
+    from vpnoffload import sysctl
+
+    actions, previous = sysctl.plan_sysctls(desired, proc_root=backends.proc_root)
+    if actions:
+        rec.merge_sysctl(previous)
+    return actions
+
+
+# ------------------------------------------------------------------ VPS
+
+
+@dataclass
+class VpsPlan:
+    actions: list[Action] = field(default_factory=list)
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    if not b.is_dir():
+        return False
+    cmp = filecmp.dircmp(a, b)
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)
+    return not mismatch and not errors and all(_same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+def _server_config_actions(config: Config, paths: Paths, tunnel: Any) -> list[Action]:
+    """Render into a scratch dir; install (and restart OpenVPN) only when something changed."""
+    from vpnoffload import pki as pki_mod
+    from vpnoffload import render
+
+    pki = pki_mod.Pki.open(paths.pki)
+    paths.state.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".server.", dir=paths.state))
+    render.render_vps(config, pki, scratch, status_path=paths.run / "openvpn-server.status", run_as=users.RUN_AS)
+    target = paths.server_dir
+    backup = paths.state / ".server.old"
+    if _same_tree(scratch, target):
+        shutil.rmtree(scratch)
+        if tunnel.running():
+            return []
+        return [_start_action(tunnel, "start OpenVPN server", SERVER_READY_TIMEOUT)]
+
+    def install() -> None:
+        shutil.rmtree(backup, ignore_errors=True)
+        if target.exists():
+            target.rename(backup)
+        scratch.rename(target)
+
+    def restore() -> None:
+        shutil.rmtree(target, ignore_errors=True)
+        if backup.exists():
+            backup.rename(target)
+
+    summary = f"install OpenVPN server config in {target}"
+    if not tunnel.running():
+        return [Action(summary, install, restore), _start_action(tunnel, "start OpenVPN server", SERVER_READY_TIMEOUT)]
+
+    def install_and_restart() -> None:
+        install()
+        tunnel.stop()
+        tunnel.start()
+        tunnel.wait_ready(SERVER_READY_TIMEOUT)
+
+    def restore_and_restart() -> None:
+        restore()
+        tunnel.stop()
+        tunnel.start()
+
+    return [Action(summary + " and restart OpenVPN", install_and_restart, restore_and_restart)]
+
+
+def _start_action(tunnel: Any, summary: str, timeout: float) -> Action:
+    def do() -> None:
+        tunnel.start()
+        tunnel.wait_ready(timeout)
+
+    return Action(summary, do, tunnel.stop)
+
+
+def server_tunnel(paths: Paths, backends: Backends) -> Any:
+    return _tunnel(backends, "server", paths.server_dir / "server.conf", paths.server_dir, paths)
+
+
+def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action]:
+    from vpnoffload import firewall, routing
+
+    rec_path = _record_path(paths, "vps")
+    rec = record_mod.load(rec_path)
+    before = record_mod.Record(**vars(rec)).__dict__.copy()
+    actions: list[Action] = []
+    actions += _user_actions(backends, rec)
+    # Filter rules go in before forwarding is switched on, so no window is unfiltered.
+    actions += firewall.plan(backends.firewall, firewall.vps_ruleset(config))
+    interface = config.vps.interface or backends.routing.find_interface(config.vps.address)
+    for act in routing.plan_addresses(backends.routing, config, interface):
+        actions.append(act)
+        for addr in getattr(act, "added", ()):  # type: ignore[attr-defined]
+            rec.add_address(interface, addr)
+    actions += _sysctl_actions({"net.ipv4.ip_forward": "1"}, backends, rec)
+    actions += _server_config_actions(config, paths, server_tunnel(paths, backends))
+    if actions and rec.__dict__ != before:
+        actions.append(_save_record_action(rec_path, rec))
+    return actions
+
+
+def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
+    """Undo `up vps`. Needs no valid config: only owned names and the record."""
+    from vpnoffload import firewall, routing, sysctl
+
+    rec_path = _record_path(paths, "vps")
+    rec = record_mod.load(rec_path)
+    actions: list[Action] = []
+    tunnel = server_tunnel(paths, backends)
+    if tunnel.running():
+        actions.append(Action("stop OpenVPN server", tunnel.stop, None))
+    actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
+    actions += routing.plan_remove_addresses(backends.routing, [tuple(a) for a in rec.addresses])
+    actions += firewall.plan(backends.firewall, firewall.empty_ruleset())
+    if rec.created_user and backends.users.exists(rec.created_user):
+        name = rec.created_user
+        actions.append(Action(f"delete system user {name} (created by up)", lambda: backends.users.delete(name), None))
+    if rec_path.exists():
+        actions.append(Action(f"forget {rec_path}", lambda: rec_path.unlink(missing_ok=True), None))
+    return actions
+
+
+# ------------------------------------------------------------------ home
+
+
+def home_tunnel(paths: Paths, backends: Backends, home: str, profile: Path) -> Any:
+    return _tunnel(backends, f"home-{home}", profile.absolute(), profile.absolute().parent, paths)
+
+
+def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, profile: Path) -> list[Action]:
+    from vpnoffload import firewall, routing
+
+    if not profile.is_file():
+        raise NotSetUpError(f"no client profile at {profile}: copy the one 'vpnoffload render home' wrote on the VPS (or pass --profile)")
+    rec_path = _record_path(paths, f"home-{home}")
+    rec = record_mod.load(rec_path)
+    before = dict(vars(rec))
+    actions: list[Action] = []
+    # Accept only the configured ports on the tunnel before the tunnel exists.
+    actions += firewall.plan(backends.firewall, firewall.home_ruleset(config, home))
+    actions += _user_actions(backends, rec)
+    tunnel = home_tunnel(paths, backends, home, profile)
+    desired = routing.home_routing(config, home)
+    device = config.tunnel.device
+    if tunnel.running() and backends.routing.has_device(device):
+        actions += routing.plan_routing(backends.routing, desired)
+        actions += _sysctl_actions({f"net.ipv4.conf.{device}.rp_filter": "2"}, backends, rec)
+    else:
+        actions.append(_start_action(tunnel, f"start OpenVPN client for {home} and wait until connected", CONNECT_TIMEOUT))
+        actions.append(_deferred_routing(backends, config, home, desired, rec))
+    if actions and vars(rec) != before:
+        actions.append(_save_record_action(rec_path, rec))
+    return actions
+
+
+def _deferred_routing(backends: Backends, config: Config, home: str, desired: Any, rec: record_mod.Record) -> Action:
+    """Routing needs the tun device, which exists only once OpenVPN connected: plan it then."""
+    from vpnoffload import plan as plan_mod
+    from vpnoffload import routing
+
+    device = config.tunnel.device
+    address = config.homes[home].address
+
+    def do() -> None:
+        backends.routing.wait_for_address(device, address, timeout=CONNECT_TIMEOUT)
+        inner = routing.plan_routing(backends.routing, desired)
+        inner += _sysctl_actions({f"net.ipv4.conf.{device}.rp_filter": "2"}, backends, rec)
+        plan_mod.apply(inner)
+
+    def undo() -> None:
+        plan_mod.apply(routing.plan_routing_down(backends.routing))
+
+    return Action(f"policy routing: {routing.describe(desired)}; loose rp_filter on {device}", do, undo)
+
+
+def plan_down_home(paths: Paths, backends: Backends, home: str, profile: Path) -> list[Action]:
+    from vpnoffload import firewall, routing, sysctl
+
+    rec_path = _record_path(paths, f"home-{home}")
+    rec = record_mod.load(rec_path)
+    actions: list[Action] = []
+    actions += routing.plan_routing_down(backends.routing)
+    tunnel = home_tunnel(paths, backends, home, profile)
+    if tunnel.running():
+        actions.append(Action(f"stop OpenVPN client for {home}", tunnel.stop, None))
+    # The tun device (and its rp_filter) is gone with OpenVPN; restore only what still exists.
+    actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
+    actions += firewall.plan(backends.firewall, firewall.empty_ruleset())
+    if rec.created_user and backends.users.exists(rec.created_user):
+        name = rec.created_user
+        actions.append(Action(f"delete system user {name} (created by up)", lambda: backends.users.delete(name), None))
+    if rec_path.exists():
+        actions.append(Action(f"forget {rec_path}", lambda: rec_path.unlink(missing_ok=True), None))
+    return actions
+
+
+def cleanup_scratch(paths: Paths) -> None:
+    """Remove render scratch dirs left by a dry run or a failed plan."""
+    if paths.state.is_dir():
+        for leftover in paths.state.glob(".server.*"):
+            if leftover.name != ".server.old":
+                shutil.rmtree(leftover, ignore_errors=True)

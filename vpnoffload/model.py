@@ -1,0 +1,115 @@
+"""The validated, immutable description of a deployment.
+
+``config`` parses and checks a TOML file into these types; every other module
+reads only these types, so nothing downstream re-validates or guesses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Literal
+
+Proto = Literal["tcp", "udp"]
+
+#: Name of the tun device on both ends; fixed so firewall and routing know it.
+TUNNEL_DEVICE = "vpnoffload0"
+#: Chain-name prefix of every iptables chain vpnoffload owns.
+CHAIN_PREFIX = "VPNOFFLOAD"
+#: Routing table and rule priority vpnoffload owns on the home box.
+ROUTE_TABLE = 7701
+RULE_PRIORITY = 7701
+
+
+@dataclass(frozen=True)
+class Check:
+    """How the watchdog decides a service is alive: a TCP connect or an HTTP GET."""
+
+    kind: Literal["tcp", "http"] = "tcp"
+    path: str = "/"
+
+    def __str__(self) -> str:
+        return "tcp" if self.kind == "tcp" else f"http:{self.path}"
+
+
+@dataclass(frozen=True)
+class Service:
+    """One offloaded port: visitors reach ``listen``; home serves ``target_port``."""
+
+    name: str
+    listen_address: IPv4Address
+    listen_port: int
+    home: str
+    target_port: int
+    proto: Proto = "tcp"
+    check: Check = field(default_factory=Check)
+    hostname: str | None = None
+
+    @property
+    def listen(self) -> str:
+        return f"{self.listen_address}:{self.listen_port}"
+
+    @property
+    def target(self) -> str:
+        return f"{self.home}:{self.target_port}"
+
+
+@dataclass(frozen=True)
+class Home:
+    """A home box: an OpenVPN client with a fixed address inside the tunnel."""
+
+    name: str
+    address: IPv4Address
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    subnet: IPv4Network
+    port: int = 1194
+    proto: Proto = "udp"
+    device: str = TUNNEL_DEVICE
+
+    @property
+    def server_address(self) -> IPv4Address:
+        """The VPS's own address inside the tunnel: the subnet's first host."""
+        return self.subnet.network_address + 1
+
+
+@dataclass(frozen=True)
+class Vps:
+    address: IPv4Address
+    interface: str | None = None  # found from the address when not given
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Health-check timing. Defaults aim at: outage shown within 3 s, recovery within 5 s."""
+
+    interval: float = 1.0
+    timeout: float = 1.0
+    fall: int = 2
+    rise: int = 2
+
+
+@dataclass(frozen=True)
+class Config:
+    vps: Vps
+    tunnel: Tunnel
+    homes: dict[str, Home]  # insertion-ordered; the first is the default home
+    services: dict[str, Service] = field(default_factory=dict)
+    watch: Watch = field(default_factory=Watch)
+
+    @property
+    def default_home(self) -> Home:
+        return next(iter(self.homes.values()))
+
+    def services_of(self, home: str) -> list[Service]:
+        return [s for s in self.services.values() if s.home == home]
+
+    def dedicated_addresses(self) -> list[IPv4Address]:
+        """Listen addresses other than the VPS's own, which ``up vps`` must add."""
+        seen: dict[IPv4Address, None] = {}
+        for svc in self.services.values():
+            if svc.listen_address != self.vps.address:
+                seen[svc.listen_address] = None
+        return list(seen)

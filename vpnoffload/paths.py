@@ -1,0 +1,51 @@
+"""Where vpnoffload keeps its files. Every path derives from two roots.
+
+The config file is given by ``-c`` (or ``VPNOFFLOAD_CONFIG``); generated state
+lives in ``state/`` beside it unless ``--state-dir`` says otherwise. Nothing
+else on disk is written, so tests run entirely in a temp directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CONFIG = Path("/etc/vpnoffload/vpnoffload.toml")
+CONFIG_ENV = "VPNOFFLOAD_CONFIG"
+STATE_ENV = "VPNOFFLOAD_STATE_DIR"
+
+
+@dataclass(frozen=True)
+class Paths:
+    config: Path
+    state: Path
+
+    @classmethod
+    def resolve(cls, config: Path | None = None, state: Path | None = None) -> "Paths":
+        cfg = Path(config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).absolute()
+        st = state or os.environ.get(STATE_ENV) or cfg.parent / "state"
+        return cls(config=cfg, state=Path(st).absolute())
+
+    @property
+    def pki(self) -> Path:
+        """CA, certificates, keys, CRL. Directory 0700; private keys 0600."""
+        return self.state / "pki"
+
+    @property
+    def server_dir(self) -> Path:
+        """The rendered OpenVPN server config that ``up vps`` runs."""
+        return self.state / "server"
+
+    @property
+    def run(self) -> Path:
+        """Pidfiles, logs, what ``up`` changed (so ``down`` can undo it), locks."""
+        return self.state / "run"
+
+    @property
+    def lock(self) -> Path:
+        return self.run / "lock"
+
+    def profile(self, home: str) -> Path:
+        """Where ``up home`` looks for the client profile when ``--profile`` is not given."""
+        return self.state / f"{home}.ovpn"

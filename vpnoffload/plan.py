@@ -1,0 +1,80 @@
+"""Plans as data, and the one place that applies them with rollback.
+
+A backend compares the desired state with what it reads back from the system
+and returns a list of :class:`Action`. ``--dry-run`` prints the summaries;
+:func:`apply` runs them in order and, when one fails (or the user presses
+Ctrl-C), runs the undo of every action already done, newest first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from vpnoffload.errors import ApplyError, VpnOffloadError
+
+log = logging.getLogger(__name__)
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Action:
+    """One change to the system.
+
+    ``summary`` is the human line shown by ``--dry-run`` and in errors; it is
+    also what unit tests compare, so keep it stable and free of secrets.
+    ``undo`` restores exactly what ``do`` changed (``None``: nothing to undo,
+    e.g. a read-only wait).
+    """
+
+    summary: str
+    do: Callable[[], None]
+    undo: Callable[[], None] | None = None
+
+    def __str__(self) -> str:
+        return self.summary
+
+
+def summaries(actions: Iterable[Action]) -> list[str]:
+    return [a.summary for a in actions]
+
+
+def apply(actions: Sequence[Action]) -> None:
+    """Run ``actions`` in order; on any failure undo the done ones and raise ApplyError."""
+    done: list[Action] = []
+    for action in actions:
+        try:
+            log.info("%s", action.summary)
+            action.do()
+        except VpnOffloadError as exc:
+            _rollback(done)
+            raise ApplyError(f"{action.summary} failed: {exc}; {_rolled(done)}") from exc
+        except OSError as exc:
+            _rollback(done)
+            reason = exc.strerror or str(exc)
+            raise ApplyError(f"{action.summary} failed: {reason}; {_rolled(done)}") from exc
+        except BaseException:
+            # Ctrl-C or a bug: still leave the system as we found it.
+            _rollback(done)
+            raise
+        done.append(action)
+
+
+def _rolled(done: Sequence[Action]) -> str:
+    n = sum(1 for a in done if a.undo is not None)
+    return f"rolled back {n} earlier change(s)" if n else "nothing else had been changed"
+
+
+def _rollback(done: Sequence[Action]) -> None:
+    for action in reversed(done):
+        if action.undo is None:
+            continue
+        try:
+            action.undo()
+        except (VpnOffloadError, OSError) as exc:
+            # Keep unwinding: one stuck undo must not strand the others.
+            log.error("could not undo %r: %s", action.summary, exc)

@@ -1,0 +1,55 @@
+"""What ``up`` changed that cannot be read back from the system later.
+
+Firewall chains and routing tables are recognised by their owned names, but an
+old sysctl value, an address we added, or a system user we created must be
+remembered so ``down`` restores exactly that and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vpnoffload.config import write_atomic
+from vpnoffload.errors import ConfigError
+
+
+@dataclass
+class Record:
+    sysctl: dict[str, str] = field(default_factory=dict)  # key -> value before the first up
+    addresses: list[list[str]] = field(default_factory=list)  # [interface, "a.b.c.d/32"] we added
+    created_user: str | None = None
+
+    def merge_sysctl(self, previous: dict[str, str]) -> None:
+        # Keep the oldest value: a second `up` must not record our own setting as "previous".
+        for key, value in previous.items():
+            self.sysctl.setdefault(key, value)
+
+    def add_address(self, interface: str, address: str) -> None:
+        if [interface, address] not in self.addresses:
+            self.addresses.append([interface, address])
+
+    def empty(self) -> bool:
+        return not (self.sysctl or self.addresses or self.created_user)
+
+
+def load(path: Path) -> Record:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return Record()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read state file: {exc}", field=str(path)) from None
+    return Record(
+        sysctl=dict(data.get("sysctl", {})),
+        addresses=[list(a) for a in data.get("addresses", [])],
+        created_user=data.get("created_user"),
+    )
+
+
+def save(path: Path, record: Record) -> None:
+    if record.empty():
+        path.unlink(missing_ok=True)
+        return
+    write_atomic(path, json.dumps(asdict(record), indent=2) + "\n", mode=0o600)

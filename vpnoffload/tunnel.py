@@ -1,0 +1,182 @@
+"""The OpenVPN process on either end: start, wait until usable, stop.
+
+Two supervisors share one small interface. :class:`DaemonTunnel` starts
+``openvpn --daemon`` itself and tracks it by pidfile in the state dir; that is
+what network namespaces and containers (no systemd) get. :class:`SystemdTunnel`
+hands the same rendered config to Debian's ``openvpn-server@``/``openvpn-client@``
+units when systemd runs this network namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from vpnoffload.errors import BackendError, PrerequisiteError
+
+#: OpenVPN prints this once the tunnel is usable (server: listening; client: connected).
+READY_MARK = "Initialization Sequence Completed"
+
+
+class Tunnel(Protocol):
+    name: str
+
+    def running(self) -> bool: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def wait_ready(self, timeout: float) -> None: ...
+
+
+def openvpn_binary() -> str:
+    path = shutil.which("openvpn") or next((p for p in ("/usr/sbin/openvpn", "/sbin/openvpn") if os.path.exists(p)), None)
+    if path is None:
+        raise PrerequisiteError("openvpn is not installed: apt-get install openvpn")
+    return path
+
+
+@dataclass
+class DaemonTunnel:
+    """``openvpn --daemon`` started and tracked by vpnoffload (pidfile + log in ``run_dir``)."""
+
+    name: str  # "server" or "home-<name>"; names the pidfile, log and syslog tag
+    config: Path  # the .conf / .ovpn file
+    workdir: Path  # openvpn runs with --cd here, so relative file names in the config work
+    run_dir: Path
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / f"openvpn-{self.name}.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.run_dir / f"openvpn-{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The pid of our openvpn, or None. A stale pidfile (reused pid) does not count."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        is_ours = any(arg.endswith(b"openvpn") for arg in cmdline[:1]) and str(self.config).encode() in cmdline
+        return pid if is_ours else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.pidfile.unlink(missing_ok=True)
+        argv = [
+            openvpn_binary(), "--cd", str(self.workdir), "--config", str(self.config),
+            "--daemon", f"vpnoffload-{self.name}", "--writepid", str(self.pidfile),
+            "--log", str(self.logfile),
+        ]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        if proc.returncode != 0:
+            raise BackendError(f"openvpn did not start: {self._last_error(proc.stderr)}")
+        self._wait_for_pid(timeout=5)
+
+    def _wait_for_pid(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.running():
+                return
+            time.sleep(0.05)
+        raise BackendError(f"openvpn exited right after starting: {self._last_error('')}")
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until OpenVPN logs that the tunnel is usable; fail early if it died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if READY_MARK in self._log():
+                return
+            if not self.running():
+                raise BackendError(f"openvpn stopped: {self._last_error('')}")
+            time.sleep(0.1)
+        raise BackendError(f"openvpn was not ready after {timeout:g} s (see {self.logfile})")
+
+    def stop(self, timeout: float = 10) -> None:
+        pid = self.pid()
+        if pid is None:
+            self.pidfile.unlink(missing_ok=True)
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._alive(pid):
+            time.sleep(0.05)
+        if self._alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        self.pidfile.unlink(missing_ok=True)
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+    def _log(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def _last_error(self, stderr: str) -> str:
+        lines = [ln for ln in (stderr + "\n" + self._log()).splitlines() if ln.strip()]
+        for line in reversed(lines):
+            if any(w in line for w in ("ERROR", "Error", "error", "Options error", "Exiting")):
+                return line.strip()
+        return lines[-1].strip() if lines else f"no output (see {self.logfile})"
+
+
+def systemd_manages_this_netns() -> bool:
+    """True when systemd is PID 1 and we share its network namespace.
+
+    Inside ``ip netns exec`` or a container, units would start OpenVPN in the
+    wrong namespace (or nowhere), so vpnoffload then runs the daemon itself.
+    """
+    if not Path("/run/systemd/system").is_dir():
+        return False
+    try:
+        return os.readlink("/proc/self/ns/net") == os.readlink("/proc/1/ns/net")
+    except OSError:
+        return False
+
+
+@dataclass
+class SystemdTunnel:
+    """Debian's templated units: ``openvpn-server@NAME`` reads /etc/openvpn/server/NAME.conf."""
+
+    name: str
+    unit: str  # e.g. "openvpn-server@vpnoffload"
+
+    def _systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=60, check=False)
+        if check and proc.returncode != 0:
+            raise BackendError(f"systemctl {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def running(self) -> bool:
+        return self._systemctl("is-active", "--quiet", self.unit, check=False).returncode == 0
+
+    def start(self) -> None:
+        self._systemctl("enable", "--now", self.unit)
+
+    def stop(self) -> None:
+        self._systemctl("disable", "--now", self.unit)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.running():
+                return
+            time.sleep(0.2)
+        raise BackendError(f"{self.unit} is not active after {timeout:g} s: see journalctl -u {self.unit}")

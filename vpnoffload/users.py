@@ -1,0 +1,42 @@
+"""The dedicated unprivileged system user OpenVPN drops to after start.
+
+OpenVPN's man page advises against ``nobody`` when other daemons use it, so
+vpnoffload creates its own user when missing, and ``down`` removes it only if
+``up`` created it.
+"""
+
+from __future__ import annotations
+
+import pwd
+import shutil
+import subprocess
+
+from vpnoffload.errors import BackendError, PrerequisiteError
+
+RUN_AS = "vpnoffload"
+
+
+def exists(name: str = RUN_AS) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _run(argv: list[str]) -> None:
+    if shutil.which(argv[0]) is None:
+        raise PrerequisiteError(f"{argv[0]} is missing: apt-get install passwd")
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if proc.returncode != 0:
+        raise BackendError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+
+
+def create(name: str = RUN_AS) -> None:
+    _run(["useradd", "--system", "--user-group", "--no-create-home",
+          "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name])
+
+
+def delete(name: str = RUN_AS) -> None:
+    if exists(name):
+        _run(["userdel", name])
