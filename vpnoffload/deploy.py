@@ -9,6 +9,7 @@ removes only what vpnoffload owns or recorded adding.
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import fcntl
 import filecmp
@@ -206,16 +207,16 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
 
     rec_path = _record_path(paths, "vps")
     rec = record_mod.load(rec_path)
-    before = record_mod.Record(**vars(rec)).__dict__.copy()
+    before = copy.deepcopy(vars(rec))
     actions: list[Action] = []
     actions += _user_actions(backends, rec)
     # Filter rules go in before forwarding is switched on, so no window is unfiltered.
     actions += firewall.plan(backends.firewall, firewall.vps_ruleset(config))
     interface = config.vps.interface or backends.routing.find_interface(config.vps.address)
-    for act in routing.plan_addresses(backends.routing, config, interface):
-        actions.append(act)
-        for addr in getattr(act, "added", ()):  # type: ignore[attr-defined]
-            rec.add_address(interface, addr)
+    address_actions, owned = routing.plan_addresses(
+        backends.routing, routing.vps_addresses(config, interface), [tuple(a) for a in rec.addresses])
+    actions += address_actions
+    rec.addresses = [list(a.as_record()) for a in owned]
     actions += _sysctl_actions({"net.ipv4.ip_forward": "1"}, backends, rec)
     actions += _server_config_actions(config, paths, server_tunnel(paths, backends))
     if actions and rec.__dict__ != before:
@@ -258,7 +259,7 @@ def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, pr
         raise NotSetUpError(f"no client profile at {profile}: copy the one 'vpnoffload render home' wrote on the VPS (or pass --profile)")
     rec_path = _record_path(paths, f"home-{home}")
     rec = record_mod.load(rec_path)
-    before = dict(vars(rec))
+    before = copy.deepcopy(vars(rec))
     actions: list[Action] = []
     # Accept only the configured ports on the tunnel before the tunnel exists.
     actions += firewall.plan(backends.firewall, firewall.home_ruleset(config, home))

@@ -1,0 +1,67 @@
+"""apply(): runs in order, undoes what was done in reverse on failure or Ctrl-C."""
+
+from __future__ import annotations
+
+import pytest
+
+from vpnoffload.errors import ApplyError, BackendError
+from vpnoffload.plan import Action, apply, summaries
+
+
+def recorder():
+    log: list[str] = []
+
+    def act(name: str, fail: bool = False, undo: bool = True, exc: BaseException | None = None) -> Action:
+        def do() -> None:
+            if fail:
+                raise exc or BackendError(f"{name} broke")
+            log.append(f"do {name}")
+
+        return Action(name, do, (lambda: log.append(f"undo {name}")) if undo else None)
+
+    return log, act
+
+
+def test_applies_in_order() -> None:
+    log, act = recorder()
+    apply([act("a"), act("b")])
+    assert log == ["do a", "do b"]
+
+
+def test_failure_rolls_back_in_reverse_and_says_what_failed() -> None:
+    log, act = recorder()
+    with pytest.raises(ApplyError) as info:
+        apply([act("a"), act("b", undo=False), act("c"), act("d", fail=True), act("e")])
+    assert log == ["do a", "do b", "do c", "undo c", "undo a"]
+    assert str(info.value) == "d failed: d broke; rolled back 2 earlier change(s)"
+
+
+def test_oserror_is_translated() -> None:
+    log, act = recorder()
+    with pytest.raises(ApplyError, match="b failed: Permission denied"):
+        apply([act("a"), act("b", fail=True, exc=PermissionError(13, "Permission denied"))])
+    assert log == ["do a", "undo a"]
+
+
+def test_keyboard_interrupt_rolls_back_and_propagates() -> None:
+    log, act = recorder()
+    with pytest.raises(KeyboardInterrupt):
+        apply([act("a"), act("b", fail=True, exc=KeyboardInterrupt())])
+    assert log == ["do a", "undo a"]
+
+
+def test_failing_undo_does_not_stop_the_others() -> None:
+    log: list[str] = []
+
+    def bad_undo() -> None:
+        raise BackendError("stuck")
+
+    actions = [
+        Action("a", lambda: log.append("do a"), lambda: log.append("undo a")),
+        Action("b", lambda: log.append("do b"), bad_undo),
+        Action("c", lambda: (_ for _ in ()).throw(BackendError("no"))),
+    ]
+    with pytest.raises(ApplyError):
+        apply(actions)
+    assert log == ["do a", "do b", "undo a"]
+    assert summaries(actions) == ["a", "b", "c"]

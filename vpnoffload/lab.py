@@ -1,0 +1,432 @@
+"""A throw-away lab of network namespaces: internet router, vps, home, visitor.
+
+Used by the end-to-end tests and by ``vpnoffload lab up|demo|down``. Topology
+(TEST-NET addresses only; no NAT anywhere, so every address seen is real)::
+
+    visitor 192.0.2.2/26 ─── .1  ┐
+    vps 203.0.113.10/24  ─── .1  ├─ internet (router, ip_forward=1)
+    home 192.0.2.66/26   ─── .65 ┘  <- home_cable: the router's side of this link
+
+Each host reaches the others only through the router, and home's default route
+points at the router, so a reply from home comes back through the tunnel only
+if vpnoffload's policy routing works. 198.51.100.0/24 is left for the tunnel.
+
+Every namespace is named ``<prefix>-<host>`` so two labs never collide, and
+veth pairs are created directly inside the namespaces: the root namespace never
+holds a lab device, and deleting the namespaces removes everything. IPv6 is
+disabled inside the lab so no link-local traffic or DAD state makes snapshots
+flap. Only this module touches the lab's kernel state; everything is iproute2
+commands run without a shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from vpnoffload.errors import BackendError, ConfigError, PrerequisiteError
+
+DEFAULT_PREFIX = "vpnolab"
+ROUTER = "internet"
+HOSTS = (ROUTER, "vps", "home", "visitor")
+#: Every non-router host's single interface is called this inside its namespace.
+UPLINK_DEVICE = "eth0"
+_PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+_PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One router link: ``host`` (on its ``eth0``) and the router (on ``to-<host>``)."""
+
+    host: str
+    prefixlen: int
+    router_address: str
+    host_address: str
+
+    @property
+    def router_device(self) -> str:
+        return f"to-{self.host}"
+
+
+SEGMENTS = (
+    Segment("vps", 24, "203.0.113.1", "203.0.113.10"),
+    Segment("home", 26, "192.0.2.65", "192.0.2.66"),
+    Segment("visitor", 26, "192.0.2.1", "192.0.2.2"),
+)
+
+
+@dataclass
+class Lab:
+    """The four namespaces of one lab, named after ``prefix``.
+
+    ``create`` builds it (all or nothing), ``destroy`` removes every trace and
+    may be called any number of times, also on a half-built lab.
+    """
+
+    prefix: str = DEFAULT_PREFIX
+    _started: list[subprocess.Popen] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    vps_address: ClassVar[str] = "203.0.113.10"
+    vps_gateway: ClassVar[str] = "203.0.113.1"
+    #: Unassigned addresses on the vps link, for services with a dedicated listen address.
+    vps_spare_addresses: ClassVar[tuple[str, ...]] = ("203.0.113.11", "203.0.113.12")
+    home_uplink_address: ClassVar[str] = "192.0.2.66"
+    home_gateway: ClassVar[str] = "192.0.2.65"
+    visitor_address: ClassVar[str] = "192.0.2.2"
+    visitor_gateway: ClassVar[str] = "192.0.2.1"
+    uplink_device: ClassVar[str] = UPLINK_DEVICE
+    #: The router-side veth of the home link: setting it down is "pulling the cable".
+    home_cable: ClassVar[str] = "to-home"
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.fullmatch(self.prefix):
+            raise ConfigError(f"{self.prefix!r} is not a usable lab prefix (letters, digits, '_.-')", field="prefix")
+
+    # -- names -------------------------------------------------------------
+
+    def namespace(self, host: str) -> str:
+        """The namespace name of ``host`` (one of HOSTS)."""
+        if host not in HOSTS:
+            raise ConfigError(f"unknown lab host {host!r}; one of {', '.join(HOSTS)}", field="host")
+        return f"{self.prefix}-{host}"
+
+    @property
+    def namespaces(self) -> dict[str, str]:
+        return {host: self.namespace(host) for host in HOSTS}
+
+    # -- building and tearing down -------------------------------------------
+
+    def build_commands(self) -> list[list[str]]:
+        """Everything ``create`` runs after adding the namespaces, in order (plan as data)."""
+        ns = self.namespaces
+        router = ns[ROUTER]
+        cmds: list[list[str]] = []
+        for name in ns.values():
+            cmds.append(["ip", "netns", "exec", name, "sysctl", "-q", "-w",
+                         "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
+            cmds.append(["ip", "-n", name, "link", "set", "lo", "up"])
+        for seg in SEGMENTS:
+            host = ns[seg.host]
+            cmds += [
+                ["ip", "link", "add", seg.router_device, "netns", router, "type", "veth",
+                 "peer", "name", UPLINK_DEVICE, "netns", host],
+                ["ip", "-n", router, "addr", "add", f"{seg.router_address}/{seg.prefixlen}", "dev", seg.router_device],
+                ["ip", "-n", host, "addr", "add", f"{seg.host_address}/{seg.prefixlen}", "dev", UPLINK_DEVICE],
+                ["ip", "-n", router, "link", "set", seg.router_device, "up"],
+                ["ip", "-n", host, "link", "set", UPLINK_DEVICE, "up"],
+                ["ip", "-n", host, "route", "add", "default", "via", seg.router_address],
+            ]
+        cmds.append(["ip", "netns", "exec", router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        return cmds
+
+    def exists(self) -> bool:
+        """True if any namespace of this lab exists (a half-built lab counts)."""
+        return bool(set(self.namespaces.values()) & set(_list_namespaces()))
+
+    def create(self) -> None:
+        """Build the lab. Refuses if any of its namespaces exists already.
+
+        On any failure (or Ctrl-C) whatever this call made is removed again and
+        the error is raised as BackendError.
+        """
+        if self.exists():
+            raise BackendError(f"lab {self.prefix!r} already exists: destroy it first (vpnoffload lab down)")
+        made: list[str] = []
+        try:
+            for name in self.namespaces.values():
+                _run(["ip", "netns", "add", name])
+                made.append(name)
+            for argv in self.build_commands():
+                _run(argv)
+        except BaseException as exc:
+            try:
+                self._teardown(made)
+            except BackendError as cleanup:
+                exc.add_note(f"cleaning up the half-built lab also failed: {cleanup}")
+            raise
+
+    def destroy(self) -> None:
+        """Kill every process in the lab's namespaces, then delete them. Safe to repeat."""
+        present = set(_list_namespaces())
+        self._teardown([n for n in self.namespaces.values() if n in present])
+
+    def _teardown(self, names: Sequence[str]) -> None:
+        for name in names:
+            _kill_all(name)
+        self._reap_started()
+        deadline = time.monotonic() + 5
+        while any(_pids(n) for n in names) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stuck = [n for n in names if _pids(n)]
+        for name in names:
+            _run(["ip", "netns", "del", name], check=False)
+        left = set(names) & set(_list_namespaces())
+        if stuck or left:
+            raise BackendError(f"lab teardown incomplete: processes left in {stuck}, namespaces left {sorted(left)}")
+
+    def _reap_started(self) -> None:
+        # Our own children are zombies after the kill until waited for.
+        for proc in self._started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait(timeout=2)
+        self._started.clear()
+
+    # -- the cable -----------------------------------------------------------
+
+    def pull_cable(self) -> None:
+        """Cut home's uplink on the router's side (home keeps its address and default route)."""
+        _run(["ip", "-n", self.namespace(ROUTER), "link", "set", self.home_cable, "down"])
+
+    def plug_cable(self) -> None:
+        _run(["ip", "-n", self.namespace(ROUTER), "link", "set", self.home_cable, "up"])
+
+    # -- running things inside -----------------------------------------------
+
+    def exec(self, host: str, *argv: str, check: bool = True, timeout: float = 30,
+             env: dict[str, str] | None = None, input: str | None = None,
+             cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+        """Run ``argv`` in ``host``'s namespace and wait; stdout/stderr captured as text.
+
+        Output goes through temp files, not pipes, so a daemon the command leaves
+        behind (openvpn, a watchdog) cannot keep this call waiting.
+        """
+        return _run(["ip", "netns", "exec", self.namespace(host), *argv], check=check,
+                    timeout=timeout, env=child_env(env), input=input, cwd=cwd)
+
+    def popen(self, host: str, *argv: str, **kw) -> subprocess.Popen:
+        """Start ``argv`` in the background in ``host``'s namespace; ``destroy`` kills and reaps it.
+
+        stdin/stdout/stderr default to /dev/null; other keywords go to Popen.
+        """
+        for stream in ("stdin", "stdout", "stderr"):
+            kw.setdefault(stream, subprocess.DEVNULL)
+        kw["env"] = child_env(kw.get("env"))
+        proc = subprocess.Popen(["ip", "netns", "exec", self.namespace(host), *argv], **kw)
+        self._started.append(proc)
+        return proc
+
+    def tcp_probe(self, host: str, address: str, port: int, *, timeout: float = 1.0, wait: float = 0.0) -> str:
+        """Connect from ``host`` to ``address:port``: 'open', 'refused', 'timeout' or 'unreachable'.
+
+        With ``wait`` > 0, retries until 'open' or ``wait`` seconds have passed.
+        """
+        out = self.exec(host, sys.executable, "-c", _PROBE, address, str(port), str(timeout), str(wait),
+                        timeout=timeout + wait + 10)
+        return out.stdout.strip()
+
+    def wait_tcp(self, host: str, address: str, port: int, timeout: float = 5.0) -> bool:
+        """True once ``host`` can connect to ``address:port``, False after ``timeout`` seconds."""
+        return self.tcp_probe(host, address, port, timeout=min(timeout, 1.0), wait=timeout) == "open"
+
+    def http_get(self, host: str, url: str, *, timeout: float = 2.0) -> tuple[int, str]:
+        """GET ``url`` from ``host`` (no proxy): (status, body); (0, reason) if no reply came."""
+        out = self.exec(host, sys.executable, "-c", _HTTP_GET, url, str(timeout), timeout=timeout + 10)
+        status, _, body = out.stdout.partition("\n")
+        return int(status), body
+
+
+@contextlib.contextmanager
+def lab_session(prefix: str = DEFAULT_PREFIX) -> Iterator[Lab]:
+    """Create a lab and always destroy it afterwards (also on Ctrl-C).
+
+    If the lab already exists, nothing is touched: ``create`` raises first.
+    """
+    lab = Lab(prefix)
+    lab.create()
+    try:
+        yield lab
+    finally:
+        lab.destroy()
+
+
+def check_prerequisites() -> None:
+    """Raise PrerequisiteError (with the fix) if this machine cannot run a lab."""
+    if os.geteuid() != 0:
+        raise PrerequisiteError("the lab needs root (network namespaces): run it with sudo")
+    if shutil.which("ip") is None:
+        raise PrerequisiteError("iproute2 is not installed: apt-get install iproute2")
+    if not os.path.exists("/dev/net/tun"):
+        raise PrerequisiteError("/dev/net/tun is missing: modprobe tun (in a container: --device /dev/net/tun)")
+    if shutil.which("openvpn") is None:
+        raise PrerequisiteError("openvpn is not installed: apt-get install openvpn")
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for lab processes: no proxies, and this vpnoffload importable.
+
+    Proxies are dropped so lab traffic never leaves the lab; the package's parent
+    directory goes first on PYTHONPATH so ``python -m vpnoffload...`` works from
+    a source checkout whatever the current directory is.
+    """
+    env = dict(os.environ if env is None else env)
+    for var in _PROXY_VARS:
+        env.pop(var, None)
+        env.pop(var.upper(), None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+    return env
+
+
+# -- snapshots ----------------------------------------------------------------
+
+_SNAPSHOT_COMMANDS: dict[str, tuple[str, ...]] = {
+    "iptables": ("iptables-legacy-save",),
+    "ip6tables": ("ip6tables-legacy-save",),
+    "nftables": ("nft", "list", "ruleset"),
+    "rules": ("ip", "rule"),
+    "rules6": ("ip", "-6", "rule"),
+    "routes": ("ip", "route", "show", "table", "all"),
+    "routes6": ("ip", "-6", "route", "show", "table", "all"),
+    "addresses": ("ip", "addr"),
+    "sysctl": ("sysctl", "-a", "-r", r"^net\.ipv4\.(ip_forward$|conf\..*\.(rp_filter|src_valid_mark|forwarding)$)"),
+}
+
+
+def snapshot(lab: Lab, host: str) -> dict[str, str]:
+    """A comparable capture of ``host``'s network state, for "down leaves nothing" checks.
+
+    Normalised so that equal state gives equal text: comments and counters are
+    stripped from the xtables dumps, and a legacy table that is merely
+    registered (no rules, no own chains, every policy ACCEPT) is treated as
+    absent, because touching a table registers it in a namespace for good.
+    Address lifetimes are dropped; processes are listed by name, sorted.
+    """
+    snap: dict[str, str] = {}
+    for key, argv in _SNAPSHOT_COMMANDS.items():
+        snap[key] = lab.exec(host, *argv, timeout=10).stdout
+    snap["iptables"] = normalize_xtables_save(snap["iptables"])
+    snap["ip6tables"] = normalize_xtables_save(snap["ip6tables"])
+    snap["addresses"] = "".join(line for line in snap["addresses"].splitlines(keepends=True) if "valid_lft" not in line)
+    snap["sysctl"] = "\n".join(sorted(snap["sysctl"].splitlines()))
+    snap["processes"] = "\n".join(sorted(_comm(pid) for pid in _pids(lab.namespace(host))))
+    return snap
+
+
+def snapshot_diff(before: dict[str, str], after: dict[str, str]) -> str:
+    """A readable unified diff of two snapshots; empty when they are equal."""
+    parts: list[str] = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key, "").splitlines(), after.get(key, "").splitlines()
+        if a != b:
+            parts += difflib.unified_diff(a, b, f"before/{key}", f"after/{key}", lineterm="")
+    return "\n".join(parts)
+
+
+def normalize_xtables_save(text: str) -> str:
+    """``iptables-save`` output without comments, counters or merely-registered tables."""
+    tables: list[list[str]] = []
+    current: list[str] = []
+    for raw in text.splitlines():
+        line = re.sub(r"^\[\d+:\d+\]\s*|\s*\[\d+:\d+\]$", "", raw.strip())
+        if not line or line.startswith("#"):
+            continue
+        current.append(line)
+        if line == "COMMIT":
+            if not _is_pristine(current):
+                tables.append(current)
+            current = []
+    return "".join("\n".join(t) + "\n" for t in sorted(tables))
+
+
+def _is_pristine(table: list[str]) -> bool:
+    """A table with only built-in chains, all policy ACCEPT, and no rules."""
+    body = table[1:-1]
+    return all(line.startswith(":") and line.split()[1:2] == ["ACCEPT"] for line in body)
+
+
+# -- the OS layer -------------------------------------------------------------
+
+def _run(argv: list[str], *, check: bool = True, timeout: float = 30, env: dict[str, str] | None = None,
+         input: str | None = None, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+    """Run a command; output via temp files (see Lab.exec). Failures become BackendError."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                  input=input.encode() if input is not None else None,
+                                  stdout=out, stderr=err, timeout=timeout, env=env, cwd=cwd, check=False)
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"{' '.join(argv)} did not finish within {timeout:g}s") from None
+        except OSError as exc:
+            raise BackendError(f"cannot run {argv[0]}: {exc.strerror}") from None
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(argv, proc.returncode, out.read().decode(errors="replace"),
+                                             err.read().decode(errors="replace"))
+    if check and result.returncode != 0:
+        why = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        raise BackendError(f"{' '.join(argv)} failed: {why}")
+    return result
+
+
+def _list_namespaces() -> list[str]:
+    # Lines look like "name" or "name (id: 3)".
+    out = _run(["ip", "netns", "list"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _pids(namespace: str) -> list[int]:
+    out = _run(["ip", "netns", "pids", namespace], check=False).stdout
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def _kill_all(namespace: str) -> None:
+    # SIGKILL, not TERM: openvpn's exit notification would make every teardown wait.
+    for pid in _pids(namespace):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "(exited)"
+
+
+# Small programs run inside a namespace by tcp_probe and http_get.
+_PROBE = """
+import errno, socket, sys, time
+addr, port, timeout, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+deadline = time.monotonic() + wait
+while True:
+    try:
+        socket.create_connection((addr, port), timeout=timeout).close()
+        result = "open"
+    except ConnectionRefusedError:
+        result = "refused"
+    except TimeoutError:
+        result = "timeout"
+    except OSError as exc:
+        result = "unreachable" if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH) else f"error {exc.errno}"
+    if result == "open" or time.monotonic() >= deadline:
+        break
+    time.sleep(0.05)
+print(result)
+"""
+
+_HTTP_GET = """
+import sys, urllib.error, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+try:
+    with opener.open(sys.argv[1], timeout=float(sys.argv[2])) as reply:
+        status, body = reply.status, reply.read()
+except urllib.error.HTTPError as exc:
+    status, body = exc.code, exc.read()
+except (urllib.error.URLError, OSError) as exc:
+    status, body = 0, str(getattr(exc, "reason", exc)).encode()
+sys.stdout.write(f"{status}\\n" + body.decode(errors="replace"))
+"""

@@ -1,0 +1,75 @@
+"""A tiny web server for the lab: says which box served the page and who asked.
+
+    python -m vpnoffload.labweb --port 8080 [--name home] [--bind 0.0.0.0]
+
+``GET /`` returns a small HTML page ("served from home; you are 192.0.2.2"),
+``GET /whoami`` the client address as one line of plain text. Because the lab
+has no NAT, the address shown is the visitor's real one: proof that the VPS
+forwarded the connection rather than proxying it. Logs nothing per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>vpnoffload lab</title></head>
+<body><h1>served from {name}</h1><p>you are {client}</p></body></html>
+"""
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "vpnoffload-labweb"
+    sys_version = ""
+    name = "home"  # set per server in main()
+
+    def do_GET(self) -> None:
+        self._reply(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._reply(send_body=False)
+
+    def _reply(self, *, send_body: bool) -> None:
+        client = self.client_address[0]
+        path = self.path.split("?", 1)[0]
+        if path == "/whoami":
+            status, ctype, body = 200, "text/plain; charset=utf-8", f"{client}\n"
+        elif path == "/":
+            status, ctype = 200, "text/html; charset=utf-8"
+            body = PAGE.format(name=html.escape(self.name), client=html.escape(client))
+        else:
+            status, ctype, body = 404, "text/plain; charset=utf-8", "not found\n"
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if send_body:
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # a demo server; per-request lines would only drown the demo output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m vpnoffload.labweb", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--bind", default="0.0.0.0")
+    parser.add_argument("--name", default="home", help="the box named on the page")
+    args = parser.parse_args(argv)
+    handler = type("NamedHandler", (Handler,), {"name": args.name})
+    server = ThreadingHTTPServer((args.bind, args.port), handler)
+    server.daemon_threads = True
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()
