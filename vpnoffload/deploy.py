@@ -46,7 +46,7 @@ class Backends:
 
     @classmethod
     def real(cls) -> "Backends":
-        from vpnoffload.firewall import IptcBackend
+        from vpnoffload.iptc_backend import IptcBackend
         from vpnoffload.routing import Pyroute2Backend
 
         return cls(firewall=IptcBackend(), routing=Pyroute2Backend())

@@ -48,7 +48,7 @@ def check_openvpn() -> Finding:
 
 def check_legacy_iptables() -> Finding:
     try:
-        from vpnoffload.firewall import IptcBackend
+        from vpnoffload.iptc_backend import IptcBackend
 
         IptcBackend().read()
     except Exception as exc:  # any failure here means python-iptables is unusable; report it, don't crash
@@ -58,7 +58,7 @@ def check_legacy_iptables() -> Finding:
 
 
 def check_nft_variant() -> Finding:
-    from vpnoffload.firewall import nft_variant_note
+    from vpnoffload.iptc_backend import nft_variant_note
 
     note = nft_variant_note()
     if note:
