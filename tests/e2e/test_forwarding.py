@@ -1,0 +1,108 @@
+"""Issue 3 end to end: four namespaces, real OpenVPN, python-iptables and pyroute2.
+
+Only the CLI is used to set things up, as a user would on two real machines.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vpnoffload.lab import Lab, snapshot, snapshot_diff
+
+TUNNEL_SUBNET = "198.51.100.0/24"
+HOME_TUNNEL_ADDRESS = "198.51.100.2"
+
+
+@pytest.fixture
+def sites() -> Iterator[tuple[Path, Path]]:
+    """Config dirs for the VPS and the home box, world-traversable like /etc/vpnoffload.
+
+    OpenVPN drops to an unprivileged user and must then still read the CRL and
+    per-home files, so the directories cannot be pytest's 0700 tmp dirs.
+    """
+    root = Path(tempfile.mkdtemp(prefix="vpnoffload-e2e-"))
+    os.chmod(root, 0o755)
+    vps, home = root / "vps", root / "home"
+    vps.mkdir(mode=0o755)
+    home.mkdir(mode=0o755)
+    try:
+        yield vps, home
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def cli(lab: Lab, host: str, site: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = lab.exec(host, sys.executable, "-m", "vpnoffload", "-c", str(site / "vpnoffload.toml"), *args,
+                    check=False, timeout=90)
+    if check and proc.returncode != 0:
+        pytest.fail(f"vpnoffload {' '.join(args)} on {host} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def openvpn_pids(lab: Lab, host: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "pids", lab.namespace(host)], capture_output=True, text=True, check=False)
+    return [p for p in out.stdout.split() if Path(f"/proc/{p}/comm").exists() and Path(f"/proc/{p}/comm").read_text().strip() == "openvpn"]
+
+
+def test_visitor_is_served_from_home_and_down_restores_everything(lab: Lab, sites: tuple[Path, Path]) -> None:
+    vps_site, home_site = sites
+    # --- on the VPS: init, one service, the home box's profile
+    cli(lab, "vps", vps_site, "init", "--vps-address", lab.vps_address, "--tunnel-subnet", TUNNEL_SUBNET)
+    cli(lab, "vps", vps_site, "service", "add", "web", "--listen", "80", "--target", "8080", "--check", "http:/")
+    (home_site / "state").mkdir(mode=0o755)
+    cli(lab, "vps", vps_site, "render", "home", "--out", str(home_site / "state"))
+    # --- "copy" to the home box: the config (no secrets) and the profile
+    shutil.copy(vps_site / "vpnoffload.toml", home_site / "vpnoffload.toml")
+    assert (home_site / "state" / "home.ovpn").stat().st_mode & 0o077 == 0
+
+    web = lab.popen("home", sys.executable, "-m", "vpnoffload.labweb", "--port", "8080")
+    secret = lab.popen("home", sys.executable, "-m", "vpnoffload.labweb", "--port", "9090")
+    assert lab.wait_tcp("home", "127.0.0.1", 8080) and lab.wait_tcp("home", "127.0.0.1", 9090)
+    before = {host: snapshot(lab, host) for host in ("vps", "home")}
+
+    # --- dry runs change nothing
+    dry = cli(lab, "vps", vps_site, "up", "vps", "--dry-run")
+    assert "would change" in dry.stdout and "DNAT" in dry.stdout
+    assert snapshot(lab, "vps") == before["vps"]
+
+    # --- up on both ends
+    up_vps = cli(lab, "vps", vps_site, "up", "vps")
+    up_home = cli(lab, "home", home_site, "up", "home")
+    print(up_vps.stdout, up_home.stdout)
+    assert "DNAT" in up_vps.stdout and "policy routing" in up_home.stdout
+
+    # (1) + (2): the visitor gets the home page through the VPS, and home sees the visitor's address
+    status, body = lab.http_get("visitor", f"http://{lab.vps_address}/whoami", timeout=5)
+    assert status == 200, body
+    assert body.strip() == lab.visitor_address
+
+    # (3): a home port that is not configured is not reachable through the VPS
+    assert lab.tcp_probe("visitor", lab.vps_address, 9090, timeout=1) != "open"
+    assert lab.tcp_probe("vps", HOME_TUNNEL_ADDRESS, 9090, timeout=1) != "open"
+    # ...while home's own traffic still uses its own uplink (policy routing only for tunnel replies)
+    route = lab.exec("home", "ip", "route", "get", lab.visitor_address).stdout
+    assert "eth0" in route and "vpnoffload0" not in route
+
+    # (4): a second up changes nothing
+    again_vps = cli(lab, "vps", vps_site, "up", "vps")
+    again_home = cli(lab, "home", home_site, "up", "home")
+    assert "nothing to do" in again_vps.stdout, again_vps.stdout
+    assert "nothing to do" in again_home.stdout, again_home.stdout
+
+    # (5): down on both ends restores every table, rule, route, address and sysctl
+    cli(lab, "home", home_site, "down", "home")
+    cli(lab, "vps", vps_site, "down", "vps")
+    for host in ("vps", "home"):
+        after = snapshot(lab, host)
+        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
+        assert openvpn_pids(lab, host) == []
+    web.terminate()
+    secret.terminate()
