@@ -78,12 +78,13 @@ def exclusive(paths: Paths, timeout: float = 10.0) -> Iterator[None]:
 # ------------------------------------------------------------------ helpers
 
 
-def _tunnel(backends: Backends, name: str, conf: Path, workdir: Path, paths: Paths) -> Any:
+def _tunnel(backends: Backends, name: str, conf: Path, workdir: Path, paths: Paths,
+            extra_args: tuple[str, ...] = ()) -> Any:
     if backends.tunnel_factory is not None:
         return backends.tunnel_factory(name=name, config=conf, workdir=workdir, run_dir=paths.run)
     from vpnoffload.tunnel import DaemonTunnel
 
-    return DaemonTunnel(name=name, config=conf, workdir=workdir, run_dir=paths.run)
+    return DaemonTunnel(name=name, config=conf, workdir=workdir, run_dir=paths.run, extra_args=extra_args)
 
 
 def _record_path(paths: Paths, end: str) -> Path:
@@ -249,7 +250,9 @@ def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
 
 
 def home_tunnel(paths: Paths, backends: Backends, home: str, profile: Path) -> Any:
-    return _tunnel(backends, f"home-{home}", profile.absolute(), profile.absolute().parent, paths)
+    # The profile is portable (it names no local user); drop privileges from the command line.
+    return _tunnel(backends, f"home-{home}", profile.absolute(), profile.absolute().parent, paths,
+                   extra_args=("--user", users.RUN_AS, "--group", users.RUN_AS))
 
 
 def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, profile: Path) -> list[Action]:

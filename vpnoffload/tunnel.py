@@ -48,6 +48,7 @@ class DaemonTunnel:
     config: Path  # the .conf / .ovpn file
     workdir: Path  # openvpn runs with --cd here, so relative file names in the config work
     run_dir: Path
+    extra_args: tuple[str, ...] = ()  # e.g. --user/--group for a profile that does not drop privileges itself
 
     @property
     def pidfile(self) -> Path:
@@ -76,7 +77,7 @@ class DaemonTunnel:
         argv = [
             openvpn_binary(), "--cd", str(self.workdir), "--config", str(self.config),
             "--daemon", f"vpnoffload-{self.name}", "--writepid", str(self.pidfile),
-            "--log", str(self.logfile),
+            "--log", str(self.logfile), *self.extra_args,
         ]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
         if proc.returncode != 0:

@@ -1,0 +1,222 @@
+"""Real OpenVPN, rendered by vpnoffload, between two network namespaces.
+
+"vps" (203.0.113.1) runs the server exactly as rendered, dropping privileges to
+a throw-away system user; "home" (203.0.113.2) runs a client profile. The
+tunnel subnet is 198.51.100.0/24. Every wait is a bounded log poll.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from tests.nslib import in_ns, link, namespaces, needs_openvpn, needs_root, sh, unique
+from vpnoffload.model import Config, Home, Tunnel, Vps
+from vpnoffload.pki import Pki, tls_crypt_key_text, write_atomic
+from vpnoffload.render import render_home, render_vps
+
+pytestmark = [pytest.mark.root, needs_root, needs_openvpn]
+
+VPS_ADDR, HOME_ADDR = "203.0.113.1", "203.0.113.2"
+SERVER_TUN = "198.51.100.1"
+READY = "Initialization Sequence Completed"
+WAIT = 15.0
+
+
+def make_config(proto: str) -> Config:
+    return Config(
+        vps=Vps(address=IPv4Address(VPS_ADDR)),
+        tunnel=Tunnel(subnet=IPv4Network("198.51.100.0/24"), port=1194, proto=proto),  # type: ignore[arg-type]
+        homes={
+            "home": Home("home", IPv4Address("198.51.100.10")),
+            "other": Home("other", IPv4Address("198.51.100.11")),
+        },
+    )
+
+
+@contextlib.contextmanager
+def system_user() -> Iterator[str]:
+    """A throw-away unprivileged system user (with its own group), always deleted."""
+    name = f"vpnoff{uuid.uuid4().hex[:8]}"
+    sh("useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+       "--shell", "/usr/sbin/nologin", name)
+    try:
+        yield name
+    finally:
+        sh("userdel", name, check=False)
+        sh("groupdel", name, check=False)  # gone with the user already, normally
+
+
+@dataclass
+class OpenVpn:
+    proc: subprocess.Popen
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = WAIT) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.text()):
+                return True
+            if self.proc.poll() is not None:
+                return bool(re.search(pattern, self.text()))
+            time.sleep(0.2)
+        return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def openvpn(ns: str, log: Path, *args: str) -> Iterator[OpenVpn]:
+    with log.open("wb") as out:
+        # `ip netns exec` execs openvpn, so proc.pid is openvpn's pid.
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, "openvpn", *args], stdout=out, stderr=subprocess.STDOUT)
+    ovpn = OpenVpn(proc, log)
+    try:
+        yield ovpn
+    finally:
+        ovpn.stop()
+
+
+def uid_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))
+
+
+# No `ping` on these machines: a TCP round trip through the tunnel instead,
+# which also shows the address the VPS sees the home as.
+_ECHO_SERVER = """
+import socket
+s = socket.create_server((%r, 7777))
+s.settimeout(10)
+c, peer = s.accept()
+c.sendall(peer[0].encode())
+c.close()
+"""
+_ECHO_CLIENT = """
+import socket, time
+deadline = time.monotonic() + 10
+while True:
+    try:
+        with socket.create_connection((%r, 7777), timeout=2) as c:
+            print(c.recv(64).decode())
+            break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.2)
+"""
+
+
+def tunnel_echo(vps: str, home: str) -> str:
+    """Connect from ``home`` to the VPS's tunnel address; return the peer address the VPS saw."""
+    listener = subprocess.Popen(["ip", "netns", "exec", vps, sys.executable, "-c", _ECHO_SERVER % SERVER_TUN])
+    try:
+        return in_ns(home, sys.executable, "-c", _ECHO_CLIENT % SERVER_TUN, timeout=20).stdout.strip()
+    finally:
+        listener.kill()
+        listener.wait(timeout=5)
+
+
+def with_new_tls_crypt_key(profile: Path, out: Path) -> Path:
+    """A copy of ``profile`` whose tls-crypt key the server has never seen."""
+    text = re.sub(r"<tls-crypt>.*</tls-crypt>", "<tls-crypt>\n" + tls_crypt_key_text(os.urandom(256)) + "</tls-crypt>",
+                  profile.read_text(), flags=re.S)
+    write_atomic(out, text, 0o600)
+    return out
+
+
+@contextlib.contextmanager
+def lab() -> Iterator[tuple[str, str]]:
+    with namespaces(unique("vps"), unique("home")) as (vps, home):
+        link(vps, f"{VPS_ADDR}/24", home, f"{HOME_ADDR}/24")
+        yield vps, home
+
+
+def test_udp_tunnel_privilege_drop_fixed_address_and_crl(tmp_path: Path) -> None:
+    config = make_config("udp")
+    pki = Pki.create(tmp_path / "pki")
+    pki.issue("home")
+    pki.issue("other")
+    # tmp_path's ancestors are 0700 root: proves --cd makes them irrelevant
+    # to the unprivileged process.
+    server_dir, status = tmp_path / "server", tmp_path / "status"
+    profiles = tmp_path / "profiles"
+    render_home(config, pki, "home", profiles)
+    render_home(config, pki, "other", profiles)  # before its revocation, as an old copy would be
+
+    with system_user() as user, lab() as (vps, home):
+        render_vps(config, pki, server_dir, status_path=status, run_as=user)
+        # A hostile or misconfigured server: the home must ignore all of this.
+        with (server_dir / "server.conf").open("a") as conf:
+            conf.write('push "redirect-gateway def1"\npush "route 192.0.2.0 255.255.255.0"\n')
+
+        with openvpn(vps, tmp_path / "server.log", "--cd", str(server_dir), "--config", "server.conf") as server:
+            assert server.wait_for(READY), server.text()
+            assert uid_of(server.proc.pid) == pwd.getpwnam(user).pw_uid
+
+            with openvpn(home, tmp_path / "home.log", "--config", str(profiles / "home.ovpn")) as client:
+                assert client.wait_for(READY), client.text() + server.text()
+                addr = in_ns(home, "ip", "-4", "-o", "addr", "show", "dev", "vpnoffload0").stdout
+                assert "198.51.100.10/24" in addr
+                assert tunnel_echo(vps, home) == "198.51.100.10"  # the fixed address from ccd/home
+
+                log = client.text()
+                assert re.search(r"Data Channel: cipher 'AES-256-GCM'", log), log
+                routes = in_ns(home, "ip", "-4", "route", "show").stdout
+                assert "0.0.0.0/1" not in routes and "128.0.0.0/1" not in routes, routes
+                assert "192.0.2.0/24" not in routes, routes
+                # the status file is rewritten every 2 s by the unprivileged server
+                deadline = time.monotonic() + WAIT
+                while "198.51.100.10" not in (status.read_text() if status.exists() else ""):
+                    assert time.monotonic() < deadline, status.read_text() if status.exists() else "no status"
+                    time.sleep(0.3)
+
+            pki.revoke("other")
+            render_vps(config, pki, server_dir, status_path=status, run_as=user)
+            with openvpn(home, tmp_path / "other.log", "--config", str(profiles / "other.ovpn")) as other:
+                # crl.pem is re-read, after the privilege drop, for each new connection
+                assert server.wait_for(r"VERIFY ERROR: depth=0, error=certificate revoked: CN=other"), server.text()
+                assert not other.wait_for(READY, timeout=3), other.text()
+
+            # tls-crypt is in force: a packet under any other key is dropped unanswered
+            stranger = with_new_tls_crypt_key(profiles / "home.ovpn", tmp_path / "stranger.ovpn")
+            with openvpn(home, tmp_path / "stranger.log", "--config", str(stranger)) as other:
+                assert server.wait_for(r"tls-crypt unwrapping failed"), server.text()
+                assert not other.wait_for(READY, timeout=2), other.text()
+
+
+def test_tcp_tunnel_comes_up(tmp_path: Path) -> None:
+    config = make_config("tcp")
+    pki = Pki.create(tmp_path / "pki")
+    pki.issue("home")
+    render_home(config, pki, "home", tmp_path)
+    with lab() as (vps, home):
+        render_vps(config, pki, tmp_path / "server", run_as=None)
+        with openvpn(vps, tmp_path / "server.log", "--cd", str(tmp_path / "server"), "--config", "server.conf") as server:
+            assert server.wait_for(READY), server.text()
+            with openvpn(home, tmp_path / "home.log", "--config", str(tmp_path / "home.ovpn")) as client:
+                assert client.wait_for(READY), client.text() + server.text()
+                assert tunnel_echo(vps, home) == "198.51.100.10"

@@ -1,0 +1,406 @@
+"""The tunnel's small certificate authority, kept in one directory.
+
+Everything is made with ``cryptography`` (no openssl CLI, no easy-rsa): an
+ECDSA P-256 CA, one server certificate, one client certificate per home, a
+tls-crypt key and a CRL. Layout of the directory (0700)::
+
+    index.json       names, kinds, serials, revocations (the source of truth)
+    ca.crt ca.key    the CA; ca.key never leaves this module
+    certs/NAME.crt   server and client certificates
+    keys/NAME.key    their private keys (0600)
+    tls-crypt.key    OpenVPN static key V1 (0600)
+    crl.pem          signed revocation list (0644: OpenVPN re-reads it after
+                     dropping privileges)
+
+Every file is written atomically (temp file with its final mode, then
+``os.replace``), so a crash leaves either the old or the new file and a
+private key is never readable by anyone else, not even for an instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from vpnoffload.errors import ConfigError, NotSetUpError, VpnOffloadError
+
+Kind = Literal["ca", "server", "client"]
+
+#: No renewal command exists, and an expired certificate silently takes the
+#: tunnel down, so everything lives ~10 years; compromise is handled by the CRL.
+CA_LIFETIME = dt.timedelta(days=3650)
+LEAF_LIFETIME = dt.timedelta(days=3650)  # capped at the CA's own expiry
+#: OpenVPN >= 2.4 refuses *every* client once the CRL's nextUpdate has passed
+#: ("CRL has expired"), which is a classic cause of sudden outages with
+#: easy-rsa's 180-day default. Nothing here re-signs the CRL on a timer, so it
+#: is valid as long as the CA; each revoke re-signs it anyway.
+CRL_LIFETIME = dt.timedelta(days=3650)
+#: The home box checks the server certificate with its own clock; backdating
+#: tolerates a home clock that runs a little behind the VPS's.
+BACKDATE = dt.timedelta(hours=1)
+
+#: Names become file names and OpenVPN common names (which OpenVPN also uses to
+#: find the ccd file), so only a safe, portable alphabet is allowed.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: "DEFAULT" is the ccd file OpenVPN applies to clients without their own one.
+_RESERVED_NAMES = frozenset({"DEFAULT"})
+
+_INDEX = "index.json"
+_TLS_CRYPT_BYTES = 256  # 2048 bits, the size `openvpn --genkey secret` makes
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    name: str
+    kind: Kind
+    serial: int
+    not_after: dt.datetime
+    revoked: bool
+
+
+def write_atomic(path: Path, data: str | bytes, mode: int) -> None:
+    """Replace ``path`` with ``data``; the file has ``mode`` from its first byte.
+
+    The temp file is created with O_EXCL and the final mode (fchmod'ed so the
+    umask cannot widen or narrow it), fsynced, then renamed over ``path``.
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # O_EXCL, 0600
+    except OSError as exc:
+        raise VpnOffloadError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise VpnOffloadError(f"cannot write {path}: {exc.strerror}") from None
+        raise
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a safe certificate/file name, else raise ConfigError."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in _RESERVED_NAMES:
+        raise ConfigError(
+            f"invalid name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (and not 'DEFAULT')"
+        )
+    return name
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _cert_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _cn(name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+
+
+def tls_crypt_key_text(raw: bytes) -> str:
+    """Format 256 random bytes as OpenVPN's "Static key V1" (16 lines of 32 hex digits)."""
+    if len(raw) != _TLS_CRYPT_BYTES:
+        raise VpnOffloadError(f"tls-crypt key must be {_TLS_CRYPT_BYTES} bytes")
+    hexed = raw.hex()
+    lines = [hexed[i : i + 32] for i in range(0, len(hexed), 32)]
+    return (
+        "#\n# 2048 bit OpenVPN static key\n#\n"
+        "-----BEGIN OpenVPN Static key V1-----\n"
+        + "\n".join(lines)
+        + "\n-----END OpenVPN Static key V1-----\n"
+    )
+
+
+class Pki:
+    """A CA in ``directory``; see the module docstring for the layout."""
+
+    def __init__(self, directory: Path, index: dict) -> None:
+        self.directory = Path(directory)
+        self._index = index
+
+    # ----- creating and opening -------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: Path, *, server_name: str = "server", force: bool = False) -> "Pki":
+        """Make a new CA, server certificate, tls-crypt key and empty CRL.
+
+        Built in a sibling temp directory and renamed into place, so a failure
+        leaves nothing half-made. An existing PKI is replaced only with ``force``
+        (every certificate it issued stops working); a non-empty directory that
+        is not a PKI is never touched.
+        """
+        directory = Path(directory).absolute()
+        check_name(server_name)
+        cls._check_target(directory, force)
+        try:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.new-"))  # 0700
+        except OSError as exc:
+            raise VpnOffloadError(f"cannot create {directory}: {exc.strerror}") from None
+        try:
+            pki = cls(staging, {"version": 1, "server_name": server_name, "crl_number": 0, "certs": {}, "revoked": []})
+            pki._build(server_name)
+            cls._swap_into_place(staging, directory)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise VpnOffloadError(f"cannot create {directory}: {exc.strerror}") from None
+            raise
+        return cls.open(directory)
+
+    @staticmethod
+    def _check_target(directory: Path, force: bool) -> None:
+        if (directory / _INDEX).exists():
+            if not force:
+                raise ConfigError(f"a PKI already exists in {directory} (force replaces it and every certificate)")
+        elif directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+            raise ConfigError(f"{directory} is not empty and holds no vpnoffload PKI; refusing to overwrite it")
+
+    @staticmethod
+    def _swap_into_place(staging: Path, directory: Path) -> None:
+        old: Path | None = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old-{secrets.token_hex(4)}")
+            os.rename(directory, old)
+        try:
+            os.rename(staging, directory)
+        except OSError:
+            if old is not None:
+                os.rename(old, directory)  # put the previous PKI back
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _build(self, server_name: str) -> None:
+        for sub in ("certs", "keys"):
+            (self.directory / sub).mkdir(mode=0o700)
+        ca_key = _new_key()
+        now = _now()
+        subject = _cn(f"vpnoffload CA {secrets.token_hex(4)}")
+        ca_cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(ca_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + CA_LIFETIME)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        write_atomic(self.directory / "ca.key", _key_pem(ca_key), 0o600)
+        write_atomic(self.directory / "ca.crt", _cert_pem(ca_cert), 0o644)
+        self._issue(server_name, "server")
+        write_atomic(self.directory / "tls-crypt.key", tls_crypt_key_text(secrets.token_bytes(_TLS_CRYPT_BYTES)), 0o600)
+        self._write_crl()
+
+    @classmethod
+    def open(cls, directory: Path) -> "Pki":
+        """Open an existing PKI; NotSetUpError when there is none."""
+        directory = Path(directory).absolute()
+        try:
+            index = json.loads((directory / _INDEX).read_text())
+        except FileNotFoundError:
+            raise NotSetUpError(f"no PKI in {directory}: create one first") from None
+        except (OSError, ValueError) as exc:
+            raise VpnOffloadError(f"cannot read {directory / _INDEX}: {exc}") from None
+        return cls(directory, index)
+
+    # ----- issuing and revoking -------------------------------------------------
+
+    @property
+    def server_name(self) -> str:
+        """Common name of the server certificate (clients verify it by this name)."""
+        return self._index["server_name"]
+
+    def issue(self, name: str) -> None:
+        """Issue a client certificate for ``name`` (a home). A revoked name may be re-issued."""
+        check_name(name)
+        record = self._index["certs"].get(name)
+        if record is not None and record["kind"] != "client":
+            raise ConfigError(f"{name!r} is the server's name")
+        if record is not None and not record["revoked"]:
+            raise ConfigError(f"a certificate for {name!r} already exists (revoke it first)")
+        self._issue(name, "client")
+
+    def revoke(self, name: str) -> None:
+        """Add ``name``'s certificate to the CRL and re-sign it; the record stays, marked revoked."""
+        record = self._record(name)
+        if record["kind"] != "client":
+            raise ConfigError(f"{name!r} is the server certificate; re-create the PKI instead of revoking it")
+        if record["revoked"]:
+            raise ConfigError(f"the certificate of {name!r} is already revoked")
+        record["revoked"] = True
+        self._index["revoked"].append({"name": name, "serial": record["serial"], "revoked_at": _now().isoformat()})
+        self._write_crl()
+
+    def _issue(self, name: str, kind: Kind) -> None:
+        ca_key, ca_cert = self._ca()
+        key = _new_key()
+        now = _now()
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if kind == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_cn(name))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(min(now + LEAF_LIFETIME, ca_cert.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            # digitalSignature is all an ECDSA key does in (EC)DHE TLS 1.2/1.3;
+            # OpenVPN's remote-cert-tls requires the KU extension to be present.
+            .add_extension(_key_usage(), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(_aki(ca_cert), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        write_atomic(self._key_path(name), _key_pem(key), 0o600)
+        write_atomic(self._cert_path(name), _cert_pem(cert), 0o644)
+        self._index["certs"][name] = {"kind": kind, "serial": cert.serial_number, "revoked": False}
+        self._save_index()
+
+    def _write_crl(self) -> None:
+        ca_key, ca_cert = self._ca()
+        now = _now()
+        self._index["crl_number"] += 1
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca_cert.subject)
+            .last_update(now - BACKDATE)
+            .next_update(now + CRL_LIFETIME)
+            .add_extension(x509.CRLNumber(self._index["crl_number"]), critical=False)
+            .add_extension(_aki(ca_cert), critical=False)
+        )
+        for entry in self._index["revoked"]:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(entry["serial"])
+                .revocation_date(dt.datetime.fromisoformat(entry["revoked_at"]))
+                .build()
+            )
+        crl = builder.sign(ca_key, hashes.SHA256())
+        write_atomic(self.directory / "crl.pem", crl.public_bytes(serialization.Encoding.PEM), 0o644)
+        self._save_index()
+
+    # ----- reading ---------------------------------------------------------------
+
+    def exists(self, name: str) -> bool:
+        """True when a server or client certificate (revoked or not) is recorded under ``name``."""
+        return name in self._index["certs"]
+
+    def info(self, name: str) -> CertInfo:
+        record = self._record(name)
+        cert = x509.load_pem_x509_certificate(self.cert(name).encode())
+        return CertInfo(name, record["kind"], record["serial"], cert.not_valid_after_utc, record["revoked"])
+
+    def list(self) -> list[CertInfo]:
+        """The CA, the server, then clients in issue order."""
+        ca = x509.load_pem_x509_certificate(self.ca_cert().encode())
+        ca_name = ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        infos = [CertInfo(str(ca_name), "ca", ca.serial_number, ca.not_valid_after_utc, False)]
+        return infos + [self.info(name) for name in self._index["certs"]]
+
+    def ca_cert(self) -> str:
+        return self._read(self.directory / "ca.crt")
+
+    def cert(self, name: str) -> str:
+        self._record(name)
+        return self._read(self._cert_path(name))
+
+    def key(self, name: str) -> str:
+        """Private key PEM of the server or a client (never the CA's)."""
+        self._record(name)
+        return self._read(self._key_path(name))
+
+    def tls_crypt_key(self) -> str:
+        return self._read(self.directory / "tls-crypt.key")
+
+    def crl(self) -> str:
+        return self._read(self.directory / "crl.pem")
+
+    # ----- internals -------------------------------------------------------------
+
+    def _record(self, name: str) -> dict:
+        check_name(name)
+        try:
+            return self._index["certs"][name]
+        except KeyError:
+            raise ConfigError(f"no certificate for {name!r} in {self.directory}") from None
+
+    def _cert_path(self, name: str) -> Path:
+        return self.directory / "certs" / f"{check_name(name)}.crt"
+
+    def _key_path(self, name: str) -> Path:
+        return self.directory / "keys" / f"{check_name(name)}.key"
+
+    def _ca(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        key = serialization.load_pem_private_key((self.directory / "ca.key").read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise VpnOffloadError(f"{self.directory / 'ca.key'} is not an ECDSA key")
+        return key, x509.load_pem_x509_certificate(self.ca_cert().encode())
+
+    def _save_index(self) -> None:
+        write_atomic(self.directory / _INDEX, json.dumps(self._index, indent=2) + "\n", 0o600)
+
+    @staticmethod
+    def _read(path: Path) -> str:
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise NotSetUpError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _key_usage(*, cert_sign: bool = False) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _aki(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)

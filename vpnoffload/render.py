@@ -1,0 +1,213 @@
+"""Turn a Config and the PKI into OpenVPN files: the VPS's server directory and
+each home's self-contained ``.ovpn`` profile.
+
+The hardened settings live in ``templates/*.j2`` with comments saying why;
+this module only computes the values and writes files with the right modes.
+``server_config`` and ``client_profile`` are pure (golden-tested);
+``render_vps`` and ``render_home`` write.
+
+Permissions of the server directory, which OpenVPN reads with ``--cd`` into it
+and then, after dropping to ``run_as``, keeps re-reading ``crl.pem`` and
+``ccd/<home>`` (on every connection):
+
+- the directory is 0711: the unprivileged user can open files by name but not
+  list them; because OpenVPN chdir's into it as root, its ancestors may stay
+  0700 (relative lookups never walk them);
+- ``server.key`` and ``tls-crypt.key`` are 0600 (read once, as root; kept in
+  memory by ``persist-key``);
+- everything else (config, certificates, CRL, ``ccd/`` 0755 and its files)
+  is 0644: public material the unprivileged process must be able to read.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+import jinja2
+
+from vpnoffload.errors import ConfigError, NotSetUpError, VpnOffloadError
+from vpnoffload.model import Config, Home
+from vpnoffload.pki import Pki, check_name, write_atomic
+
+SECRET = 0o600
+PUBLIC = 0o644
+SERVER_DIR_MODE = 0o711
+CCD_DIR_MODE = 0o755
+PROFILE_DIR_MODE = 0o700
+
+_SAFE_WORD = re.compile(r"[A-Za-z0-9_./:@+=,-]+")
+
+
+def ovpn_quote(value: object) -> str:
+    """Make ``value`` one OpenVPN config argument: bare if safe, else double-quoted.
+
+    autoescape is off (these are not HTML), so this filter is what stops a
+    value with spaces, quotes or a newline from becoming extra directives.
+    """
+    text = str(value)
+    if _SAFE_WORD.fullmatch(text):
+        return text
+    if not text or any(c in text for c in "\n\r\0"):
+        raise ConfigError(f"{text!r} cannot be written into an OpenVPN config")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _load_template(name: str) -> str | None:
+    try:
+        return _templates_dir().joinpath(name).read_text()
+    except FileNotFoundError:
+        return None  # jinja2 turns this into TemplateNotFound
+
+
+def _templates_dir() -> Traversable:
+    try:
+        return importlib.resources.files("vpnoffload.templates")
+    except ModuleNotFoundError:
+        # A plain source checkout that was never pip-installed: templates/
+        # sits beside the package instead of inside it.
+        return Path(__file__).resolve().parent.parent / "templates"
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    # Read through importlib.resources (not a filesystem path) so it works
+    # from an editable install, a wheel, or a zip alike.
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_load_template),
+        autoescape=False,  # OpenVPN configs, not HTML; quoting is ovpn_quote's job
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["ovpn_quote"] = ovpn_quote
+    return env
+
+
+def _render(template: str, **values: object) -> str:
+    return environment().get_template(template).render(**values)
+
+
+# ----- pure renderers -----------------------------------------------------------
+
+
+def server_config(config: Config, *, status_path: Path | None = None, run_as: str | None = None) -> str:
+    """The text of ``server.conf`` (files referenced relative to its directory)."""
+    tunnel = config.tunnel
+    return _render(
+        "server.conf.j2",
+        device=ovpn_quote(tunnel.device),
+        network=tunnel.subnet.network_address,
+        netmask=tunnel.subnet.netmask,
+        local=config.vps.address,
+        port=tunnel.port,
+        proto=tunnel.proto,
+        run_as=run_as,
+        status_path=status_path,
+    )
+
+
+def ccd_entry(config: Config, home: Home) -> str:
+    """The ``ccd/<home>`` file: the home's fixed address in the tunnel subnet."""
+    if home.address not in config.tunnel.subnet:
+        raise ConfigError(f"{home.address} is outside {config.tunnel.subnet}", field=f"homes.{home.name}.address")
+    return _render("ccd.j2", home=check_name(home.name), address=home.address, netmask=config.tunnel.subnet.netmask)
+
+
+def client_profile(config: Config, pki: Pki, home: str) -> str:
+    """The text of ``<home>.ovpn``: settings plus inline CA, cert, key and tls-crypt key."""
+    _usable_home(config, pki, home)
+    return _render(
+        "client.ovpn.j2",
+        home=home,
+        device=ovpn_quote(config.tunnel.device),
+        remote=config.vps.address,
+        port=config.tunnel.port,
+        proto=config.tunnel.proto,
+        server_name=pki.server_name,
+        ca=_pem(pki.ca_cert()),
+        cert=_pem(pki.cert(home)),
+        key=_pem(pki.key(home)),
+        tls_crypt=_pem(pki.tls_crypt_key()),
+    )
+
+
+def _pem(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
+
+
+def _usable_home(config: Config, pki: Pki, home: str) -> None:
+    if home not in config.homes:
+        raise ConfigError(f"no home named {home!r} in the config")
+    if not pki.exists(home):
+        raise NotSetUpError(f"home {home!r} has no certificate yet: issue one first")
+    if pki.info(home).revoked:
+        raise ConfigError(f"the certificate of home {home!r} is revoked: issue a new one first")
+
+
+# ----- writers -----------------------------------------------------------------
+
+
+def render_vps(
+    config: Config,
+    pki: Pki,
+    out: Path,
+    *,
+    status_path: Path | None = None,
+    run_as: str | None = "vpnoffload",
+) -> list[Path]:
+    """Write the server directory ``out`` (see the module docstring for modes).
+
+    ``ccd/`` ends up holding exactly one file per configured home: files of
+    homes no longer in the config are deleted, since with ``ccd-exclusive``
+    a ccd file is what lets a certificate in.
+    """
+    out = Path(out)
+    _make_dir(out, SERVER_DIR_MODE)
+    ccd = out / "ccd"
+    _make_dir(ccd, CCD_DIR_MODE)
+    files: list[tuple[Path, str, int]] = [
+        (out / "server.conf", server_config(config, status_path=status_path, run_as=run_as), PUBLIC),
+        (out / "ca.crt", pki.ca_cert(), PUBLIC),
+        (out / "server.crt", pki.cert(pki.server_name), PUBLIC),
+        (out / "server.key", pki.key(pki.server_name), SECRET),
+        (out / "tls-crypt.key", pki.tls_crypt_key(), SECRET),
+        (out / "crl.pem", pki.crl(), PUBLIC),
+    ]
+    files += [(ccd / name, ccd_entry(config, home), PUBLIC) for name, home in config.homes.items()]
+    for path, text, mode in files:
+        write_atomic(path, text, mode)
+    _remove_stale(ccd, keep=set(config.homes))
+    return [path for path, _, _ in files]
+
+
+def render_home(config: Config, pki: Pki, home: str, out: Path) -> Path:
+    """Write ``out/<home>.ovpn`` (0600; ``out`` is created 0700 if missing)."""
+    text = client_profile(config, pki, home)
+    out = Path(out)
+    if not out.exists():
+        _make_dir(out, PROFILE_DIR_MODE)
+    path = out / f"{check_name(home)}.ovpn"
+    write_atomic(path, text, SECRET)
+    return path
+
+
+def _make_dir(path: Path, mode: int) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(mode)  # mkdir's mode is cut by the umask; an existing dir keeps its old one
+    except OSError as exc:
+        raise VpnOffloadError(f"cannot create {path}: {exc.strerror}") from None
+
+
+def _remove_stale(ccd: Path, keep: set[str]) -> None:
+    try:
+        for entry in ccd.iterdir():
+            if entry.name not in keep and (entry.is_file() or entry.is_symlink()):
+                entry.unlink()
+    except OSError as exc:
+        raise VpnOffloadError(f"cannot clean {ccd}: {exc.strerror}") from None
