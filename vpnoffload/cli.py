@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -29,20 +28,20 @@ class _Group(TyperGroup):
     show local variables (they could hold private keys).
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except VpnOffloadError as exc:
             if _debug(ctx):
                 raise
-            click.echo(f"vpnoffload: error: {exc}", err=True)
-            ctx.exit(int(exc.exit_status))
+            typer.echo(f"vpnoffload: error: {exc}", err=True)
+            raise typer.Exit(int(exc.exit_status)) from None
         except KeyboardInterrupt:
-            click.echo("vpnoffload: interrupted", err=True)
-            ctx.exit(int(ExitStatus.INTERRUPTED))
+            typer.echo("vpnoffload: interrupted", err=True)
+            raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
 
 
-def _debug(ctx: click.Context) -> bool:
+def _debug(ctx: typer.Context) -> bool:
     obj = ctx.find_root().obj
     return bool(getattr(obj, "debug", False))
 

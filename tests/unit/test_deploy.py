@@ -1,0 +1,176 @@
+"""up/down planning on fake backends: idempotent, exact undo, rollback on failure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from vpnoffload import config as cfg
+from vpnoffload import deploy, plan
+from vpnoffload.errors import ApplyError, BackendError
+from vpnoffload.firewall import FakeBackend
+from vpnoffload.paths import Paths
+from vpnoffload.pki import Pki
+from vpnoffload.routing import Address, FakeRoutingBackend
+
+CONFIG = """
+[vps]
+address = "203.0.113.10"
+[tunnel]
+subnet = "198.51.100.0/24"
+[homes.home]
+address = "198.51.100.2"
+[services.web]
+listen = "80"
+target = "8080"
+[services.git]
+listen = "203.0.113.11:22"
+target = "2222"
+"""
+
+
+@dataclass
+class FakeTunnel:
+    name: str
+    config: Path
+    workdir: Path
+    run_dir: Path
+    fail: bool = False
+    up: bool = False
+    log: list[str] = field(default_factory=list)
+
+    def running(self) -> bool:
+        return self.up
+
+    def start(self) -> None:
+        if self.fail:
+            raise BackendError("openvpn did not start: Options error")
+        self.up = True
+        self.log.append("start")
+
+    def wait_ready(self, timeout: float) -> None:
+        self.log.append("ready")
+
+    def stop(self) -> None:
+        self.up = False
+        self.log.append("stop")
+
+
+class FakeUsers:
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def exists(self, name: str) -> bool:
+        return name in self.names
+
+    def create(self, name: str) -> None:
+        self.names.add(name)
+
+    def delete(self, name: str) -> None:
+        self.names.discard(name)
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    paths = Paths(config=tmp_path / "vpnoffload.toml", state=tmp_path / "state")
+    paths.config.write_text(CONFIG)
+    Pki.create(paths.pki).issue("home")
+    proc = tmp_path / "proc"
+    (proc / "net/ipv4/conf/vpnoffload0").mkdir(parents=True)
+    (proc / "net/ipv4/ip_forward").write_text("0\n")
+    (proc / "net/ipv4/conf/vpnoffload0/rp_filter").write_text("1\n")
+    tunnels: dict[str, FakeTunnel] = {}
+
+    def factory(**kw) -> FakeTunnel:
+        return tunnels.setdefault(kw["name"], FakeTunnel(**kw))
+
+    backends = deploy.Backends(
+        firewall=FakeBackend(),
+        routing=FakeRoutingBackend(devices=("lo", "eth0"), addresses=[Address(IPv4Address("203.0.113.10"), "eth0", 24)]),
+        proc_root=proc, users=FakeUsers(), tunnel_factory=factory,
+    )
+    return cfg.load(paths.config), paths, backends, tunnels, proc
+
+
+def test_up_vps_then_nothing_to_do_then_down_restores(env) -> None:
+    config, paths, b, tunnels, proc = env
+    actions = deploy.plan_up_vps(config, paths, b)
+    text = "\n".join(plan.summaries(actions))
+    for words in ("create system user vpnoffload", "--to-destination 198.51.100.2:8080", "203.0.113.11",
+                  "net.ipv4.ip_forward = 1", "start OpenVPN server"):
+        assert words in text
+    fw_before = b.firewall.dump()
+    plan.apply(actions)
+    assert (proc / "net/ipv4/ip_forward").read_text().strip() == "1"
+    assert tunnels["server"].up and (paths.server_dir / "server.conf").exists()
+    assert any(str(a.address) == "203.0.113.11" for a in b.routing.address_list)
+
+    assert deploy.plan_up_vps(config, paths, b) == []
+
+    plan.apply(deploy.plan_down_vps(paths, b))
+    assert (proc / "net/ipv4/ip_forward").read_text().strip() == "0"
+    assert b.firewall.dump() == fw_before
+    assert [str(a.address) for a in b.routing.address_list] == ["203.0.113.10"]
+    assert not tunnels["server"].up and not b.users.names
+    assert deploy.plan_down_vps(paths, b) == []
+
+
+def test_dry_run_plan_changes_nothing(env) -> None:
+    config, paths, b, tunnels, proc = env
+    fw_before = b.firewall.dump()
+    deploy.plan_up_vps(config, paths, b)
+    deploy.cleanup_scratch(paths)
+    assert b.firewall.dump() == fw_before and not b.routing.calls
+    assert (proc / "net/ipv4/ip_forward").read_text().strip() == "0"
+    assert not paths.server_dir.exists() and not list(paths.state.glob(".server.*"))
+
+
+def test_failed_start_rolls_everything_back(env) -> None:
+    config, paths, b, tunnels, proc = env
+    fw_before = b.firewall.dump()
+    tunnels["server"] = FakeTunnel("server", Path(), Path(), Path(), fail=True)
+    with pytest.raises(ApplyError, match="start OpenVPN server failed: openvpn did not start"):
+        plan.apply(deploy.plan_up_vps(config, paths, b))
+    assert b.firewall.dump() == fw_before
+    assert (proc / "net/ipv4/ip_forward").read_text().strip() == "0"
+    assert [str(a.address) for a in b.routing.address_list] == ["203.0.113.10"]
+    assert not b.users.names and not (paths.run / "vps.json").exists()
+
+
+def test_changed_config_restarts_server_once(env) -> None:
+    config, paths, b, tunnels, proc = env
+    plan.apply(deploy.plan_up_vps(config, paths, b))
+    paths.config.write_text(CONFIG.replace('listen = "80"', 'listen = "8081"'))
+    actions = deploy.plan_up_vps(cfg.load(paths.config), paths, b)
+    text = "\n".join(plan.summaries(actions))
+    assert "--dport 8081" in text and "start OpenVPN server" not in text
+    # Only the DNAT rules changed: the rendered server config is the same, so no restart.
+    assert "restart" not in text
+    plan.apply(actions)
+    assert tunnels["server"].log == ["start", "ready"]
+
+
+def test_up_home_waits_for_tunnel_then_routes(env) -> None:
+    config, paths, b, tunnels, proc = env
+    profile = paths.state / "home.ovpn"
+    profile.write_text("client\n")
+    b.routing.device_list.append("vpnoffload0")
+    b.routing.address_list.append(Address(IPv4Address("198.51.100.2"), "vpnoffload0", 24))
+    actions = deploy.plan_up_home(config, paths, b, "home", profile)
+    text = "\n".join(plan.summaries(actions))
+    assert "start OpenVPN client for home" in text and "rule from 198.51.100.2 lookup 7701" in text
+    assert "--dport 8080" in text and "--dport 2222" in text
+    plan.apply(actions)
+    assert deploy.plan_up_home(config, paths, b, "home", profile) == []
+    plan.apply(deploy.plan_down_home(paths, b, "home", profile))
+    assert not tunnels["home-home"].up
+    assert b.firewall.read().is_empty()
+
+
+def test_up_home_without_profile_is_a_clear_error(env) -> None:
+    config, paths, b, tunnels, proc = env
+    with pytest.raises(Exception, match="no client profile at .*render home"):
+        deploy.plan_up_home(config, paths, b, "home", paths.state / "missing.ovpn")
