@@ -1,3 +1,3 @@
-from vpnoffload.cli import main
+from vpnoffload.entry import main
 
 main()

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from vpnoffload import __version__
 from vpnoffload.errors import ConfigError, ExitStatus, VpnOffloadError
+from vpnoffload.labcli import lab_app
 from vpnoffload.paths import Paths
 
 
@@ -63,6 +64,7 @@ app.add_typer(pki_app, name="pki")
 app.add_typer(render_app, name="render")
 app.add_typer(up_app, name="up")
 app.add_typer(down_app, name="down")
+app.add_typer(lab_app, name="lab")
 
 
 @dataclass
@@ -409,6 +411,62 @@ def doctor(ctx: typer.Context) -> None:
         raise typer.Exit(int(ExitStatus.MISSING_PREREQUISITE))
 
 
+# ------------------------------------------------------------------ watch / status
+
+
+@app.command()
+def watch(ctx: typer.Context) -> None:
+    """Run the failover watchdog in the foreground (systemd runs it as vpnoffload-watch)."""
+    from vpnoffload import watchrun
+
+    paths = _ctx(ctx).paths
+    raise typer.Exit(watchrun.run(paths, server_running=watchrun.server_running(paths)))
+
+
+@app.command()
+def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
+    """Show the tunnel and each service. Exit 0: all forwarding; 1: fallback or tunnel down; 2: not set up."""
+    import json
+
+    from vpnoffload import config as cfg
+    from vpnoffload import health, watchrun
+    from vpnoffload import status as status_mod
+
+    paths = _ctx(ctx).paths
+    config = cfg.load(paths.config)
+    running = watchrun.server_running(paths)
+
+    def probe(svc: Any) -> Any:
+        home = config.homes[svc.home]
+        return health.probe(str(home.address), svc.target_port, svc.check, config.watch.timeout, host_header=svc.hostname)
+
+    report = status_mod.gather(config, paths, server_running=running, live_probe=probe)
+    if as_json:
+        typer.echo(json.dumps(report.data, indent=2))
+    else:
+        for line in status_mod.render_text(report.data):
+            typer.echo(line)
+    raise typer.Exit(int(report.exit_status))
+
+
+@app.command("install-service")
+def install_service(
+    ctx: typer.Context,
+    out: Annotated[Optional[Path], typer.Option(help="Write the unit here instead of /etc/systemd/system (no systemctl).")] = None,
+) -> None:
+    """Install and start the systemd unit that runs 'vpnoffload watch' (Type=notify, WatchdogSec)."""
+    from vpnoffload import config as cfg
+    from vpnoffload import service_unit
+
+    paths = _ctx(ctx).paths
+    cfg.load(paths.config)
+    path = service_unit.install(paths, out)
+    typer.echo(f"wrote {path}")
+    if out is None:
+        service_unit.enable()
+        typer.echo(f"enabled and started {service_unit.UNIT}")
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """The typer CLI (the console script goes through vpnoffload.entry first)."""
     app(prog_name="vpnoffload")

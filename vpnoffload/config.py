@@ -35,8 +35,8 @@ _KEYS: dict[str, set[str]] = {
     "vps": {"address", "interface"},
     "tunnel": {"subnet", "port", "proto"},
     "home": {"address"},
-    "service": {"listen", "target", "proto", "check", "hostname"},
-    "watch": {"interval", "timeout", "fall", "rise"},
+    "service": {"listen", "target", "proto", "check", "hostname", "fallback", "page", "tls_cert", "tls_key"},
+    "watch": {"interval", "timeout", "fall", "rise", "fallback_port", "retry_after", "metrics"},
 }
 
 
@@ -262,10 +262,34 @@ def _parse_service(name: str, body: dict[str, Any], field: str, vps: Vps, homes:
     hostname = body.get("hostname")
     if hostname is not None:
         hostname = check_hostname(hostname, f"{field}.hostname")
+    page = _optional_file(body.get("page"), f"{field}.page")
+    tls_cert = _optional_file(body.get("tls_cert"), f"{field}.tls_cert")
+    tls_key = _optional_file(body.get("tls_key"), f"{field}.tls_key")
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("tls_cert and tls_key go together", field=f"{field}.{'tls_key' if tls_key is None else 'tls_cert'}")
+    # A web service gets the friendly page by default; anything else a fast reset.
+    web = check.kind == "http" or port == 80 or tls_cert is not None
+    fallback = body.get("fallback", "page" if web and proto == "tcp" else "reset")
+    if fallback not in ("page", "reset"):
+        raise ConfigError(f"{fallback!r} is not a fallback: use 'page' or 'reset'", field=f"{field}.fallback")
+    if fallback == "page" and proto != "tcp":
+        raise ConfigError("the friendly page needs proto 'tcp'", field=f"{field}.fallback")
     return Service(
         name=name, listen_address=address, listen_port=port, home=home, target_port=target_port,
-        proto=proto, check=check, hostname=hostname,  # type: ignore[arg-type]
+        proto=proto, check=check, hostname=hostname, fallback=fallback,  # type: ignore[arg-type]
+        page=page, tls_cert=tls_cert, tls_key=tls_key,
     )
+
+
+def _optional_file(value: Any, field: str) -> Path | None:
+    """An absolute path to a file that exists (checked now, so the watchdog never finds it missing)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ConfigError(f"{value!r} must be an absolute path", field=field)
+    if not Path(value).is_file():
+        raise ConfigError(f"{value} does not exist or is not a file", field=field)
+    return Path(value)
 
 
 def _parse_watch(raw: dict[str, Any]) -> Watch:
@@ -276,7 +300,26 @@ def _parse_watch(raw: dict[str, Any]) -> Watch:
         timeout=_number(raw.get("timeout", base.timeout), "watch.timeout", integer=False, minimum=0.1, maximum=300),
         fall=_number(raw.get("fall", base.fall), "watch.fall", integer=True, minimum=1, maximum=100),
         rise=_number(raw.get("rise", base.rise), "watch.rise", integer=True, minimum=1, maximum=100),
+        fallback_port=check_port(raw.get("fallback_port", base.fallback_port), "watch.fallback_port"),
+        retry_after=_number(raw.get("retry_after", base.retry_after), "watch.retry_after", integer=True, minimum=1, maximum=86400),
+        metrics=_metrics(raw.get("metrics"), "watch.metrics"),
     )
+
+
+def _metrics(value: Any, field: str) -> str | None:
+    """Metrics are for the VPS's own Prometheus: loopback addresses only."""
+    if value is None:
+        return None
+    text = str(value)
+    host, _, port = text.rpartition(":")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(f"{text!r} must be a loopback ADDRESS:PORT like 127.0.0.1:9477", field=field)
+    check_port(port, field)
+    return text
 
 
 # ---------------------------------------------------------------- files

@@ -43,6 +43,7 @@ class Backends:
     proc_root: Path = Path("/proc/sys")
     users: Any = users
     tunnel_factory: Callable[..., Any] | None = None
+    page_factory: Callable[[Paths], Any] | None = None
 
     @classmethod
     def real(cls) -> "Backends":
@@ -151,18 +152,48 @@ def _server_config_actions(config: Config, paths: Paths, tunnel: Any) -> list[Ac
     from vpnoffload import render
 
     pki = pki_mod.Pki.open(paths.pki)
-    paths.state.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".server.", dir=paths.state))
+    scratch = _scratch(paths)
     render.render_vps(config, pki, scratch, status_path=paths.run / "openvpn-server.status", run_as=users.RUN_AS)
-    target = paths.server_dir
-    backup = paths.state / ".server.old"
+    return _install_actions(scratch, paths.server_dir, tunnel, "OpenVPN server config", "OpenVPN server",
+                            SERVER_READY_TIMEOUT)
+
+
+def page_server(paths: Paths, backends: Backends) -> Any:
+    if backends.page_factory is not None:
+        return backends.page_factory(paths)
+    from vpnoffload.procs import PythonDaemon
+
+    return PythonDaemon("pageserver", "vpnoffload.pageserver",
+                        ("--config", str(paths.config), "--pages", str(paths.pages)), paths.run)
+
+
+def _page_actions(config: Config, paths: Paths, daemon: Any) -> list[Action]:
+    """The friendly pages, rendered now (not during an outage), and the server that sends them."""
+    from vpnoffload import pages
+
+    scratch = _scratch(paths)
+    pages.render_pages(config, scratch)
+    # What the server listens on is part of what it was started with: a change restarts it.
+    listen = f"{config.vps.address}:{config.watch.fallback_port} retry-after {config.watch.retry_after}\n"
+    listen += "".join(f"{s.name} tls {s.tls_cert} {s.tls_key}\n" for s in config.services.values() if s.page_over_tls)
+    (scratch / "listen.txt").write_text(listen)
+    return _install_actions(scratch, paths.pages, daemon, "friendly pages", "friendly-page server", 10.0)
+
+
+def _scratch(paths: Paths) -> Path:
+    paths.state.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".render.", dir=paths.state))
+
+
+def _install_actions(scratch: Path, target: Path, daemon: Any, what: str, who: str, timeout: float) -> list[Action]:
+    """Swap ``scratch`` in for ``target`` if it differs, and (re)start ``daemon`` to match."""
+    backup = target.with_name(f".{target.name}.old")
     if _same_tree(scratch, target):
         shutil.rmtree(scratch)
-        if tunnel.running():
-            return []
-        return [_start_action(tunnel, "start OpenVPN server", SERVER_READY_TIMEOUT)]
+        return [] if daemon.running() else [_start_action(daemon, f"start {who}", timeout)]
 
     def install() -> None:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         shutil.rmtree(backup, ignore_errors=True)
         if target.exists():
             target.rename(backup)
@@ -173,30 +204,30 @@ def _server_config_actions(config: Config, paths: Paths, tunnel: Any) -> list[Ac
         if backup.exists():
             backup.rename(target)
 
-    summary = f"install OpenVPN server config in {target}"
-    if not tunnel.running():
-        return [Action(summary, install, restore), _start_action(tunnel, "start OpenVPN server", SERVER_READY_TIMEOUT)]
+    summary = f"install {what} in {target}"
+    if not daemon.running():
+        return [Action(summary, install, restore), _start_action(daemon, f"start {who}", timeout)]
 
     def install_and_restart() -> None:
         install()
-        tunnel.stop()
-        tunnel.start()
-        tunnel.wait_ready(SERVER_READY_TIMEOUT)
+        daemon.stop()
+        daemon.start()
+        daemon.wait_ready(timeout)
 
     def restore_and_restart() -> None:
         restore()
-        tunnel.stop()
-        tunnel.start()
+        daemon.stop()
+        daemon.start()
 
-    return [Action(summary + " and restart OpenVPN", install_and_restart, restore_and_restart)]
+    return [Action(f"{summary} and restart {who}", install_and_restart, restore_and_restart)]
 
 
-def _start_action(tunnel: Any, summary: str, timeout: float) -> Action:
+def _start_action(daemon: Any, summary: str, timeout: float) -> Action:
     def do() -> None:
-        tunnel.start()
-        tunnel.wait_ready(timeout)
+        daemon.start()
+        daemon.wait_ready(timeout)
 
-    return Action(summary, do, tunnel.stop)
+    return Action(summary, do, daemon.stop)
 
 
 def server_tunnel(paths: Paths, backends: Backends) -> Any:
@@ -212,7 +243,9 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     actions: list[Action] = []
     actions += _user_actions(backends, rec)
     # Filter rules go in before forwarding is switched on, so no window is unfiltered.
-    actions += firewall.plan(backends.firewall, firewall.vps_ruleset(config))
+    # Keep services the running watchdog has on fallback there: re-running `up`
+    # during an outage must not send visitors back to a dead home.
+    actions += firewall.plan(backends.firewall, firewall.vps_ruleset(config, current_fallback(config, paths)))
     interface = config.vps.interface or backends.routing.find_interface(config.vps.address)
     address_actions, owned = routing.plan_addresses(
         backends.routing, routing.vps_addresses(config, interface), [tuple(a) for a in rec.addresses])
@@ -220,9 +253,18 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     rec.addresses = [list(a.as_record()) for a in owned]
     actions += _sysctl_actions({"net.ipv4.ip_forward": "1"}, backends, rec)
     actions += _server_config_actions(config, paths, server_tunnel(paths, backends))
+    actions += _page_actions(config, paths, page_server(paths, backends))
     if actions and rec.__dict__ != before:
         actions.append(_save_record_action(rec_path, rec))
     return actions
+
+
+def current_fallback(config: Config, paths: Paths) -> frozenset[str]:
+    from vpnoffload.watchdog import read_state
+
+    state = read_state(paths.watch_state) or {}
+    names = {s.get("name") for s in state.get("services", []) if s.get("state") == "fallback"}  # type: ignore[union-attr]
+    return frozenset(n for n in names if n in config.services)
 
 
 def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
@@ -235,6 +277,9 @@ def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
     tunnel = server_tunnel(paths, backends)
     if tunnel.running():
         actions.append(Action("stop OpenVPN server", tunnel.stop, None))
+    pages = page_server(paths, backends)
+    if pages.running():
+        actions.append(Action("stop friendly-page server", pages.stop, None))
     actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
     actions += routing.plan_remove_addresses(backends.routing, [tuple(a) for a in rec.addresses])
     actions += firewall.plan(backends.firewall, firewall.empty_ruleset())
@@ -325,6 +370,5 @@ def plan_down_home(paths: Paths, backends: Backends, home: str, profile: Path) -
 def cleanup_scratch(paths: Paths) -> None:
     """Remove render scratch dirs left by a dry run or a failed plan."""
     if paths.state.is_dir():
-        for leftover in paths.state.glob(".server.*"):
-            if leftover.name != ".server.old":
-                shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in paths.state.glob(".render.*"):
+            shutil.rmtree(leftover, ignore_errors=True)

@@ -202,8 +202,10 @@ def vps_ruleset(config: Config, fallback: frozenset[str] = frozenset()) -> Rules
     connection, and let through the tunnel only what was DNATed to a configured
     home address, port and protocol. No SNAT: home sees the visitor's address.
 
-    Services named in ``fallback`` are refused in FORWARD (TCP reset / ICMP port
-    unreachable) instead of being forwarded; the watchdog will refine this.
+    Services named in ``fallback`` (home is down, says the watchdog): a web
+    service's new connections are DNATed to the friendly-page server on the VPS
+    instead; any other service's are refused at once (TCP reset / ICMP port
+    unreachable), so no visitor waits on a dead home.
     """
     unknown = sorted(fallback - set(config.services))
     if unknown:
@@ -212,6 +214,7 @@ def vps_ruleset(config: Config, fallback: frozenset[str] = frozenset()) -> Rules
     b = _Builder()
     b.chain("nat", DNAT_CHAIN)
     b.add("nat", "PREROUTING", "!", "-i", dev, "-j", DNAT_CHAIN)
+    _vps_input(b, config)
     b.chain("filter", FORWARD_CHAIN)
     b.add("filter", "FORWARD", "-j", FORWARD_CHAIN)
     # Replies and later packets of connections we DNATed (mark set), both ways.
@@ -223,20 +226,45 @@ def vps_ruleset(config: Config, fallback: frozenset[str] = frozenset()) -> Rules
     for svc in config.services.values():
         mark = _mark_text(service_mark(config, svc.name)[0])
         home = config.homes[svc.home].address
+        down = svc.name in fallback
         listen = ("-d", f"{svc.listen_address}/32", *_port_match(svc.proto, svc.listen_port))
         b.add("nat", DNAT_CHAIN, *listen, "-j", "CONNMARK", "--set-xmark", mark)
-        b.add("nat", DNAT_CHAIN, *listen, "-j", "DNAT", "--to-destination", f"{home}:{svc.target_port}")
+        to = fallback_address(config, svc) if down and svc.serves_page else f"{home}:{svc.target_port}"
+        b.add("nat", DNAT_CHAIN, *listen, "-j", "DNAT", "--to-destination", to)
         b.add(
             "filter", FORWARD_CHAIN,
             "-d", f"{home}/32", "-o", dev, *_port_match(svc.proto, svc.target_port),
             "-m", "conntrack", "--ctstate", "DNAT", "-m", "connmark", "--mark", mark,
-            *(_refusal(svc) if svc.name in fallback else ("-j", "ACCEPT")),
+            *(_refusal(svc) if down and not svc.serves_page else ("-j", "ACCEPT")),
         )  # fmt: skip
     b.add("filter", FORWARD_CHAIN, "-o", dev, "-j", "DROP")
     # The VPS is not the home box's way out to the internet.
     b.add("filter", FORWARD_CHAIN, "-i", dev, "-j", "DROP")
     b.add("filter", FORWARD_CHAIN, "-j", "RETURN")
     return b.build()
+
+
+def fallback_address(config: Config, svc: Service) -> str:
+    """Where a failed web service's visitors are sent: the page server on the VPS."""
+    port = config.watch.fallback_port + (1 if svc.page_over_tls else 0)
+    return f"{config.vps.address}:{port}"
+
+
+def _vps_input(b: "_Builder", config: Config) -> None:
+    """The VPS's own INPUT: the page server takes only what we DNATed to it, and a
+    home box gets no new connections to the VPS itself (its sshd, say) through
+    the tunnel; replies to the watchdog's checks are ESTABLISHED and pass."""
+    dev = config.tunnel.device
+    b.chain("filter", INPUT_CHAIN)
+    b.add("filter", "INPUT", "-j", INPUT_CHAIN)
+    ports = (config.watch.fallback_port, config.watch.fallback_port + 1)
+    for port in ports:
+        b.add("filter", INPUT_CHAIN, *_port_match("tcp", port), "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
+    for port in ports:
+        b.add("filter", INPUT_CHAIN, *_port_match("tcp", port), "-j", "DROP")
+    b.add("filter", INPUT_CHAIN, "-i", dev, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+    b.add("filter", INPUT_CHAIN, "-i", dev, "-j", "DROP")
+    b.add("filter", INPUT_CHAIN, "-j", "RETURN")
 
 
 def _refusal(svc: Service) -> tuple[str, ...]:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Literal
 
 Proto = Literal["tcp", "udp"]
+#: What visitors get while home is down: the friendly page, or a fast refusal.
+FallbackMode = Literal["page", "reset"]
 
 #: Name of the tun device on both ends; fixed so firewall and routing know it.
 TUNNEL_DEVICE = "vpnoffload0"
@@ -44,6 +47,18 @@ class Service:
     proto: Proto = "tcp"
     check: Check = field(default_factory=Check)
     hostname: str | None = None
+    fallback: FallbackMode = "reset"
+    page: Path | None = None  # the user's own jinja2 template for the friendly page
+    tls_cert: Path | None = None  # with tls_key: serve the page over TLS (an HTTPS service)
+    tls_key: Path | None = None
+
+    @property
+    def serves_page(self) -> bool:
+        return self.fallback == "page" and self.proto == "tcp"
+
+    @property
+    def page_over_tls(self) -> bool:
+        return self.serves_page and self.tls_cert is not None
 
     @property
     def listen(self) -> str:
@@ -83,12 +98,22 @@ class Vps:
 
 @dataclass(frozen=True)
 class Watch:
-    """Health-check timing. Defaults aim at: outage shown within 3 s, recovery within 5 s."""
+    """Health-check timing. Defaults aim at: outage shown within 3 s, recovery within 5 s.
 
-    interval: float = 1.0
-    timeout: float = 1.0
+    Worst case to swap out: a check starts just before the outage, then ``fall``
+    checks each time out: about interval + fall * timeout, plus ~0.3 s to swap.
+    """
+
+    interval: float = 0.5
+    timeout: float = 0.6
     fall: int = 2
     rise: int = 2
+    #: The friendly-page server listens here on the VPS address (and +1 for TLS);
+    #: only connections DNATed to it by vpnoffload are accepted.
+    fallback_port: int = 8503
+    retry_after: int = 30
+    #: Optional Prometheus text metrics, loopback only (e.g. "127.0.0.1:9477").
+    metrics: str | None = None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,16 @@ class Paths:
         return self.state / "run"
 
     @property
+    def watch_state(self) -> Path:
+        """The watchdog's published view (states, last checks), read by ``status``."""
+        return self.run / "watch.json"
+
+    @property
+    def pages(self) -> Path:
+        """Friendly pages rendered ahead of an outage, one per web service."""
+        return self.run / "pages"
+
+    @property
     def lock(self) -> Path:
         return self.run / "lock"
 

@@ -64,3 +64,68 @@ def run_cli(lab: Lab, host: str, *args: str, config: Path | str | None = None,
 def vpnoffload_cmd(lab: Lab) -> Callable[..., object]:
     """``run_cli`` bound to this test's lab: ``vpnoffload_cmd("vps", "up", "vps", config=cfg)``."""
     return functools.partial(run_cli, lab)
+
+
+# --------------------------------------------------------------------------
+# The two sites of a deployment, and the user's workflow on them
+
+
+TUNNEL_SUBNET = "198.51.100.0/24"
+HOME_TUNNEL_ADDRESS = "198.51.100.2"
+
+
+@pytest.fixture
+def sites() -> Iterator[tuple[Path, Path]]:
+    """Config dirs for the VPS and the home box, world-traversable like /etc/vpnoffload.
+
+    OpenVPN drops to an unprivileged user and must then still read the CRL and
+    per-home files, so the directories cannot be pytest's 0700 tmp dirs.
+    """
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="vpnoffload-e2e-"))
+    os.chmod(root, 0o755)
+    vps, home = root / "vps", root / "home"
+    vps.mkdir(mode=0o755)
+    home.mkdir(mode=0o755)
+    try:
+        yield vps, home
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def cli(lab: Lab, host: str, site: Path, *args: str, check: bool = True, timeout: float = 90):
+    """``vpnoffload -c SITE/vpnoffload.toml ARGS`` in ``host``; fails the test on a non-zero exit if ``check``."""
+    proc = lab.exec(host, *cli_argv("-c", str(site / "vpnoffload.toml"), *args), check=False, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"vpnoffload {' '.join(args)} on {host} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}",
+                    pytrace=False)
+    return proc
+
+
+def configure(lab: Lab, vps_site: Path, home_site: Path, *services: list[str]) -> None:
+    """What a user does on the VPS (init, services, the home profile) and copies to home."""
+    import shutil
+
+    cli(lab, "vps", vps_site, "init", "--vps-address", lab.vps_address, "--tunnel-subnet", TUNNEL_SUBNET)
+    for service in services:
+        cli(lab, "vps", vps_site, "service", "add", *service)
+    (home_site / "state").mkdir(mode=0o755)
+    cli(lab, "vps", vps_site, "render", "home", "--out", str(home_site / "state"))
+    shutil.copy(vps_site / "vpnoffload.toml", home_site / "vpnoffload.toml")
+
+
+def openvpn_pids(lab: Lab, host: str) -> list[str]:
+    """Pids of OpenVPN processes left in ``host``'s namespace."""
+    import subprocess
+
+    out = subprocess.run(["ip", "netns", "pids", lab.namespace(host)], capture_output=True, text=True, check=False)
+    found = []
+    for pid in out.stdout.split():
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "openvpn":
+                found.append(pid)
+        except OSError:
+            continue
+    return found

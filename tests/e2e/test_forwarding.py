@@ -5,62 +5,17 @@ Only the CLI is used to set things up, as a user would on two real machines.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 
+from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, cli, configure, openvpn_pids
 from vpnoffload.lab import Lab, snapshot, snapshot_diff
-
-TUNNEL_SUBNET = "198.51.100.0/24"
-HOME_TUNNEL_ADDRESS = "198.51.100.2"
-
-
-@pytest.fixture
-def sites() -> Iterator[tuple[Path, Path]]:
-    """Config dirs for the VPS and the home box, world-traversable like /etc/vpnoffload.
-
-    OpenVPN drops to an unprivileged user and must then still read the CRL and
-    per-home files, so the directories cannot be pytest's 0700 tmp dirs.
-    """
-    root = Path(tempfile.mkdtemp(prefix="vpnoffload-e2e-"))
-    os.chmod(root, 0o755)
-    vps, home = root / "vps", root / "home"
-    vps.mkdir(mode=0o755)
-    home.mkdir(mode=0o755)
-    try:
-        yield vps, home
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def cli(lab: Lab, host: str, site: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = lab.exec(host, sys.executable, "-m", "vpnoffload", "-c", str(site / "vpnoffload.toml"), *args,
-                    check=False, timeout=90)
-    if check and proc.returncode != 0:
-        pytest.fail(f"vpnoffload {' '.join(args)} on {host} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-def openvpn_pids(lab: Lab, host: str) -> list[str]:
-    out = subprocess.run(["ip", "netns", "pids", lab.namespace(host)], capture_output=True, text=True, check=False)
-    return [p for p in out.stdout.split() if Path(f"/proc/{p}/comm").exists() and Path(f"/proc/{p}/comm").read_text().strip() == "openvpn"]
-
 
 def test_visitor_is_served_from_home_and_down_restores_everything(lab: Lab, sites: tuple[Path, Path]) -> None:
     vps_site, home_site = sites
-    # --- on the VPS: init, one service, the home box's profile
-    cli(lab, "vps", vps_site, "init", "--vps-address", lab.vps_address, "--tunnel-subnet", TUNNEL_SUBNET)
-    cli(lab, "vps", vps_site, "service", "add", "web", "--listen", "80", "--target", "8080", "--check", "http:/")
-    (home_site / "state").mkdir(mode=0o755)
-    cli(lab, "vps", vps_site, "render", "home", "--out", str(home_site / "state"))
-    # --- "copy" to the home box: the config (no secrets) and the profile
-    shutil.copy(vps_site / "vpnoffload.toml", home_site / "vpnoffload.toml")
+    # --- on the VPS: init, one service, the home box's profile; "copied" to home
+    configure(lab, vps_site, home_site, ["web", "--listen", "80", "--target", "8080", "--check", "http:/"])
     assert (home_site / "state" / "home.ovpn").stat().st_mode & 0o077 == 0
 
     web = lab.popen("home", sys.executable, "-m", "vpnoffload.labweb", "--port", "8080")

@@ -87,7 +87,11 @@ def env(tmp_path: Path):
     def factory(**kw) -> FakeTunnel:
         return tunnels.setdefault(kw["name"], FakeTunnel(**kw))
 
+    def pages(paths: Paths) -> FakeTunnel:
+        return tunnels.setdefault("pages", FakeTunnel("pages", Path(), Path(), Path()))
+
     backends = deploy.Backends(
+        page_factory=pages,
         firewall=FakeBackend(),
         routing=FakeRoutingBackend(devices=("lo", "eth0"), addresses=[Address(IPv4Address("203.0.113.10"), "eth0", 24)]),
         proc_root=proc, users=FakeUsers(), tunnel_factory=factory,
@@ -147,8 +151,9 @@ def test_changed_config_restarts_server_once(env) -> None:
     actions = deploy.plan_up_vps(cfg.load(paths.config), paths, b)
     text = "\n".join(plan.summaries(actions))
     assert "--dport 8081" in text and "start OpenVPN server" not in text
-    # Only the DNAT rules changed: the rendered server config is the same, so no restart.
-    assert "restart" not in text
+    # The rendered OpenVPN config is the same, so OpenVPN is not restarted (only the
+    # page server, since port 8081 is no longer a web port that gets the page).
+    assert "restart OpenVPN" not in text and "restart friendly-page server" in text
     plan.apply(actions)
     assert tunnels["server"].log == ["start", "ready"]
 

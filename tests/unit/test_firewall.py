@@ -25,7 +25,7 @@ def config() -> Config:
             "attic": Home("attic", IPv4Address("198.51.100.3")),
         },
         services={
-            "web": Service("web", IPv4Address("203.0.113.10"), 80, "home", 8080),
+            "web": Service("web", IPv4Address("203.0.113.10"), 80, "home", 8080, fallback="page"),
             "dns": Service("dns", IPv4Address("203.0.113.11"), 53, "home", 5353, proto="udp"),
             "git": Service("git", IPv4Address("203.0.113.10"), 22, "attic", 2222),
         },
@@ -49,6 +49,17 @@ VPS_FILTER_TAIL = [
     "-A VPNOFFLOAD-FWD -o vpnoffload0 -j DROP",
     "-A VPNOFFLOAD-FWD -i vpnoffload0 -j DROP",
     "-A VPNOFFLOAD-FWD -j RETURN",
+]
+VPS_INPUT = [
+    ":VPNOFFLOAD-IN",
+    "-A INPUT -j VPNOFFLOAD-IN",
+    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 8503 -m conntrack --ctstate DNAT -j ACCEPT",
+    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 8504 -m conntrack --ctstate DNAT -j ACCEPT",
+    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 8503 -j DROP",
+    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 8504 -j DROP",
+    "-A VPNOFFLOAD-IN -i vpnoffload0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    "-A VPNOFFLOAD-IN -i vpnoffload0 -j DROP",
+    "-A VPNOFFLOAD-IN -j RETURN",
 ]
 VPS_NAT = [
     "*nat",
@@ -82,7 +93,9 @@ def foreign_firewall() -> fw.FakeBackend:
 
 
 def test_vps_ruleset_is_exactly_this() -> None:
-    assert fw.vps_ruleset(config()).lines() == [
+    lines = fw.vps_ruleset(config()).lines()
+    assert [x for x in lines if "VPNOFFLOAD-IN" in x] == VPS_INPUT
+    assert [x for x in lines if "VPNOFFLOAD-IN" not in x] == [
         "*filter",
         ":VPNOFFLOAD-FWD",
         "-A FORWARD -j VPNOFFLOAD-FWD",
@@ -95,12 +108,16 @@ def test_vps_ruleset_is_exactly_this() -> None:
     ]
 
 
-def test_vps_ruleset_refuses_fallback_services_but_still_dnats_them() -> None:
-    lines = fw.vps_ruleset(config(), fallback=frozenset({"web", "dns"})).lines()
-    assert WEB_FWD + " -j REJECT --reject-with tcp-reset" in lines
+def test_vps_ruleset_fallback_page_for_web_fast_refusal_for_others() -> None:
+    lines = fw.vps_ruleset(config(), fallback=frozenset({"web", "dns", "git"})).lines()
+    # web: new connections go to the friendly-page server on the VPS
+    page = "-A VPNOFFLOAD-DNAT -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 203.0.113.10:8503"
+    assert page in lines and VPS_NAT[4] not in lines
+    # others: refused at once instead of hanging on a dead home
     assert DNS_FWD + " -j REJECT --reject-with icmp-port-unreachable" in lines
-    assert GIT_FWD + " -j ACCEPT" in lines
-    assert [x for x in lines if x.startswith("-A VPNOFFLOAD-DNAT")] == VPS_NAT[3:]
+    assert GIT_FWD + " -j REJECT --reject-with tcp-reset" in lines
+    assert [x for x in lines if x.startswith("-A VPNOFFLOAD-DNAT") and "203.0.113.10:8503" not in x] == \
+        [x for x in VPS_NAT[3:] if x != VPS_NAT[4]]
 
 
 def test_vps_ruleset_refuses_unknown_fallback_names() -> None:
@@ -224,7 +241,7 @@ def test_plan_to_empty_removes_only_ours() -> None:
     actions = fw.plan(backend, fw.empty_ruleset())
     assert [a.summary for a in actions if "commit" in a.summary] == [
         "iptables nat: commit the 2 change(s) above in one step",  # the DNAT goes first
-        "iptables filter: commit the 2 change(s) above in one step",
+        "iptables filter: commit the 4 change(s) above in one step",
     ]
     assert "iptables nat: delete chain VPNOFFLOAD-DNAT and its 6 rule(s)" in summaries(actions)
     apply(actions)
@@ -235,11 +252,18 @@ def test_plan_to_empty_removes_only_ours() -> None:
 def test_changing_one_service_changes_only_its_rules() -> None:
     backend = fw.FakeBackend()
     apply(fw.plan(backend, fw.vps_ruleset(config())))
+    lines = summaries(fw.plan(backend, fw.vps_ruleset(config(), fallback=frozenset({"git"}))))
+    assert lines == [
+        f"iptables filter VPNOFFLOAD-FWD: delete {GIT_FWD[len('-A VPNOFFLOAD-FWD '):]} -j ACCEPT",
+        f"iptables filter VPNOFFLOAD-FWD: {GIT_FWD[len('-A VPNOFFLOAD-FWD '):]} -j REJECT --reject-with tcp-reset",
+        "iptables filter: commit the 2 change(s) above in one step",
+    ]
+    # A web service swaps its DNAT target to the page server: one nat commit, nothing in filter.
     lines = summaries(fw.plan(backend, fw.vps_ruleset(config(), fallback=frozenset({"web"}))))
     assert lines == [
-        f"iptables filter VPNOFFLOAD-FWD: delete {WEB_FWD[len('-A VPNOFFLOAD-FWD '):]} -j ACCEPT",
-        f"iptables filter VPNOFFLOAD-FWD: {WEB_FWD[len('-A VPNOFFLOAD-FWD '):]} -j REJECT --reject-with tcp-reset",
-        "iptables filter: commit the 2 change(s) above in one step",
+        "iptables nat VPNOFFLOAD-DNAT: delete -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 198.51.100.2:8080",
+        "iptables nat VPNOFFLOAD-DNAT: -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 203.0.113.10:8503",
+        "iptables nat: commit the 2 change(s) above in one step",
     ]
 
 

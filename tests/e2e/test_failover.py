@@ -1,0 +1,198 @@
+"""Issue 4 end to end: the watchdog swaps visitors to the friendly page when home's
+cable is pulled and back when it is plugged in, with real OpenVPN, iptables and
+conntrack in four namespaces. Measured times are printed in the test output.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import cli, cli_argv, configure, openvpn_pids
+from vpnoffload.lab import Lab
+
+HOSTNAME = "blog.example.org"
+
+# Runs in the visitor's namespace: one GET on a new connection, as JSON.
+VISIT = r"""
+import http.client, json, sys, time
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+start = time.monotonic()
+try:
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    c.request("GET", "/whoami", headers={"Host": "blog.example.org"})
+    r = c.getresponse()
+    out = {"status": r.status, "headers": dict(r.getheaders()), "body": r.read().decode("utf-8", "replace")}
+except Exception as e:
+    out = {"status": 0, "error": f"{type(e).__name__}: {e}"}
+out["seconds"] = time.monotonic() - start
+print(json.dumps(out))
+"""
+
+
+# Runs in the visitor's namespace: a new connection every INTERVAL s (each in its
+# own thread, 5 s timeout), until STREAK started-in-a-row requests got WANT or
+# LIMIT s passed. Prints every request as [started, finished, status] (wall clock).
+CROWD = r"""
+import http.client, json, sys, threading, time
+host, port, want, interval, limit, streak = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
+results, threads = [], []
+def one():
+    t0 = time.time()
+    try:
+        c = http.client.HTTPConnection(host, port, timeout=5)
+        c.request("GET", "/whoami", headers={"Host": "blog.example.org"})
+        r = c.getresponse(); r.read(); status = r.status
+    except Exception:
+        status = 0
+    results.append([t0, time.time(), status])
+start = time.time()
+while time.time() - start < limit:
+    t = threading.Thread(target=one); t.start(); threads.append(t)
+    time.sleep(interval)
+    done = sorted(results)
+    if len(done) >= streak and all(r[2] == want for r in done[-streak:]):
+        break
+for t in threads:
+    t.join(6)
+print(json.dumps(sorted(results)))
+"""
+
+
+def crowd(lab: Lab, want: int, since: float, limit: float = 15) -> float:
+    """Visitors asking 5x a second on new connections; seconds from ``since`` until the
+    first ``want`` reached a visitor. Fails if a request started after that got anything else."""
+    proc = lab.exec("visitor", sys.executable, "-c", CROWD, lab.vps_address, "80", str(want), "0.2", str(limit), "5",
+                    timeout=limit + 20)
+    results = json.loads(proc.stdout)
+    firsts = [done for _, done, status in results if status == want]
+    if not firsts:
+        pytest.fail(f"no HTTP {want} within {limit} s: {results}", pytrace=False)
+    first = min(firsts)
+    after = [r for r in results if r[0] > first]
+    assert all(status == want and done - started < 1.0 for started, done, status in after), after
+    return first - since
+
+
+def visit(lab: Lab, port: int = 80, timeout: float = 1.0) -> dict:
+    proc = lab.exec("visitor", sys.executable, "-c", VISIT, lab.vps_address, str(port), str(timeout), timeout=timeout + 10)
+    return json.loads(proc.stdout)
+
+
+def until(lab: Lab, want: int, limit: float) -> tuple[float, dict]:
+    """Visit on new connections several times a second until status ``want``; (seconds, last reply)."""
+    start = time.monotonic()
+    last: dict = {}
+    while time.monotonic() - start < limit:
+        last = visit(lab)
+        if last["status"] == want:
+            return time.monotonic() - start, last
+        time.sleep(0.1)
+    pytest.fail(f"no HTTP {want} within {limit} s; last reply: {last}", pytrace=False)
+
+
+def status(lab: Lab, site: Path) -> tuple[int, dict]:
+    proc = cli(lab, "vps", site, "status", "--json", check=False)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def start_watch(lab: Lab, site: Path, log: Path) -> subprocess.Popen:
+    out = open(log, "ab")
+    proc = lab.popen("vps", *cli_argv("-c", str(site / "vpnoffload.toml"), "watch"), stdout=out, stderr=out)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        code, data = status(lab, site)
+        if data["watchdog"]["running"]:
+            return proc
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.2)
+    pytest.fail(f"watchdog did not start:\n{log.read_text()}", pytrace=False)
+
+
+def report(capsys: pytest.CaptureFixture, text: str) -> None:
+    with capsys.disabled():
+        print(f"\n[failover] {text}", flush=True)
+
+
+def test_cable_pulled_friendly_page_then_back(lab: Lab, sites: tuple[Path, Path], capsys, tmp_path: Path) -> None:
+    vps_site, home_site = sites
+    configure(lab, vps_site, home_site,
+              ["web", "--listen", "80", "--target", "8080", "--check", "http:/", "--hostname", HOSTNAME],
+              ["shell", "--listen", "2222", "--target", "2223"])
+    lab.popen("home", sys.executable, "-m", "vpnoffload.labweb", "--port", "8080")
+    lab.popen("home", sys.executable, "-m", "vpnoffload.labweb", "--port", "2223")
+    assert lab.wait_tcp("home", "127.0.0.1", 8080) and lab.wait_tcp("home", "127.0.0.1", 2223)
+    cli(lab, "vps", vps_site, "up", "vps")
+    cli(lab, "home", home_site, "up", "home")
+    log = tmp_path / "watch.log"
+    watch = start_watch(lab, vps_site, log)
+
+    # Healthy: served from home; status says so with exit 0.
+    first = visit(lab)
+    assert first["status"] == 200 and first["body"].strip() == lab.visitor_address
+    code, data = status(lab, vps_site)
+    assert code == 0 and data["tunnel"]["up"] and {s["state"] for s in data["services"]} == {"forwarding"}
+
+    # Pull the cable: the friendly page within 3 s, after which no request hangs or fails.
+    pulled = time.time()
+    lab.pull_cable()
+    took = crowd(lab, 503, since=pulled)
+    report(capsys, f"cable pulled -> friendly page after {took:.2f} s (goal <= 3 s)")
+    assert took <= 3.0
+    page = visit(lab)
+    assert page["status"] == 503
+    assert page["headers"].get("Retry-After") and page["headers"].get("Cache-Control") == "no-store"
+    assert HOSTNAME in page["body"] and "<style>" in page["body"]
+    replies = [visit(lab) for _ in range(5)]
+    assert all(r["status"] == 503 and r["seconds"] < 0.5 for r in replies), replies
+    # A non-HTTP service is refused at once, never left hanging.
+    probe = lab.tcp_probe("visitor", lab.vps_address, 2222, timeout=2)
+    assert probe == "refused", probe
+    code, data = status(lab, vps_site)
+    states = {s["name"]: s["state"] for s in data["services"]}
+    assert code == 1 and states == {"web": "fallback", "shell": "fallback"}, data
+
+    # Kill the watchdog mid-outage: the page stays; a new watchdog converges to fallback.
+    watch.send_signal(signal.SIGKILL)
+    watch.wait(5)
+    assert visit(lab)["status"] == 503
+    watch = start_watch(lab, vps_site, log)
+    code, data = status(lab, vps_site)
+    assert code == 1 and {s["state"] for s in data["services"]} == {"fallback"}
+    assert visit(lab)["status"] == 503
+
+    # Plug the cable back: the real site within 5 s.
+    plugged = time.time()
+    lab.plug_cable()
+    took = crowd(lab, 200, since=plugged, limit=30)
+    report(capsys, f"cable plugged -> real site after {took:.2f} s (goal <= 5 s)")
+    assert took <= 5.0
+    assert visit(lab)["body"].strip() == lab.visitor_address
+    assert lab.wait_tcp("visitor", lab.vps_address, 2222, timeout=5)
+    deadline = time.monotonic() + 5
+    while (code := status(lab, vps_site)[0]) != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert code == 0
+
+    # Lean: resident memory after a full outage-and-recovery cycle (this watchdog saw the recovery).
+    rss_kb = int(next(ln.split()[1] for ln in Path(f"/proc/{watch.pid}/status").read_text().splitlines()
+                      if ln.startswith("VmRSS:")))
+    report(capsys, f"watchdog resident memory after outage and recovery: {rss_kb / 1024:.1f} MB (goal <= 32 MB)")
+    assert rss_kb <= 32 * 1024
+
+    # Restarting a watchdog while all is well changes nothing for visitors.
+    watch.send_signal(signal.SIGTERM)
+    assert watch.wait(10) == 0
+    assert visit(lab)["status"] == 200
+
+    cli(lab, "home", home_site, "down", "home")
+    cli(lab, "vps", vps_site, "down", "vps")
+    assert openvpn_pids(lab, "vps") == [] and openvpn_pids(lab, "home") == []
+    print(log.read_text())

@@ -1,0 +1,154 @@
+"""Health checks through the tunnel: a TCP connect, or an HTTP GET.
+
+Stdlib only (socket), because the watchdog imports this on a 256 MB VPS.
+
+A check tells three things apart, so a busy home server is not swapped out:
+``down`` (nothing answers: connect refused, unreachable, timed out, reset, or
+HTTP >= 500), ``up``, and ``slow`` (the connection was accepted, so the tunnel
+and home box are alive, but the HTTP answer did not come in time). The
+watchdog counts ``slow`` as alive.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from vpnoffload.model import Check
+
+Verdict = Literal["up", "slow", "down"]
+
+
+@dataclass(frozen=True)
+class Result:
+    verdict: Verdict
+    latency: float  # seconds until the verdict
+    detail: str
+
+    @property
+    def alive(self) -> bool:
+        return self.verdict != "down"
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return exc.strerror or str(exc)
+
+
+def probe(address: str, port: int, check: Check, timeout: float, *, host_header: str | None = None) -> Result:
+    """Run one check of ``address:port`` with ``timeout`` seconds for each phase.
+
+    A ping goes out together with the connect: if the connect times out but
+    the home box answered the ping, home and tunnel are alive and the service
+    is only overloaded (its accept queue full), so the verdict is ``slow``.
+    """
+    start = time.monotonic()
+    echo = Echo.send(address)
+    try:
+        sock = socket.create_connection((address, port), timeout=timeout)
+    except TimeoutError:
+        alive = echo is not None and echo.answered(wait=0.0)
+        verdict: Verdict = "slow" if alive else "down"
+        return Result(verdict, time.monotonic() - start, "connect: timed out" + (" (home answers ping)" if alive else ""))
+    except OSError as exc:
+        return Result("down", time.monotonic() - start, f"connect: {_reason(exc)}")
+    finally:
+        if echo is not None:
+            echo.close()
+    with sock:
+        if check.kind == "tcp":
+            return Result("up", time.monotonic() - start, "connected")
+        return _http(sock, check.path, host_header or address, timeout, start)
+
+
+def _http(sock: socket.socket, path: str, host: str, timeout: float, start: float) -> Result:
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: vpnoffload-watch\r\nConnection: close\r\n\r\n"
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(request.encode("ascii", "replace"))
+        line = _status_line(sock)
+    except TimeoutError:
+        # Accepted but no answer yet: home and tunnel are alive, the app is busy.
+        return Result("slow", time.monotonic() - start, "http: no answer in time")
+    except OSError as exc:
+        return Result("down", time.monotonic() - start, f"http: {_reason(exc)}")
+    latency = time.monotonic() - start
+    parts = line.split()
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        return Result("down", latency, f"http: not an HTTP answer: {line[:40]!r}")
+    code = int(parts[1])
+    return Result("up" if code < 500 else "down", latency, f"http {code}")
+
+
+def _status_line(sock: socket.socket) -> str:
+    data = b""
+    while b"\r\n" not in data and len(data) < 1024:
+        chunk = sock.recv(256)
+        if not chunk:
+            if not data:
+                raise ConnectionResetError(errno.ECONNRESET, "closed without an answer")
+            break
+        data += chunk
+    return data.split(b"\r\n", 1)[0].decode("latin-1")
+
+
+class Echo:
+    """One ICMP echo request on a raw socket, to tell a dead home from a busy service."""
+
+    _seq = 0
+
+    def __init__(self, sock: socket.socket, address: str, ident: int) -> None:
+        self.sock, self.address, self.ident = sock, address, ident
+
+    @classmethod
+    def send(cls, address: str) -> "Echo | None":
+        """Send the request; None when raw sockets are not allowed (then no ``slow`` verdicts)."""
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        except OSError:
+            return None
+        cls._seq = (cls._seq + 1) & 0xFFFF
+        ident = (os.getpid() + cls._seq) & 0xFFFF
+        header = struct.pack("!BBHHH", 8, 0, 0, ident, cls._seq)
+        packet = struct.pack("!BBHHH", 8, 0, _checksum(header), ident, cls._seq)
+        try:
+            sock.setblocking(False)
+            sock.sendto(packet, (address, 0))
+        except OSError:
+            sock.close()
+            return None
+        return cls(sock, address, ident)
+
+    def answered(self, wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                data, (src, _) = self.sock.recvfrom(1024)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.01)
+                continue
+            except OSError:
+                return False
+            ihl = (data[0] & 0x0F) * 4
+            if src == self.address and len(data) >= ihl + 8:
+                kind, _, _, ident, _ = struct.unpack_from("!BBHHH", data, ihl)
+                if kind == 0 and ident == self.ident:
+                    return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _checksum(data: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF

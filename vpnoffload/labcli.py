@@ -1,0 +1,53 @@
+"""``vpnoffload lab up|demo|down``: a throw-away lab on this machine (root).
+
+Thin: the steps and their narration live in ``vpnoffload.labdemo``, which is
+imported inside each command (it pulls in ``rich``), so ``--help`` stays fast.
+Errors are VpnOffloadError and reach the CLI's one-line handler.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vpnoffload.lab import DEFAULT_PREFIX
+
+lab_app = typer.Typer(
+    no_args_is_help=True,
+    help="A throw-away lab in network namespaces (visitor, internet, VPS, home) to try vpnoffload. Needs root.",
+)
+
+PrefixOpt = Annotated[str, typer.Option("--prefix", help="Names the lab's namespaces PREFIX-vps, PREFIX-home, ...")]
+
+
+@lab_app.command("up")
+def lab_up(prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
+    """Build the lab and set both ends up with vpnoffload's own commands; leave it running."""
+    from vpnoffload import labdemo
+
+    lab, sites = labdemo.open_lab(prefix)
+    narrator = labdemo.RichNarrator()
+    commands = labdemo.available_commands()
+    labdemo.run_up(lab, sites, narrator, commands)
+    labdemo.how_to_poke(lab, sites, narrator, commands)
+
+
+@lab_app.command("demo")
+def lab_demo(
+    prefix: PrefixOpt = DEFAULT_PREFIX,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the lab running afterwards (remove it with 'lab down').")] = False,
+) -> None:
+    """Tell the whole story: served from home, pull home's cable, friendly page, plug it back."""
+    from vpnoffload import labdemo
+
+    lab, sites = labdemo.open_lab(prefix)
+    labdemo.run_demo(lab, sites, labdemo.RichNarrator(), keep=keep)
+
+
+@lab_app.command("down")
+def lab_down(prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
+    """Remove the lab: its processes, namespaces, files, and anything its 'up' added to this machine."""
+    from vpnoffload import labdemo
+
+    labdemo.run_down(prefix, labdemo.RichNarrator())

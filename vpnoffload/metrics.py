@@ -1,0 +1,52 @@
+"""Prometheus text metrics of the watchdog, on a loopback address only."""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+
+from vpnoffload.watchdog import Watchdog
+
+
+def exposition(dog: Watchdog) -> str:
+    lines = [
+        "# HELP vpnoffload_service_forwarding 1 while the service is forwarded home, 0 on fallback.",
+        "# TYPE vpnoffload_service_forwarding gauge",
+    ]
+    statuses = list(dog.status.values())
+    lines += [f'vpnoffload_service_forwarding{{service="{s.name}"}} {int(s.state == "forwarding")}' for s in statuses]
+    lines += ["# HELP vpnoffload_service_healthy 1 when the last check passed.", "# TYPE vpnoffload_service_healthy gauge"]
+    lines += [f'vpnoffload_service_healthy{{service="{s.name}"}} {int(s.healthy)}' for s in statuses]
+    lines += ["# HELP vpnoffload_check_latency_seconds Duration of the last check.",
+              "# TYPE vpnoffload_check_latency_seconds gauge"]
+    lines += [f'vpnoffload_check_latency_seconds{{service="{s.name}"}} {s.latency or 0:.6f}' for s in statuses]
+    lines += ["# HELP vpnoffload_swaps_total Swaps between home and fallback.", "# TYPE vpnoffload_swaps_total counter"]
+    lines += [f'vpnoffload_swaps_total{{service="{s.name}"}} {s.swaps}' for s in statuses]
+    return "\n".join(lines) + "\n"
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    server: "MetricsServer"
+
+    def handle(self) -> None:
+        self.connection.settimeout(5)
+        try:
+            self.rfile.readline(8192)
+            body = exposition(self.server.dog).encode()
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                             + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        except OSError:
+            pass
+
+
+class MetricsServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, listen: str, dog: Watchdog) -> None:
+        host, _, port = listen.rpartition(":")
+        self.dog = dog
+        super().__init__((host, int(port)), _Handler)
+
+    def start(self) -> None:
+        threading.Thread(target=self.serve_forever, name="metrics", daemon=True).start()

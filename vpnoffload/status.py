@@ -1,0 +1,118 @@
+"""What ``vpnoffload status`` reports: the tunnel, the watchdog and each service.
+
+Reads files only (the config, OpenVPN's status file, the watchdog's state
+file) plus, when no watchdog runs, one quick live check per service; no
+python-iptables, no pyroute2, so it is cheap enough for a monitoring loop.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vpnoffload.errors import ExitStatus, NotSetUpError
+from vpnoffload.model import Config
+from vpnoffload.paths import Paths
+
+
+def connected_clients(status_file: Path, max_age: float = 30.0) -> dict[str, dict[str, str]]:
+    """Common name -> CLIENT_LIST columns, from OpenVPN's status-version 3 file.
+
+    A file older than ``max_age`` seconds (OpenVPN rewrites it every 2 s) means
+    OpenVPN is not updating it: nobody counts as connected.
+    """
+    try:
+        if time.time() - status_file.stat().st_mtime > max_age:
+            return {}
+        text = status_file.read_text(errors="replace")
+    except OSError:
+        return {}
+    header: list[str] = []
+    clients: dict[str, dict[str, str]] = {}
+    for row in csv.reader(text.splitlines(), delimiter="\t"):
+        if len(row) > 1 and row[0] == "HEADER" and row[1] == "CLIENT_LIST":
+            header = row[1:]
+        elif row and row[0] == "CLIENT_LIST" and header:
+            entry = dict(zip(header, row))
+            clients[entry.get("Common Name", "")] = entry
+    return clients
+
+
+@dataclass
+class Report:
+    data: dict[str, Any]
+    exit_status: ExitStatus
+
+
+def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: Any = None) -> Report:
+    """Build the report. ``live_probe(service)`` is used only when no watchdog runs."""
+    from vpnoffload import watchrun
+    from vpnoffload.watchdog import read_state
+
+    if not paths.server_dir.exists():
+        raise NotSetUpError("the VPS end is not set up: run 'vpnoffload up vps'")
+    clients = connected_clients(paths.run / "openvpn-server.status") if server_running else {}
+    homes = []
+    for home in config.homes.values():
+        entry = clients.get(home.name)
+        homes.append({"name": home.name, "address": str(home.address), "connected": entry is not None,
+                      "since": entry.get("Connected Since") if entry else None,
+                      "real_address": entry.get("Real Address") if entry else None})
+    used = {s.home for s in config.services.values()}
+    tunnel_up = server_running and all(h["connected"] for h in homes if h["name"] in used or not used)
+    pid = watchrun.watch_pid(paths)
+    state = read_state(paths.watch_state) or {}
+    known = {s["name"]: s for s in state.get("services", [])} if pid else {}
+    services = [_service(config, name, known.get(name), live_probe) for name in config.services]
+    data = {
+        "tunnel": {"up": tunnel_up, "server_running": server_running, "homes": homes},
+        "watchdog": {"running": pid is not None, "pid": pid, "updated": state.get("updated") if pid else None},
+        "services": services,
+    }
+    bad = not tunnel_up or any(s["state"] != "forwarding" or not s["healthy"] for s in services)
+    return Report(data, ExitStatus.UNHEALTHY if bad else ExitStatus.OK)
+
+
+def _service(config: Config, name: str, seen: dict[str, Any] | None, live_probe: Any) -> dict[str, Any]:
+    svc = config.services[name]
+    out: dict[str, Any] = {"name": name, "listen": f"{svc.listen}/{svc.proto}", "target": svc.target,
+                           "hostname": svc.hostname, "fallback": svc.fallback}
+    if seen is not None:
+        out.update(state=seen["state"], healthy=seen["healthy"], last_check=seen["last_check"],
+                   latency_ms=None if seen["latency"] is None else round(seen["latency"] * 1000, 1),
+                   last_change=seen["last_change"] or None, detail=seen["detail"], swaps=seen["swaps"])
+        return out
+    # No watchdog: the rules stay as `up vps` left them (forwarding); check health now.
+    result = live_probe(svc) if live_probe else None
+    out.update(state="forwarding", healthy=bool(result and result.alive), last_check=time.time() if result else None,
+               latency_ms=round(result.latency * 1000, 1) if result else None, last_change=None,
+               detail=(result.detail if result else "not checked") + " (no watchdog running)", swaps=0)
+    return out
+
+
+def _ago(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    secs = max(0.0, time.time() - ts)
+    return f"{secs:.0f}s ago" if secs < 120 else f"{secs / 60:.0f}m ago"
+
+
+def render_text(data: dict[str, Any]) -> list[str]:
+    t = data["tunnel"]
+    lines = [f"tunnel: {'up' if t['up'] else 'DOWN'} (OpenVPN server {'running' if t['server_running'] else 'not running'})"]
+    for h in t["homes"]:
+        state = f"connected since {h['since']} from {h['real_address']}" if h["connected"] else "not connected"
+        lines.append(f"  home {h['name']} ({h['address']}): {state}")
+    w = data["watchdog"]
+    lines.append(f"watchdog: {'running (pid %s)' % w['pid'] if w['running'] else 'NOT running: no failover'}")
+    rows = [("SERVICE", "LISTEN", "TARGET", "STATE", "HEALTH", "LAST CHECK", "LATENCY", "LAST CHANGE")]
+    for s in data["services"]:
+        latency = "-" if s["latency_ms"] is None else f"{s['latency_ms']:.0f} ms"
+        rows.append((s["name"], s["listen"], s["target"], s["state"], "ok" if s["healthy"] else "FAILING",
+                     _ago(s["last_check"]), latency, _ago(s["last_change"])))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return lines
