@@ -12,6 +12,7 @@ import contextlib
 import copy
 import errno
 import fcntl
+import logging
 import filecmp
 import os
 import shutil
@@ -28,6 +29,8 @@ from vpnoffload.errors import BackendError, NotSetUpError
 from vpnoffload.model import Config
 from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
+
+log = logging.getLogger(__name__)
 
 #: How long ``up home`` waits for the tunnel to connect before giving up (and rolling back).
 CONNECT_TIMEOUT = 30.0
@@ -117,6 +120,22 @@ def _user_actions(backends: Backends, rec: record_mod.Record) -> list[Action]:
         rec.created_user = None
 
     return [Action(f"create system user {users.RUN_AS} for OpenVPN to drop privileges to", do, undo)]
+
+
+def _user_removal(backends: Backends, rec: record_mod.Record) -> list[Action]:
+    name = rec.created_user
+    if not name or not backends.users.exists(name):
+        return []
+
+    def delete() -> None:
+        # Best effort: another OpenVPN (the other end in a lab, a container
+        # sharing uids) may still run as this user; that must not fail `down`.
+        try:
+            backends.users.delete(name)
+        except BackendError as exc:
+            log.warning("left system user %s in place: %s", name, exc)
+
+    return [Action(f"delete system user {name} (created by up)", delete, None)]
 
 
 def _sysctl_actions(desired: dict[str, str], backends: Backends, rec: record_mod.Record) -> list[Action]:
@@ -283,9 +302,7 @@ def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
     actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
     actions += routing.plan_remove_addresses(backends.routing, [tuple(a) for a in rec.addresses])
     actions += firewall.plan(backends.firewall, firewall.empty_ruleset())
-    if rec.created_user and backends.users.exists(rec.created_user):
-        name = rec.created_user
-        actions.append(Action(f"delete system user {name} (created by up)", lambda: backends.users.delete(name), None))
+    actions += _user_removal(backends, rec)
     if rec_path.exists():
         actions.append(Action(f"forget {rec_path}", lambda: rec_path.unlink(missing_ok=True), None))
     return actions
@@ -359,9 +376,7 @@ def plan_down_home(paths: Paths, backends: Backends, home: str, profile: Path) -
     # The tun device (and its rp_filter) is gone with OpenVPN; restore only what still exists.
     actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
     actions += firewall.plan(backends.firewall, firewall.empty_ruleset())
-    if rec.created_user and backends.users.exists(rec.created_user):
-        name = rec.created_user
-        actions.append(Action(f"delete system user {name} (created by up)", lambda: backends.users.delete(name), None))
+    actions += _user_removal(backends, rec)
     if rec_path.exists():
         actions.append(Action(f"forget {rec_path}", lambda: rec_path.unlink(missing_ok=True), None))
     return actions

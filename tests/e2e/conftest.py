@@ -28,8 +28,17 @@ def lab() -> Iterator[Lab]:
         check_prerequisites()
     except PrerequisiteError as exc:
         pytest.skip(str(exc))
-    with lab_session(unique("e2e")) as made:
-        yield made
+    from vpnoffload import users
+
+    user_existed = users.exists()
+    try:
+        with lab_session(unique("e2e")) as made:
+            yield made
+    finally:
+        # `up` creates OpenVPN's system user outside the namespaces; a test that
+        # failed before `down` must not leave it behind.
+        if not user_existed and users.exists():
+            users.delete()
 
 
 def cli_argv(*args: str) -> list[str]:
