@@ -143,6 +143,7 @@ def service_add(
     proto: Annotated[str, typer.Option(help="tcp or udp.")] = "tcp",
     check: Annotated[str, typer.Option(help="Health check: tcp or http:/path.")] = "tcp",
     hostname: Annotated[Optional[str], typer.Option(help="Public host name, shown on the fallback page.")] = None,
+    fallback: Annotated[Optional[str], typer.Option(help="While home is down: 'page' (friendly 503) or 'reset' (default: page for web services).")] = None,
 ) -> None:
     """Offload a port: visitors to LISTEN on the VPS are served by TARGET at home."""
     import tomlkit
@@ -164,11 +165,15 @@ def service_add(
         table.add("check", check)
         if hostname is not None:
             table.add("hostname", hostname)
+        if fallback is not None:
+            table.add("fallback", fallback)
         doc["services"][name] = table
 
     config = cfg.edit(paths.config, change)
     svc = config.services[name]
-    typer.echo(f"added {name}: {svc.listen}/{svc.proto} -> {svc.target} (check {svc.check})")
+    typer.echo(f"added {name}: {svc.listen}/{svc.proto} -> {svc.target} (check {svc.check}, "
+               f"while home is down: {'friendly page' if svc.serves_page else 'fast reset'})")
+    typer.echo("run 'vpnoffload up vps' to apply it")
 
 
 @service_app.command("list")
