@@ -61,6 +61,13 @@ class Watchdog:
         for name in self.config.services:
             self.status.setdefault(name, ServiceStatus(name=name))
 
+    def reconfigure(self, config: Config) -> None:
+        """Follow an edited config (after `service add` + `up vps`): keep what we know
+        of services that stay, start new ones as forwarding (as `up vps` wrote
+        them), forget removed ones. No swap: `up vps` already set the rules."""
+        self.config = config
+        self.status = {name: self.status.get(name) or ServiceStatus(name=name) for name in config.services}
+
     def fallback(self) -> frozenset[str]:
         return frozenset(n for n, s in self.status.items() if s.state == "fallback")
 

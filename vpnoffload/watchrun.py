@@ -108,10 +108,13 @@ PUBLISH_EVERY = 5.0
 
 
 def _loop(paths: Paths, dog: Watchdog, stop: threading.Event) -> None:
-    interval = dog.config.watch.interval
     published = time.monotonic()
+    seen = _mtime(paths.config)
     while not stop.is_set():
         started = time.monotonic()
+        if (mtime := _mtime(paths.config)) != seen:
+            seen = mtime
+            _reload(paths, dog)
         changed: frozenset[str] = frozenset()
         try:
             changed = dog.tick()
@@ -121,7 +124,25 @@ def _loop(paths: Paths, dog: Watchdog, stop: threading.Event) -> None:
             _publish(paths, dog)
             published = started
         sdnotify.notify("WATCHDOG=1")
-        stop.wait(max(0.0, interval - (time.monotonic() - started)))
+        stop.wait(max(0.0, dog.config.watch.interval - (time.monotonic() - started)))
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _reload(paths: Paths, dog: Watchdog) -> None:
+    """A changed config file is followed without a restart; a broken one is ignored."""
+    try:
+        config = cfg.load(paths.config)
+    except VpnOffloadError as exc:
+        log.error("config changed but is not valid, keeping the old one: %s", exc)
+        return
+    dog.reconfigure(config)
+    log.warning("config reloaded: watching %d service(s)", len(config.services))
 
 
 def _publish(paths: Paths, dog: Watchdog) -> None:

@@ -111,3 +111,17 @@ def test_snapshot_is_json_ready() -> None:
     data = json.loads(json.dumps(dog.snapshot()))
     states = {s["name"]: (s["state"], s["healthy"]) for s in data["services"]}
     assert states == {"web": ("forwarding", True), "git": ("fallback", False)}
+
+
+def test_reconfigure_keeps_known_states_and_adds_new_services() -> None:
+    health = {"web": "down", "git": "up", "mail": "up"}
+    dog = Watchdog(config(), Swapper(), prober(health))
+    dog.start()
+    assert dog.fallback() == {"web"}
+    new = config()
+    services = dict(new.services)
+    del services["git"]
+    services["mail"] = Service("mail", IPv4Address("203.0.113.10"), 25, "home", 2525)
+    dog.reconfigure(Config(vps=new.vps, tunnel=new.tunnel, homes=new.homes, services=services, watch=new.watch))
+    assert set(dog.status) == {"web", "mail"} and dog.fallback() == {"web"}
+    assert dog.status["mail"].state == "forwarding"
