@@ -144,6 +144,7 @@ def service_add(
     check: Annotated[str, typer.Option(help="Health check: tcp or http:/path.")] = "tcp",
     hostname: Annotated[Optional[str], typer.Option(help="Public host name, shown on the fallback page.")] = None,
     fallback: Annotated[Optional[str], typer.Option(help="While home is down: 'page' (friendly 503) or 'reset' (default: page for web services).")] = None,
+    homes: Annotated[Optional[str], typer.Option("--homes", help="Several home boxes in order of preference, e.g. home,attic (TARGET is then a bare port).")] = None,
 ) -> None:
     """Offload a port: visitors to LISTEN on the VPS are served by TARGET at home."""
     import tomlkit
@@ -167,6 +168,8 @@ def service_add(
             table.add("hostname", hostname)
         if fallback is not None:
             table.add("fallback", fallback)
+        if homes is not None:
+            table.add("homes", [h.strip() for h in homes.split(",")])
         doc["services"][name] = table
 
     config = cfg.edit(paths.config, change)
@@ -265,8 +268,8 @@ def pki_revoke(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Hom
 
     paths = _ctx(ctx).paths
     config = cfg.load(paths.config)
-    if any(s.home == name for s in config.services.values()):
-        users = ", ".join(s.name for s in config.services.values() if s.home == name)
+    if config.services_of(name):
+        users = ", ".join(s.name for s in config.services_of(name))
         raise ConfigError(f"home box {name!r} still serves {users}; remove or retarget those services first")
     pki_mod.Pki.open(paths.pki).revoke(name)
     if name in config.homes:

@@ -35,7 +35,7 @@ _KEYS: dict[str, set[str]] = {
     "vps": {"address", "interface"},
     "tunnel": {"subnet", "port", "proto"},
     "home": {"address"},
-    "service": {"listen", "target", "proto", "check", "hostname", "fallback", "page", "tls_cert", "tls_key"},
+    "service": {"listen", "target", "homes", "proto", "check", "hostname", "fallback", "page", "tls_cert", "tls_key"},
     "watch": {"interval", "timeout", "fall", "rise", "fallback_port", "retry_after", "metrics"},
 }
 
@@ -255,6 +255,9 @@ def _parse_service(name: str, body: dict[str, Any], field: str, vps: Vps, homes:
             raise ConfigError("missing", field=f"{field}.{required}")
     address, port = parse_listen(body["listen"], vps.address, f"{field}.listen")
     home, target_port = parse_target(body["target"], homes, f"{field}.target")
+    backups = ()
+    if "homes" in body:
+        home, backups = _parse_homes_list(body["homes"], body["target"], homes, f"{field}.homes")
     proto = check_proto(body.get("proto", "tcp"), f"{field}.proto")
     check = check_check(body.get("check", "tcp"), f"{field}.check")
     if check.kind == "http" and proto != "tcp":
@@ -277,8 +280,24 @@ def _parse_service(name: str, body: dict[str, Any], field: str, vps: Vps, homes:
     return Service(
         name=name, listen_address=address, listen_port=port, home=home, target_port=target_port,
         proto=proto, check=check, hostname=hostname, fallback=fallback,  # type: ignore[arg-type]
-        page=page, tls_cert=tls_cert, tls_key=tls_key,
+        page=page, tls_cert=tls_cert, tls_key=tls_key, backups=backups,
     )
+
+
+def _parse_homes_list(value: Any, target: Any, homes: dict[str, Home], field: str) -> tuple[str, tuple[str, ...]]:
+    """``homes = ["a", "b"]``: the ordered home boxes of a service; ``target`` is then a bare port."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError("must be a non-empty list of home box names, in order of preference", field=field)
+    names = [check_name(v, field) for v in value]
+    for name in names:
+        if name not in homes:
+            raise ConfigError(f"unknown home box {name!r} (known: {', '.join(homes)})", field=field)
+    if len(set(names)) != len(names):
+        raise ConfigError("names a home box twice", field=field)
+    if ":" in str(target):
+        raise ConfigError("with 'homes', give target as a bare port (the same port on every home box)",
+                          field=field.replace(".homes", ".target"))
+    return names[0], tuple(names[1:])
 
 
 def _optional_file(value: Any, field: str) -> Path | None:

@@ -264,7 +264,7 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     # Filter rules go in before forwarding is switched on, so no window is unfiltered.
     # Keep services the running watchdog has on fallback there: re-running `up`
     # during an outage must not send visitors back to a dead home.
-    actions += firewall.plan(backends.firewall, firewall.vps_ruleset(config, current_fallback(config, paths)))
+    actions += firewall.plan(backends.firewall, firewall.vps_ruleset(config, active=current_targets(config, paths)))
     interface = config.vps.interface or backends.routing.find_interface(config.vps.address)
     address_actions, owned = routing.plan_addresses(
         backends.routing, routing.vps_addresses(config, interface), [tuple(a) for a in rec.addresses])
@@ -278,12 +278,13 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     return actions
 
 
-def current_fallback(config: Config, paths: Paths) -> frozenset[str]:
-    from vpnoffload.watchdog import read_state
+def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
+    """Where the watchdog last sent each service (a home, or None: fallback)."""
+    from vpnoffload.watchdog import believed_targets, read_state
 
-    state = read_state(paths.watch_state) or {}
-    names = {s.get("name") for s in state.get("services", []) if s.get("state") == "fallback"}  # type: ignore[union-attr]
-    return frozenset(n for n in names if n in config.services)
+    believed = believed_targets(read_state(paths.watch_state))
+    return {n: h for n, h in believed.items()
+            if n in config.services and (h is None or h in config.services[n].homes)}
 
 
 def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:

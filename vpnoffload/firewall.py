@@ -197,7 +197,8 @@ class _Builder:
         return Ruleset(frozenset(self.chains), tuple(self.rules))
 
 
-def vps_ruleset(config: Config, fallback: frozenset[str] = frozenset()) -> Ruleset:
+def vps_ruleset(config: Config, fallback: frozenset[str] = frozenset(),
+                active: Mapping[str, str | None] | None = None) -> Ruleset:
     """The VPS's rules: DNAT each service to its home through the tunnel, mark the
     connection, and let through the tunnel only what was DNATed to a configured
     home address, port and protocol. No SNAT: home sees the visitor's address.
@@ -206,10 +207,19 @@ def vps_ruleset(config: Config, fallback: frozenset[str] = frozenset()) -> Rules
     service's new connections are DNATed to the friendly-page server on the VPS
     instead; any other service's are refused at once (TCP reset / ICMP port
     unreachable), so no visitor waits on a dead home.
+
+    ``active`` names the home box each service's new connections go to (the
+    watchdog's choice among the service's homes; default its first home; None
+    means fallback, like naming it in ``fallback``).
     """
-    unknown = sorted(fallback - set(config.services))
+    active = dict(active or {})
+    unknown = sorted((fallback | set(active)) - set(config.services))
     if unknown:
         raise ConfigError(f"no service named {unknown[0]!r}", field="services")
+    fallback = fallback | {name for name, home in active.items() if home is None}
+    for name, home in active.items():
+        if home is not None and home not in config.services[name].homes:
+            raise ConfigError(f"{home!r} is not one of {name}'s home boxes", field=f"services.{name}.homes")
     dev = config.tunnel.device
     b = _Builder()
     b.chain("nat", DNAT_CHAIN)
@@ -225,18 +235,21 @@ def vps_ruleset(config: Config, fallback: frozenset[str] = frozenset()) -> Rules
     )  # fmt: skip
     for svc in config.services.values():
         mark = _mark_text(service_mark(config, svc.name)[0])
-        home = config.homes[svc.home].address
+        home = config.homes[active.get(svc.name) or svc.home].address
         down = svc.name in fallback
         listen = ("-d", f"{svc.listen_address}/32", *_port_match(svc.proto, svc.listen_port))
         b.add("nat", DNAT_CHAIN, *listen, "-j", "CONNMARK", "--set-xmark", mark)
         to = fallback_address(config, svc) if down and svc.serves_page else f"{home}:{svc.target_port}"
         b.add("nat", DNAT_CHAIN, *listen, "-j", "DNAT", "--to-destination", to)
-        b.add(
-            "filter", FORWARD_CHAIN,
-            "-d", f"{home}/32", "-o", dev, *_port_match(svc.proto, svc.target_port),
-            "-m", "conntrack", "--ctstate", "DNAT", "-m", "connmark", "--mark", mark,
-            *(_refusal(svc) if down and not svc.serves_page else ("-j", "ACCEPT")),
-        )  # fmt: skip
+        # Every home of the service stays allowed, so connections a swap moved
+        # away from a healthy backup can finish there.
+        for candidate in svc.homes:
+            b.add(
+                "filter", FORWARD_CHAIN,
+                "-d", f"{config.homes[candidate].address}/32", "-o", dev, *_port_match(svc.proto, svc.target_port),
+                "-m", "conntrack", "--ctstate", "DNAT", "-m", "connmark", "--mark", mark,
+                *(_refusal(svc) if down and not svc.serves_page else ("-j", "ACCEPT")),
+            )  # fmt: skip
     b.add("filter", FORWARD_CHAIN, "-o", dev, "-j", "DROP")
     # The VPS is not the home box's way out to the internet.
     b.add("filter", FORWARD_CHAIN, "-i", dev, "-j", "DROP")

@@ -51,6 +51,13 @@ class Service:
     page: Path | None = None  # the user's own jinja2 template for the friendly page
     tls_cert: Path | None = None  # with tls_key: serve the page over TLS (an HTTPS service)
     tls_key: Path | None = None
+    #: More home boxes in order of preference: new connections go to the first
+    #: healthy one of (home, *backups); the page only when none is.
+    backups: tuple[str, ...] = ()
+
+    @property
+    def homes(self) -> tuple[str, ...]:
+        return (self.home, *self.backups)
 
     @property
     def serves_page(self) -> bool:
@@ -66,7 +73,7 @@ class Service:
 
     @property
     def target(self) -> str:
-        return f"{self.home}:{self.target_port}"
+        return f"{','.join(self.homes)}:{self.target_port}"
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,8 @@ class Config:
         return next(iter(self.homes.values()))
 
     def services_of(self, home: str) -> list[Service]:
-        return [s for s in self.services.values() if s.home == home]
+        """The services ``home`` may serve (as first choice or as a backup)."""
+        return [s for s in self.services.values() if home in s.homes]
 
     def dedicated_addresses(self) -> list[IPv4Address]:
         """Listen addresses other than the VPS's own, which ``up vps`` must add."""

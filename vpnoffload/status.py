@@ -61,8 +61,10 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
         homes.append({"name": home.name, "address": str(home.address), "connected": entry is not None,
                       "since": entry.get("Connected Since") if entry else None,
                       "real_address": entry.get("Real Address") if entry else None})
-    used = {s.home for s in config.services.values()}
-    tunnel_up = server_running and all(h["connected"] for h in homes if h["name"] in used or not used)
+    connected = {h["name"] for h in homes if h["connected"]}
+    # Up when each service can reach at least one of its home boxes (all homes, without services).
+    tunnel_up = server_running and (all(set(s.homes) & connected for s in config.services.values())
+                                    if config.services else len(connected) == len(homes))
     pid = watchrun.watch_pid(paths)
     state = read_state(paths.watch_state) or {}
     known = {s["name"]: s for s in state.get("services", [])} if pid else {}
@@ -81,13 +83,13 @@ def _service(config: Config, name: str, seen: dict[str, Any] | None, live_probe:
     out: dict[str, Any] = {"name": name, "listen": f"{svc.listen}/{svc.proto}", "target": svc.target,
                            "hostname": svc.hostname, "fallback": svc.fallback}
     if seen is not None:
-        out.update(state=seen["state"], healthy=seen["healthy"], last_check=seen["last_check"],
+        out.update(state=seen["state"], home=seen.get("active"), healthy=seen["healthy"], last_check=seen["last_check"],
                    latency_ms=None if seen["latency"] is None else round(seen["latency"] * 1000, 1),
                    last_change=seen["last_change"] or None, detail=seen["detail"], swaps=seen["swaps"])
         return out
     # No watchdog: the rules stay as `up vps` left them (forwarding); check health now.
     result = live_probe(svc) if live_probe else None
-    out.update(state="forwarding", healthy=bool(result and result.alive), last_check=time.time() if result else None,
+    out.update(state="forwarding", home=svc.home, healthy=bool(result and result.alive), last_check=time.time() if result else None,
                latency_ms=round(result.latency * 1000, 1) if result else None, last_change=None,
                detail=(result.detail if result else "not checked") + " (no watchdog running)", swaps=0)
     return out
@@ -108,10 +110,11 @@ def render_text(data: dict[str, Any]) -> list[str]:
         lines.append(f"  home {h['name']} ({h['address']}): {state}")
     w = data["watchdog"]
     lines.append(f"watchdog: {'running (pid %s)' % w['pid'] if w['running'] else 'NOT running: no failover'}")
-    rows = [("SERVICE", "LISTEN", "TARGET", "STATE", "HEALTH", "LAST CHECK", "LATENCY", "LAST CHANGE")]
+    rows = [("SERVICE", "LISTEN", "TARGET", "STATE", "SERVED BY", "HEALTH", "LAST CHECK", "LATENCY", "LAST CHANGE")]
     for s in data["services"]:
         latency = "-" if s["latency_ms"] is None else f"{s['latency_ms']:.0f} ms"
-        rows.append((s["name"], s["listen"], s["target"], s["state"], "ok" if s["healthy"] else "FAILING",
+        served = s.get("home") or ("friendly page" if s["fallback"] == "page" else "reset")
+        rows.append((s["name"], s["listen"], s["target"], s["state"], served, "ok" if s["healthy"] else "FAILING",
                      _ago(s["last_check"]), latency, _ago(s["last_change"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

@@ -13,19 +13,24 @@ nobody keeps being sent to the page.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from vpnoffload.errors import BackendError, VpnOffloadError
 from vpnoffload.model import Config
 
 
-def apply_swap(config: Config, fallback: frozenset[str], changed: frozenset[str], firewall_backend=None) -> None:
+def apply_swap(config: Config, active: Mapping[str, str | None], flush: frozenset[str], firewall_backend=None) -> None:
+    """Point each service at ``active[name]`` (a home box, or None: fallback), then
+    forget the flows of the services in ``flush``."""
     from vpnoffload import firewall, plan
 
     backend = firewall_backend or firewall.default_backend()
-    plan.apply(firewall.plan(backend, firewall.vps_ruleset(config, fallback)))
-    flush_conntrack([firewall.service_mark(config, name) for name in sorted(changed)])
+    known = {name: home for name, home in active.items() if name in config.services}
+    plan.apply(firewall.plan(backend, firewall.vps_ruleset(config, active=known)))
+    flush_conntrack([firewall.service_mark(config, name) for name in sorted(flush) if name in config.services])
 
 
 def flush_conntrack(marks: list[tuple[int, int]]) -> None:
@@ -50,33 +55,30 @@ def flush_conntrack(marks: list[tuple[int, int]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vpnoffload.swap", description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--fallback", default="", help="comma-separated services that go to fallback")
-    parser.add_argument("--changed", default="", help="comma-separated services whose flows to forget")
-    parser.add_argument("--stdin", action="store_true",
-                        help="load everything, then read 'FALLBACK CHANGED' (comma lists, '-' for none) from stdin; "
-                             "EOF means no swap after all")
+    parser.add_argument("--decision", help='JSON {"active": {service: home or null}, "flush": [service, ...]}; '
+                                           "without it, read that one line from stdin once everything is loaded")
     args = parser.parse_args(argv)
     from vpnoffload import config as cfg
 
-    def names(text: str) -> frozenset[str]:
-        return frozenset(n for n in text.split(",") if n and n != "-")
-
     try:
         config = cfg.load(args.config)
-        fallback, changed = names(args.fallback), names(args.changed)
-        if args.stdin:
+        text = args.decision
+        if text is None:
             # Warm start: the watchdog forks us at the first failed check, so the
             # ~1 s it takes to load python-iptables and pyroute2 is spent while
-            # the next check runs, not after the decision.
+            # the next check runs, not after the decision. EOF: no swap after all.
             from vpnoffload import firewall, plan  # noqa: F401
             import iptc  # noqa: F401
             from pyroute2 import Conntrack  # noqa: F401
 
-            line = sys.stdin.readline().split()
-            if not line:
+            text = sys.stdin.readline()
+            if not text.strip():
                 return 0
-            fallback, changed = names(line[0]), names(line[1] if len(line) > 1 else "")
-        apply_swap(config, fallback, changed)
+        decision = json.loads(text)
+        apply_swap(config, decision["active"], frozenset(decision.get("flush", ())))
+    except (ValueError, KeyError, TypeError) as exc:
+        print(f"vpnoffload swap: bad decision: {exc}", file=sys.stderr)
+        return 2
     except VpnOffloadError as exc:
         print(f"vpnoffload swap: {exc}", file=sys.stderr)
         return int(exc.exit_status)

@@ -1,10 +1,15 @@
-"""The failover watchdog's decision logic: count checks, decide swaps.
+"""The watchdog's decision logic: count checks per home box, decide swaps.
 
 Kept free of kernel libraries: the long-running ``watch`` process imports only
-this, ``health`` and ``fallback``. Applying a swap (python-iptables rules,
+this, ``health`` and ``config``. Applying a swap (python-iptables rules,
 conntrack flush) is injected as ``swap`` and runs in a short-lived child
 process (see ``vpnoffload.swap``), so python-iptables and pyroute2 never sit
 in the watchdog's resident memory.
+
+Each service has an ordered list of home boxes. Every home is checked; a home
+turns unhealthy after ``fall`` failed checks in a row and healthy again after
+``rise`` passed ones. New connections go to the first healthy home; when none
+is healthy the service is on ``fallback`` (the friendly page or a fast reset).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,28 +29,37 @@ from vpnoffload.model import Config, Service
 log = logging.getLogger("vpnoffload.watch")
 
 State = Literal["forwarding", "fallback"]
-Prober = Callable[[Service, Config], health.Result]
-#: swap(fallback_names, changed_names) makes the kernel match; raises on failure.
-Swapper = Callable[[frozenset[str], frozenset[str]], None]
+Prober = Callable[[Service, str, Config], health.Result]
+#: swap(active, flush): make the kernel send each service to ``active[name]``
+#: (a home, or None for the fallback) and forget the flows of ``flush``; raises on failure.
+Swapper = Callable[[Mapping[str, str | None], frozenset[str]], None]
+
+
+@dataclass
+class HomeHealth:
+    healthy: bool = True
+    fails: int = 0  # failed checks in a row
+    passes: int = 0  # passed checks in a row
+    latency: float | None = None
+    detail: str = ""
 
 
 @dataclass
 class ServiceStatus:
     name: str
+    active: str | None  # the home box new connections go to; None: fallback
     state: State = "forwarding"
-    healthy: bool = True
-    fails: int = 0  # failed checks in a row
-    passes: int = 0  # passed checks in a row
+    healthy: bool = True  # the last check of the active (or first) home passed
     last_check: float = 0.0
     latency: float | None = None
     detail: str = ""
     last_change: float = 0.0
     swaps: int = 0
+    homes: dict[str, HomeHealth] = field(default_factory=dict)
 
 
-def default_prober(service: Service, config: Config) -> health.Result:
-    home = config.homes[service.home]
-    return health.probe(str(home.address), service.target_port, service.check,
+def default_prober(service: Service, home: str, config: Config) -> health.Result:
+    return health.probe(str(config.homes[home].address), service.target_port, service.check,
                         config.watch.timeout, host_header=service.hostname)
 
 
@@ -58,94 +72,137 @@ class Watchdog:
     status: dict[str, ServiceStatus] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in self.config.services:
-            self.status.setdefault(name, ServiceStatus(name=name))
+        self.reconfigure(self.config)
 
     def reconfigure(self, config: Config) -> None:
         """Follow an edited config (after `service add` + `up vps`): keep what we know
-        of services that stay, start new ones as forwarding (as `up vps` wrote
-        them), forget removed ones. No swap: `up vps` already set the rules."""
+        of services that stay, start new ones on their first home (as `up vps`
+        wrote them), forget removed ones. No swap: `up vps` already set the rules."""
         self.config = config
-        self.status = {name: self.status.get(name) or ServiceStatus(name=name) for name in config.services}
+        old = self.status
+        self.status = {}
+        for name, svc in config.services.items():
+            st = old.get(name) or ServiceStatus(name=name, active=svc.home)
+            st.homes = {h: st.homes.get(h) or HomeHealth() for h in svc.homes}
+            if st.active is not None and st.active not in svc.homes:
+                st.active = svc.home
+            self.status[name] = st
 
     def fallback(self) -> frozenset[str]:
-        return frozenset(n for n, s in self.status.items() if s.state == "fallback")
+        return frozenset(n for n, s in self.status.items() if s.active is None)
 
-    def start(self, initial: Iterable[str] = ()) -> None:
-        """Reconcile on start: one round of checks decides each state at once.
+    def active(self) -> dict[str, str | None]:
+        return {n: s.active for n, s in self.status.items()}
 
-        ``initial`` is the set the rules were in (a restarted watchdog); the
-        first round overrides it with the real health, without waiting for
-        fall/rise counts, so a watchdog restarted mid-outage converges fast.
+    def start(self, believed: Mapping[str, str | None] | None = None) -> None:
+        """Reconcile on start: one round of checks decides each service at once.
+
+        ``believed`` is where the rules send each service now (from the last
+        state file; without one, `up vps` left every service on its first
+        home). Only services whose target changes have their flows flushed, so
+        restarting a watchdog never cuts healthy connections.
         """
         now = self.clock()
-        results = self._probe_all()
-        for name, result in results.items():
+        believed = dict(believed or {})
+        for name, results in self._probe_all().items():
             st = self.status[name]
-            self._record(st, result, now)
-            st.state = "forwarding" if result.alive else "fallback"
+            for home, result in results.items():
+                self._record(st.homes[home], result)
+                st.homes[home].healthy = result.alive
+            st.active = self._choice(name)
+            self._summarise(st, now)
             st.last_change = now
-        before = frozenset(initial)
-        after = self.fallback()
-        self.swap(after, frozenset(self.config.services))
-        for name in sorted(before ^ after):
-            log.warning("%s: %s at start (%s)", name, self.status[name].state, self.status[name].detail)
+        target = self.active()
+        flush = frozenset(n for n, a in target.items() if believed.get(n, self.config.services[n].home) != a)
+        self.swap(target, flush)
+        for name in sorted(flush):
+            log.warning("%s: %s at start (%s)", name, self._where(name), self.status[name].detail)
 
     def tick(self) -> frozenset[str]:
-        """One round of checks; returns the services whose state changed (already swapped)."""
+        """One round of checks; returns the services whose target changed (already swapped)."""
         now = self.clock()
-        results = self._probe_all()
-        changed: set[str] = set()
-        for name, result in results.items():
+        for name, results in self._probe_all().items():
             st = self.status[name]
-            self._record(st, result, now)
-            if st.state == "forwarding" and st.fails >= self.config.watch.fall:
-                changed.add(name)
-            elif st.state == "fallback" and st.passes >= self.config.watch.rise:
-                changed.add(name)
+            for home, result in results.items():
+                self._count(st.homes[home], result)
+            self._summarise(st, now)
+        wanted = {n: self._choice(n) for n in self.status}
+        changed = frozenset(n for n, a in wanted.items() if a != self.status[n].active)
         if changed:
-            self._flip(frozenset(changed), now)
+            self._apply(wanted, changed, now)
         elif self._pending():
             getattr(self.swap, "prepare", lambda: None)()
         else:
             getattr(self.swap, "cancel", lambda: None)()
-        return frozenset(changed)
+        return changed
 
-    def _pending(self) -> bool:
-        """A swap may be one check away: some service is failing, or recovering."""
-        return any((s.state == "forwarding" and s.fails) or (s.state == "fallback" and s.passes)
-                   for s in self.status.values())
-
-    def _flip(self, changed: frozenset[str], now: float) -> None:
-        target = {n: ("fallback" if self.status[n].state == "forwarding" else "forwarding") for n in changed}
-        new_fallback = frozenset(n for n, s in self.status.items()
-                                 if target.get(n, s.state) == "fallback")
-        self.swap(new_fallback, changed)  # raises: states stay as they were, next tick retries
-        for name, state in target.items():
+    def _apply(self, wanted: dict[str, str | None], changed: frozenset[str], now: float) -> None:
+        # Flush a service's flows when its old target is dead or was the page;
+        # moving back to a preferred home from a healthy backup keeps the
+        # backup's established connections alive.
+        flush = frozenset(n for n in changed if self._old_target_gone(n))
+        self.swap(wanted, flush)  # raises: states stay as they were, the next tick retries
+        for name in sorted(changed):
             st = self.status[name]
-            st.state = state  # type: ignore[assignment]
+            st.active = wanted[name]
+            st.state = "forwarding" if st.active else "fallback"
             st.last_change = now
             st.swaps += 1
-            log.warning("%s: swapped to %s (%s)", name, state, st.detail)
+            log.warning("%s: now %s (%s)", name, self._where(name), st.detail)
 
-    def _record(self, st: ServiceStatus, result: health.Result, now: float) -> None:
-        st.last_check = now
-        st.latency = result.latency
-        st.detail = result.detail
-        st.healthy = result.alive
+    def _old_target_gone(self, name: str) -> bool:
+        old = self.status[name].active
+        return old is None or not self.status[name].homes[old].healthy
+
+    def _choice(self, name: str) -> str | None:
+        st = self.status[name]
+        return next((h for h in self.config.services[name].homes if st.homes[h].healthy), None)
+
+    def _where(self, name: str) -> str:
+        active = self.status[name].active
+        return f"forwarding to {active}" if active else "on fallback"
+
+    def _pending(self) -> bool:
+        """A swap may be one check away: a healthy home is failing, or a dead one answering."""
+        return any((h.healthy and h.fails) or (not h.healthy and h.passes)
+                   for s in self.status.values() for h in s.homes.values())
+
+    def _count(self, hh: HomeHealth, result: health.Result) -> None:
+        self._record(hh, result)
+        if hh.healthy and hh.fails >= self.config.watch.fall:
+            hh.healthy = False
+        elif not hh.healthy and hh.passes >= self.config.watch.rise:
+            hh.healthy = True
+
+    @staticmethod
+    def _record(hh: HomeHealth, result: health.Result) -> None:
+        hh.latency, hh.detail = result.latency, result.detail
         if result.alive:
-            st.passes, st.fails = st.passes + 1, 0
+            hh.passes, hh.fails = hh.passes + 1, 0
         else:
-            st.fails, st.passes = st.fails + 1, 0
+            hh.fails, hh.passes = hh.fails + 1, 0
 
-    def _probe_all(self) -> dict[str, health.Result]:
-        """Check every service at once, so N slow services cost one timeout, not N."""
-        services = list(self.config.services.values())
-        if len(services) <= 1:
-            return {s.name: self.prober(s, self.config) for s in services}
-        results: dict[str, health.Result] = {}
-        threads = [threading.Thread(target=lambda s=s: results.__setitem__(s.name, self.prober(s, self.config)))
-                   for s in services]
+    def _summarise(self, st: ServiceStatus, now: float) -> None:
+        shown = st.homes[st.active or self.config.services[st.name].home]
+        st.state = "forwarding" if st.active else "fallback"
+        st.healthy = shown.fails == 0
+        st.last_check, st.latency, st.detail = now, shown.latency, shown.detail
+
+    def _probe_all(self) -> dict[str, dict[str, health.Result]]:
+        """Check every home of every service at once: N slow checks cost one timeout, not N."""
+        jobs = [(svc, home) for svc in self.config.services.values() for home in svc.homes]
+        results: dict[str, dict[str, health.Result]] = {svc.name: {} for svc in self.config.services.values()}
+
+        def run(svc: Service, home: str) -> None:
+            try:
+                results[svc.name][home] = self.prober(svc, home, self.config)
+            except Exception as exc:  # a check that breaks must not stop the watchdog: count it as failed
+                results[svc.name][home] = health.Result("down", 0.0, f"check error: {exc}")
+
+        if len(jobs) == 1:
+            run(*jobs[0])
+            return results
+        threads = [threading.Thread(target=run, args=job) for job in jobs]
         for t in threads:
             t.start()
         for t in threads:
@@ -154,6 +211,12 @@ class Watchdog:
 
     def snapshot(self) -> dict[str, object]:
         return {"updated": self.clock(), "services": [asdict(s) for s in self.status.values()]}
+
+
+def believed_targets(state: dict[str, object] | None) -> dict[str, str | None]:
+    """Where the last watchdog left each service, from its state file."""
+    services = (state or {}).get("services", [])
+    return {s["name"]: s.get("active") for s in services if isinstance(s, dict) and "name" in s}  # type: ignore[union-attr]
 
 
 def write_state(path: Path, data: dict[str, object]) -> None:

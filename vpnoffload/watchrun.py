@@ -10,6 +10,7 @@ the page) keeps working; on start it reconciles them with real health.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -17,13 +18,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from vpnoffload import config as cfg
 from vpnoffload import sdnotify
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
 from vpnoffload.paths import Paths
-from vpnoffload.watchdog import Watchdog, read_state, write_state
+from vpnoffload.watchdog import Watchdog, believed_targets, read_state, write_state
 
 log = logging.getLogger("vpnoffload.watch")
 SWAP_TIMEOUT = 20.0
@@ -43,7 +45,7 @@ class SubprocessSwapper:
 
     def prepare(self) -> None:
         if self._child is None or self._child.poll() is not None:
-            argv = [sys.executable, "-m", "vpnoffload.swap", "--config", str(self.paths.config), "--stdin"]
+            argv = [sys.executable, "-m", "vpnoffload.swap", "--config", str(self.paths.config)]
             self._child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                            stderr=subprocess.PIPE, text=True)
 
@@ -56,11 +58,11 @@ class SubprocessSwapper:
                 child.kill()
                 child.wait()
 
-    def __call__(self, fallback: frozenset[str], changed: frozenset[str]) -> None:
+    def __call__(self, active: Mapping[str, str | None], flush: frozenset[str]) -> None:
         self.prepare()
         child, self._child = self._child, None
         assert child is not None
-        line = f"{','.join(sorted(fallback)) or '-'} {','.join(sorted(changed)) or '-'}\n"
+        line = json.dumps({"active": dict(active), "flush": sorted(flush)}) + "\n"
         try:
             _, err = child.communicate(input=line, timeout=SWAP_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -82,10 +84,8 @@ def run(paths: Paths, *, server_running: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        previous = read_state(paths.watch_state) or {}
-        initial = {s["name"] for s in previous.get("services", []) if s.get("state") == "fallback"}  # type: ignore[union-attr]
         dog = Watchdog(config, SubprocessSwapper(paths))
-        dog.start(initial & set(config.services))
+        dog.start(believed_targets(read_state(paths.watch_state)))
         _publish(paths, dog)
         if config.watch.metrics:
             from vpnoffload.metrics import MetricsServer

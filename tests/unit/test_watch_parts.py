@@ -15,6 +15,7 @@ import pytest
 from vpnoffload import entry, pages, status, swap
 from vpnoffload.errors import ConfigError
 from vpnoffload.firewall import FakeBackend
+from vpnoffload.health import Result
 from vpnoffload.metrics import exposition
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps
 from vpnoffload.paths import Paths
@@ -108,7 +109,7 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path: Path) -> None:
 
 
 def test_metrics_exposition() -> None:
-    dog = Watchdog(config(), lambda f, c: None, lambda s, c: __import__("vpnoffload.health").health.Result("up", 0.002, "ok"))
+    dog = Watchdog(config(), lambda a, f: None, lambda s, h, c: Result("up", 0.002, "ok"))
     dog.start()
     text = exposition(dog)
     assert 'vpnoffload_service_forwarding{service="blog"} 1' in text
@@ -119,6 +120,6 @@ def test_swap_rewrites_rules_and_forgets_changed_flows(monkeypatch: pytest.Monke
     flushed: list[list[tuple[int, int]]] = []
     monkeypatch.setattr(swap, "flush_conntrack", flushed.append)
     fw = FakeBackend()
-    swap.apply_swap(config(), frozenset({"blog"}), frozenset({"blog"}), firewall_backend=fw)
+    swap.apply_swap(config(), {"blog": None, "git": "home"}, frozenset({"blog"}), firewall_backend=fw)
     assert "--to-destination 203.0.113.10:8503" in "\n".join(fw.read().lines())
     assert flushed == [[(0x100000, 0xFF00000)]]

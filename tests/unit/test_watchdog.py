@@ -1,4 +1,5 @@
-"""The watchdog's decisions: fall/rise counting, swaps both ways, warm-up, restarts."""
+"""The watchdog's decisions: fall/rise counting, swaps both ways, several home
+boxes in order, warm-up of the swapper, restarts that cut nothing."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ import pytest
 from vpnoffload.errors import BackendError
 from vpnoffload.health import Result
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps, Watch
-from vpnoffload.watchdog import Watchdog
+from vpnoffload.watchdog import Watchdog, believed_targets
 
 
-def config(fall: int = 2, rise: int = 2) -> Config:
+def config(fall: int = 2, rise: int = 2, backups: tuple[str, ...] = ()) -> Config:
     return Config(
         vps=Vps(IPv4Address("203.0.113.10")),
         tunnel=Tunnel(IPv4Network("198.51.100.0/24")),
-        homes={"home": Home("home", IPv4Address("198.51.100.2"))},
+        homes={"home": Home("home", IPv4Address("198.51.100.2")), "attic": Home("attic", IPv4Address("198.51.100.3"))},
         services={
-            "web": Service("web", IPv4Address("203.0.113.10"), 80, "home", 8080, fallback="page"),
+            "web": Service("web", IPv4Address("203.0.113.10"), 80, "home", 8080, fallback="page", backups=backups),
             "git": Service("git", IPv4Address("203.0.113.10"), 22, "home", 2222),
         },
         watch=Watch(fall=fall, rise=rise),
@@ -27,15 +28,15 @@ def config(fall: int = 2, rise: int = 2) -> Config:
 
 class Swapper:
     def __init__(self) -> None:
-        self.calls: list[tuple[frozenset[str], frozenset[str]]] = []
+        self.calls: list[tuple[dict, frozenset[str]]] = []
         self.prepared = 0
         self.cancelled = 0
         self.fail = False
 
-    def __call__(self, fallback: frozenset[str], changed: frozenset[str]) -> None:
+    def __call__(self, active, flush: frozenset[str]) -> None:
         if self.fail:
             raise BackendError("iptables: locked")
-        self.calls.append((fallback, changed))
+        self.calls.append((dict(active), flush))
 
     def prepare(self) -> None:
         self.prepared += 1
@@ -45,18 +46,26 @@ class Swapper:
 
 
 def prober(verdicts: dict[str, str]):
-    def probe(svc: Service, cfg: Config) -> Result:
-        return Result(verdicts[svc.name], 0.01, verdicts[svc.name])  # type: ignore[arg-type]
+    """verdicts by "service" or "service@home"."""
+    def probe(svc: Service, home: str, cfg: Config) -> Result:
+        verdict = verdicts.get(f"{svc.name}@{home}", verdicts.get(svc.name, "up"))
+        return Result(verdict, 0.01, verdict)  # type: ignore[arg-type]
     return probe
 
 
-def test_start_reconciles_with_real_health_at_once() -> None:
+def test_start_reconciles_and_flushes_only_what_moves() -> None:
     health = {"web": "down", "git": "up"}
     swap = Swapper()
     dog = Watchdog(config(), swap, prober(health))
-    dog.start(initial={"git"})  # a watchdog restarted mid-outage had git on fallback
-    assert swap.calls == [(frozenset({"web"}), frozenset({"web", "git"}))]
+    dog.start({"git": None})  # a watchdog restarted mid-outage had git on fallback
+    assert swap.calls == [({"web": None, "git": "home"}, frozenset({"web", "git"}))]
     assert dog.fallback() == {"web"}
+
+
+def test_restart_while_all_is_well_cuts_no_connection() -> None:
+    swap = Swapper()
+    Watchdog(config(), swap, prober({})).start({})
+    assert swap.calls == [({"web": "home", "git": "home"}, frozenset())]
 
 
 def test_fall_and_rise_count_in_a_row() -> None:
@@ -72,18 +81,17 @@ def test_fall_and_rise_count_in_a_row() -> None:
     health["web"] = "down"
     dog.tick()
     assert dog.tick() == {"web"}
-    assert swap.calls == [(frozenset({"web"}), frozenset({"web"}))]
+    assert swap.calls == [({"web": None, "git": "home"}, frozenset({"web"}))]
     health["web"] = "up"
     assert dog.tick() == frozenset() and dog.tick() == frozenset()
     assert dog.tick() == {"web"}
-    assert swap.calls[-1] == (frozenset(), frozenset({"web"}))
+    assert swap.calls[-1] == ({"web": "home", "git": "home"}, frozenset({"web"}))
     assert dog.status["web"].swaps == 2 and dog.status["web"].state == "forwarding"
 
 
 def test_slow_counts_as_alive() -> None:
     health = {"web": "up", "git": "up"}
-    swap = Swapper()
-    dog = Watchdog(config(fall=1), swap, prober(health))
+    dog = Watchdog(config(fall=1), Swapper(), prober(health))
     dog.start()
     health["web"] = "slow"
     assert dog.tick() == frozenset() and dog.fallback() == frozenset()
@@ -103,14 +111,41 @@ def test_failed_swap_keeps_state_and_retries() -> None:
     assert dog.tick() == {"git"} and dog.fallback() == {"git"}
 
 
-def test_snapshot_is_json_ready() -> None:
+def test_backup_home_takes_over_then_hands_back_without_cutting_it() -> None:
+    health = {"web@home": "up", "web@attic": "up"}
+    swap = Swapper()
+    dog = Watchdog(config(fall=1, rise=1, backups=("attic",)), swap, prober(health))
+    dog.start()
+    health["web@home"] = "down"
+    assert dog.tick() == {"web"}
+    assert swap.calls[-1] == ({"web": "attic", "git": "home"}, frozenset({"web"}))  # home is dead: forget its flows
+    assert dog.status["web"].state == "forwarding" and dog.status["web"].active == "attic"
+    health["web@attic"] = "down"
+    dog.tick()
+    assert dog.status["web"].active is None and dog.status["web"].state == "fallback"
+    health["web@home"] = "up"
+    health["web@attic"] = "up"
+    dog.tick()
+    assert dog.status["web"].active == "home"
+    # Back from the page: flows flushed (nobody keeps the page).
+    assert swap.calls[-1][1] == frozenset({"web"})
+    health["web@home"] = "down"
+    dog.tick()
+    health["web@home"] = "up"
+    dog.tick()
+    # From a healthy backup back to home: the backup's connections may finish.
+    assert swap.calls[-1] == ({"web": "home", "git": "home"}, frozenset())
+
+
+def test_snapshot_is_json_ready_and_restarts_read_it() -> None:
     import json
 
     dog = Watchdog(config(), Swapper(), prober({"web": "up", "git": "down"}), clock=lambda: 1000.0)
     dog.start()
     data = json.loads(json.dumps(dog.snapshot()))
-    states = {s["name"]: (s["state"], s["healthy"]) for s in data["services"]}
-    assert states == {"web": ("forwarding", True), "git": ("fallback", False)}
+    states = {s["name"]: (s["state"], s["healthy"], s["active"]) for s in data["services"]}
+    assert states == {"web": ("forwarding", True, "home"), "git": ("fallback", False, None)}
+    assert believed_targets(data) == {"web": "home", "git": None}
 
 
 def test_reconfigure_keeps_known_states_and_adds_new_services() -> None:
