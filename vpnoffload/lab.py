@@ -1,11 +1,13 @@
-"""A throw-away lab of network namespaces: internet router, vps, home, visitor.
+"""A throw-away lab of network namespaces: internet router, vps, home, visitor,
+and attic (a second home box, for services with several home boxes).
 
 Used by the end-to-end tests and by ``vpnoffload lab up|demo|down``. Topology
 (TEST-NET addresses only; no NAT anywhere, so every address seen is real)::
 
     visitor 192.0.2.2/26 ─── .1  ┐
     vps 203.0.113.10/24  ─── .1  ├─ internet (router, ip_forward=1)
-    home 192.0.2.66/26   ─── .65 ┘  <- home_cable: the router's side of this link
+    home 192.0.2.66/26   ─── .65 ┤  <- home_cable: the router's side of this link
+    attic 192.0.2.130/26 ─── .129┘  <- a second home box (its cable: to-attic)
 
 Each host reaches the others only through the router, and home's default route
 points at the router, so a reply from home comes back through the tunnel only
@@ -40,7 +42,7 @@ from vpnoffload.errors import BackendError, ConfigError, PrerequisiteError
 
 DEFAULT_PREFIX = "vpnolab"
 ROUTER = "internet"
-HOSTS = (ROUTER, "vps", "home", "visitor")
+HOSTS = (ROUTER, "vps", "home", "visitor", "attic")
 #: Every non-router host's single interface is called this inside its namespace.
 UPLINK_DEVICE = "eth0"
 _PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
@@ -66,6 +68,7 @@ SEGMENTS = (
     Segment("vps", 24, "203.0.113.1", "203.0.113.10"),
     Segment("home", 26, "192.0.2.65", "192.0.2.66"),
     Segment("visitor", 26, "192.0.2.1", "192.0.2.2"),
+    Segment("attic", 26, "192.0.2.129", "192.0.2.130"),
 )
 
 
@@ -86,6 +89,7 @@ class Lab:
     vps_spare_addresses: ClassVar[tuple[str, ...]] = ("203.0.113.11", "203.0.113.12")
     home_uplink_address: ClassVar[str] = "192.0.2.66"
     home_gateway: ClassVar[str] = "192.0.2.65"
+    attic_uplink_address: ClassVar[str] = "192.0.2.130"
     visitor_address: ClassVar[str] = "192.0.2.2"
     visitor_gateway: ClassVar[str] = "192.0.2.1"
     uplink_device: ClassVar[str] = UPLINK_DEVICE
@@ -188,12 +192,14 @@ class Lab:
 
     # -- the cable -----------------------------------------------------------
 
-    def pull_cable(self) -> None:
-        """Cut home's uplink on the router's side (home keeps its address and default route)."""
-        _run(["ip", "-n", self.namespace(ROUTER), "link", "set", self.home_cable, "down"])
+    def pull_cable(self, host: str = "home") -> None:
+        """Cut a home box's uplink on the router's side (it keeps its address and default route)."""
+        self.namespace(host)
+        _run(["ip", "-n", self.namespace(ROUTER), "link", "set", f"to-{host}", "down"])
 
-    def plug_cable(self) -> None:
-        _run(["ip", "-n", self.namespace(ROUTER), "link", "set", self.home_cable, "up"])
+    def plug_cable(self, host: str = "home") -> None:
+        self.namespace(host)
+        _run(["ip", "-n", self.namespace(ROUTER), "link", "set", f"to-{host}", "up"])
 
     # -- running things inside -----------------------------------------------
 

@@ -14,7 +14,7 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,15 +145,23 @@ def docker_cleanup() -> list[str]:
     return ["down -v --remove-orphans -t 3"]
 
 
-@pytest.fixture(scope="session")
-def compose_lab(request: pytest.FixtureRequest) -> ComposeLab:
-    """The lab, up and forwarding: the visitor already gets home's /whoami through the VPS."""
+@pytest.fixture(scope="module")
+def compose_lab(request: pytest.FixtureRequest) -> Iterator[ComposeLab]:
+    """The lab, up and forwarding: the visitor already gets home's /whoami through the VPS.
+
+    Taken down as soon as this module is done (pytest-docker's own ``down -v``
+    comes only at the end of the session, and the rest of the suite need not
+    run beside three idle containers).
+    """
     problem = engine_problem()
     if problem:
         pytest.skip(problem)
     compose_command = request.getfixturevalue("docker_compose_command")
     request.getfixturevalue("docker_services")  # pytest-docker: up now, down -v at session end
     lab = ComposeLab(command=(*shlex.split(compose_command), "-f", str(COMPOSE_FILE), "-p", PROJECT))
-    lab.wait_for("the visitor did not get home's /whoami through the VPS",
-                 lambda r: r is not None and r.status == 200, "/whoami", READY_TIMEOUT)
-    return lab
+    try:
+        lab.wait_for("the visitor did not get home's /whoami through the VPS",
+                     lambda r: r is not None and r.status == 200, "/whoami", READY_TIMEOUT)
+        yield lab
+    finally:
+        lab.compose("down", "-v", "--remove-orphans", "-t", "3", timeout=120)

@@ -138,3 +138,54 @@ def openvpn_pids(lab: Lab, host: str) -> list[str]:
         except OSError:
             continue
     return found
+
+
+# Runs in the visitor's namespace: a new connection every INTERVAL s (each in its
+# own thread, 5 s timeout), until STREAK started-in-a-row replies matched WANT (a
+# regex over "STATUS BODY") or LIMIT s passed. Prints [started, finished, reply]
+# for every request, on the wall clock (shared with the test process).
+CROWD = r"""
+import http.client, json, re, sys, threading, time
+host, want, interval, limit, streak = sys.argv[1], re.compile(sys.argv[2], re.S), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+results, threads = [], []
+def one():
+    t0 = time.time()
+    try:
+        c = http.client.HTTPConnection(host, 80, timeout=5)
+        c.request("GET", "/", headers={"Host": "blog.example.org"})
+        r = c.getresponse(); reply = f"{r.status} {r.read().decode('utf-8', 'replace')}"
+    except Exception as e:
+        reply = f"0 {type(e).__name__}"
+    results.append([t0, time.time(), reply])
+start = time.time()
+while time.time() - start < limit:
+    t = threading.Thread(target=one); t.start(); threads.append(t)
+    time.sleep(interval)
+    done = sorted(results)
+    if len(done) >= streak and all(want.search(r[2]) for r in done[-streak:]):
+        break
+for t in threads:
+    t.join(6)
+print(json.dumps(sorted(results)))
+"""
+
+
+def crowd(lab: Lab, want: str, since: float, limit: float = 15) -> float:
+    """Visitors asking 5x a second on new connections: seconds from ``since`` until the
+    first reply matching ``want`` (regex over "STATUS BODY") reached a visitor. Fails
+    if a request started after that got anything else, or took a second or more."""
+    import json
+    import re
+
+    proc = lab.exec("visitor", sys.executable, "-c", CROWD, lab.vps_address, want, "0.2", str(limit), "5",
+                    timeout=limit + 20)
+    results = json.loads(proc.stdout)
+    pattern = re.compile(want, re.S)
+    firsts = [done for _, done, reply in results if pattern.search(reply)]
+    if not firsts:
+        pytest.fail(f"no reply matching {want!r} within {limit} s: {[r[2][:40] for r in results]}", pytrace=False)
+    first = min(firsts)
+    after = [r for r in results if r[0] > first]
+    bad = [r for r in after if not pattern.search(r[2]) or r[1] - r[0] >= 1.0]
+    assert not bad, bad
+    return first - since

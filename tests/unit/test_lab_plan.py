@@ -57,7 +57,7 @@ def test_plan_names_every_device_inside_a_lab_namespace() -> None:
     lab = Lab("vtunit")
     cmds = lab.build_commands()
     veths = [c for c in cmds if c[:3] == ["ip", "link", "add"]]
-    assert len(veths) == 3
+    assert len(veths) == 4  # vps, home, visitor, attic
     for cmd in veths:
         # Both ends are created directly in the lab's namespaces, never in the root one.
         assert cmd[cmd.index("netns") + 1].startswith("vtunit-")

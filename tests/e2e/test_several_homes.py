@@ -1,0 +1,92 @@
+"""Issue 7 (3) end to end: a service with two home boxes. New connections go to the
+first healthy one, the visitor's real address is seen by whichever serves, and
+the friendly page appears only when neither answers."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import cli, cli_argv, crowd
+from vpnoffload.lab import Lab
+
+VISIT = r"""
+import http.client, json, sys
+try:
+    c = http.client.HTTPConnection(sys.argv[1], 80, timeout=1.0)
+    c.request("GET", "/")
+    r = c.getresponse()
+    print(json.dumps({"status": r.status, "body": r.read().decode()}))
+except Exception as e:
+    print(json.dumps({"status": 0, "body": str(e)}))
+"""
+
+
+def visit(lab: Lab) -> dict:
+    return json.loads(lab.exec("visitor", sys.executable, "-c", VISIT, lab.vps_address, timeout=15).stdout)
+
+
+def served_by(reply: dict) -> str | None:
+    found = re.search(r"served from (\w+)", reply["body"])
+    return found.group(1) if reply["status"] == 200 and found else ("page" if reply["status"] == 503 else None)
+
+
+def wait_served_by(lab: Lab, who: str, limit: float = 10) -> float:
+    start = time.monotonic()
+    last: dict = {}
+    while time.monotonic() - start < limit:
+        last = visit(lab)
+        if served_by(last) == who:
+            return time.monotonic() - start
+        time.sleep(0.1)
+    pytest.fail(f"not served by {who} within {limit} s; last reply {last}", pytrace=False)
+
+
+def test_first_healthy_home_serves_page_only_when_none(lab: Lab, sites: tuple[Path, Path], capsys) -> None:
+    vps_site, home_site = sites
+    attic_site = vps_site.parent / "attic"
+    attic_site.mkdir(mode=0o755)
+    # On the VPS: a second home box, then a service that prefers home and falls back to attic.
+    cli(lab, "vps", vps_site, "init", "--vps-address", lab.vps_address, "--tunnel-subnet", "198.51.100.0/24")
+    cli(lab, "vps", vps_site, "pki", "issue", "attic")
+    configure_rest = ["web", "--listen", "80", "--target", "8080", "--check", "http:/", "--homes", "home,attic"]
+    cli(lab, "vps", vps_site, "service", "add", *configure_rest)
+    for name, site in (("home", home_site), ("attic", attic_site)):
+        (site / "state").mkdir(mode=0o755)
+        cli(lab, "vps", vps_site, "render", "home", "--home", name, "--out", str(site / "state"))
+        shutil.copy(vps_site / "vpnoffload.toml", site / "vpnoffload.toml")
+        lab.popen(name, sys.executable, "-m", "vpnoffload.labweb", "--port", "8080", "--name", name)
+        assert lab.wait_tcp(name, "127.0.0.1", 8080)
+    cli(lab, "vps", vps_site, "up", "vps")
+    cli(lab, "home", home_site, "up", "home")
+    cli(lab, "attic", attic_site, "up", "home", "--home", "attic")
+    lab.popen("vps", *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "watch"))
+
+    wait_served_by(lab, "home")
+    assert f"you are {lab.visitor_address}" in visit(lab)["body"]
+
+    pulled = time.time()
+    lab.pull_cable("home")
+    took = crowd(lab, "^200 .*served from attic", since=pulled)
+    with capsys.disabled():
+        print(f"\n[several homes] home's cable pulled -> served by attic after {took:.2f} s")
+    assert took <= 3.0
+    assert f"you are {lab.visitor_address}" in visit(lab)["body"]  # the backup sees the real visitor too
+    status = json.loads(cli(lab, "vps", vps_site, "status", "--json", check=False).stdout)
+    assert status["services"][0]["home"] == "attic" and status["services"][0]["state"] == "forwarding"
+
+    lab.pull_cable("attic")
+    crowd(lab, "^503 ", since=time.time())
+
+    plugged = time.time()
+    lab.plug_cable("home")
+    took = crowd(lab, "^200 .*served from home", since=plugged, limit=30)
+    with capsys.disabled():
+        print(f"[several homes] home's cable back -> served by home after {took:.2f} s")
+    lab.plug_cable("attic")
