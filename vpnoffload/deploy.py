@@ -84,11 +84,20 @@ def exclusive(paths: Paths, timeout: float = 10.0) -> Iterator[None]:
 
 def _tunnel(backends: Backends, name: str, conf: Path, workdir: Path, paths: Paths,
             extra_args: tuple[str, ...] = ()) -> Any:
+    """OpenVPN under systemd when systemd runs this network namespace, else a daemon we track."""
     if backends.tunnel_factory is not None:
         return backends.tunnel_factory(name=name, config=conf, workdir=workdir, run_dir=paths.run)
-    from vpnoffload.tunnel import DaemonTunnel
+    from vpnoffload import tunnel
 
-    return DaemonTunnel(name=name, config=conf, workdir=workdir, run_dir=paths.run, extra_args=extra_args)
+    if tunnel.systemd_manages_this_netns():
+        kind, instance = ("server", "vpnoffload") if name == "server" else ("client", f"vpnoffload-{name.removeprefix('home-')}")
+        options = tuple(f"{a[2:]} {b}" for a, b in zip(extra_args[::2], extra_args[1::2]))  # --user x -> user x
+        return tunnel.SystemdTunnel(
+            name=name, unit=f"openvpn-{kind}@{instance}",
+            wrapper=Path(f"/etc/openvpn/{kind}/{instance}.conf"),
+            wrapper_text=tunnel.wrapper_text(workdir, conf.name, options),
+        )
+    return tunnel.DaemonTunnel(name=name, config=conf, workdir=workdir, run_dir=paths.run, extra_args=extra_args)
 
 
 def _record_path(paths: Paths, end: str) -> Path:

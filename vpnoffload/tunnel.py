@@ -154,10 +154,18 @@ def systemd_manages_this_netns() -> bool:
 
 @dataclass
 class SystemdTunnel:
-    """Debian's templated units: ``openvpn-server@NAME`` reads /etc/openvpn/server/NAME.conf."""
+    """Debian's templated units: ``openvpn-server@NAME`` runs /etc/openvpn/server/NAME.conf
+    (``openvpn-client@NAME``: /etc/openvpn/client/NAME.conf).
+
+    vpnoffload installs there only a two-line wrapper that ``cd``s into the
+    rendered directory and includes the real config, so the files stay in one
+    place whichever supervisor runs them. ``stop`` removes the wrapper again.
+    """
 
     name: str
     unit: str  # e.g. "openvpn-server@vpnoffload"
+    wrapper: Path | None = None  # e.g. /etc/openvpn/server/vpnoffload.conf
+    wrapper_text: str = ""
 
     def _systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=60, check=False)
@@ -169,15 +177,28 @@ class SystemdTunnel:
         return self._systemctl("is-active", "--quiet", self.unit, check=False).returncode == 0
 
     def start(self) -> None:
+        if self.wrapper is not None:
+            self.wrapper.parent.mkdir(parents=True, exist_ok=True)
+            self.wrapper.write_text(self.wrapper_text)
+            self.wrapper.chmod(0o644)
         self._systemctl("enable", "--now", self.unit)
 
     def stop(self) -> None:
-        self._systemctl("disable", "--now", self.unit)
+        self._systemctl("disable", "--now", self.unit, check=False)
+        if self.wrapper is not None:
+            self.wrapper.unlink(missing_ok=True)
 
     def wait_ready(self, timeout: float) -> None:
+        # The units are Type=notify: OpenVPN reports READY once initialised.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.running():
                 return
             time.sleep(0.2)
         raise BackendError(f"{self.unit} is not active after {timeout:g} s: see journalctl -u {self.unit}")
+
+
+def wrapper_text(workdir: Path, config_name: str, extra: tuple[str, ...] = ()) -> str:
+    """The config a systemd unit runs: into the rendered directory, then the real config."""
+    lines = ["# Installed by vpnoffload; removed by 'vpnoffload down'.", f"cd {workdir}", f"config {config_name}"]
+    return "\n".join([*lines, *extra]) + "\n"

@@ -179,3 +179,21 @@ def test_up_home_without_profile_is_a_clear_error(env) -> None:
     config, paths, b, tunnels, proc = env
     with pytest.raises(Exception, match="no client profile at .*render home"):
         deploy.plan_up_home(config, paths, b, "home", paths.state / "missing.ovpn")
+
+
+def test_openvpn_runs_under_systemd_when_systemd_runs_this_namespace(env, monkeypatch) -> None:
+    from vpnoffload import tunnel
+
+    config, paths, b, tunnels, proc = env
+    b.tunnel_factory = None
+    monkeypatch.setattr(tunnel, "systemd_manages_this_netns", lambda: True)
+    server = deploy.server_tunnel(paths, b)
+    assert isinstance(server, tunnel.SystemdTunnel) and server.unit == "openvpn-server@vpnoffload"
+    assert server.wrapper == Path("/etc/openvpn/server/vpnoffload.conf")
+    assert server.wrapper_text.splitlines()[1:] == [f"cd {paths.server_dir}", "config server.conf"]
+    home = deploy.home_tunnel(paths, b, "home", paths.state / "home.ovpn")
+    assert home.unit == "openvpn-client@vpnoffload-home"
+    assert home.wrapper_text.splitlines()[1:] == [f"cd {paths.state}", "config home.ovpn",
+                                                  "user vpnoffload", "group vpnoffload"]
+    monkeypatch.setattr(tunnel, "systemd_manages_this_netns", lambda: False)
+    assert isinstance(deploy.server_tunnel(paths, b), tunnel.DaemonTunnel)
