@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 
+import pytest
+
 from vpnoffload.fallback import FallbackServer, response
 
 
@@ -41,4 +43,59 @@ def test_page_chosen_by_original_destination() -> None:
         assert b"offline" in server.response_for(("203.0.113.10", 81))
         assert b"offline" in server.response_for(None)
     finally:
+        server.server_close()
+
+
+def _self_signed(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "blog.example.org")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_https_service_gets_the_page_over_tls_and_unknown_names_a_fast_close(tmp_path, monkeypatch) -> None:
+    import socket
+    import ssl
+
+    from vpnoffload import fallback
+
+    cert, key = _self_signed(tmp_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    dest = ("203.0.113.10", 443)
+    server = FallbackServer(("127.0.0.1", 0), {dest: b"<p>blog over tls</p>"}, tls_contexts={dest: ctx})
+    server.start()
+    client = ssl.create_default_context()
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    try:
+        port = server.server_address[1]
+        monkeypatch.setattr(fallback, "original_destination", lambda sock: dest)
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+            with client.wrap_socket(raw, server_hostname="blog.example.org") as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: blog.example.org\r\n\r\n")
+                data = b""
+                while chunk := tls.recv(4096):
+                    data += chunk
+        assert data.startswith(b"HTTP/1.1 503") and b"blog over tls" in data
+        # A name with no certificate configured: closed at once, never a hang.
+        monkeypatch.setattr(fallback, "original_destination", lambda sock: ("203.0.113.99", 443))
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                client.wrap_socket(raw, server_hostname="other.example.org")
+    finally:
+        server.shutdown()
         server.server_close()
