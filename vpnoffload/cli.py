@@ -56,7 +56,7 @@ app = typer.Typer(
 )
 service_app = typer.Typer(no_args_is_help=True, help="Add, list and remove offloaded services.")
 pki_app = typer.Typer(no_args_is_help=True, help="List, issue and revoke certificates.")
-render_app = typer.Typer(no_args_is_help=True, help="Write OpenVPN configs for the VPS or a home box.")
+render_app = typer.Typer(no_args_is_help=True, help="Write OpenVPN configs for the VPS or a home box, or nginx/HAProxy includes.")
 up_app = typer.Typer(no_args_is_help=True, help="Bring one end up (idempotent).")
 down_app = typer.Typer(no_args_is_help=True, help="Undo exactly what 'up' did on one end.")
 app.add_typer(service_app, name="service")
@@ -105,6 +105,7 @@ def init(
     ctx: typer.Context,
     vps_address: Annotated[str, typer.Option("--vps-address", help="The VPS's public IPv4 address.")],
     tunnel_subnet: Annotated[str, typer.Option(help="Private subnet inside the tunnel.")] = "10.88.0.0/24",
+    tunnel_subnet6: Annotated[Optional[str], typer.Option(help="Private IPv6 subnet inside the tunnel (e.g. fd00:88::/64), for services listening on IPv6.")] = None,
     port: Annotated[int, typer.Option(help="OpenVPN port on the VPS.")] = 1194,
     proto: Annotated[str, typer.Option(help="OpenVPN transport: udp or tcp.")] = "udp",
     home: Annotated[str, typer.Option(help="Name of the first home box.")] = "home",
@@ -121,7 +122,7 @@ def init(
     cfg.check_port(port, "--port")
     cfg.check_proto(proto, "--proto")
     cfg.check_name(home, "--home")
-    text = cfg.initial_text(vps_address, tunnel_subnet, port, proto, home)
+    text = cfg.initial_text(vps_address, tunnel_subnet, port, proto, home, subnet6=tunnel_subnet6)
     cfg.parse_text(text, "init")  # raises on a bad address / overlapping subnet
     pki = pki_mod.Pki.create(paths.pki, force=force)
     pki.issue(home)
@@ -138,13 +139,14 @@ def init(
 def service_add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Service name, e.g. blog.")],
-    listen: Annotated[str, typer.Option(help="[ADDRESS:]PORT on the VPS; a bare port means the VPS address.")],
+    listen: Annotated[str, typer.Option(help="[ADDRESS:]PORT on the VPS; a bare port means the VPS address; IPv6 in brackets: [2001:db8::80]:80.")],
     target: Annotated[str, typer.Option(help="[HOME:]PORT at home; a bare port means the first home box.")],
     proto: Annotated[str, typer.Option(help="tcp or udp.")] = "tcp",
     check: Annotated[str, typer.Option(help="Health check: tcp or http:/path.")] = "tcp",
-    hostname: Annotated[Optional[str], typer.Option(help="Public host name, shown on the fallback page.")] = None,
+    hostname: Annotated[Optional[str], typer.Option(help="Public host name, shown on the fallback page (and what --via proxy routes by).")] = None,
     fallback: Annotated[Optional[str], typer.Option(help="While home is down: 'page' (friendly 503) or 'reset' (default: page for web services).")] = None,
     homes: Annotated[Optional[str], typer.Option("--homes", help="Several home boxes in order of preference, e.g. home,attic (TARGET is then a bare port).")] = None,
+    via: Annotated[str, typer.Option(help="'dnat' (the kernel forwards LISTEN) or 'proxy' (LISTEN 80/443 is shared with this VPS's own sites; its nginx/HAProxy routes --hostname home: see 'render nginx').")] = "dnat",
 ) -> None:
     """Offload a port: visitors to LISTEN on the VPS are served by TARGET at home."""
     import tomlkit
@@ -170,13 +172,19 @@ def service_add(
             table.add("fallback", fallback)
         if homes is not None:
             table.add("homes", [h.strip() for h in homes.split(",")])
+        if via != "dnat":
+            table.add("via", via)
         doc["services"][name] = table
 
     config = cfg.edit(paths.config, change)
     svc = config.services[name]
     typer.echo(f"added {name}: {svc.listen}/{svc.proto} -> {svc.target} (check {svc.check}, "
                f"while home is down: {'friendly page' if svc.serves_page else 'fast reset'})")
-    typer.echo("run 'vpnoffload up vps' to apply it")
+    if svc.via == "proxy":
+        typer.echo(f"{svc.hostname} is routed by this VPS's {config.proxy.server}: run 'vpnoffload render "
+                   f"{config.proxy.server} --out DIR' and include it; 'vpnoffload up vps' sets up the fail-fast rules")
+    else:
+        typer.echo("run 'vpnoffload up vps' to apply it")
 
 
 @service_app.command("list")
@@ -309,6 +317,51 @@ def render_home(
     name = _home_name(config, home)
     path = render.render_home(config, pki_mod.Pki.open(paths.pki), name, out)
     typer.echo(f"wrote {path} (secret: copy it to the home box, e.g. with scp, and keep it 0600)")
+
+
+@render_app.command("nginx")
+def render_nginx(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Directory to write into, e.g. /etc/vpnoffload/nginx.")],
+) -> None:
+    """Write the nginx includes that route the via=proxy services by name (Host, and SNI on 443)."""
+    from vpnoffload import config as cfg
+    from vpnoffload import webserver
+
+    config = cfg.load(_ctx(ctx).paths.config)
+    written = webserver.render_nginx(config, out)
+    _proxy_summary(config, written, out)
+    typer.echo(f"next: in nginx.conf's http {{ }} block: include {out.absolute()}/*.conf;")
+    if any(s.sni_routed for s in config.services.values()):
+        typer.echo(f"      at its top level (outside http): include {out.absolute()}/stream/*.conf; and move your "
+                   f"own HTTPS sites to {config.proxy.local_https} (see the file's header)")
+    typer.echo("      then: nginx -t && nginx -s reload")
+
+
+@render_app.command("haproxy")
+def render_haproxy(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Directory to write into, e.g. /etc/vpnoffload/haproxy.")],
+) -> None:
+    """Write the HAProxy frontends and backends that route the via=proxy services by name."""
+    from vpnoffload import config as cfg
+    from vpnoffload import webserver
+
+    config = cfg.load(_ctx(ctx).paths.config)
+    written = webserver.render_haproxy(config, out)
+    _proxy_summary(config, written, out)
+    typer.echo(f"next: haproxy -f /etc/haproxy/haproxy.cfg -f {out.absolute()}/vpnoffload.cfg (see the file's header "
+               f"for where your own sites move: {config.proxy.local_http} and {config.proxy.local_https})")
+
+
+def _proxy_summary(config: Any, written: list[Path], out: Path) -> None:
+    proxied = [s for s in config.services.values() if s.via == "proxy"]
+    if not proxied:
+        typer.echo("note: no service has via = 'proxy' yet (vpnoffload service add NAME --via proxy --hostname ...)")
+    for svc in proxied:
+        scheme = "https (SNI, passed through)" if svc.sni_routed else "http (Host)"
+        typer.echo(f"  {svc.hostname} {scheme} -> {svc.target}")
+    typer.echo(f"wrote {len(written)} files to {out}")
 
 
 def _home_name(config: Any, home: str | None) -> str:
@@ -468,6 +521,8 @@ def install_service(
 
     paths = _ctx(ctx).paths
     cfg.load(paths.config)
+    if out is None:
+        service_unit.require_systemd()  # check first: write nothing where it cannot run
     path = service_unit.install(paths, out)
     typer.echo(f"wrote {path}")
     if out is None:

@@ -14,12 +14,12 @@ import re
 import tempfile
 import tomllib
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
 from vpnoffload.errors import ConfigError, NotSetUpError
-from vpnoffload.model import Check, Config, Home, Service, Tunnel, Vps, Watch
+from vpnoffload.model import Check, Config, Home, Proxy, Service, Tunnel, Vps, Watch
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -31,12 +31,13 @@ DEFAULT_PORT = 1194
 DEFAULT_PROTO = "udp"
 
 _KEYS: dict[str, set[str]] = {
-    "": {"vps", "tunnel", "homes", "services", "watch"},
+    "": {"vps", "tunnel", "homes", "services", "watch", "proxy"},
     "vps": {"address", "interface"},
-    "tunnel": {"subnet", "port", "proto"},
-    "home": {"address"},
-    "service": {"listen", "target", "homes", "proto", "check", "hostname", "fallback", "page", "tls_cert", "tls_key"},
+    "tunnel": {"subnet", "subnet6", "port", "proto"},
+    "home": {"address", "address6"},
+    "service": {"listen", "target", "homes", "proto", "check", "hostname", "fallback", "page", "tls_cert", "tls_key", "via"},
     "watch": {"interval", "timeout", "fall", "rise", "fallback_port", "retry_after", "metrics"},
+    "proxy": {"server", "local_https", "local_http", "connect_timeout"},
 }
 
 
@@ -76,10 +77,48 @@ def check_address(value: Any, field: str) -> IPv4Address:
     if addr is None:
         raise ConfigError(f"{value!r} is not an IPv4 address", field=field)
     if not isinstance(addr, IPv4Address):
-        raise ConfigError(f"{value!r} is an IPv6 address; only IPv4 is supported yet", field=field)
+        raise ConfigError(f"{value!r} is an IPv6 address; an IPv4 address is needed here", field=field)
     if addr.is_loopback or addr.is_multicast or addr.is_unspecified or addr == IPv4Address("255.255.255.255"):
         raise ConfigError(f"{value} cannot be used here (loopback, multicast or unspecified)", field=field)
     return addr
+
+
+#: IANA's global unicast space: the only IPv6 addresses visitors on the internet can reach.
+GLOBAL_UNICAST6 = IPv6Network("2000::/3")
+
+
+def check_address6(value: Any, field: str) -> IPv6Address:
+    """An IPv6 address that can face the internet (inside 2000::/3, not link-local/ULA/mapped)."""
+    try:
+        addr = ipaddress.ip_address(value) if isinstance(value, str) else None
+    except ValueError:
+        addr = None
+    if not isinstance(addr, IPv6Address):
+        raise ConfigError(f"{value!r} is not an IPv6 address", field=field)
+    if addr.scope_id is not None:
+        raise ConfigError(f"{value} has a zone (%...); give a global address without one", field=field)
+    if addr not in GLOBAL_UNICAST6:
+        raise ConfigError(f"{value} is not a global unicast IPv6 address (link-local, unique local, loopback, "
+                          "multicast and IPv4-mapped addresses cannot be reached by visitors)", field=field)
+    return addr
+
+
+def check_subnet6(value: Any, field: str) -> IPv6Network:
+    """The tunnel's IPv6 subnet: /64 to /112 (OpenVPN's server-ipv6 needs room for its pool)."""
+    try:
+        net = ipaddress.ip_network(value, strict=True) if isinstance(value, str) else None
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            fixed = ipaddress.ip_network(value, strict=False)
+            raise ConfigError(f"{value} has host bits set; did you mean {fixed}?", field=field) from None
+        net = None
+    if not isinstance(net, IPv6Network):
+        raise ConfigError(f"{value!r} is not an IPv6 subnet like fd00:88::/64", field=field)
+    if not 64 <= net.prefixlen <= 112:
+        raise ConfigError(f"{value} must have a prefix length between /64 and /112", field=field)
+    if net.is_link_local or net.is_multicast or net.is_loopback or net.network_address.ipv4_mapped is not None:
+        raise ConfigError(f"{value} cannot be a tunnel subnet (use a unique local one like fd00:88::/64)", field=field)
+    return net
 
 
 def check_subnet(value: Any, field: str) -> IPv4Network:
@@ -123,11 +162,19 @@ def _number(value: Any, field: str, *, integer: bool, minimum: float, maximum: f
     return value
 
 
-def parse_listen(value: Any, vps_address: IPv4Address, field: str) -> tuple[IPv4Address, int]:
-    """'80' or '203.0.113.10:80' -> (address, port); a bare port means the VPS address."""
+def parse_listen(value: Any, vps_address: IPv4Address, field: str) -> tuple[IPv4Address | IPv6Address, int]:
+    """'80', '203.0.113.10:80' or '[2001:db8::80]:80' -> (address, port); a bare
+    port means the VPS address."""
     text = str(value) if isinstance(value, (int, str)) else None
     if text is None or not text:
         raise ConfigError(f"{value!r} is not [ADDRESS:]PORT", field=field)
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]:")
+        if not bracket:
+            raise ConfigError(f"{value!r} is not [IPV6-ADDRESS]:PORT like [2001:db8::80]:80", field=field)
+        return check_address6(host, field), check_port(port, field)
+    if text.count(":") > 1:
+        raise ConfigError(f"{value!r}: put an IPv6 address in brackets, like [2001:db8::80]:80", field=field)
     if ":" in text:
         host, _, port = text.rpartition(":")
         return check_address(host, field), check_port(port, field)
@@ -179,7 +226,8 @@ def parse(data: dict[str, Any]) -> Config:
     homes = _parse_homes(_table(data, "homes", "homes", required=False), tunnel)
     services = _parse_services(_table(data, "services", "services", required=False), vps, tunnel, homes)
     watch = _parse_watch(_table(data, "watch", "watch", required=False))
-    return Config(vps=vps, tunnel=tunnel, homes=homes, services=services, watch=watch)
+    proxy = _parse_proxy(_table(data, "proxy", "proxy", required=False))
+    return Config(vps=vps, tunnel=tunnel, homes=homes, services=services, watch=watch, proxy=proxy)
 
 
 def _parse_vps(raw: dict[str, Any]) -> Vps:
@@ -200,7 +248,8 @@ def _parse_tunnel(raw: dict[str, Any], vps: Vps) -> Tunnel:
         raise ConfigError(f"{subnet} contains the VPS address {vps.address}; pick another subnet", field="tunnel.subnet")
     port = check_port(raw.get("port", DEFAULT_PORT), "tunnel.port")
     proto = check_proto(raw.get("proto", DEFAULT_PROTO), "tunnel.proto")
-    return Tunnel(subnet=subnet, port=port, proto=proto)  # type: ignore[arg-type]
+    subnet6 = check_subnet6(raw["subnet6"], "tunnel.subnet6") if "subnet6" in raw else None
+    return Tunnel(subnet=subnet, port=port, proto=proto, subnet6=subnet6)  # type: ignore[arg-type]
 
 
 def _parse_homes(raw: dict[str, Any], tunnel: Tunnel) -> dict[str, Home]:
@@ -223,13 +272,46 @@ def _parse_homes(raw: dict[str, Any], tunnel: Tunnel) -> dict[str, Home]:
         if address in seen:
             raise ConfigError(f"{address} is already used by home {seen[address]!r}", field=f"{field}.address")
         seen[address] = name
-        homes[name] = Home(name=name, address=address)
+        homes[name] = Home(name=name, address=address, address6=_home_address6(body, address, tunnel, field))
+    seen6: dict[IPv6Address, str] = {}
+    for name, home in homes.items():
+        if home.address6 in seen6:
+            raise ConfigError(f"{home.address6} is already used by home {seen6[home.address6]!r}",
+                              field=f"homes.{name}.address6")
+        if home.address6 is not None:
+            seen6[home.address6] = name
     return homes
+
+
+def _home_address6(body: dict[str, Any], address: IPv4Address, tunnel: Tunnel, field: str) -> IPv6Address | None:
+    """The home's IPv6 tunnel address: ``address6`` if given, else the address in
+    ``subnet6`` with the same host number as its IPv4 one (198.51.100.2 -> fd00:88::2)."""
+    field = f"{field}.address6"
+    if tunnel.subnet6 is None:
+        if "address6" in body:
+            raise ConfigError("an IPv6 tunnel address needs [tunnel] subnet6 (e.g. \"fd00:88::/64\")", field=field)
+        return None
+    if "address6" in body:
+        raw = body["address6"]
+        try:
+            address6 = ipaddress.ip_address(raw) if isinstance(raw, str) else None
+        except ValueError:
+            address6 = None
+        if not isinstance(address6, IPv6Address):
+            raise ConfigError(f"{raw!r} is not an IPv6 address", field=field)
+    else:
+        offset = int(address) - int(tunnel.subnet.network_address)
+        address6 = tunnel.subnet6.network_address + offset
+    if address6 not in tunnel.subnet6 or address6 == tunnel.subnet6.network_address:
+        raise ConfigError(f"{address6} is not a host address in the tunnel subnet6 {tunnel.subnet6}", field=field)
+    if address6 == tunnel.server_address6:
+        raise ConfigError(f"{address6} is the VPS's own IPv6 tunnel address", field=field)
+    return address6
 
 
 def _parse_services(raw: dict[str, Any], vps: Vps, tunnel: Tunnel, homes: dict[str, Home]) -> dict[str, Service]:
     services: dict[str, Service] = {}
-    listens: dict[tuple[IPv4Address, int, str], str] = {}
+    listens: dict[tuple[IPv4Address, int, str], list[str]] = {}
     for name, body in raw.items():
         field = f"services.{name}"
         check_name(name, field)
@@ -237,16 +319,52 @@ def _parse_services(raw: dict[str, Any], vps: Vps, tunnel: Tunnel, homes: dict[s
             raise ConfigError("must be a table", field=field)
         _no_unknown(body, "service", field)
         svc = _parse_service(name, body, field, vps, homes)
+        _check_ipv6_service(svc, tunnel, homes, field)
         if svc.listen_address in tunnel.subnet:
             raise ConfigError(f"{svc.listen_address} is inside the tunnel subnet {tunnel.subnet}", field=f"{field}.listen")
         if svc.listen_address == vps.address and svc.listen_port == tunnel.port and svc.proto == tunnel.proto:
             raise ConfigError(f"port {svc.listen_port}/{svc.proto} is the tunnel's own port", field=f"{field}.listen")
         key = (svc.listen_address, svc.listen_port, svc.proto)
-        if key in listens:
-            raise ConfigError(f"{svc.listen}/{svc.proto} is already used by service {listens[key]!r}", field=f"{field}.listen")
-        listens[key] = name
+        for other in listens.get(key, []):
+            _shared_listen(svc, services[other], field)
+        listens.setdefault(key, []).append(name)
         services[name] = svc
     return services
+
+
+def _check_ipv6_service(svc: Service, tunnel: Tunnel, homes: dict[str, Home], field: str) -> None:
+    """A service DNATed over IPv6 goes to its homes' IPv6 tunnel addresses: the tunnel needs a subnet6."""
+    if not svc.ipv6 or svc.via != "dnat":
+        return
+    if tunnel.subnet6 is None:
+        raise ConfigError(f"listening on IPv6 ({svc.listen}) needs an IPv6 subnet in the tunnel: "
+                          "set [tunnel] subnet6, e.g. \"fd00:88::/64\"", field=f"{field}.listen")
+    if svc.listen_address in tunnel.subnet6:
+        raise ConfigError(f"{svc.listen_address} is inside the tunnel subnet6 {tunnel.subnet6}", field=f"{field}.listen")
+    for name in svc.homes:
+        if homes[name].address6 is None:  # pragma: no cover - every home has one once subnet6 is set
+            raise ConfigError(f"home box {name!r} has no IPv6 tunnel address", field=f"homes.{name}.address6")
+
+
+def _shared_listen(svc: Service, other: Service, field: str) -> None:
+    """Only proxy services share a listen address and port: the web server tells them apart by name."""
+    if svc.via != "proxy" or other.via != "proxy":
+        raise ConfigError(f"{svc.listen}/{svc.proto} is already used by service {other.name!r} (only "
+                          "via = 'proxy' services share one, told apart by hostname)", field=f"{field}.listen")
+    if svc.hostname == other.hostname:
+        raise ConfigError(f"{svc.hostname} on {svc.listen} is already routed to service {other.name!r}",
+                          field=f"{field}.hostname")
+
+
+def _check_proxy(svc: Service, field: str) -> None:
+    """A proxy service is chosen by name on a web port the VPS's web server already serves."""
+    if svc.hostname is None:
+        raise ConfigError("via = 'proxy' needs a hostname (the web server routes by it)", field=f"{field}.hostname")
+    if svc.proto != "tcp":
+        raise ConfigError("via = 'proxy' needs proto 'tcp'", field=f"{field}.proto")
+    if svc.listen_port not in (80, 443):
+        raise ConfigError(f"via = 'proxy' listens on port 80 (HTTP, routed by Host) or 443 "
+                          f"(HTTPS, routed by SNI), not {svc.listen_port}", field=f"{field}.listen")
 
 
 def _parse_service(name: str, body: dict[str, Any], field: str, vps: Vps, homes: dict[str, Home]) -> Service:
@@ -277,11 +395,18 @@ def _parse_service(name: str, body: dict[str, Any], field: str, vps: Vps, homes:
         raise ConfigError(f"{fallback!r} is not a fallback: use 'page' or 'reset'", field=f"{field}.fallback")
     if fallback == "page" and proto != "tcp":
         raise ConfigError("the friendly page needs proto 'tcp'", field=f"{field}.fallback")
-    return Service(
+    via = body.get("via", "dnat")
+    if via not in ("dnat", "proxy"):
+        raise ConfigError(f"{via!r} is not a path: use 'dnat' (kernel forwarding) or 'proxy' "
+                          "(the VPS's web server routes by host name)", field=f"{field}.via")
+    svc = Service(
         name=name, listen_address=address, listen_port=port, home=home, target_port=target_port,
         proto=proto, check=check, hostname=hostname, fallback=fallback,  # type: ignore[arg-type]
-        page=page, tls_cert=tls_cert, tls_key=tls_key, backups=backups,
+        page=page, tls_cert=tls_cert, tls_key=tls_key, backups=backups, via=via,
     )
+    if via == "proxy":
+        _check_proxy(svc, field)
+    return svc
 
 
 def _parse_homes_list(value: Any, target: Any, homes: dict[str, Home], field: str) -> tuple[str, tuple[str, ...]]:
@@ -323,6 +448,36 @@ def _parse_watch(raw: dict[str, Any]) -> Watch:
         retry_after=_number(raw.get("retry_after", base.retry_after), "watch.retry_after", integer=True, minimum=1, maximum=86400),
         metrics=_metrics(raw.get("metrics"), "watch.metrics"),
     )
+
+
+def _parse_proxy(raw: dict[str, Any]) -> Proxy:
+    _no_unknown(raw, "proxy", "proxy")
+    base = Proxy()
+    server = raw.get("server", base.server)
+    if server not in ("nginx", "haproxy"):
+        raise ConfigError(f"{server!r} is not a web server vpnoffload renders for: use 'nginx' or 'haproxy'",
+                          field="proxy.server")
+    return Proxy(
+        server=server,
+        local_https=_local_endpoint(raw.get("local_https", base.local_https), "proxy.local_https"),
+        local_http=_local_endpoint(raw.get("local_http", base.local_http), "proxy.local_http"),
+        connect_timeout=_number(raw.get("connect_timeout", base.connect_timeout), "proxy.connect_timeout",
+                                integer=True, minimum=1, maximum=60),
+    )
+
+
+def _local_endpoint(value: Any, field: str) -> str:
+    """IPV4:PORT where the VPS's own sites move to (loopback is the usual choice)."""
+    text = value if isinstance(value, str) else ""
+    host, _, port = text.rpartition(":")
+    try:
+        ok = isinstance(ipaddress.ip_address(host), IPv4Address)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{value!r} is not IPV4:PORT like 127.0.0.1:8443", field=field)
+    check_port(port, field)
+    return text
 
 
 def _metrics(value: Any, field: str) -> str | None:
@@ -398,7 +553,7 @@ def edit(path: Path, change: Callable[[Any], None]) -> Config:
     return config
 
 
-def initial_text(vps_address: str, subnet: str, port: int, proto: str, home: str) -> str:
+def initial_text(vps_address: str, subnet: str, port: int, proto: str, home: str, subnet6: str | None = None) -> str:
     """The config ``init`` writes, with comments that explain each field."""
     import tomlkit
 
@@ -413,6 +568,10 @@ def initial_text(vps_address: str, subnet: str, port: int, proto: str, home: str
     tunnel = tomlkit.table()
     tunnel.add(tomlkit.comment("The OpenVPN tunnel between the VPS (first address of the subnet) and the home boxes."))
     tunnel.add("subnet", str(net))
+    if subnet6 is not None:
+        tunnel.add(tomlkit.comment("IPv6 inside the tunnel, for services listening on IPv6 ([2001:db8::80]:80); each"))
+        tunnel.add(tomlkit.comment("home's address6 defaults to the one with its IPv4 address's host number."))
+        tunnel.add("subnet6", str(check_subnet6(subnet6, "--tunnel-subnet6")))
     tunnel.add("port", port)
     tunnel.add("proto", proto)
     doc.add("tunnel", tunnel)

@@ -204,6 +204,8 @@ def _page_actions(config: Config, paths: Paths, daemon: Any) -> list[Action]:
     # What the server listens on is part of what it was started with: a change restarts it.
     listen = f"{config.vps.address}:{config.watch.fallback_port} retry-after {config.watch.retry_after}\n"
     listen += "".join(f"{s.name} tls {s.tls_cert} {s.tls_key}\n" for s in config.services.values() if s.page_over_tls)
+    if any(s.serves_page for s in config.ipv6_services):
+        listen += f"[::]:{config.watch.fallback_port}\n"
     (scratch / "listen.txt").write_text(listen)
     return _install_actions(scratch, paths.pages, daemon, "friendly pages", "friendly-page server", 10.0)
 
@@ -279,12 +281,22 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
         backends.routing, routing.vps_addresses(config, interface), [tuple(a) for a in rec.addresses])
     actions += address_actions
     rec.addresses = [list(a.as_record()) for a in owned]
-    actions += _sysctl_actions({"net.ipv4.ip_forward": "1"}, backends, rec)
+    actions += _sysctl_actions(_vps_sysctls(config, interface, backends), backends, rec)
     actions += _server_config_actions(config, paths, server_tunnel(paths, backends))
     actions += _page_actions(config, paths, page_server(paths, backends))
     if actions and rec.__dict__ != before:
         actions.append(_save_record_action(rec_path, rec))
     return actions
+
+
+def _vps_sysctls(config: Config, interface: str, backends: Backends) -> dict[str, str]:
+    """IPv4 forwarding always; IPv6 forwarding (and RA kept on) only for IPv6 services."""
+    from vpnoffload import sysctl
+
+    desired = sysctl.vps_sysctls()
+    if config.ipv6_services:
+        desired |= sysctl.vps_ipv6_sysctls(interface, proc_root=backends.proc_root)
+    return desired
 
 
 def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from vpnoffload.errors import PrerequisiteError
-from vpnoffload.model import Config
+from vpnoffload.model import Config, Service
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -104,11 +105,96 @@ def check_port_conflicts(config: Config, proc_net: Path = Path("/proc/net")) -> 
     busy = listening_ports(proc_net)
     out = []
     for svc in config.services.values():
+        if svc.via == "proxy" or _takes_web_port(svc, busy):
+            continue  # the web server is meant to hold the port / check_web_paths explains
         if (svc.proto, svc.listen_port) in busy:
             out.append(Finding("warn", f"port {svc.listen_port}/{svc.proto}",
                                f"something on this VPS listens on {svc.listen_port}/{svc.proto}; service {svc.name} will take that port on {svc.listen_address}",
                                "stop that server or pick another listen address/port"))
     return out
+
+
+WEB_PORTS = (80, 443)
+
+
+def _takes_web_port(svc: Service, busy: set[tuple[str, int]]) -> bool:
+    return svc.via == "dnat" and svc.proto == "tcp" and svc.listen_port in WEB_PORTS and ("tcp", svc.listen_port) in busy
+
+
+def check_web_paths(config: Config, proc_net: Path = Path("/proc/net")) -> list[Finding]:
+    """Which of the three paths fits: a dedicated address per subdomain or a dedicated
+    port (dnat, the kernel path), or a name shared with this VPS's own sites on
+    :80/:443 (proxy: its web server routes by Host/SNI)."""
+    busy = listening_ports(proc_net)
+    web = [p for p in WEB_PORTS if ("tcp", p) in busy]
+    ports = "/".join(f":{p}" for p in web)
+    server = config.proxy.server
+    out = []
+    for svc in config.services.values():
+        if _takes_web_port(svc, busy):
+            out.append(Finding(
+                "warn", f"service {svc.name}",
+                f"this VPS's own web server listens on :{svc.listen_port}, and {svc.name} DNATs every name on "
+                f"{svc.listen} away from it",
+                f"if {svc.name} shares this address with your sites, route it by name: 'vpnoffload service remove "
+                f"{svc.name}' then 'vpnoffload service add {svc.name} --via proxy --hostname NAME --listen "
+                f"{svc.listen_port} --target ...' and 'vpnoffload render {server} --out DIR'; otherwise give it a "
+                f"dedicated address (--listen ADDRESS:{svc.listen_port}) or its own port",
+            ))
+    proxied = [s.name for s in config.services.values() if s.via == "proxy"]
+    if web:
+        out.append(Finding("ok", "web paths",
+                           f"a web server listens on {ports} here: subdomains that share them with your sites go "
+                           f"--via proxy --hostname NAME (routed by {server}); a dedicated address or port per "
+                           "service keeps the kernel path (dnat)"))
+    elif proxied:
+        out.append(Finding("warn", "web paths",
+                           f"service(s) {', '.join(proxied)} go via proxy, but nothing listens on :80/:443 here",
+                           f"start {server} with the include from 'vpnoffload render {server} --out DIR'"))
+    else:
+        out.append(Finding("ok", "web paths",
+                           "no web server on :80/:443 here: dnat (the kernel path) fits, on the VPS address or a "
+                           "dedicated one; --via proxy is for names shared with a local nginx/HAProxy"))
+    return out
+
+
+def global_ipv6_networks(if_inet6: Path = Path("/proc/net/if_inet6")) -> list[tuple[str, str]]:
+    """(network, interface) of each global IPv6 address here whose prefix is a /64
+    or shorter (so it has room for dedicated addresses); ULAs are not global."""
+    found: list[tuple[str, str]] = []
+    try:
+        lines = if_inet6.read_text().splitlines()
+    except OSError:
+        return found  # no IPv6 on this host
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or parts[3] != "00":  # scope 00: global
+            continue
+        address = ipaddress.IPv6Address(int(parts[0], 16))
+        prefixlen = int(parts[2], 16)
+        if prefixlen <= 64 and address in ipaddress.IPv6Network("2000::/3"):
+            network = str(ipaddress.IPv6Network(f"{address}/{prefixlen}", strict=False))
+            if (network, parts[5]) not in found:
+                found.append((network, parts[5]))
+    return found
+
+
+def check_ipv6(config: Config | None, if_inet6: Path = Path("/proc/net/if_inet6")) -> Finding:
+    """An IPv6 /64 on the VPS means a dedicated address per subdomain is available."""
+    networks = global_ipv6_networks(if_inet6)
+    ipv6 = [s.name for s in config.ipv6_services] if config is not None else []
+    if not networks:
+        if ipv6:
+            return Finding("warn", "ipv6", f"service(s) {', '.join(ipv6)} listen on IPv6, but this host has no global "
+                           "IPv6 /64", "ask your provider for the VPS's IPv6 prefix, or listen on IPv4")
+        return Finding("ok", "ipv6", "no global IPv6 prefix here: services listen on IPv4")
+    net, dev = networks[0]
+    example = ipaddress.IPv6Network(net).network_address + 0x80
+    detail = (f"this VPS has the IPv6 prefix {net} on {dev}: each offloaded subdomain can get a dedicated address "
+              f"from it (e.g. --listen '[{example}]:443', the fastest path; needs [tunnel] subnet6)")
+    if config is not None and config.tunnel.subnet6 is None:
+        return Finding("ok", "ipv6", detail + "; set [tunnel] subnet6 (e.g. \"fd00:88::/64\") first")
+    return Finding("ok", "ipv6", detail)
 
 
 def fatal_checks() -> list[Finding]:
@@ -128,6 +214,8 @@ def all_checks(config: Config | None) -> list[Finding]:
         findings.append(check_legacy_iptables())
     findings.append(check_nft_variant())
     findings.append(check_forwarding_config())
+    findings.append(check_ipv6(config))
     if config is not None:
         findings += check_port_conflicts(config)
+        findings += check_web_paths(config)
     return findings

@@ -11,6 +11,7 @@ Stdlib only; pages are rendered beforehand (jinja2 is not imported here).
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import socketserver
 import struct
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h (at SOL_IPV6)
 MAX_REQUEST = 16 * 1024
 READ_TIMEOUT = 5.0
 RETRY_AFTER = 30
@@ -44,7 +46,17 @@ def response(page: bytes, retry_after: int = RETRY_AFTER) -> bytes:
 
 
 def original_destination(sock: socket.socket) -> Destination | None:
-    """Where the visitor was going before DNAT, or None for a direct connection."""
+    """Where the visitor was going before DNAT, or None for a direct connection.
+
+    IPv6 addresses come back in their canonical text form (as ``str(IPv6Address)``).
+    """
+    if sock.family == socket.AF_INET6:
+        try:
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)  # a sockaddr_in6
+        except OSError:
+            return None
+        (port,) = struct.unpack_from("!H", raw, 2)
+        return str(ipaddress.IPv6Address(raw[8:24])), port
     try:
         raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     except OSError:
@@ -112,3 +124,14 @@ class FallbackServer(socketserver.ThreadingTCPServer):
         thread = threading.Thread(target=self.serve_forever, name="fallback", daemon=True)
         thread.start()
         return thread
+
+
+class FallbackServer6(FallbackServer):
+    """The same server on an IPv6 socket (IPv6-only, so it can share the port
+    number with the IPv4 one), for services listening on IPv6."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()

@@ -27,25 +27,58 @@ from functools import partial
 from typing import Protocol
 
 from vpnoffload.errors import BackendError, ConfigError
-from vpnoffload.model import CHAIN_PREFIX, Config, Service
+from vpnoffload.model import CHAIN_PREFIX, HEALTH_MARK, Config, Service
 from vpnoffload.plan import Action
 
 #: Every chain whose name starts with this is vpnoffload's; nothing else is.
 OWNED_PREFIX = f"{CHAIN_PREFIX}-"
 #: The only tables vpnoffload writes (reading others would register them).
-TABLES = ("filter", "nat")
+#: "filter6" and "nat6" are ip6tables' filter and nat tables.
+TABLES = ("filter", "nat", "filter6", "nat6")
 BUILTIN_CHAINS: Mapping[str, tuple[str, ...]] = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "filter6": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat6": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
 }
 
 DNAT_CHAIN = f"{OWNED_PREFIX}DNAT"
 FORWARD_CHAIN = f"{OWNED_PREFIX}FWD"
 INPUT_CHAIN = f"{OWNED_PREFIX}IN"
+OUTPUT_CHAIN = f"{OWNED_PREFIX}OUT"
 
 MARK_SHIFT = 20
 MARK_MASK = 0xFF << MARK_SHIFT
 MAX_SERVICES = 0xFF
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the iptables (IPv4) and ip6tables (IPv6) halves of a ruleset."""
+
+    version: int
+    filter: str  # our name of its filter table
+    nat: str
+    ping: tuple[str, ...]  # matches an echo request
+    port_unreachable: str  # the REJECT type for UDP
+
+    def host(self, address: object) -> str:
+        """One address as iptables-save prints it: 203.0.113.10/32, 2001:db8::80/128."""
+        return f"{address}/{32 if self.version == 4 else 128}"
+
+    def endpoint(self, address: object, port: int) -> str:
+        """A DNAT destination: 198.51.100.2:8080, [fd00:88::2]:8080."""
+        return f"{address}:{port}" if self.version == 4 else f"[{address}]:{port}"
+
+
+IPV4 = Family(4, "filter", "nat", ("-p", "icmp", "-m", "icmp", "--icmp-type", "8"), "icmp-port-unreachable")
+IPV6 = Family(6, "filter6", "nat6", ("-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", "128"),
+              "icmp6-port-unreachable")
+
+
+def table_label(table: str) -> str:
+    """How people know a table: "iptables nat", "ip6tables filter" (for our "filter6")."""
+    return f"ip6tables {table[:-1]}" if table.endswith("6") else f"iptables {table}"
 
 
 def is_owned(chain: str) -> bool:
@@ -82,7 +115,7 @@ class Rule:
         return " ".join(self.args)
 
     def __str__(self) -> str:
-        return f"iptables {self.table} {self.chain}: {self.text}"
+        return f"{table_label(self.table)} {self.chain}: {self.text}"
 
 
 @dataclass(frozen=True)
@@ -211,6 +244,9 @@ def vps_ruleset(config: Config, fallback: frozenset[str] = frozenset(),
     ``active`` names the home box each service's new connections go to (the
     watchdog's choice among the service's homes; default its first home; None
     means fallback, like naming it in ``fallback``).
+
+    Services with ``via = "proxy"`` are not DNATed (the VPS's web server
+    connects to home itself); they only get the fail-fast OUTPUT rules.
     """
     active = dict(active or {})
     unknown = sorted((fallback | set(active)) - set(config.services))
@@ -220,68 +256,123 @@ def vps_ruleset(config: Config, fallback: frozenset[str] = frozenset(),
     for name, home in active.items():
         if home is not None and home not in config.services[name].homes:
             raise ConfigError(f"{home!r} is not one of {name}'s home boxes", field=f"services.{name}.homes")
-    dev = config.tunnel.device
     b = _Builder()
-    b.chain("nat", DNAT_CHAIN)
-    b.add("nat", "PREROUTING", "!", "-i", dev, "-j", DNAT_CHAIN)
-    _vps_input(b, config)
-    b.chain("filter", FORWARD_CHAIN)
-    b.add("filter", "FORWARD", "-j", FORWARD_CHAIN)
+    _vps_family(b, config, IPV4, fallback, active)
+    _vps_output(b, config, fallback, active)
+    # With an IPv6 tunnel the same guard goes into ip6tables, whether or not a
+    # service listens on IPv6 yet: the tunnel must not become a way out over IPv6.
+    if config.tunnel.subnet6 is not None:
+        _vps_family(b, config, IPV6, fallback, active)
+    return b.build()
+
+
+def _vps_family(b: "_Builder", config: Config, fam: Family, fallback: frozenset[str],
+                active: Mapping[str, str | None]) -> None:
+    """The DNAT, FORWARD and INPUT rules of one address family (see vps_ruleset)."""
+    dev = config.tunnel.device
+    b.chain(fam.nat, DNAT_CHAIN)
+    b.add(fam.nat, "PREROUTING", "!", "-i", dev, "-j", DNAT_CHAIN)
+    _vps_input(b, config, fam)
+    b.chain(fam.filter, FORWARD_CHAIN)
+    b.add(fam.filter, "FORWARD", "-j", FORWARD_CHAIN)
     # Replies and later packets of connections we DNATed (mark set), both ways.
     b.add(
-        "filter", FORWARD_CHAIN,
+        fam.filter, FORWARD_CHAIN,
         "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
         "-m", "connmark", "!", "--mark", _mark_text(0), "-j", "ACCEPT",
     )  # fmt: skip
     for svc in config.services.values():
+        if svc.via == "proxy":
+            continue  # the VPS's web server connects to home itself; see _vps_output
+        if svc.listen_address.version != fam.version:
+            continue
         mark = _mark_text(service_mark(config, svc.name)[0])
-        home = config.homes[active.get(svc.name) or svc.home].address
+        home = _home_address(config, active.get(svc.name) or svc.home, fam)
         down = svc.name in fallback
-        listen = ("-d", f"{svc.listen_address}/32", *_port_match(svc.proto, svc.listen_port))
-        b.add("nat", DNAT_CHAIN, *listen, "-j", "CONNMARK", "--set-xmark", mark)
-        to = fallback_address(config, svc) if down and svc.serves_page else f"{home}:{svc.target_port}"
-        b.add("nat", DNAT_CHAIN, *listen, "-j", "DNAT", "--to-destination", to)
+        listen = ("-d", fam.host(svc.listen_address), *_port_match(svc.proto, svc.listen_port))
+        b.add(fam.nat, DNAT_CHAIN, *listen, "-j", "CONNMARK", "--set-xmark", mark)
+        to = fallback_address(config, svc) if down and svc.serves_page else fam.endpoint(home, svc.target_port)
+        b.add(fam.nat, DNAT_CHAIN, *listen, "-j", "DNAT", "--to-destination", to)
         # Every home of the service stays allowed, so connections a swap moved
         # away from a healthy backup can finish there.
         for candidate in svc.homes:
             b.add(
-                "filter", FORWARD_CHAIN,
-                "-d", f"{config.homes[candidate].address}/32", "-o", dev, *_port_match(svc.proto, svc.target_port),
+                fam.filter, FORWARD_CHAIN,
+                "-d", fam.host(_home_address(config, candidate, fam)), "-o", dev,
+                *_port_match(svc.proto, svc.target_port),
                 "-m", "conntrack", "--ctstate", "DNAT", "-m", "connmark", "--mark", mark,
-                *(_refusal(svc) if down and not svc.serves_page else ("-j", "ACCEPT")),
+                *(_refusal(svc, fam) if down and not svc.serves_page else ("-j", "ACCEPT")),
             )  # fmt: skip
-    b.add("filter", FORWARD_CHAIN, "-o", dev, "-j", "DROP")
+    b.add(fam.filter, FORWARD_CHAIN, "-o", dev, "-j", "DROP")
     # The VPS is not the home box's way out to the internet.
-    b.add("filter", FORWARD_CHAIN, "-i", dev, "-j", "DROP")
-    b.add("filter", FORWARD_CHAIN, "-j", "RETURN")
-    return b.build()
+    b.add(fam.filter, FORWARD_CHAIN, "-i", dev, "-j", "DROP")
+    b.add(fam.filter, FORWARD_CHAIN, "-j", "RETURN")
+
+
+def _home_address(config: Config, home: str, fam: Family) -> object:
+    """A home box's tunnel address in ``fam`` (config validation guarantees an IPv6 one)."""
+    return config.homes[home].address if fam.version == 4 else config.homes[home].address6
 
 
 def fallback_address(config: Config, svc: Service) -> str:
-    """Where a failed web service's visitors are sent: the page server on the VPS."""
+    """Where a failed web service's visitors are sent: the page server on the VPS.
+
+    An IPv6 service's visitors go to the page server's IPv6 socket (it listens
+    on [::]) at the service's own listen address, which is on the VPS anyway.
+    """
     port = config.watch.fallback_port + (1 if svc.page_over_tls else 0)
+    if svc.ipv6:
+        return IPV6.endpoint(svc.listen_address, port)
     return f"{config.vps.address}:{port}"
 
 
-def _vps_input(b: "_Builder", config: Config) -> None:
+def _vps_input(b: "_Builder", config: Config, fam: Family = IPV4) -> None:
     """The VPS's own INPUT: the page server takes only what we DNATed to it, and a
     home box gets no new connections to the VPS itself (its sshd, say) through
     the tunnel; replies to the watchdog's checks are ESTABLISHED and pass."""
     dev = config.tunnel.device
-    b.chain("filter", INPUT_CHAIN)
-    b.add("filter", "INPUT", "-j", INPUT_CHAIN)
+    table = fam.filter
+    b.chain(table, INPUT_CHAIN)
+    b.add(table, "INPUT", "-j", INPUT_CHAIN)
     ports = (config.watch.fallback_port, config.watch.fallback_port + 1)
     for port in ports:
-        b.add("filter", INPUT_CHAIN, *_port_match("tcp", port), "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
+        b.add(table, INPUT_CHAIN, *_port_match("tcp", port), "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
     for port in ports:
-        b.add("filter", INPUT_CHAIN, *_port_match("tcp", port), "-j", "DROP")
-    b.add("filter", INPUT_CHAIN, "-i", dev, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
-    b.add("filter", INPUT_CHAIN, "-i", dev, "-j", "DROP")
-    b.add("filter", INPUT_CHAIN, "-j", "RETURN")
+        b.add(table, INPUT_CHAIN, *_port_match("tcp", port), "-j", "DROP")
+    b.add(table, INPUT_CHAIN, "-i", dev, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+    b.add(table, INPUT_CHAIN, "-i", dev, "-j", "DROP")
+    b.add(table, INPUT_CHAIN, "-j", "RETURN")
 
 
-def _refusal(svc: Service) -> tuple[str, ...]:
-    reason = "tcp-reset" if svc.proto == "tcp" else "icmp-port-unreachable"
+def _vps_output(b: "_Builder", config: Config, fallback: frozenset[str], active: Mapping[str, str | None]) -> None:
+    """Fail fast for proxy services: while a home box is not to be used, the VPS's
+    own web server gets an immediate reset when it connects to it, so it serves
+    the friendly page at once instead of waiting out its connect timeout.
+
+    A home is refused while its service is on fallback, or while it comes before
+    the home the watchdog chose (those are the unhealthy ones). The watchdog's own
+    checks carry HEALTH_MARK and still reach the real home, to notice recovery.
+    """
+    proxied = [s for s in config.services.values() if s.via == "proxy"]
+    if not proxied:
+        return
+    b.chain("filter", OUTPUT_CHAIN)
+    b.add("filter", "OUTPUT", "-j", OUTPUT_CHAIN)
+    refused: dict[tuple[str, int], None] = {}
+    for svc in proxied:
+        chosen = None if svc.name in fallback else (active.get(svc.name) or svc.home)
+        dead = svc.homes if chosen is None else svc.homes[: svc.homes.index(chosen)]
+        refused.update({(str(config.homes[h].address), svc.target_port): None for h in dead})
+    for address, port in refused:
+        b.add(
+            "filter", OUTPUT_CHAIN, "-d", f"{address}/32", *_port_match("tcp", port),
+            "-m", "mark", "!", "--mark", f"{HEALTH_MARK:#x}/{HEALTH_MARK:#x}", "-j", "REJECT", "--reject-with", "tcp-reset",
+        )  # fmt: skip
+    b.add("filter", OUTPUT_CHAIN, "-j", "RETURN")
+
+
+def _refusal(svc: Service, fam: Family = IPV4) -> tuple[str, ...]:
+    reason = "tcp-reset" if svc.proto == "tcp" else fam.port_unreachable
     return ("-j", "REJECT", "--reject-with", reason)
 
 
@@ -294,21 +385,31 @@ def home_ruleset(config: Config, home: str) -> Ruleset:
     """
     if home not in config.homes:
         raise ConfigError(f"no home named {home!r}", field="homes")
-    dev = config.tunnel.device
-    address = config.homes[home].address
     b = _Builder()
-    b.chain("filter", INPUT_CHAIN)
-    b.add("filter", "INPUT", "-i", dev, "-j", INPUT_CHAIN)
-    b.add("filter", INPUT_CHAIN, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
-    ports = dict.fromkeys((s.proto, s.target_port) for s in config.services_of(home))
-    for proto, port in ports:
-        b.add("filter", INPUT_CHAIN, "-d", f"{address}/32", *_port_match(proto, port), "-j", "ACCEPT")
-    b.add("filter", INPUT_CHAIN, "-p", "icmp", "-m", "icmp", "--icmp-type", "8", "-j", "ACCEPT")
-    b.add("filter", INPUT_CHAIN, "-j", "DROP")
-    b.chain("filter", FORWARD_CHAIN)
-    b.add("filter", "FORWARD", "-i", dev, "-j", FORWARD_CHAIN)
-    b.add("filter", FORWARD_CHAIN, "-j", "DROP")
+    # Every service's port is open over IPv4, IPv6 ones too: the watchdog checks
+    # each home through the tunnel at its IPv4 address.
+    _home_family(b, config, home, IPV4, config.services_of(home))
+    # A home with an IPv6 tunnel address gets the same closed door in ip6tables,
+    # open only for the ports of its IPv6 services.
+    if config.homes[home].address6 is not None:
+        _home_family(b, config, home, IPV6, [s for s in config.services_of(home) if s in config.ipv6_services])
     return b.build()
+
+
+def _home_family(b: "_Builder", config: Config, home: str, fam: Family, services: list[Service]) -> None:
+    dev = config.tunnel.device
+    address = _home_address(config, home, fam)
+    b.chain(fam.filter, INPUT_CHAIN)
+    b.add(fam.filter, "INPUT", "-i", dev, "-j", INPUT_CHAIN)
+    b.add(fam.filter, INPUT_CHAIN, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+    ports = dict.fromkeys((s.proto, s.target_port) for s in services)
+    for proto, port in ports:
+        b.add(fam.filter, INPUT_CHAIN, "-d", fam.host(address), *_port_match(proto, port), "-j", "ACCEPT")
+    b.add(fam.filter, INPUT_CHAIN, *fam.ping, "-j", "ACCEPT")
+    b.add(fam.filter, INPUT_CHAIN, "-j", "DROP")
+    b.chain(fam.filter, FORWARD_CHAIN)
+    b.add(fam.filter, "FORWARD", "-i", dev, "-j", FORWARD_CHAIN)
+    b.add(fam.filter, FORWARD_CHAIN, "-j", "DROP")
 
 
 # --------------------------------------------------------------------------
@@ -370,7 +471,7 @@ class FakeBackend:
     def write(self, table: str, content: Ruleset) -> None:
         content = table_content(content, table)
         if table in self.fail_tables:
-            raise BackendError(f"iptables {table}: cannot commit: simulated failure")
+            raise BackendError(f"{table_label(table)}: cannot commit: simulated failure")
         chains = {name: list(entries) for name, entries in self.tables[table].items()}
         for name, entries in chains.items():
             if not is_owned(name):
@@ -382,7 +483,7 @@ class FakeBackend:
         jumps: dict[str, list[tuple[str, ...]]] = {}
         for rule in content.jumps(table):
             if rule.chain not in chains:
-                raise BackendError(f"iptables {table}: no chain {rule.chain}")
+                raise BackendError(f"{table_label(table)}: no chain {rule.chain}")
             jumps.setdefault(rule.chain, []).append(rule.args)
         for name, entries in jumps.items():
             chains[name][:0] = entries  # jumps go first, like IptcBackend
@@ -426,7 +527,7 @@ def plan(backend: Backend, desired: Ruleset) -> list[Action]:
         actions += [Action(line, _nothing) for line in changes]
         actions.append(
             Action(
-                f"iptables {table}: commit the {len(changes)} change(s) above in one step",
+                f"{table_label(table)}: commit the {len(changes)} change(s) above in one step",
                 partial(backend.write, table, after),
                 partial(backend.write, table, before),
             )
@@ -446,7 +547,7 @@ def describe(before: Ruleset, after: Ruleset, table: str) -> list[str]:
     """Human lines for the difference of ``before`` and ``after`` in ``table``."""
     old, new = set(before.chain_names(table)), set(after.chain_names(table))
     gone = old - new
-    lines = [f"iptables {table}: create chain {c}" for c in sorted(new - old)]
+    lines = [f"{table_label(table)}: create chain {c}" for c in sorted(new - old)]
     # Our chains' content first, then the jumps into them; a deleted chain's
     # rules go with it and are not listed one by one.
     chains = sorted(
@@ -457,7 +558,7 @@ def describe(before: Ruleset, after: Ruleset, table: str) -> list[str]:
         lines += _chain_diff(before.rules_of(table, chain), after.rules_of(table, chain), table, chain)
     for chain in sorted(gone):
         count = len(before.rules_of(table, chain))
-        lines.append(f"iptables {table}: delete chain {chain} and its {count} rule(s)")
+        lines.append(f"{table_label(table)}: delete chain {chain} and its {count} rule(s)")
     return lines
 
 
@@ -465,6 +566,6 @@ def _chain_diff(old: Iterable[Rule], new: Iterable[Rule], table: str, chain: str
     a, b = [r.text for r in old], [r.text for r in new]
     out: list[str] = []
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
-        out += [f"iptables {table} {chain}: delete {t}" for t in a[i1:i2] if op in ("delete", "replace")]
-        out += [f"iptables {table} {chain}: {t}" for t in b[j1:j2] if op in ("insert", "replace")]
+        out += [f"{table_label(table)} {chain}: delete {t}" for t in a[i1:i2] if op in ("delete", "replace")]
+        out += [f"{table_label(table)} {chain}: {t}" for t in b[j1:j2] if op in ("insert", "replace")]
     return out

@@ -20,29 +20,57 @@ this module avoids them:
   namespace) mangle, raw and security too; we tell it those are unavailable.
 * Its errors (IPTCError, XTablesError, ValueError from extension parsers) are
   turned into one-line :class:`BackendError` messages here.
+* libxt_NAT.so registers DNAT for IPv4 and IPv6 from one constructor, but
+  libxtables keeps only the family current when it is loaded, and dlopen runs
+  a constructor once: whichever family used DNAT first would make it unknown
+  to the other ("can't find target DNAT"). :func:`_register_nat_targets`
+  registers it for both before anything uses it.
+
+IPv6: our tables "filter6" and "nat6" are ip6tables' filter and nat, written
+with ``Table6``/``Rule6`` (see ``ip6tables-legacy-save``). They are read only
+when already registered in this network namespace (listed in
+/proc/net/ip6_tables_names): an unregistered table holds nothing of ours, and
+not touching it keeps IPv4-only hosts (even ones booted with IPv6 disabled)
+exactly as before.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
-from ipaddress import IPv4Network
+from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 
 from vpnoffload.errors import BackendError
-from vpnoffload.firewall import TABLES, Rule, Ruleset, is_owned, table_content
+from vpnoffload.firewall import TABLES, Rule, Ruleset, is_owned, table_content, table_label
 
 DEFAULT_LOCKFILE = "/run/xtables.lock"
 LOCKFILE_ENV = "XTABLES_LOCKFILE"  # honoured by iptables itself, so by us too
 LOCK_TIMEOUT = 10.0
 
 _ENTRY_ATTRS = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface", "-p": "protocol"}
+#: python-iptables names protocol 58 "icmpv6"; ip6tables-save (and our rules) say "ipv6-icmp".
+_PROTO_ALIASES = {"icmpv6": "ipv6-icmp"}
+_ANY = ("0.0.0.0/0.0.0.0", "::/0")
+IP6_TABLES_NAMES = Path("/proc/net/ip6_tables_names")
+
+
+def _is_v6(table: str) -> bool:
+    return table.endswith("6")
+
+
+def _base(table: str) -> str:
+    """The kernel's name of our table: "filter6" is ip6tables' "filter"."""
+    return table[:-1] if _is_v6(table) else table
 
 
 # --------------------------------------------------------------------------
@@ -93,12 +121,86 @@ def _iptc() -> Any:
         import iptc  # noqa: PLC0415 - deliberately lazy, see module docstring
     except (ImportError, OSError) as exc:  # the module, or libiptc/libxtables missing
         raise BackendError(f"cannot load python-iptables: {exc}") from exc
-    names = getattr(iptc.Table, "existing_table_names", None)
-    if isinstance(names, dict):
-        for table in iptc.Table.ALL:
-            if table not in TABLES:
-                names.setdefault(table, False)
+    for cls in (iptc.Table, iptc.Table6):
+        names = getattr(cls, "existing_table_names", None)
+        if isinstance(names, dict):
+            for table in cls.ALL:
+                if table not in TABLES:
+                    names.setdefault(table, False)
+    _register_nat_targets()
     return iptc
+
+
+_nat_libraries: list[Any] = []  # loaded once, kept for the life of the process
+_nat_registered = False
+
+
+def _register_nat_targets() -> None:
+    """Make DNAT known to libxtables for both families, once per process, before
+    anything else looks it up (see the module docstring).
+
+    IPv4 loads libxt_NAT.so the normal way, which registers only IPv4's targets.
+    IPv6 then gets a private copy of the library: a copy is a new library to the
+    dynamic loader, so its constructor runs again (with its own static target
+    structs, which libxtables links into its lists), this time under IPv6. A
+    lookup that fails must never come first: libxtables remembers failed names
+    for every family. Without libxt_NAT.so (iptables < 1.8.6 ships one file per
+    family) nothing is needed.
+    """
+    global _nat_registered
+    if _nat_registered:
+        return
+    _nat_registered = True
+    from iptc import xtables as xt  # noqa: PLC0415 - imported with iptc
+
+    libdir = xt._xtables_libdir
+    libdir = libdir.decode() if isinstance(libdir, bytes) else libdir
+    path = os.path.join(libdir or "", "libxt_NAT.so")
+    if not os.path.exists(path):
+        return
+    ipv4 = xt.xtables(xt.NFPROTO_IPV4)
+    _nat_libraries.append(ipv4)  # python-iptables caches these weakly; keep them
+    if not ipv4.find_target("DNAT"):
+        return  # DNAT is unusable here; writing a rule will say so
+    _nat_libraries.append(xt.xtables(xt.NFPROTO_IPV6))
+    xt.xtables._xtables_set_nfproto(xt.NFPROTO_IPV6)
+    try:
+        _nat_libraries.append(_load_copy(path))
+    except OSError:
+        pass  # IPv4 is unaffected; an IPv6 DNAT rule will fail with "cannot load the DNAT target"
+
+
+def _load_copy(path: str) -> Any:
+    """dlopen a private copy of the library at ``path``: from an in-memory file
+    (no temp file, and unaffected by a noexec /tmp), else from a temp dir."""
+    data = Path(path).read_bytes()
+    try:
+        fd = os.memfd_create("vpnoffload-libxt_NAT.so")
+    except (AttributeError, OSError):
+        fd = None
+    if fd is not None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            return ctypes.CDLL(f"/proc/self/fd/{fd}")  # mapped now; the fd may go
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    with tempfile.TemporaryDirectory(prefix="vpnoffload-xt-") as tmp:
+        copy = os.path.join(tmp, "libxt_NAT.so")
+        shutil.copyfile(path, copy)
+        return ctypes.CDLL(copy)
+
+
+def registered_v6_tables(path: Path = IP6_TABLES_NAMES) -> set[str]:
+    """Our IPv6 tables ("filter6", ...) that exist in this network namespace."""
+    try:
+        names = path.read_text().split()
+    except OSError:  # no ip6_tables module, or IPv6 disabled: nothing of ours there
+        return set()
+    return {f"{name}6" for name in names}
 
 
 def _clean(exc: BaseException) -> str:
@@ -141,19 +243,20 @@ def _translated(what: str) -> Iterator[None]:
 
 
 def _address(value: str) -> tuple[bool, str]:
-    """'!203.0.113.10/255.255.255.255' -> (True, '203.0.113.10/32'), as iptables-save prints it."""
+    """'!203.0.113.10/255.255.255.255' -> (True, '203.0.113.10/32'), as iptables-save
+    prints it (IPv6 comes as '2001:db8::80/128' already)."""
     inverted = value.startswith("!")
     value = value.lstrip("!")
     try:
-        return inverted, str(IPv4Network(value, strict=False))
+        return inverted, str(ip_network(value, strict=False))
     except ValueError:  # a non-contiguous mask: iptables-save prints it as is
         return inverted, value
 
 
-def _entry_args(rule: Any) -> list[str]:
+def _entry_args(rule: Any, v6: bool = False) -> list[str]:
     args: list[str] = []
     for flag, value in (("-s", rule.src), ("-d", rule.dst)):
-        if value.lstrip("!") != "0.0.0.0/0.0.0.0":
+        if value.lstrip("!") not in _ANY:
             inverted, text = _address(value)
             args += (["!", flag, text] if inverted else [flag, text])
     for flag, value in (("-i", rule.in_interface), ("-o", rule.out_interface)):
@@ -161,8 +264,10 @@ def _entry_args(rule: Any) -> list[str]:
             args += (["!", flag, value[1:]] if value.startswith("!") else [flag, value])
     proto = rule.protocol
     if proto and proto not in ("ip", "all", "0"):
-        args += (["!", "-p", proto[1:]] if proto.startswith("!") else ["-p", proto])
-    if rule.fragment:
+        inverted, proto = proto.startswith("!"), proto.lstrip("!")
+        proto = _PROTO_ALIASES.get(proto, proto)
+        args += (["!", "-p", proto] if inverted else ["-p", proto])
+    if not v6 and rule.fragment:  # IPv6 has no -f (fragments are a header there)
         args.append("-f")
     return args
 
@@ -177,8 +282,8 @@ def _params(module: Any) -> list[str]:
     return args
 
 
-def _rule_args(rule: Any) -> tuple[str, ...]:
-    args = _entry_args(rule)
+def _rule_args(rule: Any, v6: bool = False) -> tuple[str, ...]:
+    args = _entry_args(rule, v6)
     for match in rule.matches:
         args += ["-m", match.name, *_params(match)]
     target = rule.target
@@ -197,11 +302,13 @@ def _build(iptc: Any, rule: Rule) -> Any:
         return _parse_args(iptc, rule)
     except (iptc.XTablesError, ValueError, AttributeError) as exc:
         reason = _hint(_clean(exc))
-        raise BackendError(f"iptables {rule.table}: cannot write `{rule.chain}: {rule.text}`: {reason}") from exc
+        raise BackendError(f"{table_label(rule.table)}: cannot write `{rule.chain}: {rule.text}`: {reason}") from exc
 
 
 def _parse_args(iptc: Any, rule: Rule) -> Any:
-    out = iptc.Rule()
+    v6 = _is_v6(rule.table)
+    out = iptc.Rule6() if v6 else iptc.Rule()
+    aliases = {v: k for k, v in _PROTO_ALIASES.items()} if v6 else {}
     args, module, invert, i = rule.args, None, False, 0
     while i < len(args):
         token = args[i]
@@ -210,9 +317,10 @@ def _parse_args(iptc: Any, rule: Rule) -> Any:
             i += 1
             continue
         if token in _ENTRY_ATTRS:
-            setattr(out, _ENTRY_ATTRS[token], ("!" if invert else "") + args[i + 1])
+            value = aliases.get(args[i + 1], args[i + 1]) if token == "-p" else args[i + 1]
+            setattr(out, _ENTRY_ATTRS[token], ("!" if invert else "") + value)
             i += 2
-        elif token == "-f":
+        elif token == "-f" and not v6:
             out.fragment = True
             i += 1
         elif token == "-m":
@@ -238,23 +346,27 @@ def _parse_args(iptc: Any, rule: Rule) -> Any:
 
 
 class IptcBackend:
-    """Reads and writes vpnoffload's chains in the legacy filter and nat tables."""
+    """Reads and writes vpnoffload's chains in the legacy filter and nat tables,
+    of iptables and (as "filter6"/"nat6") of ip6tables."""
 
     def read(self) -> Ruleset:
         iptc = _iptc()
         chains: set[tuple[str, str]] = set()
         rules: list[Rule] = []
+        present6 = registered_v6_tables()
         for table in TABLES:
-            with _translated(f"iptables {table}: cannot read the table"):
+            if _is_v6(table) and table not in present6:
+                continue
+            with _translated(f"{table_label(table)}: cannot read the table"):
                 handle = self._table(iptc, table)
                 chains |= {(table, c) for c in self._owned_chains(handle)}
-                rules += self._owned_rules(iptc, handle)
+                rules += self._owned_rules(iptc, handle, table)
         return Ruleset(frozenset(chains), tuple(rules))
 
     def write(self, table: str, content: Ruleset) -> None:
         content = table_content(content, table)
         iptc = _iptc()
-        with xtables_lock(), _translated(f"iptables {table}"):
+        with xtables_lock(), _translated(table_label(table)):
             handle = self._table(iptc, table)
             try:
                 self._stage(iptc, handle, table, content)
@@ -266,7 +378,8 @@ class IptcBackend:
 
     @staticmethod
     def _table(iptc: Any, name: str) -> Any:
-        handle = iptc.Table(name, autocommit=False)
+        kind = iptc.Table6 if _is_v6(name) else iptc.Table
+        handle = kind(_base(name), autocommit=False)
         handle.refresh()  # the cached handle may predate someone else's change
         return handle
 
@@ -274,8 +387,9 @@ class IptcBackend:
     def _owned_chains(handle: Any) -> list[str]:
         return [c.name for c in handle.chains if is_owned(c.name) and not handle.builtin_chain(c.name)]
 
-    def _owned_rules(self, iptc: Any, handle: Any) -> list[Rule]:
+    def _owned_rules(self, iptc: Any, handle: Any, table: str) -> list[Rule]:
         """Every rule in our chains, and our jumps found in the other chains."""
+        v6 = _is_v6(table)
         found: list[Rule] = []
         for chain in handle.chains:
             owned = is_owned(chain.name)
@@ -286,13 +400,14 @@ class IptcBackend:
                 target = handle.get_target(entry)
                 target = target.decode() if isinstance(target, bytes) else (target or "")
                 if owned or is_owned(target):
-                    found.append(Rule(handle.name, chain.name, _rule_args(iptc.Rule(entry, chain))))
+                    entry_rule = iptc.Rule6(entry, chain) if v6 else iptc.Rule(entry, chain)
+                    found.append(Rule(table, chain.name, _rule_args(entry_rule, v6)))
                 entry = handle.next_rule(entry)
         return found
 
     def _stage(self, iptc: Any, handle: Any, table: str, content: Ruleset) -> None:
         """Stage in ``handle``: our jumps out, our chains replaced, jumps back in."""
-        for rule in self._owned_rules(iptc, handle):
+        for rule in self._owned_rules(iptc, handle, table):
             if not is_owned(rule.chain):
                 iptc.Chain(handle, rule.chain).delete_rule(_build(iptc, rule))
         existing = set(self._owned_chains(handle))
@@ -310,7 +425,7 @@ class IptcBackend:
         positions: dict[str, int] = {}
         for rule in content.jumps(table):
             if not handle.is_chain(rule.chain):
-                raise BackendError(f"iptables {table}: there is no chain {rule.chain}")
+                raise BackendError(f"{table_label(table)}: there is no chain {rule.chain}")
             position = positions.get(rule.chain, 0)
             iptc.Chain(handle, rule.chain).insert_rule(_build(iptc, rule), position)
             positions[rule.chain] = position + 1

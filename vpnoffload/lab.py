@@ -17,7 +17,14 @@ Every namespace is named ``<prefix>-<host>`` so two labs never collide, and
 veth pairs are created directly inside the namespaces: the root namespace never
 holds a lab device, and deleting the namespaces removes everything. IPv6 is
 disabled inside the lab so no link-local traffic or DAD state makes snapshots
-flap. Only this module touches the lab's kernel state; everything is iproute2
+flap, unless the lab is made with ``ipv6=True``: then every link also gets an
+address from the IPv6 documentation prefix (2001:db8:<n>::/64, the router ::1,
+the host as below), the router forwards IPv6, and ``create`` waits until
+duplicate address detection is done everywhere::
+
+    visitor 2001:db8:2::2   vps 2001:db8:1::10   home 2001:db8:3::2   attic 2001:db8:4::2
+
+Only this module touches the lab's kernel state; everything is iproute2
 commands run without a shell.
 """
 
@@ -70,6 +77,13 @@ SEGMENTS = (
     Segment("visitor", 26, "192.0.2.1", "192.0.2.2"),
     Segment("attic", 26, "192.0.2.129", "192.0.2.130"),
 )
+#: The IPv6 side of each link in a lab made with ``ipv6=True`` (documentation prefix only).
+SEGMENTS6 = (
+    Segment("vps", 64, "2001:db8:1::1", "2001:db8:1::10"),
+    Segment("visitor", 64, "2001:db8:2::1", "2001:db8:2::2"),
+    Segment("home", 64, "2001:db8:3::1", "2001:db8:3::2"),
+    Segment("attic", 64, "2001:db8:4::1", "2001:db8:4::2"),
+)
 
 
 @dataclass
@@ -82,6 +96,8 @@ class Lab:
 
     prefix: str = DEFAULT_PREFIX
     _started: list[subprocess.Popen] = field(default_factory=list, init=False, repr=False, compare=False)
+    #: Also build the IPv6 side of every link (SEGMENTS6).
+    ipv6: bool = False
 
     vps_address: ClassVar[str] = "203.0.113.10"
     vps_gateway: ClassVar[str] = "203.0.113.1"
@@ -95,6 +111,11 @@ class Lab:
     uplink_device: ClassVar[str] = UPLINK_DEVICE
     #: The router-side veth of the home link: setting it down is "pulling the cable".
     home_cable: ClassVar[str] = "to-home"
+    #: In a lab with ``ipv6=True``: the VPS's own IPv6 address and free ones in its /64.
+    vps_address6: ClassVar[str] = "2001:db8:1::10"
+    vps_spare_addresses6: ClassVar[tuple[str, ...]] = ("2001:db8:1::80", "2001:db8:1::81")
+    visitor_address6: ClassVar[str] = "2001:db8:2::2"
+    home_uplink_address6: ClassVar[str] = "2001:db8:3::2"
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.fullmatch(self.prefix):
@@ -119,9 +140,10 @@ class Lab:
         ns = self.namespaces
         router = ns[ROUTER]
         cmds: list[list[str]] = []
+        off = "0" if self.ipv6 else "1"
         for name in ns.values():
             cmds.append(["ip", "netns", "exec", name, "sysctl", "-q", "-w",
-                         "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
+                         f"net.ipv6.conf.all.disable_ipv6={off}", f"net.ipv6.conf.default.disable_ipv6={off}"])
             cmds.append(["ip", "-n", name, "link", "set", "lo", "up"])
         for seg in SEGMENTS:
             host = ns[seg.host]
@@ -135,6 +157,21 @@ class Lab:
                 ["ip", "-n", host, "route", "add", "default", "via", seg.router_address],
             ]
         cmds.append(["ip", "netns", "exec", router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        if self.ipv6:
+            cmds += self._ipv6_commands()
+        return cmds
+
+    def _ipv6_commands(self) -> list[list[str]]:
+        router = self.namespace(ROUTER)
+        cmds: list[list[str]] = []
+        for seg in SEGMENTS6:
+            host = self.namespace(seg.host)
+            cmds += [
+                ["ip", "-n", router, "-6", "addr", "add", f"{seg.router_address}/{seg.prefixlen}", "dev", seg.router_device],
+                ["ip", "-n", host, "-6", "addr", "add", f"{seg.host_address}/{seg.prefixlen}", "dev", UPLINK_DEVICE],
+                ["ip", "-n", host, "-6", "route", "add", "default", "via", seg.router_address],
+            ]
+        cmds.append(["ip", "netns", "exec", router, "sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"])
         return cmds
 
     def exists(self) -> bool:
@@ -156,12 +193,24 @@ class Lab:
                 made.append(name)
             for argv in self.build_commands():
                 _run(argv)
+            if self.ipv6:
+                self._wait_for_dad()
         except BaseException as exc:
             try:
                 self._teardown(made)
             except BackendError as cleanup:
                 exc.add_note(f"cleaning up the half-built lab also failed: {cleanup}")
             raise
+
+    def _wait_for_dad(self, timeout: float = 10.0) -> None:
+        """Until no address is tentative: only then do IPv6 addresses take traffic
+        (and snapshots stop changing)."""
+        deadline = time.monotonic() + timeout
+        for name in self.namespaces.values():
+            while _run(["ip", "-n", name, "-6", "addr", "show", "tentative"]).stdout.strip():
+                if time.monotonic() > deadline:
+                    raise BackendError(f"IPv6 duplicate address detection did not finish in {name} within {timeout:g} s")
+                time.sleep(0.1)
 
     def destroy(self) -> None:
         """Kill every process in the lab's namespaces, then delete them. Safe to repeat."""
@@ -247,12 +296,12 @@ class Lab:
 
 
 @contextlib.contextmanager
-def lab_session(prefix: str = DEFAULT_PREFIX) -> Iterator[Lab]:
+def lab_session(prefix: str = DEFAULT_PREFIX, *, ipv6: bool = False) -> Iterator[Lab]:
     """Create a lab and always destroy it afterwards (also on Ctrl-C).
 
     If the lab already exists, nothing is touched: ``create`` raises first.
     """
-    lab = Lab(prefix)
+    lab = Lab(prefix, ipv6=ipv6)
     lab.create()
     try:
         yield lab
@@ -298,7 +347,8 @@ _SNAPSHOT_COMMANDS: dict[str, tuple[str, ...]] = {
     "routes": ("ip", "route", "show", "table", "all"),
     "routes6": ("ip", "-6", "route", "show", "table", "all"),
     "addresses": ("ip", "addr"),
-    "sysctl": ("sysctl", "-a", "-r", r"^net\.ipv4\.(ip_forward$|conf\..*\.(rp_filter|src_valid_mark|forwarding)$)"),
+    "sysctl": ("sysctl", "-a", "-r", r"^net\.ipv4\.(ip_forward$|conf\..*\.(rp_filter|src_valid_mark|forwarding)$)"
+               r"|^net\.ipv6\.conf\..*\.(forwarding|accept_ra)$"),
 }
 
 

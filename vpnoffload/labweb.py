@@ -2,6 +2,9 @@
 
     python -m vpnoffload.labweb --port 8080 [--name home] [--bind 0.0.0.0]
 
+``--bind ::`` serves IPv6 and IPv4 alike (IPv4 clients are shown as plain
+IPv4 addresses, not as ::ffff:a.b.c.d).
+
 ``GET /`` returns a small HTML page ("served from home; you are 192.0.2.2"),
 ``GET /whoami`` the client address as one line of plain text. Because the lab
 has no NAT, the address shown is the visitor's real one: proof that the VPS
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PAGE = """<!doctype html>
@@ -32,7 +36,7 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(send_body=False)
 
     def _reply(self, *, send_body: bool) -> None:
-        client = self.client_address[0]
+        client = self.client_address[0].removeprefix("::ffff:")  # an IPv4 client of a dual-stack socket
         path = self.path.split("?", 1)[0]
         if path == "/whoami":
             status, ctype, body = 200, "text/plain; charset=utf-8", f"{client}\n"
@@ -54,6 +58,16 @@ class Handler(BaseHTTPRequestHandler):
         pass  # a demo server; per-request lines would only drown the demo output
 
 
+class DualStackServer(ThreadingHTTPServer):
+    """An IPv6 socket that takes IPv4 connections too (IPV6_V6ONLY off)."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vpnoffload.labweb", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8080)
@@ -61,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="home", help="the box named on the page")
     args = parser.parse_args(argv)
     handler = type("NamedHandler", (Handler,), {"name": args.name})
-    server = ThreadingHTTPServer((args.bind, args.port), handler)
+    server_class = DualStackServer if ":" in args.bind else ThreadingHTTPServer
+    server = server_class((args.bind, args.port), handler)
     server.daemon_threads = True
     try:
         server.serve_forever()

@@ -7,13 +7,19 @@ reads only these types, so nothing downstream re-validates or guesses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Literal
 
 Proto = Literal["tcp", "udp"]
+#: A service listens on an IPv4 or (dedicated) IPv6 address of the VPS.
+IPAddress = IPv4Address | IPv6Address
 #: What visitors get while home is down: the friendly page, or a fast refusal.
 FallbackMode = Literal["page", "reset"]
+#: How visitors reach a service: DNAT in the kernel (the service owns its
+#: listen address and port), or the VPS's own web server routing by name.
+Via = Literal["dnat", "proxy"]
+WebServer = Literal["nginx", "haproxy"]
 
 #: Name of the tun device on both ends; fixed so firewall and routing know it.
 TUNNEL_DEVICE = "vpnoffload0"
@@ -22,6 +28,9 @@ CHAIN_PREFIX = "VPNOFFLOAD"
 #: Routing table and rule priority vpnoffload owns on the home box.
 ROUTE_TABLE = 7701
 RULE_PRIORITY = 7701
+#: Packet mark (SO_MARK) of the watchdog's health checks: the fail-fast rule
+#: that refuses a dead home to the VPS's web server lets these through.
+HEALTH_MARK = 0x10000000
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class Service:
     """One offloaded port: visitors reach ``listen``; home serves ``target_port``."""
 
     name: str
-    listen_address: IPv4Address
+    listen_address: IPAddress
     listen_port: int
     home: str
     target_port: int
@@ -54,6 +63,9 @@ class Service:
     #: More home boxes in order of preference: new connections go to the first
     #: healthy one of (home, *backups); the page only when none is.
     backups: tuple[str, ...] = ()
+    #: "proxy": not DNATed; the VPS's nginx/HAProxy routes ``hostname`` here
+    #: (by Host on port 80, by SNI without terminating TLS on port 443).
+    via: Via = "dnat"
 
     @property
     def homes(self) -> tuple[str, ...]:
@@ -69,7 +81,18 @@ class Service:
 
     @property
     def listen(self) -> str:
-        return f"{self.listen_address}:{self.listen_port}"
+        host = f"[{self.listen_address}]" if self.ipv6 else str(self.listen_address)
+        return f"{host}:{self.listen_port}"
+
+    @property
+    def ipv6(self) -> bool:
+        """Listens on an IPv6 address: DNATed with ip6tables to the homes' ``address6``."""
+        return self.listen_address.version == 6
+
+    @property
+    def sni_routed(self) -> bool:
+        """A proxy service on 443: TLS passed through to home, chosen by SNI."""
+        return self.via == "proxy" and self.listen_port == 443
 
     @property
     def target(self) -> str:
@@ -82,6 +105,8 @@ class Home:
 
     name: str
     address: IPv4Address
+    #: Its IPv6 tunnel address, when the tunnel has a ``subnet6`` (for IPv6 services).
+    address6: IPv6Address | None = None
 
 
 @dataclass(frozen=True)
@@ -90,11 +115,18 @@ class Tunnel:
     port: int = 1194
     proto: Proto = "udp"
     device: str = TUNNEL_DEVICE
+    #: Optional IPv6 subnet inside the tunnel; services listening on IPv6 need it.
+    subnet6: IPv6Network | None = None
 
     @property
     def server_address(self) -> IPv4Address:
         """The VPS's own address inside the tunnel: the subnet's first host."""
         return self.subnet.network_address + 1
+
+    @property
+    def server_address6(self) -> IPv6Address | None:
+        """The VPS's own IPv6 tunnel address (``subnet6``'s ::1, as OpenVPN's server-ipv6 takes)."""
+        return None if self.subnet6 is None else self.subnet6.network_address + 1
 
 
 @dataclass(frozen=True)
@@ -124,12 +156,27 @@ class Watch:
 
 
 @dataclass(frozen=True)
+class Proxy:
+    """The VPS's own web server, for services with ``via = "proxy"``."""
+
+    server: WebServer = "nginx"
+    #: Where the VPS's own HTTPS sites listen once :443 routes by SNI.
+    local_https: str = "127.0.0.1:8443"
+    #: Where the VPS's own HTTP sites listen behind HAProxy (nginx keeps them on :80).
+    local_http: str = "127.0.0.1:8080"
+    #: Seconds the web server waits for home to accept; a backstop for the
+    #: moment before the watchdog notices (after that a dead home is refused at once).
+    connect_timeout: int = 3
+
+
+@dataclass(frozen=True)
 class Config:
     vps: Vps
     tunnel: Tunnel
     homes: dict[str, Home]  # insertion-ordered; the first is the default home
     services: dict[str, Service] = field(default_factory=dict)
     watch: Watch = field(default_factory=Watch)
+    proxy: Proxy = field(default_factory=Proxy)
 
     @property
     def default_home(self) -> Home:
@@ -139,10 +186,15 @@ class Config:
         """The services ``home`` may serve (as first choice or as a backup)."""
         return [s for s in self.services.values() if home in s.homes]
 
-    def dedicated_addresses(self) -> list[IPv4Address]:
-        """Listen addresses other than the VPS's own, which ``up vps`` must add."""
-        seen: dict[IPv4Address, None] = {}
+    def dedicated_addresses(self) -> list[IPAddress]:
+        """Listen addresses other than the VPS's own (IPv4 or IPv6), which ``up vps`` must add."""
+        seen: dict[IPAddress, None] = {}
         for svc in self.services.values():
             if svc.listen_address != self.vps.address:
                 seen[svc.listen_address] = None
         return list(seen)
+
+    @property
+    def ipv6_services(self) -> list[Service]:
+        """The services DNATed over IPv6 (they need forwarding and rules in ip6tables)."""
+        return [s for s in self.services.values() if s.ipv6 and s.via == "dnat"]

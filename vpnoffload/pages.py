@@ -1,8 +1,8 @@
 """Render each web service's friendly page to a file, ahead of any outage.
 
-The watchdog never imports jinja2 (~10 MB): it runs this module once as a
-child process at start (``python -m vpnoffload.pages``) and then only reads
-the finished HTML. HTML autoescape is on here, unlike the OpenVPN templates:
+``up vps`` renders them into the run directory (it has jinja2 loaded anyway);
+the page server that sends them never imports jinja2 (~10 MB) and only reads
+the finished HTML. ``python -m vpnoffload.pages`` renders them by hand. HTML autoescape is on here, unlike the OpenVPN templates:
 a hostname ends up inside HTML.
 """
 

@@ -2,8 +2,9 @@
 
 ``up vps`` starts it next to OpenVPN and ``down vps`` stops it. It is kept out
 of the watchdog so that a watchdog that dies or restarts in the middle of an
-outage leaves visitors with the page, not with a refused connection. SIGHUP
-reloads the pages (``up vps`` sends it after re-rendering them).
+outage leaves visitors with the page, not with a refused connection. ``up vps``
+restarts it when the pages or what it listens on changed; SIGHUP reloads the
+pages in place (for a hand-edited template, after ``python -m vpnoffload.pages``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 from pathlib import Path
 
 from vpnoffload.errors import BackendError, VpnOffloadError
-from vpnoffload.fallback import Destination, FallbackServer
+from vpnoffload.fallback import Destination, FallbackServer, FallbackServer6
 from vpnoffload.model import Config
 
 log = logging.getLogger("vpnoffload.pages")
@@ -58,6 +59,15 @@ def start_servers(config: Config, pages: dict[Destination, bytes]) -> list[Fallb
         if contexts is not None:
             servers.append(FallbackServer((host, port + 1), pages, retry_after=config.watch.retry_after,
                                           tls_contexts=contexts))
+        # IPv6 services' visitors are DNATed to their own listen address (on this
+        # VPS) at these ports, so one socket on [::] takes them all.
+        ipv6 = [s for s in config.ipv6_services if s.serves_page]
+        if ipv6:
+            host = "::"
+            servers.append(FallbackServer6((host, port), pages, retry_after=config.watch.retry_after))
+            if contexts is not None and any(s.page_over_tls for s in ipv6):
+                servers.append(FallbackServer6((host, port + 1), pages, retry_after=config.watch.retry_after,
+                                               tls_contexts=contexts))
     except OSError as exc:
         for s in servers:
             s.server_close()

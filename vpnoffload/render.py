@@ -103,6 +103,7 @@ def server_config(config: Config, *, status_path: Path | None = None, run_as: st
         device=ovpn_quote(tunnel.device),
         network=tunnel.subnet.network_address,
         netmask=tunnel.subnet.netmask,
+        subnet6=tunnel.subnet6,
         local=config.vps.address,
         port=tunnel.port,
         proto=tunnel.proto,
@@ -112,10 +113,15 @@ def server_config(config: Config, *, status_path: Path | None = None, run_as: st
 
 
 def ccd_entry(config: Config, home: Home) -> str:
-    """The ``ccd/<home>`` file: the home's fixed address in the tunnel subnet."""
+    """The ``ccd/<home>`` file: the home's fixed address in the tunnel subnet (and in subnet6)."""
     if home.address not in config.tunnel.subnet:
         raise ConfigError(f"{home.address} is outside {config.tunnel.subnet}", field=f"homes.{home.name}.address")
-    return _render("ccd.j2", home=check_name(home.name), address=home.address, netmask=config.tunnel.subnet.netmask)
+    subnet6 = config.tunnel.subnet6
+    address6 = None
+    if home.address6 is not None and subnet6 is not None:
+        address6 = f"{home.address6}/{subnet6.prefixlen}"
+    return _render("ccd.j2", home=check_name(home.name), address=home.address, netmask=config.tunnel.subnet.netmask,
+                   address6=address6, server6=config.tunnel.server_address6)
 
 
 def client_profile(config: Config, pki: Pki, home: str) -> str:

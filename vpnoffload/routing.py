@@ -12,8 +12,17 @@ device with no neighbours to resolve, OpenVPN's client sends whatever it reads
 from tun to the server, and a ``via <server address>`` would fail to install
 (ENETUNREACH) with any topology where that address is not on-link.
 
-VPS: listen addresses other than the VPS's own are added as /32s; what was
-added is returned so the caller records it, and ``down`` removes only that.
+IPv6: a home box with an IPv6 tunnel address gets the same pair for it (``ip
+-6 rule from <home address6> lookup ROUTE_TABLE`` and a default route ``dev
+vpnoffload0`` in the IPv6 table ROUTE_TABLE), so IPv6 visitors are answered
+through the tunnel too. The kernel gives an IPv6 route without a metric the
+metric 1024; routes read back with it compare equal to ones without.
+
+VPS: listen addresses other than the VPS's own are added as /32s (IPv6: /128s);
+what was added is returned so the caller records it, and ``down`` removes only
+that. A new IPv6 address is usable only once duplicate address detection has
+passed, so adding one waits for that (about a second) and fails if another
+host on the link already uses it.
 
 vpnoffload owns every rule at RULE_PRIORITY that looks up ROUTE_TABLE, and
 everything in ROUTE_TABLE; nothing else is ever changed. pyroute2 is imported
@@ -29,7 +38,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_interface, ip_network
 from typing import Any, Protocol
 
 from vpnoffload.errors import BackendError, ConfigError
@@ -37,38 +46,51 @@ from vpnoffload.model import RULE_PRIORITY, ROUTE_TABLE, TUNNEL_DEVICE, Config
 from vpnoffload.plan import Action
 
 ANY = IPv4Network("0.0.0.0/0")
+ANY6 = IPv6Network("::/0")
 _ROUTE_TYPES = {1: "unicast", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"}
+#: The metric the kernel gives an IPv6 route added without one (IP6_RT_PRIO_USER).
+IPV6_DEFAULT_METRIC = 1024
+#: How long adding an IPv6 address waits for duplicate address detection.
+DAD_TIMEOUT = 5.0
+_IFA_F_DADFAILED = 0x08
+_IFA_F_TENTATIVE = 0x40
+IPNetwork = IPv4Network | IPv6Network
+IPAddr = IPv4Address | IPv6Address
 
 # ------------------------------------------------------------------ state as data
 
 
 @dataclass(frozen=True)
 class Rule:
-    """An IPv4 policy rule ``from <src> lookup <table> priority <priority>``."""
+    """A policy rule ``from <src> lookup <table> priority <priority>`` (IPv4 or IPv6, by ``src``)."""
 
-    src: IPv4Network
+    src: IPNetwork
     table: int = ROUTE_TABLE
     priority: int = RULE_PRIORITY
 
     def __str__(self) -> str:
-        src = "all" if self.src.prefixlen == 0 else self.src.network_address if self.src.prefixlen == 32 else self.src
+        whole = self.src.prefixlen == self.src.max_prefixlen
+        src = "all" if self.src.prefixlen == 0 else self.src.network_address if whole else self.src
+        if self.src.version == 6 and self.src.prefixlen == 0:
+            src = "all (IPv6)"
         return f"from {src} lookup {self.table} priority {self.priority}"
 
 
 @dataclass(frozen=True)
 class Route:
-    """An IPv4 route. Read-back routes may carry a gateway, metric or non-unicast kind."""
+    """An IPv4 or IPv6 route (by ``dst``). Read-back routes may carry a gateway,
+    metric or non-unicast kind."""
 
-    dst: IPv4Network
+    dst: IPNetwork
     device: str | None
     table: int = ROUTE_TABLE
-    gateway: IPv4Address | None = None
+    gateway: IPAddr | None = None
     metric: int | None = None
     kind: str = "unicast"
 
     def __str__(self) -> str:
         words = [] if self.kind == "unicast" else [self.kind]
-        words.append("default" if self.dst == ANY else str(self.dst))
+        words.append("default" if self.dst == ANY else "default (IPv6)" if self.dst == ANY6 else str(self.dst))
         if self.gateway is not None:
             words.append(f"via {self.gateway}")
         if self.device is not None:
@@ -81,9 +103,9 @@ class Route:
 
 @dataclass(frozen=True)
 class Address:
-    """An IPv4 address on a device. ``as_record``/``from_record`` match the state file."""
+    """An IPv4 or IPv6 address on a device. ``as_record``/``from_record`` match the state file."""
 
-    address: IPv4Address
+    address: IPAddr
     device: str
     prefixlen: int = 32
 
@@ -95,12 +117,12 @@ class Address:
 
     @classmethod
     def from_record(cls, entry: Sequence[str] | "Address") -> "Address":
-        """Accept an Address or a ``[device, "a.b.c.d/32"]`` pair from the state file."""
+        """Accept an Address or a ``[device, "a.b.c.d/32"]`` (or ``"2001:db8::80/128"``) pair from the state file."""
         if isinstance(entry, Address):
             return entry
         try:
             device, text = entry
-            iface = IPv4Interface(text)
+            iface = ip_interface(text)
         except ValueError:
             raise ConfigError(f"state file: bad address entry {list(entry)!r}", field="addresses") from None
         return cls(iface.ip, device, iface.network.prefixlen)
@@ -123,16 +145,18 @@ def home_routing(config: Config, home: str) -> RoutingState:
     """The rule and route that send replies from ``home``'s tunnel address back through the tunnel."""
     if home not in config.homes:
         raise ConfigError(f"no home named {home!r} in the config", field="home")
-    address = config.homes[home].address
-    return RoutingState(
-        rules=(Rule(IPv4Network(f"{address}/32")),),
-        routes=(Route(ANY, config.tunnel.device),),
-    )
+    address, address6 = config.homes[home].address, config.homes[home].address6
+    rules = [Rule(IPv4Network(f"{address}/32"))]
+    routes = [Route(ANY, config.tunnel.device)]
+    if address6 is not None:
+        rules.append(Rule(IPv6Network(f"{address6}/128")))
+        routes.append(Route(ANY6, config.tunnel.device))
+    return RoutingState(rules=tuple(rules), routes=tuple(routes))
 
 
 def vps_addresses(config: Config, interface: str) -> list[Address]:
-    """The dedicated listen addresses, as /32s on ``interface``."""
-    return [Address(a, interface) for a in config.dedicated_addresses()]
+    """The dedicated listen addresses, as /32s (IPv6: /128s) on ``interface``."""
+    return [Address(a, interface, a.max_prefixlen) for a in config.dedicated_addresses()]
 
 
 def _owned(rule: Rule) -> bool:
@@ -143,7 +167,7 @@ def _owned(rule: Rule) -> bool:
 
 
 class RoutingBackend(Protocol):
-    """The kernel operations routing needs. IPv4 only.
+    """The kernel operations routing needs, for IPv4 and IPv6 alike.
 
     Adds tolerate "already exists" and deletes tolerate "already gone", so a
     re-run and a rollback are safe; everything else raises BackendError.
@@ -385,18 +409,21 @@ class Pyroute2Backend(_Queries):
     # rules
 
     def rules(self) -> list[Rule]:
-        msgs = self._call("list rules", lambda: self._ipr().get_rules(family=socket.AF_INET))
-        return [
-            Rule(
-                src=IPv4Network(f"{m.get('src') or '0.0.0.0'}/{m['src_len']}"),
-                table=m.get("table") or 0,
-                priority=m.get("priority") or 0,
-            )
-            for m in msgs
-        ]
+        found: list[Rule] = []
+        for family, anywhere in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            msgs = self._call("list rules", lambda family=family: self._ipr().get_rules(family=family))
+            found += [
+                Rule(
+                    src=ip_network(f"{m.get('src') or anywhere}/{m['src_len']}"),
+                    table=m.get("table") or 0,
+                    priority=m.get("priority") or 0,
+                )
+                for m in msgs
+            ]
+        return found
 
     def _rule(self, command: str, rule: Rule, tolerate: tuple[int, ...]) -> None:
-        spec: dict[str, Any] = {"family": socket.AF_INET, "table": rule.table, "priority": rule.priority}
+        spec: dict[str, Any] = {"family": _family(rule.src), "table": rule.table, "priority": rule.priority}
         if rule.src.prefixlen:
             spec.update(src=str(rule.src.network_address), src_len=rule.src.prefixlen)
         verb = "add" if command == "add" else "delete"
@@ -412,23 +439,17 @@ class Pyroute2Backend(_Queries):
 
     def routes(self, table: int) -> list[Route]:
         names = self._names()
-        msgs = self._call(f"list routes in table {table}", lambda: self._ipr().get_routes(family=socket.AF_INET, table=table))
-        return [
-            Route(
-                dst=IPv4Network(f"{m.get('dst') or '0.0.0.0'}/{m['dst_len']}"),
-                device=names.get(m.get("oif")) if m.get("oif") else None,
-                table=m.get("table"),
-                gateway=IPv4Address(m.get("gateway")) if m.get("gateway") else None,
-                metric=m.get("priority"),
-                kind=_ROUTE_TYPES.get(m["type"], str(m["type"])),
-            )
-            for m in msgs
-        ]
+        found: list[Route] = []
+        for family, anywhere in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            msgs = self._call(f"list routes in table {table}",
+                              lambda family=family: self._ipr().get_routes(family=family, table=table))
+            found += [_route_from(m, names, anywhere) for m in msgs if m.get("table") == table]
+        return found
 
     def _route(self, command: str, route: Route, tolerate: tuple[int, ...]) -> None:
         verb = "add" if command == "add" else "delete"
         what = f"{verb} route {route}"
-        spec: dict[str, Any] = {"family": socket.AF_INET, "dst": str(route.dst), "table": route.table}
+        spec: dict[str, Any] = {"family": _family(route.dst), "dst": str(route.dst), "table": route.table}
         if route.device is not None:
             index = self._index(route.device, what)
             if index is None:
@@ -457,8 +478,11 @@ class Pyroute2Backend(_Queries):
 
     def addresses(self) -> list[Address]:
         names = self._names()
-        msgs = self._call("list addresses", lambda: self._ipr().get_addr(family=socket.AF_INET))
-        return [Address(IPv4Address(m.get("address")), names.get(m["index"], "?"), m["prefixlen"]) for m in msgs]
+        found: list[Address] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            msgs = self._call("list addresses", lambda family=family: self._ipr().get_addr(family=family))
+            found += [Address(ip_address(m.get("address")), names.get(m["index"], "?"), m["prefixlen"]) for m in msgs]
+        return found
 
     def _addr(self, command: str, addr: Address, tolerate: tuple[int, ...]) -> None:
         what = f"{'add' if command == 'add' else 'remove'} address {addr}"
@@ -467,11 +491,40 @@ class Pyroute2Backend(_Queries):
             if command == "del":
                 return  # gone with its device
             raise BackendError(f"cannot {what}: {_reason(errno.ENODEV, addr.device)}")
-        spec = {"index": index, "address": str(addr.address), "prefixlen": addr.prefixlen}
+        spec = {"index": index, "address": str(addr.address), "prefixlen": addr.prefixlen,
+                "family": _family(addr.address)}
         self._call(what, lambda: self._ipr().addr(command, **spec), tolerate, addr.device)
 
     def add_address(self, address: Address) -> None:
         self._addr("add", address, (errno.EEXIST,))
+        if address.address.version == 6:
+            self._wait_for_dad(address)
+
+    def _wait_for_dad(self, addr: Address, timeout: float = DAD_TIMEOUT) -> None:
+        """Return once the new IPv6 address passed duplicate address detection
+        (until then the kernel does not accept traffic to it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            flags = self._address_flags(addr)
+            if flags is None:
+                return  # gone again (removed by someone); nothing to wait for
+            if flags & _IFA_F_DADFAILED:
+                self.delete_address(addr)
+                raise BackendError(f"cannot add address {addr}: another host on the link already uses it "
+                                   "(duplicate address detection failed)")
+            if not flags & _IFA_F_TENTATIVE:
+                return
+            if time.monotonic() >= deadline:
+                raise BackendError(f"address {addr} is still tentative after {timeout:g} s "
+                                   "(duplicate address detection did not finish)")
+            time.sleep(0.1)
+
+    def _address_flags(self, addr: Address) -> int | None:
+        msgs = self._call("list addresses", lambda: self._ipr().get_addr(family=socket.AF_INET6))
+        for m in msgs:
+            if ip_address(m.get("address")) == addr.address:
+                return int(m["flags"]) | int(m.get("IFA_FLAGS") or 0)  # the header has the 8 old bits
+        return None
 
     def delete_address(self, address: Address) -> None:
         self._addr("del", address, _GONE)
@@ -483,6 +536,26 @@ class Pyroute2Backend(_Queries):
             if m.get("oif"):
                 return self._names().get(m.get("oif"))
         return None
+
+
+def _family(value: IPNetwork | IPAddr) -> int:
+    return socket.AF_INET6 if value.version == 6 else socket.AF_INET
+
+
+def _route_from(m: Any, names: dict[int, str], anywhere: str) -> Route:
+    """A Route from a netlink message (IPv6's default metric 1024 reads as none)."""
+    dst = ip_network(f"{m.get('dst') or anywhere}/{m['dst_len']}")
+    metric = m.get("priority")
+    if dst.version == 6 and metric == IPV6_DEFAULT_METRIC:
+        metric = None
+    return Route(
+        dst=dst,
+        device=names.get(m.get("oif")) if m.get("oif") else None,
+        table=m.get("table"),
+        gateway=ip_address(m.get("gateway")) if m.get("gateway") else None,
+        metric=metric,
+        kind=_ROUTE_TYPES.get(m["type"], str(m["type"])),
+    )
 
 
 # ------------------------------------------------------------------ fake

@@ -32,11 +32,16 @@ def install(paths: Paths, out: Path | None = None) -> Path:
     return path
 
 
-def enable() -> None:
+def require_systemd() -> None:
     from vpnoffload.tunnel import systemd_manages_this_netns
 
     if not systemd_manages_this_netns():
-        raise PrerequisiteError("systemd is not running here: run 'vpnoffload watch' in the foreground instead")
+        raise PrerequisiteError("systemd is not running here: run 'vpnoffload watch' in the foreground "
+                                "(or write the unit elsewhere with --out)")
+
+
+def enable() -> None:
+    require_systemd()
     for args in (["daemon-reload"], ["enable", "--now", UNIT]):
         proc = subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=60, check=False)
         if proc.returncode != 0:

@@ -81,7 +81,8 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
 def _service(config: Config, name: str, seen: dict[str, Any] | None, live_probe: Any) -> dict[str, Any]:
     svc = config.services[name]
     out: dict[str, Any] = {"name": name, "listen": f"{svc.listen}/{svc.proto}", "target": svc.target,
-                           "hostname": svc.hostname, "fallback": svc.fallback}
+                           "hostname": svc.hostname, "fallback": svc.fallback,
+                           "path": "dnat" if svc.via == "dnat" else f"proxy via {config.proxy.server}"}
     if seen is not None:
         out.update(state=seen["state"], home=seen.get("active"), healthy=seen["healthy"], last_check=seen["last_check"],
                    latency_ms=None if seen["latency"] is None else round(seen["latency"] * 1000, 1),
@@ -110,11 +111,12 @@ def render_text(data: dict[str, Any]) -> list[str]:
         lines.append(f"  home {h['name']} ({h['address']}): {state}")
     w = data["watchdog"]
     lines.append(f"watchdog: {'running (pid %s)' % w['pid'] if w['running'] else 'NOT running: no failover'}")
-    rows = [("SERVICE", "LISTEN", "TARGET", "STATE", "SERVED BY", "HEALTH", "LAST CHECK", "LATENCY", "LAST CHANGE")]
+    rows = [("SERVICE", "LISTEN", "PATH", "TARGET", "STATE", "SERVED BY", "HEALTH", "LAST CHECK", "LATENCY", "LAST CHANGE")]
     for s in data["services"]:
         latency = "-" if s["latency_ms"] is None else f"{s['latency_ms']:.0f} ms"
         served = s.get("home") or ("friendly page" if s["fallback"] == "page" else "reset")
-        rows.append((s["name"], s["listen"], s["target"], s["state"], served, "ok" if s["healthy"] else "FAILING",
+        path = s.get("path", "dnat") + (f" ({s['hostname']})" if s.get("hostname") and s.get("path") != "dnat" else "")
+        rows.append((s["name"], s["listen"], path, s["target"], s["state"], served, "ok" if s["healthy"] else "FAILING",
                      _ago(s["last_check"]), latency, _ago(s["last_change"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

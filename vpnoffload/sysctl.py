@@ -26,9 +26,34 @@ def conf_key(device: str, setting: str) -> str:
     return f"net.ipv4.conf.{device.replace('.', '/')}.{setting}"
 
 
+def conf6_key(device: str, setting: str) -> str:
+    """The per-device IPv6 key, e.g. ``conf6_key("eth0", "accept_ra")``."""
+    return f"net.ipv6.conf.{device.replace('.', '/')}.{setting}"
+
+
 def vps_sysctls() -> dict[str, str]:
     """The VPS forwards DNATed visitors into the tunnel and the replies back out."""
     return {"net.ipv4.ip_forward": "1"}
+
+
+def vps_ipv6_sysctls(interface: str, proc_root: Path = PROC_SYS) -> dict[str, str]:
+    """IPv6 forwarding for services listening on IPv6, without losing the VPS's own route.
+
+    With forwarding on, Linux treats the box as a router: it ignores router
+    advertisements on interfaces with ``accept_ra = 1``, and switching
+    forwarding on at once deletes the default routes learned from them. A VPS
+    that gets its IPv6 default route by SLAAC/RA (many do) would go offline
+    over IPv6. ``accept_ra = 2`` means "accept them even when forwarding", so
+    it is set on the public interface first (this order is kept by
+    :func:`plan_sysctls`) when it is 1 there now; 0 (a static setup) is left
+    alone. ``down`` puts both back.
+    """
+    desired: dict[str, str] = {}
+    accept_ra = conf6_key(interface, "accept_ra")
+    if read_sysctl(accept_ra, proc_root) == "1":
+        desired[accept_ra] = "2"
+    desired["net.ipv6.conf.all.forwarding"] = "1"
+    return desired
 
 
 def home_sysctls(device: str = TUNNEL_DEVICE) -> dict[str, str]:
@@ -82,7 +107,7 @@ def write_sysctl(key: str, value: str, proc_root: Path = PROC_SYS) -> None:
 def _reason(exc: OSError, key: str) -> str:
     if exc.errno == errno.ENOENT:
         parts = key.split(".")
-        if key.startswith("net.ipv4.conf.") and len(parts) == 5:
+        if key.startswith(("net.ipv4.conf.", "net.ipv6.conf.")) and len(parts) == 5:
             return f"no such setting (does device {parts[3].replace('/', '.')} exist?)"
         return "no such setting in this kernel"
     if exc.errno in (errno.EACCES, errno.EPERM):
@@ -104,6 +129,8 @@ def plan_sysctls(desired: Mapping[str, str], proc_root: Path = PROC_SYS) -> tupl
     a missing one raises BackendError naming it. ``net.ipv4.ip_forward`` goes
     first: writing it also rewrites every device's ``forwarding`` and
     ``all.accept_redirects``, so an explicit per-device key must come after it.
+    The other keys keep the order of ``desired`` (``accept_ra`` must precede
+    ``net.ipv6.conf.all.forwarding``, see :func:`vps_ipv6_sysctls`).
     """
     keys = sorted(desired, key=lambda k: k != "net.ipv4.ip_forward")
     previous: dict[str, str] = {}

@@ -168,7 +168,10 @@ class SystemdTunnel:
     wrapper_text: str = ""
 
     def _systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=60, check=False)
+        try:
+            proc = subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=60, check=False)
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"systemctl {' '.join(args)} did not return within 60 s") from None
         if check and proc.returncode != 0:
             raise BackendError(f"systemctl {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
         return proc
@@ -181,7 +184,9 @@ class SystemdTunnel:
             self.wrapper.parent.mkdir(parents=True, exist_ok=True)
             self.wrapper.write_text(self.wrapper_text)
             self.wrapper.chmod(0o644)
-        self._systemctl("enable", "--now", self.unit)
+        # --no-block: a client unit is "active" only once connected; wait_ready bounds that wait.
+        self._systemctl("enable", self.unit)
+        self._systemctl("start", "--no-block", self.unit)
 
     def stop(self) -> None:
         self._systemctl("disable", "--now", self.unit, check=False)

@@ -1,0 +1,129 @@
+"""Issue 7 (1) end to end: a service on a dedicated IPv6 address of the VPS.
+
+The lab is built with IPv6 on every link (documentation prefix 2001:db8::/32
+only; the tunnel uses the ULA fd00:88::/64). A visitor asks for
+http://[2001:db8:1::80]/, the VPS DNATs it with ip6tables to home's IPv6 tunnel
+address, home answers through the tunnel thanks to its IPv6 policy routing, and
+sees the visitor's real IPv6 address. An IPv4 service runs beside it, the
+friendly page covers the IPv6 service while home's cable is out, and ``down``
+restores both hosts exactly.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, TUNNEL_SUBNET, cli, cli_argv, openvpn_pids
+from tests.nslib import unique
+from vpnoffload.errors import PrerequisiteError
+from vpnoffload.lab import Lab, check_prerequisites, lab_session, snapshot, snapshot_diff
+
+TUNNEL_SUBNET6 = "fd00:88::/64"
+HOME_TUNNEL_ADDRESS6 = "fd00:88::2"  # derived from home's IPv4 tunnel address .2
+HOSTNAME = "blog.example.org"
+
+
+@pytest.fixture
+def lab6() -> Iterator[Lab]:
+    """A lab with IPv6 on every link, destroyed after the test."""
+    try:
+        check_prerequisites()
+    except PrerequisiteError as exc:
+        pytest.skip(str(exc))
+    from vpnoffload import users
+
+    user_existed = users.exists()
+    try:
+        with lab_session(unique("e2e6"), ipv6=True) as made:
+            yield made
+    finally:
+        if not user_existed and users.exists():
+            users.delete()
+
+
+def wait_status(lab: Lab, url: str, want: int, limit: float) -> tuple[float, str]:
+    """GET ``url`` from the visitor on new connections until HTTP ``want``; (seconds, body)."""
+    start = time.monotonic()
+    last: tuple[int, str] = (0, "")
+    while time.monotonic() - start < limit:
+        last = lab.http_get("visitor", url, timeout=1.0)
+        if last[0] == want:
+            return time.monotonic() - start, last[1]
+        time.sleep(0.1)
+    pytest.fail(f"no HTTP {want} from {url} within {limit} s; last: {last}", pytrace=False)
+
+
+def test_dedicated_ipv6_address_real_visitor_page_and_clean_down(
+        lab6: Lab, sites: tuple[Path, Path], capsys: pytest.CaptureFixture) -> None:
+    lab, (vps_site, home_site) = lab6, sites
+    blog = lab.vps_spare_addresses6[0]
+    blog_url = f"http://[{blog}]/whoami"
+
+    # --- on the VPS: a tunnel with an IPv6 subnet, one IPv6 and one IPv4 service
+    cli(lab, "vps", vps_site, "init", "--vps-address", lab.vps_address,
+        "--tunnel-subnet", TUNNEL_SUBNET, "--tunnel-subnet6", TUNNEL_SUBNET6)
+    cli(lab, "vps", vps_site, "service", "add", "blog", "--listen", f"[{blog}]:80", "--target", "8080",
+        "--check", "http:/", "--hostname", HOSTNAME)
+    cli(lab, "vps", vps_site, "service", "add", "web", "--listen", "80", "--target", "8081")
+    (home_site / "state").mkdir(mode=0o755)
+    cli(lab, "vps", vps_site, "render", "home", "--out", str(home_site / "state"))
+    shutil.copy(vps_site / "vpnoffload.toml", home_site / "vpnoffload.toml")
+    doctor = cli(lab, "vps", vps_site, "doctor", check=False)
+    assert "2001:db8:1::/64" in doctor.stdout, doctor.stdout
+
+    # Home serves on every address (IPv6 and IPv4); 9090 is not offloaded.
+    for port in ("8080", "8081", "9090"):
+        lab.popen("home", sys.executable, "-m", "vpnoffload.labweb", "--port", port, "--bind", "::")
+        assert lab.wait_tcp("home", "::1", int(port))
+    before = {host: snapshot(lab, host) for host in ("vps", "home")}
+
+    up_vps = cli(lab, "vps", vps_site, "up", "vps")
+    assert f"add address {blog}/128" in up_vps.stdout and "ip6tables nat" in up_vps.stdout, up_vps.stdout
+    up_home = cli(lab, "home", home_site, "up", "home")
+    assert "default (IPv6)" in up_home.stdout, up_home.stdout
+
+    # The IPv6 visitor reaches home over the tunnel, and home sees its real IPv6 address.
+    status, body = lab.http_get("visitor", blog_url, timeout=5)
+    assert (status, body.strip()) == (200, lab.visitor_address6)
+    # The IPv4 service beside it still works, with the real IPv4 visitor address.
+    status, body = lab.http_get("visitor", f"http://{lab.vps_address}/whoami", timeout=5)
+    assert (status, body.strip()) == (200, lab.visitor_address)
+    # A port of home that is not offloaded is not reachable over IPv6 either.
+    assert lab.tcp_probe("visitor", blog, 9090, timeout=1) != "open"
+    assert lab.tcp_probe("vps", HOME_TUNNEL_ADDRESS6, 9090, timeout=1) != "open"
+    assert lab.tcp_probe("vps", HOME_TUNNEL_ADDRESS, 9090, timeout=1) != "open"
+    # Home's own IPv6 traffic keeps its own uplink.
+    route = lab.exec("home", "ip", "-6", "route", "get", lab.visitor_address6).stdout
+    assert "eth0" in route and "vpnoffload0" not in route, route
+    # A second up changes nothing.
+    assert "nothing to do" in cli(lab, "vps", vps_site, "up", "vps").stdout
+    assert "nothing to do" in cli(lab, "home", home_site, "up", "home").stdout
+
+    # Home's cable out: the friendly page for the IPv6 service; back in: home again.
+    watch = lab.popen("vps", *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "watch"))
+    wait_status(lab, blog_url, 200, limit=10)
+    pulled = time.monotonic()
+    lab.pull_cable()
+    took, page = wait_status(lab, blog_url, 503, limit=15)
+    assert HOSTNAME in page
+    with capsys.disabled():
+        print(f"\n[ipv6] cable pulled -> friendly page on [{blog}] after {time.monotonic() - pulled:.2f} s")
+    lab.plug_cable()
+    took, body = wait_status(lab, blog_url, 200, limit=30)
+    assert body.strip() == lab.visitor_address6
+    watch.terminate()
+    watch.wait(10)
+
+    # down on both ends restores every table (ip6tables too), rule, route, address and sysctl.
+    cli(lab, "home", home_site, "down", "home")
+    cli(lab, "vps", vps_site, "down", "vps")
+    for host in ("vps", "home"):
+        after = snapshot(lab, host)
+        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
+        assert openvpn_pids(lab, host) == []
