@@ -513,21 +513,28 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
 @app.command("install-service")
 def install_service(
     ctx: typer.Context,
-    out: Annotated[Optional[Path], typer.Option(help="Write the unit here instead of /etc/systemd/system (no systemctl).")] = None,
+    end: Annotated[str, typer.Argument(help="vps (the up unit and the watchdog) or home.")] = "vps",
+    home: HomeOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the units here instead of /etc/systemd/system (no systemctl).")] = None,
 ) -> None:
-    """Install and start the systemd unit that runs 'vpnoffload watch' (Type=notify, WatchdogSec)."""
+    """Install and start the systemd units: 'up END' at boot (and 'down END' on stop); on the VPS also
+    the watchdog (Type=notify, WatchdogSec, hardened)."""
     from vpnoffload import config as cfg
     from vpnoffload import service_unit
 
     paths = _ctx(ctx).paths
-    cfg.load(paths.config)
+    if end not in ("vps", "home"):
+        raise ConfigError(f"{end!r} is not an end: use 'vps' or 'home'", field="END")
+    config = cfg.load(paths.config)
+    name = _home_name(config, home) if end == "home" else None
     if out is None:
         service_unit.require_systemd()  # check first: write nothing where it cannot run
-    path = service_unit.install(paths, out)
-    typer.echo(f"wrote {path}")
+    written = service_unit.install(paths, end, name, out)
+    for path in written:
+        typer.echo(f"wrote {path}")
     if out is None:
-        service_unit.enable()
-        typer.echo(f"enabled and started {service_unit.UNIT}")
+        service_unit.enable([p.name for p in written])
+        typer.echo(f"enabled and started {', '.join(p.name for p in written)}")
 
 
 def main() -> None:

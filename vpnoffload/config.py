@@ -426,14 +426,22 @@ def _parse_homes_list(value: Any, target: Any, homes: dict[str, Home], field: st
 
 
 def _optional_file(value: Any, field: str) -> Path | None:
-    """An absolute path to a file that exists (checked now, so the watchdog never finds it missing)."""
+    """An absolute path. Whether the file exists is checked by `up vps` (see
+    deploy.check_files): the home box shares this config without those files."""
     if value is None:
         return None
     if not isinstance(value, str) or not value.startswith("/"):
         raise ConfigError(f"{value!r} must be an absolute path", field=field)
-    if not Path(value).is_file():
-        raise ConfigError(f"{value} does not exist or is not a file", field=field)
     return Path(value)
+
+
+def check_files(config: Config) -> None:
+    """The friendly-page template and TLS files must be readable on the VPS."""
+    for svc in config.services.values():
+        for key in ("page", "tls_cert", "tls_key"):
+            path = getattr(svc, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigError(f"{path} does not exist or cannot be read", field=f"services.{svc.name}.{key}")
 
 
 def _parse_watch(raw: dict[str, Any]) -> Watch:
@@ -444,7 +452,7 @@ def _parse_watch(raw: dict[str, Any]) -> Watch:
         timeout=_number(raw.get("timeout", base.timeout), "watch.timeout", integer=False, minimum=0.1, maximum=300),
         fall=_number(raw.get("fall", base.fall), "watch.fall", integer=True, minimum=1, maximum=100),
         rise=_number(raw.get("rise", base.rise), "watch.rise", integer=True, minimum=1, maximum=100),
-        fallback_port=check_port(raw.get("fallback_port", base.fallback_port), "watch.fallback_port"),
+        fallback_port=_fallback_port(raw.get("fallback_port", base.fallback_port)),
         retry_after=_number(raw.get("retry_after", base.retry_after), "watch.retry_after", integer=True, minimum=1, maximum=86400),
         metrics=_metrics(raw.get("metrics"), "watch.metrics"),
     )
@@ -478,6 +486,13 @@ def _local_endpoint(value: Any, field: str) -> str:
         raise ConfigError(f"{value!r} is not IPV4:PORT like 127.0.0.1:8443", field=field)
     check_port(port, field)
     return text
+
+
+def _fallback_port(value: Any) -> int:
+    port = check_port(value, "watch.fallback_port")
+    if port == 65535:  # the TLS page listens on the next port
+        raise ConfigError("65535 leaves no room for the TLS page on the next port", field="watch.fallback_port")
+    return port
 
 
 def _metrics(value: Any, field: str) -> str | None:

@@ -9,7 +9,6 @@ removes only what vpnoffload owns or recorded adding.
 from __future__ import annotations
 
 import contextlib
-import copy
 import errno
 import fcntl
 import logging
@@ -266,10 +265,11 @@ def server_tunnel(paths: Paths, backends: Backends) -> Any:
 
 def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action]:
     from vpnoffload import firewall, routing
+    from vpnoffload.config import check_files
 
+    check_files(config)
     rec_path = _record_path(paths, "vps")
     rec = record_mod.load(rec_path)
-    before = copy.deepcopy(vars(rec))
     actions: list[Action] = []
     actions += _user_actions(backends, rec)
     # Filter rules go in before forwarding is switched on, so no window is unfiltered.
@@ -284,7 +284,7 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     actions += _sysctl_actions(_vps_sysctls(config, interface, backends), backends, rec)
     actions += _server_config_actions(config, paths, server_tunnel(paths, backends))
     actions += _page_actions(config, paths, page_server(paths, backends))
-    if actions and rec.__dict__ != before:
+    if actions:  # the record may change while the plan runs (a user created, an old sysctl read)
         actions.append(_save_record_action(rec_path, rec))
     return actions
 
@@ -300,12 +300,46 @@ def _vps_sysctls(config: Config, interface: str, backends: Backends) -> dict[str
 
 
 def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
-    """Where the watchdog last sent each service (a home, or None: fallback)."""
-    from vpnoffload.watchdog import believed_targets, read_state
+    """Where a running watchdog sends each service (a home, or None: fallback).
 
+    Only a live watchdog's view counts: with none running, `up vps` puts every
+    service back on its first home, as a fresh start would.
+    """
+    from vpnoffload.watchdog import believed_targets, read_state
+    from vpnoffload.watchrun import watch_pid
+
+    if watch_pid(paths) is None:
+        return {}
     believed = believed_targets(read_state(paths.watch_state))
     return {n: h for n, h in believed.items()
             if n in config.services and (h is None or h in config.services[n].homes)}
+
+
+def _stop_watchdog_actions(paths: Paths) -> list[Action]:
+    """`down vps` stops a running watchdog first, or its next swap would write the chains back."""
+    from vpnoffload.watchrun import watch_pid
+
+    pid = watch_pid(paths)
+    actions = []
+    if pid is not None:
+        actions.append(Action(f"stop the watchdog (pid {pid}; under systemd: systemctl stop vpnoffload-watch)",
+                              lambda: _terminate(pid), None))
+    if paths.watch_state.exists():
+        actions.append(Action(f"forget the watchdog's state {paths.watch_state}",
+                              lambda: paths.watch_state.unlink(missing_ok=True), None))
+    return actions
+
+
+def _terminate(pid: int, timeout: float = 10.0) -> None:
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.05)
 
 
 def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
@@ -314,7 +348,7 @@ def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
 
     rec_path = _record_path(paths, "vps")
     rec = record_mod.load(rec_path)
-    actions: list[Action] = []
+    actions: list[Action] = _stop_watchdog_actions(paths)
     tunnel = server_tunnel(paths, backends)
     if tunnel.running():
         actions.append(Action("stop OpenVPN server", tunnel.stop, None))
@@ -346,7 +380,6 @@ def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, pr
         raise NotSetUpError(f"no client profile at {profile}: copy the one 'vpnoffload render home' wrote on the VPS (or pass --profile)")
     rec_path = _record_path(paths, f"home-{home}")
     rec = record_mod.load(rec_path)
-    before = copy.deepcopy(vars(rec))
     actions: list[Action] = []
     # Accept only the configured ports on the tunnel before the tunnel exists.
     actions += firewall.plan(backends.firewall, firewall.home_ruleset(config, home))
@@ -360,7 +393,7 @@ def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, pr
     else:
         actions.append(_start_action(tunnel, f"start OpenVPN client for {home} and wait until connected", CONNECT_TIMEOUT))
         actions.append(_deferred_routing(backends, config, home, desired, rec))
-    if actions and vars(rec) != before:
+    if actions:  # the record may change while the plan runs (a user created, an old sysctl read)
         actions.append(_save_record_action(rec_path, rec))
     return actions
 
@@ -392,11 +425,11 @@ def plan_down_home(paths: Paths, backends: Backends, home: str, profile: Path) -
     rec = record_mod.load(rec_path)
     actions: list[Action] = []
     actions += routing.plan_routing_down(backends.routing)
+    # Restore sysctls while the tun device (and so its rp_filter) still exists.
+    actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
     tunnel = home_tunnel(paths, backends, home, profile)
     if tunnel.running():
         actions.append(Action(f"stop OpenVPN client for {home}", tunnel.stop, None))
-    # The tun device (and its rp_filter) is gone with OpenVPN; restore only what still exists.
-    actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
     actions += firewall.plan(backends.firewall, firewall.empty_ruleset())
     actions += _user_removal(backends, rec)
     if rec_path.exists():

@@ -173,6 +173,7 @@ def test_up_home_waits_for_tunnel_then_routes(env) -> None:
     plan.apply(deploy.plan_down_home(paths, b, "home", profile))
     assert not tunnels["home-home"].up
     assert b.firewall.read().is_empty()
+    assert not b.users.names  # `up home` created the user while applying: down removes it
 
 
 def test_up_home_without_profile_is_a_clear_error(env) -> None:
@@ -197,3 +198,28 @@ def test_openvpn_runs_under_systemd_when_systemd_runs_this_namespace(env, monkey
                                                   "user vpnoffload", "group vpnoffload"]
     monkeypatch.setattr(tunnel, "systemd_manages_this_netns", lambda: False)
     assert isinstance(deploy.server_tunnel(paths, b), tunnel.DaemonTunnel)
+
+
+def test_stale_watchdog_state_is_ignored_and_down_forgets_it(env) -> None:
+    import json
+
+    config, paths, b, tunnels, proc = env
+    plan.apply(deploy.plan_up_vps(config, paths, b))
+    # A watchdog that is gone left "web on fallback" behind.
+    paths.watch_state.write_text(json.dumps({"pid": 999999, "services": [{"name": "web", "active": None}]}))
+    assert deploy.current_targets(config, paths) == {}
+    assert deploy.plan_up_vps(config, paths, b) == []  # nothing sends visitors to the page
+    summaries = plan.summaries(deploy.plan_down_vps(paths, b))
+    assert any("forget the watchdog's state" in line for line in summaries)
+
+
+def test_missing_page_template_is_caught_before_any_change(env, tmp_path) -> None:
+    from vpnoffload import config as cfg
+    from vpnoffload.errors import ConfigError
+
+    config, paths, b, tunnels, proc = env
+    paths.config.write_text(CONFIG.replace('target = "8080"', 'target = "8080"\npage = "/nonexistent/page.html.j2"'))
+    fw_before = b.firewall.dump()
+    with pytest.raises(ConfigError, match="services.web.page: /nonexistent/page.html.j2 does not exist"):
+        deploy.plan_up_vps(cfg.load(paths.config), paths, b)
+    assert b.firewall.dump() == fw_before

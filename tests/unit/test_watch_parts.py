@@ -4,6 +4,7 @@ the systemd unit, metrics, and a swap applied to a fake firewall."""
 from __future__ import annotations
 
 import os
+import sys
 import shutil
 import subprocess
 import time
@@ -123,3 +124,39 @@ def test_swap_rewrites_rules_and_forgets_changed_flows(monkeypatch: pytest.Monke
     swap.apply_swap(config(), {"blog": None, "git": "home"}, frozenset({"blog"}), firewall_backend=fw)
     assert "--to-destination 203.0.113.10:8503" in "\n".join(fw.read().lines())
     assert flushed == [[(0x100000, 0xFF00000)]]
+
+
+@pytest.mark.parametrize("end,home", [("vps", None), ("home", "home")])
+def test_boot_units_verify_and_run_up_and_down(tmp_path: Path, end: str, home: str | None) -> None:
+    from vpnoffload.service_unit import units
+
+    paths = Paths(config=Path("/etc/vpnoffload/vpnoffload.toml"), state=Path("/etc/vpnoffload/state"))
+    found = units(paths, end, home)
+    assert set(found) == ({"vpnoffload-vps.service", "vpnoffload-watch.service"} if end == "vps"
+                          else {"vpnoffload-home.service"})
+    text = found[f"vpnoffload-{end}.service"]
+    assert f" up {end}" in text and f" down {end}" in text and "Type=oneshot" in text
+    if home:
+        assert "--home home" in text
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    for name, body in found.items():
+        unit = tmp_path / name
+        unit.write_text(body.replace(sys.executable, "/usr/bin/python3"))
+    proc = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in found)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout + proc.stderr == ""
+
+
+def test_install_service_writes_units_with_out_and_refuses_bad_end(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vpnoffload.cli import app
+
+    cfgfile = tmp_path / "c.toml"
+    cfgfile.write_text('[vps]\naddress = "203.0.113.10"\n[homes.home]\naddress = "10.88.0.2"\n')
+    result = CliRunner().invoke(app, ["-c", str(cfgfile), "install-service", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "vpnoffload-vps.service").exists() and (tmp_path / "vpnoffload-watch.service").exists()
+    bad = CliRunner().invoke(app, ["-c", str(cfgfile), "install-service", "garage", "--out", str(tmp_path)])
+    assert bad.exit_code == 2 and "not an end" in bad.output
