@@ -9,8 +9,6 @@ removes only what vpnoffload owns or recorded adding.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import filecmp
 import os
@@ -61,21 +59,11 @@ class Backends:
 @contextlib.contextmanager
 def exclusive(paths: Paths, timeout: float = 10.0) -> Iterator[None]:
     """One vpnoffload run at a time per state dir: two `up`s must never interleave."""
+    from vpnoffload.locks import held
+
     paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    raise BackendError(f"another vpnoffload run holds {paths.lock}; try again when it is done") from None
-                time.sleep(0.1)
+    with held(str(paths.lock), timeout, lambda: f"another vpnoffload run holds {paths.lock}; try again when it is done"):
         yield
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------ helpers

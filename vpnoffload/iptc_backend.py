@@ -38,13 +38,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from ipaddress import ip_network
 from pathlib import Path
@@ -88,27 +86,12 @@ def xtables_lock(timeout: float = LOCK_TIMEOUT, path: str | None = None) -> Iter
     Waits up to ``timeout`` seconds, then raises BackendError. The lock is
     machine-wide (not per network namespace), like iptables' own.
     """
+    from vpnoffload.locks import held
+
     path = path or lockfile_path()
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise BackendError(f"cannot open the xtables lock {path}: {exc.strerror or exc}") from exc
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise BackendError(
-                        f"another program has held the xtables lock {path} for {timeout:g} s "
-                        "(a hung iptables command?); try again"
-                    ) from None
-                time.sleep(0.05)
+    busy = f"another program has held the xtables lock {path} for {timeout:g} s (a hung iptables command?); try again"
+    with held(path, timeout, lambda: busy, mode=os.O_RDONLY):
         yield
-    finally:
-        os.close(fd)  # closing drops the flock
 
 
 # --------------------------------------------------------------------------

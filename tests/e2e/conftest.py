@@ -7,6 +7,7 @@ watchdogs, web servers). Without root, openvpn or /dev/net/tun the tests skip.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -21,9 +22,8 @@ from vpnoffload.lab import Lab, check_prerequisites, lab_session
 from vpnoffload.paths import CONFIG_ENV, STATE_ENV
 
 
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    """A created lab (internet, vps, home, visitor), destroyed after the test."""
+@contextlib.contextmanager
+def _test_lab(prefix: str, ipv6: bool = False) -> Iterator[Lab]:
     try:
         check_prerequisites()
     except PrerequisiteError as exc:
@@ -32,13 +32,27 @@ def lab() -> Iterator[Lab]:
 
     user_existed = users.exists()
     try:
-        with lab_session(unique("e2e")) as made:
+        with lab_session(unique(prefix), ipv6=ipv6) as made:
             yield made
     finally:
         # `up` creates OpenVPN's system user outside the namespaces; a test that
         # failed before `down` must not leave it behind.
         if not user_existed and users.exists():
             users.delete()
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A created lab (internet, vps, home, visitor, attic), destroyed after the test."""
+    with _test_lab("e2e") as made:
+        yield made
+
+
+@pytest.fixture
+def lab6() -> Iterator[Lab]:
+    """The same lab with IPv6 (2001:db8::/32 documentation addresses) on every link."""
+    with _test_lab("e2e6", ipv6=True) as made:
+        yield made
 
 
 def cli_argv(*args: str) -> list[str]:

@@ -14,37 +14,16 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, TUNNEL_SUBNET, cli, cli_argv, openvpn_pids
-from tests.nslib import unique
-from vpnoffload.errors import PrerequisiteError
-from vpnoffload.lab import Lab, check_prerequisites, lab_session, snapshot, snapshot_diff
+from vpnoffload.lab import Lab, snapshot, snapshot_diff
 
 TUNNEL_SUBNET6 = "fd00:88::/64"
 HOME_TUNNEL_ADDRESS6 = "fd00:88::2"  # derived from home's IPv4 tunnel address .2
 HOSTNAME = "blog.example.org"
-
-
-@pytest.fixture
-def lab6() -> Iterator[Lab]:
-    """A lab with IPv6 on every link, destroyed after the test."""
-    try:
-        check_prerequisites()
-    except PrerequisiteError as exc:
-        pytest.skip(str(exc))
-    from vpnoffload import users
-
-    user_existed = users.exists()
-    try:
-        with lab_session(unique("e2e6"), ipv6=True) as made:
-            yield made
-    finally:
-        if not user_existed and users.exists():
-            users.delete()
 
 
 def wait_status(lab: Lab, url: str, want: int, limit: float) -> tuple[float, str]:

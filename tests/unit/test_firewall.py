@@ -347,7 +347,7 @@ def test_xtables_lock_waits_then_fails_clearly(tmp_path, monkeypatch) -> None:
 
 
 def test_xtables_lock_that_cannot_be_opened(tmp_path) -> None:
-    with pytest.raises(BackendError, match="cannot open the xtables lock"):
+    with pytest.raises(BackendError, match="cannot open the lock"):
         with iptc_backend.xtables_lock(path=str(tmp_path / "missing" / "lock")):
             pass
 
