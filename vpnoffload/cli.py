@@ -497,9 +497,9 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
     config = cfg.load(paths.config)
     running = watchrun.server_running(paths)
 
-    def probe(svc: Any) -> Any:
-        home = config.homes[svc.home]
-        return health.probe(str(home.address), svc.target_port, svc.check, config.watch.timeout, host_header=svc.hostname)
+    def probe(svc: Any, home: str) -> Any:
+        return health.probe(str(config.homes[home].address), svc.target_port, svc.check, config.watch.timeout,
+                            host_header=svc.hostname)
 
     report = status_mod.gather(config, paths, server_running=running, live_probe=probe)
     if as_json:
@@ -517,8 +517,7 @@ def install_service(
     home: HomeOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Write the units here instead of /etc/systemd/system (no systemctl).")] = None,
 ) -> None:
-    """Install and start the systemd units: 'up END' at boot (and 'down END' on stop); on the VPS also
-    the watchdog (Type=notify, WatchdogSec, hardened)."""
+    """Install and start systemd units: 'up END' at boot, 'down END' on stop (and the watchdog on the VPS)."""
     from vpnoffload import config as cfg
     from vpnoffload import service_unit
 

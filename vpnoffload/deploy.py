@@ -272,6 +272,7 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     actions += _sysctl_actions(_vps_sysctls(config, interface, backends), backends, rec)
     actions += _server_config_actions(config, paths, server_tunnel(paths, backends))
     actions += _page_actions(config, paths, page_server(paths, backends))
+    actions += _forget_stale_watch_state(paths)
     if actions:  # the record may change while the plan runs (a user created, an old sysctl read)
         actions.append(_save_record_action(rec_path, rec))
     return actions
@@ -301,6 +302,17 @@ def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
     believed = believed_targets(read_state(paths.watch_state))
     return {n: h for n, h in believed.items()
             if n in config.services and (h is None or h in config.services[n].homes)}
+
+
+def _forget_stale_watch_state(paths: Paths) -> list[Action]:
+    """With no watchdog running, `up vps` just put every service back home: the
+    dead watchdog's last word no longer describes the rules (status reads it)."""
+    from vpnoffload.watchrun import watch_pid
+
+    if watch_pid(paths) is not None or not paths.watch_state.exists():
+        return []
+    return [Action(f"forget the stopped watchdog's state {paths.watch_state}",
+                   lambda: paths.watch_state.unlink(missing_ok=True), None)]
 
 
 def _stop_watchdog_actions(paths: Paths) -> list[Action]:

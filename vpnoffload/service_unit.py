@@ -33,8 +33,9 @@ def unit_text(paths: Paths, python: str = sys.executable) -> str:
 def up_unit_text(paths: Paths, end: str, home: str | None = None, python: str = sys.executable) -> str:
     """The unit that runs `up END` at boot and `down END` when stopped."""
     extra = f" --home {home}" if home else ""
+    openvpn_unit = "openvpn-server@vpnoffload.service" if end == "vps" else f"openvpn-client@vpnoffload-{home}.service"
     return _template("vpnoffload-up.service.j2", python=python, config=paths.config, state=paths.state,
-                     end=end, extra=extra)
+                     end=end, extra=extra, openvpn_unit=openvpn_unit)
 
 
 def units(paths: Paths, end: str, home: str | None = None) -> dict[str, str]:

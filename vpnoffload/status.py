@@ -67,8 +67,11 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
                                     if config.services else len(connected) == len(homes))
     pid = watchrun.watch_pid(paths)
     state = read_state(paths.watch_state) or {}
-    known = {s["name"]: s for s in state.get("services", [])} if pid else {}
-    services = [_service(config, name, known.get(name), live_probe) for name in config.services]
+    known = {s["name"]: s for s in state.get("services", [])}
+    # A dead watchdog's last state is still what the rules do (nothing else
+    # rewrites them until `up vps`, which then forgets that state).
+    services = [_service(config, name, known.get(name), live_probe, watchdog=pid is not None)
+                for name in config.services]
     data = {
         "tunnel": {"up": tunnel_up, "server_running": server_running, "homes": homes},
         "watchdog": {"running": pid is not None, "pid": pid, "updated": state.get("updated") if pid else None},
@@ -78,19 +81,22 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
     return Report(data, ExitStatus.UNHEALTHY if bad else ExitStatus.OK)
 
 
-def _service(config: Config, name: str, seen: dict[str, Any] | None, live_probe: Any) -> dict[str, Any]:
+def _service(config: Config, name: str, seen: dict[str, Any] | None, live_probe: Any, *,
+             watchdog: bool = True) -> dict[str, Any]:
     svc = config.services[name]
     out: dict[str, Any] = {"name": name, "listen": f"{svc.listen}/{svc.proto}", "target": svc.target,
                            "hostname": svc.hostname, "fallback": svc.fallback,
                            "path": "dnat" if svc.via == "dnat" else f"proxy via {config.proxy.server}"}
-    if seen is not None:
+    if seen is not None and watchdog:
         out.update(state=seen["state"], home=seen.get("active"), healthy=seen["healthy"], last_check=seen["last_check"],
                    latency_ms=None if seen["latency"] is None else round(seen["latency"] * 1000, 1),
                    last_change=seen["last_change"] or None, detail=seen["detail"], swaps=seen["swaps"])
         return out
-    # No watchdog: the rules stay as `up vps` left them (forwarding); check health now.
-    result = live_probe(svc) if live_probe else None
-    out.update(state="forwarding", home=svc.home, healthy=bool(result and result.alive), last_check=time.time() if result else None,
+    # No watchdog: the rules stay as the last watchdog (or `up vps`) left them; check health now.
+    home = seen.get("active") if seen is not None else svc.home
+    result = live_probe(svc, home) if live_probe and home else None
+    out.update(state="forwarding" if home else "fallback", home=home, healthy=bool(result and result.alive),
+               last_check=time.time() if result else None,
                latency_ms=round(result.latency * 1000, 1) if result else None, last_change=None,
                detail=(result.detail if result else "not checked") + " (no watchdog running)", swaps=0)
     return out

@@ -130,6 +130,10 @@ def test_cable_pulled_friendly_page_then_back(lab: Lab, sites: tuple[Path, Path]
     watch.send_signal(signal.SIGKILL)
     watch.wait(5)
     assert visit(lab)["status"] == 503
+    # status tells the truth without a watchdog too: the rules still serve the page.
+    code, data = status(lab, vps_site)
+    assert code == 1 and not data["watchdog"]["running"]
+    assert {s["name"]: s["state"] for s in data["services"]} == {"web": "fallback", "shell": "fallback"}
     watch = start_watch(lab, vps_site, log)
     code, data = status(lab, vps_site)
     assert code == 1 and {s["state"] for s in data["services"]} == {"fallback"}

@@ -208,7 +208,13 @@ def test_stale_watchdog_state_is_ignored_and_down_forgets_it(env) -> None:
     # A watchdog that is gone left "web on fallback" behind.
     paths.watch_state.write_text(json.dumps({"pid": 999999, "services": [{"name": "web", "active": None}]}))
     assert deploy.current_targets(config, paths) == {}
-    assert deploy.plan_up_vps(config, paths, b) == []  # nothing sends visitors to the page
+    # Nothing sends visitors to the page; the dead watchdog's state is forgotten.
+    actions = deploy.plan_up_vps(config, paths, b)
+    assert [a.summary for a in actions if "iptables" in a.summary] == []
+    assert any("forget the stopped watchdog's state" in a.summary for a in actions)
+    plan.apply(actions)
+    assert deploy.plan_up_vps(config, paths, b) == []
+    paths.watch_state.write_text("{}")
     summaries = plan.summaries(deploy.plan_down_vps(paths, b))
     assert any("forget the watchdog's state" in line for line in summaries)
 
