@@ -77,6 +77,27 @@ def start_servers(config: Config, pages: dict[Destination, bytes]) -> list[Fallb
     return servers
 
 
+RUN_AS = "vpnoffload"
+
+
+def drop_privileges(name: str = RUN_AS) -> bool:
+    """Once the sockets are bound and the pages and TLS keys loaded, nothing needs
+    root: continue as the unprivileged user OpenVPN also uses. False if not root
+    or the user does not exist."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return False
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return False
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    return True
+
+
 def serve(config_path: Path, pages_dir: Path, ready: Path | None = None) -> int:
     from vpnoffload import config as cfg
 
@@ -89,11 +110,16 @@ def serve(config_path: Path, pages_dir: Path, ready: Path | None = None) -> int:
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     if ready is not None:
         ready.write_text(f"{os.getpid()}\n")
-    log.warning("serving the friendly page on %s:%d", config.vps.address, config.watch.fallback_port)
+    dropped = drop_privileges()
+    log.warning("serving the friendly page on %s:%d%s", config.vps.address, config.watch.fallback_port,
+                f" as user {RUN_AS}" if dropped else "")
     try:
         while not stop.wait(0.2):
             if reload.is_set():
                 reload.clear()
+                if dropped:
+                    log.error("running unprivileged: restart the page server to reload (vpnoffload up vps does)")
+                    continue
                 try:
                     pages = load_pages(cfg.load(config_path), pages_dir)
                 except (VpnOffloadError, OSError) as exc:
