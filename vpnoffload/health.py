@@ -29,6 +29,7 @@ class Result:
     verdict: Verdict
     latency: float  # seconds until the verdict
     detail: str
+    timed_out: bool = False  # no answer at all (as opposed to a refusal or an HTTP error)
 
     @property
     def alive(self) -> bool:
@@ -55,7 +56,8 @@ def probe(address: str, port: int, check: Check, timeout: float, *, host_header:
     except TimeoutError:
         alive = echo is not None and echo.answered(wait=0.0)
         verdict: Verdict = "slow" if alive else "down"
-        return Result(verdict, time.monotonic() - start, "connect: timed out" + (" (home answers ping)" if alive else ""))
+        return Result(verdict, time.monotonic() - start, "connect: timed out" + (" (home answers ping)" if alive else ""),
+                      timed_out=True)
     except OSError as exc:
         return Result("down", time.monotonic() - start, f"connect: {_reason(exc)}")
     finally:
@@ -171,3 +173,17 @@ def _checksum(data: bytes) -> int:
     total = (total >> 16) + (total & 0xFFFF)
     total += total >> 16
     return ~total & 0xFFFF
+
+
+def tunnel_rx_packets(device: str) -> int | None:
+    """Packets the VPS received from the tunnel so far (None if there is no such device).
+
+    OpenVPN's own keepalives do not reach the tun device, so this grows only
+    while a home box sends real traffic: a loaded tunnel that drops a check's
+    packets still shows home alive; a pulled cable stops it dead.
+    """
+    try:
+        with open(f"/sys/class/net/{device}/statistics/rx_packets") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None

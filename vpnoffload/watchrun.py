@@ -84,7 +84,10 @@ def run(paths: Paths, *, server_running: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        dog = Watchdog(config, SubprocessSwapper(paths))
+        from vpnoffload.health import tunnel_rx_packets
+
+        dog = Watchdog(config, SubprocessSwapper(paths),
+                       activity=lambda: tunnel_rx_packets(config.tunnel.device))
         dog.start(believed_targets(read_state(paths.watch_state)))
         _publish(paths, dog)
         if config.watch.metrics:

@@ -160,3 +160,32 @@ def test_reconfigure_keeps_known_states_and_adds_new_services() -> None:
     dog.reconfigure(Config(vps=new.vps, tunnel=new.tunnel, homes=new.homes, services=services, watch=new.watch))
     assert set(dog.status) == {"web", "mail"} and dog.fallback() == {"web"}
     assert dog.status["mail"].state == "forwarding"
+
+
+def test_lost_checks_while_home_keeps_sending_are_not_an_outage() -> None:
+    counter = {"rx": 100}
+
+    def probe(svc: Service, home: str, cfg: Config) -> Result:
+        counter["rx"] += 50  # meanwhile, home's replies to visitors keep arriving
+        return Result("down", 0.6, "connect: timed out", timed_out=True)
+
+    one_home = config(fall=1)
+    one_home = Config(vps=one_home.vps, tunnel=one_home.tunnel, homes={"home": one_home.homes["home"]},
+                      services=one_home.services, watch=one_home.watch)
+    dog = Watchdog(one_home, Swapper(), probe, activity=lambda: counter["rx"])
+    dog.start()
+    assert dog.tick() == frozenset() and dog.fallback() == frozenset()
+    assert "home still sending" in dog.status["web"].detail
+    # A refusal is an answer: the service is down even while traffic flows.
+    dog.prober = lambda s, h, c: (counter.__setitem__("rx", counter["rx"] + 1), Result("down", 0.01, "refused"))[1]
+    assert dog.tick() == {"web", "git"}
+
+
+def test_no_traffic_and_no_answer_is_an_outage() -> None:
+    one_home = config(fall=1)
+    one_home = Config(vps=one_home.vps, tunnel=one_home.tunnel, homes={"home": one_home.homes["home"]},
+                      services=one_home.services, watch=one_home.watch)
+    dog = Watchdog(one_home, Swapper(), prober({}), activity=lambda: 100)
+    dog.start()
+    dog.prober = lambda s, h, c: Result("down", 0.6, "connect: timed out", timed_out=True)
+    assert dog.tick() == {"web", "git"}
