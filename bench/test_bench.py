@@ -1,0 +1,125 @@
+"""Checks of the benchmark's pure parts (no root, no lab): ``python -m pytest bench -q``."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench import bulk, failover, measure, memory, report, run, tunnel, web
+
+WRK_OUTPUT = """\
+Running 5s test @ http://203.0.113.10:80/
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     5.93ms    2.10ms  40.12ms   80.00%
+    Req/Sec     4.98k   300.00     5.50k    70.00%
+  Latency Distribution
+     50%    5.93ms
+     75%    7.00ms
+     90%    8.50ms
+     99%    1.25s
+  29931 requests in 5.02s, 7.12MB read
+  Socket errors: connect 1, read 2, write 0, timeout 4
+  Non-2xx or 3xx responses: 12
+Requests/sec:   5962.35
+Transfer/sec:      1.42MB
+"""
+
+
+def test_parse_wrk_reads_rate_percentiles_and_errors() -> None:
+    result = measure.parse_wrk(WRK_OUTPUT)
+    assert result.requests == 29931 and result.seconds == pytest.approx(5.02)
+    assert result.rps == pytest.approx(5962.35)
+    assert result.p50_ms == pytest.approx(5.93) and result.p99_ms == pytest.approx(1250.0)
+    assert result.errors == 7 and result.non_2xx == 12
+
+
+def test_parse_wrk_without_errors_and_garbage() -> None:
+    clean = "\n".join(line for line in WRK_OUTPUT.splitlines() if "Socket" not in line and "Non-2xx" not in line)
+    result = measure.parse_wrk(clean)
+    assert result.errors == 0 and result.non_2xx == 0
+    with pytest.raises(ValueError):
+        measure.parse_wrk("unable to connect to 203.0.113.10:80 Connection refused")
+
+
+def test_parse_iperf3() -> None:
+    text = json.dumps({"end": {"sum_received": {"bits_per_second": 123e6}, "sum_sent": {"retransmits": 7}}})
+    result = measure.parse_iperf3(text)
+    assert result.mbit_s == pytest.approx(123.0) and result.retransmits == 7
+    with pytest.raises(ValueError):
+        measure.parse_iperf3(json.dumps({"error": "the server is busy running a test"}))
+
+
+def test_percentile_interpolates() -> None:
+    assert measure.percentile([1, 2, 3, 4], 50) == pytest.approx(2.5)
+    assert measure.percentile([3.0], 95) == 3.0
+    assert math.isnan(measure.percentile([], 95))
+    assert measure.percentile(list(range(1, 21)), 95) == pytest.approx(19.05)
+
+
+def test_edit_config_sets_replaces_and_deletes_before_inline_blocks() -> None:
+    text = "dev tun\nmssfix 1400 mtu\ndata-ciphers AES-256-GCM\n<ca>\nPEM\n</ca>\n"
+    out = tunnel.edit_config(text, [("data-ciphers", "CHACHA20-POLY1305"), ("mssfix", None), ("fast-io", "")])
+    lines = out.splitlines()
+    assert "mssfix 1400 mtu" not in lines and "data-ciphers CHACHA20-POLY1305" in lines
+    assert lines.index("fast-io") < lines.index("<ca>")
+    assert out.count("data-ciphers") == 1
+
+
+def test_stock_client_takes_the_pki_blocks() -> None:
+    profile = "dev x\n<ca>\nCA\n</ca>\n<cert>\nC\n</cert>\n<key>\nK\n</key>\n<tls-crypt>\nT\n</tls-crypt>\n"
+    server, client = tunnel.stock_configs(profile, "203.0.113.10", "server")
+    assert "keepalive 10 120" in server and "cipher AES-128-GCM" in server
+    assert "server 198.51.100.0 255.255.255.0" in server
+    assert "remote 203.0.113.10 1194" in client and "verify-x509-name server name" in client
+    for block in ("<ca>\nCA\n</ca>", "<cert>\nC\n</cert>", "<key>\nK\n</key>", "<tls-crypt>\nT\n</tls-crypt>"):
+        assert block in client
+
+
+def _results() -> run.Results:
+    r = run.Results(run.QUICK, "2026-01-01 00:00 UTC", {"CPU": "test", "cores": "2", "OS": "12"}, "python -m bench.run")
+    r.web = [web.Cell(system, mode, conns, rps, 1.0, 9.0, 0, 0, 0, 0, 10.0, [rps])
+             for mode in web.MODES for conns in (64, 1000)
+             for system, rps in (("vpnoffload", 1300), ("nginx", 1000), ("nginx keepalive", 1200), ("HAProxy", 1100))]
+    r.bulk = [bulk.Cell(p, d, v, 0, 0, [v]) for p, v in (("via vpnoffload", 96), ("via HAProxy", 90),
+                                                          ("raw tunnel", 100)) for d in bulk.DIRECTIONS]
+    r.memory = [memory.Sample("vpnoffload", n, n, 40000, 30000, n, n / 4, {"OpenVPN": (8000, 3000)}, (8000, 3000))
+                for n in (1, 100, 1000)]
+    r.failover = [failover.Cycle(1.5 + i / 100, 1.0, 2.5, 0) for i in range(20)]
+    r.watchdog = [failover.WatchdogCost("idle", 10, 18000, 18000, 0.03, 0.0)]
+    r.tunnel = [tunnel.Cell(v, d, m, 10, 50.0, 400.0, [m, m], [400.0, 400.0])
+                for v, m in (("generated", 200), ("buffers 1 MiB", 260)) for d in tunnel.DIRECTIONS]
+    r.errors = {"item 9 (imaginary)": "RuntimeError: boom"}
+    return r
+
+
+def test_goals_and_report_render() -> None:
+    results = _results()
+    goals = {goal: ok for goal, _, ok in report.goals(results)}
+    assert all(goals.values()), goals
+    text = report.render(results, {"web": "img/bench-requests.png"})
+    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Reproduce"):
+        assert heading in text
+    assert "![requests per second" in text and "**FAILED**" in text and "boom" in text
+    assert report.tuning_verdicts(results.tunnel) == {"buffers 1 MiB": "higher"}
+    assert any(line.startswith("FAILED") for line in report.goal_lines(results))
+
+
+def test_missed_goal_is_said_plainly() -> None:
+    results = _results()
+    results.web = [c for c in results.web if c.system != "vpnoffload"] + [
+        web.Cell("vpnoffload", mode, conns, 1100, 1.0, 9.0, 0, 0, 0, 0, 10.0, [1100])
+        for mode in web.MODES for conns in (64, 1000)]
+    row = next(r for r in report.goals(results) if "nginx" in r[0])
+    assert row[2] is False and "(miss" in row[1]
+    assert "**MISSED**" in report.render(results, {})
+
+
+def test_results_survive_json(tmp_path) -> None:
+    results = _results()
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(run._jsonable(results)))
+    again = run.load_results(path)
+    assert report.render(again, {}) == report.render(results, {})

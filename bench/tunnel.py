@@ -1,0 +1,336 @@
+"""Item 6: throughput of the OpenVPN tunnel itself, vpnoffload's config against a stock one,
+and the effect of single tunings.
+
+A lab of its own (only its vps and home namespaces carry the tunnel) runs
+OpenVPN by hand with variant configs. The baseline is exactly what vpnoffload
+renders (``vpnoffload.render``). "stock" is the kind of config popular
+installers write: here the defaults of angristan/openvpn-install (keepalive
+10 120, AES-128-GCM, no MTU/MSS or buffer settings, so OpenVPN 2.6's defaults).
+Every other variant is the generated config with one change, applied to both
+ends. iperf3 measures TCP goodput over the tunnel between the two tunnel
+addresses (no forwarding), both ways; the VPS's OpenVPN CPU time per run
+shows what each byte costs the small machine.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from bench import measure
+from bench.stage import Narrator, unique_prefix
+from vpnoffload.lab import Lab, lab_session
+from vpnoffload.model import Config, Home, Tunnel, Vps
+from vpnoffload.pki import Pki
+from vpnoffload.render import render_home, render_vps
+
+SUBNET = IPv4Network("198.51.100.0/24")
+SERVER_TUN = "198.51.100.1"
+HOME_TUN = IPv4Address("198.51.100.2")
+IPERF_PORT = 5301
+READY = "Initialization Sequence Completed"
+READY_WAIT = 20.0
+DIRECTIONS = ("home to VPS", "VPS to home")
+#: One core per end, as two real machines would have: each end's OpenVPN and iperf3
+#: share a core, and the two ends do not steal from each other. (This machine has 2.)
+CPU_OF = {"vps": "0", "home": "1"}
+
+
+def _pinned(host: str, *argv: str) -> list[str]:
+    return ["taskset", "-c", CPU_OF[host], *argv] if CPU_OF.get(host) is not None else list(argv)
+
+#: (directive, value or None to delete it): applied to both ends' config text.
+Edit = tuple[str, str | None]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    edits: tuple[Edit, ...] = ()
+    stock: bool = False  # the installer-style config instead of the generated one
+    safe: bool = True  # fit for any internet path (for the report)
+
+
+VARIANTS = (
+    Variant("generated", "vpnoffload's config as rendered: AES-256-GCM, tun-mtu 1500, mssfix 1400 mtu, "
+            "OS socket buffers, keepalive 2 10"),
+    Variant("stock", "angristan/openvpn-install defaults: AES-128-GCM, keepalive 10 120, "
+            "OpenVPN 2.6 defaults for MTU (mssfix 1492 mtu) and buffers", stock=True),
+    Variant("CHACHA20-POLY1305", "generated, data cipher CHACHA20-POLY1305",
+            (("data-ciphers", "CHACHA20-POLY1305"),)),
+    Variant("buffers 1 MiB", "generated + sndbuf 1048576, rcvbuf 1048576",
+            (("sndbuf", "1048576"), ("rcvbuf", "1048576"))),
+    Variant("txqueuelen 1000", "generated + txqueuelen 1000 on the tun device", (("txqueuelen", "1000"),)),
+    Variant("MTU defaults", "generated without tun-mtu/mssfix lines (2.6 default mssfix 1492 mtu)",
+            (("tun-mtu", None), ("mssfix", None))),
+    Variant("fast-io", "generated + fast-io (UDP: write without polling first; OpenVPN 2.6 only, ignored since 2.7)",
+            (("fast-io", ""),)),
+    Variant("buffers+txqueuelen+fast-io", "generated + the three socket/queue tunings together",
+            (("sndbuf", "1048576"), ("rcvbuf", "1048576"), ("txqueuelen", "1000"), ("fast-io", ""))),
+)
+QUICK_VARIANTS = ("generated", "stock", "CHACHA20-POLY1305", "buffers 1 MiB")
+
+
+@dataclass
+class Run:
+    variant: str
+    direction: str
+    rep: int
+    mbit_s: float
+    retransmits: int
+    vps_cpu_s: float  # the VPS's OpenVPN, during the run
+
+
+@dataclass
+class Cell:
+    variant: str
+    direction: str
+    mbit_s: float
+    retransmits: int
+    vps_cpu_percent: float
+    mbit_per_cpu_s: float  # megabits carried per CPU-second of the VPS's OpenVPN (efficiency)
+    runs: list[float] = field(default_factory=list)  # Mbit/s, in repetition order
+    efficiency_runs: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Facts:
+    """What the kernel and OpenVPN settled on for the generated config."""
+
+    txqueuelen: int = 0
+    cipher: str = ""
+    mtu: int = 0
+    #: Socket buffer limits of this kernel: OpenVPN's sndbuf/rcvbuf are capped at the *_max values.
+    rmem_default: int = 0
+    rmem_max: int = 0
+    wmem_max: int = 0
+
+
+# ------------------------------------------------------------------ config texts
+
+
+def edit_config(text: str, edits: Sequence[Edit]) -> str:
+    """``text`` with each directive set (all its lines replaced) or deleted; new ones go
+    before the first inline block (``<ca>``) or at the end."""
+    lines = text.splitlines()
+    for directive, value in edits:
+        lines = [ln for ln in lines if ln.split()[:1] != [directive]]
+        if value is not None:
+            new = f"{directive} {value}".rstrip()
+            at = next((i for i, ln in enumerate(lines) if re.match(r"<[a-z-]+>", ln)), len(lines))
+            lines.insert(at, new)
+    return "\n".join(lines) + "\n"
+
+
+STOCK_SERVER = """\
+# angristan/openvpn-install style server.conf (its defaults), for comparison only
+port 1194
+proto udp
+dev tun
+persist-key
+persist-tun
+keepalive 10 120
+topology subnet
+server {network} {netmask}
+dh none
+ecdh-curve prime256v1
+tls-crypt tls-crypt.key
+crl-verify crl.pem
+ca ca.crt
+cert server.crt
+key server.key
+auth SHA256
+cipher AES-128-GCM
+ncp-ciphers AES-128-GCM
+tls-server
+tls-version-min 1.2
+tls-cipher TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256
+client-config-dir ccd
+status status.log
+verb 3
+"""
+
+STOCK_CLIENT = """\
+# angristan/openvpn-install style client profile (its defaults), for comparison only
+client
+proto udp
+explicit-exit-notify
+remote {remote} 1194
+dev tun
+resolv-retry infinite
+nobind
+persist-key
+persist-tun
+remote-cert-tls server
+verify-x509-name {server_name} name
+auth SHA256
+auth-nocache
+cipher AES-128-GCM
+tls-client
+tls-version-min 1.2
+tls-cipher TLS-ECDHE-ECDSA-WITH-AES-128-GCM-SHA256
+ignore-unknown-option block-outside-dns
+verb 3
+"""
+
+
+def stock_configs(generated_profile: str, remote: str, server_name: str) -> tuple[str, str]:
+    """The stock server.conf and client profile (the PKI blocks taken from the generated profile)."""
+    blocks = "".join(m.group(0) + "\n" for m in
+                     re.finditer(r"<(ca|cert|key|tls-crypt)>.*?</\1>", generated_profile, re.DOTALL))
+    server = STOCK_SERVER.format(network=SUBNET.network_address, netmask=SUBNET.netmask)
+    client = STOCK_CLIENT.format(remote=remote, server_name=server_name) + blocks
+    return server, client
+
+
+# ------------------------------------------------------------------ running it
+
+
+@dataclass
+class TunnelLab:
+    lab: Lab
+    directory: Path
+    server_conf: str  # generated texts
+    client_conf: str
+    server_name: str
+
+
+def prepare(lab: Lab, directory: Path) -> TunnelLab:
+    """A PKI and vpnoffload's own rendering of both ends, in ``directory``."""
+    config = Config(vps=Vps(address=IPv4Address(lab.vps_address)), tunnel=Tunnel(subnet=SUBNET),
+                    homes={"home": Home("home", HOME_TUN)})
+    pki = Pki.create(directory / "pki")
+    pki.issue("home")
+    server_dir = directory / "server"
+    render_vps(config, pki, server_dir, status_path=directory / "status", run_as=None)
+    profile = render_home(config, pki, "home", directory / "profiles")
+    return TunnelLab(lab, directory, (server_dir / "server.conf").read_text(), profile.read_text(),
+                     pki.server_name)
+
+
+def _texts(tl: TunnelLab, variant: Variant) -> tuple[str, str]:
+    if variant.stock:
+        server, client = stock_configs(tl.client_conf, tl.lab.vps_address, tl.server_name)
+        return edit_config(server, variant.edits), edit_config(client, variant.edits)
+    return edit_config(tl.server_conf, variant.edits), edit_config(tl.client_conf, variant.edits)
+
+
+def _start(tl: TunnelLab, variant: Variant) -> tuple[subprocess.Popen, subprocess.Popen, Path]:
+    server_text, client_text = _texts(tl, variant)
+    server_dir = tl.directory / "server"
+    (server_dir / "variant.conf").write_text(server_text)
+    client_path = tl.directory / "profiles" / "variant.ovpn"
+    client_path.write_text(client_text)
+    client_path.chmod(0o600)
+    logs = tl.directory / "logs"
+    logs.mkdir(exist_ok=True)
+    tag = re.sub(r"[^A-Za-z0-9]+", "-", variant.name)
+    with open(logs / f"{tag}-server.log", "wb") as out:
+        server = tl.lab.popen("vps", *_pinned("vps", "openvpn", "--cd", str(server_dir), "--config", "variant.conf"),
+                              stdout=out, stderr=subprocess.STDOUT)
+    client_log = logs / f"{tag}-client.log"
+    with open(client_log, "wb") as out:
+        client = tl.lab.popen("home", *_pinned("home", "openvpn", "--config", str(client_path)),
+                              stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + READY_WAIT
+    while READY not in client_log.read_text(errors="replace"):
+        if time.monotonic() > deadline or client.poll() is not None or server.poll() is not None:
+            _stop(server, client)
+            tail = "\n".join(client_log.read_text(errors="replace").splitlines()[-5:])
+            raise RuntimeError(f"tunnel variant {variant.name!r} did not come up: {tail}")
+        time.sleep(0.1)
+    return server, client, client_log
+
+
+def _stop(*procs: subprocess.Popen) -> None:
+    # SIGKILL: explicit-exit-notify would make each stop wait a second for nothing.
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def facts(tl: TunnelLab, client_log: Path) -> Facts:
+    out = tl.lab.exec("home", "ip", "-o", "link", "show", "vpnoffload0", check=False).stdout
+    qlen = re.search(r"qlen (\d+)", out)
+    mtu = re.search(r"mtu (\d+)", out)
+    cipher = re.search(r"Data Channel: cipher '([^']+)'", client_log.read_text(errors="replace"))
+    return Facts(int(qlen.group(1)) if qlen else 0, cipher.group(1) if cipher else "", int(mtu.group(1)) if mtu else 0,
+                 *(_sysctl_int(name) for name in ("rmem_default", "rmem_max", "wmem_max")))
+
+
+def _sysctl_int(name: str) -> int:
+    try:
+        return int(Path(f"/proc/sys/net/core/{name}").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _iperf(tl: TunnelLab, server_pid: int, direction: str, seconds: int) -> tuple[measure.IperfResult, float]:
+    argv = ["iperf3", "-c", SERVER_TUN, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
+            *(["-R"] if direction == "VPS to home" else [])]
+    error = ""
+    for _ in range(2):
+        before = measure.cpu_times(server_pid).own
+        out = tl.lab.exec("home", *_pinned("home", *argv), check=False, timeout=seconds + 30)
+        used = measure.cpu_times(server_pid).own - before
+        try:
+            return measure.parse_iperf3(out.stdout), used
+        except (ValueError, KeyError) as exc:
+            error = str(exc) or out.stderr.strip()
+    raise RuntimeError(f"iperf3 over the tunnel failed twice: {error}")
+
+
+def run(scratch: Path, narrator: Narrator, *, seconds: int, reps: int,
+        names: Sequence[str] | None = None) -> tuple[list[Run], Facts]:
+    """Every variant ``reps`` times (all variants once, then again), in a lab of its own."""
+    variants = [v for v in VARIANTS if names is None or v.name in names]
+    runs: list[Run] = []
+    found = Facts()
+    directory = scratch / "tunnel"
+    directory.mkdir(mode=0o755)
+    prefix = unique_prefix("t")
+    narrator.step(f"item 6: building lab {prefix} for the tunnel variants")
+    with lab_session(prefix) as lab:
+        tl = prepare(lab, directory)
+        for rep in range(reps):
+            for variant in variants:
+                narrator.step(f"item 6: {variant.name}, run {rep + 1}/{reps}")
+                server, client, client_log = _start(tl, variant)
+                # A fresh iperf3 server per tunnel: one whose test was cut off stays "busy".
+                iperf = lab.popen("vps", *_pinned("vps", "iperf3", "-s", "-p", str(IPERF_PORT)))
+                try:
+                    if not lab.wait_tcp("home", SERVER_TUN, IPERF_PORT, timeout=10):
+                        raise RuntimeError(f"iperf3 is not reachable over the tunnel ({variant.name})")
+                    if variant.name == "generated" and rep == 0:
+                        found = facts(tl, client_log)
+                    for direction in DIRECTIONS:
+                        result, cpu = _iperf(tl, server.pid, direction, seconds)
+                        runs.append(Run(variant.name, direction, rep, result.mbit_s, result.retransmits, cpu))
+                finally:
+                    _stop(iperf, server, client)
+    return runs, found
+
+
+def cells(runs: Sequence[Run], seconds: int) -> list[Cell]:
+    keys = list(dict.fromkeys((r.variant, r.direction) for r in runs))
+    out = []
+    for variant, direction in keys:
+        group = [r for r in runs if (r.variant, r.direction) == (variant, direction)]
+        efficiency = [r.mbit_s * seconds / r.vps_cpu_s if r.vps_cpu_s else float("nan") for r in group]
+        out.append(Cell(variant, direction, measure.median([r.mbit_s for r in group]),
+                        sum(r.retransmits for r in group),
+                        100 * measure.median([r.vps_cpu_s for r in group]) / seconds,
+                        measure.median(efficiency), [r.mbit_s for r in group], efficiency))
+    return out
