@@ -9,14 +9,14 @@ removes only what vpnoffload owns or recorded adding.
 from __future__ import annotations
 
 import contextlib
-import logging
 import filecmp
+import logging
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,11 +144,6 @@ def _sysctl_actions(desired: dict[str, str], backends: Backends, rec: record_mod
 
 
 # ------------------------------------------------------------------ VPS
-
-
-@dataclass
-class VpsPlan:
-    actions: list[Action] = field(default_factory=list)
 
 
 def _same_tree(a: Path, b: Path) -> bool:
