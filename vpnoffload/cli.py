@@ -487,26 +487,10 @@ def watch(ctx: typer.Context) -> None:
 @app.command()
 def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Show the tunnel and each service. Exit 0: all forwarding; 1: fallback or tunnel down; 2: not set up."""
-    import json
-
-    from vpnoffload import config as cfg
-    from vpnoffload import health, watchrun
     from vpnoffload import status as status_mod
 
-    paths = _ctx(ctx).paths
-    config = cfg.load(paths.config)
-    running = watchrun.server_running(paths)
-
-    def probe(svc: Any, home: str) -> Any:
-        return health.probe(str(config.homes[home].address), svc.target_port, svc.check, config.watch.timeout,
-                            host_header=svc.hostname)
-
-    report = status_mod.gather(config, paths, server_running=running, live_probe=probe)
-    if as_json:
-        typer.echo(json.dumps(report.data, indent=2))
-    else:
-        for line in status_mod.render_text(report.data):
-            typer.echo(line)
+    report = status_mod.report_for(_ctx(ctx).paths)
+    typer.echo(status_mod.render(report, as_json))
     raise typer.Exit(int(report.exit_status))
 
 

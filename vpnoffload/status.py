@@ -127,3 +127,23 @@ def render_text(data: dict[str, Any]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     return lines
+
+
+def report_for(paths: Paths) -> Report:
+    """Load the config and gather the report, checking homes live when no watchdog runs."""
+    from vpnoffload import config as cfg
+    from vpnoffload import health, watchrun
+
+    config = cfg.load(paths.config)
+
+    def probe(svc: Any, home: str) -> Any:
+        return health.probe(str(config.homes[home].address), svc.target_port, svc.check, config.watch.timeout,
+                            host_header=svc.hostname)
+
+    return gather(config, paths, server_running=watchrun.server_running(paths), live_probe=probe)
+
+
+def render(report: Report, as_json: bool) -> str:
+    import json
+
+    return json.dumps(report.data, indent=2) if as_json else "\n".join(render_text(report.data))

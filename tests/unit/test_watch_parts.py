@@ -160,3 +160,30 @@ def test_install_service_writes_units_with_out_and_refuses_bad_end(tmp_path: Pat
     assert (tmp_path / "vpnoffload-vps.service").exists() and (tmp_path / "vpnoffload-watch.service").exists()
     bad = CliRunner().invoke(app, ["-c", str(cfgfile), "install-service", "garage", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "not an end" in bad.output
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["status"], {"command": "status"}),
+        (["-c", "/x.toml", "status", "--json"], {"config": "/x.toml", "command": "status", "json": True}),
+        (["status", "--help"], None),
+        (["status", "--yaml"], None),
+    ],
+)
+def test_lean_status_entry(argv: list[str], expected) -> None:
+    assert entry.lean_options(argv) == expected
+
+
+def test_lean_status_and_typer_status_say_the_same(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vpnoffload.cli import app
+
+    cfgfile = tmp_path / "c.toml"
+    cfgfile.write_text('[vps]\naddress = "203.0.113.10"\n[homes.home]\naddress = "10.88.0.2"\n')
+    lean = subprocess.run([sys.executable, "-m", "vpnoffload", "-c", str(cfgfile), "status", "--json"],
+                          capture_output=True, text=True, timeout=30)
+    typed = CliRunner().invoke(app, ["-c", str(cfgfile), "status", "--json"])
+    assert lean.returncode == typed.exit_code == 2
+    assert "not set up" in lean.stderr and "not set up" in typed.output
