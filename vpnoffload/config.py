@@ -69,11 +69,16 @@ def check_proto(value: Any, field: str) -> str:
     return value
 
 
-def check_address(value: Any, field: str) -> IPv4Address:
+def _ip(value: Any) -> IPv4Address | IPv6Address | None:
+    """``value`` as an IP address of either family, or None when it is not one."""
     try:
-        addr = ipaddress.ip_address(value) if isinstance(value, str) else None
+        return ipaddress.ip_address(value) if isinstance(value, str) else None
     except ValueError:
-        addr = None
+        return None
+
+
+def check_address(value: Any, field: str) -> IPv4Address:
+    addr = _ip(value)
     if addr is None:
         raise ConfigError(f"{value!r} is not an IPv4 address", field=field)
     if not isinstance(addr, IPv4Address):
@@ -89,10 +94,7 @@ GLOBAL_UNICAST6 = IPv6Network("2000::/3")
 
 def check_address6(value: Any, field: str) -> IPv6Address:
     """An IPv6 address that can face the internet (inside 2000::/3, not link-local/ULA/mapped)."""
-    try:
-        addr = ipaddress.ip_address(value) if isinstance(value, str) else None
-    except ValueError:
-        addr = None
+    addr = _ip(value)
     if not isinstance(addr, IPv6Address):
         raise ConfigError(f"{value!r} is not an IPv6 address", field=field)
     if addr.scope_id is not None:
@@ -293,10 +295,7 @@ def _home_address6(body: dict[str, Any], address: IPv4Address, tunnel: Tunnel, f
         return None
     if "address6" in body:
         raw = body["address6"]
-        try:
-            address6 = ipaddress.ip_address(raw) if isinstance(raw, str) else None
-        except ValueError:
-            address6 = None
+        address6 = _ip(raw)
         if not isinstance(address6, IPv6Address):
             raise ConfigError(f"{raw!r} is not an IPv6 address", field=field)
     else:
