@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import filecmp
 import logging
-import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,29 +310,18 @@ def _forget_stale_watch_state(paths: Paths) -> list[Action]:
 
 def _stop_watchdog_actions(paths: Paths) -> list[Action]:
     """`down vps` stops a running watchdog first, or its next swap would write the chains back."""
+    from vpnoffload.procs import terminate
     from vpnoffload.watchrun import watch_pid
 
     pid = watch_pid(paths)
     actions = []
     if pid is not None:
         actions.append(Action(f"stop the watchdog (pid {pid}; under systemd: systemctl stop vpnoffload-watch)",
-                              lambda: _terminate(pid), None))
+                              lambda: terminate(pid, kill=False), None))
     if paths.watch_state.exists():
         actions.append(Action(f"forget the watchdog's state {paths.watch_state}",
                               lambda: paths.watch_state.unlink(missing_ok=True), None))
     return actions
-
-
-def _terminate(pid: int, timeout: float = 10.0) -> None:
-    import signal
-
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-        time.sleep(0.05)
 
 
 def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:

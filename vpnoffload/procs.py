@@ -7,6 +7,7 @@ command line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,6 +17,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vpnoffload.errors import BackendError
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def terminate(pid: int, timeout: float = 10.0, *, kill: bool = True) -> None:
+    """SIGTERM ``pid`` and wait up to ``timeout`` s for it to go; then SIGKILL it if ``kill``."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.05)
+    if kill and alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @dataclass
@@ -68,12 +92,7 @@ class PythonDaemon:
     def stop(self, timeout: float = 10.0) -> None:
         pid = self.pid()
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and self.pid() == pid:
-                time.sleep(0.05)
-            if self.pid() == pid:
-                os.kill(pid, signal.SIGKILL)
+            terminate(pid, timeout)
         self.pidfile.unlink(missing_ok=True)
 
     def reload(self) -> None:

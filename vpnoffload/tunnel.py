@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -104,25 +103,12 @@ class DaemonTunnel:
         raise BackendError(f"openvpn was not ready after {timeout:g} s (see {self.logfile})")
 
     def stop(self, timeout: float = 10) -> None:
-        pid = self.pid()
-        if pid is None:
-            self.pidfile.unlink(missing_ok=True)
-            return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self._alive(pid):
-            time.sleep(0.05)
-        if self._alive(pid):
-            os.kill(pid, signal.SIGKILL)
-        self.pidfile.unlink(missing_ok=True)
+        from vpnoffload.procs import terminate
 
-    @staticmethod
-    def _alive(pid: int) -> bool:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return False
-        return state != "Z"
+        pid = self.pid()
+        if pid is not None:
+            terminate(pid, timeout)
+        self.pidfile.unlink(missing_ok=True)
 
     def _log(self) -> str:
         try:
