@@ -340,20 +340,34 @@ def show_status(lab: Lab, sites: Sites, n: Narrator, available: bool, when: str)
     vpnoffload(lab, sites, "vps", "status", narrator=n, ok_codes=(int(ExitStatus.OK), int(ExitStatus.UNHEALTHY)))
 
 
+def _cable(lab: Lab, n: Narrator, *, up: bool) -> None:
+    """Show, then do, the one command that pulls (or plugs back) home's cable."""
+    n.command("you", ["ip", "-n", lab.namespace(ROUTER), "link", "set", lab.home_cable, "up" if up else "down"])
+    if up:
+        lab.plug_cable()
+    else:
+        lab.pull_cable()
+
+
+def _first_reply(lab: Lab, n: Narrator, *, want: int, marker: str, wait: float, failure: str,
+                 clock: Callable[[], float]) -> float:
+    """Seconds from now until a new visitor connection first gets ``want`` (and ``marker``)."""
+    start = clock()
+    with n.waiting(f"the visitor tries a new connection every {POLL_EVERY:g} s (at most {wait:g} s)"):
+        poll = visitor_poll(lab, want=want, marker=marker, wait=wait)
+    if poll["at"] is None:
+        raise LabStepError(f"{failure} (visitor saw: {_tally(poll)})")
+    n.output(f"{poll['attempts']} new connections: {_tally(poll)}")
+    return poll["at"] - start
+
+
 def fail_over(lab: Lab, n: Narrator, *, wait: float = FAILOVER_WAIT,
               clock: Callable[[], float] = time.monotonic) -> float:
     """Pull home's cable; seconds until a new visitor connection gets the friendly page (503)."""
     n.section("Pull home's cable: home vanishes from the internet")
-    n.command("you", ["ip", "-n", lab.namespace(ROUTER), "link", "set", lab.home_cable, "down"])
-    lab.pull_cable()
-    start = clock()
-    with n.waiting(f"the visitor tries a new connection every {POLL_EVERY:g} s (at most {wait:g} s)"):
-        poll = visitor_poll(lab, want=503, marker="", wait=wait)
-    if poll["at"] is None:
-        raise LabStepError(f"the friendly page did not appear within {wait:g} s of pulling the cable "
-                           f"(visitor saw: {_tally(poll)})")
-    elapsed = poll["at"] - start
-    n.output(f"{poll['attempts']} new connections: {_tally(poll)}")
+    _cable(lab, n, up=False)
+    elapsed = _first_reply(lab, n, want=503, marker="", wait=wait, clock=clock,
+                           failure=f"the friendly page did not appear within {wait:g} s of pulling the cable")
     n.ok(f"failover: the visitor got the friendly page (HTTP 503) {elapsed:.1f} s after the cable was pulled")
     return elapsed
 
@@ -362,16 +376,9 @@ def recover(lab: Lab, n: Narrator, *, wait: float = RECOVERY_WAIT,
             clock: Callable[[], float] = time.monotonic) -> float:
     """Plug the cable back; seconds until a new visitor connection is served from home again."""
     n.section("Plug the cable back in")
-    n.command("you", ["ip", "-n", lab.namespace(ROUTER), "link", "set", lab.home_cable, "up"])
-    lab.plug_cable()
-    start = clock()
-    with n.waiting(f"the visitor tries a new connection every {POLL_EVERY:g} s (at most {wait:g} s)"):
-        poll = visitor_poll(lab, want=200, marker=HOME_MARKER, wait=wait)
-    if poll["at"] is None:
-        raise LabStepError(f"the site did not come back from home within {wait:g} s of plugging the cable "
-                           f"(visitor saw: {_tally(poll)})")
-    elapsed = poll["at"] - start
-    n.output(f"{poll['attempts']} new connections: {_tally(poll)}")
+    _cable(lab, n, up=True)
+    elapsed = _first_reply(lab, n, want=200, marker=HOME_MARKER, wait=wait, clock=clock,
+                           failure=f"the site did not come back from home within {wait:g} s of plugging the cable")
     n.ok(f"recovery: the visitor was served from home again {elapsed:.1f} s after the cable came back")
     return elapsed
 
@@ -379,17 +386,13 @@ def recover(lab: Lab, n: Narrator, *, wait: float = RECOVERY_WAIT,
 def outage_without_watchdog(lab: Lab, n: Narrator) -> None:
     """Without ``watch``: show what visitors get instead of the friendly page, then restore."""
     n.section("Pull home's cable (without the watchdog)")
-    n.command("you", ["ip", "-n", lab.namespace(ROUTER), "link", "set", lab.home_cable, "down"])
-    lab.pull_cable()
+    _cable(lab, n, up=False)
     n.command("visitor", ["curl", "--max-time", "2", f"http://{lab.vps_address}/"])
     status, body = lab.http_get("visitor", f"http://{lab.vps_address}/", timeout=2)
     n.warn(f"the visitor gets {_describe(status, body)}: this is what 'vpnoffload watch' replaces with a friendly page")
-    n.command("you", ["ip", "-n", lab.namespace(ROUTER), "link", "set", lab.home_cable, "up"])
-    lab.plug_cable()
-    poll = visitor_poll(lab, want=200, marker=HOME_MARKER, wait=RECOVERY_WAIT)
-    if poll["at"] is None:
-        raise LabStepError(f"the site did not come back within {RECOVERY_WAIT:g} s of plugging the cable "
-                           f"(visitor saw: {_tally(poll)})")
+    _cable(lab, n, up=True)
+    _first_reply(lab, n, want=200, marker=HOME_MARKER, wait=RECOVERY_WAIT, clock=time.monotonic,
+                 failure=f"the site did not come back within {RECOVERY_WAIT:g} s of plugging the cable")
     n.ok("cable back: the visitor is served from home again")
 
 
