@@ -1,5 +1,5 @@
 """Benchmarks of vpnoffload against what users run instead (``python -m bench.run``).
 
 Everything runs in throw-away network namespace labs on this machine (see
-``vpnoffload.lab``); nothing is sent anywhere else. See bench/README.md.
+``vpnoffload.lab.netns``); nothing is sent anywhere else. See bench/README.md.
 """

@@ -215,7 +215,7 @@ def _method(results: Results) -> list[str]:
     out = [
         "## How it was measured",
         "",
-        "Everything runs on one machine, in network namespaces built by `vpnoffload.lab` (TEST-NET addresses only, "
+        "Everything runs on one machine, in network namespaces built by `vpnoffload.lab.netns` (TEST-NET addresses only, "
         "no NAT, so every address is real):",
         "",
         "```",

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpnoffload.lab import Lab
+from vpnoffload.lab.netns import Lab
 
 #: The page the home site serves; the marker tells it from the friendly page.
 HOME_MARKER = "served from home"

@@ -1,6 +1,6 @@
 """The benchmark's lab: vpnoffload set up with its own CLI, plus the alternatives.
 
-Reuses the step functions of ``vpnoffload.labdemo`` (build, configure_vps,
+Reuses the step functions of ``vpnoffload.lab.demo`` (build, configure_vps,
 copy_to_home, bring_up, start_watchdog, teardown), so the benchmark measures
 exactly what ``vpnoffload lab up`` builds, with two differences: the home site
 is nginx (fast, so the path is measured, not the backend), and an extra
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from bench import measure, servers
 from vpnoffload import config as vpn_config
-from vpnoffload import labdemo
-from vpnoffload.lab import Lab, check_prerequisites
+from vpnoffload.lab import demo as labdemo
+from vpnoffload.lab.netns import Lab, check_prerequisites
 
 WEB_PORT = labdemo.WEB_PORT  # the home site (labdemo's "web" service targets it)
 VISIT_PORT = 80  # vpnoffload's "web" service on the VPS
@@ -115,7 +115,7 @@ class Stage:
         return {
             "OpenVPN": measure.find_pids(ns, comm_is="openvpn"),
             "watchdog": [self.watchdog_pid] if self.watchdog_pid in measure.namespace_pids(ns) else [],
-            "page server": measure.find_pids(ns, argv_has=("vpnoffload.pageserver",)),
+            "page server": measure.find_pids(ns, argv_has=("vpnoffload.watch.pageserver",)),
         }
 
     def conntrack_count(self) -> int:

@@ -3,7 +3,7 @@ and the effect of single tunings.
 
 A lab of its own (only its vps and home namespaces carry the tunnel) runs
 OpenVPN by hand with variant configs. The baseline is exactly what vpnoffload
-renders (``vpnoffload.render``). "stock" is the kind of config popular
+renders (``vpnoffload.render.openvpn``). "stock" is the kind of config popular
 installers write: here the defaults of angristan/openvpn-install (keepalive
 10 120, AES-128-GCM, no MTU/MSS or buffer settings, so OpenVPN 2.6's defaults).
 Every other variant is the generated config with one change, applied to both
@@ -25,10 +25,10 @@ from pathlib import Path
 
 from bench import measure
 from bench.stage import Narrator, unique_prefix
-from vpnoffload.lab import Lab, lab_session
+from vpnoffload.lab.netns import Lab, lab_session
 from vpnoffload.model import Config, Home, Tunnel, Vps
 from vpnoffload.pki import Pki
-from vpnoffload.render import render_home, render_vps
+from vpnoffload.render.openvpn import render_home, render_vps
 
 SUBNET = IPv4Network("198.51.100.0/24")
 SERVER_TUN = "198.51.100.1"

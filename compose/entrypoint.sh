@@ -72,7 +72,7 @@ role_home() {
     vpnoffload up home
     touch "$READY"
     say "serving the demo site on :8080"
-    exec python -m vpnoffload.labweb --port 8080 --name home
+    exec python -m vpnoffload.lab.web --port 8080 --name home
 }
 
 role_visitor() {

@@ -4,7 +4,7 @@ typer (which now pulls in pydantic) costs ~20 MB of resident memory and
 ~0.3 s to import; the watchdog runs for months on 256 MB VPSes and ``status``
 runs in monitoring loops, so these two parse their few options themselves.
 Everything else, their ``--help`` included, goes to the typer CLI in
-``vpnoffload.cli``.
+``vpnoffload.cli.app``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def run_lean(options: dict[str, str | bool]) -> int:
             report = status.report_for(paths)
             print(status.render(report, bool(options.get("json"))))
             return int(report.exit_status)
-        from vpnoffload import watchrun
+        from vpnoffload.watch import loop as watchrun
 
         return watchrun.run(paths, server_running=watchrun.server_running(paths))
     except VpnOffloadError as exc:
@@ -89,6 +89,6 @@ def main() -> None:
     options = lean_options(sys.argv[1:])
     if options is not None:
         sys.exit(run_lean(options))
-    from vpnoffload.cli import app
+    from vpnoffload.cli.app import app
 
     app(prog_name="vpnoffload")

@@ -49,8 +49,8 @@ class Report:
 
 def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: Any = None) -> Report:
     """Build the report. ``live_probe(service)`` is used only when no watchdog runs."""
-    from vpnoffload import watchrun
-    from vpnoffload.watchdog import read_state
+    from vpnoffload.watch import loop as watchrun
+    from vpnoffload.watch.decide import read_state
 
     if not paths.server_dir.exists():
         raise NotSetUpError("the VPS end is not set up: run 'vpnoffload up vps'")
@@ -132,7 +132,8 @@ def render_text(data: dict[str, Any]) -> list[str]:
 def report_for(paths: Paths) -> Report:
     """Load the config and gather the report, checking homes live when no watchdog runs."""
     from vpnoffload import config as cfg
-    from vpnoffload import health, watchrun
+    from vpnoffload.watch import health
+    from vpnoffload.watch import loop as watchrun
 
     config = cfg.load(paths.config)
 

@@ -1,6 +1,6 @@
 """Fixtures for end-to-end tests: a fresh namespace lab per test, and the CLI run inside it.
 
-Every test gets its own lab under a random prefix (see vpnoffload.lab) and the
+Every test gets its own lab under a random prefix (see vpnoffload.lab.netns) and the
 lab is always destroyed, killing whatever the test started in it (openvpn,
 watchdogs, web servers). Without root, openvpn or /dev/net/tun the tests skip.
 """
@@ -18,7 +18,7 @@ import pytest
 
 from tests.nslib import unique
 from vpnoffload.errors import PrerequisiteError
-from vpnoffload.lab import Lab, check_prerequisites, lab_session
+from vpnoffload.lab.netns import Lab, check_prerequisites, lab_session
 from vpnoffload.paths import CONFIG_ENV, STATE_ENV
 
 

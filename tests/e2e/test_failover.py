@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import cli, cli_argv, configure, crowd, openvpn_pids
-from vpnoffload.lab import Lab
+from vpnoffload.lab.netns import Lab
 
 HOSTNAME = "blog.example.org"
 
@@ -92,8 +92,8 @@ def test_cable_pulled_friendly_page_then_back(lab: Lab, sites: tuple[Path, Path]
     configure(lab, vps_site, home_site,
               ["web", "--listen", "80", "--target", "8080", "--check", "http:/", "--hostname", HOSTNAME],
               ["shell", "--listen", "2222", "--target", "2223"])
-    lab.popen("home", sys.executable, "-m", "vpnoffload.labweb", "--port", "8080")
-    lab.popen("home", sys.executable, "-m", "vpnoffload.labweb", "--port", "2223")
+    lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080")
+    lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", "2223")
     assert lab.wait_tcp("home", "127.0.0.1", 8080) and lab.wait_tcp("home", "127.0.0.1", 2223)
     cli(lab, "vps", vps_site, "up", "vps")
     cli(lab, "home", home_site, "up", "home")

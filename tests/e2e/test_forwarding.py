@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, cli, configure, openvpn_pids
-from vpnoffload.lab import Lab, snapshot, snapshot_diff
+from vpnoffload.lab.netns import Lab, snapshot, snapshot_diff
 
 def test_visitor_is_served_from_home_and_down_restores_everything(lab: Lab, sites: tuple[Path, Path]) -> None:
     vps_site, home_site = sites
@@ -18,8 +18,8 @@ def test_visitor_is_served_from_home_and_down_restores_everything(lab: Lab, site
     configure(lab, vps_site, home_site, ["web", "--listen", "80", "--target", "8080", "--check", "http:/"])
     assert (home_site / "state" / "home.ovpn").stat().st_mode & 0o077 == 0
 
-    web = lab.popen("home", sys.executable, "-m", "vpnoffload.labweb", "--port", "8080")
-    secret = lab.popen("home", sys.executable, "-m", "vpnoffload.labweb", "--port", "9090")
+    web = lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080")
+    secret = lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", "9090")
     assert lab.wait_tcp("home", "127.0.0.1", 8080) and lab.wait_tcp("home", "127.0.0.1", 9090)
     before = {host: snapshot(lab, host) for host in ("vps", "home")}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, TUNNEL_SUBNET, cli, cli_argv, openvpn_pids
-from vpnoffload.lab import Lab, snapshot, snapshot_diff
+from vpnoffload.lab.netns import Lab, snapshot, snapshot_diff
 
 TUNNEL_SUBNET6 = "fd00:88::/64"
 HOME_TUNNEL_ADDRESS6 = "fd00:88::2"  # derived from home's IPv4 tunnel address .2
@@ -58,7 +58,7 @@ def test_dedicated_ipv6_address_real_visitor_page_and_clean_down(
 
     # Home serves on every address (IPv6 and IPv4); 9090 is not offloaded.
     for port in ("8080", "8081", "9090"):
-        lab.popen("home", sys.executable, "-m", "vpnoffload.labweb", "--port", port, "--bind", "::")
+        lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", port, "--bind", "::")
         assert lab.wait_tcp("home", "::1", int(port))
     before = {host: snapshot(lab, host) for host in ("vps", "home")}
 

@@ -18,8 +18,8 @@ import pytest
 from tests.nslib import needs_root, unique
 from vpnoffload import users
 from vpnoffload.errors import PrerequisiteError
-from vpnoffload.lab import Lab, check_prerequisites, child_env
-from vpnoffload.labdemo import (
+from vpnoffload.lab.netns import Lab, check_prerequisites, child_env
+from vpnoffload.lab.demo import (
     LAB_ROOT,
     RecordingNarrator,
     Sites,

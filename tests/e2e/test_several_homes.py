@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import cli, cli_argv, crowd
-from vpnoffload.lab import Lab
+from vpnoffload.lab.netns import Lab
 
 VISIT = r"""
 import http.client, json, sys
@@ -61,7 +61,7 @@ def test_first_healthy_home_serves_page_only_when_none(lab: Lab, sites: tuple[Pa
         (site / "state").mkdir(mode=0o755)
         cli(lab, "vps", vps_site, "render", "home", "--home", name, "--out", str(site / "state"))
         shutil.copy(vps_site / "vpnoffload.toml", site / "vpnoffload.toml")
-        lab.popen(name, sys.executable, "-m", "vpnoffload.labweb", "--port", "8080", "--name", name)
+        lab.popen(name, sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080", "--name", name)
         assert lab.wait_tcp(name, "127.0.0.1", 8080)
     cli(lab, "vps", vps_site, "up", "vps")
     cli(lab, "home", home_site, "up", "home")

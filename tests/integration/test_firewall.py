@@ -29,7 +29,7 @@ FIREWALL = r"""
 import json, sys
 from ipaddress import IPv4Address, IPv4Network
 from vpnoffload import firewall as fw
-from vpnoffload.iptc_backend import IptcBackend
+from vpnoffload.firewall.iptc import IptcBackend
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps
 from vpnoffload.plan import apply, summaries
 

@@ -54,7 +54,7 @@ target = "8081"
 FIREWALL = r"""
 import json, sys
 from vpnoffload import config as cfg, firewall as fw
-from vpnoffload.iptc_backend import IptcBackend
+from vpnoffload.firewall.iptc import IptcBackend
 from vpnoffload.plan import apply, summaries
 config = cfg.parse_text(sys.stdin.read())
 backend = IptcBackend()
@@ -134,7 +134,7 @@ def test_dnat_in_both_families_from_one_process_either_order(tmp_path: Path) -> 
 
 def test_ipv4_only_hosts_never_touch_ip6tables(tmp_path: Path) -> None:
     with namespaces(unique("fw4")) as (ns,):
-        script = ("from vpnoffload.iptc_backend import IptcBackend; IptcBackend().read(); "
+        script = ("from vpnoffload.firewall.iptc import IptcBackend; IptcBackend().read(); "
                   "print(open('/proc/net/ip6_tables_names').read().split() if "
                   "__import__('os').path.exists('/proc/net/ip6_tables_names') else [])")
         out = in_ns(ns, sys.executable, "-c", script, env=ENV).stdout

@@ -15,7 +15,7 @@ import pytest
 
 from tests.nslib import in_ns, needs_root, sh, unique
 from vpnoffload.errors import BackendError
-from vpnoffload.lab import Lab, lab_session, snapshot, snapshot_diff
+from vpnoffload.lab.netns import Lab, lab_session, snapshot, snapshot_diff
 
 pytestmark = [needs_root, pytest.mark.root, pytest.mark.timeout(60)]
 
@@ -30,7 +30,7 @@ def lab() -> Iterator[Lab]:
 
 
 def start_web(lab: Lab, host: str) -> subprocess.Popen:
-    proc = lab.popen(host, sys.executable, "-m", "vpnoffload.labweb", "--port", str(WEB_PORT), "--name", host)
+    proc = lab.popen(host, sys.executable, "-m", "vpnoffload.lab.web", "--port", str(WEB_PORT), "--name", host)
     address = lab.vps_address if host == "vps" else lab.home_uplink_address
     assert lab.wait_tcp(host, address, WEB_PORT, timeout=5), f"labweb did not start in {host}"
     return proc

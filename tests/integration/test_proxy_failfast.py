@@ -25,9 +25,10 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 # connect to home the way nginx would and the way the watchdog does.
 PROGRAM = r"""
 import json, socket, sys, time
-from vpnoffload import firewall as fw, health
+from vpnoffload import firewall as fw
+from vpnoffload.watch import health
 from vpnoffload.config import parse_text
-from vpnoffload.iptc_backend import IptcBackend
+from vpnoffload.firewall.iptc import IptcBackend
 from vpnoffload.plan import apply, summaries
 
 config = parse_text('''

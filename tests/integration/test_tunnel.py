@@ -26,7 +26,7 @@ import pytest
 from tests.nslib import in_ns, link, namespaces, needs_openvpn, needs_root, sh, unique
 from vpnoffload.model import Config, Home, Tunnel, Vps
 from vpnoffload.pki import Pki, tls_crypt_key_text, write_atomic
-from vpnoffload.render import render_home, render_vps
+from vpnoffload.render.openvpn import render_home, render_vps
 
 pytestmark = [pytest.mark.root, needs_root, needs_openvpn]
 

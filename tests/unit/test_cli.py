@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vpnoffload.cli import app
+from vpnoffload.cli.app import app
 
 CONFIG = """# hand-written comment
 [vps]

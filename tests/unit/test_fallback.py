@@ -6,7 +6,7 @@ import http.client
 
 import pytest
 
-from vpnoffload.fallback import FallbackServer, response
+from vpnoffload.watch.page import FallbackServer, response
 
 
 def test_response_headers() -> None:
@@ -71,7 +71,7 @@ def test_https_service_gets_the_page_over_tls_and_unknown_names_a_fast_close(tmp
     import socket
     import ssl
 
-    from vpnoffload import fallback
+    from vpnoffload.watch import page as fallback
 
     cert, key = _self_signed(tmp_path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -10,7 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from vpnoffload import firewall as fw
-from vpnoffload import iptc_backend
+from vpnoffload.firewall import iptc as iptc_backend
 from vpnoffload.errors import ApplyError, BackendError, ConfigError
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps
 from vpnoffload.plan import apply, summaries

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from vpnoffload.health import probe
+from vpnoffload.watch.health import probe
 from vpnoffload.model import Check
 
 

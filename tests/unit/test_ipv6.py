@@ -13,14 +13,16 @@ import pytest
 
 from tests.unit.test_render import FakePki, check_golden
 from vpnoffload import config as cfg
-from vpnoffload import deploy, doctor, iptc_backend, plan, sysctl
+from vpnoffload import deploy, plan, sysctl
+from vpnoffload.deploy import doctor
+from vpnoffload.firewall import iptc as iptc_backend
 from vpnoffload import firewall as fw
 from vpnoffload import routing as rt
 from vpnoffload.errors import ApplyError, ConfigError
-from vpnoffload.lab import Lab
+from vpnoffload.lab.netns import Lab
 from vpnoffload.paths import Paths
 from vpnoffload.pki import Pki
-from vpnoffload.render import ccd_entry, server_config
+from vpnoffload.render.openvpn import ccd_entry, server_config
 
 BASE = """
 [vps]
@@ -403,7 +405,7 @@ def test_no_subnet6_no_ipv6_in_openvpn_files() -> None:
 
 def test_client_profile_takes_the_pushed_ipv6_address() -> None:
     # route-nopull and the pull-filters drop routes only; ifconfig-ipv6 still applies.
-    from vpnoffload.render import client_profile
+    from vpnoffload.render.openvpn import client_profile
 
     text = client_profile(parse(), FakePki(), "home")
     assert 'pull-filter ignore "ifconfig' not in text

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from vpnoffload import labdemo
-from vpnoffload.cli import app
+from vpnoffload.lab import demo as labdemo
+from vpnoffload.cli.app import app
 from vpnoffload.errors import PrerequisiteError
-from vpnoffload.lab import Lab
-from vpnoffload.labdemo import LabStepError, RecordingNarrator, Sites
+from vpnoffload.lab.netns import Lab
+from vpnoffload.lab.demo import LabStepError, RecordingNarrator, Sites
 
 
 class FakeProc:
@@ -217,6 +217,6 @@ def test_a_bad_prefix_is_refused_before_anything(monkeypatch: pytest.MonkeyPatch
 
 
 def test_help_does_not_import_rich() -> None:
-    code = "import sys; from vpnoffload.cli import app; assert 'rich.console' not in sys.modules"
+    code = "import sys; from vpnoffload.cli.app import app; assert 'rich.console' not in sys.modules"
     proc = subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -18,7 +18,7 @@ import pytest
 from vpnoffload.errors import ConfigError, NotSetUpError
 from vpnoffload.model import Config, Home, Tunnel, Vps
 from vpnoffload.pki import CertInfo, Pki
-from vpnoffload.render import (
+from vpnoffload.render.openvpn import (
     ccd_entry,
     client_profile,
     ovpn_quote,

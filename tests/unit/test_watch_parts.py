@@ -13,15 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from vpnoffload import entry, pages, status, swap
+from vpnoffload import entry, status
+
+from vpnoffload.render import pages
+
+from vpnoffload.watch import swap
 from vpnoffload.errors import ConfigError
 from vpnoffload.firewall import FakeBackend
-from vpnoffload.health import Result
-from vpnoffload.metrics import exposition
+from vpnoffload.watch.health import Result
+from vpnoffload.watch.metrics import exposition
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps
 from vpnoffload.paths import Paths
-from vpnoffload.service_unit import unit_text
-from vpnoffload.watchdog import Watchdog
+from vpnoffload.deploy.units import unit_text
+from vpnoffload.watch.decide import Watchdog
 
 
 def config(page: Path | None = None) -> Config:
@@ -128,7 +132,7 @@ def test_swap_rewrites_rules_and_forgets_changed_flows(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("end,home", [("vps", None), ("home", "home")])
 def test_boot_units_verify_and_run_up_and_down(tmp_path: Path, end: str, home: str | None) -> None:
-    from vpnoffload.service_unit import units
+    from vpnoffload.deploy.units import units
 
     paths = Paths(config=Path("/etc/vpnoffload/vpnoffload.toml"), state=Path("/etc/vpnoffload/state"))
     found = units(paths, end, home)
@@ -151,7 +155,7 @@ def test_boot_units_verify_and_run_up_and_down(tmp_path: Path, end: str, home: s
 def test_install_service_writes_units_with_out_and_refuses_bad_end(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from vpnoffload.cli import app
+    from vpnoffload.cli.app import app
 
     cfgfile = tmp_path / "c.toml"
     cfgfile.write_text('[vps]\naddress = "203.0.113.10"\n[homes.home]\naddress = "10.88.0.2"\n')
@@ -178,7 +182,7 @@ def test_lean_status_entry(argv: list[str], expected) -> None:
 def test_lean_status_and_typer_status_say_the_same(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from vpnoffload.cli import app
+    from vpnoffload.cli.app import app
 
     cfgfile = tmp_path / "c.toml"
     cfgfile.write_text('[vps]\naddress = "203.0.113.10"\n[homes.home]\naddress = "10.88.0.2"\n')

@@ -8,9 +8,9 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from vpnoffload.errors import BackendError
-from vpnoffload.health import Result
+from vpnoffload.watch.health import Result
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps, Watch
-from vpnoffload.watchdog import Watchdog, believed_targets
+from vpnoffload.watch.decide import Watchdog, believed_targets
 
 
 def config(fall: int = 2, rise: int = 2, backups: tuple[str, ...] = ()) -> Config:

@@ -17,12 +17,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vpnoffload import doctor, webserver
+from vpnoffload.deploy import doctor
+
+from vpnoffload.render import webserver
 from vpnoffload import firewall as fw
-from vpnoffload.cli import app
+from vpnoffload.cli.app import app
 from vpnoffload.config import parse_text
 from vpnoffload.errors import ConfigError
-from vpnoffload.health import connect
+from vpnoffload.watch.health import connect
 from vpnoffload.model import HEALTH_MARK
 
 GOLDEN = Path(__file__).parent / "golden"

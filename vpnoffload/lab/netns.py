@@ -54,7 +54,7 @@ HOSTS = (ROUTER, "vps", "home", "visitor", "attic")
 UPLINK_DEVICE = "eth0"
 _PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
-_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Apply a watchdog decision: rewrite the owned rules, then forget the affected flows.
 
-Runs as a short-lived child of the watchdog (``python -m vpnoffload.swap``),
+Runs as a short-lived child of the watchdog (``python -m vpnoffload.watch.swap``),
 so python-iptables (~20 MB) and pyroute2 (~23 MB) are loaded only for the
 fraction of a second a swap takes and never stay in the watchdog's memory.
 
@@ -53,7 +53,7 @@ def flush_conntrack(marks: list[tuple[int, int]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vpnoffload.swap", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m vpnoffload.watch.swap", description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--decision", help='JSON {"active": {service: home or null}, "flush": [service, ...]}; '
                                            "without it, read that one line from stdin once everything is loaded")

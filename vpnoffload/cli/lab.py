@@ -1,6 +1,6 @@
 """``vpnoffload lab up|demo|down``: a throw-away lab on this machine (root).
 
-Thin: the steps and their narration live in ``vpnoffload.labdemo``, which is
+Thin: the steps and their narration live in ``vpnoffload.lab.demo``, which is
 imported inside each command (it pulls in ``rich``), so ``--help`` stays fast.
 Errors are VpnOffloadError and reach the CLI's one-line handler.
 """
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from vpnoffload.lab import DEFAULT_PREFIX
+from vpnoffload.lab.netns import DEFAULT_PREFIX
 
 lab_app = typer.Typer(
     no_args_is_help=True,
@@ -24,7 +24,7 @@ PrefixOpt = Annotated[str, typer.Option("--prefix", help="Names the lab's namesp
 @lab_app.command("up")
 def lab_up(prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
     """Build the lab and set both ends up with vpnoffload's own commands; leave it running."""
-    from vpnoffload import labdemo
+    from vpnoffload.lab import demo as labdemo
 
     lab, sites = labdemo.open_lab(prefix)
     narrator = labdemo.RichNarrator()
@@ -39,7 +39,7 @@ def lab_demo(
     keep: Annotated[bool, typer.Option("--keep", help="Leave the lab running afterwards (remove it with 'lab down').")] = False,
 ) -> None:
     """Tell the whole story: served from home, pull home's cable, friendly page, plug it back."""
-    from vpnoffload import labdemo
+    from vpnoffload.lab import demo as labdemo
 
     lab, sites = labdemo.open_lab(prefix)
     labdemo.run_demo(lab, sites, labdemo.RichNarrator(), keep=keep)
@@ -48,6 +48,6 @@ def lab_demo(
 @lab_app.command("down")
 def lab_down(prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
     """Remove the lab: its processes, namespaces, files, and anything its 'up' added to this machine."""
-    from vpnoffload import labdemo
+    from vpnoffload.lab import demo as labdemo
 
     labdemo.run_down(prefix, labdemo.RichNarrator())

@@ -3,7 +3,7 @@
 Both ends are set up with vpnoffload's own commands run inside the lab's
 namespaces (``ip netns exec <prefix>-vps python -m vpnoffload ...``), exactly
 the commands a user runs on two real machines, so the demo teaches the real
-workflow. Every step is a plain function of a :class:`~vpnoffload.lab.Lab`
+workflow. Every step is a plain function of a :class:`~vpnoffload.lab.netns.Lab`
 and a :class:`Narrator`; tests run them with a recording narrator and a fake
 lab. Only the narrator writes to the terminal (``rich`` is imported by
 :class:`RichNarrator` alone, so ``vpnoffload --help`` stays fast).
@@ -35,8 +35,8 @@ from typing import Any
 
 from vpnoffload import users
 from vpnoffload.errors import BackendError, ConfigError, ExitStatus, VpnOffloadError
-from vpnoffload.lab import ROUTER, Lab, check_prerequisites
-from vpnoffload.narrate import Narrator, RecordingNarrator, RichNarrator  # noqa: F401 (re-exported)
+from vpnoffload.lab.netns import ROUTER, Lab, check_prerequisites
+from vpnoffload.lab.narrate import Narrator, RecordingNarrator, RichNarrator  # noqa: F401 (re-exported)
 
 LAB_ROOT = Path("/run/vpnoffload-lab")
 TUNNEL_SUBNET = "198.51.100.0/24"
@@ -145,7 +145,7 @@ def available_commands() -> frozenset[str]:
     """Top-level vpnoffload commands of this version (``watch`` and ``status`` are newer)."""
     import typer.main
 
-    from vpnoffload.cli import app
+    from vpnoffload.cli.app import app
 
     return frozenset(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
 
@@ -232,8 +232,8 @@ def copy_to_home(sites: Sites, n: Narrator) -> None:
 
 def start_home_site(lab: Lab, sites: Sites, n: Narrator) -> None:
     n.section(f"At home: the web site the VPS will forward to (port {WEB_PORT})")
-    argv = [sys.executable, "-m", "vpnoffload.labweb", "--port", str(WEB_PORT), "--name", "home"]
-    n.command("home", ["python3", "-m", "vpnoffload.labweb", "--port", str(WEB_PORT), "--name", "home"])
+    argv = [sys.executable, "-m", "vpnoffload.lab.web", "--port", str(WEB_PORT), "--name", "home"]
+    n.command("home", ["python3", "-m", "vpnoffload.lab.web", "--port", str(WEB_PORT), "--name", "home"])
     n.note("  (left running in the background)")
     start_background(lab, sites, "home", "labweb", argv)
     if not lab.wait_tcp("home", "127.0.0.1", WEB_PORT, timeout=5):

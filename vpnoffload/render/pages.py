@@ -2,7 +2,7 @@
 
 ``up vps`` renders them into the run directory (it has jinja2 loaded anyway);
 the page server that sends them never imports jinja2 (~10 MB) and only reads
-the finished HTML. ``python -m vpnoffload.pages`` renders them by hand. HTML autoescape is on here, unlike the OpenVPN templates:
+the finished HTML. ``python -m vpnoffload.render.pages`` renders them by hand. HTML autoescape is on here, unlike the OpenVPN templates:
 a hostname ends up inside HTML.
 """
 
@@ -21,7 +21,7 @@ DEFAULT_TEMPLATE = "fallback.html.j2"
 def _environment(service: Service):  # -> jinja2.Environment
     import jinja2
 
-    from vpnoffload.render import _load_template
+    from vpnoffload.render.openvpn import _load_template
 
     if service.page is not None:
         loader: jinja2.BaseLoader = jinja2.FileSystemLoader(str(service.page.parent))
@@ -67,7 +67,7 @@ def render_pages(config: Config, out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vpnoffload.pages")
+    parser = argparse.ArgumentParser(prog="python -m vpnoffload.render.pages")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)

@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 
 from vpnoffload import __version__
 from vpnoffload.errors import ConfigError, ExitStatus, VpnOffloadError
-from vpnoffload.labcli import lab_app
+from vpnoffload.cli.lab import lab_app
 from vpnoffload.paths import Paths
 
 
@@ -293,7 +293,7 @@ def render_vps(ctx: typer.Context, out: Annotated[Path, typer.Option(help="Direc
     """Write the OpenVPN server config, per-home addresses, CRL and keys (0600)."""
     from vpnoffload import config as cfg
     from vpnoffload import pki as pki_mod
-    from vpnoffload import render
+    from vpnoffload.render import openvpn as render
 
     paths = _ctx(ctx).paths
     config = cfg.load(paths.config)
@@ -310,7 +310,7 @@ def render_home(
     """Write one self-contained client profile NAME.ovpn for a home box."""
     from vpnoffload import config as cfg
     from vpnoffload import pki as pki_mod
-    from vpnoffload import render
+    from vpnoffload.render import openvpn as render
 
     paths = _ctx(ctx).paths
     config = cfg.load(paths.config)
@@ -326,7 +326,7 @@ def render_nginx(
 ) -> None:
     """Write the nginx includes that route the via=proxy services by name (Host, and SNI on 443)."""
     from vpnoffload import config as cfg
-    from vpnoffload import webserver
+    from vpnoffload.render import webserver
 
     config = cfg.load(_ctx(ctx).paths.config)
     written = webserver.render_nginx(config, out)
@@ -345,7 +345,7 @@ def render_haproxy(
 ) -> None:
     """Write the HAProxy frontends and backends that route the via=proxy services by name."""
     from vpnoffload import config as cfg
-    from vpnoffload import webserver
+    from vpnoffload.render import webserver
 
     config = cfg.load(_ctx(ctx).paths.config)
     written = webserver.render_haproxy(config, out)
@@ -402,7 +402,8 @@ def _execute(actions: list[Any], dry_run: bool, what: str) -> None:
 def up_vps(ctx: typer.Context, dry_run: DryRun = False) -> None:
     """Start the OpenVPN server, forward the services' ports to home (DNAT), enable forwarding."""
     from vpnoffload import config as cfg
-    from vpnoffload import deploy, doctor
+    from vpnoffload import deploy
+    from vpnoffload.deploy import doctor
 
     paths = _ctx(ctx).paths
     config = cfg.load(paths.config)
@@ -419,7 +420,8 @@ def up_vps(ctx: typer.Context, dry_run: DryRun = False) -> None:
 def up_home(ctx: typer.Context, home: HomeOpt = None, profile: ProfileOpt = None, dry_run: DryRun = False) -> None:
     """Connect to the VPS and route replies for visitors back through the tunnel."""
     from vpnoffload import config as cfg
-    from vpnoffload import deploy, doctor
+    from vpnoffload import deploy
+    from vpnoffload.deploy import doctor
 
     paths = _ctx(ctx).paths
     config = cfg.load(paths.config)
@@ -433,7 +435,8 @@ def up_home(ctx: typer.Context, home: HomeOpt = None, profile: ProfileOpt = None
 @down_app.command("vps")
 def down_vps(ctx: typer.Context, dry_run: DryRun = False) -> None:
     """Stop the tunnel and remove every rule, address and setting 'up vps' added."""
-    from vpnoffload import deploy, doctor
+    from vpnoffload import deploy
+    from vpnoffload.deploy import doctor
 
     paths = _ctx(ctx).paths
     doctor.require_prerequisites()
@@ -445,7 +448,8 @@ def down_vps(ctx: typer.Context, dry_run: DryRun = False) -> None:
 def down_home(ctx: typer.Context, home: HomeOpt = None, profile: ProfileOpt = None, dry_run: DryRun = False) -> None:
     """Stop the tunnel and remove the policy routing and rules 'up home' added."""
     from vpnoffload import config as cfg
-    from vpnoffload import deploy, doctor
+    from vpnoffload import deploy
+    from vpnoffload.deploy import doctor
 
     paths = _ctx(ctx).paths
     name = home or cfg.load(paths.config).default_home.name
@@ -460,7 +464,7 @@ def down_home(ctx: typer.Context, home: HomeOpt = None, profile: ProfileOpt = No
 def doctor(ctx: typer.Context) -> None:
     """Check this machine for what vpnoffload needs, with a fix hint for each problem."""
     from vpnoffload import config as cfg
-    from vpnoffload import doctor as doc
+    from vpnoffload.deploy import doctor as doc
 
     paths = _ctx(ctx).paths
     config = cfg.load(paths.config) if paths.config.exists() else None
@@ -478,7 +482,7 @@ def doctor(ctx: typer.Context) -> None:
 @app.command()
 def watch(ctx: typer.Context) -> None:
     """Run the failover watchdog in the foreground (systemd runs it as vpnoffload-watch)."""
-    from vpnoffload import watchrun
+    from vpnoffload.watch import loop as watchrun
 
     paths = _ctx(ctx).paths
     raise typer.Exit(watchrun.run(paths, server_running=watchrun.server_running(paths)))
@@ -503,7 +507,7 @@ def install_service(
 ) -> None:
     """Install and start systemd units: 'up END' at boot, 'down END' on stop (and the watchdog on the VPS)."""
     from vpnoffload import config as cfg
-    from vpnoffload import service_unit
+    from vpnoffload.deploy import units as service_unit
 
     paths = _ctx(ctx).paths
     if end not in ("vps", "home"):

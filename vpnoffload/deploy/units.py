@@ -17,7 +17,7 @@ UNIT_DIR = Path("/etc/systemd/system")
 def _template(name: str, **values: object) -> str:
     import jinja2
 
-    from vpnoffload.render import _load_template
+    from vpnoffload.render.openvpn import _load_template
 
     env = jinja2.Environment(loader=jinja2.FunctionLoader(_load_template), autoescape=False,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)

@@ -22,17 +22,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vpnoffload import config as cfg
-from vpnoffload import sdnotify
+from vpnoffload.watch import sdnotify
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
 from vpnoffload.paths import Paths
-from vpnoffload.watchdog import Watchdog, believed_targets, read_state, write_state
+from vpnoffload.watch.decide import Watchdog, believed_targets, read_state, write_state
 
 log = logging.getLogger("vpnoffload.watch")
 SWAP_TIMEOUT = 20.0
 
 
 class SubprocessSwapper:
-    """Runs ``python -m vpnoffload.swap`` and raises if it fails (the next tick retries).
+    """Runs ``python -m vpnoffload.watch.swap`` and raises if it fails (the next tick retries).
 
     ``prepare`` forks the child ahead of time (when a check first fails), so it
     has loaded its libraries by the time the swap is decided; ``cancel`` lets
@@ -45,7 +45,7 @@ class SubprocessSwapper:
 
     def prepare(self) -> None:
         if self._child is None or self._child.poll() is not None:
-            argv = [sys.executable, "-m", "vpnoffload.swap", "--config", str(self.paths.config)]
+            argv = [sys.executable, "-m", "vpnoffload.watch.swap", "--config", str(self.paths.config)]
             self._child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                            stderr=subprocess.PIPE, text=True)
 
@@ -84,14 +84,14 @@ def run(paths: Paths, *, server_running: bool) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        from vpnoffload.health import tunnel_rx_packets
+        from vpnoffload.watch.health import tunnel_rx_packets
 
         dog = Watchdog(config, SubprocessSwapper(paths),
                        activity=lambda: tunnel_rx_packets(config.tunnel.device))
         dog.start(believed_targets(read_state(paths.watch_state)))
         _publish(paths, dog)
         if config.watch.metrics:
-            from vpnoffload.metrics import MetricsServer
+            from vpnoffload.watch.metrics import MetricsServer
 
             metrics = MetricsServer(config.watch.metrics, dog)
             metrics.start()

@@ -6,7 +6,7 @@ plus the jump rules that lead into them from other chains, so reading back
 
 A :class:`Rule` is one iptables rule written exactly as ``iptables-save``
 prints it (``-d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j ...``). The
-python-iptables backend (:mod:`vpnoffload.iptc_backend`) writes these and
+python-iptables backend (:mod:`vpnoffload.firewall.iptc`) writes these and
 reads them back in the same form, so desired and actual state compare equal
 and a second ``up`` plans nothing.
 
@@ -497,7 +497,7 @@ class FakeBackend:
 
 def default_backend() -> Backend:
     """The real backend (imports python-iptables, ~20 MB, only when called)."""
-    from vpnoffload.iptc_backend import IptcBackend
+    from vpnoffload.firewall.iptc import IptcBackend
 
     return IptcBackend()
 

@@ -127,7 +127,7 @@ def _listeners(found: list[Site], port: int) -> list[Listener]:
 def _environment():  # -> jinja2.Environment
     import jinja2
 
-    from vpnoffload.render import _load_template
+    from vpnoffload.render.openvpn import _load_template
 
     return jinja2.Environment(
         loader=jinja2.FunctionLoader(_load_template),
@@ -159,7 +159,7 @@ def _render(template: str, config: Config, out: Path, **values: object) -> str:
 
 def _page_files(config: Config, out: Path, *, raw_http: bool) -> dict[Path, str]:
     """``pages/<service>.html`` (and ``.http``, a whole HTTP response, for HAProxy's errorfile)."""
-    from vpnoffload.pages import render_page
+    from vpnoffload.render.pages import render_page
 
     files: dict[Path, str] = {}
     for site in sites(config):

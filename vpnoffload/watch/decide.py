@@ -3,7 +3,7 @@
 Kept free of kernel libraries: the long-running ``watch`` process imports only
 this, ``health`` and ``config``. Applying a swap (python-iptables rules,
 conntrack flush) is injected as ``swap`` and runs in a short-lived child
-process (see ``vpnoffload.swap``), so python-iptables and pyroute2 never sit
+process (see ``vpnoffload.watch.swap``), so python-iptables and pyroute2 never sit
 in the watchdog's resident memory.
 
 Each service has an ordered list of home boxes. Every home is checked; a home
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from vpnoffload import health
+from vpnoffload.watch import health
 from vpnoffload.model import Config, Service
 
 log = logging.getLogger("vpnoffload.watch")

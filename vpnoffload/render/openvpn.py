@@ -69,7 +69,7 @@ def _templates_dir() -> Traversable:
     except ModuleNotFoundError:
         # A plain source checkout that was never pip-installed: templates/
         # sits beside the package instead of inside it.
-        return Path(__file__).resolve().parent.parent / "templates"
+        return Path(__file__).resolve().parents[2] / "templates"
 
 
 @functools.lru_cache(maxsize=1)

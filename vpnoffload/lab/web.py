@@ -1,6 +1,6 @@
 """A tiny web server for the lab: says which box served the page and who asked.
 
-    python -m vpnoffload.labweb --port 8080 [--name home] [--bind 0.0.0.0]
+    python -m vpnoffload.lab.web --port 8080 [--name home] [--bind 0.0.0.0]
 
 ``--bind ::`` serves IPv6 and IPv4 alike (IPv4 clients are shown as plain
 IPv4 addresses, not as ::ffff:a.b.c.d).
@@ -69,7 +69,7 @@ class DualStackServer(ThreadingHTTPServer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vpnoffload.labweb", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vpnoffload.lab.web", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--bind", default="0.0.0.0")
     parser.add_argument("--name", default="home", help="the box named on the page")

@@ -45,7 +45,7 @@ class Backends:
 
     @classmethod
     def real(cls) -> "Backends":
-        from vpnoffload.iptc_backend import IptcBackend
+        from vpnoffload.firewall.iptc import IptcBackend
         from vpnoffload.routing import Pyroute2Backend
 
         return cls(firewall=IptcBackend(), routing=Pyroute2Backend())
@@ -157,7 +157,7 @@ def _same_tree(a: Path, b: Path) -> bool:
 def _server_config_actions(config: Config, paths: Paths, tunnel: Any) -> list[Action]:
     """Render into a scratch dir; install (and restart OpenVPN) only when something changed."""
     from vpnoffload import pki as pki_mod
-    from vpnoffload import render
+    from vpnoffload.render import openvpn as render
 
     pki = pki_mod.Pki.open(paths.pki)
     scratch = _scratch(paths)
@@ -171,13 +171,13 @@ def page_server(paths: Paths, backends: Backends) -> Any:
         return backends.page_factory(paths)
     from vpnoffload.procs import PythonDaemon
 
-    return PythonDaemon("pageserver", "vpnoffload.pageserver",
+    return PythonDaemon("pageserver", "vpnoffload.watch.pageserver",
                         ("--config", str(paths.config), "--pages", str(paths.pages)), paths.run)
 
 
 def _page_actions(config: Config, paths: Paths, daemon: Any) -> list[Action]:
     """The friendly pages, rendered now (not during an outage), and the server that sends them."""
-    from vpnoffload import pages
+    from vpnoffload.render import pages
 
     scratch = _scratch(paths)
     pages.render_pages(config, scratch)
@@ -287,8 +287,8 @@ def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
     Only a live watchdog's view counts: with none running, `up vps` puts every
     service back on its first home, as a fresh start would.
     """
-    from vpnoffload.watchdog import believed_targets, read_state
-    from vpnoffload.watchrun import watch_pid
+    from vpnoffload.watch.decide import believed_targets, read_state
+    from vpnoffload.watch.loop import watch_pid
 
     if watch_pid(paths) is None:
         return {}
@@ -300,7 +300,7 @@ def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
 def _forget_stale_watch_state(paths: Paths) -> list[Action]:
     """With no watchdog running, `up vps` just put every service back home: the
     dead watchdog's last word no longer describes the rules (status reads it)."""
-    from vpnoffload.watchrun import watch_pid
+    from vpnoffload.watch.loop import watch_pid
 
     if watch_pid(paths) is not None or not paths.watch_state.exists():
         return []
@@ -311,7 +311,7 @@ def _forget_stale_watch_state(paths: Paths) -> list[Action]:
 def _stop_watchdog_actions(paths: Paths) -> list[Action]:
     """`down vps` stops a running watchdog first, or its next swap would write the chains back."""
     from vpnoffload.procs import terminate
-    from vpnoffload.watchrun import watch_pid
+    from vpnoffload.watch.loop import watch_pid
 
     pid = watch_pid(paths)
     actions = []

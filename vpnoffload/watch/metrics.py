@@ -5,7 +5,7 @@ from __future__ import annotations
 import socketserver
 import threading
 
-from vpnoffload.watchdog import Watchdog
+from vpnoffload.watch.decide import Watchdog
 
 
 def exposition(dog: Watchdog) -> str:

@@ -49,7 +49,7 @@ def check_openvpn() -> Finding:
 
 def check_legacy_iptables() -> Finding:
     try:
-        from vpnoffload.iptc_backend import IptcBackend
+        from vpnoffload.firewall.iptc import IptcBackend
 
         IptcBackend().read()
     except Exception as exc:  # any failure here means python-iptables is unusable; report it, don't crash
@@ -59,7 +59,7 @@ def check_legacy_iptables() -> Finding:
 
 
 def check_nft_variant() -> Finding:
-    from vpnoffload.iptc_backend import nft_variant_note
+    from vpnoffload.firewall.iptc import nft_variant_note
 
     note = nft_variant_note()
     if note:

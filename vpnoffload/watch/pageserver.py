@@ -1,10 +1,10 @@
-"""The friendly-page server as its own small process (``python -m vpnoffload.pageserver``).
+"""The friendly-page server as its own small process (``python -m vpnoffload.watch.pageserver``).
 
 ``up vps`` starts it next to OpenVPN and ``down vps`` stops it. It is kept out
 of the watchdog so that a watchdog that dies or restarts in the middle of an
 outage leaves visitors with the page, not with a refused connection. ``up vps``
 restarts it when the pages or what it listens on changed; SIGHUP reloads the
-pages in place (for a hand-edited template, after ``python -m vpnoffload.pages``).
+pages in place (for a hand-edited template, after ``python -m vpnoffload.render.pages``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import threading
 from pathlib import Path
 
 from vpnoffload.errors import BackendError, VpnOffloadError
-from vpnoffload.fallback import Destination, FallbackServer, FallbackServer6
+from vpnoffload.watch.page import Destination, FallbackServer, FallbackServer6
 from vpnoffload.model import Config
 
-log = logging.getLogger("vpnoffload.pages")
+log = logging.getLogger("vpnoffload.render.pages")
 
 
 def load_pages(config: Config, pages_dir: Path) -> dict[Destination, bytes]:
@@ -136,7 +136,7 @@ def serve(config_path: Path, pages_dir: Path, ready: Path | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vpnoffload.pageserver")
+    parser = argparse.ArgumentParser(prog="python -m vpnoffload.watch.pageserver")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--pages", type=Path, required=True)
     parser.add_argument("--ready", type=Path, help="write our pid here once listening")

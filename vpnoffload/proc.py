@@ -1,0 +1,88 @@
+"""The one way vpnoffload runs an external command.
+
+Every call goes through :func:`run`: an argv list (never a shell string), a
+bounded time, and the three ways a command can fail (missing, timed out,
+non-zero exit) turned into :class:`~vpnoffload.errors.VpnOffloadError` kinds,
+so no ``TimeoutExpired`` or ``FileNotFoundError`` ever reaches a user as a
+traceback. Python children get :func:`python_argv`: isolated mode, so a root
+process never imports from the directory it was started in.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from vpnoffload.errors import BackendError, PrerequisiteError
+
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished command printed, and its exit code."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def run(argv: Sequence[str], *, input: str | None = None, timeout: float = DEFAULT_TIMEOUT,
+        check: bool = True, hint: str | None = None, env: Mapping[str, str] | None = None) -> Result:
+    """Run ``argv`` to completion and return its output.
+
+    Raises PrerequisiteError when the program is missing (``hint`` says how to
+    install it), BackendError when it runs past ``timeout`` seconds, and, with
+    ``check``, BackendError naming the command and its last stderr line when it
+    exits non-zero.
+    """
+    argv = [str(a) for a in argv]
+    if shutil.which(argv[0]) is None:
+        raise PrerequisiteError(f"{argv[0]} is missing" + (f": {hint}" if hint else ""))
+    try:
+        proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False,
+                              stdin=None if input is not None else subprocess.DEVNULL,
+                              env=dict(env) if env is not None else None)
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"{_shown(argv)} did not finish within {timeout:g} s") from None
+    except OSError as exc:
+        raise BackendError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
+    if check and not result.ok:
+        raise BackendError(f"{_shown(argv)} failed: {last_line(result)}")
+    return result
+
+
+def last_line(result: Result) -> str:
+    """The most telling line of a failed command's output."""
+    lines = [ln.strip() for ln in (result.stderr or result.stdout).splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else f"exit status {result.returncode}"
+
+
+def _shown(argv: Sequence[str]) -> str:
+    text = " ".join(argv)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def python_argv(module: str, *args: str) -> list[str]:
+    """``python -I -m module args``: a Python child that imports only from its installation.
+
+    ``-I`` (isolated mode) leaves the current directory and the script's
+    directory off ``sys.path`` and ignores ``PYTHON*`` variables, so a file
+    planted where a root command is run cannot be imported as root.
+    """
+    return [sys.executable, "-I", "-m", module, *args]
+
+
+def safe_cwd() -> str:
+    """Where children run: a directory nobody but root can plant files in."""
+    return "/" if os.path.isdir("/") else os.getcwd()
