@@ -11,7 +11,7 @@ import pytest
 from vpnoffload import config as cfg
 from vpnoffload import deploy, plan
 from vpnoffload.errors import ApplyError, BackendError
-from vpnoffload.firewall import FakeBackend
+from tests.fakes import FakeBackend
 from vpnoffload.paths import Paths
 from vpnoffload.pki import Pki
 from vpnoffload.routing import Address, FakeRoutingBackend

@@ -9,6 +9,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from tests.fakes import FakeBackend
 from vpnoffload import firewall as fw
 from vpnoffload.firewall import iptc as iptc_backend
 from vpnoffload.errors import ApplyError, BackendError, ConfigError
@@ -74,9 +75,9 @@ VPS_NAT = [
 ]
 
 
-def foreign_firewall() -> fw.FakeBackend:
+def foreign_firewall() -> FakeBackend:
     """A firewall with other people's rules and chains, which we must never touch."""
-    return fw.FakeBackend(
+    return FakeBackend(
         tables={
             "filter": {
                 "FORWARD": [("-s", "192.0.2.0/24", "-j", "ACCEPT")],
@@ -198,7 +199,7 @@ def test_rule_target() -> None:
 
 
 def test_first_plan_describes_each_change_then_commits_per_table() -> None:
-    backend = fw.FakeBackend()
+    backend = FakeBackend()
     lines = summaries(fw.plan(backend, fw.home_ruleset(config(), "attic")))
     assert lines == [
         "iptables filter: create chain VPNOFFLOAD-FWD",
@@ -250,7 +251,7 @@ def test_plan_to_empty_removes_only_ours() -> None:
 
 
 def test_changing_one_service_changes_only_its_rules() -> None:
-    backend = fw.FakeBackend()
+    backend = FakeBackend()
     apply(fw.plan(backend, fw.vps_ruleset(config())))
     lines = summaries(fw.plan(backend, fw.vps_ruleset(config(), fallback=frozenset({"git"}))))
     assert lines == [
@@ -268,7 +269,7 @@ def test_changing_one_service_changes_only_its_rules() -> None:
 
 
 def test_plan_repairs_what_someone_else_removed() -> None:
-    backend = fw.FakeBackend()
+    backend = FakeBackend()
     desired = fw.vps_ruleset(config())
     apply(fw.plan(backend, desired))
     backend.tables["filter"]["FORWARD"].clear()
@@ -279,7 +280,7 @@ def test_plan_repairs_what_someone_else_removed() -> None:
 
 
 def test_switching_vps_to_home_rules_replaces_chains() -> None:
-    backend = fw.FakeBackend()
+    backend = FakeBackend()
     apply(fw.plan(backend, fw.vps_ruleset(config())))
     desired = fw.home_ruleset(config(), "home")
     apply(fw.plan(backend, desired))
@@ -320,7 +321,7 @@ def test_a_jump_into_our_chain_from_a_foreign_chain_is_ours_and_goes_on_down() -
 
 def test_fake_write_refuses_content_of_another_table() -> None:
     with pytest.raises(ValueError):
-        fw.FakeBackend().write("nat", fw.vps_ruleset(config()))
+        FakeBackend().write("nat", fw.vps_ruleset(config()))
 
 
 # --------------------------------------------------------------------------

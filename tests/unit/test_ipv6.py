@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.unit.test_render import FakePki, check_golden
+from tests.fakes import FakeBackend
 from vpnoffload import config as cfg
 from vpnoffload import deploy, plan, sysctl
 from vpnoffload.deploy import doctor
@@ -271,7 +272,7 @@ def test_home_ipv6_rules() -> None:
 
 
 def test_plan_writes_both_families_in_order_then_nothing_then_down() -> None:
-    backend = fw.FakeBackend()
+    backend = FakeBackend()
     desired = fw.vps_ruleset(parse())
     actions = fw.plan(backend, desired)
     commits = [a.summary for a in actions if "commit" in a.summary]
@@ -287,7 +288,7 @@ def test_plan_writes_both_families_in_order_then_nothing_then_down() -> None:
 
 
 def test_failed_ip6tables_commit_rolls_back_ipv4_too() -> None:
-    backend = fw.FakeBackend(fail_tables={"nat6"})
+    backend = FakeBackend(fail_tables={"nat6"})
     before = backend.dump()
     with pytest.raises(ApplyError, match="ip6tables nat: cannot commit"):
         plan.apply(fw.plan(backend, fw.vps_ruleset(parse())))
@@ -426,7 +427,7 @@ def env6(tmp_path: Path):
     tunnels: dict[str, FakeTunnel] = {}
     backends = deploy.Backends(
         page_factory=lambda paths: tunnels.setdefault("pages", FakeTunnel("pages", Path(), Path(), Path())),
-        firewall=fw.FakeBackend(),
+        firewall=FakeBackend(),
         routing=rt.FakeRoutingBackend(devices=("lo", "eth0.1"),
                                       addresses=[rt.Address(IPv4Address("203.0.113.10"), "eth0.1", 24)]),
         proc_root=proc, users=FakeUsers(), tunnel_factory=lambda **kw: tunnels.setdefault(kw["name"], FakeTunnel(**kw)),

@@ -19,7 +19,7 @@ from vpnoffload.render import pages
 
 from vpnoffload.watch import swap
 from vpnoffload.errors import ConfigError
-from vpnoffload.firewall import FakeBackend
+from tests.fakes import FakeBackend
 from vpnoffload.watch.health import Result
 from vpnoffload.watch.metrics import exposition
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps

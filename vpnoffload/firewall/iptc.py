@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from vpnoffload.errors import BackendError
-from vpnoffload.firewall import TABLES, Rule, Ruleset, is_owned, table_content, table_label
+from vpnoffload.firewall.rules import TABLES, Rule, Ruleset, is_owned, table_content, table_label
 
 DEFAULT_LOCKFILE = "/run/xtables.lock"
 LOCKFILE_ENV = "XTABLES_LOCKFILE"  # honoured by iptables itself, so by us too

@@ -1,0 +1,70 @@
+"""In-memory stand-ins for vpnoffload's OS backends, for unit tests only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vpnoffload.errors import BackendError
+from vpnoffload.firewall.rules import (
+    BUILTIN_CHAINS, TABLES, Rule, Ruleset, _jumps_to_owned, is_owned, table_content, table_label,
+)
+
+
+@dataclass
+class FakeBackend:
+    """An in-memory firewall for unit tests: ``tables[table][chain]`` is a list of
+    rule argument tuples. Behaves like :class:`IptcBackend` for everything
+    vpnoffload does, including leaving foreign chains and rules alone.
+
+    ``fail_tables``: writes to these tables raise BackendError (nothing changes).
+    ``writes``: the tables written, in order.
+    """
+
+    tables: dict[str, dict[str, list[tuple[str, ...]]]] = field(default_factory=dict)
+    fail_tables: set[str] = field(default_factory=set)
+    writes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for table, builtins in BUILTIN_CHAINS.items():
+            chains = self.tables.setdefault(table, {})
+            for chain in builtins:
+                chains.setdefault(chain, [])
+
+    def read(self) -> Ruleset:
+        chains: set[tuple[str, str]] = set()
+        rules: list[Rule] = []
+        for table in TABLES:
+            for chain, entries in self.tables[table].items():
+                owned = is_owned(chain)
+                if owned:
+                    chains.add((table, chain))
+                rules += [Rule(table, chain, a) for a in entries if owned or _jumps_to_owned(table, chain, a)]
+        return Ruleset(frozenset(chains), tuple(rules))
+
+    def write(self, table: str, content: Ruleset) -> None:
+        content = table_content(content, table)
+        if table in self.fail_tables:
+            raise BackendError(f"{table_label(table)}: cannot commit: simulated failure")
+        chains = {name: list(entries) for name, entries in self.tables[table].items()}
+        for name, entries in chains.items():
+            if not is_owned(name):
+                entries[:] = [a for a in entries if not _jumps_to_owned(table, name, a)]
+        for name in [n for n in chains if is_owned(n)]:
+            del chains[name]
+        for name in content.chain_names(table):
+            chains[name] = [r.args for r in content.rules_of(table, name)]
+        jumps: dict[str, list[tuple[str, ...]]] = {}
+        for rule in content.jumps(table):
+            if rule.chain not in chains:
+                raise BackendError(f"{table_label(table)}: no chain {rule.chain}")
+            jumps.setdefault(rule.chain, []).append(rule.args)
+        for name, entries in jumps.items():
+            chains[name][:0] = entries  # jumps go first, like IptcBackend
+        self.tables[table] = chains
+        self.writes.append(table)
+
+    def dump(self) -> dict[str, dict[str, list[tuple[str, ...]]]]:
+        """A deep copy of every table, to compare before and after."""
+        return {t: {c: list(r) for c, r in chains.items()} for t, chains in self.tables.items()}
+
+

@@ -1,0 +1,84 @@
+"""The plan between what vpnoffload owns in the firewall now and what it wants.
+
+Each changed table becomes one atomic commit; see :func:`plan`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from functools import partial
+
+from vpnoffload.firewall.rules import TABLES, Backend, Rule, Ruleset, is_owned, table_label
+from vpnoffload.plan import Action
+
+def default_backend() -> Backend:
+    """The real backend (imports python-iptables, ~20 MB, only when called)."""
+    from vpnoffload.firewall.iptc import IptcBackend
+
+    return IptcBackend()
+
+
+def plan(backend: Backend, desired: Ruleset) -> list[Action]:
+    """The actions that turn what ``backend`` holds now into ``desired``; [] if equal.
+
+    Each changed table is rewritten in one atomic commit (the last action for
+    that table, whose undo writes back what was read here). The actions before
+    it only describe the individual changes for ``--dry-run``; they do nothing
+    by themselves. Tables gaining or changing content go filter first (the
+    FORWARD guard before the DNAT); tables being emptied go nat first.
+    """
+    current = backend.read()
+    changed = [t for t in sorted(current.tables() | desired.tables(), key=_table_rank)
+               if current.table(t) != desired.table(t)]  # fmt: skip
+    filling = [t for t in changed if not desired.table(t).is_empty()]
+    emptying = [t for t in reversed(changed) if desired.table(t).is_empty()]
+    actions: list[Action] = []
+    for table in filling + emptying:
+        before, after = current.table(table), desired.table(table)
+        changes = describe(before, after, table)
+        actions += [Action(line, _nothing) for line in changes]
+        actions.append(
+            Action(
+                f"{table_label(table)}: commit the {len(changes)} change(s) above in one step",
+                partial(backend.write, table, after),
+                partial(backend.write, table, before),
+            )
+        )
+    return actions
+
+
+def _table_rank(table: str) -> tuple[int, str]:
+    return (TABLES.index(table) if table in TABLES else len(TABLES), table)
+
+
+def _nothing() -> None:
+    return None
+
+
+def describe(before: Ruleset, after: Ruleset, table: str) -> list[str]:
+    """Human lines for the difference of ``before`` and ``after`` in ``table``."""
+    old, new = set(before.chain_names(table)), set(after.chain_names(table))
+    gone = old - new
+    lines = [f"{table_label(table)}: create chain {c}" for c in sorted(new - old)]
+    # Our chains' content first, then the jumps into them; a deleted chain's
+    # rules go with it and are not listed one by one.
+    chains = sorted(
+        {r.chain for r in before.table(table).rules + after.table(table).rules} - gone,
+        key=lambda c: (not is_owned(c), c),
+    )
+    for chain in chains:
+        lines += _chain_diff(before.rules_of(table, chain), after.rules_of(table, chain), table, chain)
+    for chain in sorted(gone):
+        count = len(before.rules_of(table, chain))
+        lines.append(f"{table_label(table)}: delete chain {chain} and its {count} rule(s)")
+    return lines
+
+
+def _chain_diff(old: Iterable[Rule], new: Iterable[Rule], table: str, chain: str) -> list[str]:
+    a, b = [r.text for r in old], [r.text for r in new]
+    out: list[str] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_opcodes():
+        out += [f"{table_label(table)} {chain}: delete {t}" for t in a[i1:i2] if op in ("delete", "replace")]
+        out += [f"{table_label(table)} {chain}: {t}" for t in b[j1:j2] if op in ("insert", "replace")]
+    return out

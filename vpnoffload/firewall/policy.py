@@ -1,0 +1,231 @@
+"""What vpnoffload wants in the firewall on each end, as data (see :mod:`vpnoffload.firewall.rules`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from vpnoffload.errors import ConfigError
+from vpnoffload.firewall.rules import (
+    DNAT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, IPV4, IPV6, MARK_MASK, MARK_SHIFT, MAX_SERVICES, OUTPUT_CHAIN, Family,
+    Rule, Ruleset,
+)
+from vpnoffload.model import HEALTH_MARK, Config, Service
+
+def service_mark(config: Config, service: str) -> tuple[int, int]:
+    """(value, mask) of the conntrack mark the VPS gives ``service``'s connections."""
+    names = list(config.services)
+    if service not in names:
+        raise ConfigError(f"no service named {service!r}", field="services")
+    index = names.index(service)
+    if index >= MAX_SERVICES:
+        raise ConfigError(f"at most {MAX_SERVICES} services are supported", field="services")
+    return (index + 1) << MARK_SHIFT, MARK_MASK
+
+
+def _mark_text(value: int, mask: int = MARK_MASK) -> str:
+    return f"{value:#x}/{mask:#x}"  # the form iptables-save prints
+
+
+def _port_match(proto: str, port: int) -> tuple[str, ...]:
+    return ("-p", proto, "-m", proto, "--dport", str(port))
+
+
+class _Builder:
+    """Collects chains and rules; keeps the rule constructors short."""
+
+    def __init__(self) -> None:
+        self.chains: set[tuple[str, str]] = set()
+        self.rules: list[Rule] = []
+
+    def chain(self, table: str, name: str) -> None:
+        self.chains.add((table, name))
+
+    def add(self, table: str, chain: str, *args: str) -> None:
+        self.rules.append(Rule(table, chain, tuple(args)))
+
+    def build(self) -> Ruleset:
+        return Ruleset(frozenset(self.chains), tuple(self.rules))
+
+
+def vps_ruleset(config: Config, fallback: frozenset[str] = frozenset(),
+                active: Mapping[str, str | None] | None = None) -> Ruleset:
+    """The VPS's rules: DNAT each service to its home through the tunnel, mark the
+    connection, and let through the tunnel only what was DNATed to a configured
+    home address, port and protocol. No SNAT: home sees the visitor's address.
+
+    Services named in ``fallback`` (home is down, says the watchdog): a web
+    service's new connections are DNATed to the friendly-page server on the VPS
+    instead; any other service's are refused at once (TCP reset / ICMP port
+    unreachable), so no visitor waits on a dead home.
+
+    ``active`` names the home box each service's new connections go to (the
+    watchdog's choice among the service's homes; default its first home; None
+    means fallback, like naming it in ``fallback``).
+
+    Services with ``via = "proxy"`` are not DNATed (the VPS's web server
+    connects to home itself); they only get the fail-fast OUTPUT rules.
+    """
+    active = dict(active or {})
+    unknown = sorted((fallback | set(active)) - set(config.services))
+    if unknown:
+        raise ConfigError(f"no service named {unknown[0]!r}", field="services")
+    fallback = fallback | {name for name, home in active.items() if home is None}
+    for name, home in active.items():
+        if home is not None and home not in config.services[name].homes:
+            raise ConfigError(f"{home!r} is not one of {name}'s home boxes", field=f"services.{name}.homes")
+    b = _Builder()
+    _vps_family(b, config, IPV4, fallback, active)
+    _vps_output(b, config, fallback, active)
+    # With an IPv6 tunnel the same guard goes into ip6tables, whether or not a
+    # service listens on IPv6 yet: the tunnel must not become a way out over IPv6.
+    if config.tunnel.subnet6 is not None:
+        _vps_family(b, config, IPV6, fallback, active)
+    return b.build()
+
+
+def _vps_family(b: "_Builder", config: Config, fam: Family, fallback: frozenset[str],
+                active: Mapping[str, str | None]) -> None:
+    """The DNAT, FORWARD and INPUT rules of one address family (see vps_ruleset)."""
+    dev = config.tunnel.device
+    b.chain(fam.nat, DNAT_CHAIN)
+    b.add(fam.nat, "PREROUTING", "!", "-i", dev, "-j", DNAT_CHAIN)
+    _vps_input(b, config, fam)
+    b.chain(fam.filter, FORWARD_CHAIN)
+    b.add(fam.filter, "FORWARD", "-j", FORWARD_CHAIN)
+    # Replies and later packets of connections we DNATed (mark set), both ways.
+    b.add(
+        fam.filter, FORWARD_CHAIN,
+        "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
+        "-m", "connmark", "!", "--mark", _mark_text(0), "-j", "ACCEPT",
+    )  # fmt: skip
+    for svc in config.services.values():
+        if svc.via == "proxy":
+            continue  # the VPS's web server connects to home itself; see _vps_output
+        if svc.listen_address.version != fam.version:
+            continue
+        mark = _mark_text(service_mark(config, svc.name)[0])
+        home = _home_address(config, active.get(svc.name) or svc.home, fam)
+        down = svc.name in fallback
+        listen = ("-d", fam.host(svc.listen_address), *_port_match(svc.proto, svc.listen_port))
+        b.add(fam.nat, DNAT_CHAIN, *listen, "-j", "CONNMARK", "--set-xmark", mark)
+        to = fallback_address(config, svc) if down and svc.serves_page else fam.endpoint(home, svc.target_port)
+        b.add(fam.nat, DNAT_CHAIN, *listen, "-j", "DNAT", "--to-destination", to)
+        # Every home of the service stays allowed, so connections a swap moved
+        # away from a healthy backup can finish there.
+        for candidate in svc.homes:
+            b.add(
+                fam.filter, FORWARD_CHAIN,
+                "-d", fam.host(_home_address(config, candidate, fam)), "-o", dev,
+                *_port_match(svc.proto, svc.target_port),
+                "-m", "conntrack", "--ctstate", "DNAT", "-m", "connmark", "--mark", mark,
+                *(_refusal(svc, fam) if down and not svc.serves_page else ("-j", "ACCEPT")),
+            )  # fmt: skip
+    b.add(fam.filter, FORWARD_CHAIN, "-o", dev, "-j", "DROP")
+    # The VPS is not the home box's way out to the internet.
+    b.add(fam.filter, FORWARD_CHAIN, "-i", dev, "-j", "DROP")
+    b.add(fam.filter, FORWARD_CHAIN, "-j", "RETURN")
+
+
+def _home_address(config: Config, home: str, fam: Family) -> object:
+    """A home box's tunnel address in ``fam`` (config validation guarantees an IPv6 one)."""
+    return config.homes[home].address if fam.version == 4 else config.homes[home].address6
+
+
+def fallback_address(config: Config, svc: Service) -> str:
+    """Where a failed web service's visitors are sent: the page server on the VPS.
+
+    An IPv6 service's visitors go to the page server's IPv6 socket (it listens
+    on [::]) at the service's own listen address, which is on the VPS anyway.
+    """
+    port = config.watch.fallback_port + (1 if svc.page_over_tls else 0)
+    if svc.ipv6:
+        return IPV6.endpoint(svc.listen_address, port)
+    return f"{config.vps.address}:{port}"
+
+
+def _vps_input(b: "_Builder", config: Config, fam: Family = IPV4) -> None:
+    """The VPS's own INPUT: the page server takes only what we DNATed to it, and a
+    home box gets no new connections to the VPS itself (its sshd, say) through
+    the tunnel; replies to the watchdog's checks are ESTABLISHED and pass."""
+    dev = config.tunnel.device
+    table = fam.filter
+    b.chain(table, INPUT_CHAIN)
+    b.add(table, "INPUT", "-j", INPUT_CHAIN)
+    ports = (config.watch.fallback_port, config.watch.fallback_port + 1)
+    for port in ports:
+        b.add(table, INPUT_CHAIN, *_port_match("tcp", port), "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")
+    for port in ports:
+        b.add(table, INPUT_CHAIN, *_port_match("tcp", port), "-j", "DROP")
+    b.add(table, INPUT_CHAIN, "-i", dev, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+    b.add(table, INPUT_CHAIN, "-i", dev, "-j", "DROP")
+    b.add(table, INPUT_CHAIN, "-j", "RETURN")
+
+
+def _vps_output(b: "_Builder", config: Config, fallback: frozenset[str], active: Mapping[str, str | None]) -> None:
+    """Fail fast for proxy services: while a home box is not to be used, the VPS's
+    own web server gets an immediate reset when it connects to it, so it serves
+    the friendly page at once instead of waiting out its connect timeout.
+
+    A home is refused while its service is on fallback, or while it comes before
+    the home the watchdog chose (those are the unhealthy ones). The watchdog's own
+    checks carry HEALTH_MARK and still reach the real home, to notice recovery.
+    """
+    proxied = [s for s in config.services.values() if s.via == "proxy"]
+    if not proxied:
+        return
+    b.chain("filter", OUTPUT_CHAIN)
+    b.add("filter", "OUTPUT", "-j", OUTPUT_CHAIN)
+    refused: dict[tuple[str, int], None] = {}
+    for svc in proxied:
+        chosen = None if svc.name in fallback else (active.get(svc.name) or svc.home)
+        dead = svc.homes if chosen is None else svc.homes[: svc.homes.index(chosen)]
+        refused.update({(str(config.homes[h].address), svc.target_port): None for h in dead})
+    for address, port in refused:
+        b.add(
+            "filter", OUTPUT_CHAIN, "-d", f"{address}/32", *_port_match("tcp", port),
+            "-m", "mark", "!", "--mark", f"{HEALTH_MARK:#x}/{HEALTH_MARK:#x}", "-j", "REJECT", "--reject-with", "tcp-reset",
+        )  # fmt: skip
+    b.add("filter", OUTPUT_CHAIN, "-j", "RETURN")
+
+
+def _refusal(svc: Service, fam: Family = IPV4) -> tuple[str, ...]:
+    reason = "tcp-reset" if svc.proto == "tcp" else fam.port_unreachable
+    return ("-j", "REJECT", "--reject-with", reason)
+
+
+def home_ruleset(config: Config, home: str) -> Ruleset:
+    """A home box's rules: from the tunnel accept only the ports of its services
+    (and ping, so the tunnel can be checked), and forward nothing from it.
+
+    ICMP errors (PMTU discovery included) for our connections are RELATED and
+    pass with them; other ICMP from the tunnel is dropped.
+    """
+    if home not in config.homes:
+        raise ConfigError(f"no home named {home!r}", field="homes")
+    b = _Builder()
+    # Every service's port is open over IPv4, IPv6 ones too: the watchdog checks
+    # each home through the tunnel at its IPv4 address.
+    _home_family(b, config, home, IPV4, config.services_of(home))
+    # A home with an IPv6 tunnel address gets the same closed door in ip6tables,
+    # open only for the ports of its IPv6 services.
+    if config.homes[home].address6 is not None:
+        _home_family(b, config, home, IPV6, [s for s in config.services_of(home) if s in config.ipv6_services])
+    return b.build()
+
+
+def _home_family(b: "_Builder", config: Config, home: str, fam: Family, services: list[Service]) -> None:
+    dev = config.tunnel.device
+    address = _home_address(config, home, fam)
+    b.chain(fam.filter, INPUT_CHAIN)
+    b.add(fam.filter, "INPUT", "-i", dev, "-j", INPUT_CHAIN)
+    b.add(fam.filter, INPUT_CHAIN, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+    ports = dict.fromkeys((s.proto, s.target_port) for s in services)
+    for proto, port in ports:
+        b.add(fam.filter, INPUT_CHAIN, "-d", fam.host(address), *_port_match(proto, port), "-j", "ACCEPT")
+    b.add(fam.filter, INPUT_CHAIN, *fam.ping, "-j", "ACCEPT")
+    b.add(fam.filter, INPUT_CHAIN, "-j", "DROP")
+    b.chain(fam.filter, FORWARD_CHAIN)
+    b.add(fam.filter, "FORWARD", "-i", dev, "-j", FORWARD_CHAIN)
+    b.add(fam.filter, FORWARD_CHAIN, "-j", "DROP")
+
+
