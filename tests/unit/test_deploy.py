@@ -14,7 +14,8 @@ from vpnoffload.errors import ApplyError, BackendError
 from tests.fakes import FakeBackend
 from vpnoffload.paths import Paths
 from vpnoffload.pki import Pki
-from vpnoffload.routing import Address, FakeRoutingBackend
+from tests.fakes import FakeRoutingBackend
+from vpnoffload.routing import Address
 
 CONFIG = """
 [vps]

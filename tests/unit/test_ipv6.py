@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.unit.test_render import FakePki, check_golden
-from tests.fakes import FakeBackend
+from tests.fakes import FakeBackend, FakeRoutingBackend
 from vpnoffload import config as cfg
 from vpnoffload import deploy, plan, sysctl
 from vpnoffload.deploy import doctor
@@ -329,7 +329,7 @@ def test_home_routing_has_an_ipv6_rule_and_route() -> None:
 
 
 def test_home_routing_plan_is_idempotent_and_down_removes_both() -> None:
-    backend = rt.FakeRoutingBackend(devices=("lo", "vpnoffload0"))
+    backend = FakeRoutingBackend(devices=("lo", "vpnoffload0"))
     desired = rt.home_routing(parse(), "home")
     plan.apply(rt.plan_routing(backend, desired))
     assert rt.plan_routing(backend, desired) == []
@@ -340,7 +340,7 @@ def test_home_routing_plan_is_idempotent_and_down_removes_both() -> None:
 def test_vps_ipv6_addresses_are_slash_128_and_recorded() -> None:
     wanted = rt.vps_addresses(parse(), "eth0")
     assert [str(a) for a in wanted] == ["2001:db8:1::80/128 dev eth0", "2001:db8:1::53/128 dev eth0"]
-    backend = rt.FakeRoutingBackend(devices=("lo", "eth0"), addresses=[rt.Address(IPv6Address("2001:db8:1::53"), "eth0", 64)])
+    backend = FakeRoutingBackend(devices=("lo", "eth0"), addresses=[rt.Address(IPv6Address("2001:db8:1::53"), "eth0", 64)])
     actions, owned = rt.plan_addresses(backend, wanted)
     assert [a.summary for a in actions] == ["add address 2001:db8:1::80/128 dev eth0"]  # ::53 is already there
     assert [a.as_record() for a in owned] == [["eth0", "2001:db8:1::80/128"]]
@@ -428,7 +428,7 @@ def env6(tmp_path: Path):
     backends = deploy.Backends(
         page_factory=lambda paths: tunnels.setdefault("pages", FakeTunnel("pages", Path(), Path(), Path())),
         firewall=FakeBackend(),
-        routing=rt.FakeRoutingBackend(devices=("lo", "eth0.1"),
+        routing=FakeRoutingBackend(devices=("lo", "eth0.1"),
                                       addresses=[rt.Address(IPv4Address("203.0.113.10"), "eth0.1", 24)]),
         proc_root=proc, users=FakeUsers(), tunnel_factory=lambda **kw: tunnels.setdefault(kw["name"], FakeTunnel(**kw)),
     )

@@ -14,7 +14,8 @@ from vpnoffload import routing
 from vpnoffload.errors import ApplyError, BackendError, ConfigError
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps
 from vpnoffload.plan import apply, summaries
-from vpnoffload.routing import Address, FakeRoutingBackend, Route, Rule
+from tests.fakes import FakeRoutingBackend
+from vpnoffload.routing import Address, Route, Rule
 
 A = IPv4Address
 N = IPv4Network
