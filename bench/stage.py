@@ -23,10 +23,11 @@ from pathlib import Path
 
 from bench import measure, servers
 from vpnoffload import config as vpn_config
-from vpnoffload.lab import demo as labdemo
+from vpnoffload.lab import sites as labsites
+from vpnoffload.lab import steps as labsteps
 from vpnoffload.lab.netns import Lab, check_prerequisites
 
-WEB_PORT = labdemo.WEB_PORT  # the home site (labdemo's "web" service targets it)
+WEB_PORT = labsites.WEB_PORT  # the home site (labdemo's "web" service targets it)
 VISIT_PORT = 80  # vpnoffload's "web" service on the VPS
 NGINX_PORT = 8081  # the nginx reverse proxy on the VPS (new upstream connection per request)
 NGINX_KEEPALIVE_PORT = 8083  # the same nginx, with upstream keep-alive
@@ -97,7 +98,7 @@ class Stage:
     """A lab with vpnoffload up (watchdog included) and the home site running."""
 
     lab: Lab
-    sites: labdemo.Sites
+    sites: labsites.Sites
     narrator: Narrator
     scratch: Path
     home_tunnel: str  # the home box's address inside the tunnel
@@ -155,7 +156,7 @@ def _sysctls(lab: Lab) -> None:
 def staged(scratch: Path, narrator: Narrator, prefix: str | None = None) -> Iterator[Stage]:
     """Build the lab, set vpnoffload up on both ends, start the home site and iperf3; always tear down."""
     check_prerequisites()
-    lab, sites = labdemo.open_lab(prefix or unique_prefix())
+    lab, sites = labsteps.open_lab(prefix or unique_prefix())
     n = narrator
     try:
         try:
@@ -167,22 +168,22 @@ def staged(scratch: Path, narrator: Narrator, prefix: str | None = None) -> Iter
         yield stage
     finally:
         n.step(f"tearing lab {lab.prefix} down")
-        labdemo.teardown(lab, sites, n)
+        labsteps.teardown(lab, sites, n)
 
 
-def _set_up(lab: Lab, sites: labdemo.Sites, scratch: Path, n: Narrator) -> Stage:
+def _set_up(lab: Lab, sites: labsites.Sites, scratch: Path, n: Narrator) -> Stage:
     """Everything ``lab up`` does, with nginx as the home site, an iperf3 service and this bench's sysctls."""
     n.step(f"building lab {lab.prefix} and setting vpnoffload up with its own CLI")
-    labdemo.build(lab, sites, n)
+    labsteps.build(lab, sites, n)
     _sysctls(lab)
-    labdemo.configure_vps(lab, sites, n)
-    labdemo.vpnoffload(lab, sites, "vps", "service", "add", BULK_SERVICE, "--listen", str(BULK_PORT),
+    labsteps.configure_vps(lab, sites, n)
+    labsites.vpnoffload(lab, sites, "vps", "service", "add", BULK_SERVICE, "--listen", str(BULK_PORT),
                        "--target", str(BULK_PORT), "--check", "tcp", narrator=n)
-    labdemo.copy_to_home(sites, n)
+    labsteps.copy_to_home(sites, n)
     site = servers.start_nginx_site(lab, scratch, "home", WEB_PORT)
     servers.start_iperf3(lab, scratch, "home", BULK_PORT)
-    labdemo.bring_up(lab, sites, n)
-    labdemo.start_watchdog(lab, sites, n, available=True)
+    labsteps.bring_up(lab, sites, n)
+    labsteps.start_watchdog(lab, sites, n, available=True)
     config = vpn_config.load(sites.config("vps"))
     stage = Stage(lab, sites, n, scratch, str(config.homes[next(iter(config.homes))].address),
                   _background_pid(sites, "watch"), site)
@@ -196,7 +197,7 @@ def _set_up(lab: Lab, sites: labdemo.Sites, scratch: Path, n: Narrator) -> Stage
 
 
 
-def _background_pid(sites: labdemo.Sites, what: str) -> int:
+def _background_pid(sites: labsites.Sites, what: str) -> int:
     """The pid of a process labdemo started in the background (it records them for teardown)."""
     for entry in sites.load_manifest().get("background", []):
         if entry.get("what") == what:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, cli, configure, openvpn_pids
-from vpnoffload.lab.netns import Lab, snapshot, snapshot_diff
+from vpnoffload.lab.netns import Lab
+from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
 def test_visitor_is_served_from_home_and_down_restores_everything(lab: Lab, sites: tuple[Path, Path]) -> None:
     vps_site, home_site = sites

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, TUNNEL_SUBNET, cli, cli_argv, openvpn_pids
-from vpnoffload.lab.netns import Lab, snapshot, snapshot_diff
+from vpnoffload.lab.netns import Lab
+from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
 TUNNEL_SUBNET6 = "fd00:88::/64"
 HOME_TUNNEL_ADDRESS6 = "fd00:88::2"  # derived from home's IPv4 tunnel address .2

@@ -19,13 +19,9 @@ from tests.nslib import needs_root, unique
 from vpnoffload import users
 from vpnoffload.errors import PrerequisiteError
 from vpnoffload.lab.netns import Lab, check_prerequisites, child_env
-from vpnoffload.lab.demo import (
-    LAB_ROOT,
-    RecordingNarrator,
-    Sites,
-    available_commands,
-    run_down,
-)
+from vpnoffload.lab.narrate import RecordingNarrator
+from vpnoffload.lab.sites import LAB_ROOT, Sites
+from vpnoffload.lab.steps import run_down
 
 pytestmark = [needs_root, pytest.mark.root, pytest.mark.timeout(180)]
 
@@ -102,8 +98,6 @@ def test_up_serves_the_visitor_and_down_leaves_the_machine_as_found(prefix: str)
 
 
 def test_demo_tells_the_whole_story_and_cleans_up(prefix: str) -> None:
-    if "watch" not in available_commands():
-        pytest.skip("'vpnoffload watch' is not available yet: the demo cannot show a failover")
     links, user_existed = root_links(), users.exists()
 
     demo = vpnoffload("lab", "demo", "--prefix", prefix)

@@ -15,7 +15,8 @@ import pytest
 
 from tests.nslib import in_ns, needs_root, sh, unique
 from vpnoffload.errors import BackendError
-from vpnoffload.lab.netns import Lab, lab_session, snapshot, snapshot_diff
+from vpnoffload.lab.netns import Lab, lab_session
+from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
 pytestmark = [needs_root, pytest.mark.root, pytest.mark.timeout(60)]
 

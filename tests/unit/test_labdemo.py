@@ -16,7 +16,10 @@ from vpnoffload.lab import demo as labdemo
 from vpnoffload.cli.app import app
 from vpnoffload.errors import PrerequisiteError
 from vpnoffload.lab.netns import Lab
-from vpnoffload.lab.demo import LabStepError, RecordingNarrator, Sites
+from vpnoffload.lab import sites as labsites
+from vpnoffload.lab import steps as labsteps
+from vpnoffload.lab.narrate import RecordingNarrator
+from vpnoffload.lab.sites import LabStepError, Sites
 
 
 class FakeProc:
@@ -73,7 +76,7 @@ class FakeLab(Lab):
         return FakeProc(4_000_000 + len(self.events))  # beyond pid_max: never a real process
 
     def exec(self, host: str, *argv: str, **kw: Any) -> subprocess.CompletedProcess:
-        if argv[1:3] == ("-c", labdemo._POLL):
+        if argv[1:3] == ("-c", labsites._POLL):
             return subprocess.CompletedProcess(argv, 0, json.dumps(self.polls.pop(0)), "")
         assert argv[1:3] == ("-m", "vpnoffload") and argv[3] == "-c", argv
         config, args = Path(argv[4]), tuple(argv[5:])
@@ -93,8 +96,8 @@ class FakeLab(Lab):
 @pytest.fixture(autouse=True)
 def no_real_user(monkeypatch: pytest.MonkeyPatch) -> None:
     """Teardown may delete the system user: never the real one from a unit test."""
-    monkeypatch.setattr(labdemo.users, "exists", lambda name=labdemo.users.RUN_AS: False)
-    monkeypatch.setattr(labdemo.users, "delete", lambda name=labdemo.users.RUN_AS: None)
+    monkeypatch.setattr(labsteps.users, "exists", lambda name=labsteps.users.RUN_AS: False)
+    monkeypatch.setattr(labsteps.users, "delete", lambda name=labsteps.users.RUN_AS: None)
 
 
 @pytest.fixture
@@ -107,7 +110,7 @@ ALL = frozenset({"watch", "status"})
 
 def test_up_runs_the_users_commands_in_order_and_narrates_each(sites: Sites) -> None:
     lab, n = FakeLab(), RecordingNarrator()
-    assert labdemo.run_up(lab, sites, n, ALL) is True
+    assert labsteps.run_up(lab, sites, n, ALL) is True
     assert [(host, args[0]) for host, args in lab.calls] == [
         ("vps", "init"), ("vps", "service"), ("vps", "render"), ("vps", "up"), ("home", "up")]
     assert lab.calls[1][1] == ("service", "add", "web", "--listen", "80", "--target", "8080",
@@ -129,7 +132,7 @@ def test_up_runs_the_users_commands_in_order_and_narrates_each(sites: Sites) -> 
 def test_a_failed_step_is_one_line_and_the_lab_is_torn_down(sites: Sites) -> None:
     lab = FakeLab(fail=("up home",))
     with pytest.raises(LabStepError) as err:
-        labdemo.run_up(lab, sites, RecordingNarrator(), ALL)
+        labsteps.run_up(lab, sites, RecordingNarrator(), ALL)
     assert str(err.value) == "'vpnoffload up home' on home failed (exit 3): vpnoffload: error: boom"
     assert lab.events[-3:] == ["home: down home", "vps: down vps", "destroy"]
     assert not sites.root.exists()
@@ -195,7 +198,7 @@ def test_missing_prerequisite_exits_4_with_one_line(monkeypatch: pytest.MonkeyPa
     def missing() -> None:
         raise PrerequisiteError("openvpn is not installed: apt-get install openvpn")
 
-    monkeypatch.setattr(labdemo, "check_prerequisites", missing)
+    monkeypatch.setattr(labsteps, "check_prerequisites", missing)
     for command in ("up", "demo", "down"):
         result = CliRunner().invoke(app, ["lab", command, "--prefix", "x"])
         assert result.exit_code == 4, result.output
@@ -203,7 +206,7 @@ def test_missing_prerequisite_exits_4_with_one_line(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_lab_that_is_up_already_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(labdemo, "check_prerequisites", lambda: None)
+    monkeypatch.setattr(labsteps, "check_prerequisites", lambda: None)
     monkeypatch.setattr(Lab, "exists", lambda self: True)
     result = CliRunner().invoke(app, ["lab", "up", "--prefix", "mine"])
     assert result.exit_code == 2

@@ -1,6 +1,6 @@
 """``vpnoffload lab up|demo|down``: a throw-away lab on this machine (root).
 
-Thin: the steps and their narration live in ``vpnoffload.lab.demo``, which is
+Thin: the steps live in ``vpnoffload.lab.steps`` and ``vpnoffload.lab.demo``, which are
 imported inside each command (it pulls in ``rich``), so ``--help`` stays fast.
 Errors are VpnOffloadError and reach the CLI's one-line handler.
 """
@@ -24,13 +24,13 @@ PrefixOpt = Annotated[str, typer.Option("--prefix", help="Names the lab's namesp
 @lab_app.command("up")
 def lab_up(prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
     """Build the lab and set both ends up with vpnoffload's own commands; leave it running."""
-    from vpnoffload.lab import demo as labdemo
+    from vpnoffload.lab import steps
+    from vpnoffload.lab.narrate import RichNarrator
 
-    lab, sites = labdemo.open_lab(prefix)
-    narrator = labdemo.RichNarrator()
-    commands = labdemo.available_commands()
-    labdemo.run_up(lab, sites, narrator, commands)
-    labdemo.how_to_poke(lab, sites, narrator, commands)
+    lab, sites = steps.open_lab(prefix)
+    narrator = RichNarrator()
+    steps.run_up(lab, sites, narrator)
+    steps.how_to_poke(lab, sites, narrator, steps.DEMO_COMMANDS)
 
 
 @lab_app.command("demo")
@@ -39,15 +39,17 @@ def lab_demo(
     keep: Annotated[bool, typer.Option("--keep", help="Leave the lab running afterwards (remove it with 'lab down').")] = False,
 ) -> None:
     """Tell the whole story: served from home, pull home's cable, friendly page, plug it back."""
-    from vpnoffload.lab import demo as labdemo
+    from vpnoffload.lab import demo, steps
+    from vpnoffload.lab.narrate import RichNarrator
 
-    lab, sites = labdemo.open_lab(prefix)
-    labdemo.run_demo(lab, sites, labdemo.RichNarrator(), keep=keep)
+    lab, sites = steps.open_lab(prefix)
+    demo.run_demo(lab, sites, RichNarrator(), keep=keep)
 
 
 @lab_app.command("down")
 def lab_down(prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
     """Remove the lab: its processes, namespaces, files, and anything its 'up' added to this machine."""
-    from vpnoffload.lab import demo as labdemo
+    from vpnoffload.lab import steps
+    from vpnoffload.lab.narrate import RichNarrator
 
-    labdemo.run_down(prefix, labdemo.RichNarrator())
+    steps.run_down(prefix, RichNarrator())

@@ -31,7 +31,6 @@ commands run without a shell.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import re
 import shutil
@@ -222,9 +221,9 @@ class Lab:
             _kill_all(name)
         self._reap_started()
         deadline = time.monotonic() + 5
-        while any(_pids(n) for n in names) and time.monotonic() < deadline:
+        while any(namespace_pids(n) for n in names) and time.monotonic() < deadline:
             time.sleep(0.05)
-        stuck = [n for n in names if _pids(n)]
+        stuck = [n for n in names if namespace_pids(n)]
         for name in names:
             _run(["ip", "netns", "del", name], check=False)
         left = set(names) & set(_list_namespaces())
@@ -338,72 +337,6 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
 # -- snapshots ----------------------------------------------------------------
 
-_SNAPSHOT_COMMANDS: dict[str, tuple[str, ...]] = {
-    "iptables": ("iptables-legacy-save",),
-    "ip6tables": ("ip6tables-legacy-save",),
-    "nftables": ("nft", "list", "ruleset"),
-    "rules": ("ip", "rule"),
-    "rules6": ("ip", "-6", "rule"),
-    "routes": ("ip", "route", "show", "table", "all"),
-    "routes6": ("ip", "-6", "route", "show", "table", "all"),
-    "addresses": ("ip", "addr"),
-    "sysctl": ("sysctl", "-a", "-r", r"^net\.ipv4\.(ip_forward$|conf\..*\.(rp_filter|src_valid_mark|forwarding)$)"
-               r"|^net\.ipv6\.conf\..*\.(forwarding|accept_ra)$"),
-}
-
-
-def snapshot(lab: Lab, host: str) -> dict[str, str]:
-    """A comparable capture of ``host``'s network state, for "down leaves nothing" checks.
-
-    Normalised so that equal state gives equal text: comments and counters are
-    stripped from the xtables dumps, and a legacy table that is merely
-    registered (no rules, no own chains, every policy ACCEPT) is treated as
-    absent, because touching a table registers it in a namespace for good.
-    Address lifetimes are dropped; processes are listed by name, sorted.
-    """
-    snap: dict[str, str] = {}
-    for key, argv in _SNAPSHOT_COMMANDS.items():
-        snap[key] = lab.exec(host, *argv, timeout=10).stdout
-    snap["iptables"] = normalize_xtables_save(snap["iptables"])
-    snap["ip6tables"] = normalize_xtables_save(snap["ip6tables"])
-    snap["addresses"] = "".join(line for line in snap["addresses"].splitlines(keepends=True) if "valid_lft" not in line)
-    snap["sysctl"] = "\n".join(sorted(snap["sysctl"].splitlines()))
-    snap["processes"] = "\n".join(sorted(_comm(pid) for pid in _pids(lab.namespace(host))))
-    return snap
-
-
-def snapshot_diff(before: dict[str, str], after: dict[str, str]) -> str:
-    """A readable unified diff of two snapshots; empty when they are equal."""
-    parts: list[str] = []
-    for key in sorted(set(before) | set(after)):
-        a, b = before.get(key, "").splitlines(), after.get(key, "").splitlines()
-        if a != b:
-            parts += difflib.unified_diff(a, b, f"before/{key}", f"after/{key}", lineterm="")
-    return "\n".join(parts)
-
-
-def normalize_xtables_save(text: str) -> str:
-    """``iptables-save`` output without comments, counters or merely-registered tables."""
-    tables: list[list[str]] = []
-    current: list[str] = []
-    for raw in text.splitlines():
-        line = re.sub(r"^\[\d+:\d+\]\s*|\s*\[\d+:\d+\]$", "", raw.strip())
-        if not line or line.startswith("#"):
-            continue
-        current.append(line)
-        if line == "COMMIT":
-            if not _is_pristine(current):
-                tables.append(current)
-            current = []
-    return "".join("\n".join(t) + "\n" for t in sorted(tables))
-
-
-def _is_pristine(table: list[str]) -> bool:
-    """A table with only built-in chains, all policy ACCEPT, and no rules."""
-    body = table[1:-1]
-    return all(line.startswith(":") and line.split()[1:2] == ["ACCEPT"] for line in body)
-
-
 # -- the OS layer -------------------------------------------------------------
 
 def _run(argv: list[str], *, check: bool = True, timeout: float = 30, env: dict[str, str] | None = None,
@@ -434,19 +367,19 @@ def _list_namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def _pids(namespace: str) -> list[int]:
+def namespace_pids(namespace: str) -> list[int]:
     out = _run(["ip", "netns", "pids", namespace], check=False).stdout
     return [int(p) for p in out.split() if p.isdigit()]
 
 
 def _kill_all(namespace: str) -> None:
     # SIGKILL, not TERM: openvpn's exit notification would make every teardown wait.
-    for pid in _pids(namespace):
+    for pid in namespace_pids(namespace):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
 
-def _comm(pid: int) -> str:
+def process_name(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
