@@ -143,6 +143,30 @@ def plan_sysctls(desired: Mapping[str, str], proc_root: Path = PROC_SYS) -> tupl
     return actions, previous
 
 
+def set_once_present(key: str, value: str, previous: dict[str, str], proc_root: Path = PROC_SYS) -> Action:
+    """Set ``key`` to ``value`` when the action runs, for a key that appears only then
+    (a setting of the tun device, which exists once OpenVPN is up).
+
+    The old value is read at that moment and put into ``previous`` (unless a
+    value is already remembered there, so a re-run keeps the oldest), for
+    :func:`restore_actions`. Undo puts the old value back if the key still exists.
+    """
+    seen: dict[str, str] = {}
+
+    def do() -> None:
+        old = read_sysctl(key, proc_root)
+        seen["old"] = old
+        if old != value:
+            previous.setdefault(key, old)
+            write_sysctl(key, value, proc_root)
+
+    def undo() -> None:
+        if "old" in seen and key_path(key, proc_root).exists():
+            write_sysctl(key, seen["old"], proc_root)
+
+    return Action(f"set {key} = {value} (once it exists)", do, undo)
+
+
 def restore_actions(saved: Mapping[str, str], proc_root: Path = PROC_SYS) -> list[Action]:
     """Put back the values :func:`plan_sysctls` replaced.
 

@@ -33,7 +33,7 @@ def test_visitor_is_served_from_home_and_down_restores_everything(lab: Lab, site
     up_vps = cli(lab, "vps", vps_site, "up", "vps")
     up_home = cli(lab, "home", home_site, "up", "home")
     print(up_vps.stdout, up_home.stdout)
-    assert "DNAT" in up_vps.stdout and "policy routing" in up_home.stdout
+    assert "DNAT" in up_vps.stdout and "lookup 7701" in up_home.stdout
 
     # (1) + (2): the visitor gets the home page through the VPS, and home sees the visitor's address
     status, body = lab.http_get("visitor", f"http://{lab.vps_address}/whoami", timeout=5)

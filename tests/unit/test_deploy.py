@@ -170,11 +170,29 @@ def test_up_home_waits_for_tunnel_then_routes(env) -> None:
     assert "start OpenVPN client for home" in text and "rule from 198.51.100.2 lookup 7701" in text
     assert "--dport 8080" in text and "--dport 2222" in text
     plan.apply(actions)
+    assert (proc / "net/ipv4/conf/vpnoffload0/rp_filter").read_text().strip() == "2"
     assert deploy.plan_up_home(config, paths, b, "home", profile) == []
     plan.apply(deploy.plan_down_home(paths, b, "home", profile))
     assert not tunnels["home-home"].up
     assert b.firewall.read().is_empty()
     assert not b.users.names  # `up home` created the user while applying: down removes it
+
+
+def test_up_home_dry_run_shows_every_change_routing_included(env) -> None:
+    """Before the tunnel exists, the plan already names each route, rule and sysctl, in order."""
+    config, paths, b, tunnels, proc = env
+    profile = paths.state / "home.ovpn"
+    profile.write_text("client\n")
+    lines = plan.summaries(deploy.plan_up_home(config, paths, b, "home", profile))
+    start = next(i for i, s in enumerate(lines) if s.startswith("start OpenVPN client"))
+    after = lines[start + 1:]
+    assert after[0] == "wait until vpnoffload0 has 198.51.100.2"
+    assert "add route default dev vpnoffload0 table 7701" in after
+    assert "add rule from 198.51.100.2 lookup 7701 priority 7701" in after
+    assert "set net.ipv4.conf.vpnoffload0.rp_filter = 2 (once it exists)" in after
+    assert after.index("add route default dev vpnoffload0 table 7701") < after.index(
+        "add rule from 198.51.100.2 lookup 7701 priority 7701")
+    assert b.routing.calls == [] and not tunnels["home-home"].log  # planning changed nothing
 
 
 def test_up_home_without_profile_is_a_clear_error(env) -> None:

@@ -369,35 +369,28 @@ def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, pr
     tunnel = home_tunnel(paths, backends, home, profile)
     desired = routing.home_routing(config, home)
     device = config.tunnel.device
+    rp_filter = f"net.ipv4.conf.{device}.rp_filter"
     if tunnel.running() and backends.routing.has_device(device):
         actions += routing.plan_routing(backends.routing, desired)
-        actions += _sysctl_actions({f"net.ipv4.conf.{device}.rp_filter": "2"}, backends, rec)
+        actions += _sysctl_actions({rp_filter: "2"}, backends, rec)
     else:
+        # The routes and rp_filter need the tun device, which exists once OpenVPN
+        # connected; the plan is made now (so --dry-run shows it) and runs after.
         actions.append(_start_action(tunnel, f"start OpenVPN client for {home} and wait until connected", CONNECT_TIMEOUT))
-        actions.append(_deferred_routing(backends, config, home, desired, rec))
+        address = config.homes[home].address
+        actions.append(Action(f"wait until {device} has {address}",
+                              lambda: backends.routing.wait_for_address(device, address, timeout=CONNECT_TIMEOUT)))
+        actions += routing.plan_routing(backends.routing, desired)
+        actions.append(_late_sysctl(rp_filter, "2", backends, rec))
     if actions:  # the record may change while the plan runs (a user created, an old sysctl read)
         actions.append(_save_record_action(rec_path, rec))
     return actions
 
 
-def _deferred_routing(backends: Backends, config: Config, home: str, desired: Any, rec: record_mod.Record) -> Action:
-    """Routing needs the tun device, which exists only once OpenVPN connected: plan it then."""
-    from vpnoffload import plan as plan_mod
-    from vpnoffload import routing
+def _late_sysctl(key: str, value: str, backends: Backends, rec: record_mod.Record) -> Action:
+    from vpnoffload import sysctl
 
-    device = config.tunnel.device
-    address = config.homes[home].address
-
-    def do() -> None:
-        backends.routing.wait_for_address(device, address, timeout=CONNECT_TIMEOUT)
-        inner = routing.plan_routing(backends.routing, desired)
-        inner += _sysctl_actions({f"net.ipv4.conf.{device}.rp_filter": "2"}, backends, rec)
-        plan_mod.apply(inner)
-
-    def undo() -> None:
-        plan_mod.apply(routing.plan_routing_down(backends.routing))
-
-    return Action(f"policy routing: {routing.describe(desired)}; loose rp_filter on {device}", do, undo)
+    return sysctl.set_once_present(key, value, rec.sysctl, proc_root=backends.proc_root)
 
 
 def plan_down_home(paths: Paths, backends: Backends, home: str, profile: Path) -> list[Action]:
