@@ -35,6 +35,9 @@ class FakeBackend:
             for chain in builtins:
                 chains.setdefault(chain, [])
 
+    def preload(self) -> None:
+        return None
+
     def read(self) -> Ruleset:
         chains: set[tuple[str, str]] = set()
         rules: list[Rule] = []

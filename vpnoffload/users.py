@@ -8,10 +8,8 @@ vpnoffload creates its own user when missing, and ``down`` removes it only if
 from __future__ import annotations
 
 import pwd
-import shutil
-import subprocess
 
-from vpnoffload.errors import BackendError, PrerequisiteError
+from vpnoffload import proc
 
 RUN_AS = "vpnoffload"
 
@@ -25,11 +23,7 @@ def exists(name: str = RUN_AS) -> bool:
 
 
 def _run(argv: list[str]) -> None:
-    if shutil.which(argv[0]) is None:
-        raise PrerequisiteError(f"{argv[0]} is missing: apt-get install passwd")
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    if proc.returncode != 0:
-        raise BackendError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+    proc.run(argv, hint="apt-get install passwd")
 
 
 def create(name: str = RUN_AS) -> None:

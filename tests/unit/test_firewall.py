@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
 from tests.fakes import FakeBackend
+from vpnoffload.proc import Result
 from vpnoffload import firewall as fw
 from vpnoffload.firewall import iptc as iptc_backend
 from vpnoffload.errors import ApplyError, BackendError, ConfigError
@@ -377,9 +377,7 @@ def test_python_iptables_messages_become_one_clear_line(raw: str, clean: str) ->
 )
 def test_nft_variant_note(monkeypatch, version: str, warns: bool) -> None:
     monkeypatch.setattr(iptc_backend.shutil, "which", lambda name: "/usr/sbin/iptables")
-    monkeypatch.setattr(
-        iptc_backend.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, version, "")
-    )
+    monkeypatch.setattr(iptc_backend.proc, "run", lambda argv, **k: Result(tuple(argv), 0, version, ""))
     note = iptc_backend.nft_variant_note()
     assert (note is not None) == warns
     if note:

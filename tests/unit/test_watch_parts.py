@@ -20,6 +20,7 @@ from vpnoffload.render import pages
 from vpnoffload.watch import swap
 from vpnoffload.errors import ConfigError
 from tests.fakes import FakeBackend
+from vpnoffload.routing import conntrack
 from vpnoffload.watch.health import Result
 from vpnoffload.watch.metrics import exposition
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps
@@ -123,7 +124,7 @@ def test_metrics_exposition() -> None:
 
 def test_swap_rewrites_rules_and_forgets_changed_flows(monkeypatch: pytest.MonkeyPatch) -> None:
     flushed: list[list[tuple[int, int]]] = []
-    monkeypatch.setattr(swap, "flush_conntrack", flushed.append)
+    monkeypatch.setattr(conntrack, "flush_marked", flushed.append)
     fw = FakeBackend()
     swap.apply_swap(config(), {"blog": None, "git": "home"}, frozenset({"blog"}), firewall_backend=fw)
     assert "--to-destination 203.0.113.10:8503" in "\n".join(fw.read().lines())

@@ -41,14 +41,14 @@ import ctypes
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
-from vpnoffload.errors import BackendError
+from vpnoffload import proc
+from vpnoffload.errors import BackendError, VpnOffloadError
 from vpnoffload.firewall.rules import TABLES, Rule, Ruleset, is_owned, table_content, table_label
 
 DEFAULT_LOCKFILE = "/run/xtables.lock"
@@ -332,6 +332,9 @@ class IptcBackend:
     """Reads and writes vpnoffload's chains in the legacy filter and nat tables,
     of iptables and (as "filter6"/"nat6") of ip6tables."""
 
+    def preload(self) -> None:
+        _iptc()
+
     def read(self) -> Ruleset:
         iptc = _iptc()
         chains: set[tuple[str, str]] = set()
@@ -429,8 +432,8 @@ def nft_variant_note() -> str | None:
     if exe is None:
         return None
     try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
+        out = proc.run([exe, "--version"], timeout=5, check=False)
+    except VpnOffloadError:
         return None
     if "nf_tables" not in out.stdout + out.stderr:
         return None

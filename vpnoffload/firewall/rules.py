@@ -194,6 +194,10 @@ class Backend(Protocol):
         (its part in ``table``), in one atomic commit; leave all else alone."""
         ...
 
+    def preload(self) -> None:
+        """Load whatever the backend needs (libraries), so a later write does not wait for it."""
+        ...
+
 
 def table_content(content: Ruleset, table: str) -> Ruleset:
     """``content``, checked to hold nothing outside ``table`` (what ``write`` accepts)."""

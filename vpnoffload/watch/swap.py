@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from vpnoffload.errors import BackendError, VpnOffloadError
+from vpnoffload.errors import VpnOffloadError
 from vpnoffload.model import Config
 
 
@@ -26,30 +26,12 @@ def apply_swap(config: Config, active: Mapping[str, str | None], flush: frozense
     """Point each service at ``active[name]`` (a home box, or None: fallback), then
     forget the flows of the services in ``flush``."""
     from vpnoffload import firewall, plan
+    from vpnoffload.routing import conntrack
 
     backend = firewall_backend or firewall.default_backend()
     known = {name: home for name, home in active.items() if name in config.services}
     plan.apply(firewall.plan(backend, firewall.vps_ruleset(config, active=known)))
-    flush_conntrack([firewall.service_mark(config, name) for name in sorted(flush) if name in config.services])
-
-
-def flush_conntrack(marks: list[tuple[int, int]]) -> None:
-    """Delete every conntrack entry carrying one of ``marks`` (value, mask)."""
-    if not marks:
-        return
-    from pyroute2 import Conntrack
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    ct = Conntrack()
-    try:
-        for value, mask in marks:
-            try:
-                ct.flush(mark=value, mark_mask=mask)
-            except NetlinkError as exc:
-                if exc.code != 2:  # ENOENT: no entry had that mark; nothing to forget
-                    raise BackendError(f"cannot delete conntrack entries with mark {value:#x}: {exc}") from None
-    finally:
-        ct.close()
+    conntrack.flush_marked([firewall.service_mark(config, name) for name in sorted(flush) if name in config.services])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from vpnoffload import config as cfg
 
+    backend = None
     try:
         config = cfg.load(args.config)
         text = args.decision
@@ -67,15 +50,18 @@ def main(argv: list[str] | None = None) -> int:
             # Warm start: the watchdog forks us at the first failed check, so the
             # ~1 s it takes to load python-iptables and pyroute2 is spent while
             # the next check runs, not after the decision. EOF: no swap after all.
-            from vpnoffload import firewall, plan  # noqa: F401
-            import iptc  # noqa: F401
-            from pyroute2 import Conntrack  # noqa: F401
+            from vpnoffload import firewall
+            from vpnoffload.routing import conntrack
+
+            backend = firewall.default_backend()
+            backend.preload()
+            conntrack.preload()
 
             text = sys.stdin.readline()
             if not text.strip():
                 return 0
         decision = json.loads(text)
-        apply_swap(config, decision["active"], frozenset(decision.get("flush", ())))
+        apply_swap(config, decision["active"], frozenset(decision.get("flush", ())), backend)
     except (ValueError, KeyError, TypeError) as exc:
         print(f"vpnoffload swap: bad decision: {exc}", file=sys.stderr)
         return 2
