@@ -8,8 +8,11 @@ Ctrl-C), runs the undo of every action already done, newest first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from vpnoffload.errors import ApplyError, VpnOffloadError
@@ -62,6 +65,33 @@ def apply(actions: Sequence[Action]) -> None:
             _rollback(done)
             raise
         done.append(action)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, the first SIGTERM (``systemctl stop``, ``kill``) acts like Ctrl-C:
+    :func:`apply` then rolls back what it did instead of dying half-way.
+
+    Later SIGTERMs are ignored until the block ends, so a second one cannot cut
+    the rollback short. Outside the main thread (where no handler can be set)
+    this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _rolled(done: Sequence[Action]) -> str:

@@ -1,0 +1,63 @@
+"""One path for up/down of either end, and rollback on SIGTERM (on fake backends)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_deploy import env  # noqa: F401 (the fixture)
+from vpnoffload import plan
+from vpnoffload.deploy.run import Request, execute
+from vpnoffload.errors import ConfigError
+from vpnoffload.plan import Action
+
+
+def _run(env, request: Request) -> tuple[object, list[str]]:  # noqa: F811
+    config, paths, backends, tunnels, proc = env
+    said: list[str] = []
+    return execute(request, paths, backends=backends, announce=said.append, require=lambda: None), said
+
+
+def test_up_then_nothing_to_do_then_down_through_one_path(env) -> None:  # noqa: F811
+    config, paths, backends, tunnels, proc = env
+    dry, said = _run(env, Request("up", "vps", dry_run=True))
+    assert dry.steps and not dry.applied and said == [] and backends.firewall.read().is_empty()
+    up, said = _run(env, Request("up", "vps"))
+    assert up.applied and said == up.steps and up.what == "the VPS end"
+    again, _ = _run(env, Request("up", "vps"))
+    assert again.nothing_to_do
+    down, _ = _run(env, Request("down", "vps"))
+    assert down.applied and backends.firewall.read().is_empty()
+
+
+def test_home_requests_name_the_home_and_refuse_unknown_ones(env) -> None:  # noqa: F811
+    config, paths, backends, tunnels, proc = env
+    (paths.state / "home.ovpn").write_text("client\n")
+    dry, _ = _run(env, Request("up", "home", dry_run=True))
+    assert dry.what == "home box home" and any("lookup 7701" in s for s in dry.steps)
+    with pytest.raises(ConfigError, match="--home"):
+        _run(env, Request("up", "home", home="attic"))
+    with pytest.raises(ConfigError, match="--home"):
+        _run(env, Request("down", "home", home="../x"))
+
+
+def test_sigterm_halfway_rolls_back_what_was_done() -> None:
+    log: list[str] = []
+
+    def term() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    actions = [
+        Action("one", lambda: log.append("one"), lambda: log.append("undo one")),
+        Action("two", lambda: log.append("two"), lambda: log.append("undo two")),
+        Action("killed here", term, None),
+        Action("never", lambda: log.append("never"), None),
+    ]
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), plan.sigterm_as_interrupt():
+        plan.apply(actions)
+    assert log == ["one", "two", "undo two", "undo one"]
+    assert signal.getsignal(signal.SIGTERM) is before
