@@ -33,3 +33,24 @@ def held(path: str, timeout: float, busy: Callable[[], str], *, mode: int = os.O
         yield
     finally:
         os.close(fd)  # closing drops the flock
+
+
+#: How long an edit waits for another one (an edit takes well under a second;
+#: issuing a certificate a little more).
+EDIT_TIMEOUT = 30.0
+
+
+def edit_lock_path(config: "os.PathLike[str] | str") -> str:
+    """The lock every config and PKI edit holds: beside the config file's real location
+    (a symlinked config and its target share one lock)."""
+    real = os.path.realpath(config)
+    return os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.lock")
+
+
+@contextlib.contextmanager
+def editing(config: "os.PathLike[str] | str", timeout: float = EDIT_TIMEOUT) -> Iterator[None]:
+    """Hold the edit lock of ``config``: parallel ``service add`` / ``pki issue`` run one after another,
+    each reading what the previous one wrote (none is lost, no address is handed out twice)."""
+    path = edit_lock_path(config)
+    with held(path, timeout, lambda: f"another vpnoffload edit holds {path}; try again when it is done"):
+        yield

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from vpnoffload.config import write_atomic
+from vpnoffload.fsio import make_dir, write_atomic
 from vpnoffload.errors import ConfigError
 
 
@@ -20,6 +21,10 @@ class Record:
     sysctl: dict[str, str] = field(default_factory=dict)  # key -> value before the first up
     addresses: list[list[str]] = field(default_factory=list)  # [interface, "a.b.c.d/32"] we added
     created_user: str | None = None
+    #: The host's own firewall as `up` found it (one line per firewall), and the
+    #: openings vpnoffload made in it (see vpnoffload.firewall.host_plan).
+    host_found: list[str] = field(default_factory=list)
+    host_openings: list[dict[str, Any]] = field(default_factory=list)
 
     def merge_sysctl(self, previous: dict[str, str]) -> None:
         # Keep the oldest value: a second `up` must not record our own setting as "previous".
@@ -31,7 +36,7 @@ class Record:
             self.addresses.append([interface, address])
 
     def empty(self) -> bool:
-        return not (self.sysctl or self.addresses or self.created_user)
+        return not (self.sysctl or self.addresses or self.created_user or self.host_openings or self.host_found)
 
 
 def load(path: Path) -> Record:
@@ -45,6 +50,8 @@ def load(path: Path) -> Record:
         sysctl=dict(data.get("sysctl", {})),
         addresses=[list(a) for a in data.get("addresses", [])],
         created_user=data.get("created_user"),
+        host_found=[str(line) for line in data.get("host_found", [])],
+        host_openings=[dict(e) for e in data.get("host_openings", [])],
     )
 
 
@@ -52,4 +59,5 @@ def save(path: Path, record: Record) -> None:
     if record.empty():
         path.unlink(missing_ok=True)
         return
+    make_dir(path.parent, 0o700)
     write_atomic(path, json.dumps(asdict(record), indent=2) + "\n", mode=0o600)

@@ -179,7 +179,8 @@ def test_write_removes_only_its_own_stale_files(tmp_path: Path) -> None:
     services = SERVICES.split("[services.blog-tls]")[0]  # blog-tls and wiki gone
     written = webserver.render_nginx(config(services), tmp_path)
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert left == ["other.conf", "pages/blog.html", "pages/mine.txt", "pages/shop.html", "vpnoffload.conf"]
+    assert left == [".vpnoffload-files", "other.conf", "pages/blog.html", "pages/mine.txt", "pages/shop.html",
+                    "vpnoffload.conf"]
     assert set(written) == {tmp_path / "vpnoffload.conf", tmp_path / "pages/blog.html", tmp_path / "pages/shop.html"}
     assert oct((tmp_path / "vpnoffload.conf").stat().st_mode & 0o777) == "0o644"
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vpnoffload import fsio
 from vpnoffload import record as record_mod
 from vpnoffload import users
 from vpnoffload.errors import BackendError, NotSetUpError
@@ -59,7 +60,8 @@ def exclusive(paths: Paths, timeout: float = 10.0) -> Iterator[None]:
     """One vpnoffload run at a time per state dir: two `up`s must never interleave."""
     from vpnoffload.locks import held
 
-    paths.run.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fsio.make_dir(paths.state, 0o700)  # explicit modes: the umask may be 000
+    fsio.make_dir(paths.run, 0o700)
     with held(str(paths.lock), timeout, lambda: f"another vpnoffload run holds {paths.lock}; try again when it is done"):
         yield
 
@@ -161,7 +163,8 @@ def _server_config_actions(config: Config, paths: Paths, tunnel: Any) -> list[Ac
 
     pki = pki_mod.Pki.open(paths.pki)
     scratch = _scratch(paths)
-    render.render_vps(config, pki, scratch, status_path=paths.run / "openvpn-server.status", run_as=users.RUN_AS)
+    render.render_vps(config, pki, scratch, status_path=paths.run / "openvpn-server.status", run_as=users.RUN_AS,
+                      set_mode=True)
     return _install_actions(scratch, paths.server_dir, tunnel, "OpenVPN server config", "OpenVPN server",
                             SERVER_READY_TIMEOUT)
 
@@ -191,7 +194,7 @@ def _page_actions(config: Config, paths: Paths, daemon: Any) -> list[Action]:
 
 
 def _scratch(paths: Paths) -> Path:
-    paths.state.mkdir(parents=True, exist_ok=True)
+    fsio.make_dir(paths.state, 0o700)
     return Path(tempfile.mkdtemp(prefix=".render.", dir=paths.state))
 
 

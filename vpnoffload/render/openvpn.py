@@ -29,9 +29,12 @@ from pathlib import Path
 
 import jinja2
 
-from vpnoffload.errors import ConfigError, NotSetUpError, VpnOffloadError
+from vpnoffload.errors import ConfigError, NotSetUpError
 from vpnoffload.model import Config, Home
-from vpnoffload.pki import Pki, check_name, write_atomic
+from vpnoffload.fsio import make_dir, write_atomic
+from vpnoffload.names import check_name, shown
+from vpnoffload.pki import Pki
+from vpnoffload.render.outdir import write_tree
 
 SECRET = 0o600
 PUBLIC = 0o644
@@ -42,17 +45,18 @@ PROFILE_DIR_MODE = 0o700
 _SAFE_WORD = re.compile(r"[A-Za-z0-9_./:@+=,-]+")
 
 
-def ovpn_quote(value: object) -> str:
+def ovpn_quote(value: object, field: str | None = None) -> str:
     """Make ``value`` one OpenVPN config argument: bare if safe, else double-quoted.
 
     autoescape is off (these are not HTML), so this filter is what stops a
     value with spaces, quotes or a newline from becoming extra directives.
+    ConfigError names ``field`` and repeats at most ~60 characters of the value.
     """
     text = str(value)
     if _SAFE_WORD.fullmatch(text):
         return text
     if not text or any(c in text for c in "\n\r\0"):
-        raise ConfigError(f"{text!r} cannot be written into an OpenVPN config")
+        raise ConfigError(f"{shown(text)} cannot be written into an OpenVPN config", field=field)
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -100,7 +104,7 @@ def server_config(config: Config, *, status_path: Path | None = None, run_as: st
     tunnel = config.tunnel
     return _render(
         "server.conf.j2",
-        device=ovpn_quote(tunnel.device),
+        device=ovpn_quote(tunnel.device, "tunnel"),
         network=tunnel.subnet.network_address,
         netmask=tunnel.subnet.netmask,
         subnet6=tunnel.subnet6,
@@ -120,7 +124,7 @@ def ccd_entry(config: Config, home: Home) -> str:
     address6 = None
     if home.address6 is not None and subnet6 is not None:
         address6 = f"{home.address6}/{subnet6.prefixlen}"
-    return _render("ccd.j2", home=check_name(home.name), address=home.address, netmask=config.tunnel.subnet.netmask,
+    return _render("ccd.j2", home=check_name(home.name, f"homes.{home.name}"), address=home.address, netmask=config.tunnel.subnet.netmask,
                    address6=address6, server6=config.tunnel.server_address6)
 
 
@@ -130,7 +134,7 @@ def client_profile(config: Config, pki: Pki, home: str) -> str:
     return _render(
         "client.ovpn.j2",
         home=home,
-        device=ovpn_quote(config.tunnel.device),
+        device=ovpn_quote(config.tunnel.device, "tunnel"),
         remote=config.vps.address,
         port=config.tunnel.port,
         proto=config.tunnel.proto,
@@ -165,55 +169,36 @@ def render_vps(
     *,
     status_path: Path | None = None,
     run_as: str | None = "vpnoffload",
+    set_mode: bool = False,
 ) -> list[Path]:
     """Write the server directory ``out`` (see the module docstring for modes).
 
-    ``ccd/`` ends up holding exactly one file per configured home: files of
-    homes no longer in the config are deleted, since with ``ccd-exclusive``
-    a ccd file is what lets a certificate in.
+    A new ``out`` is made 0711; an existing one keeps its mode unless
+    ``set_mode`` (the caller just made it, e.g. a scratch directory for
+    ``up vps``). ``ccd/`` must not be a symlink. It ends up holding one file
+    per configured home; ccd files vpnoffload wrote for homes no longer in the
+    config are deleted (with ``ccd-exclusive`` a ccd file is what lets a
+    certificate in); files it did not write are left alone.
     """
-    out = Path(out)
-    _make_dir(out, SERVER_DIR_MODE)
+    out = Path(out).absolute()
     ccd = out / "ccd"
-    _make_dir(ccd, CCD_DIR_MODE)
-    files: list[tuple[Path, str, int]] = [
-        (out / "server.conf", server_config(config, status_path=status_path, run_as=run_as), PUBLIC),
-        (out / "ca.crt", pki.ca_cert(), PUBLIC),
-        (out / "server.crt", pki.cert(pki.server_name), PUBLIC),
-        (out / "server.key", pki.key(pki.server_name), SECRET),
-        (out / "tls-crypt.key", pki.tls_crypt_key(), SECRET),
-        (out / "crl.pem", pki.crl(), PUBLIC),
-    ]
-    files += [(ccd / name, ccd_entry(config, home), PUBLIC) for name, home in config.homes.items()]
-    for path, text, mode in files:
-        write_atomic(path, text, mode)
-    _remove_stale(ccd, keep=set(config.homes))
-    return [path for path, _, _ in files]
+    files: dict[Path, tuple[str, int]] = {
+        out / "server.conf": (server_config(config, status_path=status_path, run_as=run_as), PUBLIC),
+        out / "ca.crt": (pki.ca_cert(), PUBLIC),
+        out / "server.crt": (pki.cert(pki.server_name), PUBLIC),
+        out / "server.key": (pki.key(pki.server_name), SECRET),
+        out / "tls-crypt.key": (pki.tls_crypt_key(), SECRET),
+        out / "crl.pem": (pki.crl(), PUBLIC),
+    }
+    files.update({ccd / name: (ccd_entry(config, home), PUBLIC) for name, home in config.homes.items()})
+    return write_tree(out, files, dir_mode=SERVER_DIR_MODE, subdirs={"ccd": CCD_DIR_MODE}, set_mode=set_mode,
+                      owned_globs=("ccd/*",))
 
 
 def render_home(config: Config, pki: Pki, home: str, out: Path) -> Path:
     """Write ``out/<home>.ovpn`` (0600; ``out`` is created 0700 if missing)."""
     text = client_profile(config, pki, home)
-    out = Path(out)
-    if not out.exists():
-        _make_dir(out, PROFILE_DIR_MODE)
-    path = out / f"{check_name(home)}.ovpn"
+    out = make_dir(Path(out), PROFILE_DIR_MODE)
+    path = out / f"{check_name(home, '--home')}.ovpn"
     write_atomic(path, text, SECRET)
     return path
-
-
-def _make_dir(path: Path, mode: int) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        path.chmod(mode)  # mkdir's mode is cut by the umask; an existing dir keeps its old one
-    except OSError as exc:
-        raise VpnOffloadError(f"cannot create {path}: {exc.strerror}") from None
-
-
-def _remove_stale(ccd: Path, keep: set[str]) -> None:
-    try:
-        for entry in ccd.iterdir():
-            if entry.name not in keep and (entry.is_file() or entry.is_symlink()):
-                entry.unlink()
-    except OSError as exc:
-        raise VpnOffloadError(f"cannot clean {ccd}: {exc.strerror}") from None

@@ -2,8 +2,11 @@
 
 ``up vps`` renders them into the run directory (it has jinja2 loaded anyway);
 the page server that sends them never imports jinja2 (~10 MB) and only reads
-the finished HTML. ``python -m vpnoffload.render.pages`` renders them by hand. HTML autoescape is on here, unlike the OpenVPN templates:
-a hostname ends up inside HTML.
+the finished HTML. ``python -m vpnoffload.render.pages`` renders them by hand.
+HTML autoescape is on here, unlike the OpenVPN templates: a hostname ends up
+inside HTML. A custom ``page`` template is the user's file rendered as root, so
+it gets jinja2's SandboxedEnvironment (no attribute walks to ``__globals__``,
+no ``os``): a template can format the values it is given, nothing more.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 from vpnoffload.errors import ConfigError, VpnOffloadError
 from vpnoffload.model import Config, Service
+from vpnoffload.names import shown
 
 DEFAULT_TEMPLATE = "fallback.html.j2"
 
@@ -23,11 +27,13 @@ def _environment(service: Service):  # -> jinja2.Environment
 
     from vpnoffload.render.openvpn import _load_template
 
+    from jinja2.sandbox import SandboxedEnvironment
+
     if service.page is not None:
         loader: jinja2.BaseLoader = jinja2.FileSystemLoader(str(service.page.parent))
     else:
         loader = jinja2.FunctionLoader(_load_template)
-    return jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+    return SandboxedEnvironment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
 
 
 def render_page(config: Config, service: Service) -> str:
@@ -41,9 +47,10 @@ def render_page(config: Config, service: Service) -> str:
             service=service.name,
             retry_after=config.watch.retry_after,
         )
-    except jinja2.TemplateError as exc:
+    except (jinja2.TemplateError, RecursionError, OverflowError, MemoryError) as exc:
         where = str(service.page) if service.page else DEFAULT_TEMPLATE
-        raise ConfigError(f"cannot render {where}: {exc}", field=f"services.{service.name}.page") from None
+        raise ConfigError(f"cannot render {shown(where)}: {shown(str(exc) or type(exc).__name__)}",
+                          field=f"services.{service.name}.page") from None
 
 
 def page_path(out: Path, service: str) -> Path:
@@ -51,19 +58,13 @@ def page_path(out: Path, service: str) -> Path:
 
 
 def render_pages(config: Config, out: Path) -> list[Path]:
-    """Write ``<service>.html`` for every service that serves a page; remove stale ones."""
-    from vpnoffload.config import write_atomic
+    """Write ``<service>.html`` for every service that serves a page; remove the stale ones it wrote."""
+    from vpnoffload.render.outdir import write_tree
 
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for svc in config.services.values():
-        if svc.serves_page:
-            path = page_path(out, svc.name)
-            write_atomic(path, render_page(config, svc), mode=0o644)
-            written.append(path)
-    for stale in set(out.glob("*.html")) - set(written):
-        stale.unlink()
-    return written
+    out = Path(out).absolute()
+    files = {page_path(out, svc.name): (render_page(config, svc), 0o644)
+             for svc in config.services.values() if svc.serves_page}
+    return write_tree(out, files, dir_mode=0o755, subdirs={})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpnoffload.errors import ConfigError, VpnOffloadError
+from vpnoffload.errors import ConfigError
 from vpnoffload.model import Config, Service
+from vpnoffload.names import shown
 
 #: Files vpnoffload owns in the output directory (nothing else there is touched).
 NGINX_HTTP = "vpnoffload.conf"
@@ -36,15 +37,16 @@ PAGES = "pages"
 _WORD = re.compile(r"[A-Za-z0-9_./:@+,=\[\]-]+")
 
 
-def conf_word(value: object) -> str:
-    """``value`` as one bare word of an nginx/HAProxy config, or ConfigError.
+def conf_word(value: object, field: str | None = None) -> str:
+    """``value`` as one bare word of an nginx/HAProxy config, or ConfigError naming ``field``.
 
     Both formats give ``$``, quotes, ``;``, ``#``, braces and spaces meaning, so
     anything outside a plain set of characters is refused rather than quoted.
     """
     text = str(value)
     if not _WORD.fullmatch(text):
-        raise ConfigError(f"{text!r} cannot be written into a web server config (use plain characters)")
+        raise ConfigError(f"{shown(text)} cannot be written into a web server config (use plain characters)",
+                          field=field)
     return text
 
 
@@ -99,17 +101,17 @@ def _site(config: Config, svc: Service) -> Site:
     shared = svc.listen_address == config.vps.address
     own = f"[{svc.listen_address}]" if svc.listen_address.version == 6 else str(svc.listen_address)
     upstreams = tuple(
-        Upstream(conf_word(h), conf_word(f"{config.homes[h].address}:{svc.target_port}"), i > 0)
+        Upstream(conf_word(h, f"homes.{h}"), conf_word(f"{config.homes[h].address}:{svc.target_port}", f"homes.{h}"), i > 0)
         for i, h in enumerate(svc.homes)
     )
     return Site(
         name=svc.name,
-        ident=conf_word(svc.name.replace("-", "_")),
-        hostname=conf_word(svc.hostname),
+        ident=conf_word(svc.name.replace("-", "_"), f"services.{svc.name}"),
+        hostname=conf_word(svc.hostname, f"services.{svc.name}.hostname"),
         # The VPS's own sites usually say `listen 80;`; nginx picks server blocks by
         # address first, so ours must say the same to be compared by name with theirs.
-        nginx_listen=str(svc.listen_port) if shared else conf_word(f"{own}:{svc.listen_port}"),
-        haproxy_bind=f":{svc.listen_port}" if shared else conf_word(f"{own}:{svc.listen_port}"),
+        nginx_listen=str(svc.listen_port) if shared else conf_word(f"{own}:{svc.listen_port}", f"services.{svc.name}.listen"),
+        haproxy_bind=f":{svc.listen_port}" if shared else conf_word(f"{own}:{svc.listen_port}", f"services.{svc.name}.listen"),
         upstreams=upstreams,
         page=svc.serves_page and not svc.sni_routed,
         tls=svc.sni_routed,
@@ -142,13 +144,13 @@ def _environment():  # -> jinja2.Environment
 def _render(template: str, config: Config, out: Path, **values: object) -> str:
     found = sites(config)
     return _environment().get_template(template).render(
-        out=conf_word(out),
-        pages=conf_word(out / PAGES),
+        out=conf_word(out, "--out"),
+        pages=conf_word(out / PAGES, "--out"),
         http=_listeners(found, 80),
         tls=_listeners(found, 443),
         proxy=config.proxy,
-        local_https=conf_word(config.proxy.local_https),
-        local_http=conf_word(config.proxy.local_http),
+        local_https=conf_word(config.proxy.local_https, "proxy.local_https"),
+        local_http=conf_word(config.proxy.local_http, "proxy.local_http"),
         retry_after=config.watch.retry_after,
         **values,
     )
@@ -210,20 +212,16 @@ def _absolute(out: Path) -> Path:
 
 
 def write_files(files: dict[Path, str], out: Path, owned: tuple[str, ...]) -> list[Path]:
-    """Write ``files`` atomically (0644), then delete the files in ``out`` matching the
-    ``owned`` globs that are no longer wanted (a stream include, pages of removed services)."""
-    from vpnoffload.config import write_atomic
+    """Write ``files`` (0644) into ``out`` through :func:`vpnoffload.render.outdir.write_tree`:
+    an existing ``out`` keeps its mode, a symlinked ``stream/`` or ``pages/`` is refused, and of
+    the files matching the ``owned`` globs only those vpnoffload wrote are deleted when no longer
+    wanted (a stream include, pages of removed services)."""
+    from vpnoffload.render.outdir import write_tree
 
     out = _absolute(out)
-    try:
-        for path, text in files.items():
-            write_atomic(path, text, mode=0o644)
-        for stale in [p for pattern in owned for p in out.glob(pattern)]:
-            if stale not in files and stale.is_file():
-                stale.unlink()
-    except OSError as exc:
-        raise VpnOffloadError(f"cannot write into {out}: {exc.strerror or exc}") from None
-    return list(files)
+    subdirs = {Path(p).parts[0]: 0o755 for p in (NGINX_STREAM, f"{PAGES}/x")}
+    wanted = {path: (text, 0o644) for path, text in files.items()}
+    return write_tree(out, wanted, dir_mode=0o755, subdirs=subdirs, owned_globs=owned)
 
 
 def render_nginx(config: Config, out: Path) -> list[Path]:
