@@ -153,3 +153,100 @@ class FakeRoutingBackend(_Queries):
         if any(a.address == dst for a in self.address_list):
             return "lo"
         return self.default_device
+
+
+class FakeNft:
+    """An in-memory ``nft -j`` for unit tests of :class:`NftBackend` (its ``run``).
+
+    Understands ``-j list tables``, ``-j list table FAMILY NAME`` and ``-j -f -``
+    with add/flush/delete of tables, chains and rules, applied all-or-nothing
+    like the kernel's transaction. Listings print ``ct mark set`` the way nft
+    1.0.6 does (``& (a | x) | x`` when no bit is in both). ``batches``: every
+    transaction received, parsed.
+    """
+
+    def __init__(self) -> None:
+        #: (family, table) -> {"chains": {name: chain object}, "rules": {chain: [expr lists]}}
+        self.tables: dict[tuple[str, str], dict[str, dict]] = {}
+        self.batches: list[list[dict]] = []
+
+    def __call__(self, argv: list[str], input: str | None = None) -> str:
+        import copy
+        import json
+
+        if argv == ["-j", "list", "tables"]:
+            return json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}] + [
+                {"table": {"family": f, "name": n, "handle": 1}} for f, n in self.tables]})
+        if argv[:3] == ["-j", "list", "table"]:
+            key = (argv[3], argv[4])
+            if key not in self.tables:
+                raise BackendError(f"nft {' '.join(argv)} failed: Error: No such file or directory")
+            return json.dumps({"nftables": self._listing(*key)})
+        if argv == ["-j", "-f", "-"]:
+            batch = json.loads(input or "{}")["nftables"]
+            self.batches.append(batch)
+            tables = copy.deepcopy(self.tables)  # all or nothing, like the kernel
+            for command in batch:
+                self._apply(tables, command)
+            self.tables = tables
+            return ""
+        raise AssertionError(f"FakeNft does not know nft {argv}")
+
+    def _apply(self, tables: dict, command: dict) -> None:
+        (verb, body), = command.items()
+        (kind, obj), = body.items()
+        if kind == "table":
+            key = (obj["family"], obj["name"])
+            if verb == "add":
+                tables.setdefault(key, {"chains": {}, "rules": {}})
+            elif verb == "delete":
+                if key not in tables:
+                    raise BackendError("nft -j -f - failed: Error: No such file or directory")
+                del tables[key]
+            return
+        key = (obj["family"], obj["table"])
+        if key not in tables:
+            raise BackendError("nft -j -f - failed: Error: No such file or directory (table)")
+        table = tables[key]
+        name = obj.get("name") or obj.get("chain")
+        if kind == "chain" and verb == "add":
+            table["chains"].setdefault(name, dict(obj))
+            table["rules"].setdefault(name, [])
+        elif name not in table["chains"]:
+            raise BackendError(f"nft -j -f - failed: Error: No such file or directory (chain {name})")
+        elif kind == "chain" and verb == "flush":
+            table["rules"][name] = []
+        elif kind == "chain" and verb == "delete":
+            if table["rules"][name] or any(e.get(v, {}).get("target") == name for rs in table["rules"].values()
+                                           for r in rs for e in r for v in ("jump", "goto")):
+                raise BackendError("nft -j -f - failed: Error: Device or resource busy")
+            del table["chains"][name], table["rules"][name]
+        elif kind == "rule" and verb == "add":
+            for expr in obj["expr"]:
+                for v in ("jump", "goto"):
+                    if v in expr and expr[v]["target"] not in table["chains"]:
+                        raise BackendError("nft -j -f - failed: Error: No such file or directory (jump)")
+            table["rules"][name].append(obj["expr"])
+        else:
+            raise AssertionError(f"FakeNft does not know {command}")
+
+    def _listing(self, family: str, name: str) -> list[dict]:
+        table = self.tables[(family, name)]
+        out: list[dict] = [{"metainfo": {"json_schema_version": 1}}, {"table": {"family": family, "name": name}}]
+        out += [{"chain": chain} for chain in table["chains"].values()]
+        for chain, rules in table["rules"].items():
+            out += [{"rule": {"family": family, "table": name, "chain": chain, "expr": [_as_printed(e) for e in r]}}
+                    for r in rules]
+        return out
+
+
+def _as_printed(expr: dict) -> dict:
+    """``ct mark set ct mark & a ^ x`` as nft prints it back: ``& (a | x) | x`` when a & x == 0."""
+    value = expr.get("mangle", {}).get("value")
+    if isinstance(value, dict) and "^" in value:
+        (masked, xor) = value["^"]
+        if isinstance(masked, dict) and "&" in masked:
+            key, mask = masked["&"]
+            if mask & xor == 0:
+                return {"mangle": {**expr["mangle"], "value": {"|": [{"&": [key, mask | xor]}, xor]}}}
+    return expr

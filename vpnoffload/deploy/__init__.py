@@ -46,10 +46,10 @@ class Backends:
 
     @classmethod
     def real(cls) -> "Backends":
-        from vpnoffload.firewall.iptc import IptcBackend
+        from vpnoffload.firewall import default_backend
         from vpnoffload.routing import Pyroute2Backend
 
-        return cls(firewall=IptcBackend(), routing=Pyroute2Backend())
+        return cls(firewall=default_backend(), routing=Pyroute2Backend())
 
 
 # ------------------------------------------------------------------ locking

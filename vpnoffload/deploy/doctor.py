@@ -70,6 +70,26 @@ def check_nft_variant() -> Finding:
     return Finding("ok", "iptables-nft", "the iptables command shows the legacy tables vpnoffload writes")
 
 
+def check_firewall_backend(root: bool = True) -> list[Finding]:
+    """Which backend writes vpnoffload's own rules (python-iptables or nftables), and can it
+    read them (only as root); with python-iptables, the legacy-vs-nft note too."""
+    from vpnoffload.firewall import choose
+
+    try:
+        name, why = choose.chosen()
+    except VpnOffloadError as exc:
+        return [Finding("fail", "firewall backend", str(exc), f"unset {choose.ENV}, or set it to iptc or nft")]
+    named = Finding("ok", "firewall backend", f"{choose.describe(name)}: {why}")
+    if name == "iptc":
+        return [named, *([check_legacy_iptables()] if root else []), check_nft_variant()]
+    if root:
+        try:
+            choose.make(name).read()
+        except VpnOffloadError as exc:
+            return [Finding("fail", "firewall backend", f"nftables: {exc}", "apt-get install nftables")]
+    return [named]
+
+
 def check_forwarding_config(sysctl_dirs: tuple[str, ...] = ("/etc/sysctl.d", "/run/sysctl.d", "/usr/lib/sysctl.d", "/etc")) -> Finding:
     """A sysctl file that turns forwarding off would undo `up vps` at the next boot or `sysctl --system`."""
     for d in sysctl_dirs:
@@ -213,9 +233,7 @@ def require_prerequisites() -> None:
 
 def all_checks(config: Config | None) -> list[Finding]:
     findings = fatal_checks()
-    if findings[0].level == "ok":
-        findings.append(check_legacy_iptables())
-    findings.append(check_nft_variant())
+    findings += check_firewall_backend(root=findings[0].level == "ok")
     findings.append(check_forwarding_config())
     findings.append(check_ipv6(config))
     if config is not None:

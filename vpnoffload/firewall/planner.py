@@ -13,10 +13,12 @@ from vpnoffload.firewall.rules import TABLES, Backend, Rule, Ruleset, is_owned, 
 from vpnoffload.plan import Action
 
 def default_backend() -> Backend:
-    """The real backend (imports python-iptables, ~20 MB, only when called)."""
-    from vpnoffload.firewall.iptc import IptcBackend
+    """The real backend: python-iptables where the legacy x_tables exist, nftables
+    where they do not, or what ``VPNOFFLOAD_FIREWALL`` says (see :mod:`.choose`).
+    Nothing heavy is imported until the backend is used."""
+    from vpnoffload.firewall import choose
 
-    return IptcBackend()
+    return choose.make(choose.chosen()[0])
 
 
 def plan(backend: Backend, desired: Ruleset) -> list[Action]:

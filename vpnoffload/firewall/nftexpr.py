@@ -1,0 +1,443 @@
+"""iptables-save arguments <-> nftables JSON expressions, for the rules vpnoffload writes.
+
+Pure functions, no kernel: :func:`to_nft` turns one :class:`Rule`'s ``args``
+into the ``expr`` list of an nftables JSON rule, and :func:`from_nft` turns an
+``expr`` list read back with ``nft -j list`` into the same ``args``, so the
+nftables backend reads back exactly the :class:`Ruleset` it wrote and a second
+``up`` plans nothing. Rules carry no comment: nft limits one to 128 bytes and our
+longest rules are longer, so the expressions themselves are the record.
+
+Only the subset vpnoffload produces is translated (see :mod:`.policy`); anything
+else raises :class:`BackendError` naming the rule, never a silently weaker rule.
+The forms are chosen so that nft prints back what we wrote:
+
+=================================================  ==============================================
+iptables-save                                      nftables
+=================================================  ==============================================
+``[!] -s/-d 203.0.113.10/32`` (/128)               ``ip[6] saddr/daddr [!=] 203.0.113.10`` (a prefix otherwise)
+``[!] -i/-o vpnoffload0`` (``eth+``)               ``iifname/oifname [!=] "vpnoffload0"`` (``"eth*"``)
+``-p tcp -m tcp [!] --dport 80 [--sport ..]``      ``tcp dport [!=] 80`` (nft implies the protocol)
+``-p icmp -m icmp --icmp-type 8``                  ``icmp type echo-request`` (icmpv6: ``--icmpv6-type 128``)
+``[!] -p udp`` (no port match)                     ``meta l4proto [!=] udp``
+``-m conntrack [!] --ctstate RELATED,ESTABLISHED``  ``ct state [!=] established,related``
+``-m conntrack --ctstate DNAT`` (SNAT)             ``ct status dnat``
+``-m connmark [!] --mark v/m`` (``mark``)          ``ct mark & m [!=] v`` (``meta mark``)
+``-j CONNMARK --set-xmark v/m``                    ``ct mark set ct mark & ~m ^ v``
+``-j DNAT --to-destination a:p`` (``[a]:p``)       ``dnat to a:p``
+``-j REJECT --reject-with tcp-reset``              ``reject with tcp reset`` (icmp[6] port-unreachable)
+``-j ACCEPT/DROP/RETURN``, ``-j/-g VPNOFFLOAD-*``  ``accept/drop/return``, ``jump/goto``
+=================================================  ==============================================
+"""
+
+from __future__ import annotations
+
+from ipaddress import ip_address, ip_network
+from typing import Any
+
+from vpnoffload.errors import BackendError
+from vpnoffload.firewall.rules import Rule, is_owned, table_label
+
+Expr = dict[str, Any]
+ALL_ONES = 0xFFFFFFFF
+#: iptables' order of --ctstate words (as conntrack's save prints them), and which are ct status bits.
+CT_STATES = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
+CT_STATUSES = ("SNAT", "DNAT")
+PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58}
+#: Which -m module goes with a protocol, and the option naming its type.
+_ICMP = {"icmp": ("icmp", "--icmp-type", "icmp"), "ipv6-icmp": ("icmp6", "--icmpv6-type", "icmpv6")}
+ICMP_TYPES = {
+    "icmp": {0: "echo-reply", 3: "destination-unreachable", 8: "echo-request", 11: "time-exceeded"},
+    "icmpv6": {1: "destination-unreachable", 2: "packet-too-big", 3: "time-exceeded", 128: "echo-request",
+               129: "echo-reply"},
+}
+#: The IP version each ICMP name belongs to (both iptables' and nft's spellings).
+_ICMP_VERSION = {"icmp": 4, "ipv6-icmp": 6, "icmpv6": 6}
+_VERDICTS = {"ACCEPT": "accept", "DROP": "drop", "RETURN": "return"}
+_REJECTS = {
+    "tcp-reset": {"type": "tcp reset"},
+    "icmp-port-unreachable": {"type": "icmp", "expr": "port-unreachable"},
+    "icmp-host-unreachable": {"type": "icmp", "expr": "host-unreachable"},
+    "icmp6-port-unreachable": {"type": "icmpv6", "expr": "port-unreachable"},
+    "icmp6-adm-prohibited": {"type": "icmpv6", "expr": "admin-prohibited"},
+}
+
+
+class Untranslatable(ValueError):
+    """One rule (or one expression read back) outside the subset this module knows."""
+
+
+def _family(table: str) -> int:
+    return 6 if table.endswith("6") else 4
+
+
+def _match(left: Expr, right: Any, negate: bool = False, op: str = "==") -> Expr:
+    return {"match": {"op": "!=" if negate else op, "left": left, "right": right}}
+
+
+def _payload(protocol: str, field: str) -> Expr:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _masked(key: Expr, mask: int) -> Expr:
+    return key if mask == ALL_ONES else {"&": [key, mask]}
+
+
+def _mark(text: str) -> tuple[int, int]:
+    value, _, mask = text.partition("/")
+    try:
+        return int(value, 0), int(mask, 0) if mask else ALL_ONES
+    except ValueError:
+        raise Untranslatable(f"bad mark {text!r}") from None
+
+
+def _mark_text(value: int, mask: int) -> str:
+    """As iptables-save prints a mark: 0x100000/0xff00000, without the mask when it is all ones."""
+    return f"{value:#x}" if mask == ALL_ONES else f"{value:#x}/{mask:#x}"
+
+
+# --------------------------------------------------------------------------
+# iptables-save arguments -> nftables expressions
+
+
+def to_nft(rule: Rule) -> list[Expr]:
+    """The nftables JSON ``expr`` list of ``rule``; BackendError naming it if untranslatable."""
+    try:
+        return _Writer(rule).run()
+    except Untranslatable as exc:
+        raise BackendError(
+            f"{table_label(rule.table)}: cannot write `{rule.chain}: {rule.text}` as nftables: {exc}"
+        ) from None
+
+
+class _Writer:
+    """Walks ``args`` left to right: entry flags, then ``-m`` modules, then the target."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule, self.args, self.i = rule, rule.args, 0
+        self.version = _family(rule.table)
+        self.out: list[Expr] = []
+
+    def peek(self, k: int = 0) -> str | None:
+        j = self.i + k
+        return self.args[j] if j < len(self.args) else None
+
+    def take(self) -> str:
+        token = self.peek()
+        if token is None:
+            raise Untranslatable("the rule ends too early")
+        self.i += 1
+        return token
+
+    def negation(self) -> bool:
+        if self.peek() == "!":
+            self.i += 1
+            return True
+        return False
+
+    def run(self) -> list[Expr]:
+        while self.peek() is not None:
+            negate = self.negation()
+            flag = self.take()
+            if flag in ("-s", "-d"):
+                self.address(flag, self.take(), negate)
+            elif flag in ("-i", "-o"):
+                name = self.take()
+                name = name[:-1] + "*" if name.endswith("+") else name
+                self.out.append(_match({"meta": {"key": "iifname" if flag == "-i" else "oifname"}}, name, negate))
+            elif flag == "-p":
+                self.protocol(self.take(), negate)
+            elif flag == "-m" and not negate:
+                self.module(self.take())
+            elif flag in ("-j", "-g") and not negate:
+                self.target(flag, self.take())
+                if self.peek() is not None:
+                    raise Untranslatable(f"{self.peek()!r} after the target")
+            else:
+                raise Untranslatable(f"unknown {'! ' if negate else ''}{flag!r}")
+        return self.out
+
+    def address(self, flag: str, text: str, negate: bool) -> None:
+        try:
+            net = ip_network(text, strict=True)
+        except ValueError:
+            raise Untranslatable(f"bad address {text!r}") from None
+        if net.version != self.version:
+            raise Untranslatable(f"{text} is not an IPv{self.version} address")
+        right: Any = str(net.network_address)
+        if net.prefixlen != net.max_prefixlen:
+            right = {"prefix": {"addr": right, "len": net.prefixlen}}
+        proto = "ip" if self.version == 4 else "ip6"
+        self.out.append(_match(_payload(proto, "saddr" if flag == "-s" else "daddr"), right, negate))
+
+    def protocol(self, proto: str, negate: bool) -> None:
+        if proto not in PROTOCOLS or (proto in _ICMP and _ICMP_VERSION[proto] != self.version):
+            raise Untranslatable(f"protocol {proto!r} in an IPv{self.version} table")
+        module = _ICMP[proto][0] if proto in _ICMP else proto
+        if self.peek() == "-m" and self.peek(1) == module:
+            if negate:
+                raise Untranslatable(f"! -p {proto} with -m {module}")
+            self.i += 2
+            self.header_options(proto)
+        else:  # no header match follows: the protocol is the whole match
+            self.out.append(_match({"meta": {"key": "l4proto"}}, proto, negate))
+
+    def header_options(self, proto: str) -> None:
+        """``--dport``/``--sport`` of tcp/udp, ``--icmp(v6)-type`` of icmp; at least one."""
+        found = 0
+        while True:
+            start = self.i
+            negate = self.negation()
+            option = self.peek()
+            if proto in _ICMP and option == _ICMP[proto][1]:
+                self.i += 1
+                nft_proto = _ICMP[proto][2]
+                number = self.take()
+                name = ICMP_TYPES[nft_proto].get(int(number)) if number.isdigit() else None
+                if name is None:
+                    raise Untranslatable(f"{option} {number}")
+                self.out.append(_match(_payload(nft_proto, "type"), name, negate))
+            elif proto not in _ICMP and option in ("--dport", "--sport"):
+                self.i += 1
+                port = self.take()
+                if not port.isdigit():
+                    raise Untranslatable(f"{option} {port} (only single ports)")
+                self.out.append(_match(_payload(proto, option[2:]), int(port), negate))
+            else:
+                self.i = start
+                break
+            found += 1
+        if not found:
+            raise Untranslatable(f"-m {proto} without an option vpnoffload knows")
+
+    def module(self, name: str) -> None:
+        negate = self.negation()
+        option = self.take()
+        if name == "conntrack" and option == "--ctstate":
+            self.out.append(self.ctstate(self.take(), negate))
+        elif name in ("connmark", "mark") and option == "--mark":
+            value, mask = _mark(self.take())
+            key = {"ct": {"key": "mark"}} if name == "connmark" else {"meta": {"key": "mark"}}
+            self.out.append(_match(_masked(key, mask), value, negate))
+        else:
+            raise Untranslatable(f"-m {name} {option}")
+        if self.peek() not in (None, "!", "-m", "-j", "-g"):
+            raise Untranslatable(f"-m {name}: more options than vpnoffload writes ({self.peek()})")
+
+    @staticmethod
+    def ctstate(text: str, negate: bool) -> Expr:
+        words = text.split(",")
+        if all(w in CT_STATES for w in words):
+            key = "state"
+        elif all(w in CT_STATUSES for w in words):
+            key = "status"
+        else:  # iptables ORs state and status words; one nft match cannot
+            raise Untranslatable(f"--ctstate {text}")
+        values = [w.lower() for w in words]
+        return _match({"ct": {"key": key}}, values[0] if len(values) == 1 else values, negate, op="in")
+
+    def target(self, flag: str, name: str) -> None:
+        if name in _VERDICTS and flag == "-j":
+            self.out.append({_VERDICTS[name]: None})
+        elif is_owned(name):
+            self.out.append({"jump" if flag == "-j" else "goto": {"target": name}})
+        elif name == "REJECT" and self.take() == "--reject-with":
+            kind = self.take()
+            reject = _REJECTS.get(kind)
+            if reject is None or reject["type"] in _ICMP_VERSION and _ICMP_VERSION[reject["type"]] != self.version:
+                raise Untranslatable(f"--reject-with {kind}")
+            self.out.append({"reject": dict(_REJECTS[kind])})
+        elif name == "DNAT" and self.take() == "--to-destination":
+            self.out.append({"dnat": self.endpoint(self.take())})
+        elif name == "CONNMARK" and self.take() == "--set-xmark":
+            value, mask = _mark(self.take())
+            ct = {"ct": {"key": "mark"}}
+            # iptables: mark = (mark & ~mask) ^ value; the same bitwise expression in nft.
+            self.out.append({"mangle": {"key": ct, "value": {"^": [{"&": [ct, ~mask & ALL_ONES]}, value]}}})
+        else:
+            raise Untranslatable(f"target {name} (or its options)")
+
+    def endpoint(self, text: str) -> Expr:
+        """``198.51.100.2:8080``, ``[fd00::2]:8080``, or an address alone."""
+        address, port = text, None
+        if self.version == 6 and text.startswith("["):
+            address, _, rest = text[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else None
+        elif self.version == 4 and ":" in text:
+            address, port = text.split(":", 1)
+        try:
+            if ip_address(address).version != self.version:
+                raise ValueError
+        except ValueError:
+            raise Untranslatable(f"--to-destination {text}") from None
+        if port is None:
+            return {"addr": address}
+        if not port.isdigit():
+            raise Untranslatable(f"--to-destination {text} (only one port)")
+        return {"addr": address, "port": int(port)}
+
+
+# --------------------------------------------------------------------------
+# nftables expressions -> iptables-save arguments
+
+
+def from_nft(table: str, chain: str, exprs: list[Expr]) -> Rule:
+    """The :class:`Rule` a rule's ``expr`` list (as ``nft -j list`` prints it) stands for.
+
+    BackendError naming the chain if an expression is not one :func:`to_nft` writes.
+    """
+    reader = _Reader(_family(table))
+    for expr in exprs:
+        try:
+            reader.add(expr)
+        except (Untranslatable, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise BackendError(
+                f"nftables table {'ip6' if _family(table) == 6 else 'ip'} vpnoffload, chain {chain}: "
+                f"cannot read {expr} ({exc}); not written by vpnoffload?"
+            ) from None
+    return Rule(table, chain, tuple(reader.args))
+
+
+def _flags(right: Any) -> list[str]:
+    """ct state/status values: "dnat", ["established", "related"] or {"|": [...]}."""
+    if isinstance(right, str):
+        return [right]
+    if isinstance(right, dict) and "|" in right:
+        return [w for part in right["|"] for w in _flags(part)]
+    if isinstance(right, list):
+        return [w for part in right for w in _flags(part)]
+    raise Untranslatable(f"flags {right!r}")
+
+
+def _unmask(left: Expr) -> tuple[Expr, int]:
+    """``{"&": [key, m]}`` -> (key, m); a bare key -> (key, all ones)."""
+    if "&" in left:
+        key, mask = left["&"]
+        return key, int(mask)
+    return left, ALL_ONES
+
+
+class _Reader:
+    """Builds iptables-save arguments from expressions, one at a time."""
+
+    def __init__(self, version: int) -> None:
+        self.version = version
+        self.args: list[str] = []
+        self.header: str | None = None  # the -p/-m group the last expression opened
+
+    def add(self, expr: Expr) -> None:
+        if "counter" in expr:
+            return  # someone's `nft add counter`: no effect on what the rule does
+        header, self.header = self.header, None
+        if "match" in expr:
+            self.match(expr["match"], header)
+        else:
+            self.statement(expr)
+
+    def match(self, m: Expr, header: str | None) -> None:
+        op, left, right = m["op"], m["left"], m["right"]
+        if op not in ("==", "!=", "in"):
+            raise Untranslatable(f"operator {op}")
+        bang = ["!"] if op == "!=" else []
+        if "payload" in left:
+            self.payload(left["payload"], right, bang, header)
+            return
+        key, mask = _unmask(left)
+        if "meta" in key and key["meta"]["key"] in ("iifname", "oifname") and mask == ALL_ONES:
+            name = right[:-1] + "+" if right.endswith("*") else right
+            self.args += [*bang, "-i" if key["meta"]["key"] == "iifname" else "-o", name]
+        elif "meta" in key and key["meta"]["key"] == "l4proto" and mask == ALL_ONES:
+            names = {v: k for k, v in PROTOCOLS.items()}
+            proto = names[right] if isinstance(right, int) else {"icmpv6": "ipv6-icmp"}.get(right, right)
+            if proto not in PROTOCOLS:
+                raise Untranslatable(f"protocol {right}")
+            self.args += [*bang, "-p", proto]
+        elif "ct" in key and key["ct"]["key"] in ("state", "status") and mask == ALL_ONES:
+            words = {w.upper() for w in _flags(right)}
+            order = CT_STATES if key["ct"]["key"] == "state" else CT_STATUSES
+            if not words or words - set(order):
+                raise Untranslatable(f"ct {key['ct']['key']} {right}")
+            self.args += ["-m", "conntrack", *bang, "--ctstate", ",".join(w for w in order if w in words)]
+        elif key in ({"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}):
+            module = "connmark" if "ct" in key else "mark"
+            self.args += ["-m", module, *bang, "--mark", _mark_text(int(right), mask)]
+        else:
+            raise Untranslatable("unknown match")
+
+    def payload(self, p: Expr, right: Any, bang: list[str], header: str | None) -> None:
+        proto, field = p["protocol"], p["field"]
+        if proto in ("ip", "ip6") and field in ("saddr", "daddr"):
+            if (proto == "ip6") != (self.version == 6):
+                raise Untranslatable(f"{proto} in an IPv{self.version} table")
+            if isinstance(right, dict):
+                text = f"{right['prefix']['addr']}/{right['prefix']['len']}"
+            else:
+                text = f"{right}/{32 if self.version == 4 else 128}"
+            self.args += [*bang, "-s" if field == "saddr" else "-d", str(ip_network(text))]
+        elif proto in ("tcp", "udp") and field in ("dport", "sport") and isinstance(right, int):
+            if header != proto:  # a new -p group; a second port option joins the last one
+                self.args += ["-p", proto, "-m", proto]
+            self.args += [*bang, f"--{field}", str(right)]
+            self.header = proto
+        elif proto in ("icmp", "icmpv6") and field == "type":
+            if (proto == "icmpv6") != (self.version == 6):
+                raise Untranslatable(f"{proto} in an IPv{self.version} table")
+            numbers = {v: k for k, v in ICMP_TYPES[proto].items()}
+            number = right if isinstance(right, int) else numbers[right]
+            if proto == "icmp":
+                self.args += ["-p", "icmp", "-m", "icmp", *bang, "--icmp-type", str(number)]
+            else:
+                self.args += ["-p", "ipv6-icmp", "-m", "icmp6", *bang, "--icmpv6-type", str(number)]
+        else:
+            raise Untranslatable(f"{proto} {field}")
+
+    def statement(self, expr: Expr) -> None:
+        (name, body), = expr.items()
+        verdicts = {v: k for k, v in _VERDICTS.items()}
+        if name in verdicts:
+            self.args += ["-j", verdicts[name]]
+        elif name in ("jump", "goto") and is_owned(body["target"]):
+            self.args += ["-j" if name == "jump" else "-g", body["target"]]
+        elif name == "reject":
+            # A bare reject (nft's default) is an ICMP port unreachable of the table's family.
+            body = body or {"type": "icmp" if self.version == 4 else "icmpv6", "expr": "port-unreachable"}
+            wanted = {k: body[k] for k in ("type", "expr") if k in body}
+            kinds = [k for k, v in _REJECTS.items() if v == wanted]
+            if not kinds:
+                raise Untranslatable("reject type")
+            self.args += ["-j", "REJECT", "--reject-with", kinds[0]]
+        elif name == "dnat":
+            address = body["addr"]
+            if ip_address(address).version != self.version:
+                raise Untranslatable("dnat address of the other family")
+            if "port" not in body:
+                to = address
+            else:
+                to = f"{address}:{int(body['port'])}" if self.version == 4 else f"[{address}]:{int(body['port'])}"
+            self.args += ["-j", "DNAT", "--to-destination", to]
+        elif name == "mangle" and body["key"] == {"ct": {"key": "mark"}}:
+            value, mask = _xmark(body["value"])
+            self.args += ["-j", "CONNMARK", "--set-xmark", f"{value:#x}/{mask:#x}"]
+        else:
+            raise Untranslatable("unknown statement")
+
+
+def _xmark(value: Any) -> tuple[int, int]:
+    """(value, mask) of ``--set-xmark`` from the right side of ``ct mark set``.
+
+    The kernel keeps ``(mark & and_mask) ^ xor``; nft prints it as ``& a ^ x``,
+    or, when no bit is in both, as ``& (a | x) | x``. Undo that first.
+    """
+    ct = {"ct": {"key": "mark"}}
+    if isinstance(value, int):
+        return value, ALL_ONES
+    if value == ct:
+        return 0, 0
+    (op, (left, xor)), = value.items()
+    if op not in ("^", "|") or not isinstance(xor, int):
+        raise Untranslatable("ct mark set")
+    key, and_mask = _unmask(left)
+    if key != ct:
+        raise Untranslatable("ct mark set from something else")
+    if op == "|":
+        and_mask &= ~xor
+    return xor, ~and_mask & ALL_ONES
