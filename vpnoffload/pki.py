@@ -12,9 +12,12 @@ tls-crypt key and a CRL. Layout of the directory (0700)::
     crl.pem          signed revocation list (0644: OpenVPN re-reads it after
                      dropping privileges)
 
-Every file is written atomically (temp file with its final mode, then
-``os.replace``), so a crash leaves either the old or the new file and a
-private key is never readable by anyone else, not even for an instant.
+Every file is written by :func:`vpnoffload.fsio.write_atomic` (temp file with
+its final mode, then ``os.replace``), so a crash leaves either the old or the
+new file and a private key is never readable by anyone else, not even for an
+instant. Names follow the one rule of :mod:`vpnoffload.names` (the server's own
+name is the only reserved one allowed). Callers that change a PKI hold the edit
+lock (:func:`vpnoffload.locks.editing`); :meth:`Pki.snapshot` gives them an undo.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ import contextlib
 import datetime as dt
 import json
 import os
-import re
 import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 from cryptography import x509
@@ -36,7 +39,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from vpnoffload import fsio, names
 from vpnoffload.errors import ConfigError, NotSetUpError, VpnOffloadError
+from vpnoffload.fsio import write_atomic
 
 Kind = Literal["ca", "server", "client"]
 
@@ -53,12 +58,6 @@ CRL_LIFETIME = dt.timedelta(days=3650)
 #: tolerates a home clock that runs a little behind the VPS's.
 BACKDATE = dt.timedelta(hours=1)
 
-#: Names become file names and OpenVPN common names (which OpenVPN also uses to
-#: find the ccd file), so only a safe, portable alphabet is allowed.
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-#: "DEFAULT" is the ccd file OpenVPN applies to clients without their own one.
-_RESERVED_NAMES = frozenset({"DEFAULT"})
-
 _INDEX = "index.json"
 _TLS_CRYPT_BYTES = 256  # 2048 bits, the size `openvpn --genkey secret` makes
 
@@ -72,40 +71,12 @@ class CertInfo:
     revoked: bool
 
 
-def write_atomic(path: Path, data: str | bytes, mode: int) -> None:
-    """Replace ``path`` with ``data``; the file has ``mode`` from its first byte.
+def check_name(name: str, *, allow_reserved: bool = False) -> str:
+    """Return ``name`` if it is a valid certificate/file name (:mod:`vpnoffload.names`), else ConfigError.
 
-    The temp file is created with O_EXCL and the final mode (fchmod'ed so the
-    umask cannot widen or narrow it), fsynced, then renamed over ``path``.
+    ``allow_reserved`` is for looking up or creating vpnoffload's own (server) certificate.
     """
-    raw = data.encode() if isinstance(data, str) else data
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # O_EXCL, 0600
-    except OSError as exc:
-        raise VpnOffloadError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise VpnOffloadError(f"cannot write {path}: {exc.strerror}") from None
-        raise
-
-
-def check_name(name: str) -> str:
-    """Return ``name`` if it is a safe certificate/file name, else raise ConfigError."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in _RESERVED_NAMES:
-        raise ConfigError(
-            f"invalid name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (and not 'DEFAULT')"
-        )
-    return name
+    return names.check_name(name, allow_reserved=allow_reserved)
 
 
 def _now() -> dt.datetime:
@@ -154,35 +125,61 @@ class Pki:
     # ----- creating and opening -------------------------------------------------
 
     @classmethod
-    def create(cls, directory: Path, *, server_name: str = "server", force: bool = False) -> "Pki":
-        """Make a new CA, server certificate, tls-crypt key and empty CRL.
+    def create(cls, directory: Path, *, server_name: str = "server", force: bool = False,
+               clients: Sequence[str] = ()) -> "Pki":
+        """Make a new CA, server certificate, tls-crypt key, empty CRL and a certificate per ``clients``.
 
         Built in a sibling temp directory and renamed into place, so a failure
         leaves nothing half-made. An existing PKI is replaced only with ``force``
         (every certificate it issued stops working); a non-empty directory that
         is not a PKI is never touched.
         """
+        with cls.creating(directory, server_name=server_name, force=force, clients=clients) as pki:
+            return pki
+
+    @classmethod
+    @contextlib.contextmanager
+    def creating(cls, directory: Path, *, server_name: str = "server", force: bool = False,
+                 clients: Sequence[str] = ()) -> Iterator["Pki"]:
+        """:meth:`create`, kept undoable until the ``with`` body ends: if the body raises, the
+        new PKI is removed and the one it replaced (``force``) is put back."""
         directory = Path(directory).absolute()
-        check_name(server_name)
+        check_name(server_name, allow_reserved=True)
+        for name in clients:
+            check_name(name)
+            if name == server_name:
+                raise ConfigError(f"{name!r} is the server's name")
         cls._check_target(directory, force)
+        parent = fsio.make_dir(directory.parent, 0o700)  # state/: explicit mode, whatever the umask
         try:
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.new-"))  # 0700
+            staging = Path(tempfile.mkdtemp(dir=parent, prefix=f".{directory.name}.new-"))  # 0700
         except OSError as exc:
             raise VpnOffloadError(f"cannot create {directory}: {exc.strerror}") from None
         try:
             pki = cls(staging, {"version": 1, "server_name": server_name, "crl_number": 0, "certs": {}, "revoked": []})
             pki._build(server_name)
-            cls._swap_into_place(staging, directory)
+            for name in clients:
+                pki._issue(name, "client")
+            old = cls._swap_into_place(staging, directory)
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(exc, OSError):
                 raise VpnOffloadError(f"cannot create {directory}: {exc.strerror}") from None
             raise
-        return cls.open(directory)
+        try:
+            yield cls.open(directory)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            if old is not None:
+                os.rename(old, directory)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
     @staticmethod
     def _check_target(directory: Path, force: bool) -> None:
+        if directory.is_symlink():
+            raise ConfigError(f"{directory} is a symlink; the PKI must be a plain directory")
         if (directory / _INDEX).exists():
             if not force:
                 raise ConfigError(f"a PKI already exists in {directory} (force replaces it and every certificate)")
@@ -190,7 +187,8 @@ class Pki:
             raise ConfigError(f"{directory} is not empty and holds no vpnoffload PKI; refusing to overwrite it")
 
     @staticmethod
-    def _swap_into_place(staging: Path, directory: Path) -> None:
+    def _swap_into_place(staging: Path, directory: Path) -> Path | None:
+        """Rename ``staging`` to ``directory``; the previous one, if any, is moved aside and returned."""
         old: Path | None = None
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old-{secrets.token_hex(4)}")
@@ -201,8 +199,7 @@ class Pki:
             if old is not None:
                 os.rename(old, directory)  # put the previous PKI back
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        return old
 
     def _build(self, server_name: str) -> None:
         for sub in ("certs", "keys"):
@@ -251,6 +248,8 @@ class Pki:
     def issue(self, name: str) -> None:
         """Issue a client certificate for ``name`` (a home). A revoked name may be re-issued."""
         check_name(name)
+        if name == self.server_name:
+            raise ConfigError(f"{name!r} is the server's name")
         record = self._index["certs"].get(name)
         if record is not None and record["kind"] != "client":
             raise ConfigError(f"{name!r} is the server's name")
@@ -319,6 +318,26 @@ class Pki:
         write_atomic(self.directory / "crl.pem", crl.public_bytes(serialization.Encoding.PEM), 0o644)
         self._save_index()
 
+    def snapshot(self) -> Callable[[], None]:
+        """An undo for the changes made after this call (issue, revoke): it puts the index,
+        the CRL and the certificates and keys back exactly as they are now."""
+        files = [self.directory / _INDEX, self.directory / "crl.pem",
+                 *sorted((self.directory / "certs").iterdir()), *sorted((self.directory / "keys").iterdir())]
+        saved = {path: (path.read_bytes(), path.stat().st_mode & 0o777) for path in files if path.is_file()}
+        index = json.loads(json.dumps(self._index))
+
+        def undo() -> None:
+            for sub in ("certs", "keys"):
+                for path in (self.directory / sub).iterdir():
+                    if path not in saved:
+                        path.unlink()
+            for path, (data, mode) in saved.items():
+                if not path.is_file() or path.read_bytes() != data:
+                    write_atomic(path, data, mode)
+            self._index = index
+
+        return undo
+
     # ----- reading ---------------------------------------------------------------
 
     def exists(self, name: str) -> bool:
@@ -358,17 +377,17 @@ class Pki:
     # ----- internals -------------------------------------------------------------
 
     def _record(self, name: str) -> dict:
-        check_name(name)
+        check_name(name, allow_reserved=True)
         try:
             return self._index["certs"][name]
         except KeyError:
             raise ConfigError(f"no certificate for {name!r} in {self.directory}") from None
 
     def _cert_path(self, name: str) -> Path:
-        return self.directory / "certs" / f"{check_name(name)}.crt"
+        return self.directory / "certs" / f"{check_name(name, allow_reserved=True)}.crt"
 
     def _key_path(self, name: str) -> Path:
-        return self.directory / "keys" / f"{check_name(name)}.key"
+        return self.directory / "keys" / f"{check_name(name, allow_reserved=True)}.key"
 
     def _ca(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         key = serialization.load_pem_private_key((self.directory / "ca.key").read_bytes(), password=None)

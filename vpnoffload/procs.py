@@ -11,12 +11,13 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vpnoffload import fsio
 from vpnoffload.errors import BackendError
+from vpnoffload.proc import python_argv, safe_cwd
 
 
 def alive(pid: int) -> bool:
@@ -45,7 +46,7 @@ def terminate(pid: int, timeout: float = 10.0, *, kill: bool = True) -> None:
 @dataclass
 class PythonDaemon:
     name: str  # names the pidfile and log: run/<name>.pid, run/<name>.log
-    module: str  # run as ``python -m module ARGS --ready PIDFILE``
+    module: str  # run as ``python -I -m module ARGS --ready PIDFILE`` from / (nothing imported from a cwd)
     args: tuple[str, ...]
     run_dir: Path
 
@@ -69,11 +70,11 @@ class PythonDaemon:
         return self.pid() is not None
 
     def start(self, timeout: float = 10.0) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fsio.make_dir(self.run_dir, 0o700)
         self.pidfile.unlink(missing_ok=True)
         with open(self.logfile, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args, "--ready", str(self.pidfile)],
+                python_argv(self.module, *self.args, "--ready", str(self.pidfile)), cwd=safe_cwd(),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
             )
         deadline = time.monotonic() + timeout

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from vpnoffload import fsio, proc
 from vpnoffload.errors import BackendError, PrerequisiteError
 
 #: OpenVPN prints this once the tunnel is usable (server: listening; client: connected).
@@ -71,16 +71,16 @@ class DaemonTunnel:
         return self.pid() is not None
 
     def start(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fsio.make_dir(self.run_dir, 0o700)
         self.pidfile.unlink(missing_ok=True)
         argv = [
             openvpn_binary(), "--cd", str(self.workdir), "--config", str(self.config),
             "--daemon", f"vpnoffload-{self.name}", "--writepid", str(self.pidfile),
             "--log", str(self.logfile), *self.extra_args,
         ]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-        if proc.returncode != 0:
-            raise BackendError(f"openvpn did not start: {self._last_error(proc.stderr)}")
+        result = proc.run(argv, timeout=30, check=False)
+        if not result.ok:
+            raise BackendError(f"openvpn did not start: {self._last_error(result.stderr)}")
         self._wait_for_pid(timeout=5)
 
     def _wait_for_pid(self, timeout: float) -> None:
@@ -153,23 +153,16 @@ class SystemdTunnel:
     wrapper: Path | None = None  # e.g. /etc/openvpn/server/vpnoffload.conf
     wrapper_text: str = ""
 
-    def _systemctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        try:
-            proc = subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=60, check=False)
-        except subprocess.TimeoutExpired:
-            raise BackendError(f"systemctl {' '.join(args)} did not return within 60 s") from None
-        if check and proc.returncode != 0:
-            raise BackendError(f"systemctl {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-        return proc
+    def _systemctl(self, *args: str, check: bool = True) -> proc.Result:
+        return proc.run(["systemctl", *args], timeout=60, check=check)
 
     def running(self) -> bool:
         return self._systemctl("is-active", "--quiet", self.unit, check=False).returncode == 0
 
     def start(self) -> None:
         if self.wrapper is not None:
-            self.wrapper.parent.mkdir(parents=True, exist_ok=True)
-            self.wrapper.write_text(self.wrapper_text)
-            self.wrapper.chmod(0o644)
+            fsio.make_dir(self.wrapper.parent, 0o755)
+            fsio.write_atomic(self.wrapper, self.wrapper_text, 0o644)
         # --no-block: a client unit is "active" only once connected; wait_ready bounds that wait.
         self._systemctl("enable", self.unit)
         self._systemctl("start", "--no-block", self.unit)
@@ -190,6 +183,12 @@ class SystemdTunnel:
 
 
 def wrapper_text(workdir: Path, config_name: str, extra: tuple[str, ...] = ()) -> str:
-    """The config a systemd unit runs: into the rendered directory, then the real config."""
-    lines = ["# Installed by vpnoffload; removed by 'vpnoffload down'.", f"cd {workdir}", f"config {config_name}"]
+    """The config a systemd unit runs: into the rendered directory, then the real config.
+
+    Both paths are quoted as OpenVPN arguments (a space or a quote in the state
+    directory must not split the line or add a directive)."""
+    from vpnoffload.render.openvpn import ovpn_quote
+
+    lines = ["# Installed by vpnoffload; removed by 'vpnoffload down'.", f"cd {ovpn_quote(workdir, '--state-dir')}",
+             f"config {ovpn_quote(config_name, '--state-dir')}"]
     return "\n".join([*lines, *extra]) + "\n"

@@ -103,7 +103,7 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path: Path) -> None:
                      python="/usr/bin/python3")
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
-                 "ExecStart=/usr/bin/python3 -m vpnoffload --config /etc/vpnoffload/vpnoffload.toml"):
+                 "ExecStart=/usr/bin/python3 -I -m vpnoffload --config /etc/vpnoffload/vpnoffload.toml"):
         assert line in text
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -18,7 +17,11 @@ from typer.core import TyperGroup
 
 from vpnoffload import __version__
 from vpnoffload.errors import ConfigError, ExitStatus, VpnOffloadError
+from vpnoffload.cli.common import Context, context, home_name
 from vpnoffload.cli.lab import lab_app
+from vpnoffload.cli.pki import pki_app
+from vpnoffload.cli.render import render_app
+from vpnoffload.cli.service import service_app
 from vpnoffload.paths import Paths
 
 
@@ -54,9 +57,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     help="Serve chosen ports of this VPS from a machine at home over OpenVPN.",
 )
-service_app = typer.Typer(no_args_is_help=True, help="Add, list and remove offloaded services.")
-pki_app = typer.Typer(no_args_is_help=True, help="List, issue and revoke certificates.")
-render_app = typer.Typer(no_args_is_help=True, help="Write OpenVPN configs for the VPS or a home box, or nginx/HAProxy includes.")
 up_app = typer.Typer(no_args_is_help=True, help="Bring one end up (idempotent).")
 down_app = typer.Typer(no_args_is_help=True, help="Undo exactly what 'up' did on one end.")
 app.add_typer(service_app, name="service")
@@ -65,16 +65,6 @@ app.add_typer(render_app, name="render")
 app.add_typer(up_app, name="up")
 app.add_typer(down_app, name="down")
 app.add_typer(lab_app, name="lab")
-
-
-@dataclass
-class Context:
-    paths: Paths
-    debug: bool
-
-
-def _ctx(ctx: typer.Context) -> Context:
-    return ctx.find_root().obj
 
 
 def _version(value: bool) -> None:
@@ -112,265 +102,14 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config and PKI.")] = False,
 ) -> None:
     """Write the config file and create the PKI (CA, server and first home box certificates)."""
-    from vpnoffload import config as cfg
-    from vpnoffload import pki as pki_mod
+    from vpnoffload.config import edits
 
-    paths = _ctx(ctx).paths
-    if paths.config.exists() and not force:
-        raise ConfigError(f"{paths.config} already exists; use --force to overwrite it (this also makes a new PKI)")
-    # Validate everything before writing anything.
-    cfg.check_port(port, "--port")
-    cfg.check_proto(proto, "--proto")
-    cfg.check_name(home, "--home")
-    text = cfg.initial_text(vps_address, tunnel_subnet, port, proto, home, subnet6=tunnel_subnet6)
-    cfg.parse_text(text, "init")  # raises on a bad address / overlapping subnet
-    pki = pki_mod.Pki.create(paths.pki, force=force)
-    pki.issue(home)
-    cfg.write_atomic(paths.config, text)
+    paths = context(ctx).paths
+    edits.init(paths, vps_address=vps_address, tunnel_subnet=tunnel_subnet, tunnel_subnet6=tunnel_subnet6,
+               port=port, proto=proto, home=home, force=force)
     typer.echo(f"wrote {paths.config}")
     typer.echo(f"created PKI in {paths.pki} (CA, server, home box {home!r})")
     typer.echo("next: vpnoffload service add NAME --listen PORT --target PORT")
-
-
-# ------------------------------------------------------------------ service
-
-
-@service_app.command("add")
-def service_add(
-    ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Service name, e.g. blog.")],
-    listen: Annotated[str, typer.Option(help="[ADDRESS:]PORT on the VPS; a bare port means the VPS address; IPv6 in brackets: [2001:db8::80]:80.")],
-    target: Annotated[str, typer.Option(help="[HOME:]PORT at home; a bare port means the first home box.")],
-    proto: Annotated[str, typer.Option(help="tcp or udp.")] = "tcp",
-    check: Annotated[str, typer.Option(help="Health check: tcp or http:/path.")] = "tcp",
-    hostname: Annotated[Optional[str], typer.Option(help="Public host name, shown on the fallback page (and what --via proxy routes by).")] = None,
-    fallback: Annotated[Optional[str], typer.Option(help="While home is down: 'page' (friendly 503) or 'reset' (default: page for web services).")] = None,
-    homes: Annotated[Optional[str], typer.Option("--homes", help="Several home boxes in order of preference, e.g. home,attic (TARGET is then a bare port).")] = None,
-    via: Annotated[str, typer.Option(help="'dnat' (the kernel forwards LISTEN) or 'proxy' (LISTEN 80/443 is shared with this VPS's own sites; its nginx/HAProxy routes --hostname home: see 'render nginx').")] = "dnat",
-) -> None:
-    """Offload a port: visitors to LISTEN on the VPS are served by TARGET at home."""
-    import tomlkit
-
-    from vpnoffload import config as cfg
-
-    paths = _ctx(ctx).paths
-    cfg.check_name(name, "service name")
-
-    def change(doc: Any) -> None:
-        if "services" not in doc:
-            doc.add("services", tomlkit.table(is_super_table=True))
-        if name in doc["services"]:
-            raise ConfigError(f"service {name!r} already exists; remove it first", field=f"services.{name}")
-        table = tomlkit.table()
-        table.add("listen", listen)
-        table.add("target", target)
-        table.add("proto", proto)
-        table.add("check", check)
-        if hostname is not None:
-            table.add("hostname", hostname)
-        if fallback is not None:
-            table.add("fallback", fallback)
-        if homes is not None:
-            table.add("homes", [h.strip() for h in homes.split(",")])
-        if via != "dnat":
-            table.add("via", via)
-        doc["services"][name] = table
-
-    config = cfg.edit(paths.config, change)
-    svc = config.services[name]
-    typer.echo(f"added {name}: {svc.listen}/{svc.proto} -> {svc.target} (check {svc.check}, "
-               f"while home is down: {'friendly page' if svc.serves_page else 'fast reset'})")
-    if svc.via == "proxy":
-        typer.echo(f"{svc.hostname} is routed by this VPS's {config.proxy.server}: run 'vpnoffload render "
-                   f"{config.proxy.server} --out DIR' and include it; 'vpnoffload up vps' sets up the fail-fast rules")
-    else:
-        typer.echo("run 'vpnoffload up vps' to apply it")
-
-
-@service_app.command("list")
-def service_list(ctx: typer.Context) -> None:
-    """List the offloaded services."""
-    from vpnoffload import config as cfg
-
-    config = cfg.load(_ctx(ctx).paths.config)
-    if not config.services:
-        typer.echo("no services; add one with 'vpnoffload service add'")
-        return
-    rows = [("NAME", "LISTEN", "PROTO", "TARGET", "CHECK", "HOSTNAME")]
-    rows += [(s.name, s.listen, s.proto, s.target, str(s.check), s.hostname or "-") for s in config.services.values()]
-    _table(rows)
-
-
-@service_app.command("remove")
-def service_remove(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Service name.")]) -> None:
-    """Stop offloading a service (run 'up vps' again to apply)."""
-    from vpnoffload import config as cfg
-
-    def change(doc: Any) -> None:
-        if "services" not in doc or name not in doc["services"]:
-            raise ConfigError(f"no service named {name!r}", field="service name")
-        del doc["services"][name]
-
-    cfg.edit(_ctx(ctx).paths.config, change)
-    typer.echo(f"removed {name}")
-
-
-def _table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-
-
-# ------------------------------------------------------------------ pki
-
-
-@pki_app.command("list")
-def pki_list(ctx: typer.Context) -> None:
-    """List certificates with their serials, expiry and revocation."""
-    from vpnoffload import pki as pki_mod
-
-    certs = pki_mod.Pki.open(_ctx(ctx).paths.pki).list()
-    rows = [("NAME", "KIND", "SERIAL", "EXPIRES", "STATUS")]
-    rows += [(c.name, c.kind, f"{c.serial:x}", c.not_after.date().isoformat(), "revoked" if c.revoked else "valid") for c in certs]
-    _table(rows)
-
-
-@pki_app.command("issue")
-def pki_issue(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Name of the new home box.")]) -> None:
-    """Add a home box: a client certificate and a fixed tunnel address."""
-    import tomlkit
-
-    from vpnoffload import config as cfg
-    from vpnoffload import pki as pki_mod
-
-    paths = _ctx(ctx).paths
-    cfg.check_name(name, "home name")
-    config = cfg.load(paths.config)
-    if name in config.homes:
-        raise ConfigError(f"home box {name!r} already exists", field=f"homes.{name}")
-    pki = pki_mod.Pki.open(paths.pki)
-    if pki.exists(name):
-        raise ConfigError(f"a certificate named {name!r} exists (perhaps revoked); pick another name", field="home name")
-    address = cfg.next_home_address(config)
-
-    def change(doc: Any) -> None:
-        table = tomlkit.table()
-        table.add("address", str(address))
-        doc["homes"][name] = table
-
-    cfg.edit(paths.config, change)
-    try:
-        pki.issue(name)
-    except BaseException:
-        cfg.edit(paths.config, lambda doc: doc["homes"].remove(name))
-        raise
-    typer.echo(f"issued {name} (tunnel address {address}); run 'vpnoffload up vps' to apply, "
-               f"then 'vpnoffload render home --home {name} --out DIR' for its profile")
-
-
-@pki_app.command("revoke")
-def pki_revoke(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Home box to revoke.")]) -> None:
-    """Revoke a home box's certificate: it can no longer connect."""
-    from vpnoffload import config as cfg
-    from vpnoffload import pki as pki_mod
-
-    paths = _ctx(ctx).paths
-    config = cfg.load(paths.config)
-    if config.services_of(name):
-        users = ", ".join(s.name for s in config.services_of(name))
-        raise ConfigError(f"home box {name!r} still serves {users}; remove or retarget those services first")
-    pki_mod.Pki.open(paths.pki).revoke(name)
-    if name in config.homes:
-        cfg.edit(paths.config, lambda doc: doc["homes"].remove(name))
-    typer.echo(f"revoked {name}; run 'vpnoffload up vps' to publish the new CRL")
-
-
-# ------------------------------------------------------------------ render
-
-
-@render_app.command("vps")
-def render_vps(ctx: typer.Context, out: Annotated[Path, typer.Option(help="Directory to write into.")]) -> None:
-    """Write the OpenVPN server config, per-home addresses, CRL and keys (0600)."""
-    from vpnoffload import config as cfg
-    from vpnoffload import pki as pki_mod
-    from vpnoffload.render import openvpn as render
-
-    paths = _ctx(ctx).paths
-    config = cfg.load(paths.config)
-    written = render.render_vps(config, pki_mod.Pki.open(paths.pki), out)
-    typer.echo(f"wrote {len(written)} files to {out}")
-
-
-@render_app.command("home")
-def render_home(
-    ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="Directory to write into.")],
-    home: Annotated[Optional[str], typer.Option(help="Home box (default: the first).")] = None,
-) -> None:
-    """Write one self-contained client profile NAME.ovpn for a home box."""
-    from vpnoffload import config as cfg
-    from vpnoffload import pki as pki_mod
-    from vpnoffload.render import openvpn as render
-
-    paths = _ctx(ctx).paths
-    config = cfg.load(paths.config)
-    name = _home_name(config, home)
-    path = render.render_home(config, pki_mod.Pki.open(paths.pki), name, out)
-    typer.echo(f"wrote {path} (secret: copy it to the home box, e.g. with scp, and keep it 0600)")
-
-
-@render_app.command("nginx")
-def render_nginx(
-    ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="Directory to write into, e.g. /etc/vpnoffload/nginx.")],
-) -> None:
-    """Write the nginx includes that route the via=proxy services by name (Host, and SNI on 443)."""
-    from vpnoffload import config as cfg
-    from vpnoffload.render import webserver
-
-    config = cfg.load(_ctx(ctx).paths.config)
-    written = webserver.render_nginx(config, out)
-    _proxy_summary(config, written, out)
-    typer.echo(f"next: in nginx.conf's http {{ }} block: include {out.absolute()}/*.conf;")
-    if any(s.sni_routed for s in config.services.values()):
-        typer.echo(f"      at its top level (outside http): include {out.absolute()}/stream/*.conf; and move your "
-                   f"own HTTPS sites to {config.proxy.local_https} (see the file's header)")
-    typer.echo("      then: nginx -t && nginx -s reload")
-
-
-@render_app.command("haproxy")
-def render_haproxy(
-    ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="Directory to write into, e.g. /etc/vpnoffload/haproxy.")],
-) -> None:
-    """Write the HAProxy frontends and backends that route the via=proxy services by name."""
-    from vpnoffload import config as cfg
-    from vpnoffload.render import webserver
-
-    config = cfg.load(_ctx(ctx).paths.config)
-    written = webserver.render_haproxy(config, out)
-    _proxy_summary(config, written, out)
-    typer.echo(f"next: haproxy -f /etc/haproxy/haproxy.cfg -f {out.absolute()}/vpnoffload.cfg (see the file's header "
-               f"for where your own sites move: {config.proxy.local_http} and {config.proxy.local_https})")
-
-
-def _proxy_summary(config: Any, written: list[Path], out: Path) -> None:
-    proxied = [s for s in config.services.values() if s.via == "proxy"]
-    if not proxied:
-        typer.echo("note: no service has via = 'proxy' yet (vpnoffload service add NAME --via proxy --hostname ...)")
-    for svc in proxied:
-        scheme = "https (SNI, passed through)" if svc.sni_routed else "http (Host)"
-        typer.echo(f"  {svc.hostname} {scheme} -> {svc.target}")
-    typer.echo(f"wrote {len(written)} files to {out}")
-
-
-def _home_name(config: Any, home: str | None) -> str:
-    if home is None:
-        return config.default_home.name
-    if home not in config.homes:
-        known = ", ".join(config.homes)
-        raise ConfigError(f"unknown home box {home!r} (known: {known})", field="--home")
-    return home
 
 
 # ------------------------------------------------------------------ up / down
@@ -405,7 +144,7 @@ def up_vps(ctx: typer.Context, dry_run: DryRun = False) -> None:
     from vpnoffload import deploy
     from vpnoffload.deploy import doctor
 
-    paths = _ctx(ctx).paths
+    paths = context(ctx).paths
     config = cfg.load(paths.config)
     doctor.require_prerequisites()
     with deploy.exclusive(paths):
@@ -423,9 +162,9 @@ def up_home(ctx: typer.Context, home: HomeOpt = None, profile: ProfileOpt = None
     from vpnoffload import deploy
     from vpnoffload.deploy import doctor
 
-    paths = _ctx(ctx).paths
+    paths = context(ctx).paths
     config = cfg.load(paths.config)
-    name = _home_name(config, home)
+    name = home_name(config, home)
     doctor.require_prerequisites()
     with deploy.exclusive(paths):
         actions = deploy.plan_up_home(config, paths, deploy.Backends.real(), name, profile or paths.profile(name))
@@ -438,7 +177,7 @@ def down_vps(ctx: typer.Context, dry_run: DryRun = False) -> None:
     from vpnoffload import deploy
     from vpnoffload.deploy import doctor
 
-    paths = _ctx(ctx).paths
+    paths = context(ctx).paths
     doctor.require_prerequisites()
     with deploy.exclusive(paths):
         _execute(deploy.plan_down_vps(paths, deploy.Backends.real()), dry_run, "the VPS end")
@@ -451,7 +190,7 @@ def down_home(ctx: typer.Context, home: HomeOpt = None, profile: ProfileOpt = No
     from vpnoffload import deploy
     from vpnoffload.deploy import doctor
 
-    paths = _ctx(ctx).paths
+    paths = context(ctx).paths
     name = home or cfg.load(paths.config).default_home.name
     cfg.check_name(name, "--home")
     doctor.require_prerequisites()
@@ -466,7 +205,7 @@ def doctor(ctx: typer.Context) -> None:
     from vpnoffload import config as cfg
     from vpnoffload.deploy import doctor as doc
 
-    paths = _ctx(ctx).paths
+    paths = context(ctx).paths
     config = cfg.load(paths.config) if paths.config.exists() else None
     findings = doc.all_checks(config)
     for f in findings:
@@ -484,7 +223,7 @@ def watch(ctx: typer.Context) -> None:
     """Run the failover watchdog in the foreground (systemd runs it as vpnoffload-watch)."""
     from vpnoffload.watch import loop as watchrun
 
-    paths = _ctx(ctx).paths
+    paths = context(ctx).paths
     raise typer.Exit(watchrun.run(paths, server_running=watchrun.server_running(paths)))
 
 
@@ -493,7 +232,7 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
     """Show the tunnel and each service. Exit 0: all forwarding; 1: fallback or tunnel down; 2: not set up."""
     from vpnoffload import status as status_mod
 
-    report = status_mod.report_for(_ctx(ctx).paths)
+    report = status_mod.report_for(context(ctx).paths)
     typer.echo(status_mod.render(report, as_json))
     raise typer.Exit(int(report.exit_status))
 
@@ -509,11 +248,11 @@ def install_service(
     from vpnoffload import config as cfg
     from vpnoffload.deploy import units as service_unit
 
-    paths = _ctx(ctx).paths
+    paths = context(ctx).paths
     if end not in ("vps", "home"):
         raise ConfigError(f"{end!r} is not an end: use 'vps' or 'home'", field="END")
     config = cfg.load(paths.config)
-    name = _home_name(config, home) if end == "home" else None
+    name = home_name(config, home) if end == "home" else None
     if out is None:
         service_unit.require_systemd()  # check first: write nothing where it cannot run
     written = service_unit.install(paths, end, name, out)

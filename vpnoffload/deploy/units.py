@@ -1,14 +1,39 @@
 """The systemd units: ``vpnoffload-vps``/``vpnoffload-home`` bring an end up at
-boot (and down when stopped); ``vpnoffload-watch`` runs the watchdog."""
+boot (and down when stopped); ``vpnoffload-watch`` runs the watchdog.
+
+Every value a unit gets is quoted by systemd's own rules (systemd.syntax,
+systemd.service "Command lines"): one double-quoted word with ``\\`` and ``"``
+escaped, ``%`` doubled (specifiers expand even inside quotes) and, on Exec
+lines, ``$`` doubled (variables expand there); control characters are refused.
+The units run Python isolated (``-I``) from ``/``.
+"""
 
 from __future__ import annotations
 
-import subprocess
+import re
 import sys
 from pathlib import Path
 
-from vpnoffload.errors import BackendError, PrerequisiteError
+from vpnoffload import proc
+from vpnoffload.errors import ConfigError, PrerequisiteError
+from vpnoffload.names import shown
 from vpnoffload.paths import Paths
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_./:+@=,-]+")
+
+
+def systemd_word(value: object, *, exec_line: bool = True) -> str:
+    """``value`` as one quoted word of a unit file (an Exec argument, or a path list entry)."""
+    text = str(value)
+    if not text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ConfigError(f"{shown(text)} cannot be written into a systemd unit (empty or control characters)")
+    if _PLAIN.fullmatch(text):
+        return text  # nothing systemd would split, expand or unescape
+    text = text.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    if exec_line:
+        text = text.replace("$", "$$")
+    return f'"{text}"'
 
 UNIT = "vpnoffload-watch.service"
 UNIT_DIR = Path("/etc/systemd/system")
@@ -21,6 +46,8 @@ def _template(name: str, **values: object) -> str:
 
     env = jinja2.Environment(loader=jinja2.FunctionLoader(_load_template), autoescape=False,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["arg"] = systemd_word
+    env.filters["path"] = lambda value: systemd_word(value, exec_line=False)
     return env.get_template(name).render(**values)
 
 
@@ -32,7 +59,7 @@ def unit_text(paths: Paths, python: str = sys.executable) -> str:
 
 def up_unit_text(paths: Paths, end: str, home: str | None = None, python: str = sys.executable) -> str:
     """The unit that runs `up END` at boot and `down END` when stopped."""
-    extra = f" --home {home}" if home else ""
+    extra = f" --home {systemd_word(home)}" if home else ""
     openvpn_unit = "openvpn-server@vpnoffload.service" if end == "vps" else f"openvpn-client@vpnoffload-{home}.service"
     return _template("vpnoffload-up.service.j2", python=python, config=paths.config, state=paths.state,
                      end=end, extra=extra, openvpn_unit=openvpn_unit)
@@ -47,12 +74,13 @@ def units(paths: Paths, end: str, home: str | None = None) -> dict[str, str]:
 
 
 def install(paths: Paths, end: str = "vps", home: str | None = None, out: Path | None = None) -> list[Path]:
-    from vpnoffload.config import write_atomic
+    from vpnoffload.fsio import make_dir, write_atomic
 
     written = []
+    directory = make_dir(out or UNIT_DIR, 0o755)
     for name, text in units(paths, end, home).items():
-        path = (out or UNIT_DIR) / name
-        write_atomic(path, text, mode=0o644)
+        path = directory / name
+        write_atomic(path, text, 0o644)
         written.append(path)
     return written
 
@@ -68,6 +96,4 @@ def require_systemd() -> None:
 def enable(names: list[str]) -> None:
     require_systemd()
     for args in (["daemon-reload"], ["enable", "--now", *names]):
-        proc = subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=60, check=False)
-        if proc.returncode != 0:
-            raise BackendError(f"systemctl {' '.join(args)} failed: {proc.stderr.strip()}")
+        proc.run(["systemctl", *args], timeout=60)

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vpnoffload.errors import ConfigError, VpnOffloadError
+from vpnoffload.errors import ConfigError
 from vpnoffload.model import Config, Service
 from vpnoffload.names import shown
 
@@ -73,13 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     from vpnoffload import config as cfg
+    from vpnoffload.cli.handler import run_main
 
-    try:
-        render_pages(cfg.load(args.config), args.out)
-    except VpnOffloadError as exc:
-        print(f"vpnoffload pages: {exc}", file=sys.stderr)
-        return int(exc.exit_status)
-    return 0
+    return run_main(lambda: bool(render_pages(cfg.load(args.config), args.out)) and 0, prog="vpnoffload pages")
 
 
 if __name__ == "__main__":

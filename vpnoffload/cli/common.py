@@ -1,0 +1,40 @@
+"""What every CLI command module shares: the root context, tables, choosing a home box."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+
+from vpnoffload.errors import ConfigError
+from vpnoffload.names import shown
+from vpnoffload.paths import Paths
+
+
+@dataclass
+class Context:
+    paths: Paths
+    debug: bool
+
+
+def context(ctx: typer.Context) -> Context:
+    """The root command's Context (paths from -c / --state-dir, --debug)."""
+    return ctx.find_root().obj
+
+
+def table(rows: list[tuple[str, ...]]) -> None:
+    """Print ``rows`` as left-aligned columns (the first row is the header)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def home_name(config: Any, home: str | None) -> str:
+    """``--home`` checked against the config, or the first home box."""
+    if home is None:
+        return config.default_home.name
+    if home not in config.homes:
+        known = ", ".join(config.homes)
+        raise ConfigError(f"unknown home box {shown(home)} (known: {known})", field="--home")
+    return home

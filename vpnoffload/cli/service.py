@@ -1,0 +1,63 @@
+"""``vpnoffload service add|list|remove``: the editing lives in vpnoffload.config.edits."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from vpnoffload.cli.common import context, table
+
+service_app = typer.Typer(no_args_is_help=True, help="Add, list and remove offloaded services.")
+
+
+@service_app.command("add")
+def service_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Service name, e.g. blog.")],
+    listen: Annotated[str, typer.Option(help="[ADDRESS:]PORT on the VPS; a bare port means the VPS address; IPv6 in brackets: [2001:db8::80]:80.")],
+    target: Annotated[str, typer.Option(help="[HOME:]PORT at home; a bare port means the first home box.")],
+    proto: Annotated[str, typer.Option(help="tcp or udp.")] = "tcp",
+    check: Annotated[str, typer.Option(help="Health check: tcp or http:/path.")] = "tcp",
+    hostname: Annotated[Optional[str], typer.Option(help="Public host name, shown on the fallback page (and what --via proxy routes by).")] = None,
+    fallback: Annotated[Optional[str], typer.Option(help="While home is down: 'page' (friendly 503) or 'reset' (default: page for web services).")] = None,
+    homes: Annotated[Optional[str], typer.Option("--homes", help="Several home boxes in order of preference, e.g. home,attic (TARGET is then a bare port).")] = None,
+    via: Annotated[str, typer.Option(help="'dnat' (the kernel forwards LISTEN) or 'proxy' (LISTEN 80/443 is shared with this VPS's own sites; its nginx/HAProxy routes --hostname home: see 'render nginx').")] = "dnat",
+) -> None:
+    """Offload a port: visitors to LISTEN on the VPS are served by TARGET at home."""
+    from vpnoffload.config import edits
+
+    spec = edits.ServiceSpec(listen=listen, target=target, proto=proto, check=check, hostname=hostname,
+                             fallback=fallback, via=via,
+                             homes=tuple(h.strip() for h in homes.split(",")) if homes is not None else None)
+    config, svc = edits.add_service(context(ctx).paths.config, name, spec)
+    typer.echo(f"added {name}: {svc.listen}/{svc.proto} -> {svc.target} (check {svc.check}, "
+               f"while home is down: {'friendly page' if svc.serves_page else 'fast reset'})")
+    if svc.via == "proxy":
+        typer.echo(f"{svc.hostname} is routed by this VPS's {config.proxy.server}: run 'vpnoffload render "
+                   f"{config.proxy.server} --out DIR' and include it; 'vpnoffload up vps' sets up the fail-fast rules")
+    else:
+        typer.echo("run 'vpnoffload up vps' to apply it")
+
+
+@service_app.command("list")
+def service_list(ctx: typer.Context) -> None:
+    """List the offloaded services."""
+    from vpnoffload import config as cfg
+
+    config = cfg.load(context(ctx).paths.config)
+    if not config.services:
+        typer.echo("no services; add one with 'vpnoffload service add'")
+        return
+    rows = [("NAME", "LISTEN", "PROTO", "TARGET", "CHECK", "HOSTNAME")]
+    rows += [(s.name, s.listen, s.proto, s.target, str(s.check), s.hostname or "-") for s in config.services.values()]
+    table(rows)
+
+
+@service_app.command("remove")
+def service_remove(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Service name.")]) -> None:
+    """Stop offloading a service (run 'up vps' again to apply)."""
+    from vpnoffload.config import edits
+
+    edits.remove_service(context(ctx).paths.config, name)
+    typer.echo(f"removed {name}")
