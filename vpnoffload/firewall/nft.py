@@ -94,10 +94,14 @@ class Snapshot:
 
 
 def parse_table(family: str, listing: dict[str, Any]) -> Snapshot:
-    """A :class:`Snapshot` from ``nft -j list table <family> vpnoffload`` output."""
-    items = [i for i in listing.get("nftables", []) if "metainfo" not in i]
-    chains = [i["chain"] for i in items if "chain" in i and i["chain"].get("table") == TABLE]
-    found = [i["rule"] for i in items if "rule" in i and i["rule"].get("table") == TABLE]
+    """A :class:`Snapshot` from ``nft -j list table <family> vpnoffload`` output (or
+    ``nft -j list ruleset``: only our table in ``family`` is looked at)."""
+
+    def ours(kind: str) -> list[dict[str, Any]]:
+        return [i[kind] for i in listing.get("nftables", [])
+                if kind in i and i[kind].get("table") == TABLE and i[kind].get("family") == family]
+
+    chains, found = ours("chain"), ours("rule")
     builtin: dict[str, tuple[str, str]] = {}
     for kind, names in (("filter", BUILTIN_CHAINS["filter"]), ("nat", BUILTIN_CHAINS["nat"])):
         for name in names:
