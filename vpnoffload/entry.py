@@ -5,6 +5,10 @@ typer (which now pulls in pydantic) costs ~20 MB of resident memory and
 runs in monitoring loops, so these two parse their few options themselves.
 Everything else, their ``--help`` included, goes to the typer CLI in
 ``vpnoffload.cli.app``.
+
+``watch`` goes further: it re-executes itself (same pid) as ``python -I -S``
+running ``vpnoffload.watch.loop``, so not even ``site`` (~2.4 MB with the
+venv's editable-install finder) stays resident; see docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -56,7 +60,26 @@ def lean_watch_options(argv: list[str]) -> dict[str, str | bool] | None:
     return found
 
 
+def exec_lean_watch(options: dict[str, str | bool]) -> None:
+    """Replace this process with the lean watchdog (``python -I -S``), paths resolved here."""
+    import os
+    from pathlib import Path
+
+    from vpnoffload.paths import Paths
+    from vpnoffload.watch.spawn import lean_argv
+
+    config, state = options.get("config"), options.get("state")
+    paths = Paths.resolve(Path(str(config)) if config else None, Path(str(state)) if state else None)
+    flags = [f"--{name}" for name in ("verbose", "debug") if options.get(name)]
+    argv = lean_argv("vpnoffload.watch.loop", "--config", str(paths.config), "--state-dir", str(paths.state), *flags)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
+
+
 def run_lean(options: dict[str, str | bool]) -> int:
+    if options.get("command") == "watch":
+        exec_lean_watch(options)  # does not return
     import logging
     from pathlib import Path
 
@@ -69,15 +92,11 @@ def run_lean(options: dict[str, str | bool]) -> int:
     state = options.get("state")
     paths = Paths.resolve(Path(str(config)) if config else None, Path(str(state)) if state else None)
     try:
-        if options.get("command") == "status":
-            from vpnoffload import status
+        from vpnoffload import status
 
-            report = status.report_for(paths)
-            print(status.render(report, bool(options.get("json"))))
-            return int(report.exit_status)
-        from vpnoffload.watch import loop as watchrun
-
-        return watchrun.run(paths, server_running=watchrun.server_running(paths))
+        report = status.report_for(paths)
+        print(status.render(report, bool(options.get("json"))))
+        return int(report.exit_status)
     except VpnOffloadError as exc:
         if options.get("debug"):
             raise

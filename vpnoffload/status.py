@@ -49,8 +49,7 @@ class Report:
 
 def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: Any = None) -> Report:
     """Build the report. ``live_probe(service)`` is used only when no watchdog runs."""
-    from vpnoffload.watch import loop as watchrun
-    from vpnoffload.watch.decide import read_state
+    from vpnoffload.watch.state import read_state, watch_pid
 
     if not paths.server_dir.exists():
         raise NotSetUpError("the VPS end is not set up: run 'vpnoffload up vps'")
@@ -65,7 +64,7 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
     # Up when each service can reach at least one of its home boxes (all homes, without services).
     tunnel_up = server_running and (all(set(s.homes) & connected for s in config.services.values())
                                     if config.services else len(connected) == len(homes))
-    pid = watchrun.watch_pid(paths)
+    pid = watch_pid(paths)
     state = read_state(paths.watch_state) or {}
     known = {s["name"]: s for s in state.get("services", [])}
     # A dead watchdog's last state is still what the rules do (nothing else
@@ -133,7 +132,7 @@ def report_for(paths: Paths) -> Report:
     """Load the config and gather the report, checking homes live when no watchdog runs."""
     from vpnoffload import config as cfg
     from vpnoffload.watch import health
-    from vpnoffload.watch import loop as watchrun
+    from vpnoffload.watch.state import server_running
 
     config = cfg.load(paths.config)
 
@@ -141,7 +140,7 @@ def report_for(paths: Paths) -> Report:
         return health.probe(str(config.homes[home].address), svc.target_port, svc.check, config.watch.timeout,
                             host_header=svc.hostname)
 
-    return gather(config, paths, server_running=watchrun.server_running(paths), live_probe=probe)
+    return gather(config, paths, server_running=server_running(paths), live_probe=probe)
 
 
 def render(report: Report, as_json: bool) -> str:

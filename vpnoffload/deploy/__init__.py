@@ -172,14 +172,15 @@ def _server_config_actions(config: Config, paths: Paths, tunnel: Any) -> list[Ac
 def page_server(paths: Paths, backends: Backends) -> Any:
     if backends.page_factory is not None:
         return backends.page_factory(paths)
-    from vpnoffload.procs import PythonDaemon
+    from vpnoffload.watch.pagectl import PageDaemon
 
-    return PythonDaemon("pageserver", "vpnoffload.watch.pageserver",
-                        ("--config", str(paths.config), "--pages", str(paths.pages)), paths.run)
+    return PageDaemon.for_paths(paths)
 
 
-def _page_actions(config: Config, paths: Paths, daemon: Any) -> list[Action]:
-    """The friendly pages, rendered now (not during an outage), and the server that sends them."""
+def _page_actions(config: Config, paths: Paths, daemon: Any, needed: bool = False) -> list[Action]:
+    """The friendly pages, rendered now (not during an outage), and the server that sends them:
+    restarted if it runs and they changed, started only when ``needed`` (a running watchdog
+    keeps a web service on fallback); otherwise the watchdog starts it when it is needed."""
     from vpnoffload.render import pages
 
     scratch = _scratch(paths)
@@ -190,7 +191,8 @@ def _page_actions(config: Config, paths: Paths, daemon: Any) -> list[Action]:
     if any(s.serves_page for s in config.ipv6_services):
         listen += f"[::]:{config.watch.fallback_port}\n"
     (scratch / "listen.txt").write_text(listen)
-    return _install_actions(scratch, paths.pages, daemon, "friendly pages", "friendly-page server", 10.0)
+    return _install_actions(scratch, paths.pages, daemon, "friendly pages", "friendly-page server", 10.0,
+                            start=needed)
 
 
 def _scratch(paths: Paths) -> Path:
@@ -198,12 +200,14 @@ def _scratch(paths: Paths) -> Path:
     return Path(tempfile.mkdtemp(prefix=".render.", dir=paths.state))
 
 
-def _install_actions(scratch: Path, target: Path, daemon: Any, what: str, who: str, timeout: float) -> list[Action]:
-    """Swap ``scratch`` in for ``target`` if it differs, and (re)start ``daemon`` to match."""
+def _install_actions(scratch: Path, target: Path, daemon: Any, what: str, who: str, timeout: float,
+                     start: bool = True) -> list[Action]:
+    """Swap ``scratch`` in for ``target`` if it differs, and restart ``daemon`` to match
+    (or start it, if it is not running and ``start``)."""
     backup = target.with_name(f".{target.name}.old")
     if _same_tree(scratch, target):
         shutil.rmtree(scratch)
-        return [] if daemon.running() else [_start_action(daemon, f"start {who}", timeout)]
+        return [] if daemon.running() or not start else [_start_action(daemon, f"start {who}", timeout)]
 
     def install() -> None:
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -219,7 +223,7 @@ def _install_actions(scratch: Path, target: Path, daemon: Any, what: str, who: s
 
     summary = f"install {what} in {target}"
     if not daemon.running():
-        return [Action(summary, install, restore), _start_action(daemon, f"start {who}", timeout)]
+        return [Action(summary, install, restore)] + ([_start_action(daemon, f"start {who}", timeout)] if start else [])
 
     def install_and_restart() -> None:
         install()
@@ -259,7 +263,8 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     # Filter rules go in before forwarding is switched on, so no window is unfiltered.
     # Keep services the running watchdog has on fallback there: re-running `up`
     # during an outage must not send visitors back to a dead home.
-    actions += firewall.plan(backends.firewall, firewall.vps_ruleset(config, active=current_targets(config, paths)))
+    targets = current_targets(config, paths)
+    actions += firewall.plan(backends.firewall, firewall.vps_ruleset(config, active=targets))
     interface = config.vps.interface or backends.routing.find_interface(config.vps.address)
     address_actions, owned = routing.plan_addresses(
         backends.routing, routing.vps_addresses(config, interface), [tuple(a) for a in rec.addresses])
@@ -267,7 +272,8 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     rec.addresses = [list(a.as_record()) for a in owned]
     actions += _sysctl_actions(_vps_sysctls(config, interface, backends), backends, rec)
     actions += _server_config_actions(config, paths, server_tunnel(paths, backends))
-    actions += _page_actions(config, paths, page_server(paths, backends))
+    on_page = any(home is None and config.services[name].serves_page for name, home in targets.items())
+    actions += _page_actions(config, paths, page_server(paths, backends), needed=on_page)
     actions += _forget_stale_watch_state(paths)
     if actions:  # the record may change while the plan runs (a user created, an old sysctl read)
         actions.append(_save_record_action(rec_path, rec))
@@ -290,8 +296,7 @@ def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
     Only a live watchdog's view counts: with none running, `up vps` puts every
     service back on its first home, as a fresh start would.
     """
-    from vpnoffload.watch.decide import believed_targets, read_state
-    from vpnoffload.watch.loop import watch_pid
+    from vpnoffload.watch.state import believed_targets, read_state, watch_pid
 
     if watch_pid(paths) is None:
         return {}
@@ -303,7 +308,7 @@ def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
 def _forget_stale_watch_state(paths: Paths) -> list[Action]:
     """With no watchdog running, `up vps` just put every service back home: the
     dead watchdog's last word no longer describes the rules (status reads it)."""
-    from vpnoffload.watch.loop import watch_pid
+    from vpnoffload.watch.state import watch_pid
 
     if watch_pid(paths) is not None or not paths.watch_state.exists():
         return []
@@ -314,7 +319,7 @@ def _forget_stale_watch_state(paths: Paths) -> list[Action]:
 def _stop_watchdog_actions(paths: Paths) -> list[Action]:
     """`down vps` stops a running watchdog first, or its next swap would write the chains back."""
     from vpnoffload.procs import terminate
-    from vpnoffload.watch.loop import watch_pid
+    from vpnoffload.watch.state import watch_pid
 
     pid = watch_pid(paths)
     actions = []

@@ -1,10 +1,14 @@
 """The watchdog's decision logic: count checks per home box, decide swaps.
 
-Kept free of kernel libraries: the long-running ``watch`` process imports only
-this, ``health`` and ``config``. Applying a swap (python-iptables rules,
-conntrack flush) is injected as ``swap`` and runs in a short-lived child
-process (see ``vpnoffload.watch.swap``), so python-iptables and pyroute2 never sit
-in the watchdog's resident memory.
+Kept free of kernel libraries and of heavy stdlib modules (no dataclasses,
+logging, json): the long-running ``watch`` process imports only this,
+``health`` and the plain-data config snapshot. Applying a swap (python-iptables
+rules, conntrack flush) is injected as ``swap`` and runs in a short-lived child
+process (see ``vpnoffload.watch.swap``), so python-iptables and pyroute2 never
+sit in the watchdog's resident memory.
+
+``config`` is a ``vpnoffload.model.Config`` or a
+``vpnoffload.watch.snapshot.ConfigView`` (the same attribute names).
 
 Each service has an ordered list of home boxes. Every home is checked; a home
 turns unhealthy after ``fall`` failed checks in a row and healthy again after
@@ -14,70 +18,87 @@ is healthy the service is on ``fallback`` (the friendly page or a fast reset).
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Literal
 
 from vpnoffload.watch import health
-from vpnoffload.model import Config, Service
+from vpnoffload.watch.say import Log
+from vpnoffload.watch.state import believed_targets, read_state, write_state  # noqa: F401  (re-exported)
 
-log = logging.getLogger("vpnoffload.watch")
+TYPE_CHECKING = False  # typing costs ~1 MB resident (it imports re): annotations stay strings here
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any, Literal
 
-State = Literal["forwarding", "fallback"]
-Prober = Callable[[Service, str, Config], health.Result]
-#: swap(active, flush): make the kernel send each service to ``active[name]``
-#: (a home, or None for the fallback) and forget the flows of ``flush``; raises on failure.
-Swapper = Callable[[Mapping[str, str | None], frozenset[str]], None]
+    State = Literal["forwarding", "fallback"]
+    Prober = Callable[[Any, str, Any], health.Result]
+    #: swap(active, flush): make the kernel send each service to ``active[name]``
+    #: (a home, or None for the fallback) and forget the flows of ``flush``; raises on failure.
+    Swapper = Callable[[Mapping[str, str | None], frozenset[str]], None]
+
+log = Log("vpnoffload.watch")
 
 
-@dataclass
 class HomeHealth:
-    healthy: bool = True
-    fails: int = 0  # failed checks in a row
-    passes: int = 0  # passed checks in a row
-    latency: float | None = None
-    detail: str = ""
+    __slots__ = ("healthy", "fails", "passes", "latency", "detail")
+
+    def __init__(self, healthy: bool = True, fails: int = 0, passes: int = 0, latency: float | None = None,
+                 detail: str = "") -> None:
+        self.healthy = healthy
+        self.fails = fails  # failed checks in a row
+        self.passes = passes  # passed checks in a row
+        self.latency = latency
+        self.detail = detail
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
-@dataclass
 class ServiceStatus:
-    name: str
-    active: str | None  # the home box new connections go to; None: fallback
-    state: State = "forwarding"
-    healthy: bool = True  # the last check of the active (or first) home passed
-    last_check: float = 0.0
-    latency: float | None = None
-    detail: str = ""
-    last_change: float = 0.0
-    swaps: int = 0
-    homes: dict[str, HomeHealth] = field(default_factory=dict)
+    __slots__ = ("name", "active", "state", "healthy", "last_check", "latency", "detail", "last_change", "swaps",
+                 "homes")
+
+    def __init__(self, name: str, active: str | None, state: State = "forwarding", healthy: bool = True) -> None:
+        self.name = name
+        self.active = active  # the home box new connections go to; None: fallback
+        self.state: State = state
+        self.healthy = healthy  # the last check of the active (or first) home passed
+        self.last_check = 0.0
+        self.latency: float | None = None
+        self.detail = ""
+        self.last_change = 0.0
+        self.swaps = 0
+        self.homes: dict[str, HomeHealth] = {}
+
+    def as_dict(self) -> dict[str, object]:
+        """The state file's (and ``status``'s) view of this service."""
+        out: dict[str, object] = {name: getattr(self, name) for name in self.__slots__ if name != "homes"}
+        out["homes"] = {h: hh.as_dict() for h, hh in self.homes.items()}
+        return out
 
 
-def default_prober(service: Service, home: str, config: Config) -> health.Result:
+def default_prober(service: Any, home: str, config: Any) -> health.Result:
     return health.probe(str(config.homes[home].address), service.target_port, service.check,
                         config.watch.timeout, host_header=service.hostname)
 
 
-@dataclass
 class Watchdog:
-    config: Config
-    swap: Swapper
-    prober: Prober = default_prober
-    clock: Callable[[], float] = time.time
-    #: Packets received from the tunnel so far (None: unknown). Used only with a
-    #: single home box, where any traffic from the tunnel proves that home alive.
-    activity: Callable[[], int | None] | None = None
-    status: dict[str, ServiceStatus] = field(default_factory=dict)
+    """Counts checks and decides swaps; ``tick`` is one round."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, config: Any, swap: Swapper, prober: Prober = default_prober,
+                 clock: Callable[[], float] = time.time, activity: Callable[[], int | None] | None = None,
+                 status: dict[str, ServiceStatus] | None = None) -> None:
+        self.config = config
+        self.swap = swap
+        self.prober = prober
+        self.clock = clock
+        #: Packets received from the tunnel so far (None: unknown). Used only with a
+        #: single home box, where any traffic from the tunnel proves that home alive.
+        self.activity = activity
+        self.status: dict[str, ServiceStatus] = status if status is not None else {}
         self.reconfigure(self.config)
 
-    def reconfigure(self, config: Config) -> None:
+    def reconfigure(self, config: Any) -> None:
         """Follow an edited config (after `service add` + `up vps`): keep what we know
         of services that stay, start new ones on their first home (as `up vps`
         wrote them), forget removed ones. No swap: `up vps` already set the rules."""
@@ -215,7 +236,7 @@ class Watchdog:
         jobs = [(svc, home) for svc in self.config.services.values() for home in svc.homes]
         results: dict[str, dict[str, health.Result]] = {svc.name: {} for svc in self.config.services.values()}
 
-        def run(svc: Service, home: str) -> None:
+        def run(svc: Any, home: str) -> None:
             try:
                 results[svc.name][home] = self.prober(svc, home, self.config)
             except Exception as exc:  # a check that breaks must not stop the watchdog: count it as failed
@@ -231,25 +252,15 @@ class Watchdog:
             t.join()
         return results
 
+    def page_needed(self) -> bool:
+        """Should the friendly-page server run? While a page service is on fallback,
+        or its active home is failing (so the page is up before the swap to it)."""
+        for name, st in self.status.items():
+            if not self.config.services[name].serves_page:
+                continue
+            if st.active is None or st.homes[st.active].fails:
+                return True
+        return False
+
     def snapshot(self) -> dict[str, object]:
-        return {"updated": self.clock(), "services": [asdict(s) for s in self.status.values()]}
-
-
-def believed_targets(state: dict[str, object] | None) -> dict[str, str | None]:
-    """Where the last watchdog left each service, from its state file."""
-    services = (state or {}).get("services", [])
-    return {s["name"]: s.get("active") for s in services if isinstance(s, dict) and "name" in s}  # type: ignore[union-attr]
-
-
-def write_state(path: Path, data: dict[str, object]) -> None:
-    """Atomically publish the watchdog's view for ``status`` (temp file + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
-
-
-def read_state(path: Path) -> dict[str, object] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        return {"updated": self.clock(), "services": [s.as_dict() for s in self.status.values()]}

@@ -1,95 +1,154 @@
 """``vpnoffload watch``: the long-running failover process on the VPS.
 
-Resident imports are limited to the stdlib plus ``config``, ``health`` and
-``watchdog``. Swapping rules (python-iptables, pyroute2 conntrack) runs in a
-short-lived child process; the friendly page is served by its own small
-process (``pageserver``) that ``up vps`` starts.
-If this process dies, the rules stay exactly as they were, so forwarding (or
-the page) keeps working; on start it reconciles them with real health.
+Lean on purpose (the whole of vpnoffload on the VPS aims at <= 16 MB resident):
+``vpnoffload watch`` re-executes itself as ``python -I -S`` (no ``site``), and
+this process imports only the stdlib pieces its loop needs (socket, threading,
+select) plus ``decide``, ``health``, ``state``, ``snapshot``, ``pagectl`` and
+``spawn`` — no config parser, no logging, json, subprocess, pathlib or typing.
+The config is read by a short-lived child (:mod:`vpnoffload.watch.snapshot`),
+at start and whenever the file changes. Swapping rules (python-iptables,
+pyroute2 conntrack) runs in a short-lived child too (:mod:`vpnoffload.watch.swap`).
+
+The friendly-page server is started on demand (:class:`PageKeeper`): when a
+web service's active home starts failing, so it listens before the swap to
+the page, and stopped :data:`PAGE_LINGER` s after every service is back home.
+It runs detached: if this process dies, the rules stay exactly as they were,
+so forwarding (or the page) keeps working; on start it reconciles them with
+real health.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from pathlib import Path
 
-from vpnoffload import config as cfg
-from vpnoffload.watch import sdnotify
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
-from vpnoffload.paths import Paths
-from vpnoffload.watch.decide import Watchdog, believed_targets, read_state, write_state
+from vpnoffload.watch import say, sdnotify, spawn
+from vpnoffload.watch.decide import Watchdog
+from vpnoffload.watch.health import tunnel_rx_packets
+from vpnoffload.watch.pagectl import PageDaemon
+from vpnoffload.watch.snapshot import ConfigView, _options, fetch
+from vpnoffload.watch.state import dumps, server_running, watch_pid, write_state  # noqa: F401  (re-exported)
 
-log = logging.getLogger("vpnoffload.watch")
+TYPE_CHECKING = False  # typing costs ~1 MB resident: annotations stay strings here
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+log = say.Log("vpnoffload.watch")
 SWAP_TIMEOUT = 20.0
+PAGE_READY_TIMEOUT = 5.0
+#: The page server stays this long after the last service left fallback (a flapping home does not restart it).
+PAGE_LINGER = 5.0
+#: Publish the state file at least this often (and at once on every swap); not
+#: every tick, so the disk is not written twice a second.
+PUBLISH_EVERY = 5.0
+
+
+class PageKeeper:
+    """Runs the page server only while a web service needs it (see :meth:`Watchdog.page_needed`)."""
+
+    def __init__(self, daemon: PageDaemon, linger: float = PAGE_LINGER,
+                 clock: "Callable[[], float]" = time.monotonic) -> None:
+        self.daemon, self.linger, self.clock = daemon, linger, clock
+        self._unneeded_since: float | None = None
+
+    def update(self, needed: bool) -> None:
+        if needed:
+            self._unneeded_since = None
+            try:
+                self.daemon.spawn()  # no-op while it runs; ready() waits for it
+            except OSError as exc:
+                log.error("cannot start the friendly-page server: %s", exc)
+            return
+        if not self.daemon.running():
+            self._unneeded_since = None
+            return
+        now = self.clock()
+        if self._unneeded_since is None:
+            self._unneeded_since = now
+        elif now - self._unneeded_since >= self.linger:
+            self.daemon.stop()
+            self._unneeded_since = None
+            log.info("every service is home: friendly-page server stopped")
+
+    def ready(self) -> None:
+        """Make sure it listens before visitors are sent to it. A server that cannot start is
+        logged, not fatal: the swap still happens (visitors then get a refusal, as with ``reset``)."""
+        self._unneeded_since = None
+        try:
+            self.daemon.spawn()
+            self.daemon.wait_ready(PAGE_READY_TIMEOUT)
+        except (OSError, BackendError) as exc:
+            log.error("friendly-page server not serving: %s", exc)
 
 
 class SubprocessSwapper:
-    """Runs ``python -m vpnoffload.watch.swap`` and raises if it fails (the next tick retries).
+    """Runs ``python -I -m vpnoffload.watch.swap`` and raises if it fails (the next tick retries).
 
     ``prepare`` forks the child ahead of time (when a check first fails), so it
     has loaded its libraries by the time the swap is decided; ``cancel`` lets
     it go when the service recovers. Nothing heavy ever enters this process.
     """
 
-    def __init__(self, paths: Paths) -> None:
-        self.paths = paths
-        self._child: subprocess.Popen[str] | None = None
+    def __init__(self, config_path: str, pages: PageKeeper | None = None) -> None:
+        self.config_path = config_path
+        self.pages = pages
+        #: Set once the watchdog exists: which services serve the page.
+        self.page_services: "Callable[[], set[str]]" = set
+        self._child: spawn.Child | None = None
 
     def prepare(self) -> None:
         if self._child is None or self._child.poll() is not None:
-            argv = [sys.executable, "-m", "vpnoffload.watch.swap", "--config", str(self.paths.config)]
-            self._child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.PIPE, text=True)
+            self._child = spawn.spawn(spawn.full_argv("vpnoffload.watch.swap", "--config", self.config_path),
+                                      stdin=True, stderr=True)
 
     def cancel(self) -> None:
         child, self._child = self._child, None
         if child is not None:
             try:
-                child.communicate(input="", timeout=SWAP_TIMEOUT)
-            except subprocess.TimeoutExpired:
+                child.communicate(b"", SWAP_TIMEOUT)
+            except TimeoutError:
                 child.kill()
-                child.wait()
 
-    def __call__(self, active: Mapping[str, str | None], flush: frozenset[str]) -> None:
+    def __call__(self, active: "Mapping[str, str | None]", flush: frozenset[str]) -> None:
+        if self.pages is not None and any(active.get(n, "") is None for n in self.page_services()):
+            self.pages.ready()
         self.prepare()
         child, self._child = self._child, None
         assert child is not None
-        line = json.dumps({"active": dict(active), "flush": sorted(flush)}) + "\n"
+        line = dumps({"active": dict(active), "flush": sorted(flush)}) + "\n"
         try:
-            _, err = child.communicate(input=line, timeout=SWAP_TIMEOUT)
-        except subprocess.TimeoutExpired:
+            _, err = child.communicate(line.encode(), SWAP_TIMEOUT)
+        except TimeoutError:
             child.kill()
-            child.wait()
             raise BackendError(f"swap did not finish within {SWAP_TIMEOUT:g} s") from None
         if child.returncode != 0:
-            raise BackendError((err.strip().splitlines() or ["swap failed"])[-1])
+            raise BackendError((err.decode(errors="replace").strip().splitlines() or ["swap failed"])[-1])
 
 
-def run(paths: Paths, *, server_running: bool) -> int:
+def serve(config_path: str, state_dir: str | None = None) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit status."""
-    config = cfg.load(paths.config)
-    if not server_running:
+    data = fetch(config_path, state_dir)
+    if not data["server_running"]:
         raise NotSetUpError("the VPS end is not up: run 'vpnoffload up vps' first")
-    paths.run.mkdir(parents=True, exist_ok=True)
-    metrics = None
+    where = data["paths"]
+    os.makedirs(where["run"], exist_ok=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    pages = PageKeeper(PageDaemon(where["config"], where["state"], where["run"], where["pages"]))
+    swapper = SubprocessSwapper(where["config"], pages)
+    config = ConfigView(data)
+    dog = Watchdog(config, swapper, activity=lambda: tunnel_rx_packets(dog.config.tunnel.device))
+    swapper.page_services = lambda: {n for n, s in dog.config.services.items() if s.serves_page}
+    metrics = None
     try:
-        from vpnoffload.watch.health import tunnel_rx_packets
-
-        dog = Watchdog(config, SubprocessSwapper(paths),
-                       activity=lambda: tunnel_rx_packets(config.tunnel.device))
-        dog.start(believed_targets(read_state(paths.watch_state)))
-        _publish(paths, dog)
+        dog.start(data["believed"])
+        pages.update(dog.page_needed())
+        _publish(where["watch_state"], dog)
         if config.watch.metrics:
             from vpnoffload.watch.metrics import MetricsServer
 
@@ -97,50 +156,47 @@ def run(paths: Paths, *, server_running: bool) -> int:
             metrics.start()
         sdnotify.notify("READY=1")
         log.warning("watching %d service(s) every %gs", len(config.services), config.watch.interval)
-        _loop(paths, dog, stop)
+        _loop(where, dog, pages, stop)
     finally:
         sdnotify.notify("STOPPING=1")
+        swapper.cancel()
         if metrics is not None:
             metrics.shutdown()
     return 0
 
 
-#: Publish the state file at least this often (and at once on every swap); not
-#: every tick, so the disk is not written twice a second.
-PUBLISH_EVERY = 5.0
-
-
-def _loop(paths: Paths, dog: Watchdog, stop: threading.Event) -> None:
+def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threading.Event) -> None:
     published = time.monotonic()
-    seen = _mtime(paths.config)
+    seen = _mtime(where["config"])
     while not stop.is_set():
         started = time.monotonic()
-        if (mtime := _mtime(paths.config)) != seen:
+        if (mtime := _mtime(where["config"])) != seen:
             seen = mtime
-            _reload(paths, dog)
+            _reload(where, dog)
         changed: frozenset[str] = frozenset()
         try:
             changed = dog.tick()
         except VpnOffloadError as exc:
             log.error("swap failed, will retry: %s", exc)
+        pages.update(dog.page_needed())
         if changed or started - published >= PUBLISH_EVERY:
-            _publish(paths, dog)
+            _publish(where["watch_state"], dog)
             published = started
         sdnotify.notify("WATCHDOG=1")
         stop.wait(max(0.0, dog.config.watch.interval - (time.monotonic() - started)))
 
 
-def _mtime(path: Path) -> int:
+def _mtime(path: str) -> int:
     try:
-        return path.stat().st_mtime_ns
+        return os.stat(path).st_mtime_ns
     except OSError:
         return 0
 
 
-def _reload(paths: Paths, dog: Watchdog) -> None:
+def _reload(where: dict[str, str], dog: Watchdog) -> None:
     """A changed config file is followed without a restart; a broken one is ignored."""
     try:
-        config = cfg.load(paths.config)
+        config = ConfigView(fetch(where["config"], where["state"]))
     except VpnOffloadError as exc:
         log.error("config changed but is not valid, keeping the old one: %s", exc)
         return
@@ -148,32 +204,37 @@ def _reload(paths: Paths, dog: Watchdog) -> None:
     log.warning("config reloaded: watching %d service(s)", len(config.services))
 
 
-def _publish(paths: Paths, dog: Watchdog) -> None:
+def _publish(path: str, dog: Watchdog) -> None:
     data = dog.snapshot()
     data["pid"] = os.getpid()
     try:
-        write_state(paths.watch_state, data)
+        write_state(path, data)
     except OSError as exc:
-        log.error("cannot write %s: %s", paths.watch_state, exc)
+        log.error("cannot write %s: %s", path, exc)
 
 
-def server_running(paths: Paths) -> bool:
-    """Is the VPS end's OpenVPN running? (The same check `up vps` makes, without its imports.)"""
-    from vpnoffload.tunnel import DaemonTunnel, SystemdTunnel, systemd_manages_this_netns
-
-    if systemd_manages_this_netns() and SystemdTunnel("server", "openvpn-server@vpnoffload").running():
-        return True
-    return DaemonTunnel("server", paths.server_dir / "server.conf", paths.server_dir, paths.run).running()
+def run(paths, *, server_running: bool) -> int:  # paths: vpnoffload.paths.Paths (the typer command's way in)
+    """Run until SIGTERM/SIGINT in this process (the lean entry execs :func:`main` instead)."""
+    if not server_running:
+        raise NotSetUpError("the VPS end is not up: run 'vpnoffload up vps' first")
+    return serve(str(paths.config), str(paths.state))
 
 
-def watch_pid(paths: Paths) -> int | None:
-    """The pid of a running watchdog for this state dir, from its state file."""
-    data = read_state(paths.watch_state) or {}
-    pid = data.get("pid")
-    if not isinstance(pid, int):
-        return None
+def main(argv: list[str] | None = None) -> int:
+    """``python -I -S ... vpnoffload.watch.loop --config C [--state-dir S] [-v|--debug]``."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return pid if b"vpnoffload" in cmdline and b"watch" in cmdline else None
+        options = _options(list(sys.argv[1:] if argv is None else argv), values=("--config", "--state-dir"),
+                           flags=("-v", "--verbose", "--debug"))
+        say.level = say.DEBUG if options.get("--debug") else say.INFO if (
+            options.get("-v") or options.get("--verbose")) else say.WARNING
+        if "--config" not in options:
+            raise NotSetUpError("--config is required")
+        state = options.get("--state-dir")
+        return serve(str(options["--config"]), str(state) if state else None)
+    except VpnOffloadError as exc:
+        say.fail(str(exc))
+        return int(exc.exit_status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

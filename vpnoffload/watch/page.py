@@ -6,24 +6,46 @@ from conntrack with SO_ORIGINAL_DST) says which service the visitor asked
 for, so the page can name its hostname. Every request gets HTTP 503 with
 Retry-After and Cache-Control: no-store, so no browser or CDN keeps it.
 
-Stdlib only; pages are rendered beforehand (jinja2 is not imported here).
+One thread, one ``selectors`` loop, every socket non-blocking, so a flood
+costs bounded memory and cannot starve a new visitor:
+
+* at most :data:`MAX_CONNECTIONS` open at once; a new one beyond that drops
+  the connection that has been idle longest (the slow trickler, not the visitor);
+* the TLS handshake must finish within :data:`HANDSHAKE_TIMEOUT` and the whole
+  request head within :data:`HEAD_TIMEOUT` (a deadline, not a timeout per
+  ``recv``: a byte every second does not keep a connection alive), the answer
+  within :data:`SEND_TIMEOUT`;
+* the head is read up to :data:`MAX_HEAD` bytes; a longer one gets the page
+  at once (every request gets the same answer, so nothing more is needed).
+
+Stdlib only (socket, selectors; ssl only when a TLS listener exists); pages
+are rendered beforehand (jinja2 is not imported here).
 """
 
 from __future__ import annotations
 
-import ipaddress
+import selectors
 import socket
-import socketserver
 import struct
-import threading
-from collections.abc import Mapping
-from typing import Any
+import time
+TYPE_CHECKING = False  # typing costs ~1 MB resident (it imports re): annotations stay strings here
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+    from typing import Any
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h (at SOL_IPV6)
-MAX_REQUEST = 16 * 1024
-READ_TIMEOUT = 5.0
+MAX_HEAD = 8 * 1024
+MAX_CONNECTIONS = 256
+HANDSHAKE_TIMEOUT = 5.0
+HEAD_TIMEOUT = 5.0
+SEND_TIMEOUT = 5.0
 RETRY_AFTER = 30
+ACCEPT_BATCH = 64  # accepts per wakeup, so a SYN flood cannot keep the loop from serving others
+SWEEP_EVERY = 0.25  # how often deadlines are checked (and the longest the loop sleeps)
+#: Kept for callers of the old per-recv timeout; the head deadline replaces it.
+READ_TIMEOUT = HEAD_TIMEOUT
+MAX_REQUEST = MAX_HEAD
 
 Destination = tuple[str, int]
 
@@ -31,6 +53,8 @@ GENERIC_PAGE = (
     "<!doctype html><html><head><meta charset=utf-8><title>Temporarily offline</title></head>"
     "<body><h1>Temporarily offline</h1><p>This site is taking a short break. Please try again in a minute.</p></body></html>"
 )
+
+_HANDSHAKE, _READ, _WRITE = 0, 1, 2
 
 
 def response(page: bytes, retry_after: int = RETRY_AFTER) -> bytes:
@@ -48,7 +72,8 @@ def response(page: bytes, retry_after: int = RETRY_AFTER) -> bytes:
 def original_destination(sock: socket.socket) -> Destination | None:
     """Where the visitor was going before DNAT, or None for a direct connection.
 
-    IPv6 addresses come back in their canonical text form (as ``str(IPv6Address)``).
+    Addresses come back as ``inet_ntop`` writes them (for IPv6 the canonical
+    compressed form, as ``str(IPv6Address)``).
     """
     if sock.family == socket.AF_INET6:
         try:
@@ -56,7 +81,7 @@ def original_destination(sock: socket.socket) -> Destination | None:
         except OSError:
             return None
         (port,) = struct.unpack_from("!H", raw, 2)
-        return str(ipaddress.IPv6Address(raw[8:24])), port
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
     try:
         raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
     except OSError:
@@ -65,65 +90,271 @@ def original_destination(sock: socket.socket) -> Destination | None:
     return socket.inet_ntoa(packed), port
 
 
-class _Handler(socketserver.BaseRequestHandler):
-    server: "FallbackServer"
+class _Conn:
+    __slots__ = ("sock", "server", "dest", "state", "head", "out", "deadline", "events")
 
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        sock.settimeout(READ_TIMEOUT)
+    def __init__(self, sock: Any, server: "FallbackServer", dest: Destination | None, state: int,
+                 deadline: float) -> None:
+        self.sock, self.server, self.dest, self.state, self.deadline = sock, server, dest, state, deadline
+        self.head = bytearray()
+        self.out: memoryview | None = None
+        self.events = selectors.EVENT_READ
+
+
+class Loop:
+    """One selector over the listening sockets of ``servers`` and every connection they accepted."""
+
+    def __init__(self, servers: Iterable["FallbackServer"], *, max_connections: int = MAX_CONNECTIONS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.max_connections = max_connections
+        self.clock = clock
+        #: fd -> connection, least recently active first (a dict keeps insertion order).
+        self.conns: dict[int, _Conn] = {}
+        self.stopped = False
+        for server in servers:
+            self.selector.register(server.socket, selectors.EVENT_READ, server)
+
+    def run(self, on_wakeup: Callable[[], None] | None = None) -> None:
+        """Serve until :meth:`stop` (or ``stopped`` set, e.g. from a signal handler); ``on_wakeup``
+        runs at least every :data:`SWEEP_EVERY` s (reloads and the like)."""
+        next_sweep = self.clock() + SWEEP_EVERY
         try:
-            dest = original_destination(sock)
-            if self.server.tls_contexts is not None:
-                context = self.server.tls_contexts.get(dest) if dest else None
+            while not self.stopped:
+                for key, _ in self.selector.select(SWEEP_EVERY):
+                    if isinstance(key.data, FallbackServer):
+                        self._accept(key.data)
+                    else:
+                        self._serve(key.data)
+                now = self.clock()
+                if now >= next_sweep:
+                    self._sweep(now)
+                    next_sweep = now + SWEEP_EVERY
+                if on_wakeup is not None:
+                    on_wakeup()
+        finally:
+            for conn in list(self.conns.values()):
+                self._close(conn)
+            self.selector.close()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    # -------------------------------------------------------------- events
+
+    def _accept(self, server: "FallbackServer") -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _ = server.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # EMFILE, ENOBUFS, ECONNABORTED: make room and try on the next wakeup
+                self._drop_oldest()
+                return
+            sock.setblocking(False)
+            if len(self.conns) >= self.max_connections:
+                self._drop_oldest()
+            self._admit(server, sock)
+
+    def _admit(self, server: "FallbackServer", sock: socket.socket) -> None:
+        now = self.clock()
+        dest = original_destination(sock)
+        try:
+            if server.tls_contexts is not None:
+                context = server.tls_contexts.get(dest) if dest else None
                 if context is None:
-                    return  # no certificate for this name: close at once rather than hang
-                sock = context.wrap_socket(sock, server_side=True)
-            _read_head(sock)
-            sock.sendall(self.server.response_for(dest))
-        except OSError:
-            pass  # a visitor that went away (or failed the TLS handshake) is not our problem
-
-
-def _read_head(sock: socket.socket) -> None:
-    """Read the request head (we answer every request the same; reading it avoids a RST)."""
-    data = b""
-    while b"\r\n\r\n" not in data and len(data) < MAX_REQUEST:
-        chunk = sock.recv(4096)
-        if not chunk:
+                    sock.close()  # no certificate for this name: close at once rather than hang
+                    return
+                tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                conn = _Conn(tls, server, dest, _HANDSHAKE, now + HANDSHAKE_TIMEOUT)
+            else:
+                conn = _Conn(sock, server, dest, _READ, now + HEAD_TIMEOUT)
+            self.selector.register(conn.sock, selectors.EVENT_READ, conn)
+        except (OSError, ValueError):
+            sock.close()
             return
-        data += chunk
+        self.conns[conn.sock.fileno()] = conn
+
+    def _serve(self, conn: _Conn) -> None:
+        try:
+            if conn.state == _HANDSHAKE:
+                if not self._handshake(conn):
+                    return
+            if conn.state == _READ:
+                if not self._read(conn):
+                    return
+            self._write(conn)
+        except (OSError, ValueError):  # ssl.SSLError is an OSError: a visitor that went away or failed TLS
+            self._close(conn)
+
+    def _handshake(self, conn: _Conn) -> bool:
+        import ssl  # already loaded: only TLS listeners make handshakes
+
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(conn, selectors.EVENT_READ)
+            return False
+        except ssl.SSLWantWriteError:
+            self._want(conn, selectors.EVENT_WRITE)
+            return False
+        conn.state, conn.deadline = _READ, self.clock() + HEAD_TIMEOUT
+        self._touch(conn)
+        return True
+
+    def _read(self, conn: _Conn) -> bool:
+        """Read what has arrived; True once the whole head (or MAX_HEAD bytes) is in."""
+        while True:
+            try:
+                chunk = conn.sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                self._want(conn, selectors.EVENT_READ)
+                self._touch(conn)
+                return False
+            except OSError as exc:
+                wanted = _tls_wants(exc)
+                if wanted is None:
+                    raise
+                self._want(conn, wanted)
+                return False
+            if not chunk:
+                self._close(conn)
+                return False
+            start = max(0, len(conn.head) - 3)
+            conn.head += chunk
+            if b"\r\n\r\n" in conn.head[start:] or len(conn.head) >= MAX_HEAD:
+                break
+        conn.head = bytearray()
+        conn.out = memoryview(conn.server.response_for(conn.dest))
+        conn.state, conn.deadline = _WRITE, self.clock() + SEND_TIMEOUT
+        return True
+
+    def _write(self, conn: _Conn) -> None:
+        assert conn.out is not None
+        while conn.out:
+            try:
+                sent = conn.sock.send(conn.out)
+            except (BlockingIOError, InterruptedError):
+                self._want(conn, selectors.EVENT_WRITE)
+                return
+            except OSError as exc:
+                wanted = _tls_wants(exc)
+                if wanted is None:
+                    raise
+                self._want(conn, wanted)
+                return
+            conn.out = conn.out[sent:]
+        self._close(conn)
+
+    # -------------------------------------------------------------- bookkeeping
+
+    def _want(self, conn: _Conn, events: int) -> None:
+        if conn.events != events:
+            self.selector.modify(conn.sock, events, conn)
+            conn.events = events
+
+    def _touch(self, conn: _Conn) -> None:
+        """Mark ``conn`` as just active: it moves to the end of the drop order."""
+        fd = conn.sock.fileno()
+        if self.conns.pop(fd, None) is not None:
+            self.conns[fd] = conn
+
+    def _drop_oldest(self) -> None:
+        if self.conns:
+            self._close(self.conns[next(iter(self.conns))])
+
+    def _sweep(self, now: float) -> None:
+        for conn in [c for c in self.conns.values() if c.deadline <= now]:
+            self._close(conn)
+
+    def _close(self, conn: _Conn) -> None:
+        try:
+            fd = conn.sock.fileno()
+        except (OSError, ValueError):
+            fd = -1
+        self.conns.pop(fd, None)
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
 
 
-class FallbackServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
+def _tls_wants(exc: OSError) -> int | None:
+    """The selector event a non-blocking TLS call waits for, or None when ``exc`` is a real error."""
+    name = type(exc).__name__
+    if name == "SSLWantReadError":
+        return selectors.EVENT_READ
+    if name == "SSLWantWriteError":
+        return selectors.EVENT_WRITE
+    return None
+
+
+class FallbackServer:
+    """One listening socket (non-blocking) and the pages it answers with.
+
+    Served by a :class:`Loop` (several servers share one); :meth:`start` runs
+    a loop of its own in a thread, for tests and embedding.
+    """
+
+    address_family = socket.AF_INET
+    request_queue_size = 1024
 
     def __init__(self, address: Destination, pages: Mapping[Destination, bytes], *,
                  retry_after: int = RETRY_AFTER, tls_contexts: Mapping[Destination, Any] | None = None) -> None:
         """``tls_contexts``: for the TLS listener, an ssl.SSLContext per original destination
         (chosen before the handshake, so no SNI parsing is needed)."""
-        self._lock = threading.Lock()
-        self._responses: dict[Destination, bytes] = {}
         self.retry_after = retry_after
         self.tls_contexts = tls_contexts
+        self._generic = response(GENERIC_PAGE.encode(), retry_after)
+        self._responses: dict[Destination, bytes] = {}
         self.set_pages(pages)
-        super().__init__(address, _Handler)
+        sock = socket.socket(self.address_family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._configure(sock)
+            sock.bind(address)
+            sock.listen(self.request_queue_size)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self.socket = sock
+        self.server_address: Destination = sock.getsockname()[:2]
+        self._loop: Loop | None = None
+        self._thread: Any = None
+
+    def _configure(self, sock: socket.socket) -> None:
+        """Socket options before bind (the IPv6 server sets IPV6_V6ONLY)."""
 
     def set_pages(self, pages: Mapping[Destination, bytes]) -> None:
-        built = {dest: response(page, self.retry_after) for dest, page in pages.items()}
-        with self._lock:
-            self._responses = built
+        # One attribute assignment: the loop sees the old dict or the new one.
+        self._responses = {dest: response(page, self.retry_after) for dest, page in pages.items()}
 
     def response_for(self, dest: Destination | None) -> bytes:
-        with self._lock:
-            found = self._responses.get(dest) if dest else None
-        return found or response(GENERIC_PAGE.encode(), self.retry_after)
+        found = self._responses.get(dest) if dest else None
+        return found or self._generic
 
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="fallback", daemon=True)
-        thread.start()
-        return thread
+    def start(self) -> Any:
+        """Serve in a thread of its own (the page server process runs one :class:`Loop` in its main thread)."""
+        import threading
+
+        self._loop = Loop([self])
+        self._thread = threading.Thread(target=self._loop.run, name="fallback", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def shutdown(self) -> None:
+        if self._loop is not None:
+            self._loop.stop()
+            self._thread.join(5)
+            self._loop = None
+
+    def server_close(self) -> None:
+        self.socket.close()
 
 
 class FallbackServer6(FallbackServer):
@@ -132,6 +363,5 @@ class FallbackServer6(FallbackServer):
 
     address_family = socket.AF_INET6
 
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        super().server_bind()
+    def _configure(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

@@ -1,42 +1,53 @@
-"""The friendly-page server as its own small process (``python -m vpnoffload.watch.pageserver``).
+"""The friendly-page server as its own small process.
 
-``up vps`` starts it next to OpenVPN and ``down vps`` stops it. It is kept out
+Started as ``python -I -S`` (see :mod:`vpnoffload.watch.pagectl`) by the
+watchdog when a web service is about to go on fallback, and stopped again
+once every service is back home; ``up vps`` restarts a running one when the
+pages or what it listens on changed, and ``down vps`` stops it. It is kept out
 of the watchdog so that a watchdog that dies or restarts in the middle of an
-outage leaves visitors with the page, not with a refused connection. ``up vps``
-restarts it when the pages or what it listens on changed; SIGHUP reloads the
-pages in place (for a hand-edited template, after ``python -m vpnoffload.render.pages``).
+outage leaves visitors with the page, not with a refused connection, and so
+that it can drop root once its sockets are bound (the watchdog cannot).
+
+Resident: the interpreter, socket, selectors, the pages as bytes (ssl only
+for TLS pages). The config is read through :mod:`vpnoffload.watch.snapshot`
+(a short-lived child), not imported. SIGHUP reloads the pages in place while
+still root (for a hand-edited template, after ``python -m vpnoffload.render.pages``).
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import signal
 import sys
-import threading
-from pathlib import Path
 
 from vpnoffload.errors import BackendError, VpnOffloadError
-from vpnoffload.watch.page import Destination, FallbackServer, FallbackServer6
-from vpnoffload.model import Config
+from vpnoffload.watch import say
+from vpnoffload.watch.page import Destination, FallbackServer, FallbackServer6, Loop
+from vpnoffload.watch.snapshot import ConfigView, _options, fetch
 
-log = logging.getLogger("vpnoffload.render.pages")
+log = say.Log("vpnoffload.watch.pageserver")
+RUN_AS = "vpnoffload"
 
 
-def load_pages(config: Config, pages_dir: Path) -> dict[Destination, bytes]:
+def load_pages(config: ConfigView, pages_dir: str) -> dict[Destination, bytes]:
+    """Each page service's rendered page, by the destination its visitors asked for."""
     pages: dict[Destination, bytes] = {}
     for svc in config.services.values():
         if svc.serves_page:
-            pages[(str(svc.listen_address), svc.listen_port)] = (pages_dir / f"{svc.name}.html").read_bytes()
+            path = os.path.join(pages_dir, f"{svc.name}.html")
+            try:
+                with open(path, "rb") as fh:
+                    pages[(svc.listen_address, svc.listen_port)] = fh.read()
+            except OSError as exc:
+                raise BackendError(f"cannot read the friendly page {path}: {exc.strerror or exc}") from None
     return pages
 
 
-def tls_contexts(config: Config) -> dict[Destination, object] | None:
+def tls_contexts(config: ConfigView) -> dict[Destination, object] | None:
     services = [s for s in config.services.values() if s.page_over_tls]
     if not services:
         return None
-    import ssl  # only when an HTTPS service needs it
+    import ssl  # only when an HTTPS service needs it (~5 MB resident)
 
     contexts: dict[Destination, object] = {}
     for svc in services:
@@ -46,38 +57,33 @@ def tls_contexts(config: Config) -> dict[Destination, object] | None:
             ctx.load_cert_chain(str(svc.tls_cert), str(svc.tls_key))
         except (OSError, ssl.SSLError) as exc:
             raise BackendError(f"services.{svc.name}.tls_cert: cannot load certificate and key: {exc}") from None
-        contexts[(str(svc.listen_address), svc.listen_port)] = ctx
+        contexts[(svc.listen_address, svc.listen_port)] = ctx
     return contexts
 
 
-def start_servers(config: Config, pages: dict[Destination, bytes]) -> list[FallbackServer]:
-    host, port = str(config.vps.address), config.watch.fallback_port
+def start_servers(config: ConfigView, pages: dict[Destination, bytes]) -> list[FallbackServer]:
+    """Bind every listener: the VPS address at fallback_port (+1 for TLS), and [::] for IPv6 services."""
+    host, port = config.vps_address, config.watch.fallback_port
+    retry = config.watch.retry_after
     servers: list[FallbackServer] = []
     try:
-        servers.append(FallbackServer((host, port), pages, retry_after=config.watch.retry_after))
+        servers.append(FallbackServer((host, port), pages, retry_after=retry))
         contexts = tls_contexts(config)
         if contexts is not None:
-            servers.append(FallbackServer((host, port + 1), pages, retry_after=config.watch.retry_after,
-                                          tls_contexts=contexts))
+            servers.append(FallbackServer((host, port + 1), pages, retry_after=retry, tls_contexts=contexts))
         # IPv6 services' visitors are DNATed to their own listen address (on this
         # VPS) at these ports, so one socket on [::] takes them all.
         ipv6 = [s for s in config.ipv6_services if s.serves_page]
         if ipv6:
             host = "::"
-            servers.append(FallbackServer6((host, port), pages, retry_after=config.watch.retry_after))
+            servers.append(FallbackServer6((host, port), pages, retry_after=retry))
             if contexts is not None and any(s.page_over_tls for s in ipv6):
-                servers.append(FallbackServer6((host, port + 1), pages, retry_after=config.watch.retry_after,
-                                               tls_contexts=contexts))
+                servers.append(FallbackServer6((host, port + 1), pages, retry_after=retry, tls_contexts=contexts))
     except OSError as exc:
         for s in servers:
             s.server_close()
         raise BackendError(f"cannot listen on {host}:{port} for the friendly page: {exc.strerror or exc}") from None
-    for s in servers:
-        s.start()
     return servers
-
-
-RUN_AS = "vpnoffload"
 
 
 def drop_privileges(name: str = RUN_AS) -> bool:
@@ -98,54 +104,68 @@ def drop_privileges(name: str = RUN_AS) -> bool:
     return True
 
 
-def serve(config_path: Path, pages_dir: Path, ready: Path | None = None) -> int:
-    from vpnoffload import config as cfg
-
-    config = cfg.load(config_path)
+def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir: str | None = None) -> int:
+    config = ConfigView(fetch(config_path, state_dir))
     servers = start_servers(config, load_pages(config, pages_dir))
-    stop = threading.Event()
-    reload = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
+    loop = Loop(servers)
+    reload = [False]
+
+    def stop(*_: object) -> None:
+        loop.stopped = True
+
+    def hup(*_: object) -> None:
+        reload[0] = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, hup)
     if ready is not None:
-        ready.write_text(f"{os.getpid()}\n")
+        tmp = f"{ready}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        os.replace(tmp, ready)  # a reader never sees a half-written pid
     dropped = drop_privileges()
-    log.warning("serving the friendly page on %s:%d%s", config.vps.address, config.watch.fallback_port,
+    log.warning("serving the friendly page on %s:%d%s", config.vps_address, config.watch.fallback_port,
                 f" as user {RUN_AS}" if dropped else "")
+
+    def on_wakeup() -> None:
+        if not reload[0]:
+            return
+        reload[0] = False
+        if dropped:
+            log.error("running unprivileged: restart the page server to reload (vpnoffload up vps does)")
+            return
+        try:
+            pages = load_pages(ConfigView(fetch(config_path, state_dir)), pages_dir)
+        except VpnOffloadError as exc:
+            log.error("reload failed, keeping the old pages: %s", exc)
+            return
+        for s in servers:
+            s.set_pages(pages)
+        log.warning("pages reloaded")
+
     try:
-        while not stop.wait(0.2):
-            if reload.is_set():
-                reload.clear()
-                if dropped:
-                    log.error("running unprivileged: restart the page server to reload (vpnoffload up vps does)")
-                    continue
-                try:
-                    pages = load_pages(cfg.load(config_path), pages_dir)
-                except (VpnOffloadError, OSError) as exc:
-                    log.error("reload failed, keeping the old pages: %s", exc)
-                    continue
-                for s in servers:
-                    s.set_pages(pages)
-                log.warning("pages reloaded")
+        loop.run(on_wakeup)
     finally:
         for s in servers:
-            s.shutdown()
             s.server_close()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vpnoffload.watch.pageserver")
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--pages", type=Path, required=True)
-    parser.add_argument("--ready", type=Path, help="write our pid here once listening")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="vpnoffload-pages: %(message)s")
+    """``--config C --pages DIR [--state-dir S] [--ready PIDFILE]``; exit status as the CLI's."""
+    say.prefix = "vpnoffload-pages"
     try:
-        return serve(args.config, args.pages, args.ready)
+        options = _options(list(sys.argv[1:] if argv is None else argv),
+                           values=("--config", "--pages", "--ready", "--state-dir"), flags=())
+        if "--config" not in options or "--pages" not in options:
+            raise BackendError("--config and --pages are required")
+        ready = options.get("--ready")
+        state = options.get("--state-dir")
+        return serve(str(options["--config"]), str(options["--pages"]), str(ready) if ready else None,
+                     str(state) if state else None)
     except VpnOffloadError as exc:
-        print(f"vpnoffload-pages: {exc}", file=sys.stderr)
+        say.fail(str(exc))
         return int(exc.exit_status)
 
 

@@ -1,0 +1,215 @@
+"""The config as the lean VPS processes see it: built by a short-lived child, read as plain data.
+
+Parsing the TOML config costs ~5 MB resident (tomllib, ipaddress, dataclasses,
+pathlib, the model). The watchdog and the page server run for months, so they
+never import the config code: they run ``python -I -m vpnoffload.watch.snapshot``
+(:func:`fetch`), which loads and validates the config with the real parser and
+writes what the hot loops need as one ``marshal`` blob (plain dicts, lists,
+strings and numbers; ``marshal`` is built in, ``json`` would add ``re``).
+A broken config makes the child exit non-zero with the usual one-line error.
+
+The answer is read into small classes with the attribute names of
+``vpnoffload.model`` (:class:`ConfigView` and friends), so the decision logic
+works unchanged on either.
+"""
+
+from __future__ import annotations
+
+import marshal
+import sys
+
+from vpnoffload.errors import BackendError, ConfigError, NotSetUpError, PrerequisiteError, VpnOffloadError
+
+FETCH_TIMEOUT = 30.0
+#: Bumped when the blob's shape changes (a lean process and a newer snapshot must agree).
+FORMAT = 1
+
+
+# ------------------------------------------------------------------ the child (full imports)
+
+
+def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config, paths.Paths)
+    """The plain-data snapshot of ``config`` (and of the files at ``paths`` the lean processes read)."""
+    import socket
+
+    from vpnoffload.watch import state
+
+    def key(address: object) -> str:
+        # The page server names a destination as inet_ntop does (SO_ORIGINAL_DST).
+        text = str(address)
+        family = socket.AF_INET6 if ":" in text else socket.AF_INET
+        return socket.inet_ntop(family, socket.inet_pton(family, text))
+
+    services = []
+    for svc in config.services.values():
+        services.append({
+            "name": svc.name, "homes": list(svc.homes), "target_port": svc.target_port,
+            "check_kind": svc.check.kind, "check_path": svc.check.path, "hostname": svc.hostname,
+            "fallback": svc.fallback, "serves_page": svc.serves_page, "page_over_tls": svc.page_over_tls,
+            "ipv6": svc.ipv6 and svc.via == "dnat", "listen_address": key(svc.listen_address),
+            "listen_port": svc.listen_port,
+            "tls_cert": str(svc.tls_cert) if svc.tls_cert else None, "tls_key": str(svc.tls_key) if svc.tls_key else None,
+        })
+    w = config.watch
+    data: dict = {
+        "format": FORMAT,
+        "paths": {"config": str(paths.config), "state": str(paths.state), "run": str(paths.run),
+                  "watch_state": str(paths.watch_state), "pages": str(paths.pages)},
+        "vps_address": str(config.vps.address),
+        "tunnel_device": config.tunnel.device,
+        "watch": {"interval": float(w.interval), "timeout": float(w.timeout), "fall": w.fall, "rise": w.rise,
+                  "metrics": w.metrics, "fallback_port": w.fallback_port, "retry_after": w.retry_after},
+        "homes": {name: str(home.address) for name, home in config.homes.items()},
+        "services": services,
+        "server_running": state.server_running(paths),
+        "believed": state.believed_targets(state.read_state(paths.watch_state)),
+    }
+    if with_pages:
+        pages = {}
+        for svc in config.services.values():
+            if svc.serves_page:
+                try:
+                    pages[svc.name] = (paths.pages / f"{svc.name}.html").read_bytes()
+                except OSError as exc:
+                    raise NotSetUpError(f"no friendly page for {svc.name} in {paths.pages} "
+                                        f"(run 'vpnoffload up vps'): {exc.strerror}") from None
+        data["pages"] = pages
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -I -m vpnoffload.watch.snapshot --config C [--state-dir S] [--pages]``: the blob on stdout."""
+    from pathlib import Path
+
+    from vpnoffload import config as cfg
+    from vpnoffload.paths import Paths
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = _options(args, values=("--config", "--state-dir"), flags=("--pages",))
+    try:
+        if options.get("--config") is None:
+            raise ConfigError("--config is required")
+        state = options.get("--state-dir")
+        paths = Paths.resolve(Path(str(options["--config"])), Path(str(state)) if state else None)
+        blob = marshal.dumps(build(cfg.load(paths.config), paths, with_pages=bool(options.get("--pages"))))
+    except VpnOffloadError as exc:
+        from vpnoffload.watch import say
+
+        say.fail(str(exc))
+        return int(exc.exit_status)
+    sys.stdout.buffer.write(blob)
+    return 0
+
+
+def _options(args: list[str], *, values: tuple[str, ...], flags: tuple[str, ...]) -> dict[str, str | bool]:
+    """The few options of a lean process (argparse would import gettext, re, ...). ConfigError on anything else."""
+    found: dict[str, str | bool] = {}
+    it = iter(args)
+    for arg in it:
+        name, eq, value = arg.partition("=")
+        if name in values:
+            if not eq:
+                value = next(it, "")
+                if not value:
+                    raise ConfigError(f"{name} needs a value")
+            found[name] = value
+        elif arg in flags:
+            found[arg] = True
+        else:
+            raise ConfigError(f"unknown option {arg!r}")
+    return found
+
+
+# ------------------------------------------------------------------ the lean side
+
+
+def fetch(config: str, state: str | None = None, *, with_pages: bool = False) -> dict:
+    """Run the snapshot child and return its blob. Raises the child's error kind
+    (ConfigError for a bad config, NotSetUpError, ...) with its message."""
+    from vpnoffload.watch import spawn
+
+    args = ["--config", config] + (["--state-dir", state] if state else []) + (["--pages"] if with_pages else [])
+    child = spawn.spawn(spawn.full_argv("vpnoffload.watch.snapshot", *args), stdout=True, stderr=True)
+    try:
+        out, err = child.communicate(b"", FETCH_TIMEOUT)
+    except TimeoutError:
+        child.kill()
+        raise ConfigError(f"reading the config took more than {FETCH_TIMEOUT:g} s") from None
+    if child.returncode != 0:
+        lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
+        message = (lines[-1] if lines else f"exit status {child.returncode}").removeprefix("vpnoffload: error: ")
+        # The child's exit status names the kind (2: config or not set up, 4: prerequisite, 3: failure).
+        kind = {2: ConfigError, 4: PrerequisiteError}.get(child.returncode or 0, BackendError)
+        raise kind(message)
+    try:
+        data = marshal.loads(out)
+    except (EOFError, ValueError, TypeError):
+        raise ConfigError("the config snapshot could not be read") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ConfigError("the config snapshot has another format (restart the watchdog after an upgrade)")
+    return data
+
+
+class CheckView:
+    __slots__ = ("kind", "path")
+
+    def __init__(self, kind: str, path: str) -> None:
+        self.kind, self.path = kind, path
+
+
+class ServiceView:
+    """What the watchdog and page server read of a ``model.Service``."""
+
+    __slots__ = ("name", "homes", "home", "backups", "target_port", "check", "hostname", "fallback", "serves_page",
+                 "page_over_tls", "ipv6", "listen_address", "listen_port", "tls_cert", "tls_key")
+
+    def __init__(self, d: dict) -> None:
+        self.name, self.homes = d["name"], tuple(d["homes"])
+        self.home, self.backups = self.homes[0], self.homes[1:]
+        self.target_port, self.check = d["target_port"], CheckView(d["check_kind"], d["check_path"])
+        self.hostname, self.fallback, self.serves_page = d["hostname"], d["fallback"], d["serves_page"]
+        self.page_over_tls, self.ipv6 = d["page_over_tls"], d["ipv6"]
+        self.listen_address, self.listen_port = d["listen_address"], d["listen_port"]
+        self.tls_cert, self.tls_key = d["tls_cert"], d["tls_key"]
+
+
+class HomeView:
+    __slots__ = ("name", "address")
+
+    def __init__(self, name: str, address: str) -> None:
+        self.name, self.address = name, address
+
+
+class WatchView:
+    __slots__ = ("interval", "timeout", "fall", "rise", "metrics", "fallback_port", "retry_after")
+
+    def __init__(self, d: dict) -> None:
+        for name in self.__slots__:
+            setattr(self, name, d[name])
+
+
+class TunnelView:
+    __slots__ = ("device",)
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+
+
+class ConfigView:
+    """The snapshot with ``model.Config``'s attribute names (``services``, ``homes``, ``watch``, ``tunnel``)."""
+
+    def __init__(self, data: dict) -> None:
+        self.data = data
+        self.services = {d["name"]: ServiceView(d) for d in data["services"]}
+        self.homes = {name: HomeView(name, address) for name, address in data["homes"].items()}
+        self.watch = WatchView(data["watch"])
+        self.tunnel = TunnelView(data["tunnel_device"])
+        self.vps_address: str = data["vps_address"]
+
+    @property
+    def ipv6_services(self) -> list[ServiceView]:
+        return [s for s in self.services.values() if s.ipv6]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
