@@ -31,6 +31,11 @@ RULE_PRIORITY = 7701
 #: Packet mark (SO_MARK) of the watchdog's health checks: the fail-fast rule
 #: that refuses a dead home to the VPS's web server lets these through.
 HEALTH_MARK = 0x10000000
+#: Home box: the connection mark of every connection that arrived through the
+#: tunnel, copied onto its reply packets so they are routed back into the tunnel
+#: by mark (``ip rule fwmark``), whatever their source address: a container's or
+#: a VM's replies included. Its own bit, so other connmark users keep theirs.
+HOME_MARK = 0x20000000
 
 
 @dataclass(frozen=True)

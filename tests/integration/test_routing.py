@@ -81,12 +81,17 @@ def test_home_routing_up_is_idempotent_and_down_restores_everything(lab: Lab):
         assert summaries(plan) == [
             "add route default dev vpnoffload0 table 7701",
             "add rule from 198.51.100.2 lookup 7701 priority 7701",
+            "add rule from all fwmark 0x20000000/0x20000000 lookup 7701 priority 7701",
         ]
         apply(plan)
-        assert routing.plan_routing(backend, desired) == []
+        assert routing.plan_routing(backend, desired) == []  # the mark rule reads back equal
 
         rules = in_ns(lab.home, "ip", "rule").stdout
         assert "7701:\tfrom 198.51.100.2 lookup 7701" in rules
+        assert "7701:\tfrom all fwmark 0x20000000/0x20000000 lookup 7701" in rules
+        # ...and so do marked packets whatever their source (a container's replies)
+        marked = in_ns(lab.home, "ip", "route", "get", "192.0.2.50", "mark", "0x20000000").stdout
+        assert "dev vpnoffload0" in marked and "table 7701" in marked
         assert "7701:\tfrom 192.0.2.77 lookup 200" in rules
         assert in_ns(lab.home, "ip", "route", "show", "table", "7701").stdout.split("\n")[0].startswith(
             "default dev vpnoffload0"
@@ -101,6 +106,7 @@ def test_home_routing_up_is_idempotent_and_down_restores_everything(lab: Lab):
         down = routing.plan_routing_down(backend)
         assert summaries(down) == [
             "delete rule from 198.51.100.2 lookup 7701 priority 7701",
+            "delete rule from all fwmark 0x20000000/0x20000000 lookup 7701 priority 7701",
             "delete route default dev vpnoffload0 table 7701",
         ]
         apply(down)
@@ -133,7 +139,7 @@ def test_missing_tunnel_is_a_readable_error_and_changes_nothing(lab: Lab):
     assert "cannot add route default dev vpnoffload0 table 7701: no such device vpnoffload0 (is the tunnel up?)" in str(
         info.value
     )
-    assert "rolled back 1 earlier change(s)" in str(info.value)
+    assert "rolled back 2 earlier change(s)" in str(info.value)  # both rules
     assert snapshot(lab.home) == before
 
 

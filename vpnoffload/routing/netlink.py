@@ -89,6 +89,8 @@ class Pyroute2Backend(_Queries):
                     src=ip_network(f"{m.get('src') or anywhere}/{m['src_len']}"),
                     table=m.get("table") or 0,
                     priority=m.get("priority") or 0,
+                    fwmark=m.get("fwmark"),
+                    fwmask=m.get("fwmask") if m.get("fwmark") is not None else None,
                 )
                 for m in msgs
             ]
@@ -98,6 +100,8 @@ class Pyroute2Backend(_Queries):
         spec: dict[str, Any] = {"family": _family(rule.src), "table": rule.table, "priority": rule.priority}
         if rule.src.prefixlen:
             spec.update(src=str(rule.src.network_address), src_len=rule.src.prefixlen)
+        if rule.fwmark is not None:
+            spec.update(fwmark=rule.fwmark, fwmask=rule.fwmask if rule.fwmask is not None else 0xFFFFFFFF)
         verb = "add" if command == "add" else "delete"
         self._call(f"{verb} rule {rule}", lambda: self._ipr().rule(command, **spec), tolerate)
 

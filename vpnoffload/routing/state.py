@@ -41,7 +41,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_int
 from typing import Any, Protocol
 
 from vpnoffload.errors import BackendError, ConfigError
-from vpnoffload.model import RULE_PRIORITY, ROUTE_TABLE, TUNNEL_DEVICE, Config
+from vpnoffload.model import HOME_MARK, RULE_PRIORITY, ROUTE_TABLE, TUNNEL_DEVICE, Config
 
 ANY = IPv4Network("0.0.0.0/0")
 ANY6 = IPv6Network("::/0")
@@ -60,18 +60,22 @@ IPAddr = IPv4Address | IPv6Address
 
 @dataclass(frozen=True)
 class Rule:
-    """A policy rule ``from <src> lookup <table> priority <priority>`` (IPv4 or IPv6, by ``src``)."""
+    """A policy rule ``from <src> [fwmark <mark>/<mask>] lookup <table> priority <priority>``
+    (IPv4 or IPv6, by ``src``)."""
 
     src: IPNetwork
     table: int = ROUTE_TABLE
     priority: int = RULE_PRIORITY
+    fwmark: int | None = None
+    fwmask: int | None = None
 
     def __str__(self) -> str:
         whole = self.src.prefixlen == self.src.max_prefixlen
         src = "all" if self.src.prefixlen == 0 else self.src.network_address if whole else self.src
         if self.src.version == 6 and self.src.prefixlen == 0:
             src = "all (IPv6)"
-        return f"from {src} lookup {self.table} priority {self.priority}"
+        mark = "" if self.fwmark is None else f" fwmark {self.fwmark:#x}/{(self.fwmask or 0xFFFFFFFF):#x}"
+        return f"from {src}{mark} lookup {self.table} priority {self.priority}"
 
 
 @dataclass(frozen=True)
@@ -144,10 +148,13 @@ def home_routing(config: Config, home: str) -> RoutingState:
     if home not in config.homes:
         raise ConfigError(f"no home named {home!r} in the config", field="home")
     address, address6 = config.homes[home].address, config.homes[home].address6
-    rules = [Rule(IPv4Network(f"{address}/32"))]
+    # By source: replies of local servers. By mark: replies of whatever the
+    # home box forwards a tunnel connection to (a container, a VM), which carry
+    # another source until conntrack undoes the home's own DNAT.
+    rules = [Rule(IPv4Network(f"{address}/32")), Rule(ANY, fwmark=HOME_MARK, fwmask=HOME_MARK)]
     routes = [Route(ANY, config.tunnel.device)]
     if address6 is not None:
-        rules.append(Rule(IPv6Network(f"{address6}/128")))
+        rules += [Rule(IPv6Network(f"{address6}/128")), Rule(ANY6, fwmark=HOME_MARK, fwmask=HOME_MARK)]
         routes.append(Route(ANY6, config.tunnel.device))
     return RoutingState(rules=tuple(rules), routes=tuple(routes))
 
