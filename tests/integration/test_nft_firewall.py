@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,7 @@ from vpnoffload.firewall import nft
 
 pytestmark = [
     needs_root, pytest.mark.root, pytest.mark.timeout(120),
-    pytest.mark.skipif(subprocess.run(["sh", "-c", "command -v nft"], capture_output=True).returncode != 0,
-                       reason="nft is not installed"),
+    pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed (apt-get install nftables)"),
 ]
 
 REPO = Path(__file__).resolve().parents[2]

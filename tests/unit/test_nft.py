@@ -10,15 +10,14 @@ import pytest
 
 from tests.fakes import FakeNft, _as_printed
 from tests.unit import test_firewall
-from vpnoffload.config import parse_text
 from vpnoffload import firewall as fw
+from vpnoffload.config import parse_text
 from vpnoffload.deploy import doctor
 from vpnoffload.errors import BackendError, ConfigError
 from vpnoffload.firewall import choose, nft
 from vpnoffload.firewall.nftexpr import from_nft, to_nft
 from vpnoffload.firewall.rules import Rule, Ruleset
-from vpnoffload.plan import apply, summaries
-
+from vpnoffload.plan import apply
 
 IPV6_CONFIG = """
 [vps]

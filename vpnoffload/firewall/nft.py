@@ -59,7 +59,7 @@ def family_of(table: str) -> str:
 
 
 def _kind(table: str) -> str:
-    return table[:-1] if table.endswith("6") else table
+    return table.removesuffix("6")
 
 
 def _table_in(family: str, kind: str) -> str:
