@@ -241,12 +241,15 @@ class FakeNft:
 
 
 def _as_printed(expr: dict) -> dict:
-    """``ct mark set ct mark & a ^ x`` as nft prints it back: ``& (a | x) | x`` when a & x == 0."""
+    """``ct mark set ct mark & a ^ x`` as nft prints it back: ``& (a | x) | x`` when a & x == 0
+    (``ct mark | x`` when that masks nothing)."""
     value = expr.get("mangle", {}).get("value")
     if isinstance(value, dict) and "^" in value:
         (masked, xor) = value["^"]
         if isinstance(masked, dict) and "&" in masked:
             key, mask = masked["&"]
+            if mask & xor == 0 and mask | xor == 0xFFFFFFFF:  # nothing left to mask
+                return {"mangle": {**expr["mangle"], "value": {"|": [key, xor]}}}
             if mask & xor == 0:
                 return {"mangle": {**expr["mangle"], "value": {"|": [{"&": [key, mask | xor]}, xor]}}}
     return expr

@@ -90,7 +90,7 @@ def test_the_policy_shapes_cover_every_kind_of_rule() -> None:
                  "icmp6-port-unreachable", "--icmpv6-type 128", "--icmp-type 8", "! -i", "! --mark", "-m mark",
                  "--ctstate DNAT", "RETURN"):
         assert word in text, word
-    assert {r.table for r in ALL_RULES} == {"filter", "nat", "filter6", "nat6"}
+    assert {r.table for r in ALL_RULES} >= {"filter", "nat", "filter6", "nat6"}
     assert "OUTPUT" in {r.chain for r in ALL_RULES}
 
 
@@ -149,6 +149,21 @@ PRINTED = [
                 {"match": {"op": "==", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
                 {"reject": {"type": "tcp reset"}}],
      "-m conntrack ! --ctstate RELATED,ESTABLISHED -m conntrack --ctstate DNAT -j REJECT --reject-with tcp-reset"),
+    ("filter", [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+                {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                {"match": {"op": "==", "left": {"ct": {"key": "ip daddr", "dir": "original"}}, "right": "198.51.100.2"}},
+                {"match": {"op": "==", "left": {"ct": {"key": "proto-dst", "dir": "original"}}, "right": 8080}},
+                {"accept": None}],
+     "-p tcp -m conntrack --ctstate DNAT --ctorigdst 198.51.100.2 --ctorigdstport 8080 -j ACCEPT"),
+    ("mangle", [{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "x"}},
+                {"match": {"op": "==", "left": {"&": [{"ct": {"key": "mark"}}, 1]}, "right": 1}},
+                {"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [{"meta": {"key": "mark"}}, 1]}}}],
+     "! -i x -m connmark --mark 0x1/0x1 -j MARK --set-xmark 0x1/0x1"),
+    ("filter6", [{"match": {"op": "==", "left": {"ct": {"key": "ip6 daddr", "dir": "original"}},
+                            "right": {"prefix": {"addr": "fd00::", "len": 8}}}},
+                 {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+                 {"accept": None}],
+     "-m conntrack --ctorigdst fd00::/8 -m conntrack --ctstate NEW -j ACCEPT"),
     ("filter", [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": 17}}, {"reject": None}],
      "-p udp -j REJECT --reject-with icmp-port-unreachable"),
     ("filter", [{"counter": {"packets": 3, "bytes": 180}},
@@ -157,6 +172,28 @@ PRINTED = [
                 {"match": {"op": "==", "left": {"ct": {"key": "mark"}}, "right": 7}}, {"return": None}],
      "-p tcp -m tcp --dport 80 ! --sport 1 -m connmark --mark 0x7 -j RETURN"),
 ]
+
+
+EXTRA_RULES = [
+    Rule("filter", "VPNOFFLOAD-FWD", tuple(t.split())) for t in (
+        "-p tcp -m conntrack --ctstate DNAT --ctorigdst 198.51.100.2 --ctorigdstport 8080 -j ACCEPT",
+        "-m conntrack ! --ctorigsrc 192.0.2.0/24 --ctorigsrcport 53 -m conntrack --ctstate NEW -j DROP",
+        "-s 192.0.2.0/24 ! -d 198.51.100.7/32 -i eth+ -p tcp -m tcp ! --dport 22 --sport 1024 -j RETURN",
+        "-p udp -j REJECT --reject-with icmp-port-unreachable",
+    )
+] + [
+    Rule("mangle6", "VPNOFFLOAD-MARK", tuple(t.split())) for t in (
+        "-i vpnoffload0 -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x1/0x1",
+        "! -i vpnoffload0 -m connmark --mark 0x1/0x1 -j MARK --set-xmark 0x1/0x1",
+        "-m mark --mark 0x5 -j MARK --set-xmark 0x3/0xffffffff",
+    )
+]
+
+
+@pytest.mark.parametrize("rule", EXTRA_RULES, ids=lambda r: r.text[:60])
+def test_other_forms_round_trip(rule: Rule) -> None:
+    exprs = to_nft(rule)
+    assert from_nft(rule.table, rule.chain, [_as_printed(e) for e in exprs]) == rule
 
 
 @pytest.mark.parametrize("table,exprs,text", PRINTED)

@@ -1,8 +1,8 @@
 """The nftables backend: vpnoffload's rules in its own nf_tables tables, for hosts
 without the legacy x_tables (nft-only kernels, RHEL 9 style).
 
-Everything lives in ``table ip vpnoffload`` (our "filter" and "nat") and
-``table ip6 vpnoffload`` ("filter6", "nat6"); nothing else of the host's ruleset
+Everything lives in ``table ip vpnoffload`` (our "filter", "nat" and, where the
+policy uses it, "mangle") and ``table ip6 vpnoffload`` ("filter6", ...); nothing else of the host's ruleset
 is read or changed. Inside it:
 
 * a built-in chain we have rules in becomes a base chain named
@@ -12,10 +12,10 @@ is read or changed. Inside it:
 * an owned chain is a regular chain of the same name (``VPNOFFLOAD-FWD``);
 * rules are translated by :mod:`.nftexpr` and read back from the expressions.
 
-One nft table holds both "filter" and "nat", so an owned chain's iptables table
-is where its jumps come from (a chain in nat is reached from a ``nat-*`` base
-chain). A chain nothing leads to is read as filter's, so writing one into nat
-is refused; so is one name in both tables.
+One nft table holds "filter", "nat" and "mangle", so an owned chain's iptables
+table is where its jumps come from (a chain in nat is reached from a ``nat-*``
+base chain). A chain nothing leads to is read as filter's, so writing one into
+another table is refused; so is one name in two tables.
 
 ``write`` is one ``nft -j -f -`` transaction (atomic in the kernel): flush the
 table's chains, delete those that go, add the new ones and every rule. When the
@@ -48,6 +48,11 @@ HOOKS: dict[tuple[str, str], tuple[str, str, int]] = {
     ("nat", "INPUT"): ("nat", "input", 100),
     ("nat", "OUTPUT"): ("nat", "output", -100),
     ("nat", "POSTROUTING"): ("nat", "postrouting", 100),  # srcnat
+    ("mangle", "PREROUTING"): ("filter", "prerouting", -150),  # priority mangle
+    ("mangle", "INPUT"): ("filter", "input", -150),
+    ("mangle", "FORWARD"): ("filter", "forward", -150),
+    ("mangle", "OUTPUT"): ("route", "output", -150),  # a changed mark re-routes, as in iptables
+    ("mangle", "POSTROUTING"): ("filter", "postrouting", -150),
 }
 
 Runner = Callable[[list[str], str | None], str]
@@ -102,10 +107,7 @@ def parse_table(family: str, listing: dict[str, Any]) -> Snapshot:
                 if kind in i and i[kind].get("table") == TABLE and i[kind].get("family") == family]
 
     chains, found = ours("chain"), ours("rule")
-    builtin: dict[str, tuple[str, str]] = {}
-    for kind, names in (("filter", BUILTIN_CHAINS["filter"]), ("nat", BUILTIN_CHAINS["nat"])):
-        for name in names:
-            builtin[f"{kind}-{name}"] = (_table_in(family, kind), name)
+    builtin = {base_chain_name(t, c): (t, c) for t in TABLES if family_of(t) == family for c in BUILTIN_CHAINS[t]}
     owner: dict[str, str] = {}
     for chain in chains:
         name = chain["name"]
@@ -176,11 +178,11 @@ def batch(snapshot: Snapshot, table: str, content: Ruleset) -> list[dict[str, An
     family = snapshot.family
     mine = [n for n, t in snapshot.owner.items() if t == table]
     others = {n: t for n, t in snapshot.owner.items() if t != table}
-    if _kind(table) == "nat":
+    if _kind(table) != "filter":
         orphans = sorted(set(content.chain_names(table)) - _reachable(content, table))
         if orphans:
             raise BackendError(f"{table_label(table)}: chain {orphans[0]} has no jump from a built-in chain "
-                               "(the nftables backend tells nat's chains from filter's by their jumps)")
+                               "(the nftables backend tells a chain's table by the jumps into it)")
     for name in content.chain_names(table):
         if name in others:
             raise BackendError(f"{table_label(table)}: chain {name} already belongs to {table_label(others[name])}"

@@ -21,8 +21,9 @@ iptables-save                                      nftables
 ``[!] -p udp`` (no port match)                     ``meta l4proto [!=] udp``
 ``-m conntrack [!] --ctstate RELATED,ESTABLISHED``  ``ct state [!=] established,related``
 ``-m conntrack --ctstate DNAT`` (SNAT)             ``ct status dnat``
+``--ctorigdst 198.51.100.2 --ctorigdstport 8080``  ``ct original ip daddr 198.51.100.2 ct original proto-dst 8080``
 ``-m connmark [!] --mark v/m`` (``mark``)          ``ct mark & m [!=] v`` (``meta mark``)
-``-j CONNMARK --set-xmark v/m``                    ``ct mark set ct mark & ~m ^ v``
+``-j CONNMARK --set-xmark v/m`` (``MARK``)         ``ct mark set ct mark & ~m ^ v`` (``meta mark``)
 ``-j DNAT --to-destination a:p`` (``[a]:p``)       ``dnat to a:p``
 ``-j REJECT --reject-with tcp-reset``              ``reject with tcp reset`` (icmp[6] port-unreachable)
 ``-j ACCEPT/DROP/RETURN``, ``-j/-g VPNOFFLOAD-*``  ``accept/drop/return``, ``jump/goto``
@@ -42,6 +43,10 @@ ALL_ONES = 0xFFFFFFFF
 #: iptables' order of --ctstate words (as conntrack's save prints them), and which are ct status bits.
 CT_STATES = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
 CT_STATUSES = ("SNAT", "DNAT")
+#: The conntrack options translated, in the order conntrack's save prints them,
+#: with the nft ct key of each (for IPv4; "ip6 ..." for IPv6).
+CT_OPTIONS = {"--ctstate": None, "--ctorigsrc": "saddr", "--ctorigdst": "daddr", "--ctorigsrcport": "proto-src",
+              "--ctorigdstport": "proto-dst"}
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58}
 #: Which -m module goes with a protocol, and the option naming its type.
 _ICMP = {"icmp": ("icmp", "--icmp-type", "icmp"), "ipv6-icmp": ("icmp6", "--icmpv6-type", "icmpv6")}
@@ -157,17 +162,9 @@ class _Writer:
         return self.out
 
     def address(self, flag: str, text: str, negate: bool) -> None:
-        try:
-            net = ip_network(text, strict=True)
-        except ValueError:
-            raise Untranslatable(f"bad address {text!r}") from None
-        if net.version != self.version:
-            raise Untranslatable(f"{text} is not an IPv{self.version} address")
-        right: Any = str(net.network_address)
-        if net.prefixlen != net.max_prefixlen:
-            right = {"prefix": {"addr": right, "len": net.prefixlen}}
         proto = "ip" if self.version == 4 else "ip6"
-        self.out.append(_match(_payload(proto, "saddr" if flag == "-s" else "daddr"), right, negate))
+        field = "saddr" if flag == "-s" else "daddr"
+        self.out.append(_match(_payload(proto, field), self.address_value(text), negate))
 
     def protocol(self, proto: str, negate: bool) -> None:
         if proto not in PROTOCOLS or (proto in _ICMP and _ICMP_VERSION[proto] != self.version):
@@ -210,11 +207,12 @@ class _Writer:
             raise Untranslatable(f"-m {proto} without an option vpnoffload knows")
 
     def module(self, name: str) -> None:
+        if name == "conntrack":
+            self.conntrack()
+            return
         negate = self.negation()
         option = self.take()
-        if name == "conntrack" and option == "--ctstate":
-            self.out.append(self.ctstate(self.take(), negate))
-        elif name in ("connmark", "mark") and option == "--mark":
+        if name in ("connmark", "mark") and option == "--mark":
             value, mask = _mark(self.take())
             key = {"ct": {"key": "mark"}} if name == "connmark" else {"meta": {"key": "mark"}}
             self.out.append(_match(_masked(key, mask), value, negate))
@@ -222,6 +220,48 @@ class _Writer:
             raise Untranslatable(f"-m {name} {option}")
         if self.peek() not in (None, "!", "-m", "-j", "-g"):
             raise Untranslatable(f"-m {name}: more options than vpnoffload writes ({self.peek()})")
+
+    def conntrack(self) -> None:
+        """One ``-m conntrack`` and its options (at least one), each a ct match."""
+        found = 0
+        while True:
+            start = self.i
+            negate = self.negation()
+            option = self.peek()
+            if option not in CT_OPTIONS:
+                self.i = start
+                break
+            self.i += 1
+            value = self.take()
+            if option == "--ctstate":
+                self.out.append(self.ctstate(value, negate))
+            elif option.endswith("port"):
+                if not value.isdigit():
+                    raise Untranslatable(f"{option} {value}")
+                self.out.append(_match(self.ct_original(option), int(value), negate))
+            else:
+                self.out.append(_match(self.ct_original(option), self.address_value(value), negate))
+            found += 1
+        if not found or self.peek() not in (None, "!", "-m", "-j", "-g"):
+            raise Untranslatable(f"-m conntrack with options vpnoffload does not write ({self.peek()})")
+
+    def ct_original(self, option: str) -> Expr:
+        key = CT_OPTIONS[option] or ""
+        if not key.startswith("proto"):
+            key = f"{'ip' if self.version == 4 else 'ip6'} {key}"
+        return {"ct": {"key": key, "dir": "original"}}
+
+    def address_value(self, text: str) -> Any:
+        """An address or network of this table's family as nft JSON: "a" or a prefix."""
+        try:
+            net = ip_network(text, strict=True)
+        except ValueError:
+            raise Untranslatable(f"bad address {text!r}") from None
+        if net.version != self.version:
+            raise Untranslatable(f"{text} is not an IPv{self.version} address")
+        if net.prefixlen == net.max_prefixlen:
+            return str(net.network_address)
+        return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
 
     @staticmethod
     def ctstate(text: str, negate: bool) -> Expr:
@@ -248,11 +288,11 @@ class _Writer:
             self.out.append({"reject": dict(_REJECTS[kind])})
         elif name == "DNAT" and self.take() == "--to-destination":
             self.out.append({"dnat": self.endpoint(self.take())})
-        elif name == "CONNMARK" and self.take() == "--set-xmark":
+        elif name in ("CONNMARK", "MARK") and self.take() == "--set-xmark":
             value, mask = _mark(self.take())
-            ct = {"ct": {"key": "mark"}}
+            key = {"ct": {"key": "mark"}} if name == "CONNMARK" else {"meta": {"key": "mark"}}
             # iptables: mark = (mark & ~mask) ^ value; the same bitwise expression in nft.
-            self.out.append({"mangle": {"key": ct, "value": {"^": [{"&": [ct, ~mask & ALL_ONES]}, value]}}})
+            self.out.append({"mangle": {"key": key, "value": {"^": [{"&": [key, ~mask & ALL_ONES]}, value]}}})
         else:
             raise Untranslatable(f"target {name} (or its options)")
 
@@ -356,12 +396,37 @@ class _Reader:
             order = CT_STATES if key["ct"]["key"] == "state" else CT_STATUSES
             if not words or words - set(order):
                 raise Untranslatable(f"ct {key['ct']['key']} {right}")
-            self.args += ["-m", "conntrack", *bang, "--ctstate", ",".join(w for w in order if w in words)]
+            self.ct_option("--ctstate", ",".join(w for w in order if w in words), bang, header)
+        elif "ct" in key and key["ct"].get("dir") == "original" and mask == ALL_ONES:
+            self.ct_original(key["ct"]["key"], right, bang, header)
         elif key in ({"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}):
             module = "connmark" if "ct" in key else "mark"
             self.args += ["-m", module, *bang, "--mark", _mark_text(int(right), mask)]
         else:
             raise Untranslatable("unknown match")
+
+    def ct_option(self, option: str, value: str, bang: list[str], header: str | None) -> None:
+        """One conntrack option: joins the last ``-m conntrack`` if it comes later in
+        conntrack's print order than that one's last option, else starts a new one."""
+        rank = list(CT_OPTIONS).index(option)
+        if not (header and header.startswith("conntrack:") and int(header.split(":")[1]) < rank):
+            self.args += ["-m", "conntrack"]
+        self.args += [*bang, option, value]
+        self.header = f"conntrack:{rank}"
+
+    def ct_original(self, key: str, right: Any, bang: list[str], header: str | None) -> None:
+        family, _, field = key.rpartition(" ")
+        options = {v: k for k, v in CT_OPTIONS.items() if v}
+        if field not in options or family != ("" if field.startswith("proto") else
+                                               "ip" if self.version == 4 else "ip6"):
+            raise Untranslatable(f"ct original {key}")
+        if field.startswith("proto"):
+            value = str(int(right))
+        elif isinstance(right, dict):  # conntrack's save prints a host address without /32
+            value = str(ip_network(f"{right['prefix']['addr']}/{right['prefix']['len']}"))
+        else:
+            value = str(ip_address(right))
+        self.ct_option(options[field], value, bang, header)
 
     def payload(self, p: Expr, right: Any, bang: list[str], header: str | None) -> None:
         proto, field = p["protocol"], p["field"]
@@ -414,30 +479,30 @@ class _Reader:
             else:
                 to = f"{address}:{int(body['port'])}" if self.version == 4 else f"[{address}]:{int(body['port'])}"
             self.args += ["-j", "DNAT", "--to-destination", to]
-        elif name == "mangle" and body["key"] == {"ct": {"key": "mark"}}:
-            value, mask = _xmark(body["value"])
-            self.args += ["-j", "CONNMARK", "--set-xmark", f"{value:#x}/{mask:#x}"]
+        elif name == "mangle" and body["key"] in ({"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}):
+            value, mask = _xmark(body["key"], body["value"])
+            target = "CONNMARK" if "ct" in body["key"] else "MARK"
+            self.args += ["-j", target, "--set-xmark", f"{value:#x}/{mask:#x}"]
         else:
             raise Untranslatable("unknown statement")
 
 
-def _xmark(value: Any) -> tuple[int, int]:
-    """(value, mask) of ``--set-xmark`` from the right side of ``ct mark set``.
+def _xmark(key: Expr, value: Any) -> tuple[int, int]:
+    """(value, mask) of ``--set-xmark`` from the right side of ``ct mark set`` (``meta mark set``).
 
     The kernel keeps ``(mark & and_mask) ^ xor``; nft prints it as ``& a ^ x``,
     or, when no bit is in both, as ``& (a | x) | x``. Undo that first.
     """
-    ct = {"ct": {"key": "mark"}}
     if isinstance(value, int):
         return value, ALL_ONES
-    if value == ct:
+    if value == key:
         return 0, 0
     (op, (left, xor)), = value.items()
     if op not in ("^", "|") or not isinstance(xor, int):
         raise Untranslatable("ct mark set")
-    key, and_mask = _unmask(left)
-    if key != ct:
-        raise Untranslatable("ct mark set from something else")
+    source, and_mask = _unmask(left)
+    if source != key:
+        raise Untranslatable("mark set from something else")
     if op == "|":
         and_mask &= ~xor
     return xor, ~and_mask & ALL_ONES
