@@ -9,8 +9,9 @@ Retry-After and Cache-Control: no-store, so no browser or CDN keeps it.
 One thread, one ``selectors`` loop, every socket non-blocking, so a flood
 costs bounded memory and cannot starve a new visitor:
 
-* at most :data:`MAX_CONNECTIONS` open at once; a new one beyond that drops
-  the connection that has been idle longest (the slow trickler, not the visitor);
+* at most :data:`MAX_CONNECTIONS` open at once, of them :data:`MAX_TLS_CONNECTIONS`
+  over TLS (an OpenSSL connection costs tens of KiB, a plain one about one);
+  a new one beyond that drops the one idle longest (the slow trickler, not the visitor);
 * the TLS handshake must finish within :data:`HANDSHAKE_TIMEOUT` and the whole
   request head within :data:`HEAD_TIMEOUT` (a deadline, not a timeout per
   ``recv``: a byte every second does not keep a connection alive), the answer
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h (at SOL_IPV6)
 MAX_HEAD = 8 * 1024
-MAX_CONNECTIONS = 256
+MAX_CONNECTIONS = 1024
+MAX_TLS_CONNECTIONS = 128
 HANDSHAKE_TIMEOUT = 5.0
 HEAD_TIMEOUT = 5.0
 SEND_TIMEOUT = 5.0
@@ -91,7 +93,7 @@ def original_destination(sock: socket.socket) -> Destination | None:
 
 
 class _Conn:
-    __slots__ = ("sock", "server", "dest", "state", "head", "out", "deadline", "events")
+    __slots__ = ("sock", "server", "dest", "state", "head", "out", "deadline", "events", "tls")
 
     def __init__(self, sock: Any, server: "FallbackServer", dest: Destination | None, state: int,
                  deadline: float) -> None:
@@ -99,15 +101,17 @@ class _Conn:
         self.head = bytearray()
         self.out: memoryview | None = None
         self.events = selectors.EVENT_READ
+        self.tls = state == _HANDSHAKE
 
 
 class Loop:
     """One selector over the listening sockets of ``servers`` and every connection they accepted."""
 
     def __init__(self, servers: Iterable["FallbackServer"], *, max_connections: int = MAX_CONNECTIONS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_tls: int = MAX_TLS_CONNECTIONS, clock: Callable[[], float] = time.monotonic) -> None:
         self.selector = selectors.DefaultSelector()
-        self.max_connections = max_connections
+        self.max_connections, self.max_tls = max_connections, max_tls
+        self.tls_count = 0
         self.clock = clock
         #: fd -> connection, least recently active first (a dict keeps insertion order).
         self.conns: dict[int, _Conn] = {}
@@ -154,6 +158,8 @@ class Loop:
             sock.setblocking(False)
             if len(self.conns) >= self.max_connections:
                 self._drop_oldest()
+            if server.tls_contexts is not None and self.tls_count >= self.max_tls:
+                self._drop_oldest(tls=True)
             self._admit(server, sock)
 
     def _admit(self, server: "FallbackServer", sock: socket.socket) -> None:
@@ -174,6 +180,7 @@ class Loop:
             sock.close()
             return
         self.conns[conn.sock.fileno()] = conn
+        self.tls_count += conn.tls
 
     def _serve(self, conn: _Conn) -> None:
         try:
@@ -259,9 +266,11 @@ class Loop:
         if self.conns.pop(fd, None) is not None:
             self.conns[fd] = conn
 
-    def _drop_oldest(self) -> None:
-        if self.conns:
-            self._close(self.conns[next(iter(self.conns))])
+    def _drop_oldest(self, tls: bool = False) -> None:
+        """Close the connection idle longest (of the TLS ones, with ``tls``)."""
+        oldest = next((c for c in self.conns.values() if c.tls or not tls), None)
+        if oldest is not None:
+            self._close(oldest)
 
     def _sweep(self, now: float) -> None:
         for conn in [c for c in self.conns.values() if c.deadline <= now]:
@@ -272,7 +281,8 @@ class Loop:
             fd = conn.sock.fileno()
         except (OSError, ValueError):
             fd = -1
-        self.conns.pop(fd, None)
+        if self.conns.pop(fd, None) is not None:
+            self.tls_count -= conn.tls
         try:
             self.selector.unregister(conn.sock)
         except (KeyError, ValueError, OSError):

@@ -22,7 +22,7 @@ import sys
 
 from vpnoffload.errors import BackendError, VpnOffloadError
 from vpnoffload.watch import say
-from vpnoffload.watch.page import Destination, FallbackServer, FallbackServer6, Loop
+from vpnoffload.watch.page import MAX_CONNECTIONS, Destination, FallbackServer, FallbackServer6, Loop
 from vpnoffload.watch.snapshot import ConfigView, _options, fetch
 
 log = say.Log("vpnoffload.watch.pageserver")
@@ -104,7 +104,21 @@ def drop_privileges(name: str = RUN_AS) -> bool:
     return True
 
 
+def raise_fd_limit(wanted: int = MAX_CONNECTIONS + 64) -> None:
+    """Room for MAX_CONNECTIONS sockets: the usual soft limit (1024) would make accept fail first."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # the cap still holds; accept errors drop the oldest connection instead
+
+
 def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir: str | None = None) -> int:
+    raise_fd_limit()
     config = ConfigView(fetch(config_path, state_dir))
     servers = start_servers(config, load_pages(config, pages_dir))
     loop = Loop(servers)
