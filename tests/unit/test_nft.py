@@ -15,7 +15,8 @@ from vpnoffload.config import parse_text
 from vpnoffload.deploy import doctor
 from vpnoffload.errors import BackendError, ConfigError
 from vpnoffload.firewall import choose, nft
-from vpnoffload.firewall.nftexpr import from_nft, to_nft
+from vpnoffload.firewall.nftexpr import to_nft
+from vpnoffload.firewall.nftread import from_nft
 from vpnoffload.firewall.rules import Rule, Ruleset
 from vpnoffload.plan import apply
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vpnoffload.errors import BackendError
-from vpnoffload.firewall.nftexpr import from_nft, to_nft
+from vpnoffload.firewall.nftexpr import to_nft
+from vpnoffload.firewall.nftread import from_nft
 from vpnoffload.firewall.rules import BUILTIN_CHAINS, TABLES, Rule, Ruleset, is_owned, table_content, table_label
 
 TABLE = "vpnoffload"

@@ -1,8 +1,8 @@
 """iptables-save arguments <-> nftables JSON expressions, for the rules vpnoffload writes.
 
 Pure functions, no kernel: :func:`to_nft` turns one :class:`Rule`'s ``args``
-into the ``expr`` list of an nftables JSON rule, and :func:`from_nft` turns an
-``expr`` list read back with ``nft -j list`` into the same ``args``, so the
+into the ``expr`` list of an nftables JSON rule, and :func:`.nftread.from_nft`
+turns an ``expr`` list read back with ``nft -j list`` into the same ``args``, so the
 nftables backend reads back exactly the :class:`Ruleset` it wrote and a second
 ``up`` plans nothing. Rules carry no comment: nft limits one to 128 bytes and our
 longest rules are longer, so the expressions themselves are the record.
@@ -57,8 +57,8 @@ ICMP_TYPES = {
 }
 #: The IP version each ICMP name belongs to (both iptables' and nft's spellings).
 _ICMP_VERSION = {"icmp": 4, "ipv6-icmp": 6, "icmpv6": 6}
-_VERDICTS = {"ACCEPT": "accept", "DROP": "drop", "RETURN": "return"}
-_REJECTS = {
+VERDICTS = {"ACCEPT": "accept", "DROP": "drop", "RETURN": "return"}
+REJECTS = {
     "tcp-reset": {"type": "tcp reset"},
     "icmp-port-unreachable": {"type": "icmp", "expr": "port-unreachable"},
     "icmp-host-unreachable": {"type": "icmp", "expr": "host-unreachable"},
@@ -71,7 +71,7 @@ class Untranslatable(ValueError):
     """One rule (or one expression read back) outside the subset this module knows."""
 
 
-def _family(table: str) -> int:
+def ip_version(table: str) -> int:
     return 6 if table.endswith("6") else 4
 
 
@@ -95,7 +95,7 @@ def _mark(text: str) -> tuple[int, int]:
         raise Untranslatable(f"bad mark {text!r}") from None
 
 
-def _mark_text(value: int, mask: int) -> str:
+def mark_text(value: int, mask: int) -> str:
     """As iptables-save prints a mark: 0x100000/0xff00000, without the mask when it is all ones."""
     return f"{value:#x}" if mask == ALL_ONES else f"{value:#x}/{mask:#x}"
 
@@ -119,7 +119,7 @@ class _Writer:
 
     def __init__(self, rule: Rule) -> None:
         self.rule, self.args, self.i = rule, rule.args, 0
-        self.version = _family(rule.table)
+        self.version = ip_version(rule.table)
         self.out: list[Expr] = []
 
     def peek(self, k: int = 0) -> str | None:
@@ -276,16 +276,16 @@ class _Writer:
         return _match({"ct": {"key": key}}, values[0] if len(values) == 1 else values, negate, op="in")
 
     def target(self, flag: str, name: str) -> None:
-        if name in _VERDICTS and flag == "-j":
-            self.out.append({_VERDICTS[name]: None})
+        if name in VERDICTS and flag == "-j":
+            self.out.append({VERDICTS[name]: None})
         elif is_owned(name):
             self.out.append({"jump" if flag == "-j" else "goto": {"target": name}})
         elif name == "REJECT" and self.take() == "--reject-with":
             kind = self.take()
-            reject = _REJECTS.get(kind)
+            reject = REJECTS.get(kind)
             if reject is None or reject["type"] in _ICMP_VERSION and _ICMP_VERSION[reject["type"]] != self.version:
                 raise Untranslatable(f"--reject-with {kind}")
-            self.out.append({"reject": dict(_REJECTS[kind])})
+            self.out.append({"reject": dict(REJECTS[kind])})
         elif name == "DNAT" and self.take() == "--to-destination":
             self.out.append({"dnat": self.endpoint(self.take())})
         elif name in ("CONNMARK", "MARK") and self.take() == "--set-xmark":
@@ -314,195 +314,3 @@ class _Writer:
         if not port.isdigit():
             raise Untranslatable(f"--to-destination {text} (only one port)")
         return {"addr": address, "port": int(port)}
-
-
-# --------------------------------------------------------------------------
-# nftables expressions -> iptables-save arguments
-
-
-def from_nft(table: str, chain: str, exprs: list[Expr]) -> Rule:
-    """The :class:`Rule` a rule's ``expr`` list (as ``nft -j list`` prints it) stands for.
-
-    BackendError naming the chain if an expression is not one :func:`to_nft` writes.
-    """
-    reader = _Reader(_family(table))
-    for expr in exprs:
-        try:
-            reader.add(expr)
-        except (Untranslatable, KeyError, TypeError, ValueError, IndexError) as exc:
-            raise BackendError(
-                f"nftables table {'ip6' if _family(table) == 6 else 'ip'} vpnoffload, chain {chain}: "
-                f"cannot read {expr} ({exc}); not written by vpnoffload?"
-            ) from None
-    return Rule(table, chain, tuple(reader.args))
-
-
-def _flags(right: Any) -> list[str]:
-    """ct state/status values: "dnat", ["established", "related"] or {"|": [...]}."""
-    if isinstance(right, str):
-        return [right]
-    if isinstance(right, dict) and "|" in right:
-        return [w for part in right["|"] for w in _flags(part)]
-    if isinstance(right, list):
-        return [w for part in right for w in _flags(part)]
-    raise Untranslatable(f"flags {right!r}")
-
-
-def _unmask(left: Expr) -> tuple[Expr, int]:
-    """``{"&": [key, m]}`` -> (key, m); a bare key -> (key, all ones)."""
-    if "&" in left:
-        key, mask = left["&"]
-        return key, int(mask)
-    return left, ALL_ONES
-
-
-class _Reader:
-    """Builds iptables-save arguments from expressions, one at a time."""
-
-    def __init__(self, version: int) -> None:
-        self.version = version
-        self.args: list[str] = []
-        self.header: str | None = None  # the -p/-m group the last expression opened
-
-    def add(self, expr: Expr) -> None:
-        if "counter" in expr:
-            return  # someone's `nft add counter`: no effect on what the rule does
-        header, self.header = self.header, None
-        if "match" in expr:
-            self.match(expr["match"], header)
-        else:
-            self.statement(expr)
-
-    def match(self, m: Expr, header: str | None) -> None:
-        op, left, right = m["op"], m["left"], m["right"]
-        if op not in ("==", "!=", "in"):
-            raise Untranslatable(f"operator {op}")
-        bang = ["!"] if op == "!=" else []
-        if "payload" in left:
-            self.payload(left["payload"], right, bang, header)
-            return
-        key, mask = _unmask(left)
-        if "meta" in key and key["meta"]["key"] in ("iifname", "oifname") and mask == ALL_ONES:
-            name = right[:-1] + "+" if right.endswith("*") else right
-            self.args += [*bang, "-i" if key["meta"]["key"] == "iifname" else "-o", name]
-        elif "meta" in key and key["meta"]["key"] == "l4proto" and mask == ALL_ONES:
-            names = {v: k for k, v in PROTOCOLS.items()}
-            proto = names[right] if isinstance(right, int) else {"icmpv6": "ipv6-icmp"}.get(right, right)
-            if proto not in PROTOCOLS:
-                raise Untranslatable(f"protocol {right}")
-            self.args += [*bang, "-p", proto]
-        elif "ct" in key and key["ct"]["key"] in ("state", "status") and mask == ALL_ONES:
-            words = {w.upper() for w in _flags(right)}
-            order = CT_STATES if key["ct"]["key"] == "state" else CT_STATUSES
-            if not words or words - set(order):
-                raise Untranslatable(f"ct {key['ct']['key']} {right}")
-            self.ct_option("--ctstate", ",".join(w for w in order if w in words), bang, header)
-        elif "ct" in key and key["ct"].get("dir") == "original" and mask == ALL_ONES:
-            self.ct_original(key["ct"]["key"], right, bang, header)
-        elif key in ({"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}):
-            module = "connmark" if "ct" in key else "mark"
-            self.args += ["-m", module, *bang, "--mark", _mark_text(int(right), mask)]
-        else:
-            raise Untranslatable("unknown match")
-
-    def ct_option(self, option: str, value: str, bang: list[str], header: str | None) -> None:
-        """One conntrack option: joins the last ``-m conntrack`` if it comes later in
-        conntrack's print order than that one's last option, else starts a new one."""
-        rank = list(CT_OPTIONS).index(option)
-        if not (header and header.startswith("conntrack:") and int(header.split(":")[1]) < rank):
-            self.args += ["-m", "conntrack"]
-        self.args += [*bang, option, value]
-        self.header = f"conntrack:{rank}"
-
-    def ct_original(self, key: str, right: Any, bang: list[str], header: str | None) -> None:
-        family, _, field = key.rpartition(" ")
-        options = {v: k for k, v in CT_OPTIONS.items() if v}
-        if field not in options or family != ("" if field.startswith("proto") else
-                                               "ip" if self.version == 4 else "ip6"):
-            raise Untranslatable(f"ct original {key}")
-        if field.startswith("proto"):
-            value = str(int(right))
-        elif isinstance(right, dict):  # conntrack's save prints a host address without /32
-            value = str(ip_network(f"{right['prefix']['addr']}/{right['prefix']['len']}"))
-        else:
-            value = str(ip_address(right))
-        self.ct_option(options[field], value, bang, header)
-
-    def payload(self, p: Expr, right: Any, bang: list[str], header: str | None) -> None:
-        proto, field = p["protocol"], p["field"]
-        if proto in ("ip", "ip6") and field in ("saddr", "daddr"):
-            if (proto == "ip6") != (self.version == 6):
-                raise Untranslatable(f"{proto} in an IPv{self.version} table")
-            if isinstance(right, dict):
-                text = f"{right['prefix']['addr']}/{right['prefix']['len']}"
-            else:
-                text = f"{right}/{32 if self.version == 4 else 128}"
-            self.args += [*bang, "-s" if field == "saddr" else "-d", str(ip_network(text))]
-        elif proto in ("tcp", "udp") and field in ("dport", "sport") and isinstance(right, int):
-            if header != proto:  # a new -p group; a second port option joins the last one
-                self.args += ["-p", proto, "-m", proto]
-            self.args += [*bang, f"--{field}", str(right)]
-            self.header = proto
-        elif proto in ("icmp", "icmpv6") and field == "type":
-            if (proto == "icmpv6") != (self.version == 6):
-                raise Untranslatable(f"{proto} in an IPv{self.version} table")
-            numbers = {v: k for k, v in ICMP_TYPES[proto].items()}
-            number = right if isinstance(right, int) else numbers[right]
-            if proto == "icmp":
-                self.args += ["-p", "icmp", "-m", "icmp", *bang, "--icmp-type", str(number)]
-            else:
-                self.args += ["-p", "ipv6-icmp", "-m", "icmp6", *bang, "--icmpv6-type", str(number)]
-        else:
-            raise Untranslatable(f"{proto} {field}")
-
-    def statement(self, expr: Expr) -> None:
-        (name, body), = expr.items()
-        verdicts = {v: k for k, v in _VERDICTS.items()}
-        if name in verdicts:
-            self.args += ["-j", verdicts[name]]
-        elif name in ("jump", "goto") and is_owned(body["target"]):
-            self.args += ["-j" if name == "jump" else "-g", body["target"]]
-        elif name == "reject":
-            # A bare reject (nft's default) is an ICMP port unreachable of the table's family.
-            body = body or {"type": "icmp" if self.version == 4 else "icmpv6", "expr": "port-unreachable"}
-            wanted = {k: body[k] for k in ("type", "expr") if k in body}
-            kinds = [k for k, v in _REJECTS.items() if v == wanted]
-            if not kinds:
-                raise Untranslatable("reject type")
-            self.args += ["-j", "REJECT", "--reject-with", kinds[0]]
-        elif name == "dnat":
-            address = body["addr"]
-            if ip_address(address).version != self.version:
-                raise Untranslatable("dnat address of the other family")
-            if "port" not in body:
-                to = address
-            else:
-                to = f"{address}:{int(body['port'])}" if self.version == 4 else f"[{address}]:{int(body['port'])}"
-            self.args += ["-j", "DNAT", "--to-destination", to]
-        elif name == "mangle" and body["key"] in ({"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}):
-            value, mask = _xmark(body["key"], body["value"])
-            target = "CONNMARK" if "ct" in body["key"] else "MARK"
-            self.args += ["-j", target, "--set-xmark", f"{value:#x}/{mask:#x}"]
-        else:
-            raise Untranslatable("unknown statement")
-
-
-def _xmark(key: Expr, value: Any) -> tuple[int, int]:
-    """(value, mask) of ``--set-xmark`` from the right side of ``ct mark set`` (``meta mark set``).
-
-    The kernel keeps ``(mark & and_mask) ^ xor``; nft prints it as ``& a ^ x``,
-    or, when no bit is in both, as ``& (a | x) | x``. Undo that first.
-    """
-    if isinstance(value, int):
-        return value, ALL_ONES
-    if value == key:
-        return 0, 0
-    (op, (left, xor)), = value.items()
-    if op not in ("^", "|") or not isinstance(xor, int):
-        raise Untranslatable("ct mark set")
-    source, and_mask = _unmask(left)
-    if source != key:
-        raise Untranslatable("mark set from something else")
-    if op == "|":
-        and_mask &= ~xor
-    return xor, ~and_mask & ALL_ONES
