@@ -75,9 +75,16 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
         "tunnel": {"up": tunnel_up, "server_running": server_running, "homes": homes},
         "watchdog": {"running": pid is not None, "pid": pid, "updated": state.get("updated") if pid else None},
         "services": services,
+        "host_firewall": _host_firewall(paths),
     }
     bad = not tunnel_up or any(s["state"] != "forwarding" or not s["healthy"] for s in services)
     return Report(data, ExitStatus.UNHEALTHY if bad else ExitStatus.OK)
+
+
+def _host_firewall(paths: Paths) -> dict[str, Any]:
+    from vpnoffload.firewall.host_plan import status_report
+
+    return status_report(paths.run)
 
 
 def _service(config: Config, name: str, seen: dict[str, Any] | None, live_probe: Any, *,
@@ -125,6 +132,10 @@ def render_text(data: dict[str, Any]) -> list[str]:
                      _ago(s["last_check"]), latency, _ago(s["last_change"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if "host_firewall" in data:
+        from vpnoffload.firewall.host_plan import render_status
+
+        lines += render_status(data["host_firewall"], _ago)
     return lines
 
 

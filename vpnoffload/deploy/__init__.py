@@ -43,13 +43,16 @@ class Backends:
     users: Any = users
     tunnel_factory: Callable[..., Any] | None = None
     page_factory: Callable[[Paths], Any] | None = None
+    #: The host's own firewall (Docker, ufw, nftables; firewall/host_plan.py); None: leave it alone.
+    host: Any = None
 
     @classmethod
     def real(cls) -> "Backends":
         from vpnoffload.firewall import default_backend
+        from vpnoffload.firewall.host_plan import HostFirewall
         from vpnoffload.routing import Pyroute2Backend
 
-        return cls(firewall=default_backend(), routing=Pyroute2Backend())
+        return cls(firewall=default_backend(), routing=Pyroute2Backend(), host=HostFirewall())
 
 
 # ------------------------------------------------------------------ locking
@@ -266,6 +269,10 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     targets = current_targets(config, paths)
     actions += firewall.plan(backends.firewall, firewall.vps_ruleset(config, active=targets))
     interface = config.vps.interface or backends.routing.find_interface(config.vps.address)
+    if backends.host is not None:  # a drop in the host's own firewall would be final: open what we need there
+        from vpnoffload.firewall.hostfw import vps_openings
+
+        actions += backends.host.plan_open(vps_openings(config, interface), rec)
     address_actions, owned = routing.plan_addresses(
         backends.routing, routing.vps_addresses(config, interface), [tuple(a) for a in rec.addresses])
     actions += address_actions
@@ -348,6 +355,8 @@ def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
     actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
     actions += routing.plan_remove_addresses(backends.routing, [tuple(a) for a in rec.addresses])
     actions += firewall.plan(backends.firewall, firewall.empty_ruleset())
+    if backends.host is not None:
+        actions += backends.host.plan_close(rec)
     actions += _user_removal(backends, rec)
     if rec_path.exists():
         actions.append(Action(f"forget {rec_path}", lambda: rec_path.unlink(missing_ok=True), None))
@@ -373,6 +382,10 @@ def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, pr
     actions: list[Action] = []
     # Accept only the configured ports on the tunnel before the tunnel exists.
     actions += firewall.plan(backends.firewall, firewall.home_ruleset(config, home))
+    if backends.host is not None:
+        from vpnoffload.firewall.hostfw import home_openings
+
+        actions += backends.host.plan_open(home_openings(config, home), rec)
     actions += _user_actions(backends, rec)
     tunnel = home_tunnel(paths, backends, home, profile)
     desired = routing.home_routing(config, home)
@@ -414,6 +427,8 @@ def plan_down_home(paths: Paths, backends: Backends, home: str, profile: Path) -
     if tunnel.running():
         actions.append(Action(f"stop OpenVPN client for {home}", tunnel.stop, None))
     actions += firewall.plan(backends.firewall, firewall.empty_ruleset())
+    if backends.host is not None:
+        actions += backends.host.plan_close(rec)
     actions += _user_removal(backends, rec)
     if rec_path.exists():
         actions.append(Action(f"forget {rec_path}", lambda: rec_path.unlink(missing_ok=True), None))

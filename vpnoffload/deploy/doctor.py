@@ -220,6 +220,13 @@ def check_ipv6(config: Config | None, if_inet6: Path = Path("/proc/net/if_inet6"
     return Finding("ok", "ipv6", detail)
 
 
+def check_host_firewall(config: Config | None) -> list[Finding]:
+    """The host's own firewall (Docker, ufw, nftables, firewalld) and what `up` opens in it."""
+    from vpnoffload.firewall.host_plan import doctor_findings
+
+    return [Finding(level, check, detail, hint) for level, check, detail, hint in doctor_findings(config)]  # type: ignore[arg-type]
+
+
 def fatal_checks() -> list[Finding]:
     return [check_root(), check_tun(), check_openvpn()]
 
@@ -236,6 +243,8 @@ def all_checks(config: Config | None) -> list[Finding]:
     findings += check_firewall_backend(root=findings[0].level == "ok")
     findings.append(check_forwarding_config())
     findings.append(check_ipv6(config))
+    if findings[0].level == "ok":  # reading nft needs root
+        findings += check_host_firewall(config)
     if config is not None:
         findings += check_port_conflicts(config)
         findings += check_web_paths(config)

@@ -29,6 +29,7 @@ from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
 from vpnoffload.watch import say, sdnotify, spawn
 from vpnoffload.watch.decide import Watchdog
 from vpnoffload.watch.health import tunnel_rx_packets
+from vpnoffload.watch.hostfw import HostFirewallWatch
 from vpnoffload.watch.pagectl import PageDaemon
 from vpnoffload.watch.snapshot import ConfigView, _options, fetch
 from vpnoffload.watch.state import dumps, server_running, watch_pid, write_state  # noqa: F401  (re-exported)
@@ -167,9 +168,12 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
 
 def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threading.Event) -> None:
     published = time.monotonic()
+    host_firewall = HostFirewallWatch(where["run"], published)  # puts back openings a host reload wiped
     seen = _mtime(where["config"])
     while not stop.is_set():
         started = time.monotonic()
+        for line in host_firewall.tick(started):
+            log.warning("host firewall: %s", line)
         if (mtime := _mtime(where["config"])) != seen:
             seen = mtime
             _reload(where, dog)

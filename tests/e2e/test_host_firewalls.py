@@ -1,0 +1,157 @@
+"""Issue 12 end to end: vpnoffload on hosts with their own firewall, in the namespace lab.
+
+One lab per host shape (tests/hostshapes.py; ufw is the real ufw): visitors are
+served from home with their real address, get the friendly page while home is
+down, are served again within 15 s after the host's own reload (the watchdog
+puts the openings back), and ``down`` leaves the host's ruleset byte-identical.
+The nftables and firewalld shapes are put on the home box too.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import hostshapes
+from tests.e2e.conftest import cli, configure
+from tests.e2e.test_failover import HOSTNAME, start_watch, status, visit
+from vpnoffload.lab.netns import Lab
+from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+
+UFW_FILES = (Path("/etc/ufw"), Path("/etc/default/ufw"))
+
+
+@pytest.fixture
+def ufw_files(tmp_path: Path) -> Iterator[None]:
+    """ufw's rules and defaults are global files: save them, and put them back exactly afterwards."""
+    if shutil.which("ufw") is None:
+        pytest.skip("ufw is not installed (apt-get install ufw)")
+    saved = tmp_path / "ufw-saved"
+    saved.mkdir()
+    shutil.copytree(UFW_FILES[0], saved / "etc-ufw", symlinks=True)
+    shutil.copy2(UFW_FILES[1], saved / "default-ufw")
+    try:
+        yield
+    finally:
+        shutil.rmtree(UFW_FILES[0])
+        shutil.copytree(saved / "etc-ufw", UFW_FILES[0], symlinks=True)
+        shutil.copy2(saved / "default-ufw", UFW_FILES[1])
+
+
+def install(lab: Lab, shape: str, host: str, files: Path) -> None:
+    """Make ``host``'s firewall what the host's own tool writes (the same call reloads it later)."""
+    if shape == "ufw":
+        lab.exec(host, "ufw", "--force", "enable")
+        lab.exec(host, "ufw", "allow", "22/tcp")
+        lab.exec(host, "ufw", "reload")  # a reload's chains differ a little from the first enable's
+        return
+    text = {"docker": hostshapes.DOCKER, "nftables": hostshapes.NFTABLES, "firewalld": hostshapes.FIREWALLD}[shape]
+    (files / shape).write_text(text)
+    tool = ("iptables-nft-restore",) if shape == "docker" else ("nft", "-f")
+    lab.exec(host, *tool, str(files / shape))
+
+
+def host_reload(lab: Lab, shape: str, host: str, files: Path) -> None:
+    """The host rewriting its own rules: Docker restarting, nft -f, ufw reload."""
+    if shape == "ufw":
+        lab.exec(host, "ufw", "reload")
+    else:
+        install(lab, shape, host, files)
+
+
+def state(lab: Lab, host: str) -> dict[str, str]:
+    """The lab snapshot with nft's counters aside (iptables-nft rules count packets)."""
+    snap = snapshot(lab, host)
+    snap["nftables"] = re.sub(r"counter packets \d+ bytes \d+", "counter", snap["nftables"])
+    return snap
+
+
+def until(lab: Lab, want: int, limit: float) -> tuple[float, dict]:
+    start = time.monotonic()
+    last: dict = {}
+    while time.monotonic() - start < limit:
+        last = visit(lab)
+        if last["status"] == want:
+            return time.monotonic() - start, last
+        time.sleep(0.2)
+    pytest.fail(f"no HTTP {want} within {limit} s; last reply: {last}", pytrace=False)
+
+
+@pytest.mark.parametrize("shape", ["docker", "nftables", "ufw", "firewalld"])
+def test_host_firewall_shape(shape: str, lab: Lab, sites: tuple[Path, Path], tmp_path: Path,
+                             request: pytest.FixtureRequest, capsys: pytest.CaptureFixture) -> None:
+    if shape == "ufw":
+        request.getfixturevalue("ufw_files")
+    vps_site, home_site = sites
+    configure(lab, vps_site, home_site,
+              ["web", "--listen", "80", "--target", "8080", "--check", "http:/", "--hostname", HOSTNAME])
+    lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080")
+    assert lab.wait_tcp("home", "127.0.0.1", 8080)
+    hosts = ["vps", "home"] if shape in ("nftables", "firewalld") else ["vps"]
+    for host in hosts:
+        install(lab, shape, host, tmp_path)
+    before = {host: state(lab, host) for host in ("vps", "home")}
+
+    dry = cli(lab, "vps", vps_site, "up", "vps", "--dry-run")
+    assert "open in" in dry.stdout, dry.stdout
+    assert state(lab, "vps") == before["vps"]
+    doctor = cli(lab, "vps", vps_site, "doctor", check=False)
+    assert "host firewall openings: up vps will open" in doctor.stdout, doctor.stdout
+
+    cli(lab, "vps", vps_site, "up", "vps")
+    cli(lab, "home", home_site, "up", "home")
+    took, reply = until(lab, 200, 15)
+    assert reply["body"].strip() == lab.visitor_address
+    again = cli(lab, "vps", vps_site, "up", "vps")
+    assert "nothing to do" in again.stdout, again.stdout
+    log = tmp_path / "watch.log"
+    watch = start_watch(lab, vps_site, log)
+    code, data = status(lab, vps_site)
+    fw = data["host_firewall"]
+    assert fw["found"] and fw["opened"], fw
+    text = cli(lab, "vps", vps_site, "status", check=False).stdout
+    assert "host firewall:" in text and "opened in" in text, text
+
+    # Home down: the friendly page (the page server's port is open in the host's firewall too).
+    lab.pull_cable()
+    until(lab, 503, 10)
+    lab.plug_cable()
+    until(lab, 200, 20)
+
+    # The host rewrites its own rules: served again within 15 s, and status says what was put back.
+    host_reload(lab, shape, "vps", tmp_path)
+    reloaded = time.monotonic()
+    took, reply = until(lab, 200, 15)
+    with capsys.disabled():
+        print(f"\n[{shape}] served again {took:.1f} s after the host's reload", flush=True)
+    assert reply["body"].strip() == lab.visitor_address
+    if shape != "ufw":  # ufw writes our rules back itself
+        deadline = reloaded + 10
+        while time.monotonic() < deadline and "host firewall: reopened in" not in log.read_text():
+            time.sleep(0.2)
+        assert "host firewall: reopened in" in log.read_text(), log.read_text()
+        code, data = status(lab, vps_site)
+        assert data["host_firewall"]["reopened"] >= 1, data["host_firewall"]
+    if "home" in hosts:  # nothing watches the home box's firewall: `up home` again puts it back
+        host_reload(lab, shape, "home", tmp_path)
+        redo = cli(lab, "home", home_site, "up", "home")
+        assert "open in" in redo.stdout, redo.stdout
+        until(lab, 200, 10)
+
+    watch.send_signal(signal.SIGTERM)
+    assert watch.wait(10) == 0
+    cli(lab, "home", home_site, "down", "home")
+    cli(lab, "vps", vps_site, "down", "vps")
+    for host in ("vps", "home"):
+        after = state(lab, host)
+        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
+    if shape == "ufw":
+        added = lab.exec("vps", "ufw", "show", "added").stdout
+        assert "vpnoffload" not in added, added

@@ -1,0 +1,134 @@
+"""Host firewalls as the real thing writes them, for the lab VPS (and home) of the e2e tests.
+
+- ``DOCKER``: what dockerd (20.10, Debian 12's docker.io) writes with
+  iptables-nft on start, fed to ``iptables-nft-restore`` (a Docker restart
+  replays the same, which flushes DOCKER-USER);
+- ``NFTABLES``: a Debian ``/etc/nftables.conf`` with ``policy drop`` on input
+  and forward, loaded (and reloaded) with ``nft -f``;
+- ``FIREWALLD``: the table firewalld >= 1.0 builds with its nftables backend
+  (public zone, ssh only; DNATed traffic only through explicit forward ports,
+  else rejected; see firewalld's src/firewall/core/nftables.py), loaded with
+  ``nft -f`` the way a ``firewall-cmd --reload`` rewrites it;
+- ufw is the real ufw (tests/e2e/test_host_firewalls.py enables it).
+
+The Docker bridge gets a TEST-NET-3 subnet, as ENVIRONMENT.md asks.
+"""
+
+from __future__ import annotations
+
+DOCKER_BRIDGE = "docker0"
+DOCKER_SUBNET = "203.0.113.128/25"
+
+DOCKER = f"""*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s {DOCKER_SUBNET} ! -o {DOCKER_BRIDGE} -j MASQUERADE
+-A DOCKER -i {DOCKER_BRIDGE} -j RETURN
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-ISOLATION-STAGE-1 - [0:0]
+:DOCKER-ISOLATION-STAGE-2 - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o {DOCKER_BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o {DOCKER_BRIDGE} -j DOCKER
+-A FORWARD -i {DOCKER_BRIDGE} ! -o {DOCKER_BRIDGE} -j ACCEPT
+-A FORWARD -i {DOCKER_BRIDGE} -o {DOCKER_BRIDGE} -j ACCEPT
+-A DOCKER-ISOLATION-STAGE-1 -i {DOCKER_BRIDGE} ! -o {DOCKER_BRIDGE} -j DOCKER-ISOLATION-STAGE-2
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-ISOLATION-STAGE-2 -o {DOCKER_BRIDGE} -j DROP
+-A DOCKER-ISOLATION-STAGE-2 -j RETURN
+-A DOCKER-USER -j RETURN
+COMMIT
+"""
+
+NFTABLES = """flush ruleset
+
+table inet filter {
+	chain input {
+		type filter hook input priority filter; policy drop;
+		ct state established,related accept
+		ct state invalid drop
+		iif "lo" accept
+		meta l4proto { icmp, ipv6-icmp } accept
+		tcp dport 22 accept
+	}
+
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+	}
+
+	chain output {
+		type filter hook output priority filter; policy accept;
+	}
+}
+"""
+
+FIREWALLD = """table inet firewalld
+delete table inet firewalld
+table inet firewalld {
+	chain filter_PREROUTING {
+		type filter hook prerouting priority filter + 10; policy accept;
+	}
+
+	chain filter_INPUT {
+		type filter hook input priority filter + 10; policy accept;
+		ct state { established, related } accept
+		ct status dnat jump filter_INPUT_dnat
+		iifname "lo" accept
+		ct state invalid drop
+		jump filter_INPUT_dispatch
+		reject with icmpx admin-prohibited
+	}
+
+	chain filter_FORWARD {
+		type filter hook forward priority filter + 10; policy accept;
+		ct state { established, related } accept
+		ct status dnat jump filter_FORWARD_dnat
+		iifname "lo" accept
+		ct state invalid drop
+		jump filter_FORWARD_dispatch
+		reject with icmpx admin-prohibited
+	}
+
+	chain filter_OUTPUT {
+		type filter hook output priority filter + 10; policy accept;
+		ct state { established, related } accept
+		oifname "lo" accept
+	}
+
+	chain filter_INPUT_dnat {
+		reject with icmpx admin-prohibited
+	}
+
+	chain filter_FORWARD_dnat {
+		reject with icmpx admin-prohibited
+	}
+
+	chain filter_INPUT_dispatch {
+		goto filter_IN_public
+	}
+
+	chain filter_FORWARD_dispatch {
+		goto filter_FWD_public
+	}
+
+	chain filter_IN_public {
+		meta l4proto { icmp, ipv6-icmp } accept
+		tcp dport 22 ct state { new, untracked } accept
+	}
+
+	chain filter_FWD_public {
+	}
+}
+"""

@@ -1,0 +1,360 @@
+"""Plans that open (and close) vpnoffload's way through the host's own firewall, and the watchdog's reconcile.
+
+:class:`HostFirewall` reads the host (:func:`read_host`), places the openings
+(:func:`vpnoffload.firewall.hostfw.choose`) and compares them with what is
+there and what the record says vpnoffload added: the difference is a list of
+:class:`~vpnoffload.plan.Action` with exact undo. Each opening added is
+recorded (``Record.host_openings``) as a plain dict::
+
+    {"mechanism": "nft" | "iptables-nft" | "ufw", "family": "inet", "table": "filter",
+     "chain": "input", "handle": 12, "opening": {...Opening fields...}}
+
+so ``down`` removes exactly those, and :func:`reconcile` (run by the watchdog
+every few seconds) puts back the ones a host reload wiped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vpnoffload.firewall import host_docker, host_nft, host_ufw
+from vpnoffload.firewall.hostfw import Host, Opening, Placement, choose, detect
+from vpnoffload.plan import Action
+from vpnoffload.proc import run
+
+log = logging.getLogger(__name__)
+#: Where the watchdog's reconcile says what it put back (read by ``status``).
+STATUS_FILE = "hostfw.json"
+
+
+def legacy_tables(proc_net: Path = Path("/proc/net")) -> tuple[str, ...]:
+    """Legacy x_tables registered in this network namespace ("filter", "nat6", ...)."""
+    found = []
+    for name, suffix in (("ip_tables_names", ""), ("ip6_tables_names", "6")):
+        try:
+            found += [t.strip() + suffix for t in (proc_net / name).read_text().split() if t.strip()]
+        except OSError:
+            continue
+    return tuple(found)
+
+
+def firewalld_running() -> bool:
+    if shutil.which("firewall-cmd") is None:
+        return False
+    return run(["firewall-cmd", "--state"], check=False, timeout=10).stdout.strip() == "running"
+
+
+def read_host() -> tuple[Host, dict[str, Any]]:
+    """The host's firewall now, and the ruleset it was read from."""
+    ruleset = host_nft.list_ruleset() if shutil.which("nft") else {"nftables": []}
+    return detect(ruleset, ufw=host_ufw.active(), firewalld=firewalld_running(),
+                  legacy_tables=legacy_tables()), ruleset
+
+
+def entry_of(place: Placement, handle: int | None = None) -> dict[str, Any]:
+    return {"mechanism": place.mechanism, "family": place.family, "table": place.table, "chain": place.chain,
+            "handle": handle, "opening": place.opening.to_dict()}
+
+
+def placement_of(entry: dict[str, Any]) -> Placement:
+    return Placement(entry["mechanism"], entry["family"], entry["table"], entry["chain"],
+                     Opening.from_dict(entry["opening"]))
+
+
+class _Live:
+    """What is in the host's firewall now, read once per plan (each mechanism only when asked)."""
+
+    def __init__(self, ruleset: dict[str, Any]) -> None:
+        self.ruleset = ruleset
+        self._saved: dict[str, set[str]] = {}
+        self._ufw: set[str] | None = None
+
+    def handle(self, place: Placement, prefer: int | None = None) -> int | None:
+        return host_nft.find(self.ruleset, place.family, place.table, place.chain, place.opening, prefer)
+
+    def present(self, place: Placement) -> bool:
+        if place.mechanism == "nft":
+            return self.handle(place) is not None
+        if place.mechanism == "iptables-nft":
+            if place.family not in self._saved:
+                self._saved[place.family] = host_docker.saved_lines(place.family, place.table)
+            return host_docker.save_line(place.chain, place.opening) in self._saved[place.family]
+        if self._ufw is None:
+            self._ufw = host_ufw.added_lines()
+        return host_ufw.shown(place.opening) in self._ufw
+
+
+def _add(place: Placement, entries: list[dict[str, Any]]) -> None:
+    """Make the opening and append its record entry (not for a ufw rule ufw already had)."""
+    if place.mechanism == "nft":
+        entries.append(entry_of(place, host_nft.insert([place])[0]))
+    elif place.mechanism == "iptables-nft":
+        host_docker.insert(place.family, place.table, place.chain, place.opening)
+        entries.append(entry_of(place))
+    elif host_ufw.add(place.opening):
+        entries.append(entry_of(place))
+
+
+def _remove(entry: dict[str, Any]) -> None:
+    """Remove the recorded opening if it is still there (and still ours); never anything else."""
+    place = placement_of(entry)
+    if place.mechanism == "nft":
+        ruleset = host_nft.list_ruleset()
+        handle = host_nft.find(ruleset, place.family, place.table, place.chain, place.opening, entry.get("handle"))
+        if handle is not None:
+            host_nft.delete([(place.family, place.table, place.chain, handle)])
+    elif place.mechanism == "iptables-nft":
+        if host_docker.save_line(place.chain, place.opening) in host_docker.saved_lines(place.family, place.table):
+            host_docker.delete(place.family, place.table, place.chain, place.opening)
+    elif host_ufw.shown(place.opening) in host_ufw.added_lines():
+        host_ufw.delete(place.opening)
+
+
+def _same(entry: dict[str, Any], place: Placement) -> bool:
+    return placement_of(entry) == place
+
+
+class HostFirewall:
+    """The real host firewall (``Backends.host``); tests pass a ``reader`` returning a recorded ruleset."""
+
+    def __init__(self, reader: Any = read_host) -> None:
+        self.reader = reader
+
+    def plan_open(self, openings: list[Opening], rec: Any) -> list[Action]:
+        """Actions that make exactly ``openings`` where the host would drop them; record-keeping on ``rec``."""
+        host, ruleset = self.reader()
+        rec.host_found = host.found()
+        live = _Live(ruleset)
+        places = choose(openings, host)
+        actions: list[Action] = []
+        for entry in [e for e in rec.host_openings if not any(_same(e, p) for p in places)]:
+            actions.append(_close_action(entry, rec))  # no longer needed (config changed, host changed)
+        for place in places:
+            recorded = any(_same(e, place) for e in rec.host_openings)
+            if live.present(place):
+                if not recorded and place.mechanism != "ufw":  # ours by its comment: adopt it so down removes it
+                    entry = entry_of(place, live.handle(place) if place.mechanism == "nft" else None)
+                    actions.append(Action(f"remember {place.summary}", lambda e=entry: rec.host_openings.append(e),
+                                          lambda e=entry: rec.host_openings.remove(e)))
+                continue
+            actions.append(_open_action(place, rec))
+        return actions
+
+    def plan_close(self, rec: Any) -> list[Action]:
+        """Actions that remove every opening ``rec`` says vpnoffload made, newest first."""
+        return [_close_action(entry, rec) for entry in reversed(list(rec.host_openings))]
+
+
+def _open_action(place: Placement, rec: Any) -> Action:
+    made: list[dict[str, Any]] = []
+
+    def do() -> None:
+        made.clear()
+        _add(place, made)
+        rec.host_openings = [e for e in rec.host_openings if not _same(e, place)] + made
+
+    def undo() -> None:
+        for entry in made:
+            _remove(entry)
+            if entry in rec.host_openings:
+                rec.host_openings.remove(entry)
+
+    return Action(place.summary, do, undo)
+
+
+def _close_action(entry: dict[str, Any], rec: Any) -> Action:
+    place = placement_of(entry)
+    restored: list[dict[str, Any]] = []
+
+    def do() -> None:
+        _remove(entry)
+        if entry in rec.host_openings:
+            rec.host_openings.remove(entry)
+
+    def undo() -> None:
+        restored.clear()
+        _add(place, restored)
+        rec.host_openings.extend(restored)
+
+    return Action(f"close in {place.where}: {place.opening.match_text()} ({place.opening.why}; opened by up)", do, undo)
+
+
+# ------------------------------------------------------------------ the watchdog's reconcile
+
+
+def missing(entries: list[dict[str, Any]], ruleset: dict[str, Any]) -> list[dict[str, Any]]:
+    """Recorded openings a host reload wiped and whose chain still exists (ufw puts its own back)."""
+    out = []
+    saved: dict[str, set[str]] = {}
+    for entry in entries:
+        place = placement_of(entry)
+        if place.mechanism == "nft":
+            if (host_nft.chain_exists(ruleset, place.family, place.table, place.chain)
+                    and host_nft.find(ruleset, place.family, place.table, place.chain, place.opening) is None):
+                out.append(entry)
+        elif place.mechanism == "iptables-nft":
+            nft_family = "ip6" if place.family == "ip6" else "ip"
+            if not host_nft.chain_exists(ruleset, nft_family, place.table, place.chain):
+                continue
+            if place.family not in saved:
+                saved[place.family] = host_docker.saved_lines(place.family, place.table)
+            if host_docker.save_line(place.chain, place.opening) not in saved[place.family]:
+                out.append(entry)
+    return out
+
+
+def reconcile(run_dir: Path, lock: Path) -> list[str] | None:
+    """Put back the openings of ``run_dir/vps.json`` that the host's firewall lost; what was put back
+    (None: the record holds no opening, so there is nothing to watch).
+
+    One ``nft -j list ruleset`` (plus one ``iptables-nft-save`` per family
+    with iptables-nft openings). Skips a round while ``up``/``down`` holds the
+    run lock. Never raises for a host that changed under it: the next round
+    tries again.
+    """
+    from vpnoffload import record as record_mod
+    from vpnoffload.errors import VpnOffloadError
+    from vpnoffload.locks import held
+
+    rec_path = run_dir / "vps.json"
+    if not rec_path.exists():
+        return None
+    try:
+        with held(str(lock), 0.0, lambda: "busy"):
+            rec = record_mod.load(rec_path)
+            if not rec.host_openings:
+                return None
+            gone = missing(rec.host_openings, host_nft.list_ruleset())
+            restored = []
+            for entry in gone:
+                place = placement_of(entry)
+                made: list[dict[str, Any]] = []
+                _add(place, made)
+                rec.host_openings = [e for e in rec.host_openings if e is not entry] + made
+                restored.append(place.summary.replace("open in", "reopened in", 1))
+            if restored:
+                record_mod.save(rec_path, rec)
+                _note(run_dir, restored)
+            return restored
+    except VpnOffloadError as exc:
+        log.debug("host firewall reconcile skipped: %s", exc)
+        return []
+
+
+def main(argv: list[str]) -> int:
+    """``python -I -m vpnoffload.firewall.host_plan --run DIR``: the watchdog's reconcile child.
+
+    Prints one line per opening put back; exits 3 when ``up`` recorded none.
+    """
+    if len(argv) != 2 or argv[0] != "--run":
+        print("usage: host_plan --run RUN_DIR", file=sys.stderr)
+        return 2
+    run_dir = Path(argv[1])
+    restored = reconcile(run_dir, run_dir / "lock")
+    if restored is None:
+        return 3
+    for line in restored:
+        print(line)
+    return 0
+
+
+def _note(run_dir: Path, restored: list[str]) -> None:
+    path = run_dir / STATUS_FILE
+    data = read_status(run_dir)
+    data["restored"] = (data.get("restored", []) + [{"at": time.time(), "what": restored}])[-10:]
+    data["count"] = int(data.get("count", 0)) + len(restored)
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        log.error("cannot write %s: %s", path, exc)
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def status_report(run_dir: Path, end: str = "vps") -> dict[str, Any]:
+    """What ``status`` shows of the host's firewall: what ``up`` found there, what it opened,
+    and what the watchdog had to put back. Reads files only."""
+    from vpnoffload import record as record_mod
+    from vpnoffload.errors import VpnOffloadError
+
+    try:
+        rec = record_mod.load(run_dir / f"{end}.json")
+    except VpnOffloadError:
+        return {"found": [], "opened": [], "reopened": 0, "last_reopened": None}
+    noted = read_status(run_dir) if rec.host_openings else {}
+    last = (noted.get("restored") or [None])[-1]
+    return {"found": list(rec.host_found), "opened": [placement_of(e).summary for e in rec.host_openings],
+            "reopened": int(noted.get("count", 0)), "last_reopened": last}
+
+
+def render_status(report: dict[str, Any], ago: Any) -> list[str]:
+    """The status table's lines for :func:`status_report` (``ago`` formats a timestamp)."""
+    lines = [f"host firewall: {'; '.join(report['found']) or 'not examined (run up vps)'}"]
+    lines += [f"  {line.replace('open in', 'opened in', 1)}" for line in report["opened"]]
+    if report["reopened"]:
+        last = report["last_reopened"] or {}
+        lines.append(f"  reopened by the watchdog after a host reload: {report['reopened']} rule(s), last "
+                     f"{ago(last.get('at'))}")
+    return lines
+
+
+def _local_interface(address: str) -> str | None:
+    """The interface holding ``address`` here, or None (this is not that host)."""
+    result = run(["ip", "-j", "addr", "show"], check=False, timeout=10)
+    try:
+        links = json.loads(result.stdout or "[]")
+    except ValueError:
+        return None
+    for link in links:
+        if any(a.get("local") == address for a in link.get("addr_info", [])):
+            return link.get("ifname")
+    return None
+
+
+def doctor_findings(config: Any) -> list[tuple[str, str, str, str]]:
+    """(level, check, detail, hint) lines for ``doctor``: the host's firewall and what ``up`` would open in it.
+
+    The end is told by the address: the VPS holds ``vps.address``; anywhere
+    else is taken for the first home box.
+    """
+    from vpnoffload.errors import VpnOffloadError
+    from vpnoffload.firewall.hostfw import home_openings, vps_openings
+
+    try:
+        host, _ = read_host()
+    except VpnOffloadError as exc:
+        return [("warn", "host firewall", f"cannot read the host's firewall: {exc}", "apt-get install nftables")]
+    out = [("ok", "host firewall", "; ".join(host.found()), "")]
+    if host.firewalld:
+        out.append(("warn", "firewalld", "firewalld runs: vpnoffload opens its way in firewalld's own nftables "
+                    "table, not through firewall-cmd; a firewall-cmd --reload drops those until the watchdog "
+                    "puts them back (within about 5 s)", "see docs/deploying.md, firewalld"))
+    if config is None:
+        return out
+    interface = _local_interface(str(config.vps.address))
+    if interface is not None:
+        end, openings = "up vps", vps_openings(config, interface)
+    else:
+        end, openings = f"up home ({config.default_home.name})", home_openings(config, config.default_home.name)
+    places = choose(openings, host)
+    if places:
+        out.append(("ok", "host firewall openings", f"{end} will open {len(places)}: "
+                    + "; ".join(p.summary.removeprefix("open ") for p in places), ""))
+    else:
+        out.append(("ok", "host firewall openings", f"{end} needs no opening: nothing here drops what it needs", ""))
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
