@@ -362,8 +362,8 @@ def _memory_section(results: Results, image: str | None) -> list[str]:
     size = results.conntrack_object_size
     out += [
         "A holder in the visitor's namespace opens N connections, sends one keep-alive request on each and keeps "
-        "them all open and idle while memory is read. *vpnoffload userspace* is OpenVPN + watchdog + friendly-page "
-        "server; the nginx and HAProxy columns are all of their processes (they need OpenVPN too, which is not "
+        "them all open and idle while memory is read. *vpnoffload userspace* is OpenVPN + every vpnoffload process "
+        "running (the watchdog; the friendly-page server only while a web service needs it); the nginx and HAProxy columns are all of their processes (they need OpenVPN too, which is not "
         "counted for them). RSS counts shared pages in every process, PSS splits them (fairer for nginx's master and "
         f"workers). *conntrack*: entries in the VPS's connection-tracking table at that moment (closed connections' "
         f"TIME_WAIT entries removed first), and their kernel memory at {size} bytes each (nf_conntrack slab "
@@ -386,11 +386,12 @@ def _memory_section(results: Results, image: str | None) -> list[str]:
             s = by.get(system)
             row += [_pair(s.rss_kb, s.pss_kb), _opened(s)] if s is not None else ["–", "–"]
         rows.append(row)
-    out += _table(("conns", "vpnoffload: all (RSS / PSS MiB)", "of it OpenVPN", "of it watchdog + page server",
+    out += _table(("conns", "vpnoffload: all (RSS / PSS MiB)", "of it OpenVPN", "of it vpnoffload's own processes",
                    "conntrack", "nginx (RSS / PSS MiB)", "conntrack", "HAProxy (RSS / PSS MiB)", "conntrack"),
                   rows, "rrrrrrrrr")
     out += ["The proxies need the same OpenVPN on the VPS as well; it is counted only in vpnoffload's column. "
-            "Compare *watchdog + page server* with the proxies' columns for what each approach adds.", ""]
+            "Compare *vpnoffload's own processes* (the watchdog; the page server and swap child only while they "
+            "run) with the proxies' columns for what each approach adds.", ""]
     growth = _memory_growth(results.memory)
     if growth:
         low, high, kb = growth

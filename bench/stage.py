@@ -111,12 +111,16 @@ class Stage:
         return self.lab.namespace("vps")
 
     def vpnoffload_pids(self) -> dict[str, list[int]]:
-        """vpnoffload's userspace on the VPS: OpenVPN, the watchdog, the friendly-page server."""
+        """vpnoffload's userspace on the VPS: OpenVPN, the watchdog, and whichever of its helpers
+        run now (the friendly-page server runs only while a web service needs it; the swap child
+        and the config snapshot only for a moment). Every one counts in the sum."""
         ns = self.vps_ns
         return {
             "OpenVPN": measure.find_pids(ns, comm_is="openvpn"),
             "watchdog": [self.watchdog_pid] if self.watchdog_pid in measure.namespace_pids(ns) else [],
             "page server": measure.find_pids(ns, argv_has=("vpnoffload.watch.pageserver",)),
+            "swap child": measure.find_pids(ns, argv_has=("vpnoffload.watch.swap",)),
+            "config snapshot": measure.find_pids(ns, argv_has=("vpnoffload.watch.snapshot",)),
         }
 
     def conntrack_count(self) -> int:
