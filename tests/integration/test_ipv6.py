@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from vpnoffload.lab.snapshot import normalize_xtables_save
 from tests.nslib import in_ns, link, namespaces, needs_root, sh, unique
 from vpnoffload import routing
 from vpnoffload.errors import ApplyError
@@ -118,7 +119,8 @@ def test_ip6tables_rules_apply_read_back_and_go_away(tmp_path: Path) -> None:
 
         down = firewall(ns, tmp_path, "empty")
         assert down["read"] == [] and down["replan"] == []
-        assert save6(ns) == before
+        # The home's marks registered ip6tables' mangle, which stays (empty) once touched.
+        assert normalize_xtables_save("\n".join(save6(ns))) == normalize_xtables_save("\n".join(before))
 
 
 def test_dnat_in_both_families_from_one_process_either_order(tmp_path: Path) -> None:

@@ -138,12 +138,21 @@ def test_home_ruleset_is_exactly_this() -> None:
         ":VPNOFFLOAD-IN",
         "-A FORWARD -i vpnoffload0 -j VPNOFFLOAD-FWD",
         "-A INPUT -i vpnoffload0 -j VPNOFFLOAD-IN",
+        # forwarded on only what the home box itself DNATs from a target port (a container's)
+        "-A VPNOFFLOAD-FWD -p tcp -m conntrack --ctstate DNAT --ctorigdst 198.51.100.2 --ctorigdstport 8080 -j ACCEPT",
+        "-A VPNOFFLOAD-FWD -p udp -m conntrack --ctstate DNAT --ctorigdst 198.51.100.2 --ctorigdstport 5353 -j ACCEPT",
         "-A VPNOFFLOAD-FWD -j DROP",
         "-A VPNOFFLOAD-IN -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         "-A VPNOFFLOAD-IN -d 198.51.100.2/32 -p tcp -m tcp --dport 8080 -j ACCEPT",
         "-A VPNOFFLOAD-IN -d 198.51.100.2/32 -p udp -m udp --dport 5353 -j ACCEPT",
         "-A VPNOFFLOAD-IN -p icmp -m icmp --icmp-type 8 -j ACCEPT",
         "-A VPNOFFLOAD-IN -j DROP",
+        # connections from the tunnel are marked; their packets from elsewhere get the mark back
+        "*mangle",
+        ":VPNOFFLOAD-MARK",
+        "-A PREROUTING -j VPNOFFLOAD-MARK",
+        "-A VPNOFFLOAD-MARK -i vpnoffload0 -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x20000000/0x20000000",
+        "-A VPNOFFLOAD-MARK ! -i vpnoffload0 -m connmark --mark 0x20000000/0x20000000 -j MARK --set-xmark 0x20000000/0x20000000",
     ]
 
 
@@ -204,6 +213,7 @@ def test_first_plan_describes_each_change_then_commits_per_table() -> None:
     assert lines == [
         "iptables filter: create chain VPNOFFLOAD-FWD",
         "iptables filter: create chain VPNOFFLOAD-IN",
+        "iptables filter VPNOFFLOAD-FWD: -p tcp -m conntrack --ctstate DNAT --ctorigdst 198.51.100.3 --ctorigdstport 2222 -j ACCEPT",
         "iptables filter VPNOFFLOAD-FWD: -j DROP",
         "iptables filter VPNOFFLOAD-IN: -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         "iptables filter VPNOFFLOAD-IN: -d 198.51.100.3/32 -p tcp -m tcp --dport 2222 -j ACCEPT",
@@ -211,7 +221,12 @@ def test_first_plan_describes_each_change_then_commits_per_table() -> None:
         "iptables filter VPNOFFLOAD-IN: -j DROP",
         "iptables filter FORWARD: -i vpnoffload0 -j VPNOFFLOAD-FWD",
         "iptables filter INPUT: -i vpnoffload0 -j VPNOFFLOAD-IN",
-        "iptables filter: commit the 9 change(s) above in one step",
+        "iptables filter: commit the 10 change(s) above in one step",
+        "iptables mangle: create chain VPNOFFLOAD-MARK",
+        "iptables mangle VPNOFFLOAD-MARK: -i vpnoffload0 -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x20000000/0x20000000",
+        "iptables mangle VPNOFFLOAD-MARK: ! -i vpnoffload0 -m connmark --mark 0x20000000/0x20000000 -j MARK --set-xmark 0x20000000/0x20000000",
+        "iptables mangle PREROUTING: -j VPNOFFLOAD-MARK",
+        "iptables mangle: commit the 4 change(s) above in one step",
     ]
     assert backend.writes == []  # planning changes nothing
 

@@ -226,7 +226,7 @@ def test_no_subnet6_no_ip6tables_at_all() -> None:
     text = BASE.replace('subnet6 = "fd00:88::/64"\n', "").replace('address6 = "fd00:88::33"\n', "")
     config = parse(text + '[services.web]\nlisten = "80"\ntarget = "8081"\n')
     assert fw.vps_ruleset(config).tables() == {"filter", "nat"}
-    assert fw.home_ruleset(config, "home").tables() == {"filter"}
+    assert fw.home_ruleset(config, "home").tables() == {"filter", "mangle"}
 
 
 def test_subnet6_without_ipv6_services_still_guards_the_tunnel() -> None:
@@ -258,6 +258,8 @@ def test_home_ipv6_rules() -> None:
         ":VPNOFFLOAD-IN",
         "-A FORWARD -i vpnoffload0 -j VPNOFFLOAD-FWD",
         "-A INPUT -i vpnoffload0 -j VPNOFFLOAD-IN",
+        "-A VPNOFFLOAD-FWD -p tcp -m conntrack --ctstate DNAT --ctorigdst fd00:88::2 --ctorigdstport 8080 -j ACCEPT",
+        "-A VPNOFFLOAD-FWD -p udp -m conntrack --ctstate DNAT --ctorigdst fd00:88::2 --ctorigdstport 5353 -j ACCEPT",
         "-A VPNOFFLOAD-FWD -j DROP",
         "-A VPNOFFLOAD-IN -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         "-A VPNOFFLOAD-IN -d fd00:88::2/128 -p tcp -m tcp --dport 8080 -j ACCEPT",
@@ -265,6 +267,7 @@ def test_home_ipv6_rules() -> None:
         "-A VPNOFFLOAD-IN -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT",
         "-A VPNOFFLOAD-IN -j DROP",
     ]
+    assert "-A PREROUTING -j VPNOFFLOAD-MARK" in ruleset.table("mangle6").lines()
     # The watchdog checks every service over IPv4, so IPv4 opens the IPv6 services' ports too.
     ipv4 = ruleset.table("filter").lines()
     assert "-A VPNOFFLOAD-IN -d 198.51.100.2/32 -p tcp -m tcp --dport 8080 -j ACCEPT" in ipv4

@@ -60,6 +60,7 @@ _ENTRY_ATTRS = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_inter
 _PROTO_ALIASES = {"icmpv6": "ipv6-icmp"}
 _ANY = ("0.0.0.0/0.0.0.0", "::/0")
 IP6_TABLES_NAMES = Path("/proc/net/ip6_tables_names")
+IP_TABLES_NAMES = Path("/proc/net/ip_tables_names")
 
 
 def _is_v6(table: str) -> bool:
@@ -104,14 +105,37 @@ def _iptc() -> Any:
         import iptc  # noqa: PLC0415 - deliberately lazy, see module docstring
     except (ImportError, OSError) as exc:  # the module, or libiptc/libxtables missing
         raise BackendError(f"cannot load python-iptables: {exc}") from exc
-    for cls in (iptc.Table, iptc.Table6):
-        names = getattr(cls, "existing_table_names", None)
-        if isinstance(names, dict):
-            for table in cls.ALL:
-                if table not in TABLES:
-                    names.setdefault(table, False)
+    global _kept
+    if not _kept:  # once: write() widens it for the table it writes
+        _kept = True
+        _keep_to_our_tables(iptc)
     _register_nat_targets()
     return iptc
+
+
+_kept = False
+
+
+def _keep_to_our_tables(iptc: Any, writing: str | None = None) -> None:
+    """Tell python-iptables which tables it may open when it looks up a jump target.
+
+    It would open (and so register in this namespace) every table; we allow
+    filter and nat, and mangle only where it exists already or is ``writing``
+    (the home box's marks), so a VPS never gets a mangle table from us.
+    """
+    present = {4: registered_v4_tables(), 6: {t[:-1] for t in registered_v6_tables()}}
+    for cls, version in ((iptc.Table, 4), (iptc.Table6, 6)):
+        names = getattr(cls, "existing_table_names", None)
+        if not isinstance(names, dict):
+            continue
+        for table in cls.ALL:
+            ours = f"{table}6" if version == 6 else table
+            allowed = table in ("filter", "nat") or (
+                ours in TABLES and (table in present[version] or ours == writing))
+            if not allowed:
+                names[table] = False
+            elif names.get(table) is False:
+                del names[table]  # found out afresh on the next lookup
 
 
 _nat_libraries: list[Any] = []  # loaded once, kept for the life of the process
@@ -184,6 +208,23 @@ def registered_v6_tables(path: Path = IP6_TABLES_NAMES) -> set[str]:
     except OSError:  # no ip6_tables module, or IPv6 disabled: nothing of ours there
         return set()
     return {f"{name}6" for name in names}
+
+
+def registered_v4_tables(path: Path = IP_TABLES_NAMES) -> set[str]:
+    """The IPv4 tables that exist in this network namespace."""
+    try:
+        return set(path.read_text().split())
+    except OSError:
+        return set()
+
+
+def _readable(table: str, present4: set[str], present6: set[str]) -> bool:
+    """Whether ``read`` looks at ``table``: IPv6 tables and mangle only once they
+    exist (reading one would register it, and an unregistered table holds
+    nothing of ours); filter and nat always, as before."""
+    if _is_v6(table):
+        return table in present6
+    return _base(table) != "mangle" or table in present4
 
 
 def _clean(exc: BaseException) -> str:
@@ -339,9 +380,9 @@ class IptcBackend:
         iptc = _iptc()
         chains: set[tuple[str, str]] = set()
         rules: list[Rule] = []
-        present6 = registered_v6_tables()
+        present4, present6 = registered_v4_tables(), registered_v6_tables()
         for table in TABLES:
-            if _is_v6(table) and table not in present6:
+            if not _readable(table, present4, present6):
                 continue
             with _translated(f"{table_label(table)}: cannot read the table"):
                 handle = self._table(iptc, table)
@@ -352,6 +393,7 @@ class IptcBackend:
     def write(self, table: str, content: Ruleset) -> None:
         content = table_content(content, table)
         iptc = _iptc()
+        _keep_to_our_tables(iptc, writing=table)
         with xtables_lock(), _translated(table_label(table)):
             handle = self._table(iptc, table)
             try:

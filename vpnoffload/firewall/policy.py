@@ -6,10 +6,10 @@ from collections.abc import Mapping
 
 from vpnoffload.errors import ConfigError
 from vpnoffload.firewall.rules import (
-    DNAT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, IPV4, IPV6, MARK_MASK, MARK_SHIFT, MAX_SERVICES, OUTPUT_CHAIN, Family,
+    DNAT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, IPV4, IPV6, MARK_CHAIN, MARK_MASK, MARK_SHIFT, MAX_SERVICES, OUTPUT_CHAIN, Family,
     Rule, Ruleset,
 )
-from vpnoffload.model import HEALTH_MARK, Config, Service
+from vpnoffload.model import HEALTH_MARK, HOME_MARK, Config, Service
 
 def service_mark(config: Config, service: str) -> tuple[int, int]:
     """(value, mask) of the conntrack mark the VPS gives ``service``'s connections."""
@@ -226,6 +226,26 @@ def _home_family(b: "_Builder", config: Config, home: str, fam: Family, services
     b.add(fam.filter, INPUT_CHAIN, "-j", "DROP")
     b.chain(fam.filter, FORWARD_CHAIN)
     b.add(fam.filter, "FORWARD", "-i", dev, "-j", FORWARD_CHAIN)
+    # A target port the home box itself DNATs on (Docker's or Podman's published
+    # port, a port forward to a VM) is forwarded: only connections that came to
+    # one of our target ports at our tunnel address, nothing else.
+    for proto, port in ports:
+        b.add(fam.filter, FORWARD_CHAIN, "-p", proto, "-m", "conntrack", "--ctstate", "DNAT",
+              "--ctorigdst", str(address), "--ctorigdstport", str(port), "-j", "ACCEPT")
     b.add(fam.filter, FORWARD_CHAIN, "-j", "DROP")
+    _home_marks(b, dev, fam)
+
+
+def _home_marks(b: "_Builder", dev: str, fam: Family) -> None:
+    """Mark each connection that arrives through the tunnel, and put that mark on
+    its packets coming from elsewhere (a container's, a VM's replies), so that
+    ``ip rule fwmark`` routes them back into the tunnel whatever their source.
+    Only the HOME_MARK bit is touched."""
+    mark = f"{HOME_MARK:#x}/{HOME_MARK:#x}"
+    b.chain(fam.mangle, MARK_CHAIN)
+    b.add(fam.mangle, "PREROUTING", "-j", MARK_CHAIN)
+    b.add(fam.mangle, MARK_CHAIN, "-i", dev, "-m", "conntrack", "--ctstate", "NEW",
+          "-j", "CONNMARK", "--set-xmark", mark)
+    b.add(fam.mangle, MARK_CHAIN, "!", "-i", dev, "-m", "connmark", "--mark", mark, "-j", "MARK", "--set-xmark", mark)
 
 

@@ -29,19 +29,23 @@ from vpnoffload.model import CHAIN_PREFIX
 #: Every chain whose name starts with this is vpnoffload's; nothing else is.
 OWNED_PREFIX = f"{CHAIN_PREFIX}-"
 #: The only tables vpnoffload writes (reading others would register them).
-#: "filter6" and "nat6" are ip6tables' filter and nat tables.
-TABLES = ("filter", "nat", "filter6", "nat6")
+#: "filter6", "nat6" and "mangle6" are ip6tables' tables. Only the home box
+#: writes mangle (it marks connections from the tunnel, see HOME_MARK).
+TABLES = ("filter", "nat", "mangle", "filter6", "nat6", "mangle6")
 BUILTIN_CHAINS: Mapping[str, tuple[str, ...]] = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
     "filter6": ("INPUT", "FORWARD", "OUTPUT"),
     "nat6": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle6": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
 }
 
 DNAT_CHAIN = f"{OWNED_PREFIX}DNAT"
 FORWARD_CHAIN = f"{OWNED_PREFIX}FWD"
 INPUT_CHAIN = f"{OWNED_PREFIX}IN"
 OUTPUT_CHAIN = f"{OWNED_PREFIX}OUT"
+MARK_CHAIN = f"{OWNED_PREFIX}MARK"
 
 MARK_SHIFT = 20
 MARK_MASK = 0xFF << MARK_SHIFT
@@ -55,6 +59,7 @@ class Family:
     version: int
     filter: str  # our name of its filter table
     nat: str
+    mangle: str
     ping: tuple[str, ...]  # matches an echo request
     port_unreachable: str  # the REJECT type for UDP
 
@@ -67,8 +72,8 @@ class Family:
         return f"{address}:{port}" if self.version == 4 else f"[{address}]:{port}"
 
 
-IPV4 = Family(4, "filter", "nat", ("-p", "icmp", "-m", "icmp", "--icmp-type", "8"), "icmp-port-unreachable")
-IPV6 = Family(6, "filter6", "nat6", ("-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", "128"),
+IPV4 = Family(4, "filter", "nat", "mangle", ("-p", "icmp", "-m", "icmp", "--icmp-type", "8"), "icmp-port-unreachable")
+IPV6 = Family(6, "filter6", "nat6", "mangle6", ("-p", "ipv6-icmp", "-m", "icmp6", "--icmpv6-type", "128"),
               "icmp6-port-unreachable")
 
 
