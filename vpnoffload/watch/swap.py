@@ -20,6 +20,7 @@ from pathlib import Path
 
 from vpnoffload.errors import VpnOffloadError
 from vpnoffload.model import Config
+from vpnoffload.watch import say
 
 
 def apply_swap(config: Config, active: Mapping[str, str | None], flush: frozenset[str], firewall_backend=None) -> None:
@@ -63,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         decision = json.loads(text)
         apply_swap(config, decision["active"], frozenset(decision.get("flush", ())), backend)
     except (ValueError, KeyError, TypeError) as exc:
-        print(f"vpnoffload swap: bad decision: {exc}", file=sys.stderr)
+        say.fail(f"swap: bad decision: {exc}")
         return 2
     except VpnOffloadError as exc:
-        print(f"vpnoffload swap: {exc}", file=sys.stderr)
+        say.fail(f"swap: {exc}")
         return int(exc.exit_status)
     return 0
 
