@@ -344,9 +344,10 @@ def _run(argv: list[str], *, check: bool = True, timeout: float = 30, env: dict[
     """Run a command; output via temp files (see Lab.exec). Failures become BackendError."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.run(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                                  input=input.encode() if input is not None else None,
-                                  stdout=out, stderr=err, timeout=timeout, env=env, cwd=cwd, check=False)
+            # With input, run() makes the stdin pipe itself (it refuses both).
+            stdin = {"input": input.encode()} if input is not None else {"stdin": subprocess.DEVNULL}
+            proc = subprocess.run(argv, **stdin, stdout=out, stderr=err, timeout=timeout, env=env, cwd=cwd,
+                                  check=False)
         except subprocess.TimeoutExpired:
             raise BackendError(f"{' '.join(argv)} did not finish within {timeout:g}s") from None
         except OSError as exc:

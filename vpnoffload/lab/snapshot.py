@@ -33,6 +33,8 @@ def snapshot(lab: Lab, host: str) -> dict[str, str]:
     snap: dict[str, str] = {}
     for key, argv in _SNAPSHOT_COMMANDS.items():
         snap[key] = lab.exec(host, *argv, timeout=10).stdout
+    # Counters are traffic, not state: "counter packets 13 bytes 620" reads as "counter".
+    snap["nftables"] = re.sub(r"counter packets \d+ bytes \d+", "counter", snap["nftables"])
     snap["iptables"] = normalize_xtables_save(snap["iptables"])
     snap["ip6tables"] = normalize_xtables_save(snap["ip6tables"])
     snap["addresses"] = "".join(line for line in snap["addresses"].splitlines(keepends=True) if "valid_lft" not in line)
