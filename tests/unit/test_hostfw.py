@@ -241,3 +241,18 @@ def test_failed_step_rolls_back_the_openings_made(config, monkeypatch) -> None:
 def test_reconcile_child_says_when_nothing_is_recorded(tmp_path: Path) -> None:
     assert host_plan.main(["--run", str(tmp_path)]) == 3
     assert host_plan.main([]) == 2
+
+
+def test_vpnoffloads_own_nft_tables_are_not_the_hosts_firewall() -> None:
+    """With the nft backend our tables sit in the same ruleset; detection must not count them."""
+    listing = sample("nftables")
+    ours = [
+        {"table": {"family": "ip", "name": "vpnoffload", "handle": 90}},
+        {"chain": {"family": "ip", "table": "vpnoffload", "name": "filter-FORWARD", "handle": 1, "type": "filter",
+                   "hook": "forward", "prio": 0, "policy": "accept"}},
+        {"rule": {"family": "ip", "table": "vpnoffload", "chain": "filter-FORWARD", "handle": 2,
+                  "expr": [{"drop": None}]}},
+    ]
+    with_ours = detect({"nftables": listing["nftables"] + ours})
+    alone = detect(listing)
+    assert with_ours.chains == alone.chains and with_ours.found() == alone.found()

@@ -120,83 +120,45 @@ HomeOpt = Annotated[Optional[str], typer.Option("--home", help="Home box (defaul
 ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="Client profile (default: STATE_DIR/HOME.ovpn).")]
 
 
-def _execute(actions: list[Any], dry_run: bool, what: str) -> None:
-    from vpnoffload import plan
+def _run(ctx: typer.Context, verb: str, end: str, *, home: str | None = None, profile: Path | None = None,
+         dry_run: bool = False) -> None:
+    """Every up/down goes through deploy.run; this only says what happened."""
+    from vpnoffload.deploy import run
 
-    if not actions:
-        typer.echo(f"nothing to do: {what} is already as configured")
-        return
-    if dry_run:
-        typer.echo(f"would change {len(actions)} thing(s):")
-        for action in actions:
-            typer.echo(f"  - {action.summary}")
-        return
-    for action in actions:
-        typer.echo(f"  - {action.summary}")
-    plan.apply(actions)
-    typer.echo(f"done: {what} changed ({len(actions)} step(s))")
+    request = run.Request(verb, end, home=home, profile=profile, dry_run=dry_run)  # type: ignore[arg-type]
+    outcome = run.execute(request, context(ctx).paths, announce=lambda line: typer.echo(f"  - {line}"))
+    if outcome.nothing_to_do:
+        typer.echo(f"nothing to do: {outcome.what} is already as configured")
+    elif not outcome.applied:
+        typer.echo(f"would change {len(outcome.steps)} thing(s):")
+        for line in outcome.steps:
+            typer.echo(f"  - {line}")
+    else:
+        typer.echo(f"done: {outcome.what} changed ({len(outcome.steps)} step(s))")
 
 
 @up_app.command("vps")
 def up_vps(ctx: typer.Context, dry_run: DryRun = False) -> None:
     """Start the OpenVPN server, forward the services' ports to home (DNAT), enable forwarding."""
-    from vpnoffload import config as cfg
-    from vpnoffload import deploy
-    from vpnoffload.deploy import doctor
-
-    paths = context(ctx).paths
-    config = cfg.load(paths.config)
-    doctor.require_prerequisites()
-    with deploy.exclusive(paths):
-        try:
-            actions = deploy.plan_up_vps(config, paths, deploy.Backends.real())
-            _execute(actions, dry_run, "the VPS end")
-        finally:
-            deploy.cleanup_scratch(paths)
+    _run(ctx, "up", "vps", dry_run=dry_run)
 
 
 @up_app.command("home")
 def up_home(ctx: typer.Context, home: HomeOpt = None, profile: ProfileOpt = None, dry_run: DryRun = False) -> None:
     """Connect to the VPS and route replies for visitors back through the tunnel."""
-    from vpnoffload import config as cfg
-    from vpnoffload import deploy
-    from vpnoffload.deploy import doctor
-
-    paths = context(ctx).paths
-    config = cfg.load(paths.config)
-    name = home_name(config, home)
-    doctor.require_prerequisites()
-    with deploy.exclusive(paths):
-        actions = deploy.plan_up_home(config, paths, deploy.Backends.real(), name, profile or paths.profile(name))
-        _execute(actions, dry_run, f"home box {name}")
+    _run(ctx, "up", "home", home=home, profile=profile, dry_run=dry_run)
 
 
 @down_app.command("vps")
 def down_vps(ctx: typer.Context, dry_run: DryRun = False) -> None:
     """Stop the tunnel and remove every rule, address and setting 'up vps' added."""
-    from vpnoffload import deploy
-    from vpnoffload.deploy import doctor
-
-    paths = context(ctx).paths
-    doctor.require_prerequisites()
-    with deploy.exclusive(paths):
-        _execute(deploy.plan_down_vps(paths, deploy.Backends.real()), dry_run, "the VPS end")
+    _run(ctx, "down", "vps", dry_run=dry_run)
 
 
 @down_app.command("home")
 def down_home(ctx: typer.Context, home: HomeOpt = None, profile: ProfileOpt = None, dry_run: DryRun = False) -> None:
     """Stop the tunnel and remove the policy routing and rules 'up home' added."""
-    from vpnoffload import config as cfg
-    from vpnoffload import deploy
-    from vpnoffload.deploy import doctor
-
-    paths = context(ctx).paths
-    name = home or cfg.load(paths.config).default_home.name
-    cfg.check_name(name, "--home")
-    doctor.require_prerequisites()
-    with deploy.exclusive(paths):
-        actions = deploy.plan_down_home(paths, deploy.Backends.real(), name, profile or paths.profile(name))
-        _execute(actions, dry_run, f"home box {name}")
+    _run(ctx, "down", "home", home=home, profile=profile, dry_run=dry_run)
 
 
 @app.command()

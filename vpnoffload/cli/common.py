@@ -7,8 +7,6 @@ from typing import Any
 
 import typer
 
-from vpnoffload.errors import ConfigError
-from vpnoffload.names import shown
 from vpnoffload.paths import Paths
 
 
@@ -32,9 +30,6 @@ def table(rows: list[tuple[str, ...]]) -> None:
 
 def home_name(config: Any, home: str | None) -> str:
     """``--home`` checked against the config, or the first home box."""
-    if home is None:
-        return config.default_home.name
-    if home not in config.homes:
-        known = ", ".join(config.homes)
-        raise ConfigError(f"unknown home box {shown(home)} (known: {known})", field="--home")
-    return home
+    from vpnoffload.deploy.run import home_name as checked
+
+    return checked(config, home)

@@ -17,6 +17,7 @@ from vpnoffload.deploy import (
     Backends, cleanup_scratch, exclusive, plan_down_home, plan_down_vps, plan_up_home, plan_up_vps,
 )
 from vpnoffload.errors import ConfigError
+from vpnoffload.names import shown
 from vpnoffload.model import Config
 from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
@@ -55,7 +56,7 @@ def home_name(config: Config, home: str | None) -> str:
         return config.default_home.name
     if home not in config.homes:
         known = ", ".join(config.homes)
-        raise ConfigError(f"unknown home box {home!r} (known: {known})", field="--home")
+        raise ConfigError(f"unknown home box {shown(home)} (known: {known})", field="--home")
     return home
 
 

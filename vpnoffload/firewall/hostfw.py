@@ -256,7 +256,8 @@ def detect(ruleset: dict[str, Any], *, ufw: bool = False, firewalld: bool = Fals
     would catch vpnoffload's packets is left undecided, so such a chain gets
     its openings (at its top, where they are harmless if redundant).
     """
-    items = ruleset.get("nftables", [])
+    # vpnoffload's own nftables tables (the nft backend's) are not the host's firewall.
+    items = [i for i in ruleset.get("nftables", []) if not _ours(next(iter(i.values()), {}))]
     tables = [f"{i['table']['family']} {i['table']['name']}" for i in items if "table" in i]
     chain_names: dict[tuple[str, str], set[str]] = {}
     rules: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -285,6 +286,16 @@ def detect(ruleset: dict[str, Any], *, ufw: bool = False, firewalld: bool = Fals
                                manager, accepts_established=any(_only_established(r) for r in own[:3])))
     return Host(tuple(found), tuple(tables), tuple(legacy_tables), ufw=ufw and ufw_seen, firewalld=firewalld,
                 docker=docker)
+
+
+def _ours(obj: Any) -> bool:
+    """A table, chain or rule of vpnoffload's own nft backend (``table ip|ip6 vpnoffload``)."""
+    from vpnoffload.firewall.nft import TABLE
+
+    if not isinstance(obj, dict) or obj.get("family") not in ("ip", "ip6"):
+        return False
+    table = obj["table"] if "table" in obj else obj.get("name")  # a table object names itself
+    return table == TABLE
 
 
 def _manager(family: str, table: str, hook: str, names: set[str], ufw: bool) -> str:
