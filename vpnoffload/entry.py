@@ -83,7 +83,7 @@ def run_lean(options: dict[str, str | bool]) -> int:
     import logging
     from pathlib import Path
 
-    from vpnoffload.errors import VpnOffloadError
+    from vpnoffload.cli.handler import run_main
     from vpnoffload.paths import Paths
 
     level = logging.DEBUG if options.get("debug") else logging.INFO if options.get("verbose") else logging.WARNING
@@ -91,18 +91,15 @@ def run_lean(options: dict[str, str | bool]) -> int:
     config = options.get("config")
     state = options.get("state")
     paths = Paths.resolve(Path(str(config)) if config else None, Path(str(state)) if state else None)
-    try:
+
+    def show_status() -> int:
         from vpnoffload import status
 
         report = status.report_for(paths)
         print(status.render(report, bool(options.get("json"))))
         return int(report.exit_status)
-    except VpnOffloadError as exc:
-        if options.get("debug"):
-            raise
-        print(f"vpnoffload: error: {exc}", file=sys.stderr)
-        return int(exc.exit_status)
 
+    return run_main(show_status, debug=bool(options.get("debug")))
 
 def main() -> None:
     options = lean_options(sys.argv[1:])

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 from vpnoffload import __version__
 from vpnoffload.errors import ConfigError, ExitStatus, VpnOffloadError
 from vpnoffload.cli.common import Context, context, home_name
+from vpnoffload.cli.handler import error_line
 from vpnoffload.cli.lab import lab_app
 from vpnoffload.cli.pki import pki_app
 from vpnoffload.cli.render import render_app
@@ -38,7 +39,7 @@ class _Group(TyperGroup):
         except VpnOffloadError as exc:
             if _debug(ctx):
                 raise
-            typer.echo(f"vpnoffload: error: {exc}", err=True)
+            typer.echo(error_line(exc), err=True)
             raise typer.Exit(int(exc.exit_status)) from None
         except KeyboardInterrupt:
             typer.echo("vpnoffload: interrupted", err=True)
@@ -186,7 +187,7 @@ def watch(ctx: typer.Context) -> None:
     from vpnoffload.watch import loop as watchrun
 
     paths = context(ctx).paths
-    raise typer.Exit(watchrun.run(paths, server_running=watchrun.server_running(paths)))
+    raise typer.Exit(watchrun.run(paths, server_up=watchrun.server_running(paths)))
 
 
 @app.command()

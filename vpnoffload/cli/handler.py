@@ -1,24 +1,29 @@
 """The one place where a vpnoffload error becomes a message and an exit status.
 
-Every entry point (the typer CLI, the lean ``watch``/``status`` path, the
-swap child, the page server, ``python -m vpnoffload.render.pages``) runs its
-body through :func:`run_main`. Stdlib only, so the lean processes can use it
-without importing typer.
+Every entry point (the lean ``status`` path, the swap child, the page server,
+the reconcile child, ``python -m vpnoffload.render.pages``) runs its body
+through :func:`run_main`; the typer CLI's group and the lean processes' last
+word (:func:`vpnoffload.watch.say.fail`) use the same :func:`error_line`. It
+imports nothing but ``sys`` and the errors (not even ``typing``: ~2 MB in a
+~10 MB watchdog), so the lean processes can use it.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import TextIO
 
 from vpnoffload.errors import ExitStatus, VpnOffloadError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TextIO
 
 #: What a message is prefixed with, so logs and terminals show who spoke.
 PREFIX = "vpnoffload"
 
 
-def error_line(exc: VpnOffloadError, prog: str = PREFIX) -> str:
+def error_line(exc: VpnOffloadError | str, prog: str = PREFIX) -> str:
     """The one line a user sees for ``exc``."""
     return f"{prog}: error: {exc}"
 

@@ -217,16 +217,18 @@ def _publish(path: str, dog: Watchdog) -> None:
         log.error("cannot write %s: %s", path, exc)
 
 
-def run(paths, *, server_running: bool) -> int:  # paths: vpnoffload.paths.Paths (the typer command's way in)
+def run(paths, *, server_up: bool) -> int:  # paths: vpnoffload.paths.Paths (the typer command's way in)
     """Run until SIGTERM/SIGINT in this process (the lean entry execs :func:`main` instead)."""
-    if not server_running:
+    if not server_up:
         raise NotSetUpError("the VPS end is not up: run 'vpnoffload up vps' first")
     return serve(str(paths.config), str(paths.state))
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -I -S ... vpnoffload.watch.loop --config C [--state-dir S] [-v|--debug]``."""
-    try:
+    from vpnoffload.cli.handler import run_main
+
+    def body() -> int:
         options = _options(list(sys.argv[1:] if argv is None else argv), values=("--config", "--state-dir"),
                            flags=("-v", "--verbose", "--debug"))
         say.level = say.DEBUG if options.get("--debug") else say.INFO if (
@@ -235,9 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             raise NotSetUpError("--config is required")
         state = options.get("--state-dir")
         return serve(str(options["--config"]), str(state) if state else None)
-    except VpnOffloadError as exc:
-        say.fail(str(exc))
-        return int(exc.exit_status)
+
+    return run_main(body, prog=say.prefix)
 
 
 if __name__ == "__main__":

@@ -168,8 +168,11 @@ def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir:
 
 def main(argv: list[str] | None = None) -> int:
     """``--config C --pages DIR [--state-dir S] [--ready PIDFILE]``; exit status as the CLI's."""
+    from vpnoffload.cli.handler import run_main
+
     say.prefix = "vpnoffload-pages"
-    try:
+
+    def body() -> int:
         options = _options(list(sys.argv[1:] if argv is None else argv),
                            values=("--config", "--pages", "--ready", "--state-dir"), flags=())
         if "--config" not in options or "--pages" not in options:
@@ -178,9 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         state = options.get("--state-dir")
         return serve(str(options["--config"]), str(options["--pages"]), str(ready) if ready else None,
                      str(state) if state else None)
-    except VpnOffloadError as exc:
-        say.fail(str(exc))
-        return int(exc.exit_status)
+
+    return run_main(body, prog=say.prefix)
 
 
 if __name__ == "__main__":

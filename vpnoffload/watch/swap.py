@@ -18,9 +18,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from vpnoffload.errors import VpnOffloadError
+from vpnoffload.errors import ConfigError
 from vpnoffload.model import Config
-from vpnoffload.watch import say
 
 
 def apply_swap(config: Config, active: Mapping[str, str | None], flush: frozenset[str], firewall_backend=None) -> None:
@@ -41,36 +40,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decision", help='JSON {"active": {service: home or null}, "flush": [service, ...]}; '
                                            "without it, read that one line from stdin once everything is loaded")
     args = parser.parse_args(argv)
+    from vpnoffload.cli.handler import run_main
+
+    return run_main(lambda: _swap(args.config, args.decision), prog="vpnoffload swap")
+
+
+def _swap(config_path: Path, text: str | None) -> int:
     from vpnoffload import config as cfg
 
+    config = cfg.load(config_path)
     backend = None
+    if text is None:
+        # Warm start: the watchdog forks us at the first failed check, so the
+        # ~1 s it takes to load python-iptables and pyroute2 is spent while
+        # the next check runs, not after the decision. EOF: no swap after all.
+        from vpnoffload import firewall
+        from vpnoffload.routing import conntrack
+
+        backend = firewall.default_backend()
+        backend.preload()
+        conntrack.preload()
+
+        text = sys.stdin.readline()
+        if not text.strip():
+            return 0
     try:
-        config = cfg.load(args.config)
-        text = args.decision
-        if text is None:
-            # Warm start: the watchdog forks us at the first failed check, so the
-            # ~1 s it takes to load python-iptables and pyroute2 is spent while
-            # the next check runs, not after the decision. EOF: no swap after all.
-            from vpnoffload import firewall
-            from vpnoffload.routing import conntrack
-
-            backend = firewall.default_backend()
-            backend.preload()
-            conntrack.preload()
-
-            text = sys.stdin.readline()
-            if not text.strip():
-                return 0
         decision = json.loads(text)
-        apply_swap(config, decision["active"], frozenset(decision.get("flush", ())), backend)
-    except (ValueError, KeyError, TypeError) as exc:
-        say.fail(f"swap: bad decision: {exc}")
-        return 2
-    except VpnOffloadError as exc:
-        say.fail(f"swap: {exc}")
-        return int(exc.exit_status)
+        active, flush = decision["active"], frozenset(decision.get("flush", ()))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"bad decision: {exc}", field="decision") from None
+    apply_swap(config, active, flush, backend)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
