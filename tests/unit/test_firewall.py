@@ -12,6 +12,7 @@ from tests.fakes import FakeBackend
 from vpnoffload.proc import Result
 from vpnoffload import firewall as fw
 from vpnoffload.firewall import iptc as iptc_backend
+from vpnoffload.firewall import xtables
 from vpnoffload.errors import ApplyError, BackendError, ConfigError
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps
 from vpnoffload.plan import apply, summaries
@@ -346,31 +347,31 @@ def test_fake_write_refuses_content_of_another_table() -> None:
 def test_xtables_lock_waits_then_fails_clearly(tmp_path, monkeypatch) -> None:
     lock = tmp_path / "xtables.lock"
     monkeypatch.setenv("XTABLES_LOCKFILE", str(lock))
-    assert iptc_backend.lockfile_path() == str(lock)
-    with iptc_backend.xtables_lock(timeout=1):
+    assert xtables.lockfile_path() == str(lock)
+    with xtables.xtables_lock(timeout=1):
         pass  # free: taken at once, and the file is made
     assert lock.exists()
     holder = os.open(lock, os.O_RDONLY)
     try:
         fcntl.flock(holder, fcntl.LOCK_EX)
         with pytest.raises(BackendError, match=f"another program has held the xtables lock {lock} for 0.2 s"):
-            with iptc_backend.xtables_lock(timeout=0.2):
+            with xtables.xtables_lock(timeout=0.2):
                 pass
     finally:
         os.close(holder)
-    with iptc_backend.xtables_lock(timeout=1):
+    with xtables.xtables_lock(timeout=1):
         pass
 
 
 def test_xtables_lock_that_cannot_be_opened(tmp_path) -> None:
     with pytest.raises(BackendError, match="cannot open the lock"):
-        with iptc_backend.xtables_lock(path=str(tmp_path / "missing" / "lock")):
+        with xtables.xtables_lock(path=str(tmp_path / "missing" / "lock")):
             pass
 
 
 def test_lockfile_defaults_to_run(monkeypatch) -> None:
     monkeypatch.delenv("XTABLES_LOCKFILE", raising=False)
-    assert iptc_backend.lockfile_path() == "/run/xtables.lock"
+    assert xtables.lockfile_path() == "/run/xtables.lock"
 
 
 @pytest.mark.parametrize(
@@ -391,14 +392,14 @@ def test_python_iptables_messages_become_one_clear_line(raw: str, clean: str) ->
     ("version", "warns"), [("iptables v1.8.9 (nf_tables)\n", True), ("iptables v1.8.9 (legacy)\n", False)]
 )
 def test_nft_variant_note(monkeypatch, version: str, warns: bool) -> None:
-    monkeypatch.setattr(iptc_backend.shutil, "which", lambda name: "/usr/sbin/iptables")
-    monkeypatch.setattr(iptc_backend.proc, "run", lambda argv, **k: Result(tuple(argv), 0, version, ""))
-    note = iptc_backend.nft_variant_note()
+    monkeypatch.setattr(xtables.shutil, "which", lambda name: "/usr/sbin/iptables")
+    monkeypatch.setattr(xtables.proc, "run", lambda argv, **k: Result(tuple(argv), 0, version, ""))
+    note = xtables.nft_variant_note()
     assert (note is not None) == warns
     if note:
         assert "iptables-legacy-save" in note
 
 
 def test_nft_variant_note_without_iptables(monkeypatch) -> None:
-    monkeypatch.setattr(iptc_backend.shutil, "which", lambda name: None)
-    assert iptc_backend.nft_variant_note() is None
+    monkeypatch.setattr(xtables.shutil, "which", lambda name: None)
+    assert xtables.nft_variant_note() is None

@@ -17,6 +17,7 @@ from vpnoffload import config as cfg
 from vpnoffload import deploy, plan, sysctl
 from vpnoffload.deploy import doctor
 from vpnoffload.firewall import iptc as iptc_backend
+from vpnoffload.firewall import xtables
 from vpnoffload import firewall as fw
 from vpnoffload import routing as rt
 from vpnoffload.errors import ApplyError, ConfigError
@@ -309,8 +310,8 @@ def test_table_labels() -> None:
 def test_registered_v6_tables(tmp_path: Path) -> None:
     names = tmp_path / "ip6_tables_names"
     names.write_text("nat\nfilter\n")
-    assert iptc_backend.registered_v6_tables(names) == {"nat6", "filter6"}
-    assert iptc_backend.registered_v6_tables(tmp_path / "missing") == set()
+    assert xtables.registered_v6_tables(names) == {"nat6", "filter6"}
+    assert xtables.registered_v6_tables(tmp_path / "missing") == set()
 
 
 def test_ipv6_entry_read_back_like_ip6tables_save() -> None:

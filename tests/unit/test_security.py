@@ -67,22 +67,13 @@ def tree(path: Path) -> dict[str, bytes]:
 # ----- root processes import nothing from the cwd ------------------------------------------
 
 
-def test_the_page_daemon_runs_isolated_from_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vpnoffload import procs
+def test_the_page_daemon_runs_isolated_from_root(tmp_path: Path) -> None:
+    """The page server is started as ``python -I -S``: nothing from the cwd or PYTHON* variables."""
+    from vpnoffload.watch import pagectl
 
-    seen: dict = {}
-
-    class Stop(Exception):
-        pass
-
-    def popen(argv, **kw):
-        seen.update(argv=argv, **kw)
-        raise Stop
-
-    monkeypatch.setattr(procs.subprocess, "Popen", popen)
-    with pytest.raises(Stop):
-        procs.PythonDaemon("pageserver", "vpnoffload.watch.pageserver", (), tmp_path / "run").start()
-    assert seen["argv"][1:4] == ["-I", "-m", "vpnoffload.watch.pageserver"] and seen["cwd"] == "/"
+    run = tmp_path / "state" / "run"
+    argv = pagectl.PageDaemon(str(tmp_path / "c.toml"), str(tmp_path / "state"), str(run), str(run / "pages")).argv()
+    assert argv[1:3] == ["-I", "-S"] and "vpnoffload.watch.pageserver" in argv[4]
 
 
 def test_units_run_python_isolated_from_root() -> None:

@@ -62,7 +62,7 @@ def check_legacy_iptables() -> Finding:
 
 
 def check_nft_variant() -> Finding:
-    from vpnoffload.firewall.iptc import nft_variant_note
+    from vpnoffload.firewall.xtables import nft_variant_note
 
     note = nft_variant_note()
     if note:
