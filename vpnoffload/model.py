@@ -71,6 +71,11 @@ class Service:
     #: "proxy": not DNATed; the VPS's nginx/HAProxy routes ``hostname`` here
     #: (by Host on port 80, by SNI without terminating TLS on port 443).
     via: Via = "dnat"
+    #: Paths (``/``, ``/about.html``) the VPS keeps a copy of while home is
+    #: healthy and serves while the service is on fallback (issue 16).
+    offline_copy: tuple[str, ...] = ()
+    #: A small "a copy from 14:02" banner on kept HTML pages.
+    offline_banner: bool = True
 
     @property
     def homes(self) -> tuple[str, ...]:
@@ -136,8 +141,30 @@ class Tunnel:
 
 @dataclass(frozen=True)
 class Vps:
+    """The VPS. ``address`` is the public one visitors and home boxes dial.
+
+    On 1:1-NAT clouds (Oracle, GCP, AWS, Azure) that address is on no interface:
+    the provider's router rewrites it to a private one, ``local_address``, which
+    is all the VPS's own stack ever sees. OpenVPN binds it, DNAT matches it and
+    the friendly page listens on it. ``nat`` maps further public listen addresses
+    to their private ones the same way (a dedicated, 1:1-mapped address).
+    """
+
     address: IPv4Address
     interface: str | None = None  # found from the address when not given
+    local_address: IPv4Address | None = None
+    nat: tuple[tuple[IPv4Address, IPv4Address], ...] = ()  # (public, private) pairs
+
+    @property
+    def bind_address(self) -> IPv4Address:
+        """The address the VPS holds for ``address``: what OpenVPN and the page server bind."""
+        return self.local_address or self.address
+
+    def local_of(self, address: IPAddress) -> IPAddress:
+        """What a visitor's packet to public ``address`` carries as destination on arrival here."""
+        if address == self.address:
+            return self.bind_address
+        return dict(self.nat).get(address, address)  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
@@ -158,6 +185,10 @@ class Watch:
     retry_after: int = 30
     #: Optional Prometheus text metrics, loopback only (e.g. "127.0.0.1:9477").
     metrics: str | None = None
+    #: Seconds between refreshes of the kept pages (``Service.offline_copy``).
+    offline_copy_every: float = 600.0
+    #: Most bytes all kept pages may take on disk together.
+    offline_copy_max_bytes: int = 20 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -192,11 +223,12 @@ class Config:
         return [s for s in self.services.values() if home in s.homes]
 
     def dedicated_addresses(self) -> list[IPAddress]:
-        """Listen addresses other than the VPS's own (IPv4 or IPv6), which ``up vps`` must add."""
+        """Listen addresses other than the VPS's own (IPv4 or IPv6), which ``up vps`` must add:
+        for a 1:1-mapped one (``vps.nat``) the private address it arrives as, never the public one."""
         seen: dict[IPAddress, None] = {}
         for svc in self.services.values():
             if svc.listen_address != self.vps.address:
-                seen[svc.listen_address] = None
+                seen[self.vps.local_of(svc.listen_address)] = None
         return list(seen)
 
     @property

@@ -23,16 +23,18 @@ def service_add(
     fallback: Annotated[Optional[str], typer.Option(help="While home is down: 'page' (friendly 503) or 'reset' (default: page for web services).")] = None,
     homes: Annotated[Optional[str], typer.Option("--homes", help="Several home boxes in order of preference, e.g. home,attic (TARGET is then a bare port).")] = None,
     via: Annotated[str, typer.Option(help="'dnat' (the kernel forwards LISTEN) or 'proxy' (LISTEN 80/443 is shared with this VPS's own sites; its nginx/HAProxy routes --hostname home: see 'render nginx').")] = "dnat",
+    offline_copy: Annotated[Optional[list[str]], typer.Option("--offline-copy", help="A path (e.g. / or /about.html) the VPS keeps a copy of and serves while home is down; repeat for more.")] = None,
 ) -> None:
     """Offload a port: visitors to LISTEN on the VPS are served by TARGET at home."""
     from vpnoffload.config import edits
 
     spec = edits.ServiceSpec(listen=listen, target=target, proto=proto, check=check, hostname=hostname,
-                             fallback=fallback, via=via,
+                             fallback=fallback, via=via, offline_copy=tuple(offline_copy or ()),
                              homes=tuple(h.strip() for h in homes.split(",")) if homes is not None else None)
     config, svc = edits.add_service(context(ctx).paths.config, name, spec)
     typer.echo(f"added {name}: {svc.listen}/{svc.proto} -> {svc.target} (check {svc.check}, "
-               f"while home is down: {'friendly page' if svc.serves_page else 'fast reset'})")
+               f"while home is down: {'friendly page' if svc.serves_page else 'fast reset'}"
+               + (f", {len(svc.offline_copy)} page(s) kept" if svc.offline_copy else "") + ")")
     if svc.via == "proxy":
         typer.echo(f"{svc.hostname} is routed by this VPS's {config.proxy.server}: run 'vpnoffload render "
                    f"{config.proxy.server} --out DIR' and include it; 'vpnoffload up vps' sets up the fail-fast rules")

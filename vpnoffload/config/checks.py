@@ -238,3 +238,25 @@ def metrics(value: Any, field: str) -> str | None:
         raise ConfigError(f"{shown(value)} must be a loopback ADDRESS:PORT like 127.0.0.1:9477", field=field)
     check_port(port, field)
     return text
+
+
+#: Most kept pages per service (each is a file and, while serving, an open fd of the page server).
+MAX_OFFLINE_PATHS = 100
+
+
+def offline_copy(value: Any, field: str) -> tuple[str, ...]:
+    """``offline_copy = ["/", "/about.html"]``: request targets (origin-form, as a visitor's
+    browser sends them) that the VPS keeps a copy of. No fragments, no ``..`` segments, no duplicates."""
+    if not isinstance(value, list) or len(value) > MAX_OFFLINE_PATHS:
+        raise ConfigError(f"must be a list of at most {MAX_OFFLINE_PATHS} paths like \"/\" or \"/about.html\"",
+                          field=field)
+    paths: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not HTTP_PATH_RE.fullmatch(item) or "#" in item:
+            raise ConfigError(f"{shown(item)} is not a path like /about.html", field=field)
+        if ".." in item.partition("?")[0].split("/"):
+            raise ConfigError(f"{shown(item)} has a '..' segment", field=field)
+        if item in paths:
+            raise ConfigError(f"{shown(item)} is listed twice", field=field)
+        paths.append(item)
+    return tuple(paths)

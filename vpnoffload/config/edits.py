@@ -40,6 +40,8 @@ class ServiceSpec:
     fallback: str | None = None
     homes: tuple[str, ...] | None = None
     via: str = "dnat"
+    #: Paths whose copy the VPS keeps and serves while home is down (``offline_copy``).
+    offline_copy: tuple[str, ...] = ()
 
 
 @contextlib.contextmanager
@@ -117,6 +119,8 @@ def add_service(config_path: Path, name: str, spec: ServiceSpec) -> tuple[Config
             table.add("homes", list(spec.homes))
         if spec.via != "dnat":
             table.add("via", spec.via)
+        if spec.offline_copy:
+            table.add("offline_copy", list(spec.offline_copy))
         doc["services"][name] = table
 
     with _locked(config_path):

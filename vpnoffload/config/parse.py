@@ -18,11 +18,13 @@ from vpnoffload.names import shown
 
 _KEYS: dict[str, set[str]] = {
     "": {"vps", "tunnel", "homes", "services", "watch", "proxy"},
-    "vps": {"address", "interface"},
+    "vps": {"address", "interface", "local_address", "nat"},
     "tunnel": {"subnet", "subnet6", "port", "proto"},
     "home": {"address", "address6"},
-    "service": {"listen", "target", "homes", "proto", "check", "hostname", "fallback", "page", "tls_cert", "tls_key", "via"},
-    "watch": {"interval", "timeout", "fall", "rise", "fallback_port", "retry_after", "metrics"},
+    "service": {"listen", "target", "homes", "proto", "check", "hostname", "fallback", "page", "tls_cert", "tls_key", "via",
+                "offline_copy", "offline_banner"},
+    "watch": {"interval", "timeout", "fall", "rise", "fallback_port", "retry_after", "metrics",
+              "offline_copy_every", "offline_copy_max_bytes"},
     "proxy": {"server", "local_https", "local_http", "connect_timeout"},
 }
 
@@ -67,14 +69,42 @@ def _parse_vps(raw: dict[str, Any]) -> Vps:
     interface = raw.get("interface")
     if interface is not None:
         checks.check_interface(interface, "vps.interface")
-    return Vps(address=address, interface=interface)
+    local = None
+    if "local_address" in raw:
+        local = checks.check_address(raw["local_address"], "vps.local_address")
+        if local == address:
+            raise ConfigError(f"{local} is vps.address itself; leave local_address out when the VPS holds its "
+                              "public address", field="vps.local_address")
+    return Vps(address=address, interface=interface, local_address=local, nat=_parse_nat(raw.get("nat"), address, local))
+
+
+def _parse_nat(raw: Any, address: IPv4Address, local: IPv4Address | None) -> tuple[tuple[IPv4Address, IPv4Address], ...]:
+    """``nat = { "203.0.113.11" = "198.18.0.11" }``: extra public addresses the provider maps 1:1 to
+    private ones of this VPS. The VPS's own address is mapped by ``local_address``, not here."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError('must be a table of "PUBLIC" = "PRIVATE" addresses', field="vps.nat")
+    pairs: list[tuple[IPv4Address, IPv4Address]] = []
+    for key, value in raw.items():
+        field = checks.field_of("vps.nat", key)
+        public = checks.check_address(key, field)
+        private = checks.check_address(value, field)
+        if public == address:
+            raise ConfigError(f"{public} is vps.address: map it with vps.local_address instead", field=field)
+        if private in (address, local) or public == private or any(private == p for _, p in pairs):
+            raise ConfigError(f"{private} is already the VPS's address or another mapping's; each public "
+                              "address needs its own private one", field=field)
+        pairs.append((public, private))
+    return tuple(pairs)
 
 
 def _parse_tunnel(raw: dict[str, Any], vps: Vps) -> Tunnel:
     _no_unknown(raw, "tunnel", "tunnel")
     subnet = checks.check_subnet(raw.get("subnet", checks.DEFAULT_SUBNET), "tunnel.subnet")
-    if vps.address in subnet:
-        raise ConfigError(f"{subnet} contains the VPS address {vps.address}; pick another subnet", field="tunnel.subnet")
+    for own in (vps.address, vps.local_address, *(p for pair in vps.nat for p in pair)):
+        if own is not None and own in subnet:
+            raise ConfigError(f"{subnet} contains the VPS address {own}; pick another subnet", field="tunnel.subnet")
     port = checks.check_port(raw.get("port", checks.DEFAULT_PORT), "tunnel.port")
     proto = checks.check_proto(raw.get("proto", checks.DEFAULT_PROTO), "tunnel.proto")
     subnet6 = checks.check_subnet6(raw["subnet6"], "tunnel.subnet6") if "subnet6" in raw else None
@@ -229,10 +259,32 @@ def _parse_service(name: str, body: dict[str, Any], field: str, vps: Vps, homes:
         name=name, listen_address=address, listen_port=port, home=home, target_port=target_port,
         proto=proto, check=check, hostname=hostname, fallback=fallback,  # type: ignore[arg-type]
         page=page, tls_cert=tls_cert, tls_key=tls_key, backups=backups, via=via,
+        offline_copy=checks.offline_copy(body.get("offline_copy", []), f"{field}.offline_copy"),
+        offline_banner=_flag(body.get("offline_banner", True), f"{field}.offline_banner"),
     )
     if via == "proxy":
         _check_proxy(svc, field)
+    if svc.offline_copy:
+        _check_offline_copy(svc, field)
     return svc
+
+
+def _flag(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{shown(value)} must be true or false", field=field)
+    return value
+
+
+def _check_offline_copy(svc: Service, field: str) -> None:
+    """Kept pages are HTTP: a dnat service that serves the friendly page (it answers from the copy),
+    or a proxy service on port 80 (the VPS's web server keeps them; TLS passed through by SNI cannot be)."""
+    if svc.via == "proxy":
+        if svc.listen_port != 80:
+            raise ConfigError("offline_copy on a via = 'proxy' service needs port 80: TLS routed by SNI is "
+                              "passed through unread, so nothing can be kept", field=f"{field}.offline_copy")
+    elif not svc.serves_page:
+        raise ConfigError("offline_copy needs an HTTP(S) service with fallback = 'page' (kept pages are "
+                          "served by the friendly-page server)", field=f"{field}.offline_copy")
 
 
 def _parse_homes_list(value: Any, target: Any, homes: dict[str, Home], field: str) -> tuple[str, tuple[str, ...]]:
@@ -272,6 +324,11 @@ def _parse_watch(raw: dict[str, Any]) -> Watch:
         fallback_port=checks.fallback_port(raw.get("fallback_port", base.fallback_port)),
         retry_after=checks.number(raw.get("retry_after", base.retry_after), "watch.retry_after", integer=True, minimum=1, maximum=86400),
         metrics=checks.metrics(raw.get("metrics"), "watch.metrics"),
+        offline_copy_every=checks.number(raw.get("offline_copy_every", base.offline_copy_every),
+                                         "watch.offline_copy_every", integer=False, minimum=30, maximum=86400),
+        offline_copy_max_bytes=checks.number(raw.get("offline_copy_max_bytes", base.offline_copy_max_bytes),
+                                             "watch.offline_copy_max_bytes", integer=True, minimum=1024,
+                                             maximum=1024 ** 3),
     )
 
 

@@ -26,7 +26,7 @@ import threading
 import time
 
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
-from vpnoffload.watch import say, sdnotify, spawn
+from vpnoffload.watch import copies, say, sdnotify, spawn
 from vpnoffload.watch.decide import Watchdog
 from vpnoffload.watch.health import tunnel_rx_packets
 from vpnoffload.watch.hostfw import HostFirewallWatch
@@ -166,9 +166,24 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
     return 0
 
 
+def _start_copier(job: bytes) -> spawn.Child:
+    """The offline-copy fetcher (issue 16) as a short-lived lean child; its job on stdin."""
+    child = spawn.spawn(spawn.lean_argv("vpnoffload.watch.copier"), stdin=True)
+    try:
+        os.write(child.stdin, job)  # type: ignore[arg-type]  # blocks at most until the child reads it
+    except OSError:
+        pass  # it died at once: its exit status is reaped on the next tick
+    os.close(child.stdin)  # type: ignore[arg-type]
+    child.stdin = None
+    return child
+
+
 def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threading.Event) -> None:
     published = time.monotonic()
     host_firewall = HostFirewallWatch(where["run"], published)  # puts back openings a host reload wiped
+    # Refreshes the offline copies while home is healthy; a copier left running when we stop
+    # finishes on its own (each fetch is bounded by its timeouts).
+    kept = copies.CopySchedule(where["run"], _start_copier)
     seen = _mtime(where["config"])
     while not stop.is_set():
         started = time.monotonic()
@@ -183,6 +198,11 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
         except VpnOffloadError as exc:
             log.error("swap failed, will retry: %s", exc)
         pages.update(dog.page_needed())
+        try:
+            kept.tick(dog.config, dog.active(),
+                      lambda n: dog.status[n].healthy and dog.status[n].state == "forwarding")
+        except OSError as exc:
+            log.error("cannot start the offline-copy fetcher: %s", exc)
         if changed or started - published >= PUBLISH_EVERY:
             _publish(where["watch_state"], dog)
             published = started

@@ -19,16 +19,27 @@ costs bounded memory and cannot starve a new visitor:
 * the head is read up to :data:`MAX_HEAD` bytes; a longer one gets the page
   at once (every request gets the same answer, so nothing more is needed).
 
+Offline copies (issue 16): a GET or HEAD for a path a service keeps
+(:mod:`vpnoffload.watch.copies`) is answered 200 from the copy instead, with
+its content type, an ``Age`` and, for HTML, a small banner appended; the body is
+streamed from its open file :data:`FILE_CHUNK` bytes at a time (one chunk per
+connection in memory), the send deadline renewed while the visitor reads, up to
+:data:`STREAM_TIMEOUT` in all.
+
 Stdlib only (socket, selectors; ssl only when a TLS listener exists); pages
 are rendered beforehand (jinja2 is not imported here).
 """
 
 from __future__ import annotations
 
+import os
 import selectors
 import socket
 import struct
 import time
+
+from vpnoffload.watch.copyhttp import banner, copy_head, request_target
+
 TYPE_CHECKING = False  # typing costs ~1 MB resident (it imports re): annotations stay strings here
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -43,6 +54,10 @@ HANDSHAKE_TIMEOUT = 5.0
 HEAD_TIMEOUT = 5.0
 SEND_TIMEOUT = 5.0
 RETRY_AFTER = 30
+#: A kept page is read from disk this much at a time (one chunk per connection in memory).
+FILE_CHUNK = 8 * 1024
+#: The most a kept page's answer may take, however steadily the visitor reads.
+STREAM_TIMEOUT = 60.0
 ACCEPT_BATCH = 64  # accepts per wakeup, so a SYN flood cannot keep the loop from serving others
 SWEEP_EVERY = 0.25  # how often deadlines are checked (and the longest the loop sleeps)
 #: Kept for callers of the old per-recv timeout; the head deadline replaces it.
@@ -93,7 +108,8 @@ def original_destination(sock: socket.socket) -> Destination | None:
 
 
 class _Conn:
-    __slots__ = ("sock", "server", "dest", "state", "head", "out", "deadline", "events", "tls")
+    __slots__ = ("sock", "server", "dest", "state", "head", "out", "deadline", "events", "tls",
+                 "page", "offset", "tail", "until")
 
     def __init__(self, sock: Any, server: "FallbackServer", dest: Destination | None, state: int,
                  deadline: float) -> None:
@@ -102,6 +118,11 @@ class _Conn:
         self.out: memoryview | None = None
         self.events = selectors.EVENT_READ
         self.tls = state == _HANDSHAKE
+        #: A kept page being streamed (vpnoffload.watch.copies.Kept), how far, and what follows it.
+        self.page: Any = None
+        self.offset = 0
+        self.tail = b""
+        self.until = 0.0
 
 
 class Loop:
@@ -231,9 +252,29 @@ class Loop:
             conn.head += chunk
             if b"\r\n\r\n" in conn.head[start:] or len(conn.head) >= MAX_HEAD:
                 break
+        head, conn.page, conn.tail = conn.server.answer(conn.dest, conn.head)
         conn.head = bytearray()
-        conn.out = memoryview(conn.server.response_for(conn.dest))
-        conn.state, conn.deadline = _WRITE, self.clock() + SEND_TIMEOUT
+        conn.out = memoryview(head)
+        now = self.clock()
+        conn.state, conn.deadline, conn.until = _WRITE, now + SEND_TIMEOUT, now + STREAM_TIMEOUT
+        return True
+
+    def _refill(self, conn: _Conn) -> bool:
+        """The next chunk of a kept page (then its tail) into ``conn.out``; False when all is sent."""
+        page = conn.page
+        if page is not None and conn.offset < page.size:
+            chunk = os.pread(page.fd, min(FILE_CHUNK, page.size - conn.offset), conn.offset)
+            if not chunk:  # the file shrank under us (it never should: bodies are never rewritten)
+                raise OSError("kept page truncated")
+            conn.offset += len(chunk)
+            conn.out = memoryview(chunk)
+        elif conn.tail:
+            conn.out, conn.tail, conn.page = memoryview(conn.tail), b"", None
+        else:
+            conn.page = None  # let go of it: a page replaced on reload closes once nobody streams it
+            return False
+        # A visitor who keeps reading keeps the connection, up to STREAM_TIMEOUT in all.
+        conn.deadline = min(conn.until, self.clock() + SEND_TIMEOUT)
         return True
 
     def _write(self, conn: _Conn) -> None:
@@ -251,6 +292,8 @@ class Loop:
                 self._want(conn, wanted)
                 return
             conn.out = conn.out[sent:]
+            if not conn.out and not self._refill(conn):
+                break
         self._close(conn)
 
     # -------------------------------------------------------------- bookkeeping
@@ -277,6 +320,7 @@ class Loop:
             self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
+        conn.page = None
         try:
             fd = conn.sock.fileno()
         except (OSError, ValueError):
@@ -321,6 +365,9 @@ class FallbackServer:
         self.tls_contexts = tls_contexts
         self._generic = response(GENERIC_PAGE.encode(), retry_after)
         self._responses: dict[Destination, bytes] = {}
+        #: Per destination: kept path -> vpnoffload.watch.copies.Kept, and whether HTML gets the banner.
+        self._kept: dict[Destination, dict[str, Any]] = {}
+        self._banner: dict[Destination, bool] = {}
         self.set_pages(pages)
         sock = socket.socket(self.address_family, socket.SOCK_STREAM)
         try:
@@ -344,9 +391,28 @@ class FallbackServer:
         # One attribute assignment: the loop sees the old dict or the new one.
         self._responses = {dest: response(page, self.retry_after) for dest, page in pages.items()}
 
+    def set_kept(self, kept: Mapping[Destination, dict[str, Any]], banner: Mapping[Destination, bool]) -> None:
+        """The offline copies to answer from (a replaced page closes once no connection streams it)."""
+        self._kept, self._banner = dict(kept), dict(banner)
+
     def response_for(self, dest: Destination | None) -> bytes:
         found = self._responses.get(dest) if dest else None
         return found or self._generic
+
+    def answer(self, dest: Destination | None, head: bytes | bytearray) -> tuple[bytes, Any, bytes]:
+        """(what to send first, a kept page to stream after it or None, what follows that page).
+
+        A GET/HEAD for a kept path of ``dest``'s service is answered from the copy;
+        everything else gets the friendly page, as before."""
+        kept = self._kept.get(dest) if dest else None
+        if kept:
+            method, target = request_target(head)
+            page = kept.get(target) if method in ("GET", "HEAD") and target else None
+            if page is not None:
+                tail = banner(page.fetched) if page.html and self._banner.get(dest, True) else b""
+                first = copy_head(page, len(tail))
+                return (first, None, b"") if method == "HEAD" else (first, page, tail)
+        return self.response_for(dest), None, b""
 
     def start(self) -> Any:
         """Serve in a thread of its own (the page server process runs one :class:`Loop` in its main thread)."""

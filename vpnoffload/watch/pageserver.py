@@ -21,7 +21,7 @@ import signal
 import sys
 
 from vpnoffload.errors import BackendError, VpnOffloadError
-from vpnoffload.watch import say
+from vpnoffload.watch import copies, say
 from vpnoffload.watch.page import MAX_CONNECTIONS, Destination, FallbackServer, FallbackServer6, Loop
 from vpnoffload.watch.snapshot import ConfigView, _options, fetch
 
@@ -41,6 +41,20 @@ def load_pages(config: ConfigView, pages_dir: str) -> dict[Destination, bytes]:
             except OSError as exc:
                 raise BackendError(f"cannot read the friendly page {path}: {exc.strerror or exc}") from None
     return pages
+
+
+def load_kept(config: ConfigView) -> tuple[dict[Destination, dict], dict[Destination, bool]]:
+    """The offline copies of each page service (issue 16), opened now (while still root), by destination;
+    and whether its HTML copies get the banner."""
+    run = config.data["paths"]["run"]
+    kept: dict[Destination, dict] = {}
+    banners: dict[Destination, bool] = {}
+    for svc in config.services.values():
+        if svc.serves_page and svc.offline_copy:
+            dest = (svc.listen_address, svc.listen_port)
+            kept[dest] = copies.open_kept(run, svc.name, svc.offline_copy)
+            banners[dest] = bool(svc.offline_banner)
+    return kept, banners
 
 
 def tls_contexts(config: ConfigView) -> dict[Destination, object] | None:
@@ -121,6 +135,10 @@ def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir:
     raise_fd_limit()
     config = ConfigView(fetch(config_path, state_dir))
     servers = start_servers(config, load_pages(config, pages_dir))
+    kept, banners = load_kept(config)
+    for s in servers:
+        s.set_kept(kept, banners)
+    del kept  # the servers hold the pages: one replaced on reload closes when nobody streams it
     loop = Loop(servers)
     reload = [False]
 
@@ -150,12 +168,15 @@ def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir:
             log.error("running unprivileged: restart the page server to reload (vpnoffload up vps does)")
             return
         try:
-            pages = load_pages(ConfigView(fetch(config_path, state_dir)), pages_dir)
+            fresh = ConfigView(fetch(config_path, state_dir))
+            pages = load_pages(fresh, pages_dir)
         except VpnOffloadError as exc:
             log.error("reload failed, keeping the old pages: %s", exc)
             return
+        kept, banners = load_kept(fresh)
         for s in servers:
             s.set_pages(pages)
+            s.set_kept(kept, banners)
         log.warning("pages reloaded")
 
     try:

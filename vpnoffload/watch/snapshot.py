@@ -49,6 +49,8 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
             "ipv6": svc.ipv6 and svc.via == "dnat", "listen_address": key(svc.listen_address),
             "listen_port": svc.listen_port,
             "tls_cert": str(svc.tls_cert) if svc.tls_cert else None, "tls_key": str(svc.tls_key) if svc.tls_key else None,
+            # Kept pages (issue 16) only where the VPS itself keeps them: proxy services are nginx's.
+            "offline_copy": list(svc.offline_copy) if svc.via == "dnat" else [], "offline_banner": svc.offline_banner,
         })
     w = config.watch
     data: dict = {
@@ -58,7 +60,8 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
         "vps_address": str(config.vps.address),
         "tunnel_device": config.tunnel.device,
         "watch": {"interval": float(w.interval), "timeout": float(w.timeout), "fall": w.fall, "rise": w.rise,
-                  "metrics": w.metrics, "fallback_port": w.fallback_port, "retry_after": w.retry_after},
+                  "metrics": w.metrics, "fallback_port": w.fallback_port, "retry_after": w.retry_after,
+                  "offline_copy_every": float(w.offline_copy_every), "offline_copy_max_bytes": w.offline_copy_max_bytes},
         "homes": {name: str(home.address) for name, home in config.homes.items()},
         "services": services,
         "server_running": state.server_running(paths),
@@ -161,7 +164,8 @@ class ServiceView:
     """What the watchdog and page server read of a ``model.Service``."""
 
     __slots__ = ("name", "homes", "home", "backups", "target_port", "check", "hostname", "fallback", "serves_page",
-                 "page_over_tls", "ipv6", "listen_address", "listen_port", "tls_cert", "tls_key")
+                 "page_over_tls", "ipv6", "listen_address", "listen_port", "tls_cert", "tls_key",
+                 "offline_copy", "offline_banner")
 
     def __init__(self, d: dict) -> None:
         self.name, self.homes = d["name"], tuple(d["homes"])
@@ -171,6 +175,7 @@ class ServiceView:
         self.page_over_tls, self.ipv6 = d["page_over_tls"], d["ipv6"]
         self.listen_address, self.listen_port = d["listen_address"], d["listen_port"]
         self.tls_cert, self.tls_key = d["tls_cert"], d["tls_key"]
+        self.offline_copy, self.offline_banner = tuple(d.get("offline_copy", ())), d.get("offline_banner", True)
 
 
 class HomeView:
@@ -181,11 +186,13 @@ class HomeView:
 
 
 class WatchView:
-    __slots__ = ("interval", "timeout", "fall", "rise", "metrics", "fallback_port", "retry_after")
+    __slots__ = ("interval", "timeout", "fall", "rise", "metrics", "fallback_port", "retry_after",
+                 "offline_copy_every", "offline_copy_max_bytes")
+    _DEFAULTS = {"offline_copy_every": 600.0, "offline_copy_max_bytes": 20 * 1024 * 1024}
 
     def __init__(self, d: dict) -> None:
         for name in self.__slots__:
-            setattr(self, name, d[name])
+            setattr(self, name, d[name] if name in d or name not in self._DEFAULTS else self._DEFAULTS[name])
 
 
 class TunnelView:
