@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from vpnoffload.lab import probes
 from vpnoffload.errors import BackendError, ConfigError, PrerequisiteError
 
 DEFAULT_PREFIX = "vpnolab"
@@ -279,7 +280,7 @@ class Lab:
 
         With ``wait`` > 0, retries until 'open' or ``wait`` seconds have passed.
         """
-        out = self.exec(host, sys.executable, "-c", _PROBE, address, str(port), str(timeout), str(wait),
+        out = self.exec(host, sys.executable, "-c", probes.PROBE, address, str(port), str(timeout), str(wait),
                         timeout=timeout + wait + 10)
         return out.stdout.strip()
 
@@ -289,7 +290,7 @@ class Lab:
 
     def http_get(self, host: str, url: str, *, timeout: float = 2.0) -> tuple[int, str]:
         """GET ``url`` from ``host`` (no proxy): (status, body); (0, reason) if no reply came."""
-        out = self.exec(host, sys.executable, "-c", _HTTP_GET, url, str(timeout), timeout=timeout + 10)
+        out = self.exec(host, sys.executable, "-c", probes.HTTP_GET, url, str(timeout), timeout=timeout + 10)
         status, _, body = out.stdout.partition("\n")
         return int(status), body
 
@@ -385,38 +386,3 @@ def process_name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "(exited)"
-
-
-# Small programs run inside a namespace by tcp_probe and http_get.
-_PROBE = """
-import errno, socket, sys, time
-addr, port, timeout, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-deadline = time.monotonic() + wait
-while True:
-    try:
-        socket.create_connection((addr, port), timeout=timeout).close()
-        result = "open"
-    except ConnectionRefusedError:
-        result = "refused"
-    except TimeoutError:
-        result = "timeout"
-    except OSError as exc:
-        result = "unreachable" if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH) else f"error {exc.errno}"
-    if result == "open" or time.monotonic() >= deadline:
-        break
-    time.sleep(0.05)
-print(result)
-"""
-
-_HTTP_GET = """
-import sys, urllib.error, urllib.request
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-try:
-    with opener.open(sys.argv[1], timeout=float(sys.argv[2])) as reply:
-        status, body = reply.status, reply.read()
-except urllib.error.HTTPError as exc:
-    status, body = exc.code, exc.read()
-except (urllib.error.URLError, OSError) as exc:
-    status, body = 0, str(getattr(exc, "reason", exc)).encode()
-sys.stdout.write(f"{status}\\n" + body.decode(errors="replace"))
-"""
