@@ -134,6 +134,10 @@ def systemd_manages_this_netns() -> bool:
         return False
     try:
         return os.readlink("/proc/self/ns/net") == os.readlink("/proc/1/ns/net")
+    except PermissionError:
+        # PID 1's namespaces need CAP_SYS_PTRACE, which the sandboxed watchdog unit
+        # lacks; a process systemd started as a service (INVOCATION_ID) is in its netns.
+        return bool(os.environ.get("INVOCATION_ID"))
     except OSError:
         return False
 
@@ -163,8 +167,9 @@ class SystemdTunnel:
         if self.wrapper is not None:
             fsio.make_dir(self.wrapper.parent, 0o755)
             fsio.write_atomic(self.wrapper, self.wrapper_text, 0o644)
+        # Started, never enabled: only `up` (at boot, the vpnoffload-vps/-home unit) starts
+        # OpenVPN, so after a power cut it cannot come up before our rules are back.
         # --no-block: a client unit is "active" only once connected; wait_ready bounds that wait.
-        self._systemctl("enable", self.unit)
         self._systemctl("start", "--no-block", self.unit)
 
     def stop(self) -> None:
