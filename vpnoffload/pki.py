@@ -32,34 +32,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
-from vpnoffload import fsio, names
+from vpnoffload import certs, fsio, names
+from vpnoffload.certs import Kind, tls_crypt_key_text  # noqa: F401 (tls_crypt_key_text: part of the PKI's API)
 from vpnoffload.errors import ConfigError, NotSetUpError, VpnOffloadError
 from vpnoffload.fsio import write_atomic
 
-Kind = Literal["ca", "server", "client"]
-
-#: No renewal command exists, and an expired certificate silently takes the
-#: tunnel down, so everything lives ~10 years; compromise is handled by the CRL.
-CA_LIFETIME = dt.timedelta(days=3650)
-LEAF_LIFETIME = dt.timedelta(days=3650)  # capped at the CA's own expiry
-#: OpenVPN >= 2.4 refuses *every* client once the CRL's nextUpdate has passed
-#: ("CRL has expired"), which is a classic cause of sudden outages with
-#: easy-rsa's 180-day default. Nothing here re-signs the CRL on a timer, so it
-#: is valid as long as the CA; each revoke re-signs it anyway.
-CRL_LIFETIME = dt.timedelta(days=3650)
-#: The home box checks the server certificate with its own clock; backdating
-#: tolerates a home clock that runs a little behind the VPS's.
-BACKDATE = dt.timedelta(hours=1)
 
 _INDEX = "index.json"
-_TLS_CRYPT_BYTES = 256  # 2048 bits, the size `openvpn --genkey secret` makes
 
 
 @dataclass(frozen=True)
@@ -77,42 +62,6 @@ def check_name(name: str, *, allow_reserved: bool = False) -> str:
     ``allow_reserved`` is for looking up or creating vpnoffload's own (server) certificate.
     """
     return names.check_name(name, allow_reserved=allow_reserved)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-
-
-def _new_key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _cert_pem(cert: x509.Certificate) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _cn(name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-
-
-def tls_crypt_key_text(raw: bytes) -> str:
-    """Format 256 random bytes as OpenVPN's "Static key V1" (16 lines of 32 hex digits)."""
-    if len(raw) != _TLS_CRYPT_BYTES:
-        raise VpnOffloadError(f"tls-crypt key must be {_TLS_CRYPT_BYTES} bytes")
-    hexed = raw.hex()
-    lines = [hexed[i : i + 32] for i in range(0, len(hexed), 32)]
-    return (
-        "#\n# 2048 bit OpenVPN static key\n#\n"
-        "-----BEGIN OpenVPN Static key V1-----\n"
-        + "\n".join(lines)
-        + "\n-----END OpenVPN Static key V1-----\n"
-    )
 
 
 class Pki:
@@ -204,26 +153,12 @@ class Pki:
     def _build(self, server_name: str) -> None:
         for sub in ("certs", "keys"):
             (self.directory / sub).mkdir(mode=0o700)
-        ca_key = _new_key()
-        now = _now()
-        subject = _cn(f"vpnoffload CA {secrets.token_hex(4)}")
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(now + CA_LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_key_usage(cert_sign=True), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        write_atomic(self.directory / "ca.key", _key_pem(ca_key), 0o600)
-        write_atomic(self.directory / "ca.crt", _cert_pem(ca_cert), 0o644)
+        ca_key = certs.new_key()
+        ca_cert = certs.ca_certificate(ca_key)
+        write_atomic(self.directory / "ca.key", certs.key_pem(ca_key), 0o600)
+        write_atomic(self.directory / "ca.crt", certs.cert_pem(ca_cert), 0o644)
         self._issue(server_name, "server")
-        write_atomic(self.directory / "tls-crypt.key", tls_crypt_key_text(secrets.token_bytes(_TLS_CRYPT_BYTES)), 0o600)
+        write_atomic(self.directory / "tls-crypt.key", certs.new_tls_crypt_key(), 0o600)
         self._write_crl()
 
     @classmethod
@@ -265,57 +200,24 @@ class Pki:
         if record["revoked"]:
             raise ConfigError(f"the certificate of {name!r} is already revoked")
         record["revoked"] = True
-        self._index["revoked"].append({"name": name, "serial": record["serial"], "revoked_at": _now().isoformat()})
+        self._index["revoked"].append({"name": name, "serial": record["serial"], "revoked_at": certs.now().isoformat()})
         self._write_crl()
 
     def _issue(self, name: str, kind: Kind) -> None:
         ca_key, ca_cert = self._ca()
-        key = _new_key()
-        now = _now()
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if kind == "server" else ExtendedKeyUsageOID.CLIENT_AUTH
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_cn(name))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - BACKDATE)
-            .not_valid_after(min(now + LEAF_LIFETIME, ca_cert.not_valid_after_utc))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            # digitalSignature is all an ECDSA key does in (EC)DHE TLS 1.2/1.3;
-            # OpenVPN's remote-cert-tls requires the KU extension to be present.
-            .add_extension(_key_usage(), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(_aki(ca_cert), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        write_atomic(self._key_path(name), _key_pem(key), 0o600)
-        write_atomic(self._cert_path(name), _cert_pem(cert), 0o644)
+        key = certs.new_key()
+        cert = certs.leaf_certificate(name, kind, ca_key, ca_cert, key)
+        write_atomic(self._key_path(name), certs.key_pem(key), 0o600)
+        write_atomic(self._cert_path(name), certs.cert_pem(cert), 0o644)
         self._index["certs"][name] = {"kind": kind, "serial": cert.serial_number, "revoked": False}
         self._save_index()
 
     def _write_crl(self) -> None:
         ca_key, ca_cert = self._ca()
-        now = _now()
         self._index["crl_number"] += 1
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(ca_cert.subject)
-            .last_update(now - BACKDATE)
-            .next_update(now + CRL_LIFETIME)
-            .add_extension(x509.CRLNumber(self._index["crl_number"]), critical=False)
-            .add_extension(_aki(ca_cert), critical=False)
-        )
-        for entry in self._index["revoked"]:
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder()
-                .serial_number(entry["serial"])
-                .revocation_date(dt.datetime.fromisoformat(entry["revoked_at"]))
-                .build()
-            )
-        crl = builder.sign(ca_key, hashes.SHA256())
-        write_atomic(self.directory / "crl.pem", crl.public_bytes(serialization.Encoding.PEM), 0o644)
+        revoked = [(e["serial"], dt.datetime.fromisoformat(e["revoked_at"])) for e in self._index["revoked"]]
+        crl = certs.crl_pem(ca_key, ca_cert, self._index["crl_number"], revoked)
+        write_atomic(self.directory / "crl.pem", crl, 0o644)
         self._save_index()
 
     def snapshot(self) -> Callable[[], None]:
@@ -406,20 +308,3 @@ class Pki:
             raise NotSetUpError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _key_usage(*, cert_sign: bool = False) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not cert_sign,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )
-
-
-def _aki(ca_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
-    ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
