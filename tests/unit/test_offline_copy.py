@@ -388,3 +388,80 @@ def test_banner_can_be_turned_off(tmp_path: Path, monkeypatch) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ------------------------------------------------------------------ via = "proxy": nginx keeps them itself
+
+PROXY = """\
+[vps]
+address = "203.0.113.10"
+[tunnel]
+subnet = "198.51.100.0/24"
+[homes.home]
+address = "198.51.100.2"
+[services.blog]
+listen = "80"
+target = "8080"
+hostname = "blog.example.org"
+via = "proxy"
+check = "http:/"
+offline_copy = ["/", "/about.html", "/feed?page=1"]
+[services.shop]
+listen = "80"
+target = "8081"
+hostname = "shop.example.org"
+via = "proxy"
+"""
+WEB_OUT = Path("/etc/vpnoffload/web")
+
+
+def _golden(name: str, text: str) -> None:
+    from tests.unit.test_webserver import golden
+
+    golden(name, text)
+
+
+def test_nginx_render_with_kept_pages() -> None:
+    from vpnoffload.render import webserver
+
+    text = webserver.nginx_files(parse_text(PROXY), WEB_OUT)[WEB_OUT / "vpnoffload.conf"]
+    _golden("nginx-http-offline.conf", text)
+    assert "proxy_cache_path /etc/vpnoffload/web/cache " in text and "max_size=20m" in text
+    assert text.count("location = ") == 2 and "location = /feed" not in text  # no query strings in locations
+    assert "proxy_cache_use_stale error timeout" in text
+
+
+def test_haproxy_render_documents_the_limitation() -> None:
+    from vpnoffload.render import webserver
+
+    text = webserver.haproxy_files(parse_text(PROXY), WEB_OUT)[WEB_OUT / "vpnoffload.cfg"]
+    _golden("haproxy-offline.cfg", text)
+    assert "offline_copy (/ /about.html): HAProxy's cache cannot" in text
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is not installed")
+def test_real_nginx_accepts_the_kept_pages(tmp_path: Path) -> None:
+    import subprocess
+
+    from vpnoffload.render import webserver
+
+    out = tmp_path / "web"
+    webserver.render_nginx(parse_text(PROXY), out)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+                    f"http {{\n  include {out}/*.conf;\n}}\n")
+    proc = subprocess.run(["/usr/sbin/nginx", "-t", "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
+                           "-c", str(conf)], capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(not Path("/usr/sbin/haproxy").exists(), reason="haproxy is not installed")
+def test_real_haproxy_accepts_the_kept_pages(tmp_path: Path) -> None:
+    import subprocess
+
+    from vpnoffload.render import webserver
+
+    webserver.render_haproxy(parse_text(PROXY), tmp_path)
+    proc = subprocess.run(["/usr/sbin/haproxy", "-c", "-f", str(tmp_path / "vpnoffload.cfg")],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0 and "WARNING" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr

@@ -71,6 +71,8 @@ class Site:
     upstreams: tuple[Upstream, ...]
     page: bool  # the friendly page while home is down (else nginx's plain 502 / a closed connection)
     tls: bool  # port 443: passed through by SNI, never decrypted here
+    #: offline_copy paths nginx keeps and serves stale while home is down (exact locations: no query strings).
+    kept: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ def _site(config: Config, svc: Service) -> Site:
         upstreams=upstreams,
         page=svc.serves_page and not svc.sni_routed,
         tls=svc.sni_routed,
+        kept=tuple(conf_word(p, f"services.{svc.name}.offline_copy") for p in svc.offline_copy
+                   if "?" not in p and not svc.sni_routed),
     )
 
 
@@ -152,6 +156,10 @@ def _render(template: str, config: Config, out: Path, **values: object) -> str:
         local_https=conf_word(config.proxy.local_https, "proxy.local_https"),
         local_http=conf_word(config.proxy.local_http, "proxy.local_http"),
         retry_after=config.watch.retry_after,
+        kept_any=any(site.kept for site in found),
+        cache=conf_word(out / "cache", "--out"),
+        cache_max=max(1, config.watch.offline_copy_max_bytes // (1024 * 1024)),
+        cache_valid=int(config.watch.offline_copy_every),
         **values,
     )
 
