@@ -71,6 +71,9 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
     # rewrites them until `up vps`, which then forgets that state).
     services = [_service(config, name, known.get(name), live_probe, watchdog=pid is not None)
                 for name in config.services]
+    for entry in services:
+        if config.services[entry["name"]].offline_copy:
+            entry["offline_copy"] = _kept(config, paths, entry["name"])
     data = {
         "tunnel": {"up": tunnel_up, "server_running": server_running, "homes": homes},
         "watchdog": {"running": pid is not None, "pid": pid, "updated": state.get("updated") if pid else None},
@@ -79,6 +82,16 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
     }
     bad = not tunnel_up or any(s["state"] != "forwarding" or not s["healthy"] for s in services)
     return Report(data, ExitStatus.UNHEALTHY if bad else ExitStatus.OK)
+
+
+def _kept(config: Config, paths: Paths, name: str) -> dict[str, Any]:
+    """How many of the service's offline_copy pages are kept, their age, the last fetch (issue 16)."""
+    svc = config.services[name]
+    if svc.via == "proxy":
+        return {"kept_by": config.proxy.server, "paths": len(svc.offline_copy)}
+    from vpnoffload.watch.copies import summary
+
+    return {"paths": len(svc.offline_copy), **summary(str(paths.run), name)}
 
 
 def _host_firewall(paths: Paths) -> dict[str, Any]:
@@ -132,6 +145,15 @@ def render_text(data: dict[str, Any]) -> list[str]:
                      _ago(s["last_check"]), latency, _ago(s["last_change"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    for s in data["services"]:
+        kept = s.get("offline_copy")
+        if kept and "kept_by" in kept:
+            lines.append(f"offline copy of {s['name']}: {kept['paths']} page(s) kept by {kept['kept_by']}")
+        elif kept:
+            age = "-" if kept["oldest_age"] is None else _ago(time.time() - kept["oldest_age"]).removesuffix(" ago")
+            lines.append(f"offline copy of {s['name']}: {kept['kept']}/{kept['paths']} page(s) kept "
+                         f"({kept['bytes']} bytes, oldest {age}), last fetch {_ago(kept['last_fetch'])}: "
+                         f"{kept['result'] or 'none yet'}")
     if "host_firewall" in data:
         from vpnoffload.firewall.host_plan import render_status
 

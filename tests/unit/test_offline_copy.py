@@ -465,3 +465,36 @@ def test_real_haproxy_accepts_the_kept_pages(tmp_path: Path) -> None:
     proc = subprocess.run(["/usr/sbin/haproxy", "-c", "-f", str(tmp_path / "vpnoffload.cfg")],
                           capture_output=True, text=True, timeout=30, check=False)
     assert proc.returncode == 0 and "WARNING" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------ status and metrics
+
+
+def test_metrics_and_status_show_the_copies(tmp_path: Path) -> None:
+    from vpnoffload import status
+    from vpnoffload.watch import metrics
+
+    run = str(tmp_path)
+    os.makedirs(copies.service_dir(run, "blog"))
+    copies.write_index(run, "blog", {"format": 1, "last_fetch": 1000.0, "result": "1/1 fetched",
+                                     "pages": {"/": {"file": "x", "size": 7, "fetched": 900.0}}})
+    assert copies.summary(run, "blog", now=1000.0) == {"kept": 1, "bytes": 7, "oldest_age": 100,
+                                                      "last_fetch": 1000.0, "result": "1/1 fetched"}
+
+    class Dog:
+        class config:  # noqa: N801
+            services = {"blog": _Svc("blog", ("/",)), "git": _Svc("git", ())}
+        status: dict = {}
+
+    text = metrics.exposition(Dog, run)  # type: ignore[arg-type]
+    assert 'vpnoffload_offline_copy_pages{service="blog"} 1' in text
+    assert 'vpnoffload_offline_copy_age_seconds{service="blog"} ' in text and 'service="git"' not in text
+    assert "offline_copy" not in metrics.exposition(Dog)  # type: ignore[arg-type]
+    data = {"tunnel": {"up": True, "server_running": True, "homes": []},
+            "watchdog": {"running": True, "pid": 1, "updated": None},
+            "services": [{"name": "blog", "listen": "203.0.113.10:80/tcp", "target": "home:8080", "state": "fallback",
+                          "home": None, "fallback": "page", "healthy": False, "last_check": None, "latency_ms": None,
+                          "last_change": None, "path": "dnat", "hostname": None,
+                          "offline_copy": {"paths": 2, **copies.summary(run, "blog")}}]}
+    line = [ln for ln in status.render_text(data) if ln.startswith("offline copy of blog")]
+    assert line and "1/2 page(s) kept (7 bytes" in line[0] and "1/1 fetched" in line[0]

@@ -153,7 +153,7 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
         if config.watch.metrics:
             from vpnoffload.watch.metrics import MetricsServer
 
-            metrics = MetricsServer(config.watch.metrics, dog)
+            metrics = MetricsServer(config.watch.metrics, dog, where["run"])
             metrics.start()
         sdnotify.notify("READY=1")
         log.warning("watching %d service(s) every %gs", len(config.services), config.watch.interval)

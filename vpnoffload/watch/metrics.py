@@ -8,7 +8,8 @@ import threading
 from vpnoffload.watch.decide import Watchdog
 
 
-def exposition(dog: Watchdog) -> str:
+def exposition(dog: Watchdog, run: str | None = None) -> str:
+    """The metrics text; ``run``: the state's run directory (for the offline copies' age)."""
     lines = [
         "# HELP vpnoffload_service_forwarding 1 while the service is forwarded home, 0 on fallback.",
         "# TYPE vpnoffload_service_forwarding gauge",
@@ -22,7 +23,26 @@ def exposition(dog: Watchdog) -> str:
     lines += [f'vpnoffload_check_latency_seconds{{service="{s.name}"}} {s.latency or 0:.6f}' for s in statuses]
     lines += ["# HELP vpnoffload_swaps_total Swaps between home and fallback.", "# TYPE vpnoffload_swaps_total counter"]
     lines += [f'vpnoffload_swaps_total{{service="{s.name}"}} {s.swaps}' for s in statuses]
+    lines += _copies(dog, run)
     return "\n".join(lines) + "\n"
+
+
+def _copies(dog: Watchdog, run: str | None) -> list[str]:
+    """The offline copies' age and count (issue 16), from their index files."""
+    kept = [svc.name for svc in dog.config.services.values() if getattr(svc, "offline_copy", ())]
+    if run is None or not kept:
+        return []
+    from vpnoffload.watch.copies import summary
+
+    found = {name: summary(run, name) for name in kept}
+    lines = ["# HELP vpnoffload_offline_copy_pages Pages kept for the service while home is down.",
+             "# TYPE vpnoffload_offline_copy_pages gauge"]
+    lines += [f'vpnoffload_offline_copy_pages{{service="{n}"}} {s["kept"]}' for n, s in found.items()]
+    lines += ["# HELP vpnoffload_offline_copy_age_seconds Age of the oldest kept page.",
+              "# TYPE vpnoffload_offline_copy_age_seconds gauge"]
+    lines += [f'vpnoffload_offline_copy_age_seconds{{service="{n}"}} {s["oldest_age"]}'
+              for n, s in found.items() if s["oldest_age"] is not None]
+    return lines
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -32,7 +52,7 @@ class _Handler(socketserver.StreamRequestHandler):
         self.connection.settimeout(5)
         try:
             self.rfile.readline(8192)
-            body = exposition(self.server.dog).encode()
+            body = exposition(self.server.dog, self.server.run).encode()
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
                              + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
         except OSError:
@@ -43,9 +63,9 @@ class MetricsServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, listen: str, dog: Watchdog) -> None:
+    def __init__(self, listen: str, dog: Watchdog, run: str | None = None) -> None:
         host, _, port = listen.rpartition(":")
-        self.dog = dog
+        self.dog, self.run = dog, run
         super().__init__((host, int(port)), _Handler)
 
     def start(self) -> None:
