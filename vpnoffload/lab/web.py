@@ -6,7 +6,9 @@
 IPv4 addresses, not as ::ffff:a.b.c.d).
 
 ``GET /`` returns a small HTML page ("served from home; you are 192.0.2.2"),
-``GET /whoami`` the client address as one line of plain text. Because the lab
+``GET /whoami`` the client address as one line of plain text, ``GET /about.html``
+a page every visitor gets alike (cacheable, with an ETag: what an offline copy
+keeps) and ``GET /private`` one marked ``Cache-Control: private, no-store``. Because the lab
 has no NAT, the address shown is the visitor's real one: proof that the VPS
 forwarded the connection rather than proxying it. Logs nothing per request.
 """
@@ -21,6 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>vpnoffload lab</title></head>
 <body><h1>served from {name}</h1><p>you are {client}</p></body></html>
+"""
+ABOUT = """<!doctype html>
+<html><head><meta charset="utf-8"><title>about</title></head>
+<body><h1>about this site</h1><p>written at {name}</p></body></html>
 """
 
 
@@ -43,13 +49,20 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/":
             status, ctype = 200, "text/html; charset=utf-8"
             body = PAGE.format(name=html.escape(self.name), client=html.escape(client))
+        elif path in ("/about.html", "/private"):
+            status, ctype = 200, "text/html; charset=utf-8"
+            body = ABOUT.format(name=html.escape(self.name))
         else:
             status, ctype, body = 404, "text/plain; charset=utf-8", "not found\n"
         data = body.encode()
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
+        if path == "/about.html":
+            self.send_header("Cache-Control", "public, max-age=60")
+            self.send_header("ETag", f'"{len(data)}-{self.name}"')
+        else:
+            self.send_header("Cache-Control", "private, no-store" if path == "/private" else "no-store")
         self.end_headers()
         if send_body:
             self.wfile.write(data)
