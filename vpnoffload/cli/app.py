@@ -101,14 +101,20 @@ def init(
     proto: Annotated[str, typer.Option(help="OpenVPN transport: udp or tcp.")] = "udp",
     home: Annotated[str, typer.Option(help="Name of the first home box.")] = "home",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config and PKI.")] = False,
+    local_address: Annotated[Optional[str], typer.Option("--local-address", help="1:1-NAT clouds: the private address the provider maps --vps-address to (default: found on this host when --vps-address is on no interface).")] = None,
 ) -> None:
     """Write the config file and create the PKI (CA, server and first home box certificates)."""
     from vpnoffload.config import edits
+    from vpnoffload.routing import nat
 
     paths = context(ctx).paths
-    edits.init(paths, vps_address=vps_address, tunnel_subnet=tunnel_subnet, tunnel_subnet6=tunnel_subnet6,
-               port=port, proto=proto, home=home, force=force)
+    found = edits.init(paths, vps_address=vps_address, tunnel_subnet=tunnel_subnet, tunnel_subnet6=tunnel_subnet6,
+                       port=port, proto=proto, home=home, force=force, local_address=local_address,
+                       find_local=nat.find_local)
     typer.echo(f"wrote {paths.config}")
+    if local_address is None and found is not None and found.natted:
+        typer.echo(f"{found}: wrote [vps] local_address = \"{found.local}\" (a 1:1-NAT cloud; "
+                   "--local-address sets another)")
     typer.echo(f"created PKI in {paths.pki} (CA, server, home box {home!r})")
     typer.echo("next: vpnoffload service add NAME --listen PORT --target PORT")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -22,7 +22,7 @@ from vpnoffload import fsio, locks
 from vpnoffload.config import checks
 from vpnoffload.config.files import (CONFIG_DIR_MODE, initial_text, load, next_home_address, parse_text,
                                      prepare_edit, write_config)
-from vpnoffload.errors import ConfigError
+from vpnoffload.errors import ConfigError, VpnOffloadError
 from vpnoffload.model import Config, Service
 from vpnoffload.names import shown
 from vpnoffload.paths import Paths
@@ -61,14 +61,34 @@ def _check_config_file(path: Path) -> None:
 
 
 def init(paths: Paths, *, vps_address: str, tunnel_subnet: str, tunnel_subnet6: str | None, port: int,
-         proto: str, home: str, force: bool) -> None:
-    """Write the first config and create the PKI (CA, server, the first home), or change nothing."""
+         proto: str, home: str, force: bool, local_address: str | None = None,
+         find_local: Callable[[IPv4Address], Any] | None = None) -> Any:
+    """Write the first config and create the PKI (CA, server, the first home), or change nothing.
+
+    ``local_address`` (``--local-address``): the private address a 1:1-NAT cloud
+    maps ``vps_address`` to. Without it ``find_local`` (say
+    :func:`vpnoffload.routing.nat.find_local`; None: do not look) tells where
+    ``vps_address`` arrives on this host; when it is on no interface, the
+    address it would arrive as is written as ``[vps] local_address``. Returns
+    what ``find_local`` found (a ``routing.nat.Mapping``), or None.
+    """
     from vpnoffload.pki import Pki
 
     checks.check_port(port, "--port")
     checks.check_proto(proto, "--proto")
     checks.check_name(home, "--home")
-    text = initial_text(vps_address, tunnel_subnet, port, proto, home, subnet6=tunnel_subnet6)
+    public = checks.check_address(vps_address, "--vps-address")
+    found, why = None, None
+    if local_address is not None:
+        local_address = str(checks.check_address(local_address, "--local-address"))
+        why = "given to init as --local-address"
+    elif find_local is not None:
+        with contextlib.suppress(VpnOffloadError):  # not found (no route, no netlink): the user sets it, up says so
+            found = find_local(public)
+        if found is not None and found.natted:
+            local_address, why = str(found.local), f"found by init on {found.device}"
+    text = initial_text(vps_address, tunnel_subnet, port, proto, home, subnet6=tunnel_subnet6,
+                        local_address=local_address, local_why=why)
     parse_text(text, "init")  # raises on a bad address / overlapping subnet
     _check_config_file(paths.config)
     if paths.config.exists() and not force:
@@ -87,6 +107,7 @@ def init(paths: Paths, *, vps_address: str, tunnel_subnet: str, tunnel_subnet6: 
                 os.unlink(locks.edit_lock_path(paths.config))
                 directory.rmdir()
         raise
+    return found
 
 
 # ------------------------------------------------------------------ services

@@ -97,8 +97,13 @@ def edit(path: Path, change: Callable[[Any], None]) -> Config:
     return config
 
 
-def initial_text(vps_address: str, subnet: str, port: int, proto: str, home: str, subnet6: str | None = None) -> str:
-    """The config ``init`` writes, with comments that explain each field."""
+def initial_text(vps_address: str, subnet: str, port: int, proto: str, home: str, subnet6: str | None = None,
+                 local_address: str | None = None, local_why: str | None = None) -> str:
+    """The config ``init`` writes, with comments that explain each field.
+
+    ``local_address``: the private address a 1:1-NAT cloud maps ``vps_address`` to;
+    ``local_why`` says how init came to it (found on an interface, or given).
+    """
     import tomlkit
 
     net = checks.check_subnet(subnet, "--tunnel-subnet")
@@ -108,6 +113,11 @@ def initial_text(vps_address: str, subnet: str, port: int, proto: str, home: str
     vps = tomlkit.table()
     vps.add(tomlkit.comment("The VPS's public IPv4 address; services listen here unless they name another."))
     vps.add("address", vps_address)
+    if local_address is not None:
+        vps.add(tomlkit.comment(f"{vps_address} is on no interface of this VPS: the provider's router maps it 1:1 to"))
+        vps.add(tomlkit.comment(f"this private address ({local_why or 'given to init'}). OpenVPN binds it, DNAT and the"))
+        vps.add(tomlkit.comment("friendly page match it; home boxes still dial the public address."))
+        vps.add("local_address", local_address)
     doc.add("vps", vps)
     tunnel = tomlkit.table()
     tunnel.add(tomlkit.comment("The OpenVPN tunnel between the VPS (first address of the subnet) and the home boxes."))

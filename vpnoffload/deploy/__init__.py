@@ -189,7 +189,7 @@ def _page_actions(config: Config, paths: Paths, daemon: Any, needed: bool = Fals
     scratch = _scratch(paths)
     pages.render_pages(config, scratch)
     # What the server listens on is part of what it was started with: a change restarts it.
-    listen = f"{config.vps.address}:{config.watch.fallback_port} retry-after {config.watch.retry_after}\n"
+    listen = f"{config.vps.bind_address}:{config.watch.fallback_port} retry-after {config.watch.retry_after}\n"
     listen += "".join(f"{s.name} tls {s.tls_cert} {s.tls_key}\n" for s in config.services.values() if s.page_over_tls)
     if any(s.serves_page for s in config.ipv6_services):
         listen += f"[::]:{config.watch.fallback_port}\n"
@@ -268,7 +268,11 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     # during an outage must not send visitors back to a dead home.
     targets = current_targets(config, paths)
     actions += firewall.plan(backends.firewall, firewall.vps_ruleset(config, active=targets))
-    interface = config.vps.interface or backends.routing.find_interface(config.vps.address)
+    # OpenVPN and the page server bind vps.local_address (1:1 NAT) or vps.address: it must be here.
+    from vpnoffload.routing.nat import require_bindable
+
+    require_bindable(config, backends.routing)
+    interface = config.vps.interface or backends.routing.find_interface(config.vps.bind_address)
     if backends.host is not None:  # a drop in the host's own firewall would be final: open what we need there
         from vpnoffload.firewall.hostfw import vps_openings
 

@@ -227,6 +227,18 @@ def check_host_firewall(config: Config | None) -> list[Finding]:
     return [Finding(level, check, detail, hint) for level, check, detail, hint in doctor_findings(config)]  # type: ignore[arg-type]
 
 
+def check_vps_address(config: Config, backend: object = None) -> list[Finding]:
+    """Where the config's public addresses arrive on this host: held by an interface, or
+    (1:1-NAT clouds) rewritten by the provider to ``[vps] local_address`` / ``[vps] nat``."""
+    from vpnoffload.routing import nat
+
+    try:
+        found = nat.describe(config, backend)
+    except VpnOffloadError as exc:
+        return [Finding("warn", "vps address", f"cannot read this host's addresses: {exc}")]
+    return [Finding(level, "vps address", detail, hint) for level, detail, hint in found]  # type: ignore[arg-type]
+
+
 def fatal_checks() -> list[Finding]:
     return [check_root(), check_tun(), check_openvpn()]
 
@@ -246,6 +258,7 @@ def all_checks(config: Config | None) -> list[Finding]:
     if findings[0].level == "ok":  # reading nft needs root
         findings += check_host_firewall(config)
     if config is not None:
+        findings += check_vps_address(config)
         findings += check_port_conflicts(config)
         findings += check_web_paths(config)
     return findings

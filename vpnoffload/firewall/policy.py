@@ -106,7 +106,9 @@ def _vps_family(b: "_Builder", config: Config, fam: Family, fallback: frozenset[
         mark = _mark_text(service_mark(config, svc.name)[0])
         home = _home_address(config, active.get(svc.name) or svc.home, fam)
         down = svc.name in fallback
-        listen = ("-d", fam.host(svc.listen_address), *_port_match(svc.proto, svc.listen_port))
+        # On a 1:1-NAT cloud the provider already rewrote the public address: match what arrives.
+        arrives = config.vps.local_of(svc.listen_address)
+        listen = ("-d", fam.host(arrives), *_port_match(svc.proto, svc.listen_port))
         b.add(fam.nat, DNAT_CHAIN, *listen, "-j", "CONNMARK", "--set-xmark", mark)
         to = fallback_address(config, svc) if down and svc.serves_page else fam.endpoint(home, svc.target_port)
         b.add(fam.nat, DNAT_CHAIN, *listen, "-j", "DNAT", "--to-destination", to)
@@ -136,11 +138,13 @@ def fallback_address(config: Config, svc: Service) -> str:
 
     An IPv6 service's visitors go to the page server's IPv6 socket (it listens
     on [::]) at the service's own listen address, which is on the VPS anyway.
+    An IPv4 one goes to the address the VPS holds (``vps.bind_address``: the
+    private one on a 1:1-NAT cloud), where the page server listens.
     """
     port = config.watch.fallback_port + (1 if svc.page_over_tls else 0)
     if svc.ipv6:
         return IPV6.endpoint(svc.listen_address, port)
-    return f"{config.vps.address}:{port}"
+    return f"{config.vps.bind_address}:{port}"
 
 
 def _vps_input(b: "_Builder", config: Config, fam: Family = IPV4) -> None:

@@ -2,7 +2,7 @@
 and attic (a second home box, for services with several home boxes).
 
 Used by the end-to-end tests and by ``vpnoffload lab up|demo|down``. Topology
-(TEST-NET addresses only; no NAT anywhere, so every address seen is real)::
+(TEST-NET addresses only; no NAT anywhere unless asked for, see below, so every address seen is real)::
 
     visitor 192.0.2.2/26 ─── .1  ┐
     vps 203.0.113.10/24  ─── .1  ├─ internet (router, ip_forward=1)
@@ -24,8 +24,15 @@ duplicate address detection is done everywhere::
 
     visitor 2001:db8:2::2   vps 2001:db8:1::10   home 2001:db8:3::2   attic 2001:db8:4::2
 
+A lab made with ``one_to_one_nat=True`` puts the VPS behind a 1:1-NAT router,
+as Oracle Cloud, GCP, AWS and Azure do: the VPS holds only the private
+198.18.0.10/24 on its uplink (the router 198.18.0.1), and the router DNATs the
+public 203.0.113.10 (and the spare .11, .12) to 198.18.0.10 (.11, .12) and
+SNATs them back, with iptables-nft in its own namespace. Everyone else still
+dials 203.0.113.10; only the VPS never sees that address.
+
 Only this module touches the lab's kernel state; everything is iproute2
-commands run without a shell.
+(and, for the NAT router, iptables-nft) commands run without a shell.
 """
 
 from __future__ import annotations
@@ -77,6 +84,10 @@ SEGMENTS = (
     Segment("visitor", 26, "192.0.2.1", "192.0.2.2"),
     Segment("attic", 26, "192.0.2.129", "192.0.2.130"),
 )
+#: The VPS link of a lab made with ``one_to_one_nat=True``: private addresses only.
+NAT_VPS_SEGMENT = Segment("vps", 24, "198.18.0.1", "198.18.0.10")
+#: What that lab's router maps 1:1 (public -> the VPS's private address).
+NAT_PAIRS = (("203.0.113.10", "198.18.0.10"), ("203.0.113.11", "198.18.0.11"), ("203.0.113.12", "198.18.0.12"))
 #: The IPv6 side of each link in a lab made with ``ipv6=True`` (documentation prefix only).
 SEGMENTS6 = (
     Segment("vps", 64, "2001:db8:1::1", "2001:db8:1::10"),
@@ -98,6 +109,8 @@ class Lab:
     _started: list[subprocess.Popen] = field(default_factory=list, init=False, repr=False, compare=False)
     #: Also build the IPv6 side of every link (SEGMENTS6).
     ipv6: bool = False
+    #: Put the VPS behind a 1:1-NAT router (NAT_VPS_SEGMENT, NAT_PAIRS), like a cloud VPS.
+    one_to_one_nat: bool = False
 
     vps_address: ClassVar[str] = "203.0.113.10"
     vps_gateway: ClassVar[str] = "203.0.113.1"
@@ -116,6 +129,15 @@ class Lab:
     vps_spare_addresses6: ClassVar[tuple[str, ...]] = ("2001:db8:1::80", "2001:db8:1::81")
     visitor_address6: ClassVar[str] = "2001:db8:2::2"
     home_uplink_address6: ClassVar[str] = "2001:db8:3::2"
+
+    @property
+    def vps_local_address(self) -> str:
+        """The address the VPS itself holds: the private one behind the lab's 1:1 NAT."""
+        return NAT_VPS_SEGMENT.host_address if self.one_to_one_nat else self.vps_address
+
+    def nat_private(self, public: str) -> str:
+        """The private address the 1:1-NAT router maps ``public`` to (itself without NAT)."""
+        return dict(NAT_PAIRS).get(public, public) if self.one_to_one_nat else public
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.fullmatch(self.prefix):
@@ -146,6 +168,8 @@ class Lab:
                          f"net.ipv6.conf.all.disable_ipv6={off}", f"net.ipv6.conf.default.disable_ipv6={off}"])
             cmds.append(["ip", "-n", name, "link", "set", "lo", "up"])
         for seg in SEGMENTS:
+            if seg.host == "vps" and self.one_to_one_nat:
+                seg = NAT_VPS_SEGMENT
             host = ns[seg.host]
             cmds += [
                 ["ip", "link", "add", seg.router_device, "netns", router, "type", "veth",
@@ -157,6 +181,11 @@ class Lab:
                 ["ip", "-n", host, "route", "add", "default", "via", seg.router_address],
             ]
         cmds.append(["ip", "netns", "exec", router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        if self.one_to_one_nat:
+            for public, private in NAT_PAIRS:
+                nat = ["ip", "netns", "exec", router, "iptables-nft", "-t", "nat", "-A"]
+                cmds.append([*nat, "PREROUTING", "-d", public, "-j", "DNAT", "--to-destination", private])
+                cmds.append([*nat, "POSTROUTING", "-s", private, "-j", "SNAT", "--to-source", public])
         if self.ipv6:
             cmds += self._ipv6_commands()
         return cmds
@@ -296,12 +325,12 @@ class Lab:
 
 
 @contextlib.contextmanager
-def lab_session(prefix: str = DEFAULT_PREFIX, *, ipv6: bool = False) -> Iterator[Lab]:
+def lab_session(prefix: str = DEFAULT_PREFIX, *, ipv6: bool = False, one_to_one_nat: bool = False) -> Iterator[Lab]:
     """Create a lab and always destroy it afterwards (also on Ctrl-C).
 
     If the lab already exists, nothing is touched: ``create`` raises first.
     """
-    lab = Lab(prefix, ipv6=ipv6)
+    lab = Lab(prefix, ipv6=ipv6, one_to_one_nat=one_to_one_nat)
     lab.create()
     try:
         yield lab

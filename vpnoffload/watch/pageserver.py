@@ -37,7 +37,7 @@ def load_pages(config: ConfigView, pages_dir: str) -> dict[Destination, bytes]:
             path = os.path.join(pages_dir, f"{svc.name}.html")
             try:
                 with open(path, "rb") as fh:
-                    pages[(svc.listen_address, svc.listen_port)] = fh.read()
+                    pages[(svc.local_address, svc.listen_port)] = fh.read()  # SO_ORIGINAL_DST: after any 1:1 NAT
             except OSError as exc:
                 raise BackendError(f"cannot read the friendly page {path}: {exc.strerror or exc}") from None
     return pages
@@ -51,7 +51,7 @@ def load_kept(config: ConfigView) -> tuple[dict[Destination, dict], dict[Destina
     banners: dict[Destination, bool] = {}
     for svc in config.services.values():
         if svc.serves_page and svc.offline_copy:
-            dest = (svc.listen_address, svc.listen_port)
+            dest = (svc.local_address, svc.listen_port)  # as SO_ORIGINAL_DST reads it (after any 1:1 NAT)
             kept[dest] = copies.open_kept(run, svc.name, svc.offline_copy)
             banners[dest] = bool(svc.offline_banner)
     return kept, banners
@@ -71,13 +71,14 @@ def tls_contexts(config: ConfigView) -> dict[Destination, object] | None:
             ctx.load_cert_chain(str(svc.tls_cert), str(svc.tls_key))
         except (OSError, ssl.SSLError) as exc:
             raise BackendError(f"services.{svc.name}.tls_cert: cannot load certificate and key: {exc}") from None
-        contexts[(svc.listen_address, svc.listen_port)] = ctx
+        contexts[(svc.local_address, svc.listen_port)] = ctx
     return contexts
 
 
 def start_servers(config: ConfigView, pages: dict[Destination, bytes]) -> list[FallbackServer]:
-    """Bind every listener: the VPS address at fallback_port (+1 for TLS), and [::] for IPv6 services."""
-    host, port = config.vps_address, config.watch.fallback_port
+    """Bind every listener: the address the VPS holds (on a 1:1-NAT cloud the private one) at
+    fallback_port (+1 for TLS), and [::] for IPv6 services."""
+    host, port = config.vps_local_address, config.watch.fallback_port
     retry = config.watch.retry_after
     servers: list[FallbackServer] = []
     try:
@@ -157,7 +158,7 @@ def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir:
             fh.write(f"{os.getpid()}\n")
         os.replace(tmp, ready)  # a reader never sees a half-written pid
     dropped = drop_privileges()
-    log.warning("serving the friendly page on %s:%d%s", config.vps_address, config.watch.fallback_port,
+    log.warning("serving the friendly page on %s:%d%s", config.vps_local_address, config.watch.fallback_port,
                 f" as user {RUN_AS}" if dropped else "")
 
     def on_wakeup() -> None:

@@ -48,6 +48,8 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
             "fallback": svc.fallback, "serves_page": svc.serves_page, "page_over_tls": svc.page_over_tls,
             "ipv6": svc.ipv6 and svc.via == "dnat", "listen_address": key(svc.listen_address),
             "listen_port": svc.listen_port,
+            # What visitors' packets carry on arrival: the private address on a 1:1-NAT cloud.
+            "local_address": key(config.vps.local_of(svc.listen_address)),
             "tls_cert": str(svc.tls_cert) if svc.tls_cert else None, "tls_key": str(svc.tls_key) if svc.tls_key else None,
             # Kept pages (issue 16) only where the VPS itself keeps them: proxy services are nginx's.
             "offline_copy": list(svc.offline_copy) if svc.via == "dnat" else [], "offline_banner": svc.offline_banner,
@@ -58,6 +60,7 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
         "paths": {"config": str(paths.config), "state": str(paths.state), "run": str(paths.run),
                   "watch_state": str(paths.watch_state), "pages": str(paths.pages)},
         "vps_address": str(config.vps.address),
+        "vps_local_address": str(config.vps.bind_address),  # what the page server binds (1:1 NAT: the private one)
         "tunnel_device": config.tunnel.device,
         "watch": {"interval": float(w.interval), "timeout": float(w.timeout), "fall": w.fall, "rise": w.rise,
                   "metrics": w.metrics, "fallback_port": w.fallback_port, "retry_after": w.retry_after,
@@ -165,7 +168,7 @@ class ServiceView:
 
     __slots__ = ("name", "homes", "home", "backups", "target_port", "check", "hostname", "fallback", "serves_page",
                  "page_over_tls", "ipv6", "listen_address", "listen_port", "tls_cert", "tls_key",
-                 "offline_copy", "offline_banner")
+                 "offline_copy", "offline_banner", "local_address")
 
     def __init__(self, d: dict) -> None:
         self.name, self.homes = d["name"], tuple(d["homes"])
@@ -176,6 +179,7 @@ class ServiceView:
         self.listen_address, self.listen_port = d["listen_address"], d["listen_port"]
         self.tls_cert, self.tls_key = d["tls_cert"], d["tls_key"]
         self.offline_copy, self.offline_banner = tuple(d.get("offline_copy", ())), d.get("offline_banner", True)
+        self.local_address = d.get("local_address", self.listen_address)
 
 
 class HomeView:
@@ -212,6 +216,7 @@ class ConfigView:
         self.watch = WatchView(data["watch"])
         self.tunnel = TunnelView(data["tunnel_device"])
         self.vps_address: str = data["vps_address"]
+        self.vps_local_address: str = data.get("vps_local_address", self.vps_address)
 
     @property
     def ipv6_services(self) -> list[ServiceView]:

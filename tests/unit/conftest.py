@@ -1,0 +1,19 @@
+"""Unit tests never look at this machine's own interfaces.
+
+``init`` asks the kernel where ``--vps-address`` arrives (1:1-NAT clouds, see
+vpnoffload.routing.nat); in unit tests that question goes to an empty fake
+kernel instead, so what init writes does not depend on the machine they run on.
+Tests of the detection itself pass their own fake backend.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_host_interfaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.fakes import FakeRoutingBackend
+    from vpnoffload.routing import nat
+
+    monkeypatch.setattr(nat, "_backend", lambda backend: FakeRoutingBackend() if backend is None else backend)
