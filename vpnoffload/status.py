@@ -71,6 +71,10 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
     # rewrites them until `up vps`, which then forgets that state).
     services = [_service(config, name, known.get(name), live_probe, watchdog=pid is not None)
                 for name in config.services]
+    for s in services:
+        # OpenVPN's own view is the surest sign of a tunnel that is down (the check only times out).
+        if not s["healthy"] and s.get("home") and s["home"] not in connected:
+            s["reason"] = TUNNEL_DOWN
     for entry in services:
         if config.services[entry["name"]].offline_copy:
             entry["offline_copy"] = _kept(config, paths, entry["name"])
@@ -94,6 +98,20 @@ def _kept(config: Config, paths: Paths, name: str) -> dict[str, Any]:
     return {"paths": len(svc.offline_copy), **summary(str(paths.run), name)}
 
 
+#: Words for why a service fails (watch/health.py's REASONS), and what to do about each
+#: (docs/troubleshooting.md says more).
+TUNNEL_DOWN = "tunnel down"
+ADVICE = {
+    "tunnel down": "the home box is not connected: is OpenVPN running there (vpnoffload up home)?",
+    "home unreachable": "the tunnel is up but the home box does not answer: is it on, is its route back set?",
+    "path blocked on the VPS": "home answers the VPS but not visitors: a firewall rule on the VPS drops "
+                               "forwarded traffic to the tunnel",
+    "target refused": "the home box answers but nothing listens on the target port: start the service",
+    "target error": "the service at home answers with an error (HTTP >= 500, or closes at once)",
+    "check error": "the health check itself failed: see the watchdog's log",
+}
+
+
 def _host_firewall(paths: Paths) -> dict[str, Any]:
     from vpnoffload.firewall.host_plan import status_report
 
@@ -109,7 +127,8 @@ def _service(config: Config, name: str, seen: dict[str, Any] | None, live_probe:
     if seen is not None and watchdog:
         out.update(state=seen["state"], home=seen.get("active"), healthy=seen["healthy"], last_check=seen["last_check"],
                    latency_ms=None if seen["latency"] is None else round(seen["latency"] * 1000, 1),
-                   last_change=seen["last_change"] or None, detail=seen["detail"], swaps=seen["swaps"])
+                   last_change=seen["last_change"] or None, detail=seen["detail"], swaps=seen["swaps"],
+                   reason=_shown_reason(seen))
         return out
     # No watchdog: the rules stay as the last watchdog (or `up vps`) left them; check health now.
     home = seen.get("active") if seen is not None else svc.home
@@ -117,8 +136,27 @@ def _service(config: Config, name: str, seen: dict[str, Any] | None, live_probe:
     out.update(state="forwarding" if home else "fallback", home=home, healthy=bool(result and result.alive),
                last_check=time.time() if result else None,
                latency_ms=round(result.latency * 1000, 1) if result else None, last_change=None,
-               detail=(result.detail if result else "not checked") + " (no watchdog running)", swaps=0)
+               detail=(result.detail if result else "not checked") + " (no watchdog running)", swaps=0,
+               reason=getattr(result, "reason", "") if result else "not checked")
     return out
+
+
+def _shown_reason(seen: dict[str, Any]) -> str:
+    """The reason of a failing service; "" when healthy (a "busy" home that passes is still ok)."""
+    reason = seen.get("reason") or ""
+    if seen.get("healthy") and reason != "busy":
+        return ""
+    if not seen.get("healthy") and not reason:
+        # A watchdog from before reasons, or the home served was checked fine but the service is on fallback.
+        return "home unreachable" if seen.get("active") is None else ""
+    return reason
+
+
+def _health(s: dict[str, Any]) -> str:
+    reason = s.get("reason") or ""
+    if s["healthy"]:
+        return f"ok ({reason})" if reason else "ok"
+    return f"FAILING: {reason}" if reason else "FAILING"
 
 
 def _ago(ts: float | None) -> str:
@@ -141,10 +179,13 @@ def render_text(data: dict[str, Any]) -> list[str]:
         latency = "-" if s["latency_ms"] is None else f"{s['latency_ms']:.0f} ms"
         served = s.get("home") or ("friendly page" if s["fallback"] == "page" else "reset")
         path = s.get("path", "dnat") + (f" ({s['hostname']})" if s.get("hostname") and s.get("path") != "dnat" else "")
-        rows.append((s["name"], s["listen"], path, s["target"], s["state"], served, "ok" if s["healthy"] else "FAILING",
+        rows.append((s["name"], s["listen"], path, s["target"], s["state"], served, _health(s),
                      _ago(s["last_check"]), latency, _ago(s["last_change"])))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    for reason in dict.fromkeys(s.get("reason") for s in data["services"] if not s["healthy"]):
+        if reason in ADVICE:
+            lines.append(f"  {reason}: {ADVICE[reason]}")
     for s in data["services"]:
         kept = s.get("offline_copy")
         if kept and "kept_by" in kept:
@@ -169,9 +210,16 @@ def report_for(paths: Paths) -> Report:
 
     config = cfg.load(paths.config)
 
+    from vpnoffload import probens
+    from vpnoffload.watch.decide import probe_namespace_prober
+
+    forward = probe_namespace_prober(probens.path())
+
     def probe(svc: Any, home: str) -> Any:
-        return health.probe(str(config.homes[home].address), svc.target_port, svc.check, config.watch.timeout,
-                            host_header=svc.hostname)
+        result = health.probe(str(config.homes[home].address), svc.target_port, svc.check, config.watch.timeout,
+                              host_header=svc.hostname)
+        # The rules send visitors to `home`: check their path as the watchdog would.
+        return health.combine(result, forward(svc, home, config, True)) if result.alive else result
 
     return gather(config, paths, server_running=server_running(paths), live_probe=probe)
 

@@ -48,6 +48,10 @@ GIT_FWD = (
     " -m conntrack --ctstate DNAT -m connmark --mark 0x300000/0xff00000"
 )
 VPS_FILTER_TAIL = [
+    # The watchdog's forward check from the probe namespace (issue 13), straight to a home's tunnel address.
+    "-A VPNOFFLOAD-FWD -s 198.18.255.254/32 -i vpnoffload-pb -o vpnoffload0 -j ACCEPT",
+    "-A VPNOFFLOAD-FWD -d 198.18.255.254/32 -i vpnoffload0 -o vpnoffload-pb -m conntrack --ctstate RELATED,ESTABLISHED"
+    " -j ACCEPT",
     "-A VPNOFFLOAD-FWD -o vpnoffload0 -j DROP",
     "-A VPNOFFLOAD-FWD -i vpnoffload0 -j DROP",
     "-A VPNOFFLOAD-FWD -j RETURN",

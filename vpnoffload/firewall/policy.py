@@ -122,10 +122,25 @@ def _vps_family(b: "_Builder", config: Config, fam: Family, fallback: frozenset[
                 "-m", "conntrack", "--ctstate", "DNAT", "-m", "connmark", "--mark", mark,
                 *(_refusal(svc, fam) if down and not svc.serves_page else ("-j", "ACCEPT")),
             )  # fmt: skip
+    if fam.version == 4 and any(s.via == "dnat" for s in config.services.values()):
+        _probe_rules(b, config, fam)
     b.add(fam.filter, FORWARD_CHAIN, "-o", dev, "-j", "DROP")
     # The VPS is not the home box's way out to the internet.
     b.add(fam.filter, FORWARD_CHAIN, "-i", dev, "-j", "DROP")
     b.add(fam.filter, FORWARD_CHAIN, "-j", "RETURN")
+
+
+def _probe_rules(b: "_Builder", config: Config, fam: Family) -> None:
+    """The watchdog's forward check of a home the public address does not lead to
+    (a backup, or any home while on fallback) goes from the probe namespace
+    (vpnoffload/probens.py) straight to the home's tunnel address: let it and its
+    replies through, and nothing else from or to that /30."""
+    from vpnoffload import probens
+
+    dev, probe = config.tunnel.device, probens.addresses()[1]
+    b.add(fam.filter, FORWARD_CHAIN, "-s", f"{probe}/32", "-i", probens.VPS_DEVICE, "-o", dev, "-j", "ACCEPT")
+    b.add(fam.filter, FORWARD_CHAIN, "-d", f"{probe}/32", "-i", dev, "-o", probens.VPS_DEVICE,
+          "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
 
 
 def _home_address(config: Config, home: str, fam: Family) -> object:

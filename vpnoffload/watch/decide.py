@@ -14,6 +14,14 @@ Each service has an ordered list of home boxes. Every home is checked; a home
 turns unhealthy after ``fall`` failed checks in a row and healthy again after
 ``rise`` passed ones. New connections go to the first healthy home; when none
 is healthy the service is on ``fallback`` (the friendly page or a fast reset).
+
+With a ``forward`` prober (the probe namespace exists), each home's verdict
+also needs a connection along the visitors' path to pass (``health.combine``):
+to the service's public address, DNATed like a visitor's, for the home the
+service is on; straight to the home's tunnel address (forwarded, not DNATed)
+for the others and while on fallback, when the public address leads to the
+page. So a home whose forward path is blocked is left, and taken back only
+once the path works again. Every verdict keeps its ``reason`` for ``status``.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ if TYPE_CHECKING:
 
     State = Literal["forwarding", "fallback"]
     Prober = Callable[[Any, str, Any], health.Result]
+    #: forward(service, home, config, visitor): the check along the visitors' path (None: no evidence);
+    #: ``visitor``: connect to the public address (the service is on this home), else to the home's.
+    ForwardProber = Callable[[Any, str, Any, bool], "health.Result | None"]
     #: swap(active, flush): make the kernel send each service to ``active[name]``
     #: (a home, or None for the fallback) and forget the flows of ``flush``; raises on failure.
     Swapper = Callable[[Mapping[str, str | None], frozenset[str]], None]
@@ -40,23 +51,24 @@ log = Log("vpnoffload.watch")
 
 
 class HomeHealth:
-    __slots__ = ("healthy", "fails", "passes", "latency", "detail")
+    __slots__ = ("healthy", "fails", "passes", "latency", "detail", "reason")
 
     def __init__(self, healthy: bool = True, fails: int = 0, passes: int = 0, latency: float | None = None,
-                 detail: str = "") -> None:
+                 detail: str = "", reason: str = "") -> None:
         self.healthy = healthy
         self.fails = fails  # failed checks in a row
         self.passes = passes  # passed checks in a row
         self.latency = latency
         self.detail = detail
+        self.reason = reason  # health.REASONS of the last check ("" when it passed)
 
     def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
 class ServiceStatus:
-    __slots__ = ("name", "active", "state", "healthy", "last_check", "latency", "detail", "last_change", "swaps",
-                 "homes")
+    __slots__ = ("name", "active", "state", "healthy", "last_check", "latency", "detail", "reason", "last_change",
+                 "swaps", "homes")
 
     def __init__(self, name: str, active: str | None, state: State = "forwarding", healthy: bool = True) -> None:
         self.name = name
@@ -66,6 +78,7 @@ class ServiceStatus:
         self.last_check = 0.0
         self.latency: float | None = None
         self.detail = ""
+        self.reason = ""  # why the shown home fails (health.REASONS), "" when it passes
         self.last_change = 0.0
         self.swaps = 0
         self.homes: dict[str, HomeHealth] = {}
@@ -82,15 +95,41 @@ def default_prober(service: Any, home: str, config: Any) -> health.Result:
                         config.watch.timeout, host_header=service.hostname)
 
 
+def probe_namespace_prober(ns_path: str) -> ForwardProber:
+    """The forward check from the probe namespace at ``ns_path`` (see health.forward_probe).
+
+    Only for IPv4 services DNATed by the VPS (proxied ones do not cross
+    FORWARD, the probe namespace has no IPv6), and only while the namespace
+    exists (``up vps`` made it; an older setup has none): otherwise None.
+    """
+    import os
+
+    def forward(service: Any, home: str, config: Any, visitor: bool) -> health.Result | None:
+        if getattr(service, "via", "dnat") != "dnat" or service.ipv6 or not os.path.exists(ns_path):
+            return None
+        address = str(config.homes[home].address)
+        if visitor:
+            # Where the DNAT rule matches: on a 1:1-NAT cloud the private address (snapshot's
+            # local_address; a model.Service, in status's live check, maps it through vps.local_of).
+            arrives = getattr(service, "local_address", None) or str(
+                getattr(config.vps, "local_of", lambda a: a)(service.listen_address))
+            return health.forward_probe(ns_path, arrives, service.listen_port,
+                                        config.watch.timeout, address)
+        return health.forward_probe(ns_path, address, service.target_port, config.watch.timeout, address)
+
+    return forward
+
+
 class Watchdog:
     """Counts checks and decides swaps; ``tick`` is one round."""
 
     def __init__(self, config: Any, swap: Swapper, prober: Prober = default_prober,
                  clock: Callable[[], float] = time.time, activity: Callable[[], int | None] | None = None,
-                 status: dict[str, ServiceStatus] | None = None) -> None:
+                 status: dict[str, ServiceStatus] | None = None, forward: ForwardProber | None = None) -> None:
         self.config = config
         self.swap = swap
         self.prober = prober
+        self.forward = forward
         self.clock = clock
         #: Packets received from the tunnel so far (None: unknown). Used only with a
         #: single home box, where any traffic from the tunnel proves that home alive.
@@ -168,10 +207,12 @@ class Watchdog:
         if home_sent:
             for results in probed.values():
                 for home, result in results.items():
-                    if result.verdict == "down" and result.timed_out:
+                    if result.verdict == "down" and result.timed_out and result.reason != health.PATH_BLOCKED:
                         # The check's packets were lost, but home kept sending through
                         # the tunnel meanwhile: a busy tunnel, not a dead home.
-                        results[home] = health.Result("slow", result.latency, result.detail + " (home still sending)")
+                        # (Not for a blocked forward path: home answers the direct checks meanwhile.)
+                        results[home] = health.Result("slow", result.latency, result.detail + " (home still sending)",
+                                                      reason=health.BUSY)
         return probed
 
     def _activity(self) -> int | None:
@@ -219,7 +260,7 @@ class Watchdog:
 
     @staticmethod
     def _record(hh: HomeHealth, result: health.Result) -> None:
-        hh.latency, hh.detail = result.latency, result.detail
+        hh.latency, hh.detail, hh.reason = result.latency, result.detail, result.reason
         if result.alive:
             hh.passes, hh.fails = hh.passes + 1, 0
         else:
@@ -229,7 +270,7 @@ class Watchdog:
         shown = st.homes[st.active or self.config.services[st.name].home]
         st.state = "forwarding" if st.active else "fallback"
         st.healthy = shown.fails == 0
-        st.last_check, st.latency, st.detail = now, shown.latency, shown.detail
+        st.last_check, st.latency, st.detail, st.reason = now, shown.latency, shown.detail, shown.reason
 
     def _probe_all(self) -> dict[str, dict[str, health.Result]]:
         """Check every home of every service at once: N slow checks cost one timeout, not N."""
@@ -238,9 +279,13 @@ class Watchdog:
 
         def run(svc: Any, home: str) -> None:
             try:
-                results[svc.name][home] = self.prober(svc, home, self.config)
+                result = self.prober(svc, home, self.config)
+                if self.forward is not None and result.alive:
+                    visitor = self.status[svc.name].active == home
+                    result = health.combine(result, self.forward(svc, home, self.config, visitor))
+                results[svc.name][home] = result
             except Exception as exc:  # a check that breaks must not stop the watchdog: count it as failed
-                results[svc.name][home] = health.Result("down", 0.0, f"check error: {exc}")
+                results[svc.name][home] = health.Result("down", 0.0, f"check error: {exc}", reason=health.CHECK_ERROR)
 
         if len(jobs) == 1:
             run(*jobs[0])

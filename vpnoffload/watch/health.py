@@ -8,6 +8,12 @@ A check tells three things apart, so a busy home server is not swapped out:
 HTTP >= 500), ``up``, and ``slow`` (the connection was accepted, so the tunnel
 and home box are alive, but the HTTP answer did not come in time). The
 watchdog counts ``slow`` as alive.
+
+A second check, :func:`forward_probe`, starts in the probe namespace
+(:mod:`vpnoffload.probens`) and so takes the visitors' path through the
+VPS's PREROUTING and FORWARD hooks. :func:`combine` folds the two into one
+verdict, and every verdict carries a ``reason`` a user can act on
+(:data:`REASONS`).
 """
 
 from __future__ import annotations
@@ -28,17 +34,30 @@ if TYPE_CHECKING:
 #: the model (dataclasses, ipaddress: ~2 MB); a unit test keeps the two equal.
 HEALTH_MARK = 0x10000000
 
+#: Why a check failed (or that it was only slow), in words `status` shows as they are.
+TUNNEL_DOWN = "tunnel down"
+HOME_UNREACHABLE = "home unreachable"
+PATH_BLOCKED = "path blocked on the VPS"
+TARGET_REFUSED = "target refused"
+TARGET_ERROR = "target error"
+BUSY = "busy"
+CHECK_ERROR = "check error"
+REASONS = (TUNNEL_DOWN, HOME_UNREACHABLE, PATH_BLOCKED, TARGET_REFUSED, TARGET_ERROR, BUSY, CHECK_ERROR)
+
 
 class Result:
     """The verdict of one check. Immutable by convention; equal when all fields are."""
 
-    __slots__ = ("verdict", "latency", "detail", "timed_out")
+    __slots__ = ("verdict", "latency", "detail", "timed_out", "reason")
 
-    def __init__(self, verdict: Verdict, latency: float, detail: str, timed_out: bool = False) -> None:
+    def __init__(self, verdict: Verdict, latency: float, detail: str, timed_out: bool = False,
+                 reason: str = "") -> None:
         self.verdict = verdict
         self.latency = latency  # seconds until the verdict
         self.detail = detail
         self.timed_out = timed_out  # no answer at all (as opposed to a refusal or an HTTP error)
+        #: One of REASONS ("" when up); not part of equality, it is derived from the rest.
+        self.reason = reason
 
     @property
     def alive(self) -> bool:
@@ -60,6 +79,15 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _connect_reason(exc: OSError) -> str:
+    """What a failed connect means for the user: RST from home, no way to it, or no answer."""
+    if exc.errno == errno.ECONNREFUSED:
+        return TARGET_REFUSED
+    if exc.errno in (errno.ENETUNREACH, errno.ENODEV):
+        return TUNNEL_DOWN  # the VPS has no route to the tunnel address: no tun device, OpenVPN is down
+    return HOME_UNREACHABLE
+
+
 def probe(address: str, port: int, check: "Check", timeout: float, *, host_header: str | None = None) -> Result:
     """Run one check of ``address:port`` with ``timeout`` seconds for each phase.
 
@@ -67,37 +95,87 @@ def probe(address: str, port: int, check: "Check", timeout: float, *, host_heade
     the home box answered the ping, home and tunnel are alive and the service
     is only overloaded (its accept queue full), so the verdict is ``slow``.
     """
+    return _probe(address, port, check.kind, check.path, timeout, host_header, None, None, address)
+
+
+def _probe(address: str, port: int, kind: str, http_path: str, timeout: float, host_header: str | None,
+           tcp: socket.socket | None, raw: socket.socket | None, echo_address: str) -> Result:
     start = time.monotonic()
-    echo = Echo.send(address)
+    echo = Echo.send(echo_address, raw) if raw is not None or tcp is None else None
     try:
-        sock = connect(address, port, timeout)
+        sock = connect(address, port, timeout, tcp)
     except TimeoutError:
         alive = echo is not None and echo.answered(wait=0.0)
         verdict: Verdict = "slow" if alive else "down"
         return Result(verdict, time.monotonic() - start, "connect: timed out" + (" (home answers ping)" if alive else ""),
-                      timed_out=True)
+                      timed_out=True, reason=BUSY if alive else HOME_UNREACHABLE)
     except OSError as exc:
-        return Result("down", time.monotonic() - start, f"connect: {_reason(exc)}")
+        return Result("down", time.monotonic() - start, f"connect: {_reason(exc)}", reason=_connect_reason(exc))
     finally:
         if echo is not None:
             echo.close()
     with sock:
-        if check.kind == "tcp":
+        if kind == "tcp":
             return Result("up", time.monotonic() - start, "connected")
-        return _http(sock, check.path, host_header or address, timeout, start)
+        return _http(sock, http_path, host_header or address, timeout, start)
 
 
-def connect(address: str, port: int, timeout: float) -> socket.socket:
+def forward_probe(ns_path: str, address: str, port: int, timeout: float, echo_address: str) -> Result | None:
+    """A TCP connect to ``address:port`` from the probe namespace at ``ns_path``, so
+    its packets cross the VPS's PREROUTING and FORWARD hooks as a visitor's do.
+
+    ``address`` is a service's public listen address (DNATed to home like a
+    visitor) or a home's tunnel address (forwarded without DNAT). A ping to
+    ``echo_address`` goes the same way: a connect that times out while it is
+    answered is ``slow`` (home is busy, the path works). None when the
+    namespace cannot be entered: no evidence, never a failure.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    from vpnoffload import probens
+
+    try:
+        tcp, raw = probens.sockets(ns_path, [(family, socket.SOCK_STREAM, 0),
+                                             (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)])
+    except OSError:
+        return None
+    if tcp is None:
+        if raw is not None:
+            raw.close()
+        return None
+    return _probe(address, port, "tcp", "/", timeout, None, tcp, raw, echo_address)
+
+
+def combine(direct: Result, forward: Result | None) -> Result:
+    """One verdict from the check through the tunnel and the one along the visitors' path.
+
+    A failing direct check speaks for itself (its reason names the tunnel,
+    home or target). When it passes but the forwarded connection gets no
+    answer or is refused, the VPS itself drops the visitors' packets: the
+    verdict is ``down`` with reason :data:`PATH_BLOCKED`.
+    """
+    if not direct.alive or forward is None or forward.alive:
+        return direct
+    return Result("down", max(direct.latency, forward.latency),
+                  f"{direct.detail}; along the visitors' path: {forward.detail}",
+                  timed_out=forward.timed_out, reason=PATH_BLOCKED)
+
+
+def connect(address: str, port: int, timeout: float, sock: socket.socket | None = None) -> socket.socket:
     """A TCP connection carrying HEALTH_MARK, so the fail-fast rule that refuses a
     dead home to the VPS's web server does not refuse the check that would see
-    it come back. Without CAP_NET_ADMIN the mark is left off (a check run by hand)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
+    it come back. Without CAP_NET_ADMIN the mark is left off (a check run by hand).
+    ``sock``, made elsewhere (in the probe namespace), is used as it is, unmarked."""
+    if sock is None:
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HEALTH_MARK)
         except PermissionError:
             pass
+        except BaseException:
+            sock.close()
+            raise
+    try:
         sock.settimeout(timeout)
         sock.connect((address, port))
     except BaseException:
@@ -114,15 +192,15 @@ def _http(sock: socket.socket, path: str, host: str, timeout: float, start: floa
         line = _status_line(sock)
     except TimeoutError:
         # Accepted but no answer yet: home and tunnel are alive, the app is busy.
-        return Result("slow", time.monotonic() - start, "http: no answer in time")
+        return Result("slow", time.monotonic() - start, "http: no answer in time", reason=BUSY)
     except OSError as exc:
-        return Result("down", time.monotonic() - start, f"http: {_reason(exc)}")
+        return Result("down", time.monotonic() - start, f"http: {_reason(exc)}", reason=TARGET_ERROR)
     latency = time.monotonic() - start
     parts = line.split()
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        return Result("down", latency, f"http: not an HTTP answer: {line[:40]!r}")
+        return Result("down", latency, f"http: not an HTTP answer: {line[:40]!r}", reason=TARGET_ERROR)
     code = int(parts[1])
-    return Result("up" if code < 500 else "down", latency, f"http {code}")
+    return Result("up" if code < 500 else "down", latency, f"http {code}", reason="" if code < 500 else TARGET_ERROR)
 
 
 def _status_line(sock: socket.socket) -> str:
@@ -146,12 +224,14 @@ class Echo:
         self.sock, self.address, self.ident = sock, address, ident
 
     @classmethod
-    def send(cls, address: str) -> "Echo | None":
-        """Send the request; None when raw sockets are not allowed (then no ``slow`` verdicts)."""
-        try:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        except OSError:
-            return None
+    def send(cls, address: str, sock: socket.socket | None = None) -> "Echo | None":
+        """Send the request (on ``sock``, a raw ICMP socket, if given); None when raw
+        sockets are not allowed (then no ``slow`` verdicts)."""
+        if sock is None:
+            try:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            except OSError:
+                return None
         cls._seq = (cls._seq + 1) & 0xFFFF
         ident = (os.getpid() + cls._seq) & 0xFFFF
         header = struct.pack("!BBHHH", 8, 0, 0, ident, cls._seq)

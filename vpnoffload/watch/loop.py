@@ -27,7 +27,8 @@ import time
 
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
 from vpnoffload.watch import copies, say, sdnotify, spawn
-from vpnoffload.watch.decide import Watchdog
+from vpnoffload import probens
+from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import tunnel_rx_packets
 from vpnoffload.watch.hostfw import HostFirewallWatch
 from vpnoffload.watch.pagectl import PageDaemon
@@ -143,7 +144,10 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
     pages = PageKeeper(PageDaemon(where["config"], where["state"], where["run"], where["pages"]))
     swapper = SubprocessSwapper(where["config"], pages)
     config = ConfigView(data)
-    dog = Watchdog(config, swapper, activity=lambda: tunnel_rx_packets(dog.config.tunnel.device))
+    # The second check of each home starts in the probe namespace `up vps` made, so it
+    # takes the visitors' path (PREROUTING, FORWARD); without one, only the direct check counts.
+    dog = Watchdog(config, swapper, activity=lambda: tunnel_rx_packets(dog.config.tunnel.device),
+                   forward=probe_namespace_prober(probens.path()))
     swapper.page_services = lambda: {n for n, s in dog.config.services.items() if s.serves_page}
     metrics = None
     try:

@@ -47,7 +47,7 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
             "check_kind": svc.check.kind, "check_path": svc.check.path, "hostname": svc.hostname,
             "fallback": svc.fallback, "serves_page": svc.serves_page, "page_over_tls": svc.page_over_tls,
             "ipv6": svc.ipv6 and svc.via == "dnat", "listen_address": key(svc.listen_address),
-            "listen_port": svc.listen_port,
+            "listen_port": svc.listen_port, "via": svc.via,
             # What visitors' packets carry on arrival: the private address on a 1:1-NAT cloud.
             "local_address": key(config.vps.local_of(svc.listen_address)),
             "tls_cert": str(svc.tls_cert) if svc.tls_cert else None, "tls_key": str(svc.tls_key) if svc.tls_key else None,
@@ -167,7 +167,7 @@ class ServiceView:
     """What the watchdog and page server read of a ``model.Service``."""
 
     __slots__ = ("name", "homes", "home", "backups", "target_port", "check", "hostname", "fallback", "serves_page",
-                 "page_over_tls", "ipv6", "listen_address", "listen_port", "tls_cert", "tls_key",
+                 "page_over_tls", "ipv6", "listen_address", "listen_port", "via", "tls_cert", "tls_key",
                  "offline_copy", "offline_banner", "local_address")
 
     def __init__(self, d: dict) -> None:
@@ -177,6 +177,7 @@ class ServiceView:
         self.hostname, self.fallback, self.serves_page = d["hostname"], d["fallback"], d["serves_page"]
         self.page_over_tls, self.ipv6 = d["page_over_tls"], d["ipv6"]
         self.listen_address, self.listen_port = d["listen_address"], d["listen_port"]
+        self.via = d.get("via", "dnat")  # the forward check is for DNATed services only
         self.tls_cert, self.tls_key = d["tls_cert"], d["tls_key"]
         self.offline_copy, self.offline_banner = tuple(d.get("offline_copy", ())), d.get("offline_banner", True)
         self.local_address = d.get("local_address", self.listen_address)
