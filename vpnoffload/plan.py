@@ -37,6 +37,9 @@ class Action:
     summary: str
     do: Callable[[], None]
     undo: Callable[[], None] | None = None
+    #: ``do`` is not all-or-nothing (it starts a process, then waits for it):
+    #: if it fails or is interrupted halfway, its own ``undo`` runs too.
+    undo_if_partial: bool = False
 
     def __str__(self) -> str:
         return self.summary
@@ -54,17 +57,22 @@ def apply(actions: Sequence[Action]) -> None:
             log.info("%s", action.summary)
             action.do()
         except VpnOffloadError as exc:
-            _rollback(done)
+            _rollback(_with_partial(done, action))
             raise ApplyError(f"{action.summary} failed: {exc}; {_rolled(done)}") from exc
         except OSError as exc:
-            _rollback(done)
+            _rollback(_with_partial(done, action))
             reason = exc.strerror or str(exc)
             raise ApplyError(f"{action.summary} failed: {reason}; {_rolled(done)}") from exc
         except BaseException:
-            # Ctrl-C or a bug: still leave the system as we found it.
-            _rollback(done)
+            # Ctrl-C, SIGTERM or a bug: still leave the system as we found it.
+            _rollback(_with_partial(done, action))
             raise
         done.append(action)
+
+
+def _with_partial(done: Sequence[Action], failed: Action) -> list[Action]:
+    """What to unwind: the done actions, and the failed one if it may have half happened."""
+    return [*done, failed] if failed.undo_if_partial else list(done)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
@@ -61,3 +60,24 @@ def test_sigterm_halfway_rolls_back_what_was_done() -> None:
         plan.apply(actions)
     assert log == ["one", "two", "undo two", "undo one"]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_action_that_half_happened_is_undone_too_when_it_says_so() -> None:
+    """A start that is interrupted while waiting must not leave the started process behind."""
+    log: list[str] = []
+
+    def start_then_wait() -> None:
+        log.append("started")
+        raise KeyboardInterrupt  # SIGTERM while waiting for it to be ready
+
+    actions = [Action("rules", lambda: log.append("rules"), lambda: log.append("undo rules")),
+               Action("start", start_then_wait, lambda: log.append("stopped"), undo_if_partial=True)]
+    with pytest.raises(KeyboardInterrupt):
+        plan.apply(actions)
+    assert log == ["rules", "started", "stopped", "undo rules"]
+    # An all-or-nothing action that fails is not undone: it changed nothing.
+    log.clear()
+    with pytest.raises(plan.ApplyError):
+        plan.apply([Action("atomic", lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")),
+                           lambda: log.append("undo atomic"))])
+    assert log == []

@@ -251,7 +251,8 @@ def _start_action(daemon: Any, summary: str, timeout: float) -> Action:
         daemon.start()
         daemon.wait_ready(timeout)
 
-    return Action(summary, do, daemon.stop)
+    # Interrupted while waiting for it to be ready: the started process must go too.
+    return Action(summary, do, daemon.stop, undo_if_partial=True)
 
 
 def server_tunnel(paths: Paths, backends: Backends) -> Any:
