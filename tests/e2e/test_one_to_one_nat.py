@@ -80,7 +80,7 @@ def test_vps_behind_one_to_one_nat_needs_no_flag(nat_lab: Lab, sites: tuple[Path
     (home_site / "state").mkdir(mode=0o755)
     cli(lab, "vps", vps_site, "render", "home", "--out", str(home_site / "state"))
     shutil.copy(config, home_site / "vpnoffload.toml")
-    assert "remote 203.0.113.10 " in (home_site / "state" / "home.ovpn").read_text()  # home dials the public one
+    assert "\nremote 203.0.113.10 1194 udp\n" in (home_site / "state" / "home.ovpn").read_text()  # home dials the public one
 
     doctor = cli(lab, "vps", vps_site, "doctor", check=False).stdout
     assert "203.0.113.10 is on no interface: 1:1 NAT to 198.18.0.10 on eth0" in doctor, doctor
