@@ -114,7 +114,8 @@ def test_up_runs_the_users_commands_in_order_and_narrates_each(sites: Sites) -> 
     assert [(host, args[0]) for host, args in lab.calls] == [
         ("vps", "init"), ("vps", "service"), ("vps", "render"), ("vps", "up"), ("home", "up")]
     assert lab.calls[1][1] == ("service", "add", "web", "--listen", "80", "--target", "8080",
-                               "--check", "http:/", "--hostname", "blog.example.org")
+                               "--check", "http:/", "--hostname", "blog.example.org",
+                               "--offline-copy", "/about.html")
     assert lab.events.index("start home labweb") < lab.events.index("vps: up vps")
     assert lab.events[-1] == "start vps watch"
     shown = n.texts("command")
@@ -141,7 +142,7 @@ def test_a_failed_step_is_one_line_and_the_lab_is_torn_down(sites: Sites) -> Non
 def test_ctrl_c_during_the_demo_still_tears_down(sites: Sites) -> None:
     lab = FakeLab(interrupt=("up vps",))
     with pytest.raises(KeyboardInterrupt):
-        labdemo.run_demo(lab, sites, RecordingNarrator(), commands=ALL)
+        labdemo.run_demo(lab, sites, RecordingNarrator(), commands=ALL, copy_wait=0)
     assert lab.events[-1] == "destroy" and not sites.root.exists()
 
 
@@ -164,7 +165,7 @@ def test_fail_over_gives_up_after_its_bound() -> None:
 def test_demo_tells_the_story_in_order_and_tears_down(sites: Sites) -> None:
     lab, n = FakeLab(), RecordingNarrator()
     lab.polls += [{"at": 3.0, "attempts": 15, "tally": {"HTTP 503": 1}}, {"at": 2.0, "attempts": 10, "tally": {"HTTP 200": 1}}]
-    result = labdemo.run_demo(lab, sites, n, commands=ALL)
+    result = labdemo.run_demo(lab, sites, n, commands=ALL, copy_wait=0)
     assert result.failover is not None and result.recovery is not None
     story = [e for e in lab.events if e in ("pull", "plug", "vps: status", "destroy")]
     assert story == ["vps: status", "pull", "vps: status", "plug", "vps: status", "destroy"]
@@ -172,10 +173,28 @@ def test_demo_tells_the_story_in_order_and_tears_down(sites: Sites) -> None:
     assert not sites.root.exists()
 
 
+def test_demo_shows_a_kept_page_during_the_outage(sites: Sites) -> None:
+    """Once the VPS keeps the offline copy, the outage shows it served from the VPS (issue 16)."""
+    import os
+
+    from vpnoffload.watch import copies
+
+    os.makedirs(copies.service_dir(str(sites.vps_run), labsites.SERVICE), exist_ok=True)
+    index = copies.empty_index()
+    index["pages"][labsites.KEPT_PAGE] = {"fetched": 1.0, "size": 10}
+    copies.write_index(str(sites.vps_run), labsites.SERVICE, index)
+    lab, n = FakeLab(), RecordingNarrator()
+    lab.polls += [{"at": 3.0, "attempts": 15, "tally": {"HTTP 503": 1}}, {"at": 2.0, "attempts": 10, "tally": {"HTTP 200": 1}}]
+    labdemo.run_demo(lab, sites, n, commands=ALL, copy_wait=0)
+    oks = n.texts("ok")
+    assert any("keeps an offline copy of /about.html" in t for t in oks)
+    assert any("/about.html is served from the VPS's offline copy (HTTP 200)" in t for t in oks)
+
+
 def test_demo_without_watch_or_status_says_so_and_skips_failover(sites: Sites) -> None:
     lab, n = FakeLab(), RecordingNarrator()
     lab.polls.append({"at": 1.0, "attempts": 3, "tally": {"HTTP 200": 1}})
-    result = labdemo.run_demo(lab, sites, n, commands=frozenset())
+    result = labdemo.run_demo(lab, sites, n, commands=frozenset(), copy_wait=0)
     assert result.failover is None
     warnings = " ".join(n.texts("warn"))
     assert "'vpnoffload watch' is not available" in warnings and "'vpnoffload status' is not available" in warnings
@@ -185,7 +204,7 @@ def test_demo_without_watch_or_status_says_so_and_skips_failover(sites: Sites) -
 def test_keep_leaves_the_lab_and_says_how_to_remove_it(sites: Sites) -> None:
     lab, n = FakeLab(), RecordingNarrator()
     lab.polls += [{"at": 3.0, "attempts": 15, "tally": {}}, {"at": 2.0, "attempts": 10, "tally": {}}]
-    labdemo.run_demo(lab, sites, n, keep=True, commands=ALL)
+    labdemo.run_demo(lab, sites, n, keep=True, commands=ALL, copy_wait=0)
     assert "destroy" not in lab.events and sites.root.exists()
     assert "you: vpnoffload lab down --prefix fake" in n.texts("command")
     assert "you: ip netns exec fake-visitor curl http://203.0.113.10/" in n.texts("command")

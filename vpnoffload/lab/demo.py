@@ -26,6 +26,9 @@ from vpnoffload.lab.netns import ROUTER, Lab
 from vpnoffload.lab.narrate import Narrator
 
 from vpnoffload.lab.sites import (
+    KEPT_PAGE,
+    OFFLINE_COPY_WAIT,
+    SERVICE,
     DEMO_COMMANDS,
     FAILOVER_WAIT,
     HOME_MARKER,
@@ -100,6 +103,33 @@ def fail_over(
     return elapsed
 
 
+def wait_for_offline_copy(sites: Sites, n: Narrator, *, wait: float, clock: Callable[[], float] = time.monotonic,
+                          sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Wait until the VPS keeps a copy of KEPT_PAGE (fetched from home through the tunnel)."""
+    from vpnoffload.watch.copies import summary
+
+    deadline = clock() + wait
+    while True:
+        if summary(str(sites.vps_run), SERVICE).get("kept"):
+            n.ok(f"the VPS keeps an offline copy of {KEPT_PAGE}, fetched from home through the tunnel")
+            return True
+        if clock() >= deadline:
+            n.warn(f"no offline copy of {KEPT_PAGE} yet after {wait:g} s: the outage shows only the friendly page")
+            return False
+        sleep(0.2)
+
+
+def show_kept_page(lab: Lab, n: Narrator) -> None:
+    """During the outage: the kept page comes from the VPS's copy, everything else gets the friendly page."""
+    url = f"http://{lab.vps_address}{KEPT_PAGE}"
+    n.command("visitor", ["curl", url])
+    status, body = lab.http_get("visitor", url, timeout=2)
+    if status == 200:
+        n.ok(f"{KEPT_PAGE} is served from the VPS's offline copy (HTTP 200) while home is away")
+    else:
+        n.warn(f"{KEPT_PAGE} got {describe_reply(status, body)} instead of its offline copy")
+
+
 def recover(
     lab: Lab, n: Narrator, *, wait: float = RECOVERY_WAIT, clock: Callable[[], float] = time.monotonic
 ) -> float:
@@ -142,7 +172,8 @@ def outage_without_watchdog(lab: Lab, n: Narrator) -> None:
 
 
 def run_demo(
-    lab: Lab, sites: Sites, n: Narrator, *, keep: bool = False, commands: Collection[str] | None = None
+    lab: Lab, sites: Sites, n: Narrator, *, keep: bool = False, commands: Collection[str] | None = None,
+    copy_wait: float = OFFLINE_COPY_WAIT,
 ) -> DemoResult:
     """The whole story. The lab is always torn down afterwards (success, failure,
     Ctrl-C, SIGTERM) unless ``keep``; then it is left as it is, also after a failure.
@@ -155,7 +186,10 @@ def run_demo(
         try:
             show_status(lab, sites, n, has_status, "while home is up")
             if watching:
+                copied = wait_for_offline_copy(sites, n, wait=copy_wait)
                 result.failover = fail_over(lab, n)
+                if copied:
+                    show_kept_page(lab, n)
                 show_status(lab, sites, n, has_status, "while home is down")
                 result.recovery = recover(lab, n)
                 show_status(lab, sites, n, has_status, "once home is back")

@@ -32,6 +32,9 @@ SERVICE = "web"
 HOSTNAME = "blog.example.org"
 WEB_PORT = 8080
 HOME_MARKER = "served from home"
+#: A page the demo's service keeps an offline copy of (the lab web server marks it cacheable).
+KEPT_PAGE = "/about.html"
+OFFLINE_COPY_WAIT = 15.0  # watch started -> the first copy is on disk (the copier runs 3 s in)
 
 COMMAND_TIMEOUT = 90.0  # one vpnoffload command (up waits for the tunnel)
 FAILOVER_WAIT = 15.0  # cable pulled -> friendly page
@@ -78,6 +81,11 @@ class Sites:
     @property
     def manifest(self) -> Path:
         return self.root / "lab.json"
+
+    @property
+    def vps_run(self) -> Path:
+        """The VPS's ``STATE_DIR/run`` (the state dir defaults to beside the config)."""
+        return self.site("vps") / "state" / "run"
 
     @property
     def watch_log(self) -> Path:

@@ -29,6 +29,7 @@ from vpnoffload.lab.sites import (
     DEMO_COMMANDS,
     HOME_MARKER,
     HOSTNAME,
+    KEPT_PAGE,
     LAB_ROOT,
     LabStepError,
     SERVICE,
@@ -85,6 +86,8 @@ def configure_vps(lab: Lab, sites: Sites, n: Narrator) -> None:
         "http:/",
         "--hostname",
         HOSTNAME,
+        "--offline-copy",
+        KEPT_PAGE,
         narrator=n,
     )
     sites.export.mkdir(mode=0o700, exist_ok=True)
