@@ -238,3 +238,12 @@ def test_doctor_explains_what_it_found() -> None:
     assert check_vps_address(config_with(""), cloud(public=True))[0].detail == "203.0.113.10 is on eth0"
     unset = check_vps_address(config_with(""), cloud())[0]
     assert unset.level == "warn" and "1:1 NAT to 198.18.0.10 on eth0" in unset.detail and "local_address" in unset.hint
+
+
+def test_host_firewall_opens_openvpn_on_the_local_address() -> None:
+    from vpnoffload.firewall.hostfw import home_openings, vps_openings
+
+    config = config_with()
+    openvpn = [o for o in vps_openings(config, "eth0") if o.why == "OpenVPN server"]
+    assert [o.daddr for o in openvpn] == ["198.18.0.10"]
+    assert {o.daddr for o in home_openings(config, "home") if o.hook == "output" and o.dport == 1194} == {"203.0.113.10"}

@@ -342,7 +342,7 @@ def doctor_findings(config: Any) -> list[tuple[str, str, str, str]]:
                     "puts them back (within about 5 s)", "see docs/deploying.md, firewalld"))
     if config is None:
         return out
-    interface = _local_interface(str(config.vps.address))
+    interface = _local_interface(str(config.vps.bind_address))  # 1:1 NAT: the VPS holds local_address
     if interface is not None:
         end, openings = "up vps", vps_openings(config, interface)
     else:

@@ -109,7 +109,7 @@ def vps_openings(config: Config, interface: str) -> list[Opening]:
     replies back); the friendly-page ports in, only DNATed; the health checks
     (and the proxy's connections) out to home, with their replies in."""
     dev, tun = config.tunnel.device, config.tunnel
-    vps = str(config.vps.address)
+    vps = str(config.vps.bind_address)  # what arrives here: the private address on a 1:1-NAT cloud
     out = [Opening("input", 4, tun.proto, dport=tun.port, iif=interface, daddr=vps, why="OpenVPN server")]
     for svc, home, fam, address in _services_homes(config):
         if svc.via == "dnat":
