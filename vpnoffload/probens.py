@@ -60,9 +60,12 @@ def name(self_ns: str = "/proc/self/ns/net", init_ns: str = "/proc/1/ns/net") ->
     """The probe namespace's name for the network namespace this process runs in."""
     try:
         mine = os.stat(self_ns).st_ino
-        init = os.stat(init_ns).st_ino
     except OSError:
         return BASE_NAME
+    try:
+        init = os.stat(init_ns).st_ino
+    except OSError:  # pid 1 is out of reach (a sandbox): be unique rather than pretty
+        init = None
     return BASE_NAME if mine == init else f"{BASE_NAME}-{mine:x}"
 
 
@@ -70,9 +73,15 @@ def path(ns_name: str | None = None) -> str:
     return os.path.join(NETNS_DIR, ns_name or name())
 
 
-def present(ns_name: str | None = None) -> bool:
-    """Does the probe namespace exist (``up vps`` made it)?"""
-    return os.path.exists(path(ns_name))
+def present(ns_name: str | None = None, netns_dir: str = NETNS_DIR) -> bool:
+    """Does the probe namespace exist (``up vps`` made it)? A name in /run/netns is a
+    namespace only while a bind mount (nsfs, another device) sits on it: a plain file
+    left behind when the mount went (made in a mount namespace that ended) is none."""
+    where = os.path.join(netns_dir, ns_name or name())
+    try:
+        return os.stat(where).st_dev != os.stat(netns_dir).st_dev
+    except OSError:
+        return False
 
 
 _libc = None

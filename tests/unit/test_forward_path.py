@@ -143,7 +143,7 @@ def test_probe_addresses_and_names(tmp_path: Path) -> None:
     assert len(probens.VPS_DEVICE) <= 15
 
 
-def test_probe_namespace_plan_and_exact_undo(tmp_path: Path) -> None:
+def test_probe_namespace_plan_and_exact_undo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ran: list[list[str]] = []
     netns, sys_net = tmp_path / "netns", tmp_path / "net"
     netns.mkdir()
@@ -171,6 +171,9 @@ def test_probe_namespace_plan_and_exact_undo(tmp_path: Path) -> None:
     # Both there: a second `up` has nothing to do, `down` removes exactly both.
     (netns / "vpnoffload-probe-t").write_text("")
     (sys_net / "vpnoffload-pb").mkdir()
+    # A plain file is a name left without its namespace: up makes it again, down removes it.
+    assert not probens.present("vpnoffload-probe-t", str(netns)) and len(ns.plan_up()) == 2
+    monkeypatch.setattr(probens, "present", lambda *a: True)  # as if a namespace were mounted there
     assert ns.plan_up() == []
     ran.clear()
     for action in ns.plan_down():

@@ -36,7 +36,11 @@ class ProbeNamespace:
         self.netns_dir, self.sys_net = netns_dir, sys_net
 
     def _ns_exists(self) -> bool:
-        return os.path.exists(os.path.join(self.netns_dir, self.name))
+        return probens.present(self.name, self.netns_dir)
+
+    def _stale(self) -> bool:
+        """The name is there but no namespace is mounted on it (see probens.present)."""
+        return os.path.exists(os.path.join(self.netns_dir, self.name)) and not self._ns_exists()
 
     def _veth_exists(self) -> bool:
         return os.path.exists(os.path.join(self.sys_net, probens.VPS_DEVICE))
@@ -50,7 +54,7 @@ class ProbeNamespace:
         actions: list[Action] = []
         if not self._ns_exists():
             actions.append(Action(f"create network namespace {self.name} (the watchdog's visitor-path probe)",
-                                  lambda: self._ip("netns", "add", self.name),
+                                  self._add_namespace,
                                   lambda: self._ip("netns", "del", self.name, check=False)))
         if actions or not self._veth_exists():
             def link() -> None:
@@ -70,13 +74,18 @@ class ProbeNamespace:
                                   link, lambda: self._ip("link", "del", probens.VPS_DEVICE, check=False)))
         return actions
 
+    def _add_namespace(self) -> None:
+        if self._stale():  # our name, left without its namespace: `ip netns add` would refuse it
+            self._ip("netns", "del", self.name, check=False)
+        self._ip("netns", "add", self.name)
+
     def plan_down(self) -> list[Action]:
         """Remove the veth pair and the namespace, whichever exists (both are vpnoffload's names)."""
         actions: list[Action] = []
         if self._veth_exists():
             actions.append(Action(f"delete veth {probens.VPS_DEVICE} (the probe namespace's link)",
                                   lambda: self._ip("link", "del", probens.VPS_DEVICE, check=False), None))
-        if self._ns_exists():
+        if self._ns_exists() or self._stale():
             actions.append(Action(f"delete network namespace {self.name}",
-                                  lambda: self._ip("netns", "del", self.name), None))
+                                  lambda: self._ip("netns", "del", self.name, check=False), None))
         return actions

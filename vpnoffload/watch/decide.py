@@ -104,8 +104,11 @@ def probe_namespace_prober(ns_path: str) -> ForwardProber:
     """
     import os
 
+    from vpnoffload import probens
+
     def forward(service: Any, home: str, config: Any, visitor: bool) -> health.Result | None:
-        if getattr(service, "via", "dnat") != "dnat" or service.ipv6 or not os.path.exists(ns_path):
+        if getattr(service, "via", "dnat") != "dnat" or service.ipv6 or not probens.present(
+                os.path.basename(ns_path), os.path.dirname(ns_path)):
             return None
         address = str(config.homes[home].address)
         if visitor:

