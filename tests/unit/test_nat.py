@@ -247,3 +247,17 @@ def test_host_firewall_opens_openvpn_on_the_local_address() -> None:
     openvpn = [o for o in vps_openings(config, "eth0") if o.why == "OpenVPN server"]
     assert [o.daddr for o in openvpn] == ["198.18.0.10"]
     assert {o.daddr for o in home_openings(config, "home") if o.hook == "output" and o.dport == 1194} == {"203.0.113.10"}
+
+
+def test_proxy_include_listens_where_a_mapped_dedicated_address_arrives() -> None:
+    """nginx/HAProxy on a 1:1-NAT cloud: a dedicated proxy address listens on its private mapping."""
+    from pathlib import Path
+
+    from vpnoffload.render import webserver
+
+    text = BASE.format(vps=NATTED).replace(
+        '[services.blog]\nlisten = "203.0.113.11:80"\ntarget = "8081"\n',
+        '[services.blog]\nlisten = "203.0.113.11:80"\ntarget = "8081"\nvia = "proxy"\nhostname = "blog.example.org"\n')
+    out = Path("/etc/nginx/vpnoffload")
+    nginx = webserver.nginx_files(parse_text(text), out)[out / "vpnoffload.conf"]
+    assert "listen 198.18.0.11:80;" in nginx and "203.0.113.11" not in nginx

@@ -101,7 +101,9 @@ def _site(config: Config, svc: Service) -> Site:
     if svc.hostname is None:  # config validation guarantees one; guard the invariant anyway
         raise ConfigError("via = 'proxy' needs a hostname", field=f"services.{svc.name}.hostname")
     shared = svc.listen_address == config.vps.address
-    own = f"[{svc.listen_address}]" if svc.listen_address.version == 6 else str(svc.listen_address)
+    # On a 1:1-NAT cloud a dedicated address arrives as its private one ([vps] nat): listen there.
+    arrives = config.vps.local_of(svc.listen_address)
+    own = f"[{arrives}]" if arrives.version == 6 else str(arrives)
     upstreams = tuple(
         Upstream(conf_word(h, f"homes.{h}"), conf_word(f"{config.homes[h].address}:{svc.target_port}", f"homes.{h}"), i > 0)
         for i, h in enumerate(svc.homes)
