@@ -6,6 +6,7 @@ import http.client
 
 import pytest
 
+from vpnoffload.watch import pageloop
 from vpnoffload.watch.page import FallbackServer, response
 
 
@@ -83,7 +84,7 @@ def test_https_service_gets_the_page_over_tls_and_unknown_names_a_fast_close(tmp
     client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
     try:
         port = server.server_address[1]
-        monkeypatch.setattr(fallback, "original_destination", lambda sock: dest)
+        monkeypatch.setattr(pageloop, "original_destination", lambda sock: dest)
         with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
             with client.wrap_socket(raw, server_hostname="blog.example.org") as tls:
                 tls.sendall(b"GET / HTTP/1.1\r\nHost: blog.example.org\r\n\r\n")
@@ -92,7 +93,7 @@ def test_https_service_gets_the_page_over_tls_and_unknown_names_a_fast_close(tmp
                     data += chunk
         assert data.startswith(b"HTTP/1.1 503") and b"blog over tls" in data
         # A name with no certificate configured: closed at once, never a hang.
-        monkeypatch.setattr(fallback, "original_destination", lambda sock: ("203.0.113.99", 443))
+        monkeypatch.setattr(pageloop, "original_destination", lambda sock: ("203.0.113.99", 443))
         with socket.create_connection(("127.0.0.1", port), timeout=3) as raw:
             with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
                 client.wrap_socket(raw, server_hostname="other.example.org")

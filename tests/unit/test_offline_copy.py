@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from vpnoffload.cli.app import app
 from vpnoffload.config.files import parse_text
 from vpnoffload.errors import ConfigError
-from vpnoffload.watch import copier, copies, page
+from vpnoffload.watch import copier, copies, page, pageloop
 from vpnoffload.watch.copyhttp import banner, copy_head, request_target
 
 BASE = """\
@@ -346,7 +346,7 @@ def _kept_server(tmp_path: Path, monkeypatch, *, banner_on: bool = True):
         entries[path] = {"file": name, "size": len(body), "type": ctype, "fetched": 1.0e9}
     copies.write_index(run, "blog", {"format": 1, "pages": entries, "last_fetch": 1.0e9, "result": "ok"})
     dest = ("203.0.113.10", 80)
-    monkeypatch.setattr(page, "original_destination", lambda sock: dest)
+    monkeypatch.setattr(pageloop, "original_destination", lambda sock: dest)
     server = page.FallbackServer(("127.0.0.1", 0), {dest: b"<p>friendly</p>"})
     server.set_kept({dest: copies.open_kept(run, "blog", ["/", "/logo.txt"])}, {dest: banner_on})
     server.start()

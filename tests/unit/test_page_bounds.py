@@ -9,15 +9,15 @@ import time
 
 import pytest
 
-from vpnoffload.watch import page
+from vpnoffload.watch import page, pageloop
 from vpnoffload.watch.page import FallbackServer, Loop
 
 
 @pytest.fixture
 def fast(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(page, "HEAD_TIMEOUT", 0.6)
-    monkeypatch.setattr(page, "HANDSHAKE_TIMEOUT", 0.6)
-    monkeypatch.setattr(page, "SWEEP_EVERY", 0.05)
+    monkeypatch.setattr(pageloop, "HEAD_TIMEOUT", 0.6)
+    monkeypatch.setattr(pageloop, "HANDSHAKE_TIMEOUT", 0.6)
+    monkeypatch.setattr(pageloop, "SWEEP_EVERY", 0.05)
 
 
 def serving(server: FallbackServer, **kw) -> tuple[Loop, threading.Thread]:
@@ -105,7 +105,7 @@ def test_tls_handshake_has_a_deadline_and_tls_connections_their_own_cap(fast, tm
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(cert), str(key))
     dest = ("203.0.113.10", 443)
-    monkeypatch.setattr(page, "original_destination", lambda sock: dest)
+    monkeypatch.setattr(pageloop, "original_destination", lambda sock: dest)
     server = FallbackServer(("127.0.0.1", 0), {dest: b"<p>tls</p>"}, tls_contexts={dest: ctx})
     loop, thread = serving(server, max_tls=2)
     try:
