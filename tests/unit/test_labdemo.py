@@ -76,6 +76,8 @@ class FakeLab(Lab):
         return FakeProc(4_000_000 + len(self.events))  # beyond pid_max: never a real process
 
     def exec(self, host: str, *argv: str, **kw: Any) -> subprocess.CompletedProcess:
+        assert argv[1] == "-P", argv  # lab children never import from the current directory (root)
+        argv = (argv[0], *argv[2:])
         if argv[1:3] == ("-c", labsites._POLL):
             return subprocess.CompletedProcess(argv, 0, json.dumps(self.polls.pop(0)), "")
         assert argv[1:3] == ("-m", "vpnoffload") and argv[3] == "-c", argv

@@ -20,9 +20,9 @@ KERNEL_MODULES = {"firewall.iptc", "firewall.xtables", "firewall.nft", "routing.
 #: Terminal libraries: only the CLI (and the lab's narrator) talk to a terminal.
 TERMINAL_LIBRARIES = {"typer", "click", "rich"}
 TERMINAL_MODULES = ("cli.", "lab.narrate")
-#: subprocess: the one helper (proc), the daemons vpnoffload keeps running (procs,
-#: the watchdog's warm swap child) and the lab, which is test infrastructure.
-SUBPROCESS_MODULES = ("proc", "procs", "watch.loop", "lab.")
+#: subprocess: the one helper (proc) and the lab, which is test infrastructure (the lean
+#: processes start their children with watch/spawn.py, os.posix_spawn).
+SUBPROCESS_MODULES = ("proc", "lab.")
 
 #: Each layer and what it may not import (by package prefix). cli.handler, the
 #: one error handler, may be imported from anywhere.

@@ -309,7 +309,7 @@ class Lab:
 
         With ``wait`` > 0, retries until 'open' or ``wait`` seconds have passed.
         """
-        out = self.exec(host, sys.executable, "-c", probes.PROBE, address, str(port), str(timeout), str(wait),
+        out = self.exec(host, sys.executable, "-P", "-c", probes.PROBE, address, str(port), str(timeout), str(wait),
                         timeout=timeout + wait + 10)
         return out.stdout.strip()
 
@@ -319,7 +319,7 @@ class Lab:
 
     def http_get(self, host: str, url: str, *, timeout: float = 2.0) -> tuple[int, str]:
         """GET ``url`` from ``host`` (no proxy): (status, body); (0, reason) if no reply came."""
-        out = self.exec(host, sys.executable, "-c", probes.HTTP_GET, url, str(timeout), timeout=timeout + 10)
+        out = self.exec(host, sys.executable, "-P", "-c", probes.HTTP_GET, url, str(timeout), timeout=timeout + 10)
         status, _, body = out.stdout.partition("\n")
         return int(status), body
 

@@ -129,7 +129,7 @@ def vpnoffload(lab: Lab, sites: Sites, host: str, *args: str, narrator: Narrator
     LabStepError naming the command and its last error line.
     """
     narrator.command(host, shown_argv(sites, host, *args))
-    proc = lab.exec(host, sys.executable, "-m", "vpnoffload", "-c", str(sites.config(host)), *args,
+    proc = lab.exec(host, sys.executable, "-P", "-m", "vpnoffload", "-c", str(sites.config(host)), *args,
                     check=False, timeout=COMMAND_TIMEOUT)
     shown = (proc.stdout + proc.stderr).strip("\n").rstrip()
     if shown:
@@ -222,7 +222,7 @@ def visitor_poll(lab: Lab, *, want: int, marker: str, wait: float) -> dict[str, 
     clock is system-wide) or None, the number of attempts and a tally of what
     came back.
     """
-    out = lab.exec("visitor", sys.executable, "-c", _POLL, f"http://{lab.vps_address}/", str(want), marker,
+    out = lab.exec("visitor", sys.executable, "-P", "-c", _POLL, f"http://{lab.vps_address}/", str(want), marker,
                    str(wait), str(POLL_EVERY), str(POLL_TIMEOUT), timeout=wait + POLL_TIMEOUT + 10)
     try:
         return json.loads(out.stdout)

@@ -110,7 +110,7 @@ def copy_to_home(sites: Sites, n: Narrator) -> None:
 
 def start_home_site(lab: Lab, sites: Sites, n: Narrator) -> None:
     n.section(f"At home: the web site the VPS will forward to (port {WEB_PORT})")
-    argv = [sys.executable, "-m", "vpnoffload.lab.web", "--port", str(WEB_PORT), "--name", "home"]
+    argv = [sys.executable, "-P", "-m", "vpnoffload.lab.web", "--port", str(WEB_PORT), "--name", "home"]
     n.command("home", ["python3", "-m", "vpnoffload.lab.web", "--port", str(WEB_PORT), "--name", "home"])
     n.note("  (left running in the background)")
     start_background(lab, sites, "home", "labweb", argv)
@@ -131,7 +131,7 @@ def start_watchdog(lab: Lab, sites: Sites, n: Narrator, available: bool) -> bool
     if not available:
         n.warn("'vpnoffload watch' is not available in this version: no friendly page when home is down")
         return False
-    argv = [sys.executable, "-m", "vpnoffload", "-c", str(sites.config("vps")), "watch"]
+    argv = [sys.executable, "-P", "-m", "vpnoffload", "-c", str(sites.config("vps")), "watch"]
     n.command("vps", shown_argv(sites, "vps", "watch"))
     n.note("  (left running in the background; on a real VPS systemd runs it as vpnoffload-watch)")
     # Wait for READY=1 as systemd would: it is sent after the first round of checks,
