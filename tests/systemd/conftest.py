@@ -20,6 +20,7 @@ CapabilityBoundingSet=, ...) works.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -193,10 +194,11 @@ class SystemdLab:
             "rules": "ip rule", "routes": "ip route show table all", "addresses": "ip -o addr",
             "sysctl": "sysctl net.ipv4.ip_forward net.ipv4.conf.all.rp_filter net.ipv4.conf.default.rp_filter",
             "user": "getent passwd vpnoffload || true", "openvpn": "ls /etc/openvpn/server /etc/openvpn/client",
-            "processes": "ps -e -o comm= | grep -v -x -e ps -e sh | sort",
+            "processes": "ps -e -o comm=",
         }
         snap = {key: self.exec(host, "sh", "-c", cmd, timeout=30).stdout for key, cmd in sh.items()}
         snap["iptables"] = normalize_xtables_save(snap["iptables"])
+        snap["processes"] = "\n".join(sorted(set(snap["processes"].split()) - {"ps", "sh"}))
         # Interface numbers and lifetimes are the kernel's, not ours (a reboot renumbers eth0).
         snap["addresses"] = re.sub(r"^\d+: ", "", snap["addresses"], flags=re.M)
         # Docker's embedded DNS rules (127.0.0.11, a new port at each boot) are not ours.
@@ -206,11 +208,12 @@ class SystemdLab:
         return snap
 
     def diagnostics(self) -> str:
-        parts = []
-        for host in ("vps", "home"):
-            parts.append(f"--- {host}: vpnoffload and OpenVPN units\n"
-                         + self.journal(host, "vpnoffload-vps", "vpnoffload-watch", "vpnoffload-home",
-                                        "openvpn-server@vpnoffload", f"openvpn-client@vpnoffload-{HOME}"))
+        parts = [f"--- vps: vpnoffload-watch\n{self.journal('vps', 'vpnoffload-watch', lines=60)}",
+                 f"--- vps: vpnoffload-vps\n{self.journal('vps', 'vpnoffload-vps', lines=20)}",
+                 "--- vps: page server log\n"
+                 + self.exec("vps", "tail", "-n", "20", "/etc/vpnoffload/state/run/pageserver.log").stdout,
+                 f"--- vps: processes\n{self.exec('vps', 'ps', '-eo', 'pid,user,args').stdout}",
+                 f"--- home: vpnoffload-home\n{self.journal('home', 'vpnoffload-home', lines=20)}"]
         return "\n".join(parts)
 
     def run(self, host: str, address: str, tag: str, *extra: str) -> None:
@@ -253,7 +256,8 @@ def systemd_lab() -> Iterator[SystemdLab]:
         lab.systemctl("home", "enable", "--now", "vpnoffload-lab-web.service")
         yield lab
     finally:
-        remove_leftovers()
+        if os.environ.get("VPNOFFLOAD_SYSTEMD_KEEP") != "1":  # =1: leave the lab up to look around
+            remove_leftovers()
 
 
 __all__ = ["HOME", "VISITOR_ADDRESS", "VPS_ADDRESS", "Response", "SystemdLab", "docker", "snapshot_diff"]

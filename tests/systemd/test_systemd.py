@@ -77,8 +77,11 @@ def installed(systemd_lab: SystemdLab) -> SystemdLab:
     lab = systemd_lab
     for host in ("vps", "home"):
         BEFORE[host] = lab.snapshot(host)
-    lab.exec("vps", "vpnoffload", "install-service", "vps", check=True, timeout=180)
-    lab.exec("home", "vpnoffload", "install-service", "home", "--home", HOME, check=True, timeout=180)
+    for host, argv in (("vps", ("vps",)), ("home", ("home", "--home", HOME))):
+        done = lab.exec(host, "vpnoffload", "install-service", *argv, timeout=180)
+        if done.returncode != 0:
+            pytest.fail(f"install-service {' '.join(argv)} failed:\n{done.stdout}{done.stderr}\n{lab.diagnostics()}",
+                        pytrace=False)
     lab.wait_for("the visitor was not served from home after install-service", served_from_home, "/whoami",
                  RECOVERY_TIMEOUT)
     return lab
