@@ -210,16 +210,11 @@ def report_for(paths: Paths) -> Report:
 
     config = cfg.load(paths.config)
 
-    from vpnoffload import probens
-    from vpnoffload.watch.decide import probe_namespace_prober
-
-    forward = probe_namespace_prober(probens.path())
-
+    # Only the direct check: the visitors'-path check needs the probe namespace, which only a
+    # running watchdog has (watch/probe.py), and then its verdicts are shown instead of these.
     def probe(svc: Any, home: str) -> Any:
-        result = health.probe(str(config.homes[home].address), svc.target_port, svc.check, config.watch.timeout,
-                              host_header=svc.hostname)
-        # The rules send visitors to `home`: check their path as the watchdog would.
-        return health.combine(result, forward(svc, home, config, True)) if result.alive else result
+        return health.probe(str(config.homes[home].address), svc.target_port, svc.check, config.watch.timeout,
+                            host_header=svc.hostname)
 
     return gather(config, paths, server_running=server_running(paths), live_probe=probe)
 

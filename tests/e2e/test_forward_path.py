@@ -1,12 +1,12 @@
 """Issue 13 items 3-4 end to end: a rule on the VPS that drops forwarded traffic to home
 (the tunnel and the direct check still fine) is seen by the watchdog's check from the probe
-namespace: status says "path blocked on the VPS" and visitors get the page within 10 s;
-once the rule is gone, the site is back within 10 s; `down` leaves the VPS as it was."""
+namespace the watchdog keeps: status says "path blocked on the VPS" and visitors get the page
+within 10 s; once the rule is gone, the site is back within 10 s; the probe's veth goes with the
+watchdog (stopped or killed); `down` leaves the VPS as it was."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -42,17 +42,11 @@ def until(what: str, check, limit: float) -> float:
     pytest.fail(f"{what}: not within {limit} s; last: {last}", pytrace=False)
 
 
-def probe_name(lab: Lab) -> str:
-    return lab.exec("vps", sys.executable, "-c", "from vpnoffload import probens; print(probens.name())").stdout.strip()
+def probe_link(lab: Lab) -> bool:
+    """Is the watchdog's probe veth (its VPS end) there?"""
+    return lab.exec("vps", "ip", "link", "show", "vpnoffload-pb", check=False).returncode == 0
 
 
-# The lab runs every VPS command under `ip netns exec`, which gives it a private (slave) mount
-# namespace: the bind mount `up vps`'s `ip netns add` makes in /run/netns ends with that command,
-# and the probe namespace with it (only an empty file is left). On a real VPS `up vps` runs in the
-# host's mount namespace and the namespace stays. Until the lab enters namespaces without a mount
-# namespace of its own (nsenter --net), this test cannot pass there.
-@pytest.mark.skip(reason="lab limitation: `ip netns exec` mount namespaces drop the probe namespace's "
-                         "bind mount when `up vps` exits (issue 13 report)")
 def test_forward_path_blocked_on_the_vps_page_then_back(lab: Lab, sites: tuple[Path, Path], tmp_path: Path,
                                                          capsys) -> None:
     vps_site, home_site = sites
@@ -60,25 +54,29 @@ def test_forward_path_blocked_on_the_vps_page_then_back(lab: Lab, sites: tuple[P
     lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080")
     assert lab.wait_tcp("home", "127.0.0.1", 8080)
     before = snapshot(lab, "vps")
-    name = probe_name(lab)
-    assert not os.path.exists(f"/run/netns/{name}")
 
-    try:
-        cli(lab, "vps", vps_site, "up", "vps")
-        _blocked_then_fixed(lab, vps_site, home_site, tmp_path, capsys, name)
-    finally:  # the probe namespace's name is global: never leave it behind a failed test
-        if os.path.exists(f"/run/netns/{name}"):
-            lab.exec("vps", *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "down", "vps"), check=False)
-            if os.path.exists(f"/run/netns/{name}"):
-                lab.exec("vps", "ip", "netns", "del", name, check=False)
-    assert not os.path.exists(f"/run/netns/{name}")
+    cli(lab, "vps", vps_site, "up", "vps")
+    assert not probe_link(lab)  # `up` makes no probe: the watchdog owns it
+    _blocked_then_fixed(lab, vps_site, home_site, tmp_path, capsys)
+    _gone_with_a_killed_watchdog(lab, vps_site, tmp_path)
+    cli(lab, "home", home_site, "down", "home")
+    cli(lab, "vps", vps_site, "down", "vps")
     after = snapshot(lab, "vps")
     assert after == before, f"vps differs after down:\n{snapshot_diff(before, after)}"
 
 
-def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Path, capsys, name: str) -> None:
+def _gone_with_a_killed_watchdog(lab: Lab, vps_site: Path, tmp_path: Path) -> None:
+    """SIGKILL leaves nothing: the kernel frees the namespace, and the veth pair with it."""
+    with open(tmp_path / "watch2.log", "ab") as out:
+        watch = lab.popen("vps", *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "watch"), stdout=out, stderr=out)
+    until("the probe link is made", lambda: (probe_link(lab), None), 10)
+    watch.kill()
+    watch.wait(10)
+    until("the probe link goes with the killed watchdog", lambda: (not probe_link(lab), None), 5)
+
+
+def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Path, capsys) -> None:
     cli(lab, "home", home_site, "up", "home")
-    assert os.path.exists(f"/run/netns/{name}")
     log = tmp_path / "watch.log"
     with open(log, "ab") as out:
         watch = lab.popen("vps", *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "watch"), stdout=out, stderr=out)
@@ -93,6 +91,7 @@ def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Pat
         return code == 0 and data["watchdog"]["running"], data["services"]
 
     until("served from home and status ok", lambda: (served()[0] and healthy()[0], None), 20)
+    assert probe_link(lab), (tmp_path / "watch.log").read_text()
 
     blocked_at = time.monotonic()
     for argv in BLOCK:
@@ -103,11 +102,6 @@ def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Pat
             svc = data["services"][0]
             return code != 0 and svc.get("reason") == "path blocked on the VPS", svc
 
-        if os.environ.get("T13_DEBUG"):
-            home_addr = status(lab, vps_site)[1]["tunnel"]["homes"][0]["address"]
-            code = ("import os; from vpnoffload.watch import health; from vpnoffload import probens; p = probens.path(); "
-                    f"print(p, os.path.exists(p), health.forward_probe(p, {lab.vps_address!r}, 80, 1, {home_addr!r}))")
-            print(lab.exec("vps", sys.executable, "-c", code, check=False))
         took_status = until("status names the blocked path", blocked, 10)
         took_page = until("visitors get the page", lambda: ((r := lab.http_get("visitor", url, timeout=1))[0] == 503, r[0]),
                           max(0.5, 10 - (time.monotonic() - blocked_at)))
@@ -127,5 +121,4 @@ def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Pat
 
     watch.terminate()
     watch.wait(10)
-    cli(lab, "home", home_site, "down", "home")
-    cli(lab, "vps", vps_site, "down", "vps")
+    assert not probe_link(lab)  # a clean stop deletes it before exiting

@@ -1,24 +1,26 @@
 """Issue 13, items 3 and 4: health along the visitors' path and the reasons status gives.
 
-No root: the direct and forward checks are fakes, the probe namespace's plan
-records its iproute2 commands, real sockets talk to loopback only."""
+No root: the direct and forward checks are fakes, the watchdog's probe namespace
+(watch/probe.py) runs on a fake `ip` and unshare, recording which thread runs each
+command; real sockets talk to loopback only."""
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
+import threading
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 
 import pytest
 
 from vpnoffload import probens
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps, Watch
-from vpnoffload.routing.probe import ProbeNamespace
 from vpnoffload.status import _health, _shown_reason, render_text
 from vpnoffload.watch import health
 from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import Result
+from vpnoffload.watch.probe import ProbeNamespace
 
 
 def config(backups: tuple[str, ...] = ()) -> Config:
@@ -119,8 +121,18 @@ def test_busy_tunnel_does_not_hide_a_blocked_path() -> None:
     assert dog.status["web"].active is None
 
 
-def test_without_a_probe_namespace_only_the_direct_check_counts(tmp_path: Path) -> None:
-    forward = probe_namespace_prober(str(tmp_path / "no-such-netns"))
+class NoNamespace:
+    """A ProbeNamespace that could not be made (or whose link went)."""
+
+    def available(self) -> bool:
+        return False
+
+    def sockets(self, specs):
+        raise AssertionError("no sockets without a namespace")
+
+
+def test_without_a_probe_namespace_only_the_direct_check_counts() -> None:
+    forward = probe_namespace_prober(NoNamespace())
     svc = config().services["web"]
     assert forward(svc, "home", config(), True) is None
     dog = Watchdog(config(), Swapper(), up, forward=forward)
@@ -128,57 +140,127 @@ def test_without_a_probe_namespace_only_the_direct_check_counts(tmp_path: Path) 
     assert dog.status["web"].active == "home" and dog.status["web"].healthy
 
 
-def test_probe_addresses_and_names(tmp_path: Path) -> None:
+def test_forward_probe_without_sockets_is_no_evidence() -> None:
+    def refused(specs):
+        raise OSError(errno.ESHUTDOWN, "closed")
+
+    assert health.forward_probe(refused, "203.0.113.10", 80, 0.5, "198.51.100.2") is None
+    assert health.forward_probe(lambda specs: [None, None], "203.0.113.10", 80, 0.5, "198.51.100.2") is None
+
+
+def test_probe_addresses() -> None:
     assert probens.addresses("198.18.255.252/30") == ("198.18.255.253", "198.18.255.254")
     assert probens.addresses("198.18.7.9/30") == ("198.18.7.9", "198.18.7.10")
     with pytest.raises(ValueError):
         probens.addresses("198.18.0.0/24")
     assert probens.subnet({"VPNOFFLOAD_PROBE_SUBNET": "198.19.0.0/30"}) == "198.19.0.0/30"
-    same = tmp_path / "ns"
-    same.write_text("")
-    assert probens.name(str(same), str(same)) == "vpnoffload-probe"
-    other = tmp_path / "other"
-    other.write_text("")
-    assert probens.name(str(other), str(same)) == f"vpnoffload-probe-{other.stat().st_ino:x}"
     assert len(probens.VPS_DEVICE) <= 15
 
 
-def test_probe_namespace_plan_and_exact_undo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ran: list[list[str]] = []
-    netns, sys_net = tmp_path / "netns", tmp_path / "net"
-    netns.mkdir()
-    sys_net.mkdir()
-    ns = ProbeNamespace(lambda argv, **kw: ran.append(argv), "vpnoffload-probe-t", "198.18.255.252/30",
-                        str(netns), str(sys_net))
-    actions = ns.plan_up()
-    assert len(actions) == 2
-    for action in actions:
-        action.do()
-    assert ran == [
-        ["ip", "netns", "add", "vpnoffload-probe-t"],
-        ["ip", "link", "add", "vpnoffload-pb", "type", "veth", "peer", "name", "probe0", "netns", "vpnoffload-probe-t"],
-        ["ip", "addr", "add", "198.18.255.253/30", "dev", "vpnoffload-pb"],
-        ["ip", "link", "set", "vpnoffload-pb", "up"],
-        ["ip", "-n", "vpnoffload-probe-t", "link", "set", "lo", "up"],
-        ["ip", "-n", "vpnoffload-probe-t", "addr", "add", "198.18.255.254/30", "dev", "probe0"],
-        ["ip", "-n", "vpnoffload-probe-t", "link", "set", "probe0", "up"],
-        ["ip", "-n", "vpnoffload-probe-t", "route", "add", "default", "via", "198.18.255.253"],
+class FakeKernel:
+    """Records each `ip` command with the thread it ran in; ``links`` is the VPS namespace's."""
+
+    def __init__(self) -> None:
+        self.ran: list[tuple[str, list[str]]] = []
+        self.links: dict[str, int] = {}
+        self.fail_on: str | None = None
+        self.now = 1000.0
+
+    def ip(self, args: list[str]) -> None:
+        self.ran.append((threading.current_thread().name, args))
+        if self.fail_on and self.fail_on in args:
+            raise OSError(errno.EIO, f"ip {' '.join(args)}: RTNETLINK answers: File exists")
+        if args[:2] == ["link", "add"]:
+            self.links[args[2]] = 7
+        elif args[:2] == ["link", "del"]:
+            self.links.pop(args[2], None)
+
+    def namespace(self) -> ProbeNamespace:
+        return ProbeNamespace("198.18.255.252/30", ip=self.ip, unshare=lambda: None, index_of=self.links.get,
+                              clock=lambda: self.now)
+
+
+def test_probe_namespace_is_made_by_the_watchdog_and_gone_with_it() -> None:
+    kernel = FakeKernel()
+    ns = kernel.namespace()
+    assert not ns.available() and ns.ensure() and ns.available()
+    path = ns.netns_path
+    assert path is not None and path.startswith(f"/proc/{os.getpid()}/task/") and path.endswith("/ns/net")
+    assert kernel.ran == [
+        ("MainThread", ["link", "add", "vpnoffload-pb", "type", "veth", "peer", "name", "probe0", "netns", path]),
+        ("MainThread", ["addr", "add", "198.18.255.253/30", "dev", "vpnoffload-pb"]),
+        ("MainThread", ["link", "set", "vpnoffload-pb", "up"]),
+        # Spawned from the probe thread, so they act inside the namespace it unshared.
+        ("probe-ns", ["link", "set", "lo", "up"]),
+        ("probe-ns", ["addr", "add", "198.18.255.254/30", "dev", "probe0"]),
+        ("probe-ns", ["link", "set", "probe0", "up"]),
+        ("probe-ns", ["route", "add", "default", "via", "198.18.255.253"]),
     ]
-    ran.clear()
-    for action in reversed(actions):
-        action.undo()
-    assert ran == [["ip", "link", "del", "vpnoffload-pb"], ["ip", "netns", "del", "vpnoffload-probe-t"]]
-    # Both there: a second `up` has nothing to do, `down` removes exactly both.
-    (netns / "vpnoffload-probe-t").write_text("")
-    (sys_net / "vpnoffload-pb").mkdir()
-    # A plain file is a name left without its namespace: up makes it again, down removes it.
-    assert not probens.present("vpnoffload-probe-t", str(netns)) and len(ns.plan_up()) == 2
-    monkeypatch.setattr(probens, "present", lambda *a: True)  # as if a namespace were mounted there
-    assert ns.plan_up() == []
-    ran.clear()
-    for action in ns.plan_down():
-        action.do()
-    assert ran == [["ip", "link", "del", "vpnoffload-pb"], ["ip", "netns", "del", "vpnoffload-probe-t"]]
+    tcp, raw = ns.sockets([(socket.AF_INET, socket.SOCK_STREAM, 0), (socket.AF_INET, socket.SOCK_RAW, 1)])
+    assert isinstance(tcp, socket.socket)
+    tcp.close()
+    if raw is not None:
+        raw.close()
+    kernel.ran.clear()
+    assert ns.ensure() and kernel.ran == []  # there and ours: nothing to do
+    threads = [t for t in threading.enumerate() if t.name == "probe-ns"]
+    ns.close()
+    assert kernel.ran == [("MainThread", ["link", "del", "vpnoffload-pb"])] and not ns.available()
+    assert not any(t.is_alive() for t in threads)
+    with pytest.raises(OSError):
+        ns.sockets([(socket.AF_INET, socket.SOCK_STREAM, 0)])
+
+
+def test_a_second_watchdog_runs_without_the_forward_check_and_takes_over_later(caplog) -> None:
+    kernel = FakeKernel()
+    kernel.links["vpnoffload-pb"] = 3  # another watchdog's
+    ns = kernel.namespace()
+    assert not ns.ensure() and not ns.ensure() and kernel.ran == []
+    assert [r.getMessage() for r in caplog.records].count(
+        "vpnoffload-pb exists already (another watchdog running?): running without the visitor-path check, "
+        "trying again every 30 s") == 1
+    del kernel.links["vpnoffload-pb"]  # that watchdog ended: its namespace took the link with it
+    kernel.now += 10
+    assert not ns.ensure()  # not yet: every RETRY s
+    kernel.now += 21
+    assert ns.ensure() and ns.available()
+    ns.close()
+
+
+def test_a_link_that_goes_turns_the_check_off_until_it_is_made_again() -> None:
+    kernel = FakeKernel()
+    ns = kernel.namespace()
+    assert ns.ensure()
+    kernel.links["vpnoffload-pb"] = 9  # deleted and made again by someone else: not ours
+    assert not ns.ensure() and not ns.available()
+    assert probe_namespace_prober(ns)(config().services["web"], "home", config(), True) is None
+    del kernel.links["vpnoffload-pb"]
+    kernel.now += 31
+    assert ns.ensure()
+    ns.close()
+
+
+def test_a_failed_setup_removes_its_link_and_retries() -> None:
+    kernel = FakeKernel()
+    kernel.fail_on = "default"
+    ns = kernel.namespace()
+    assert not ns.ensure() and not ns.available()
+    assert kernel.ran[-1] == ("MainThread", ["link", "del", "vpnoffload-pb"]) and not kernel.links
+    assert not [t for t in threading.enumerate() if t.name == "probe-ns" and t.is_alive()]
+    kernel.fail_on = None
+    kernel.now += 30
+    assert ns.ensure()
+    ns.close()
+
+
+def test_probe_thread_refused_by_the_kernel() -> None:
+    def eperm() -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    ns = ProbeNamespace(ip=lambda args: pytest.fail("no ip without a namespace"), unshare=eperm,
+                        index_of=lambda name: None)
+    assert not ns.ensure() and not ns.available()
+    ns.close()
 
 
 def test_status_shows_the_reason_and_what_to_do() -> None:

@@ -65,6 +65,11 @@ def test_vps_openings_are_exactly_what_the_vps_needs(config) -> None:
          "ct state established,related accept", "replies of service git from home"),
         ("output", 'oifname "vpnoffload0" ip daddr 198.51.100.2 tcp dport 2222 accept',
          "health checks of service git at home"),
+        # The watchdog's probe namespace (watch/probe.py) enters FORWARD like a visitor: let it and its replies by.
+        ("forward", 'iifname "vpnoffload-pb" oifname "vpnoffload0" ip saddr 198.18.255.254 accept',
+         "the watchdog's visitor-path check"),
+        ("forward", 'iifname "vpnoffload0" oifname "vpnoffload-pb" ip daddr 198.18.255.254 '
+         "ct state established,related accept", "replies to the watchdog's visitor-path check"),
         ("input", 'iifname "eth0" ip daddr 203.0.113.10 tcp dport 8503 ct status dnat accept',
          "friendly-page server (only DNATed connections)"),
         ("input", 'iifname "vpnoffload0" ct state established,related accept', "replies to the health checks"),
@@ -106,7 +111,10 @@ def test_docker_forward_goes_to_docker_user_with_iptables_nft(config) -> None:
                         "-m conntrack --ctstate DNAT -m comment --comment vpnoffload -j ACCEPT")
     assert lines[1] == ("-A DOCKER-USER -s 198.51.100.2/32 -i vpnoffload0 -o eth0 -p tcp -m tcp --sport 8080 "
                         "-m conntrack --ctstate RELATED,ESTABLISHED -m comment --comment vpnoffload -j ACCEPT")
-    assert len(lines) == 4
+    assert lines[4:] == [
+        "-A DOCKER-USER -s 198.18.255.254/32 -i vpnoffload-pb -o vpnoffload0 -m comment --comment vpnoffload -j ACCEPT",
+        "-A DOCKER-USER -d 198.18.255.254/32 -i vpnoffload0 -o vpnoffload-pb -m conntrack --ctstate RELATED,ESTABLISHED "
+        "-m comment --comment vpnoffload -j ACCEPT"]
 
 
 def test_nftables_openings_go_into_the_dropping_chains_only(config) -> None:
@@ -114,6 +122,8 @@ def test_nftables_openings_go_into_the_dropping_chains_only(config) -> None:
     where = [(p.chain, p.opening.why) for p in places]
     assert ("input", "OpenVPN server") in where and ("input", "friendly-page server (only DNATed connections)") in where
     assert ("forward", "service web to home") in where and ("forward", "replies of service git from home") in where
+    assert ("forward", "the watchdog's visitor-path check") in where
+    assert ("forward", "replies to the watchdog's visitor-path check") in where  # its forward chain has no ct accept
     # The input chain accepts established traffic first; output drops nothing.
     assert not [p for p in places if p.chain == "input" and p.opening.ct == "established"]
     assert not [p for p in places if p.opening.hook == "output"]
@@ -135,6 +145,7 @@ def test_ufw_gets_its_own_rules_once_for_both_families(config) -> None:
         "ufw allow in on eth0 to 203.0.113.10 port 1194 proto udp comment 'vpnoffload'",
         "ufw route allow in on eth0 out on vpnoffload0 to 198.51.100.2 port 8080 proto tcp comment 'vpnoffload'",
         "ufw route allow in on eth0 out on vpnoffload0 to 198.51.100.2 port 2222 proto tcp comment 'vpnoffload'",
+        "ufw route allow in on vpnoffload-pb out on vpnoffload0 from 198.18.255.254 comment 'vpnoffload'",
         "ufw allow in on eth0 to 203.0.113.10 port 8503 proto tcp comment 'vpnoffload'",
     ]
 

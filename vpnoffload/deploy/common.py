@@ -38,18 +38,14 @@ class Backends:
     page_factory: Callable[[Paths], Any] | None = None
     #: The host's own firewall (Docker, ufw, nftables; firewall/host_plan.py); None: leave it alone.
     host: Any = None
-    #: The watchdog's visitor-path probe namespace (routing/probe.py); None: none is made.
-    probe: Any = None
 
     @classmethod
     def real(cls) -> "Backends":
         from vpnoffload.firewall import default_backend
         from vpnoffload.firewall.host_plan import HostFirewall
         from vpnoffload.routing import Pyroute2Backend
-        from vpnoffload.routing.probe import ProbeNamespace
 
-        return cls(firewall=default_backend(), routing=Pyroute2Backend(), host=HostFirewall(),
-                   probe=ProbeNamespace())
+        return cls(firewall=default_backend(), routing=Pyroute2Backend(), host=HostFirewall())
 
 
 # ------------------------------------------------------------------ locking

@@ -145,8 +145,6 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     actions += address_actions
     rec.addresses = [list(a.as_record()) for a in owned]
     actions += sysctl_actions(_vps_sysctls(config, interface, backends), backends, rec)
-    if backends.probe is not None:  # where the watchdog checks the visitors' path from (issue 13)
-        actions += backends.probe.plan_up()
     actions += _server_config_actions(config, paths, server_tunnel(paths, backends))
     on_page = any(home is None and config.services[name].serves_page for name, home in targets.items())
     actions += _page_actions(config, paths, page_server(paths, backends), needed=on_page)
@@ -223,8 +221,6 @@ def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
         actions.append(Action("stop friendly-page server", pages.stop, None))
     actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
     actions += routing.plan_remove_addresses(backends.routing, [tuple(a) for a in rec.addresses])
-    if backends.probe is not None:
-        actions += backends.probe.plan_down()
     actions += firewall.plan(backends.firewall, firewall.empty_ruleset())
     if backends.host is not None:
         actions += backends.host.plan_close(rec)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from vpnoffload import probens
 from vpnoffload.model import Config
 
 Hook = Literal["input", "forward", "output"]
@@ -106,7 +107,8 @@ def _services_homes(config: Config) -> list[tuple[Any, str, int, str]]:
 def vps_openings(config: Config, interface: str) -> list[Opening]:
     """What the VPS needs: OpenVPN's port in; each DNATed service forwarded both ways
     (in on ``interface`` to the home's tunnel address and target port, and its
-    replies back); the friendly-page ports in, only DNATed; the health checks
+    replies back); the watchdog's visitor-path check from its probe veth into the
+    tunnel and back; the friendly-page ports in, only DNATed; the health checks
     (and the proxy's connections) out to home, with their replies in."""
     dev, tun = config.tunnel.device, config.tunnel
     vps = str(config.vps.bind_address)  # what arrives here: the private address on a 1:1-NAT cloud
@@ -120,6 +122,15 @@ def vps_openings(config: Config, interface: str) -> list[Opening]:
         if fam == 4:
             out.append(Opening("output", 4, "tcp", dport=svc.target_port, oif=dev, daddr=address,
                                why=f"health checks of service {svc.name} at {home}"))
+    if any(s.via == "dnat" for s in config.services.values()):
+        # The watchdog's visitor-path check (watch/probe.py): from its probe namespace's veth
+        # into the tunnel (DNATed to the public address, or straight to a home), and back.
+        # Without them a host that drops forwarded traffic would fail every service over.
+        probe = probens.addresses()[1]
+        out.append(Opening("forward", 4, None, iif=probens.VPS_DEVICE, oif=dev, saddr=probe,
+                           why="the watchdog's visitor-path check"))
+        out.append(Opening("forward", 4, None, iif=dev, oif=probens.VPS_DEVICE, daddr=probe, ct="established",
+                           why="replies to the watchdog's visitor-path check"))
     pages = [s for s in config.services.values() if s.serves_page and s.via == "dnat"]
     port = config.watch.fallback_port
     for svc in pages:

@@ -15,7 +15,7 @@ turns unhealthy after ``fall`` failed checks in a row and healthy again after
 ``rise`` passed ones. New connections go to the first healthy home; when none
 is healthy the service is on ``fallback`` (the friendly page or a fast reset).
 
-With a ``forward`` prober (the probe namespace exists), each home's verdict
+With a ``forward`` prober (the watchdog's probe namespace is there), each home's verdict
 also needs a connection along the visitors' path to pass (``health.combine``):
 to the service's public address, DNATed like a visitor's, for the home the
 service is on; straight to the home's tunnel address (forwarded, not DNATed)
@@ -95,30 +95,27 @@ def default_prober(service: Any, home: str, config: Any) -> health.Result:
                         config.watch.timeout, host_header=service.hostname)
 
 
-def probe_namespace_prober(ns_path: str) -> ForwardProber:
-    """The forward check from the probe namespace at ``ns_path`` (see health.forward_probe).
+def probe_namespace_prober(namespace: Any) -> ForwardProber:
+    """The forward check from the watchdog's probe namespace (a ``watch.probe.ProbeNamespace``;
+    see health.forward_probe).
 
     Only for IPv4 services DNATed by the VPS (proxied ones do not cross
-    FORWARD, the probe namespace has no IPv6), and only while the namespace
-    exists (``up vps`` made it; an older setup has none): otherwise None.
+    FORWARD, the probe namespace has no IPv6), and only while the namespace is
+    there (``namespace.available()``: made, its link ours): otherwise None.
     """
-    import os
-
-    from vpnoffload import probens
 
     def forward(service: Any, home: str, config: Any, visitor: bool) -> health.Result | None:
-        if getattr(service, "via", "dnat") != "dnat" or service.ipv6 or not probens.present(
-                os.path.basename(ns_path), os.path.dirname(ns_path)):
+        if getattr(service, "via", "dnat") != "dnat" or service.ipv6 or not namespace.available():
             return None
         address = str(config.homes[home].address)
         if visitor:
             # Where the DNAT rule matches: on a 1:1-NAT cloud the private address (snapshot's
-            # local_address; a model.Service, in status's live check, maps it through vps.local_of).
+            # local_address; a model.Service maps it through vps.local_of).
             arrives = getattr(service, "local_address", None) or str(
                 getattr(config.vps, "local_of", lambda a: a)(service.listen_address))
-            return health.forward_probe(ns_path, arrives, service.listen_port,
+            return health.forward_probe(namespace.sockets, arrives, service.listen_port,
                                         config.watch.timeout, address)
-        return health.forward_probe(ns_path, address, service.target_port, config.watch.timeout, address)
+        return health.forward_probe(namespace.sockets, address, service.target_port, config.watch.timeout, address)
 
     return forward
 

@@ -9,8 +9,8 @@ HTTP >= 500), ``up``, and ``slow`` (the connection was accepted, so the tunnel
 and home box are alive, but the HTTP answer did not come in time). The
 watchdog counts ``slow`` as alive.
 
-A second check, :func:`forward_probe`, starts in the probe namespace
-(:mod:`vpnoffload.probens`) and so takes the visitors' path through the
+A second check, :func:`forward_probe`, starts in the watchdog's probe namespace
+(:mod:`vpnoffload.watch.probe`) and so takes the visitors' path through the
 VPS's PREROUTING and FORWARD hooks. :func:`combine` folds the two into one
 verdict, and every verdict carries a ``reason`` a user can act on
 (:data:`REASONS`).
@@ -25,6 +25,7 @@ import struct
 import time
 TYPE_CHECKING = False  # typing costs ~1 MB resident (it imports re): annotations stay strings here
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Literal
 
     from vpnoffload.model import Check
@@ -120,22 +121,21 @@ def _probe(address: str, port: int, kind: str, http_path: str, timeout: float, h
         return _http(sock, http_path, host_header or address, timeout, start)
 
 
-def forward_probe(ns_path: str, address: str, port: int, timeout: float, echo_address: str) -> Result | None:
-    """A TCP connect to ``address:port`` from the probe namespace at ``ns_path``, so
-    its packets cross the VPS's PREROUTING and FORWARD hooks as a visitor's do.
+def forward_probe(sockets: "Callable[[list[tuple[int, int, int]]], list[socket.socket | None]]", address: str,
+                  port: int, timeout: float, echo_address: str) -> Result | None:
+    """A TCP connect to ``address:port`` on sockets made in the probe namespace
+    (``sockets``: ``watch.probe.ProbeNamespace.sockets``), so its packets cross the
+    VPS's PREROUTING and FORWARD hooks as a visitor's do.
 
     ``address`` is a service's public listen address (DNATed to home like a
     visitor) or a home's tunnel address (forwarded without DNAT). A ping to
     ``echo_address`` goes the same way: a connect that times out while it is
-    answered is ``slow`` (home is busy, the path works). None when the
-    namespace cannot be entered: no evidence, never a failure.
+    answered is ``slow`` (home is busy, the path works). None when no socket
+    can be made there: no evidence, never a failure.
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    from vpnoffload import probens
-
     try:
-        tcp, raw = probens.sockets(ns_path, [(family, socket.SOCK_STREAM, 0),
-                                             (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)])
+        tcp, raw = sockets([(family, socket.SOCK_STREAM, 0), (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)])
     except OSError:
         return None
     if tcp is None:

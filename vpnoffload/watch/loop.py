@@ -27,11 +27,11 @@ import time
 
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
 from vpnoffload.watch import copies, say, sdnotify, spawn
-from vpnoffload import probens
 from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import tunnel_rx_packets
 from vpnoffload.watch.hostfw import HostFirewallWatch
 from vpnoffload.watch.pagectl import PageDaemon
+from vpnoffload.watch.probe import ProbeNamespace
 from vpnoffload.watch.snapshot import ConfigView, _options, fetch
 from vpnoffload.watch.state import dumps, server_running, watch_pid, write_state  # noqa: F401  (re-exported)
 
@@ -144,13 +144,15 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
     pages = PageKeeper(PageDaemon(where["config"], where["state"], where["run"], where["pages"]))
     swapper = SubprocessSwapper(where["config"], pages)
     config = ConfigView(data)
-    # The second check of each home starts in the probe namespace `up vps` made, so it
-    # takes the visitors' path (PREROUTING, FORWARD); without one, only the direct check counts.
+    # The second check of each home starts in this process's own probe namespace, so it
+    # takes the visitors' path (PREROUTING, FORWARD); while there is none, only the direct check counts.
+    probe = ProbeNamespace()
     dog = Watchdog(config, swapper, activity=lambda: tunnel_rx_packets(dog.config.tunnel.device),
-                   forward=probe_namespace_prober(probens.path()))
+                   forward=probe_namespace_prober(probe))
     swapper.page_services = lambda: {n for n, s in dog.config.services.items() if s.serves_page}
     metrics = None
     try:
+        probe.ensure()
         dog.start(data["believed"])
         pages.update(dog.page_needed())
         _publish(where["watch_state"], dog)
@@ -161,9 +163,10 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
             metrics.start()
         sdnotify.notify("READY=1")
         log.warning("watching %d service(s) every %gs", len(config.services), config.watch.interval)
-        _loop(where, dog, pages, stop)
+        _loop(where, dog, pages, stop, probe)
     finally:
         sdnotify.notify("STOPPING=1")
+        probe.close()
         swapper.cancel()
         if metrics is not None:
             metrics.shutdown()
@@ -182,7 +185,8 @@ def _start_copier(job: bytes) -> spawn.Child:
     return child
 
 
-def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threading.Event) -> None:
+def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threading.Event,
+          probe: "ProbeNamespace | None" = None) -> None:
     published = time.monotonic()
     host_firewall = HostFirewallWatch(where["run"], published)  # puts back openings a host reload wiped
     # Refreshes the offline copies while home is healthy; a copier left running when we stop
@@ -193,6 +197,8 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
         started = time.monotonic()
         for line in host_firewall.tick(started):
             log.warning("host firewall: %s", line)
+        if probe is not None:
+            probe.ensure()  # made again (every RETRY s) if it failed, was taken or its link went
         if (mtime := _mtime(where["config"])) != seen:
             seen = mtime
             _reload(where, dog)
