@@ -79,7 +79,8 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
         if config.services[entry["name"]].offline_copy:
             entry["offline_copy"] = _kept(config, paths, entry["name"])
     data = {
-        "tunnel": {"up": tunnel_up, "server_running": server_running, "homes": homes},
+        "tunnel": {"up": tunnel_up, "server_running": server_running, "homes": homes,
+                   "server_restarts": _server_restarts(paths)},
         "watchdog": {"running": pid is not None, "pid": pid, "updated": state.get("updated") if pid else None},
         "services": services,
         "host_firewall": _host_firewall(paths),
@@ -159,6 +160,15 @@ def _health(s: dict[str, Any]) -> str:
     return f"FAILING: {reason}" if reason else "FAILING"
 
 
+def _server_restarts(paths: Paths) -> dict[str, Any] | None:
+    """What the watchdog's server keeper did (watch/supervise.py); None if it never had to act."""
+    from vpnoffload.watch.supervise import read_stats
+
+    stats = read_stats(paths.run)
+    return {k: stats.get(k) for k in ("restarts", "failures", "last_restart", "last_failure", "down_since")} \
+        if stats else None
+
+
 def _ago(ts: float | None) -> str:
     if not ts:
         return "-"
@@ -172,6 +182,10 @@ def render_text(data: dict[str, Any]) -> list[str]:
     for h in t["homes"]:
         state = f"connected since {h['since']} from {h['real_address']}" if h["connected"] else "not connected"
         lines.append(f"  home {h['name']} ({h['address']}): {state}")
+    if r := t.get("server_restarts"):
+        down = f"; down since {_ago(r['down_since'])}, restarting" if r["down_since"] else ""
+        lines.append(f"  OpenVPN server restarted {r['restarts']}x by the watchdog (last {_ago(r['last_restart'])}, "
+                     f"{r['failures']} failed attempt(s){down})")
     w = data["watchdog"]
     lines.append(f"watchdog: {'running (pid %s)' % w['pid'] if w['running'] else 'NOT running: no failover'}")
     rows = [("SERVICE", "LISTEN", "PATH", "TARGET", "STATE", "SERVED BY", "HEALTH", "LAST CHECK", "LATENCY", "LAST CHANGE")]

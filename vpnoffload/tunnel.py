@@ -197,3 +197,18 @@ def wrapper_text(workdir: Path, config_name: str, extra: tuple[str, ...] = ()) -
     lines = ["# Installed by vpnoffload; removed by 'vpnoffload down'.", f"cd {ovpn_quote(workdir, '--state-dir')}",
              f"config {ovpn_quote(config_name, '--state-dir')}"]
     return "\n".join([*lines, *extra]) + "\n"
+
+
+def restart_server(paths, ready_timeout: float = 15.0) -> bool:  # paths: vpnoffload.paths.Paths
+    """Start the VPS's daemon-mode server again exactly as ``up vps`` does (same argv, pidfile,
+    log), under the run lock so a running ``up``/``down`` wins. False: nothing to do (running
+    already, or ``down vps`` removed the config). The watchdog's keeper calls this in a child."""
+    from vpnoffload.locks import held
+
+    tunnel = DaemonTunnel("server", paths.server_dir / "server.conf", paths.server_dir, paths.run)
+    with held(str(paths.lock), 2.0, lambda: f"another vpnoffload run holds {paths.lock}; the next tick retries"):
+        if tunnel.running() or not tunnel.config.is_file():
+            return False
+        tunnel.start()
+        tunnel.wait_ready(ready_timeout)
+        return True

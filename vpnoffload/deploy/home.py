@@ -61,9 +61,27 @@ def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, pr
                               lambda: backends.routing.wait_for_address(device, address, timeout=CONNECT_TIMEOUT)))
         actions += routing.plan_routing(backends.routing, desired)
         actions.append(_late_sysctl(rp_filter, "2", backends, rec))
+    keeper = home_keeper(paths, tunnel, home, profile)
+    if keeper is not None and not keeper.running():
+        # Last: it runs `up home` again whenever the client dies (no systemd Restart= here).
+        actions.append(Action(f"keep the OpenVPN client for {home} running (restarts it with up home)",
+                              keeper.start, keeper.stop))
     if actions:  # the record may change while the plan runs (a user created, an old sysctl read)
         actions.append(save_record_action(rec_path, rec))
     return actions
+
+
+def home_keeper(paths: Paths, tunnel: Any, home: str, profile: Path) -> Any:
+    """The keeper of a daemon-mode client (vpnoffload.homekeeper); None under systemd or with fakes."""
+    from vpnoffload import proc
+    from vpnoffload.homekeeper import HomeKeeper
+    from vpnoffload.tunnel import DaemonTunnel
+
+    if not isinstance(tunnel, DaemonTunnel):
+        return None
+    up = proc.python_argv("vpnoffload", "-c", str(paths.config), "--state-dir", str(paths.state),
+                          "up", "home", "--home", home, "--profile", str(profile.absolute()))
+    return HomeKeeper(home, str(paths.run), str(tunnel.pidfile), str(tunnel.config), up)
 
 
 def _late_sysctl(key: str, value: str, backends: Backends, rec: record_mod.Record) -> Action:
@@ -78,10 +96,13 @@ def plan_down_home(paths: Paths, backends: Backends, home: str, profile: Path) -
     rec_path = record_path(paths, f"home-{home}")
     rec = record_mod.load(rec_path)
     actions: list[Action] = []
+    tunnel = home_tunnel(paths, backends, home, profile)
+    keeper = home_keeper(paths, tunnel, home, profile)
+    if keeper is not None and keeper.running():  # first, or it would start the client again
+        actions.append(Action(f"stop the OpenVPN client keeper for {home}", keeper.stop, None))
     actions += routing.plan_routing_down(backends.routing)
     # Restore sysctls while the tun device (and so its rp_filter) still exists.
     actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
-    tunnel = home_tunnel(paths, backends, home, profile)
     if tunnel.running():
         actions.append(Action(f"stop OpenVPN client for {home}", tunnel.stop, None))
     actions += firewall.plan(backends.firewall, firewall.empty_ruleset())

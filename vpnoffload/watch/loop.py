@@ -26,7 +26,7 @@ import threading
 import time
 
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
-from vpnoffload.watch import copies, say, sdnotify, spawn
+from vpnoffload.watch import copies, say, sdnotify, spawn, supervise
 from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import tunnel_rx_packets
 from vpnoffload.watch.hostfw import HostFirewallWatch
@@ -197,6 +197,7 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
         started = time.monotonic()
         for line in host_firewall.tick(started):
             log.warning("host firewall: %s", line)
+        supervise.keep_server(where)  # restarts a killed OpenVPN server where systemd does not (issue 17)
         if probe is not None:
             probe.ensure()  # made again (every RETRY s) if it failed, was taken or its link went
         if (mtime := _mtime(where["config"])) != seen:

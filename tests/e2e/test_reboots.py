@@ -1,0 +1,209 @@
+"""Issue 17, item 2 (rest): processes dying and boxes rebooting, in the namespace lab.
+
+- the OpenVPN server, then the client, killed (SIGKILL): the friendly page within
+  3 s, each restarted by vpnoffload (no systemd here: the watchdog's server keeper,
+  the home's client keeper), the site back within 30 s, ``status`` counting the restart;
+- the home box rebooting while visitors arrive: every process in its namespace
+  killed, what a reboot wipes (policy rules, table 7701, our chains) wiped,
+  ``up home`` run again as the boot unit would: the page meanwhile, home within
+  30 s, and ``down home`` then leaves the box exactly as before ``up home``;
+- the VPS rebooting while home is down: its processes killed, our chains,
+  sysctls and addresses wiped, ``up vps`` then ``watch``: the page (not a
+  timeout) within a few seconds of the watchdog, home back within 30 s of the cable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import CROWD, cli, configure, crowd, openvpn_pids
+from tests.e2e.test_failover import HOSTNAME, start_watch, status, visit, wait_status
+from vpnoffload.lab.netns import Lab, namespace_pids
+from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from vpnoffload.procs import alive
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
+
+WEB = ["web", "--listen", "80", "--target", "8080", "--check", "http:/", "--hostname", HOSTNAME]
+
+
+def home_web(lab: Lab) -> None:
+    lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080")
+    assert lab.wait_tcp("home", "127.0.0.1", 8080)
+
+
+def deploy(lab: Lab, sites: tuple[Path, Path], tmp_path: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Configure, start home's web server, up vps, up home, watch; (watchdog, home before up home)."""
+    vps_site, home_site = sites
+    configure(lab, vps_site, home_site, WEB)
+    home_web(lab)
+    cli(lab, "vps", vps_site, "up", "vps")
+    before = snapshot(lab, "home")
+    cli(lab, "home", home_site, "up", "home")
+    watch = start_watch(lab, vps_site, tmp_path / "watch.log")
+    wait_status(lab, vps_site, 0, limit=10)
+    assert visit(lab)["status"] == 200
+    return watch, before
+
+
+def kill(lab: Lab, host: str, *, names: tuple[str, ...] = (), everything: bool = False) -> list[int]:
+    """SIGKILL processes in ``host``'s namespace: by comm name, or all of them (a power cut)."""
+    killed = []
+    for pid in namespace_pids(lab.namespace(host)):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if everything or comm in names:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(p) for p in killed):
+        time.sleep(0.05)
+    return killed
+
+
+def through_outage(lab: Lab, since: float, limit: float = 40) -> tuple[float, float]:
+    """A crowd (5 new connections a second) from now until home serves again: seconds from
+    ``since`` to the first friendly page and to the start of the final run of 200s. Fails if,
+    once the page showed, a visitor got anything but the page or the site, or waited >= 1 s."""
+    import json
+
+    proc = lab.exec("visitor", sys.executable, "-c", CROWD, lab.vps_address, "^200 ", "0.2", str(limit), "5",
+                    timeout=limit + 20)
+    results = json.loads(proc.stdout)
+    pages = [done for _, done, reply in results if reply.startswith("503 ")]
+    assert pages, f"no friendly page: {[r[2][:30] for r in results]}"
+    first_page = min(pages)
+    not_ok = [i for i, r in enumerate(results) if not r[2].startswith("200 ")]
+    assert not_ok and not_ok[-1] + 1 < len(results), f"site not back within {limit} s"
+    back = results[not_ok[-1] + 1][1]
+    bad = [r for r in results if r[0] > first_page and (r[2][:4] not in ("200 ", "503 ") or r[1] - r[0] >= 1.0)]
+    assert not bad, bad
+    return first_page - since, back - since
+
+
+def wipe_like_a_reboot(lab: Lab, host: str) -> None:
+    """What a reboot loses and the disk keeps: routing policy, our routes, every xtables chain, sysctls."""
+    rules = lab.exec(host, "ip", "rule").stdout
+    for line in rules.splitlines():
+        if "lookup 7701" in line:
+            lab.exec(host, "ip", "rule", "del", *line.split(":", 1)[1].split())
+    lab.exec(host, "ip", "route", "flush", "table", "7701", check=False)
+    for table in ("filter", "nat", "mangle", "raw"):
+        lab.exec(host, "iptables-legacy", "-t", table, "-F", check=False)
+        lab.exec(host, "iptables-legacy", "-t", table, "-X", check=False)
+    lab.exec(host, "nft", "flush", "ruleset", check=False)
+    lab.exec(host, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+
+
+def test_openvpn_server_then_client_killed_are_restarted(lab: Lab, sites: tuple[Path, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    vps_site, home_site = sites
+    watch, before = deploy(lab, sites, tmp_path)
+
+    # The server: the watchdog notices the tunnel is gone and its keeper starts it again.
+    killed = time.time()
+    assert kill(lab, "vps", names=("openvpn",))
+    page, back = through_outage(lab, since=killed)
+    with capsys.disabled():
+        print(f"\n[faults] OpenVPN server killed -> page after {page:.2f} s, site back after {back:.2f} s")
+    assert page <= 3.0 and back <= 30.0
+    code, data = wait_status(lab, vps_site, 0, limit=10)
+    assert data["tunnel"]["server_running"] and data["tunnel"]["server_restarts"]["restarts"] == 1, data
+    assert "restarted 1x by the watchdog" in cli(lab, "vps", vps_site, "status").stdout
+
+    # The client: the home keeper runs `up home` again (routes come back with the tun device).
+    killed = time.time()
+    assert kill(lab, "home", names=("openvpn",))
+    page, back = through_outage(lab, since=killed)
+    with capsys.disabled():
+        print(f"[faults] OpenVPN client killed -> page after {page:.2f} s, site back after {back:.2f} s")
+    assert page <= 3.0 and back <= 30.0
+    code, data = wait_status(lab, vps_site, 0, limit=10)
+    assert {s["state"] for s in data["services"]} == {"forwarding"}
+    assert "back (up home)" in (home_site / "state" / "run" / "home-keeper-home.log").read_text()
+
+    cli(lab, "home", home_site, "down", "home")
+    after = snapshot(lab, "home")
+    assert after == before, snapshot_diff(before, after)
+    watch.send_signal(signal.SIGTERM)
+    watch.wait(10)
+    cli(lab, "vps", vps_site, "down", "vps")
+    assert openvpn_pids(lab, "vps") == [] and openvpn_pids(lab, "home") == []
+
+
+def test_home_reboots_while_visitors_arrive(lab: Lab, sites: tuple[Path, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    vps_site, home_site = sites
+    watch, before = deploy(lab, sites, tmp_path)
+
+    # Power cut: every process goes (openvpn, the keeper, the web server), the kernel forgets our state.
+    cut = time.time()
+    kill(lab, "home", everything=True)
+    wipe_like_a_reboot(lab, "home")
+    page = crowd(lab, "^503 ", since=cut)
+    # Boot: the web server, then the boot unit's `up home`.
+    home_web(lab)
+    cli(lab, "home", home_site, "up", "home")
+    back = crowd(lab, "^200 ", since=cut, limit=30)
+    with capsys.disabled():
+        print(f"\n[faults] home rebooted -> page after {page:.2f} s, site back after {back:.2f} s")
+    assert page <= 3.0 and back <= 30.0
+    code, data = wait_status(lab, vps_site, 0, limit=10)
+    assert {s["state"] for s in data["services"]} == {"forwarding"}
+
+    # `down home` after the reboot still restores exactly what was there before the first `up home`
+    # (the boot-time sysctls are the defaults the record kept).
+    cli(lab, "home", home_site, "down", "home")
+    after = snapshot(lab, "home")
+    assert after == before, snapshot_diff(before, after)
+    watch.send_signal(signal.SIGTERM)
+    watch.wait(10)
+    cli(lab, "vps", vps_site, "down", "vps")
+
+
+def test_vps_reboots_while_home_is_down(lab: Lab, sites: tuple[Path, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture) -> None:
+    vps_site, home_site = sites
+    watch, _ = deploy(lab, sites, tmp_path)
+    lab.pull_cable()
+    crowd(lab, "^503 ", since=time.time())
+
+    # The VPS loses power: the watchdog, page server, OpenVPN go; so do our chains, sysctls, addresses.
+    kill(lab, "vps", everything=True)
+    watch.wait(5)
+    wipe_like_a_reboot(lab, "vps")
+    # Boot: the boot unit's `up vps`, then the watch unit.
+    cli(lab, "vps", vps_site, "up", "vps")
+    started = time.time()
+    watch = start_watch(lab, vps_site, tmp_path / "watch2.log")
+    page = crowd(lab, "^503 ", since=started)
+    with capsys.disabled():
+        print(f"\n[faults] VPS rebooted with home down -> page {page:.2f} s after the watchdog started")
+    assert page <= 5.0
+    code, data = status(lab, vps_site)
+    assert code == 1 and {s["state"] for s in data["services"]} == {"fallback"}, data
+
+    plugged = time.time()
+    lab.plug_cable()
+    back = crowd(lab, "^200 ", since=plugged, limit=35)
+    with capsys.disabled():
+        print(f"[faults] cable plugged -> site back after {back:.2f} s")
+    assert back <= 30.0
+    wait_status(lab, vps_site, 0, limit=10)
+    watch.send_signal(signal.SIGTERM)
+    watch.wait(10)
+    cli(lab, "home", home_site, "down", "home")
+    cli(lab, "vps", vps_site, "down", "vps")
+    assert openvpn_pids(lab, "vps") == [] and openvpn_pids(lab, "home") == []

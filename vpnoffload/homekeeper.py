@@ -1,0 +1,180 @@
+"""The home box's OpenVPN client kept running where systemd does not (issue 17).
+
+Under systemd the client runs as ``openvpn-client@vpnoffload-HOME`` with
+``Restart=``. Without it, ``up home`` starts ``openvpn --daemon`` and, as its
+last step, this keeper: a lean ``python -I -S`` loop (~9 MB, stdlib only) that
+once a second looks whether the client's pidfile still names a live openvpn.
+When it does not, the keeper runs ``vpnoffload up home`` again, with the same
+config, state dir, home and profile: a killed client takes its tun device and
+so the policy routes with it, and ``up home`` is the one thing that puts all
+of them back exactly (it is idempotent, takes the run lock, and records what it
+changed, so ``down home`` still undoes exactly). Failed attempts back off
+(1 s doubling to 30 s) on the monotonic clock; everything is logged to
+``run/home-keeper-HOME.log``.
+
+``down home`` stops the keeper first (SIGTERM: it stops a running ``up home``
+child, which rolls back, and exits), then the client as before.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from vpnoffload.watch import spawn
+
+FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
+#: How often the keeper looks at the client.
+EVERY = 1.0
+#: An ``up home`` child still running after this long is stopped (it waits up to 30 s to connect).
+CHILD_TIMEOUT = 90.0
+MODULE = "vpnoffload.homekeeper"
+
+
+def openvpn_alive(pidfile: str, config: str) -> bool:
+    """True when ``pidfile`` holds the pid of a live openvpn running ``config``."""
+    try:
+        with open(pidfile) as fh:
+            pid = int(fh.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmdline = fh.read().split(b"\0")
+        with open(f"/proc/{pid}/stat") as fh:
+            zombie = fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, ValueError, IndexError):
+        return False
+    return not zombie and cmdline[0].endswith(b"openvpn") and config.encode() in cmdline
+
+
+class HomeKeeper:
+    """Control of the keeper from ``up home``/``down home`` (the Tunnel-like running/start/stop)."""
+
+    def __init__(self, home: str, run_dir: str, client_pidfile: str, profile: str, up_argv: list[str]) -> None:
+        self.home, self.run_dir = home, run_dir
+        self.client_pidfile, self.profile, self.up_argv = client_pidfile, profile, up_argv
+
+    @property
+    def pidfile(self) -> str:
+        return os.path.join(self.run_dir, f"home-keeper-{self.home}.pid")
+
+    @property
+    def logfile(self) -> str:
+        return os.path.join(self.run_dir, f"home-keeper-{self.home}.log")
+
+    def pid(self) -> int | None:
+        try:
+            with open(self.pidfile) as fh:
+                pid = int(fh.read().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except (OSError, ValueError):
+            return None
+        return pid if MODULE.encode() in cmdline and self.pidfile.encode() in cmdline else None
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self) -> None:
+        """Start it detached (it outlives ``up home``) and wait until it wrote its pidfile."""
+        if self.running():
+            return
+        argv = spawn.lean_argv(MODULE, "--pidfile", self.pidfile, "--client-pidfile", self.client_pidfile,
+                               "--profile", self.profile, "--", *self.up_argv)
+        child = spawn.spawn(argv, log=self.logfile, detach=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.running():
+                return
+            if child.poll() is not None:
+                break
+            time.sleep(0.05)
+        from vpnoffload.errors import BackendError
+
+        raise BackendError(f"the OpenVPN client keeper did not start (see {self.logfile})")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        from vpnoffload.procs import terminate
+
+        pid = self.pid()
+        if pid is not None:
+            terminate(pid, timeout)
+        try:
+            os.unlink(self.pidfile)
+        except FileNotFoundError:
+            pass
+
+
+def _say(msg: str) -> None:
+    try:  # stderr is the keeper's log file
+        sys.stderr.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} vpnoffload-home-keeper: {msg}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def keep(client_pidfile: str, profile: str, up_argv: list[str], stopping: "list[bool]",
+         clock=time.monotonic, sleep=time.sleep, start=None) -> None:
+    """The loop: run ``up_argv`` whenever the client is gone, until ``stopping[0]``."""
+    start = start or (lambda argv: spawn.spawn(argv))
+    backoff, next_try, child, began = FIRST_BACKOFF, 0.0, None, 0.0
+    try:
+        while not stopping[0]:
+            now = clock()
+            if child is not None:
+                code = child.poll()
+                if code is None and now - began > CHILD_TIMEOUT:
+                    child.kill()
+                    code = -9
+                if code is not None:
+                    child.close()
+                    child = None
+                    if code == 0 and openvpn_alive(client_pidfile, profile):
+                        _say("OpenVPN client and routes are back (up home)")
+                        backoff = FIRST_BACKOFF
+                    else:
+                        _say(f"up home failed (exit {code}); next try in {backoff:g}s")
+                        next_try, backoff = now + backoff, min(MAX_BACKOFF, backoff * 2)
+            elif not openvpn_alive(client_pidfile, profile) and now >= next_try:
+                _say("the OpenVPN client is not running: running up home again")
+                try:
+                    child, began = start(up_argv), now
+                except OSError as exc:
+                    _say(f"cannot run up home: {exc}")
+                    next_try, backoff = now + backoff, min(MAX_BACKOFF, backoff * 2)
+            sleep(EVERY)
+    finally:
+        if child is not None and child.poll() is None:
+            # `down home` is stopping us: an `up home` half-way rolls back on SIGTERM.
+            os.kill(child.pid, signal.SIGTERM)
+            try:
+                child.wait(30)
+            except TimeoutError:
+                child.kill()
+
+
+def main(argv: list[str]) -> int:
+    """``python -I -S ... vpnoffload.homekeeper --pidfile P --client-pidfile C --profile F -- UP-ARGV``."""
+    split = argv.index("--")
+    opts = dict(zip(argv[:split:2], argv[1:split:2]))
+    stopping = [False]
+
+    def stop(*_: object) -> None:
+        stopping[0] = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    pidfile = opts["--pidfile"]
+    with open(pidfile + ".tmp", "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    os.replace(pidfile + ".tmp", pidfile)
+    _say(f"keeping the OpenVPN client running ({opts['--client-pidfile']})")
+    try:
+        keep(opts["--client-pidfile"], opts["--profile"], argv[split + 1:], stopping)
+    finally:
+        _say("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
