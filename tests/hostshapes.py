@@ -19,7 +19,17 @@ from __future__ import annotations
 DOCKER_BRIDGE = "docker0"
 DOCKER_SUBNET = "203.0.113.128/25"
 
-DOCKER = f"""*nat
+def docker(bridge: str = DOCKER_BRIDGE, subnet: str = DOCKER_SUBNET,
+           published: tuple[tuple[int, str, int], ...] = ()) -> str:
+    """dockerd's iptables-nft rules for one bridge, with ``(host port, container, container port)``
+    for each published TCP port (``docker run -p 8080:80``), as iptables-nft-restore input."""
+    nat = "".join(f"-A POSTROUTING -s {c}/32 -d {c}/32 -p tcp -m tcp --dport {inside} -j MASQUERADE\n"
+                  for _, c, inside in published)
+    dnat = "".join(f"-A DOCKER ! -i {bridge} -p tcp -m tcp --dport {port} -j DNAT --to-destination {c}:{inside}\n"
+                   for port, c, inside in published)
+    accept = "".join(f"-A DOCKER -d {c}/32 ! -i {bridge} -o {bridge} -p tcp -m tcp --dport {inside} -j ACCEPT\n"
+                     for _, c, inside in published)
+    return f"""*nat
 :PREROUTING ACCEPT [0:0]
 :INPUT ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
@@ -27,9 +37,9 @@ DOCKER = f"""*nat
 :DOCKER - [0:0]
 -A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
 -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
--A POSTROUTING -s {DOCKER_SUBNET} ! -o {DOCKER_BRIDGE} -j MASQUERADE
--A DOCKER -i {DOCKER_BRIDGE} -j RETURN
-COMMIT
+-A POSTROUTING -s {subnet} ! -o {bridge} -j MASQUERADE
+{nat}-A DOCKER -i {bridge} -j RETURN
+{dnat}COMMIT
 *filter
 :INPUT ACCEPT [0:0]
 :FORWARD DROP [0:0]
@@ -40,17 +50,20 @@ COMMIT
 :DOCKER-USER - [0:0]
 -A FORWARD -j DOCKER-USER
 -A FORWARD -j DOCKER-ISOLATION-STAGE-1
--A FORWARD -o {DOCKER_BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
--A FORWARD -o {DOCKER_BRIDGE} -j DOCKER
--A FORWARD -i {DOCKER_BRIDGE} ! -o {DOCKER_BRIDGE} -j ACCEPT
--A FORWARD -i {DOCKER_BRIDGE} -o {DOCKER_BRIDGE} -j ACCEPT
--A DOCKER-ISOLATION-STAGE-1 -i {DOCKER_BRIDGE} ! -o {DOCKER_BRIDGE} -j DOCKER-ISOLATION-STAGE-2
+-A FORWARD -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o {bridge} -j DOCKER
+-A FORWARD -i {bridge} ! -o {bridge} -j ACCEPT
+-A FORWARD -i {bridge} -o {bridge} -j ACCEPT
+{accept}-A DOCKER-ISOLATION-STAGE-1 -i {bridge} ! -o {bridge} -j DOCKER-ISOLATION-STAGE-2
 -A DOCKER-ISOLATION-STAGE-1 -j RETURN
--A DOCKER-ISOLATION-STAGE-2 -o {DOCKER_BRIDGE} -j DROP
+-A DOCKER-ISOLATION-STAGE-2 -o {bridge} -j DROP
 -A DOCKER-ISOLATION-STAGE-2 -j RETURN
 -A DOCKER-USER -j RETURN
 COMMIT
 """
+
+
+DOCKER = docker()
 
 NFTABLES = """flush ruleset
 

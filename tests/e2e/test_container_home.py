@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import hostshapes
 from tests.e2e.conftest import cli, cli_argv, configure
 from tests.nslib import in_ns, namespaces, unique
 from vpnoffload.lab.netns import Lab, child_env
@@ -32,43 +33,8 @@ CONTAINER = "198.18.5.2"
 PUBLISHED = 8080  # `docker run -p 8080:80`
 INSIDE = 80
 
-# What dockerd (Debian 12's docker.io, iptables-nft) writes with one container
-# publishing 8080 -> 80, fed to iptables-nft-restore in the home namespace.
-DOCKER_RULES = f"""*nat
-:PREROUTING ACCEPT [0:0]
-:INPUT ACCEPT [0:0]
-:OUTPUT ACCEPT [0:0]
-:POSTROUTING ACCEPT [0:0]
-:DOCKER - [0:0]
--A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
--A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
--A POSTROUTING -s 198.18.5.0/24 ! -o {BRIDGE} -j MASQUERADE
--A POSTROUTING -s {CONTAINER}/32 -d {CONTAINER}/32 -p tcp -m tcp --dport {INSIDE} -j MASQUERADE
--A DOCKER -i {BRIDGE} -j RETURN
--A DOCKER ! -i {BRIDGE} -p tcp -m tcp --dport {PUBLISHED} -j DNAT --to-destination {CONTAINER}:{INSIDE}
-COMMIT
-*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT ACCEPT [0:0]
-:DOCKER - [0:0]
-:DOCKER-ISOLATION-STAGE-1 - [0:0]
-:DOCKER-ISOLATION-STAGE-2 - [0:0]
-:DOCKER-USER - [0:0]
--A FORWARD -j DOCKER-USER
--A FORWARD -j DOCKER-ISOLATION-STAGE-1
--A FORWARD -o {BRIDGE} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
--A FORWARD -o {BRIDGE} -j DOCKER
--A FORWARD -i {BRIDGE} ! -o {BRIDGE} -j ACCEPT
--A FORWARD -i {BRIDGE} -o {BRIDGE} -j ACCEPT
--A DOCKER -d {CONTAINER}/32 ! -i {BRIDGE} -o {BRIDGE} -p tcp -m tcp --dport {INSIDE} -j ACCEPT
--A DOCKER-ISOLATION-STAGE-1 -i {BRIDGE} ! -o {BRIDGE} -j DOCKER-ISOLATION-STAGE-2
--A DOCKER-ISOLATION-STAGE-1 -j RETURN
--A DOCKER-ISOLATION-STAGE-2 -o {BRIDGE} -j DROP
--A DOCKER-ISOLATION-STAGE-2 -j RETURN
--A DOCKER-USER -j RETURN
-COMMIT
-"""
+# What dockerd (Debian 12's docker.io, iptables-nft) writes with one container publishing 8080 -> 80.
+DOCKER_RULES = hostshapes.docker(BRIDGE, "198.18.5.0/24", published=((PUBLISHED, CONTAINER, INSIDE),))
 
 
 def make_container_home(lab: Lab, container_ns: str) -> None:
