@@ -14,8 +14,8 @@ from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
 
 from vpnoffload.deploy.common import (
-    CONNECT_TIMEOUT, Backends, tunnel_for, record_path, save_record_action, user_actions, user_removal,
-    sysctl_actions, start_action,
+    CONNECT_TIMEOUT, Backends, closing_actions, record_path, save_record_action, start_action, sysctl_actions,
+    tunnel_for, user_actions,
 )
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def _late_sysctl(key: str, value: str, backends: Backends, rec: record_mod.Recor
 
 
 def plan_down_home(paths: Paths, backends: Backends, home: str, profile: Path) -> list[Action]:
-    from vpnoffload import firewall, routing, sysctl
+    from vpnoffload import routing, sysctl
 
     rec_path = record_path(paths, f"home-{home}")
     rec = record_mod.load(rec_path)
@@ -105,12 +105,6 @@ def plan_down_home(paths: Paths, backends: Backends, home: str, profile: Path) -
     actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
     if tunnel.running():
         actions.append(Action(f"stop OpenVPN client for {home}", tunnel.stop, None))
-    actions += firewall.plan(backends.firewall, firewall.empty_ruleset())
-    if backends.host is not None:
-        actions += backends.host.plan_close(rec)
-    actions += user_removal(backends, rec)
-    if rec_path.exists():
-        actions.append(Action(f"forget {rec_path}", lambda: rec_path.unlink(missing_ok=True), None))
-    return actions
+    return actions + closing_actions(backends, rec, rec_path)
 
 

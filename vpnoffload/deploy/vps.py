@@ -15,8 +15,8 @@ from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
 
 from vpnoffload.deploy.common import (
-    SERVER_READY_TIMEOUT, Backends, tunnel_for, record_path, save_record_action, user_actions, user_removal,
-    sysctl_actions, start_action, scratch_dir,
+    SERVER_READY_TIMEOUT, Backends, closing_actions, record_path, save_record_action, scratch_dir, start_action,
+    sysctl_actions, tunnel_for, user_actions,
 )
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def _stop_watchdog_actions(paths: Paths) -> list[Action]:
 
 def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
     """Undo `up vps`. Needs no valid config: only owned names and the record."""
-    from vpnoffload import firewall, routing, sysctl
+    from vpnoffload import routing, sysctl
 
     rec_path = record_path(paths, "vps")
     rec = record_mod.load(rec_path)
@@ -221,12 +221,6 @@ def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
         actions.append(Action("stop friendly-page server", pages.stop, None))
     actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
     actions += routing.plan_remove_addresses(backends.routing, [tuple(a) for a in rec.addresses])
-    actions += firewall.plan(backends.firewall, firewall.empty_ruleset())
-    if backends.host is not None:
-        actions += backends.host.plan_close(rec)
-    actions += user_removal(backends, rec)
-    if rec_path.exists():
-        actions.append(Action(f"forget {rec_path}", lambda: rec_path.unlink(missing_ok=True), None))
-    return actions
+    return actions + closing_actions(backends, rec, rec_path)
 
 
