@@ -43,7 +43,8 @@ def test_visitor_gets_the_friendly_page_while_home_is_down(compose_lab: ComposeL
     has_watch = compose_lab.exec("vps", "vpnoffload", "watch", "--help")
     if has_watch.returncode != 0:
         pytest.skip("this vpnoffload has no 'watch' command yet (vpnoffload watch --help failed)")
-    watching = compose_lab.exec("vps", "pgrep", "-f", "vpnoffload watch")
+    # `vpnoffload watch` re-executes itself (same pid) as a lean `python -I -S ... vpnoffload.watch.loop`.
+    watching = compose_lab.exec("vps", "pgrep", "-f", "vpnoffload watch|vpnoffload[.]watch[.]loop")
     assert watching.returncode == 0, f"the watchdog is not running on the vps:\n{compose_lab.logs()}"
 
     # Freezing every process of home (OpenVPN and the web server) is home going
