@@ -10,14 +10,19 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from vpnoffload import fsio
 from vpnoffload import record as record_mod
 from vpnoffload import users
 from vpnoffload.errors import BackendError
+from vpnoffload.firewall.rules import Backend as FirewallBackend
 from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
+from vpnoffload.routing.state import RoutingBackend
+
+if TYPE_CHECKING:
+    from vpnoffload.firewall.hostfw import Opening
 
 log = logging.getLogger(__name__)
 
@@ -26,18 +31,42 @@ CONNECT_TIMEOUT = 30.0
 SERVER_READY_TIMEOUT = 15.0
 
 
+class Users(Protocol):
+    """The system user OpenVPN drops to (vpnoffload.users)."""
+
+    def exists(self, name: str) -> bool: ...
+    def create(self, name: str) -> None: ...
+    def delete(self, name: str) -> None: ...
+
+
+class Daemon(Protocol):
+    """A process ``up`` starts and ``down`` stops: OpenVPN on either end, the page server."""
+
+    def running(self) -> bool: ...
+    def start(self) -> None: ...
+    def wait_ready(self, timeout: float) -> None: ...
+    def stop(self) -> None: ...
+
+
+class HostOpenings(Protocol):
+    """Openings in the host's own firewall (vpnoffload.firewall.host_plan.HostFirewall)."""
+
+    def plan_open(self, openings: list[Opening], rec: record_mod.Record) -> list[Action]: ...
+    def plan_close(self, rec: record_mod.Record) -> list[Action]: ...
+
+
 @dataclass
 class Backends:
     """The OS layer, injectable so unit tests run the real planning on fakes."""
 
-    firewall: Any
-    routing: Any
+    firewall: FirewallBackend
+    routing: RoutingBackend
     proc_root: Path = Path("/proc/sys")
-    users: Any = users
-    tunnel_factory: Callable[..., Any] | None = None
-    page_factory: Callable[[Paths], Any] | None = None
+    users: Users = users  # the module itself is the real implementation
+    tunnel_factory: Callable[..., Daemon] | None = None
+    page_factory: Callable[[Paths], Daemon] | None = None
     #: The host's own firewall (Docker, ufw, nftables; firewall/host_plan.py); None: leave it alone.
-    host: Any = None
+    host: HostOpenings | None = None
 
     @classmethod
     def real(cls) -> "Backends":
@@ -66,7 +95,7 @@ def exclusive(paths: Paths, timeout: float = 10.0) -> Iterator[None]:
 
 
 def tunnel_for(backends: Backends, name: str, conf: Path, workdir: Path, paths: Paths,
-            extra_args: tuple[str, ...] = ()) -> Any:
+            extra_args: tuple[str, ...] = ()) -> Daemon:
     """OpenVPN under systemd when systemd runs this network namespace, else a daemon we track."""
     if backends.tunnel_factory is not None:
         return backends.tunnel_factory(name=name, config=conf, workdir=workdir, run_dir=paths.run)
@@ -152,7 +181,7 @@ def sysctl_actions(desired: dict[str, str], backends: Backends, rec: record_mod.
     return actions
 
 
-def start_action(daemon: Any, summary: str, timeout: float) -> Action:
+def start_action(daemon: Daemon, summary: str, timeout: float) -> Action:
     def do() -> None:
         daemon.start()
         daemon.wait_ready(timeout)

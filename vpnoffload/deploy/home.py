@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from vpnoffload import record as record_mod
 from vpnoffload import users
@@ -14,9 +14,13 @@ from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
 
 from vpnoffload.deploy.common import (
+    Daemon,
     CONNECT_TIMEOUT, Backends, closing_actions, record_path, save_record_action, start_action, sysctl_actions,
     tunnel_for, user_actions,
 )
+
+if TYPE_CHECKING:
+    from vpnoffload.homekeeper import HomeKeeper
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +28,7 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------ home
 
 
-def home_tunnel(paths: Paths, backends: Backends, home: str, profile: Path) -> Any:
+def home_tunnel(paths: Paths, backends: Backends, home: str, profile: Path) -> Daemon:
     # The profile is portable (it names no local user); drop privileges from the command line.
     return tunnel_for(backends, f"home-{home}", profile.absolute(), profile.absolute().parent, paths,
                    extra_args=("--user", users.RUN_AS, "--group", users.RUN_AS))
@@ -71,7 +75,7 @@ def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, pr
     return actions
 
 
-def home_keeper(paths: Paths, tunnel: Any, home: str, profile: Path) -> Any:
+def home_keeper(paths: Paths, tunnel: Daemon, home: str, profile: Path) -> HomeKeeper | None:
     """The keeper of a daemon-mode client (vpnoffload.homekeeper); None under systemd or with fakes."""
     from vpnoffload import proc
     from vpnoffload.homekeeper import HomeKeeper

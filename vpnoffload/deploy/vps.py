@@ -6,7 +6,6 @@ import filecmp
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
 
 from vpnoffload import record as record_mod
 from vpnoffload import users
@@ -15,6 +14,7 @@ from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
 
 from vpnoffload.deploy.common import (
+    Daemon,
     SERVER_READY_TIMEOUT, Backends, closing_actions, record_path, save_record_action, scratch_dir, start_action,
     sysctl_actions, tunnel_for, user_actions,
 )
@@ -35,7 +35,7 @@ def _same_tree(a: Path, b: Path) -> bool:
     return not mismatch and not errors and all(_same_tree(a / d, b / d) for d in cmp.common_dirs)
 
 
-def _server_config_actions(config: Config, paths: Paths, tunnel: Any) -> list[Action]:
+def _server_config_actions(config: Config, paths: Paths, tunnel: Daemon) -> list[Action]:
     """Render into a scratch dir; install (and restart OpenVPN) only when something changed."""
     from vpnoffload import pki as pki_mod
     from vpnoffload.render import openvpn as render
@@ -48,7 +48,7 @@ def _server_config_actions(config: Config, paths: Paths, tunnel: Any) -> list[Ac
                             SERVER_READY_TIMEOUT)
 
 
-def page_server(paths: Paths, backends: Backends) -> Any:
+def page_server(paths: Paths, backends: Backends) -> Daemon:
     if backends.page_factory is not None:
         return backends.page_factory(paths)
     from vpnoffload.watch.pagectl import PageDaemon
@@ -56,7 +56,7 @@ def page_server(paths: Paths, backends: Backends) -> Any:
     return PageDaemon.for_paths(paths)
 
 
-def _page_actions(config: Config, paths: Paths, daemon: Any, needed: bool = False) -> list[Action]:
+def _page_actions(config: Config, paths: Paths, daemon: Daemon, needed: bool = False) -> list[Action]:
     """The friendly pages, rendered now (not during an outage), and the server that sends them:
     restarted if it runs and they changed, started only when ``needed`` (a running watchdog
     keeps a web service on fallback); otherwise the watchdog starts it when it is needed."""
@@ -74,7 +74,7 @@ def _page_actions(config: Config, paths: Paths, daemon: Any, needed: bool = Fals
                             start=needed)
 
 
-def _install_actions(scratch: Path, target: Path, daemon: Any, what: str, who: str, timeout: float,
+def _install_actions(scratch: Path, target: Path, daemon: Daemon, what: str, who: str, timeout: float,
                      start: bool = True) -> list[Action]:
     """Swap ``scratch`` in for ``target`` if it differs, and restart ``daemon`` to match
     (or start it, if it is not running and ``start``)."""
@@ -113,7 +113,7 @@ def _install_actions(scratch: Path, target: Path, daemon: Any, what: str, who: s
     return [Action(f"{summary} and restart {who}", install_and_restart, restore_and_restart)]
 
 
-def server_tunnel(paths: Paths, backends: Backends) -> Any:
+def server_tunnel(paths: Paths, backends: Backends) -> Daemon:
     return tunnel_for(backends, "server", paths.server_dir / "server.conf", paths.server_dir, paths)
 
 
