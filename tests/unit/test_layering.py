@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "vpnoffload"
 
 #: Libraries that touch the kernel, and the only modules allowed to import them.
 KERNEL_LIBRARIES = {"iptc", "pyroute2", "nftables"}
-KERNEL_MODULES = {"firewall.iptc", "firewall.xtables", "firewall.nft", "routing.netlink", "routing.conntrack"}
+KERNEL_MODULES = {"firewall.iptc", "firewall.xtables", "firewall.nft", "routing.netlink", "firewall.conntrack"}
 #: Terminal libraries: only the CLI (and the lab's narrator) talk to a terminal.
 TERMINAL_LIBRARIES = {"typer", "click", "rich"}
 TERMINAL_MODULES = ("cli.", "lab.narrate")

@@ -20,7 +20,7 @@ from vpnoffload.render import pages
 from vpnoffload.watch import swap
 from vpnoffload.errors import ConfigError
 from tests.fakes import FakeBackend
-from vpnoffload.routing import conntrack
+from vpnoffload.firewall import conntrack
 from vpnoffload.watch.health import Result
 from vpnoffload.watch.metrics import exposition
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps

@@ -26,7 +26,7 @@ def apply_swap(config: Config, active: Mapping[str, str | None], flush: frozense
     """Point each service at ``active[name]`` (a home box, or None: fallback), then
     forget the flows of the services in ``flush``."""
     from vpnoffload import firewall, plan
-    from vpnoffload.routing import conntrack
+    from vpnoffload.firewall import conntrack
 
     backend = firewall_backend or firewall.default_backend()
     known = {name: home for name, home in active.items() if name in config.services}
@@ -55,7 +55,7 @@ def _swap(config_path: Path, text: str | None) -> int:
         # ~1 s it takes to load python-iptables and pyroute2 is spent while
         # the next check runs, not after the decision. EOF: no swap after all.
         from vpnoffload import firewall
-        from vpnoffload.routing import conntrack
+        from vpnoffload.firewall import conntrack
 
         backend = firewall.default_backend()
         backend.preload()

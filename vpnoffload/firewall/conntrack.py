@@ -1,4 +1,4 @@
-"""Forgetting connections: delete conntrack entries by their mark (pyroute2).
+"""Forgetting connections: delete conntrack entries by their mark (pyroute2, netfilter).
 
 After a swap, a service's old flows must not keep going to a dead target; the
 entries of each such service are deleted by the service's connmark. pyroute2
