@@ -73,16 +73,23 @@ def kill(lab: Lab, host: str, *, names: tuple[str, ...] = (), everything: bool =
     return killed
 
 
-def through_outage(lab: Lab, since: float, limit: float = 40) -> tuple[float, float]:
+def through_outage(lab: Lab, since: float, limit: float = 40,
+                   page_required: bool = True) -> tuple[float | None, float]:
     """A crowd (5 new connections a second) from now until home serves again: seconds from
     ``since`` to the first friendly page and to the start of the final run of 200s. Fails if,
-    once the page showed, a visitor got anything but the page or the site, or waited >= 1 s."""
+    once the page showed, a visitor got anything but the page or the site, or waited >= 1 s.
+
+    Without ``page_required`` an outage shorter than the watchdog's detection may show no
+    page: then every visitor must have got the site (late, by TCP's SYN retry), none a failure."""
     import json
 
     proc = lab.exec("visitor", sys.executable, "-c", CROWD, lab.vps_address, "^200 ", "0.2", str(limit), "5",
                     timeout=limit + 20)
     results = json.loads(proc.stdout)
     pages = [done for _, done, reply in results if reply.startswith("503 ")]
+    if not pages and not page_required:
+        assert results and all(r[2].startswith("200 ") for r in results), [r[2][:30] for r in results]
+        return None, min(r[1] for r in results) - since
     assert pages, f"no friendly page: {[r[2][:30] for r in results]}"
     first_page = min(pages)
     not_ok = [i for i, r in enumerate(results) if not r[2].startswith("200 ")]
@@ -126,10 +133,11 @@ def test_openvpn_server_then_client_killed_are_restarted(lab: Lab, sites: tuple[
     # The client: the home keeper runs `up home` again (routes come back with the tun device).
     killed = time.time()
     assert kill(lab, "home", names=("openvpn",))
-    page, back = through_outage(lab, since=killed)
+    page, back = through_outage(lab, since=killed, page_required=False)  # the keeper may beat the watchdog
     with capsys.disabled():
-        print(f"[faults] OpenVPN client killed -> page after {page:.2f} s, site back after {back:.2f} s")
-    assert page <= 3.0 and back <= 30.0
+        shown = "none (back before the watchdog's checks failed)" if page is None else f"{page:.2f} s"
+        print(f"[faults] OpenVPN client killed -> page: {shown}, site back after {back:.2f} s")
+    assert (page is None or page <= 3.0) and back <= 30.0
     code, data = wait_status(lab, vps_site, 0, limit=10)
     assert {s["state"] for s in data["services"]} == {"forwarding"}
     assert "back (up home)" in (home_site / "state" / "run" / "home-keeper-home.log").read_text()

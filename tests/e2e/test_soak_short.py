@@ -34,8 +34,8 @@ def test_three_pulls_with_a_watchdog_kill_and_a_client_kill(lab: Lab, sites: tup
         assert crowd(lab, "^200 ", since=plugged, limit=30) <= 5.0
     killed = time.time()
     assert kill(lab, "home", names=("openvpn",))
-    page, back = through_outage(lab, since=killed)
-    assert page <= 3.0 and back <= 30.0
+    page, back = through_outage(lab, since=killed, page_required=False)  # the keeper may beat the watchdog
+    assert (page is None or page <= 3.0) and back <= 30.0
     wait_status(lab, vps_site, 0, limit=10)
     watch.terminate()
     watch.wait(10)
