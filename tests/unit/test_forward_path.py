@@ -148,6 +148,28 @@ def test_forward_probe_without_sockets_is_no_evidence() -> None:
     assert health.forward_probe(lambda specs: [None, None], "203.0.113.10", 80, 0.5, "198.51.100.2") is None
 
 
+def test_a_loaded_tunnel_is_not_a_blocked_path() -> None:
+    """1000 visitors: the forward check's SYN and ping get lost in the tunnel while home's replies
+    pour in (thousands of packets a round). That is load, not a block: no failover. A refusal
+    (a reject rule answers) is still a block, whatever the traffic."""
+    forward, swap = Forward(), Swapper()
+    packets = iter(range(0, 10_000_000, 5_000))
+    one_home = Config(vps=config().vps, tunnel=config().tunnel, homes={"home": config().homes["home"]},
+                      services=config().services, watch=Watch(fall=2, rise=2))
+    dog = Watchdog(one_home, swap, up, forward=forward, activity=lambda: next(packets))
+    dog.start({})
+    forward.blocked = True
+    for _ in range(5):
+        dog.tick()
+    assert dog.status["web"].active == "home" and dog.status["web"].healthy
+    assert dog.status["web"].reason == health.BUSY and "visitors' traffic still flows" in dog.status["web"].detail
+    refused = Result("down", 0.0, "connect: Connection refused", reason=health.TARGET_REFUSED)
+    dog.forward = lambda svc, home, cfg, visitor: refused
+    dog.tick()
+    dog.tick()
+    assert dog.status["web"].active is None and dog.status["web"].reason == health.PATH_BLOCKED
+
+
 def test_probe_addresses() -> None:
     assert probens.addresses("198.18.255.252/30") == ("198.18.255.253", "198.18.255.254")
     assert probens.addresses("198.18.7.9/30") == ("198.18.7.9", "198.18.7.10")

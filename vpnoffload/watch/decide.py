@@ -48,6 +48,9 @@ if TYPE_CHECKING:
     Swapper = Callable[[Mapping[str, str | None], frozenset[str]], None]
 
 log = Log("vpnoffload.watch")
+#: Packets from the tunnel per check in one round that its own replies may account for; more
+#: means visitors are being served, so a forward check that got no answer lost it to load.
+QUIET_PACKETS = 32
 
 
 class HomeHealth:
@@ -203,15 +206,27 @@ class Watchdog:
         """One round of checks, read together with the tunnel's traffic."""
         before = self._activity()
         probed = self._probe_all()
-        home_sent = before is not None and (self._activity() or 0) > before
-        if home_sent:
+        sent = (self._activity() or 0) - before if before is not None else 0
+        # The checks' own replies are a few packets each; far more is visitors' traffic, which
+        # a blocked forward path would have stopped.
+        checks = sum(len(results) for results in probed.values())
+        visitors_flow = sent > QUIET_PACKETS * (checks + 1)
+        if sent > 0:
             for results in probed.values():
                 for home, result in results.items():
-                    if result.verdict == "down" and result.timed_out and result.reason != health.PATH_BLOCKED:
+                    if result.verdict != "down" or not result.timed_out:
+                        continue
+                    if result.reason != health.PATH_BLOCKED:
                         # The check's packets were lost, but home kept sending through
                         # the tunnel meanwhile: a busy tunnel, not a dead home.
-                        # (Not for a blocked forward path: home answers the direct checks meanwhile.)
                         results[home] = health.Result("slow", result.latency, result.detail + " (home still sending)",
+                                                      reason=health.BUSY)
+                    elif visitors_flow:
+                        # The forward check's SYN and ping were lost in a loaded tunnel (1000 visitors),
+                        # not dropped by the VPS: home's replies to visitors still pour in. Only a
+                        # few check replies (QUIET_PACKETS each) arriving is what a real block looks like.
+                        results[home] = health.Result("slow", result.latency,
+                                                      result.detail + " (visitors' traffic still flows)",
                                                       reason=health.BUSY)
         return probed
 
