@@ -345,3 +345,17 @@ def test_render_errors_name_the_field_and_cut_huge_values(cfgfile: Path, tmp_pat
     result = run(cfgfile, "render", "nginx", "--out", str(tmp_path / ("a b" + "x" * 5000)))
     one_line_exit_2(result)
     assert "--out" in result.output
+
+
+def test_the_watchdog_makes_its_run_dir_private_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+
+    from vpnoffload.watch import loop
+
+    old = os.umask(0)
+    try:
+        loop._private_dir(str(tmp_path / "state" / "run"))
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "state", tmp_path / "state" / "run"):
+        assert oct(path.stat().st_mode & 0o777) == "0o700", path

@@ -137,7 +137,7 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
     if not data["server_running"]:
         raise NotSetUpError("the VPS end is not up: run 'vpnoffload up vps' first")
     where = data["paths"]
-    os.makedirs(where["run"], exist_ok=True)
+    _private_dir(where["run"])
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -219,6 +219,15 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
             published = started
         sdnotify.notify("WATCHDOG=1")
         stop.wait(max(0.0, dog.config.watch.interval - (time.monotonic() - started)))
+
+
+def _private_dir(path: str) -> None:
+    """Make ``path`` (and missing parents) 0700 whatever the umask (umask 000 would give 0777)."""
+    old = os.umask(0o077)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    finally:
+        os.umask(old)
 
 
 def _mtime(path: str) -> int:
