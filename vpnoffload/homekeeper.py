@@ -24,6 +24,7 @@ import sys
 import time
 
 from vpnoffload.watch import spawn
+from vpnoffload.watch.supervise import pidfile_names_openvpn
 
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
 #: How often the keeper looks at the client.
@@ -33,18 +34,8 @@ CHILD_TIMEOUT = 90.0
 MODULE = "vpnoffload.homekeeper"
 
 
-def openvpn_alive(pidfile: str, config: str) -> bool:
-    """True when ``pidfile`` holds the pid of a live openvpn running ``config``."""
-    try:
-        with open(pidfile) as fh:
-            pid = int(fh.read().strip())
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read().split(b"\0")
-        with open(f"/proc/{pid}/stat") as fh:
-            zombie = fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, ValueError, IndexError):
-        return False
-    return not zombie and cmdline[0].endswith(b"openvpn") and config.encode() in cmdline
+# One check of "is our openvpn still running" for both keepers.
+openvpn_alive = pidfile_names_openvpn
 
 
 class HomeKeeper:
