@@ -140,7 +140,12 @@ def test_openvpn_server_then_client_killed_are_restarted(lab: Lab, sites: tuple[
     assert (page is None or page <= 3.0) and back <= 30.0
     code, data = wait_status(lab, vps_site, 0, limit=10)
     assert {s["state"] for s in data["services"]} == {"forwarding"}
-    assert "back (up home)" in (home_site / "state" / "run" / "home-keeper-home.log").read_text()
+    # The keeper logs once its `up home` child has exited, which can be a moment after the site is back.
+    keeper_log = home_site / "state" / "run" / "home-keeper-home.log"
+    deadline = time.monotonic() + 10
+    while "back (up home)" not in keeper_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "back (up home)" in keeper_log.read_text()
 
     cli(lab, "home", home_site, "down", "home")
     after = snapshot(lab, "home")
