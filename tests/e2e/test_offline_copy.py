@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.e2e.conftest import cli, configure, crowd
 from tests.e2e.test_failover import report, start_watch, status

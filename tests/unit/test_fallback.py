@@ -72,7 +72,6 @@ def test_https_service_gets_the_page_over_tls_and_unknown_names_a_fast_close(tmp
     import socket
     import ssl
 
-    from vpnoffload.watch import page as fallback
 
     cert, key = _self_signed(tmp_path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -129,8 +129,8 @@ def describe(config: Any, backend: Any = None) -> list[tuple[str, str, str]]:
                 guess = str(exc)
             what = f"local_address {vps.local_address} is not here either" if vps.local_address else "no local_address"
             found.append(("warn", f"neither is this the VPS as configured ({what}): {guess}",
-                          f"on the VPS behind 1:1 NAT, set local_address in [vps] to the private address; "
-                          f"on a home box this is expected"))
+                          "on the VPS behind 1:1 NAT, set local_address in [vps] to the private address; "
+                          "on a home box this is expected"))
         for public, private in vps.nat:
             device = holder(private, backend)
             where = f"on {device}" if device else "not on an interface yet ('up vps' adds it)"
