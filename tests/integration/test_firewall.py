@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,14 @@ def test_apply_reads_back_is_idempotent_and_removes_only_ours(tmp_path: Path) ->
 def test_forwarding_through_the_rules(tmp_path: Path) -> None:
     """visitor -> VPS:80 reaches home:8080 with the visitor's own address; nothing
     else crosses the tunnel, and a service on fallback is refused at once."""
+    check_forwarding(firewall, tmp_path)
+
+
+def check_forwarding(apply_rules: Callable[[str, str, Path], dict], tmp_path: Path,
+                     emptied: Callable[[str, str], None] = lambda vps, home: None) -> None:
+    """The forwarding checks of a firewall backend: ``apply_rules(ns, which, tmp_path)``
+    writes one of FIREWALL's rulesets in ``ns``; ``emptied(vps, home)`` may check more
+    once both ends are empty again (the nft backend: nothing of ours is left)."""
     visitor, vps, home = unique("v"), unique("s"), unique("h")
     with namespaces(visitor, vps, home):
         link(visitor, "203.0.113.50/24", vps, "203.0.113.10/24")
@@ -181,20 +190,21 @@ def test_forwarding_through_the_rules(tmp_path: Path) -> None:
             # Without our rules the lab routes straight to home: so a timeout later means "dropped".
             assert connect(visitor, "198.51.100.2", 9090) == "ok hello 203.0.113.50"
 
-            firewall(vps, "vps", tmp_path)
-            firewall(home, "home", tmp_path)
+            apply_rules(vps, "vps", tmp_path)
+            apply_rules(home, "home", tmp_path)
             assert connect(visitor, "203.0.113.10", 80) == "ok hello 203.0.113.50"
             assert connect(visitor, "198.51.100.2", 9090) == "timeout"  # not DNATed: VPS drops it
             assert connect(visitor, "198.51.100.2", 8080) == "timeout"
             assert connect(vps, "198.51.100.2", 8080) == "ok hello 198.51.100.1"  # the watchdog's path
             assert connect(vps, "198.51.100.2", 9090) == "timeout"  # home opens only service ports
 
-            firewall(vps, "vps-fallback", tmp_path)
+            apply_rules(vps, "vps-fallback", tmp_path)
             assert connect(visitor, "203.0.113.10", 80) == "refused"
 
-            firewall(vps, "empty", tmp_path)
-            firewall(home, "empty", tmp_path)
+            apply_rules(vps, "empty", tmp_path)
+            apply_rules(home, "empty", tmp_path)
             assert connect(visitor, "198.51.100.2", 9090) == "ok hello 203.0.113.50"
+            emptied(vps, home)
         finally:
             server.kill()
             server.wait()
