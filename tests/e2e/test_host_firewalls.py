@@ -9,7 +9,6 @@ The nftables and firewalld shapes are put on the home box too.
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
 import sys
@@ -21,7 +20,7 @@ import pytest
 
 from tests import hostshapes
 from tests.e2e.conftest import cli, configure
-from tests.e2e.test_failover import HOSTNAME, start_watch, status, visit
+from tests.e2e.test_failover import HOSTNAME, start_watch, status, until
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
@@ -66,24 +65,6 @@ def host_reload(lab: Lab, shape: str, host: str, files: Path) -> None:
         install(lab, shape, host, files)
 
 
-def state(lab: Lab, host: str) -> dict[str, str]:
-    """The lab snapshot with nft's counters aside (iptables-nft rules count packets)."""
-    snap = snapshot(lab, host)
-    snap["nftables"] = re.sub(r"counter packets \d+ bytes \d+", "counter", snap["nftables"])
-    return snap
-
-
-def until(lab: Lab, want: int, limit: float) -> tuple[float, dict]:
-    start = time.monotonic()
-    last: dict = {}
-    while time.monotonic() - start < limit:
-        last = visit(lab)
-        if last["status"] == want:
-            return time.monotonic() - start, last
-        time.sleep(0.2)
-    pytest.fail(f"no HTTP {want} within {limit} s; last reply: {last}", pytrace=False)
-
-
 # (shape, where): on the VPS, on both ends, or only on the home box (ufw's files are
 # global, so ufw runs in one namespace of the lab at a time).
 SHAPES = [("docker", "vps"), ("nftables", "both"), ("ufw", "vps"), ("firewalld", "both"),
@@ -103,12 +84,12 @@ def test_host_firewall_shape(shape: str, where: str, lab: Lab, sites: tuple[Path
     hosts = {"vps": ["vps"], "home": ["home"], "both": ["vps", "home"]}[where]
     for host in hosts:
         install(lab, shape, host, tmp_path)
-    before = {host: state(lab, host) for host in ("vps", "home")}
+    before = {host: snapshot(lab, host) for host in ("vps", "home")}
 
     if "vps" in hosts:
         dry = cli(lab, "vps", vps_site, "up", "vps", "--dry-run")
         assert "open in" in dry.stdout, dry.stdout
-        assert state(lab, "vps") == before["vps"]
+        assert snapshot(lab, "vps") == before["vps"]
         doctor = cli(lab, "vps", vps_site, "doctor", check=False)
         assert "host firewall openings: up vps will open" in doctor.stdout, doctor.stdout
     if "home" in hosts and shape == "ufw":
@@ -163,7 +144,7 @@ def test_host_firewall_shape(shape: str, where: str, lab: Lab, sites: tuple[Path
     cli(lab, "home", home_site, "down", "home")
     cli(lab, "vps", vps_site, "down", "vps")
     for host in ("vps", "home"):
-        after = state(lab, host)
+        after = snapshot(lab, host)
         assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
     if shape == "ufw":
         added = lab.exec(hosts[0], "ufw", "show", "added").stdout
