@@ -118,9 +118,9 @@ class Stage:
         return {
             "OpenVPN": measure.find_pids(ns, comm_is="openvpn"),
             "watchdog": [self.watchdog_pid] if self.watchdog_pid in measure.namespace_pids(ns) else [],
-            "page server": measure.find_pids(ns, argv_has=("vpnoffload.watch.pageserver",)),
+            "page server": measure.find_pids(ns, argv_has=("vpnoffload.fallback.pageserver",)),
             "swap child": measure.find_pids(ns, argv_has=("vpnoffload.watch.swap",)),
-            "config snapshot": measure.find_pids(ns, argv_has=("vpnoffload.watch.snapshot",)),
+            "config snapshot": measure.find_pids(ns, argv_has=("vpnoffload.lean.snapshot",)),
         }
 
     def conntrack_count(self) -> int:

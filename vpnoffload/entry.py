@@ -66,7 +66,7 @@ def exec_lean_watch(options: dict[str, str | bool]) -> None:
     from pathlib import Path
 
     from vpnoffload.paths import Paths
-    from vpnoffload.watch.spawn import lean_argv
+    from vpnoffload.lean.spawn import lean_argv
 
     config, state = options.get("config"), options.get("state")
     paths = Paths.resolve(Path(str(config)) if config else None, Path(str(state)) if state else None)
@@ -83,7 +83,7 @@ def run_lean(options: dict[str, str | bool]) -> int:
     import logging
     from pathlib import Path
 
-    from vpnoffload.cli.handler import run_main
+    from vpnoffload.exits import run_main
     from vpnoffload.paths import Paths
 
     level = logging.DEBUG if options.get("debug") else logging.INFO if options.get("verbose") else logging.WARNING

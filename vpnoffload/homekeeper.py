@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 
-from vpnoffload.watch import spawn
+from vpnoffload.lean import spawn
 from vpnoffload.watch.supervise import pidfile_names_openvpn
 
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0

@@ -1,7 +1,7 @@
 """Stopping a process vpnoffload started (OpenVPN without systemd, the watchdog).
 
 The page server and the watchdog's other children are started by
-:mod:`vpnoffload.watch.spawn`; this is the one SIGTERM-then-wait used to stop them.
+:mod:`vpnoffload.lean.spawn`; this is the one SIGTERM-then-wait used to stop them.
 """
 
 from __future__ import annotations

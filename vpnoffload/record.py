@@ -22,7 +22,7 @@ class Record:
     addresses: list[list[str]] = field(default_factory=list)  # [interface, "a.b.c.d/32"] we added
     created_user: str | None = None
     #: The host's own firewall as `up` found it (one line per firewall), and the
-    #: openings vpnoffload made in it (see vpnoffload.firewall.host_plan).
+    #: openings vpnoffload made in it (see vpnoffload.firewall.host.plan).
     host_found: list[str] = field(default_factory=list)
     host_openings: list[dict[str, Any]] = field(default_factory=list)
 

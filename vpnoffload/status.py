@@ -94,7 +94,7 @@ def _kept(config: Config, paths: Paths, name: str) -> dict[str, Any]:
     svc = config.services[name]
     if svc.via == "proxy":
         return {"kept_by": config.proxy.server, "paths": len(svc.offline_copy)}
-    from vpnoffload.watch.copies import summary
+    from vpnoffload.fallback.copies import summary
 
     return {"paths": len(svc.offline_copy), **summary(str(paths.run), name)}
 
@@ -114,7 +114,7 @@ ADVICE = {
 
 
 def _host_firewall(paths: Paths) -> dict[str, Any]:
-    from vpnoffload.firewall.host_plan import status_report
+    from vpnoffload.firewall.host.plan import status_report
 
     return status_report(paths.run)
 
@@ -210,7 +210,7 @@ def render_text(data: dict[str, Any]) -> list[str]:
                          f"({kept['bytes']} bytes, oldest {age}), last fetch {_ago(kept['last_fetch'])}: "
                          f"{kept['result'] or 'none yet'}")
     if "host_firewall" in data:
-        from vpnoffload.firewall.host_plan import render_status
+        from vpnoffload.firewall.host.plan import render_status
 
         lines += render_status(data["host_firewall"], _ago)
     return lines

@@ -21,7 +21,7 @@ from tests.e2e.conftest import cli, configure, crowd
 from tests.e2e.test_failover import HOSTNAME, report, start_watch, visit
 from tests.e2e.vpsmem import describe, footprint, wait_for_roles
 from vpnoffload.lab.netns import Lab
-from vpnoffload.watch.page import HEAD_TIMEOUT
+from vpnoffload.fallback.page import HEAD_TIMEOUT
 
 FLOOD_MB = 32
 CONNECTIONS = 1000

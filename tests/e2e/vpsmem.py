@@ -33,8 +33,8 @@ def _rollup(pid: int) -> dict[str, int]:
 
 
 def role(cmdline: str) -> str:
-    for module, name in (("vpnoffload.watch.pageserver", "page server"), ("vpnoffload.watch.swap", "swap child"),
-                         ("vpnoffload.watch.snapshot", "config snapshot"), ("vpnoffload.watch.loop", "watchdog")):
+    for module, name in (("vpnoffload.fallback.pageserver", "page server"), ("vpnoffload.watch.swap", "swap child"),
+                         ("vpnoffload.lean.snapshot", "config snapshot"), ("vpnoffload.watch.loop", "watchdog")):
         if module in cmdline:
             return name
     return "other vpnoffload"

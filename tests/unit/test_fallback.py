@@ -6,8 +6,8 @@ import http.client
 
 import pytest
 
-from vpnoffload.watch import pageloop
-from vpnoffload.watch.page import FallbackServer, response
+from vpnoffload.fallback import pageloop
+from vpnoffload.fallback.page import FallbackServer, response
 
 
 def test_response_headers() -> None:

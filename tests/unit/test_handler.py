@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from vpnoffload.cli.handler import run_main
+from vpnoffload.exits import run_main
 from vpnoffload.errors import ConfigError, ExitStatus, PrerequisiteError
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from vpnoffload import config as cfg
 from vpnoffload import plan
-from vpnoffload.firewall import host_docker, host_nft, host_plan, host_ufw
-from vpnoffload.firewall.hostfw import Opening, choose, detect, home_openings, vps_openings
+from vpnoffload.firewall.host import docker as host_docker, nft as host_nft, plan as host_plan, ufw as host_ufw
+from vpnoffload.firewall.host.openings import Opening, choose, detect, home_openings, vps_openings
 
 SAMPLES = Path(__file__).parent / "hostfw"
 CONFIG = """

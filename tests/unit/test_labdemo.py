@@ -179,7 +179,7 @@ def test_demo_shows_a_kept_page_during_the_outage(sites: Sites) -> None:
     """Once the VPS keeps the offline copy, the outage shows it served from the VPS (issue 16)."""
     import os
 
-    from vpnoffload.watch import copies
+    from vpnoffload.fallback import copies
 
     os.makedirs(copies.service_dir(str(sites.vps_run), labsites.SERVICE), exist_ok=True)
     index = copies.empty_index()

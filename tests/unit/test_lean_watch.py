@@ -12,7 +12,8 @@ import pytest
 
 from vpnoffload import model
 from vpnoffload.errors import ConfigError
-from vpnoffload.watch import health, loop, snapshot, spawn, state
+from vpnoffload.watch import health, loop, state
+from vpnoffload.lean import snapshot, spawn
 from vpnoffload.watch.decide import Watchdog
 
 #: Each of these costs the watchdog or page server >= 0.3 MB resident and is not needed in their loops.
@@ -36,7 +37,7 @@ target = "2222"
 """
 
 
-@pytest.mark.parametrize("module", ["vpnoffload.watch.loop", "vpnoffload.watch.pageserver"])
+@pytest.mark.parametrize("module", ["vpnoffload.watch.loop", "vpnoffload.fallback.pageserver"])
 def test_lean_processes_import_nothing_heavy(module: str) -> None:
     argv = spawn.lean_argv("json", "")[:4]  # python -I -S -c
     code = (f"import sys; sys.path.insert(0, {spawn.ROOT!r}); import {module}; "

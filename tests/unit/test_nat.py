@@ -118,7 +118,8 @@ def test_dnat_and_page_match_and_target_the_local_addresses() -> None:
 
 
 def test_page_server_maps_original_destinations_by_the_local_address(tmp_path: Path) -> None:
-    from vpnoffload.watch import pageserver, snapshot
+    from vpnoffload.fallback import pageserver
+    from vpnoffload.lean import snapshot
 
     config = config_with()
     paths = Paths(config=tmp_path / "vpnoffload.toml", state=tmp_path / "state")
@@ -241,7 +242,7 @@ def test_doctor_explains_what_it_found() -> None:
 
 
 def test_host_firewall_opens_openvpn_on_the_local_address() -> None:
-    from vpnoffload.firewall.hostfw import home_openings, vps_openings
+    from vpnoffload.firewall.host.openings import home_openings, vps_openings
 
     config = config_with()
     openvpn = [o for o in vps_openings(config, "eth0") if o.why == "OpenVPN server"]

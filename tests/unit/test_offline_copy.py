@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from vpnoffload.cli.app import app
 from vpnoffload.config.files import parse_text
 from vpnoffload.errors import ConfigError
-from vpnoffload.watch import copier, copies, page, pageloop
-from vpnoffload.watch.copyhttp import banner, copy_head, request_target
+from vpnoffload.fallback import copier, copies, page, pageloop
+from vpnoffload.fallback.copyhttp import banner, copy_head, request_target
 
 BASE = """\
 [vps]

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from vpnoffload.watch import page, pageloop
-from vpnoffload.watch.page import FallbackServer, Loop
+from vpnoffload.fallback import page, pageloop
+from vpnoffload.fallback.page import FallbackServer, Loop
 
 
 @pytest.fixture

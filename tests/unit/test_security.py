@@ -69,11 +69,11 @@ def tree(path: Path) -> dict[str, bytes]:
 
 def test_the_page_daemon_runs_isolated_from_root(tmp_path: Path) -> None:
     """The page server is started as ``python -I -S``: nothing from the cwd or PYTHON* variables."""
-    from vpnoffload.watch import pagectl
+    from vpnoffload.fallback import pagectl
 
     run = tmp_path / "state" / "run"
     argv = pagectl.PageDaemon(str(tmp_path / "c.toml"), str(tmp_path / "state"), str(run), str(run / "pages")).argv()
-    assert argv[1:3] == ["-I", "-S"] and "vpnoffload.watch.pageserver" in argv[4]
+    assert argv[1:3] == ["-I", "-S"] and "vpnoffload.fallback.pageserver" in argv[4]
 
 
 def test_units_run_python_isolated_from_root() -> None:

@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 from vpnoffload import __version__
 from vpnoffload.errors import ConfigError, ExitStatus, VpnOffloadError
 from vpnoffload.cli.common import Context, context, home_name
-from vpnoffload.cli.handler import error_line
+from vpnoffload.exits import error_line
 from vpnoffload.cli.lab import lab_app
 from vpnoffload.cli.pki import pki_app
 from vpnoffload.cli.render import render_app

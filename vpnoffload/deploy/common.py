@@ -22,7 +22,7 @@ from vpnoffload.plan import Action
 from vpnoffload.routing.state import RoutingBackend
 
 if TYPE_CHECKING:
-    from vpnoffload.firewall.hostfw import Opening
+    from vpnoffload.firewall.host.openings import Opening
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Daemon(Protocol):
 
 
 class HostOpenings(Protocol):
-    """Openings in the host's own firewall (vpnoffload.firewall.host_plan.HostFirewall)."""
+    """Openings in the host's own firewall (vpnoffload.firewall.host.plan.HostFirewall)."""
 
     def plan_open(self, openings: list[Opening], rec: record_mod.Record) -> list[Action]: ...
     def plan_close(self, rec: record_mod.Record) -> list[Action]: ...
@@ -65,13 +65,13 @@ class Backends:
     users: Users = users  # the module itself is the real implementation
     tunnel_factory: Callable[..., Daemon] | None = None
     page_factory: Callable[[Paths], Daemon] | None = None
-    #: The host's own firewall (Docker, ufw, nftables; firewall/host_plan.py); None: leave it alone.
+    #: The host's own firewall (Docker, ufw, nftables; firewall/host/plan.py); None: leave it alone.
     host: HostOpenings | None = None
 
     @classmethod
     def real(cls) -> "Backends":
         from vpnoffload.firewall import default_backend
-        from vpnoffload.firewall.host_plan import HostFirewall
+        from vpnoffload.firewall.host.plan import HostFirewall
         from vpnoffload.routing import Pyroute2Backend
 
         return cls(firewall=default_backend(), routing=Pyroute2Backend(), host=HostFirewall())

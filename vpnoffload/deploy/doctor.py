@@ -222,7 +222,7 @@ def check_ipv6(config: Config | None, if_inet6: Path = Path("/proc/net/if_inet6"
 
 def check_host_firewall(config: Config | None) -> list[Finding]:
     """The host's own firewall (Docker, ufw, nftables, firewalld) and what `up` opens in it."""
-    from vpnoffload.firewall.host_plan import doctor_findings
+    from vpnoffload.firewall.host.plan import doctor_findings
 
     return [Finding(level, check, detail, hint) for level, check, detail, hint in doctor_findings(config)]  # type: ignore[arg-type]
 

@@ -45,7 +45,7 @@ def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, pr
     # Accept only the configured ports on the tunnel before the tunnel exists.
     actions += firewall.plan(backends.firewall, firewall.home_ruleset(config, home))
     if backends.host is not None:
-        from vpnoffload.firewall.hostfw import home_openings
+        from vpnoffload.firewall.host.openings import home_openings
 
         actions += backends.host.plan_open(home_openings(config, home), rec)
     actions += user_actions(backends, rec)

@@ -51,7 +51,7 @@ def _server_config_actions(config: Config, paths: Paths, tunnel: Daemon) -> list
 def page_server(paths: Paths, backends: Backends) -> Daemon:
     if backends.page_factory is not None:
         return backends.page_factory(paths)
-    from vpnoffload.watch.pagectl import PageDaemon
+    from vpnoffload.fallback.pagectl import PageDaemon
 
     return PageDaemon.for_paths(paths)
 
@@ -137,7 +137,7 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     require_bindable(config, backends.routing)
     interface = config.vps.interface or backends.routing.find_interface(config.vps.bind_address)
     if backends.host is not None:  # a drop in the host's own firewall would be final: open what we need there
-        from vpnoffload.firewall.hostfw import vps_openings
+        from vpnoffload.firewall.host.openings import vps_openings
 
         actions += backends.host.plan_open(vps_openings(config, interface), rec)
     address_actions, owned = routing.plan_addresses(

@@ -106,7 +106,7 @@ def fail_over(
 def wait_for_offline_copy(sites: Sites, n: Narrator, *, wait: float, clock: Callable[[], float] = time.monotonic,
                           sleep: Callable[[float], None] = time.sleep) -> bool:
     """Wait until the VPS keeps a copy of KEPT_PAGE (fetched from home through the tunnel)."""
-    from vpnoffload.watch.copies import summary
+    from vpnoffload.fallback.copies import summary
 
     deadline = clock() + wait
     while True:

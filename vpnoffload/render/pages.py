@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     from vpnoffload import config as cfg
-    from vpnoffload.cli.handler import run_main
+    from vpnoffload.exits import run_main
 
     return run_main(lambda: bool(render_pages(cfg.load(args.config), args.out)) and 0, prog="vpnoffload pages")
 

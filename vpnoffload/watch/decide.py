@@ -8,7 +8,7 @@ process (see ``vpnoffload.watch.swap``), so python-iptables and pyroute2 never
 sit in the watchdog's resident memory.
 
 ``config`` is a ``vpnoffload.model.Config`` or a
-``vpnoffload.watch.snapshot.ConfigView`` (the same attribute names).
+``vpnoffload.lean.snapshot.ConfigView`` (the same attribute names).
 
 Each service has an ordered list of home boxes. Every home is checked; a home
 turns unhealthy after ``fall`` failed checks in a row and healthy again after
@@ -30,7 +30,7 @@ import threading
 import time
 
 from vpnoffload.watch import health
-from vpnoffload.watch.say import Log
+from vpnoffload.lean.say import Log
 from vpnoffload.watch.state import believed_targets, read_state, write_state  # noqa: F401  (re-exported)
 
 TYPE_CHECKING = False  # typing costs ~1 MB resident (it imports re): annotations stay strings here

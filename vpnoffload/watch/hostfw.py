@@ -4,7 +4,7 @@ Lean like the rest of the watchdog (stdlib ``os`` and :mod:`.spawn` only): every
 :data:`EVERY` seconds one ``nft -s list ruleset`` (stateless: no counters, so
 the text changes only when rules do). Only when that text changed since the
 last look does a short-lived child (``python -I -m
-vpnoffload.firewall.host_plan``) compare the ruleset with the record of ``up
+vpnoffload.firewall.host.plan``) compare the ruleset with the record of ``up
 vps`` and re-add what is missing, printing one line per opening put back.
 When ``up`` recorded no opening, the child says so (exit 3) and nothing runs
 again until the record file changes.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from vpnoffload.watch import spawn
+from vpnoffload.lean import spawn
 
 EVERY = 5.0
 CHILD_TIMEOUT = 20.0
@@ -66,7 +66,7 @@ class HostFirewallWatch:
         return self._reconcile()
 
     def _reconcile(self) -> list[str]:
-        argv = spawn.full_argv("vpnoffload.firewall.host_plan", "--run", self.run_dir)
+        argv = spawn.full_argv("vpnoffload.firewall.host.plan", "--run", self.run_dir)
         try:
             child = spawn.spawn(argv, stdout=True, stderr=True)
             out, err = child.communicate(b"", CHILD_TIMEOUT)

@@ -5,7 +5,7 @@ Lean on purpose (the whole of vpnoffload on the VPS aims at <= 16 MB resident):
 this process imports only the stdlib pieces its loop needs (socket, threading,
 select) plus ``decide``, ``health``, ``state``, ``snapshot``, ``pagectl`` and
 ``spawn`` — no config parser, no logging, json, subprocess, pathlib or typing.
-The config is read by a short-lived child (:mod:`vpnoffload.watch.snapshot`),
+The config is read by a short-lived child (:mod:`vpnoffload.lean.snapshot`),
 at start and whenever the file changes. Swapping rules (python-iptables,
 pyroute2 conntrack) runs in a short-lived child too (:mod:`vpnoffload.watch.swap`).
 
@@ -26,13 +26,15 @@ import threading
 import time
 
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
-from vpnoffload.watch import copies, say, sdnotify, spawn, supervise
+from vpnoffload.fallback import copies
+from vpnoffload.lean import say, sdnotify, spawn
+from vpnoffload.watch import supervise
 from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import tunnel_rx_packets
 from vpnoffload.watch.hostfw import HostFirewallWatch
-from vpnoffload.watch.pagectl import PageDaemon
+from vpnoffload.fallback.pagectl import PageDaemon
 from vpnoffload.watch.probe import ProbeNamespace
-from vpnoffload.watch.snapshot import ConfigView, _options, fetch
+from vpnoffload.lean.snapshot import ConfigView, _options, fetch
 from vpnoffload.watch.state import dumps, server_running, watch_pid, write_state  # noqa: F401  (re-exported)
 
 TYPE_CHECKING = False  # typing costs ~1 MB resident: annotations stay strings here
@@ -175,7 +177,7 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
 
 def _start_copier(job: bytes) -> spawn.Child:
     """The offline-copy fetcher (issue 16) as a short-lived lean child; its job on stdin."""
-    child = spawn.spawn(spawn.lean_argv("vpnoffload.watch.copier"), stdin=True)
+    child = spawn.spawn(spawn.lean_argv("vpnoffload.fallback.copier"), stdin=True)
     try:
         os.write(child.stdin, job)  # type: ignore[arg-type]  # blocks at most until the child reads it
     except OSError:
@@ -266,7 +268,7 @@ def run(paths, *, server_up: bool) -> int:  # paths: vpnoffload.paths.Paths (the
 
 def main(argv: list[str] | None = None) -> int:
     """``python -I -S ... vpnoffload.watch.loop --config C [--state-dir S] [-v|--debug]``."""
-    from vpnoffload.cli.handler import run_main
+    from vpnoffload.exits import run_main
 
     def body() -> int:
         options = _options(list(sys.argv[1:] if argv is None else argv), values=("--config", "--state-dir"),

@@ -32,7 +32,7 @@ def _copies(dog: Watchdog, run: str | None) -> list[str]:
     kept = [svc.name for svc in dog.config.services.values() if getattr(svc, "offline_copy", ())]
     if run is None or not kept:
         return []
-    from vpnoffload.watch.copies import summary
+    from vpnoffload.fallback.copies import summary
 
     found = {name: summary(run, name) for name in kept}
     lines = ["# HELP vpnoffload_offline_copy_pages Pages kept for the service while home is down.",

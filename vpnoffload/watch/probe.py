@@ -36,8 +36,8 @@ import threading
 import time
 
 from vpnoffload import probens
-from vpnoffload.watch import spawn
-from vpnoffload.watch.say import Log
+from vpnoffload.lean import spawn
+from vpnoffload.lean.say import Log
 
 TYPE_CHECKING = False  # typing costs ~1 MB resident: annotations stay strings here
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from vpnoffload.watch import say, spawn
+from vpnoffload.lean import say, spawn
 from vpnoffload.watch.state import write_state
 
 TYPE_CHECKING = False
@@ -158,8 +158,8 @@ def read_stats(run_dir: "str | os.PathLike[str]") -> dict[str, object] | None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -I -m vpnoffload.watch.supervise --config C [--state-dir S]``: one restart."""
-    from vpnoffload.cli.handler import run_main
-    from vpnoffload.watch.snapshot import _options
+    from vpnoffload.exits import run_main
+    from vpnoffload.lean.snapshot import _options
 
     def body() -> int:
         options = _options(list(sys.argv[1:] if argv is None else argv), values=("--config", "--state-dir"), flags=())

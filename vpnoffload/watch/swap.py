@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decision", help='JSON {"active": {service: home or null}, "flush": [service, ...]}; '
                                            "without it, read that one line from stdin once everything is loaded")
     args = parser.parse_args(argv)
-    from vpnoffload.cli.handler import run_main
+    from vpnoffload.exits import run_main
 
     return run_main(lambda: _swap(args.config, args.decision), prog="vpnoffload swap")
 

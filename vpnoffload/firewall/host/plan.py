@@ -1,7 +1,7 @@
 """Plans that open (and close) vpnoffload's way through the host's own firewall, and the watchdog's reconcile.
 
 :class:`HostFirewall` reads the host (:func:`read_host`), places the openings
-(:func:`vpnoffload.firewall.hostfw.choose`) and compares them with what is
+(:func:`vpnoffload.firewall.host.openings.choose`) and compares them with what is
 there and what the record says vpnoffload added: the difference is a list of
 :class:`~vpnoffload.plan.Action` with exact undo. Each opening added is
 recorded (``Record.host_openings``) as a plain dict::
@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vpnoffload.firewall import host_docker, host_nft, host_ufw
-from vpnoffload.firewall.hostfw import Host, Opening, Placement, choose, detect
+from vpnoffload.firewall.host import docker as host_docker, nft as host_nft, ufw as host_ufw
+from vpnoffload.firewall.host.openings import Host, Opening, Placement, choose, detect
 from vpnoffload.plan import Action
 from vpnoffload.proc import run
 
@@ -248,7 +248,7 @@ def reconcile(run_dir: Path, lock: Path) -> list[str] | None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -I -m vpnoffload.firewall.host_plan --run DIR``: the watchdog's reconcile child.
+    """``python -I -m vpnoffload.firewall.host.plan --run DIR``: the watchdog's reconcile child.
 
     Prints one line per opening put back; exits 3 when ``up`` recorded none.
     """
@@ -329,7 +329,7 @@ def doctor_findings(config: Any) -> list[tuple[str, str, str, str]]:
     else is taken for the first home box.
     """
     from vpnoffload.errors import VpnOffloadError
-    from vpnoffload.firewall.hostfw import home_openings, vps_openings
+    from vpnoffload.firewall.host.openings import home_openings, vps_openings
 
     try:
         host, _ = read_host()

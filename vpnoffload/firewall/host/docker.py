@@ -10,7 +10,7 @@ of ours are there (cheap enough for the watchdog's periodic check).
 
 from __future__ import annotations
 
-from vpnoffload.firewall.hostfw import COMMENT, Opening
+from vpnoffload.firewall.host.openings import COMMENT, Opening
 from vpnoffload.proc import run
 
 HINT = "apt-get install iptables"

@@ -1,6 +1,6 @@
 """The copier child: fetch the kept pages from home through the tunnel (issue 16).
 
-Started by the watchdog (:class:`vpnoffload.watch.copies.CopySchedule`) as
+Started by the watchdog (:class:`vpnoffload.fallback.copies.CopySchedule`) as
 ``python -I -S`` with a marshal job on stdin, while the services in it are
 forwarded to a healthy home; it lives a few seconds, so ``http.client`` and
 ``ssl`` never stay resident in the watchdog.
@@ -19,7 +19,7 @@ mark (so the fail-fast rules let it through). The rules (:func:`verdict`):
   keeps the old copy.
 
 Bodies are written to a new file (0600, fsync) and the index is switched
-atomically afterwards (:mod:`vpnoffload.watch.copies`); files the new index
+atomically afterwards (:mod:`vpnoffload.fallback.copies`); files the new index
 no longer names are removed last.
 """
 
@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from vpnoffload.watch import copies
+from vpnoffload.fallback import copies
 
 CHUNK = 64 * 1024
 #: Ours: what a visitor would send, minus anything personal.
@@ -194,7 +194,7 @@ def copy_service(run: str, service: dict, room: int, timeout: float) -> int:
 
 
 def run(job: dict) -> int:
-    """Do one job (see :meth:`vpnoffload.watch.copies.CopySchedule.job`)."""
+    """Do one job (see :meth:`vpnoffload.fallback.copies.CopySchedule.job`)."""
     run_dir = job["run"]
     os.makedirs(copies.copies_dir(run_dir), mode=0o700, exist_ok=True)
     fetched = {s["name"] for s in job["services"]}
@@ -207,8 +207,8 @@ def run(job: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -I -S ... vpnoffload.watch.copier`` with the job (marshal) on stdin."""
-    from vpnoffload.watch import say
+    """``python -I -S ... vpnoffload.fallback.copier`` with the job (marshal) on stdin."""
+    from vpnoffload.lean import say
 
     say.prefix = "vpnoffload-copier"
     try:

@@ -2,7 +2,7 @@
 
 Parsing the TOML config costs ~5 MB resident (tomllib, ipaddress, dataclasses,
 pathlib, the model). The watchdog and the page server run for months, so they
-never import the config code: they run ``python -I -m vpnoffload.watch.snapshot``
+never import the config code: they run ``python -I -m vpnoffload.lean.snapshot``
 (:func:`fetch`), which loads and validates the config with the real parser and
 writes what the hot loops need as one ``marshal`` blob (plain dicts, lists,
 strings and numbers; ``marshal`` is built in, ``json`` would add ``re``).
@@ -84,7 +84,7 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -I -m vpnoffload.watch.snapshot --config C [--state-dir S] [--pages]``: the blob on stdout."""
+    """``python -I -m vpnoffload.lean.snapshot --config C [--state-dir S] [--pages]``: the blob on stdout."""
     from pathlib import Path
 
     from vpnoffload import config as cfg
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         paths = Paths.resolve(Path(str(options["--config"])), Path(str(state)) if state else None)
         blob = marshal.dumps(build(cfg.load(paths.config), paths, with_pages=bool(options.get("--pages"))))
     except VpnOffloadError as exc:
-        from vpnoffload.watch import say
+        from vpnoffload.lean import say
 
         say.fail(str(exc))
         return int(exc.exit_status)
@@ -132,10 +132,10 @@ def _options(args: list[str], *, values: tuple[str, ...], flags: tuple[str, ...]
 def fetch(config: str, state: str | None = None, *, with_pages: bool = False) -> dict:
     """Run the snapshot child and return its blob. Raises the child's error kind
     (ConfigError for a bad config, NotSetUpError, ...) with its message."""
-    from vpnoffload.watch import spawn
+    from vpnoffload.lean import spawn
 
     args = ["--config", config] + (["--state-dir", state] if state else []) + (["--pages"] if with_pages else [])
-    child = spawn.spawn(spawn.full_argv("vpnoffload.watch.snapshot", *args), stdout=True, stderr=True)
+    child = spawn.spawn(spawn.full_argv("vpnoffload.lean.snapshot", *args), stdout=True, stderr=True)
     try:
         out, err = child.communicate(b"", FETCH_TIMEOUT)
     except TimeoutError:

@@ -17,9 +17,9 @@ import signal
 import time
 
 from vpnoffload.errors import BackendError
-from vpnoffload.watch import spawn
+from vpnoffload.lean import spawn
 
-MODULE = "vpnoffload.watch.pageserver"
+MODULE = "vpnoffload.fallback.pageserver"
 
 
 def _alive(pid: int) -> bool:

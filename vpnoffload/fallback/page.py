@@ -7,11 +7,11 @@ for, so the page can name its hostname. Every request gets HTTP 503 with
 Retry-After and Cache-Control: no-store, so no browser or CDN keeps it.
 
 The connections are served by one bounded ``selectors`` loop
-(:mod:`vpnoffload.watch.pageloop`: connection cap, head and handshake deadlines, head
+(:mod:`vpnoffload.fallback.pageloop`: connection cap, head and handshake deadlines, head
 size cap, no thread per connection).
 
 Offline copies (issue 16): a GET or HEAD for a path a service keeps
-(:mod:`vpnoffload.watch.copies`) is answered 200 from the copy instead, with
+(:mod:`vpnoffload.fallback.copies`) is answered 200 from the copy instead, with
 its content type, an ``Age`` and, for HTML, a small banner appended; the body is
 streamed from its open file :data:`FILE_CHUNK` bytes at a time (one chunk per
 connection in memory), the send deadline renewed while the visitor reads, up to
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import socket
 
-from vpnoffload.watch.copyhttp import banner, copy_head, request_target
-from vpnoffload.watch.pageloop import (  # noqa: F401 (the bounds are part of this server's contract)
+from vpnoffload.fallback.copyhttp import banner, copy_head, request_target
+from vpnoffload.fallback.pageloop import (  # noqa: F401 (the bounds are part of this server's contract)
     ACCEPT_BATCH, FILE_CHUNK, HANDSHAKE_TIMEOUT, HEAD_TIMEOUT, IP6T_SO_ORIGINAL_DST, MAX_CONNECTIONS, MAX_HEAD,
     MAX_REQUEST, MAX_TLS_CONNECTIONS, READ_TIMEOUT, RETRY_AFTER, SEND_TIMEOUT, SO_ORIGINAL_DST, STREAM_TIMEOUT,
     SWEEP_EVERY, Destination, Loop, original_destination,
@@ -73,7 +73,7 @@ class FallbackServer:
         self.tls_contexts = tls_contexts
         self._generic = response(GENERIC_PAGE.encode(), retry_after)
         self._responses: dict[Destination, bytes] = {}
-        #: Per destination: kept path -> vpnoffload.watch.copies.Kept, and whether HTML gets the banner.
+        #: Per destination: kept path -> vpnoffload.fallback.copies.Kept, and whether HTML gets the banner.
         self._kept: dict[Destination, dict[str, Any]] = {}
         self._banner: dict[Destination, bool] = {}
         self.set_pages(pages)

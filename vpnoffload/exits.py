@@ -3,7 +3,7 @@
 Every entry point (the lean ``status`` path, the swap child, the page server,
 the reconcile child, ``python -m vpnoffload.render.pages``) runs its body
 through :func:`run_main`; the typer CLI's group and the lean processes' last
-word (:func:`vpnoffload.watch.say.fail`) use the same :func:`error_line`. It
+word (:func:`vpnoffload.lean.say.fail`) use the same :func:`error_line`. It
 imports nothing but ``sys`` and the errors (not even ``typing``: ~2 MB in a
 ~10 MB watchdog), so the lean processes can use it.
 """

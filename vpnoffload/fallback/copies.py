@@ -12,7 +12,7 @@ is a new file: the index is switched atomically after it is complete, and a
 page server still holding the old one keeps serving it whole.
 
 Lean (os, marshal, time): the watchdog imports this to schedule the copier
-child (:mod:`vpnoffload.watch.copier`, which does the fetching) and the page
+child (:mod:`vpnoffload.fallback.copier`, which does the fetching) and the page
 server to open the bodies. ``hashlib`` is imported only where names are made.
 """
 
@@ -160,7 +160,7 @@ class CopySchedule:
 
     def __init__(self, run: str, start: Callable[[bytes], object], clock: Callable[[], float] = time.monotonic) -> None:
         """``start(job)``: spawn the copier with ``job`` (a marshal blob) on its stdin; returns a
-        :class:`vpnoffload.watch.spawn.Child`-like object (``poll``, ``kill``)."""
+        :class:`vpnoffload.lean.spawn.Child`-like object (``poll``, ``kill``)."""
         self.run, self.start, self.clock = run, start, clock
         self.next_at = clock() + FIRST_AFTER
         self.child: object = None

@@ -50,7 +50,7 @@ class Log:
 
 def fail(message: str) -> None:
     """A lean process's last word before it exits non-zero: always on stderr, as the CLI writes errors."""
-    from vpnoffload.cli.handler import error_line
+    from vpnoffload.exits import error_line
 
     try:
         print(error_line(message, prefix), file=sys.stderr, flush=True)

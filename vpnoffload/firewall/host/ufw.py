@@ -12,7 +12,7 @@ established traffic.
 
 from __future__ import annotations
 
-from vpnoffload.firewall.hostfw import COMMENT, Opening
+from vpnoffload.firewall.host.openings import COMMENT, Opening
 from vpnoffload.proc import run
 
 HINT = "apt-get install ufw"

@@ -1,6 +1,6 @@
 """The page server's event loop: one thread, one ``selectors`` loop, every socket non-blocking,
 with the bounds that keep a flood from costing memory or starving a new visitor (see
-:mod:`vpnoffload.watch.page` for what is answered).
+:mod:`vpnoffload.fallback.page` for what is answered).
 
 * at most :data:`MAX_CONNECTIONS` open at once, of them :data:`MAX_TLS_CONNECTIONS`
   over TLS (an OpenSSL connection costs tens of KiB, a plain one about one);
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any
 
-    from vpnoffload.watch.page import FallbackServer
+    from vpnoffload.fallback.page import FallbackServer
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 IP6T_SO_ORIGINAL_DST = 80  # linux/netfilter_ipv6/ip6_tables.h (at SOL_IPV6)
@@ -84,7 +84,7 @@ class _Conn:
         self.out: memoryview | None = None
         self.events = selectors.EVENT_READ
         self.tls = state == _HANDSHAKE
-        #: A kept page being streamed (vpnoffload.watch.copies.Kept), how far, and what follows it.
+        #: A kept page being streamed (vpnoffload.fallback.copies.Kept), how far, and what follows it.
         self.page: Any = None
         self.offset = 0
         self.tail = b""

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from vpnoffload.errors import BackendError
-from vpnoffload.firewall.hostfw import COMMENT, Opening, Placement
+from vpnoffload.firewall.host.openings import COMMENT, Opening, Placement
 from vpnoffload.proc import run
 
 NFT_HINT = "apt-get install nftables"

@@ -1,6 +1,6 @@
 """The friendly-page server as its own small process.
 
-Started as ``python -I -S`` (see :mod:`vpnoffload.watch.pagectl`) by the
+Started as ``python -I -S`` (see :mod:`vpnoffload.fallback.pagectl`) by the
 watchdog when a web service is about to go on fallback, and stopped again
 once every service is back home; ``up vps`` restarts a running one when the
 pages or what it listens on changed, and ``down vps`` stops it. It is kept out
@@ -9,7 +9,7 @@ outage leaves visitors with the page, not with a refused connection, and so
 that it can drop root once its sockets are bound (the watchdog cannot).
 
 Resident: the interpreter, socket, selectors, the pages as bytes (ssl only
-for TLS pages). The config is read through :mod:`vpnoffload.watch.snapshot`
+for TLS pages). The config is read through :mod:`vpnoffload.lean.snapshot`
 (a short-lived child), not imported. SIGHUP reloads the pages in place while
 still root (for a hand-edited template, after ``python -m vpnoffload.render.pages``).
 """
@@ -21,11 +21,12 @@ import signal
 import sys
 
 from vpnoffload.errors import BackendError, VpnOffloadError
-from vpnoffload.watch import copies, say
-from vpnoffload.watch.page import MAX_CONNECTIONS, Destination, FallbackServer, FallbackServer6, Loop
-from vpnoffload.watch.snapshot import ConfigView, _options, fetch
+from vpnoffload.fallback import copies
+from vpnoffload.lean import say
+from vpnoffload.fallback.page import MAX_CONNECTIONS, Destination, FallbackServer, FallbackServer6, Loop
+from vpnoffload.lean.snapshot import ConfigView, _options, fetch
 
-log = say.Log("vpnoffload.watch.pageserver")
+log = say.Log("vpnoffload.fallback.pageserver")
 RUN_AS = "vpnoffload"
 
 
@@ -190,7 +191,7 @@ def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir:
 
 def main(argv: list[str] | None = None) -> int:
     """``--config C --pages DIR [--state-dir S] [--ready PIDFILE]``; exit status as the CLI's."""
-    from vpnoffload.cli.handler import run_main
+    from vpnoffload.exits import run_main
 
     say.prefix = "vpnoffload-pages"
 
