@@ -48,9 +48,17 @@ if TYPE_CHECKING:
     Swapper = Callable[[Mapping[str, str | None], frozenset[str]], None]
 
 log = Log("vpnoffload.watch")
+#: A round waits this long past ``watch.timeout`` for its checks (threads start and report back).
+ROUND_GRACE = 0.2
 #: Packets from the tunnel per check in one round that its own replies may account for; more
 #: means visitors are being served, so a forward check that got no answer lost it to load.
 QUIET_PACKETS = 32
+
+
+def _unfinished(timeout: float) -> health.Result:
+    """The verdict of a check that did not end by the round's deadline: no answer in time."""
+    return health.Result("down", timeout, f"check did not finish within {timeout:g} s", timed_out=True,
+                         reason=health.HOME_UNREACHABLE)
 
 
 class HomeHealth:
@@ -288,28 +296,52 @@ class Watchdog:
         st.last_check, st.latency, st.detail, st.reason = now, shown.latency, shown.detail, shown.reason
 
     def _probe_all(self) -> dict[str, dict[str, health.Result]]:
-        """Check every home of every service at once: N slow checks cost one timeout, not N."""
-        jobs = [(svc, home) for svc in self.config.services.values() for home in svc.homes]
-        results: dict[str, dict[str, health.Result]] = {svc.name: {} for svc in self.config.services.values()}
+        """Check every home of every service at once: N slow checks cost one timeout, not N.
 
-        def run(svc: Any, home: str) -> None:
+        The direct check and the visitors'-path check of a home run side by side, each
+        bounded by ``watch.timeout`` as a whole; the round waits for them until that
+        deadline (plus :data:`ROUND_GRACE`) and no longer. A check still running then is a
+        verdict on its own home and service only ("did not finish"): a target that hangs or
+        trickles cannot hold up the others' failover.
+        """
+        timeout = float(self.config.watch.timeout)
+        jobs: list[tuple[str, str, str]] = []
+        for svc in self.config.services.values():
+            for home in svc.homes:
+                jobs.append((svc.name, home, "direct"))
+                if self.forward is not None:
+                    jobs.append((svc.name, home, "forward"))
+        found: dict[tuple[str, str, str], health.Result | None] = {}
+
+        def run(name: str, home: str, kind: str) -> None:
+            svc = self.config.services[name]
             try:
-                result = self.prober(svc, home, self.config)
-                if self.forward is not None and result.alive:
-                    visitor = self.status[svc.name].active == home
-                    result = health.combine(result, self.forward(svc, home, self.config, visitor))
-                results[svc.name][home] = result
+                if kind == "direct":
+                    found[(name, home, kind)] = self.prober(svc, home, self.config)
+                else:
+                    visitor = self.status[name].active == home
+                    found[(name, home, kind)] = self.forward(svc, home, self.config, visitor)  # type: ignore[misc]
             except Exception as exc:  # a check that breaks must not stop the watchdog: count it as failed
-                results[svc.name][home] = health.Result("down", 0.0, f"check error: {exc}", reason=health.CHECK_ERROR)
+                found[(name, home, kind)] = health.Result("down", 0.0, f"check error: {exc}", reason=health.CHECK_ERROR)
 
         if len(jobs) == 1:
             run(*jobs[0])
-            return results
-        threads = [threading.Thread(target=run, args=job) for job in jobs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        else:
+            threads = [threading.Thread(target=run, args=job, daemon=True) for job in jobs]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + timeout + ROUND_GRACE
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+        results: dict[str, dict[str, health.Result]] = {svc.name: {} for svc in self.config.services.values()}
+        for name, home, kind in jobs:
+            if kind != "direct":
+                continue
+            direct = found.get((name, home, kind)) or _unfinished(timeout)
+            if self.forward is not None and direct.alive:
+                forward = found.get((name, home, "forward"), _unfinished(timeout))
+                direct = health.combine(direct, forward)
+            results[name][home] = direct
         return results
 
     def page_needed(self) -> bool:

@@ -90,7 +90,9 @@ def _connect_reason(exc: OSError) -> str:
 
 
 def probe(address: str, port: int, check: "Check", timeout: float, *, host_header: str | None = None) -> Result:
-    """Run one check of ``address:port`` with ``timeout`` seconds for each phase.
+    """Run one check of ``address:port``: connect, request and the whole answer head end
+    within ``timeout`` seconds together (a deadline, not a timeout per ``recv``: a target
+    that trickles its answer cannot hold the check longer).
 
     A ping goes out together with the connect: if the connect times out but
     the home box answered the ping, home and tunnel are alive and the service
@@ -102,6 +104,7 @@ def probe(address: str, port: int, check: "Check", timeout: float, *, host_heade
 def _probe(address: str, port: int, kind: str, http_path: str, timeout: float, host_header: str | None,
            tcp: socket.socket | None, raw: socket.socket | None, echo_address: str) -> Result:
     start = time.monotonic()
+    deadline = start + timeout
     echo = Echo.send(echo_address, raw) if raw is not None or tcp is None else None
     try:
         sock = connect(address, port, timeout, tcp)
@@ -118,7 +121,7 @@ def _probe(address: str, port: int, kind: str, http_path: str, timeout: float, h
     with sock:
         if kind == "tcp":
             return Result("up", time.monotonic() - start, "connected")
-        return _http(sock, http_path, host_header or address, timeout, start)
+        return _http(sock, http_path, host_header or address, deadline, start)
 
 
 def forward_probe(sockets: "Callable[[list[tuple[int, int, int]]], list[socket.socket | None]]", address: str,
@@ -184,14 +187,22 @@ def connect(address: str, port: int, timeout: float, sock: socket.socket | None 
     return sock
 
 
-def _http(sock: socket.socket, path: str, host: str, timeout: float, start: float) -> Result:
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``; TimeoutError once it has passed (settimeout(0) would mean non-blocking)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return left
+
+
+def _http(sock: socket.socket, path: str, host: str, deadline: float, start: float) -> Result:
     request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: vpnoffload-watch\r\nConnection: close\r\n\r\n"
     try:
-        sock.settimeout(timeout)
+        sock.settimeout(_left(deadline))
         sock.sendall(request.encode("ascii", "replace"))
-        line = _status_line(sock)
+        line = _answer_head(sock, deadline)
     except TimeoutError:
-        # Accepted but no answer yet: home and tunnel are alive, the app is busy.
+        # Accepted but no whole answer head in time: home and tunnel are alive, the app is busy.
         return Result("slow", time.monotonic() - start, "http: no answer in time", reason=BUSY)
     except OSError as exc:
         return Result("down", time.monotonic() - start, f"http: {_reason(exc)}", reason=TARGET_ERROR)
@@ -203,10 +214,17 @@ def _http(sock: socket.socket, path: str, host: str, timeout: float, start: floa
     return Result("up" if code < 500 else "down", latency, f"http {code}", reason="" if code < 500 else TARGET_ERROR)
 
 
-def _status_line(sock: socket.socket) -> str:
+#: The answer head is read up to this much; a longer one is judged by its status line.
+HEAD_LIMIT = 8192
+
+
+def _answer_head(sock: socket.socket, deadline: float) -> str:
+    """The status line, once the whole head (up to the blank line, or HEAD_LIMIT bytes, or the
+    end of the stream) has arrived before ``deadline``; TimeoutError otherwise."""
     data = b""
-    while b"\r\n" not in data and len(data) < 1024:
-        chunk = sock.recv(256)
+    while b"\r\n\r\n" not in data and len(data) < HEAD_LIMIT:
+        sock.settimeout(_left(deadline))
+        chunk = sock.recv(HEAD_LIMIT - len(data))
         if not chunk:
             if not data:
                 raise ConnectionResetError(errno.ECONNRESET, "closed without an answer")
