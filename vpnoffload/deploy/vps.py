@@ -154,11 +154,18 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     return actions
 
 
+CONNTRACK_ACCT = "net.netfilter.nf_conntrack_acct"
+
+
 def _vps_sysctls(config: Config, interface: str, backends: Backends) -> dict[str, str]:
     """IPv4 forwarding always; IPv6 forwarding (and RA kept on) only for IPv6 services."""
     from vpnoffload import sysctl
 
     desired = sysctl.vps_sysctls()
+    # Reply packet counts per connection: the watchdog's evidence that a service's visitors are
+    # still answered under load (watch/flows.py). Only where conntrack is loaded; down restores it.
+    if sysctl.key_path(CONNTRACK_ACCT, backends.proc_root).exists():
+        desired[CONNTRACK_ACCT] = "1"
     if config.ipv6_services:
         desired |= sysctl.vps_ipv6_sysctls(interface, proc_root=backends.proc_root)
     return desired

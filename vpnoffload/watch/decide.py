@@ -50,9 +50,14 @@ if TYPE_CHECKING:
 log = Log("vpnoffload.watch")
 #: A round waits this long past ``watch.timeout`` for its checks (threads start and report back).
 ROUND_GRACE = 0.2
-#: Packets from the tunnel per check in one round that its own replies may account for; more
-#: means visitors are being served, so a forward check that got no answer lost it to load.
-QUIET_PACKETS = 32
+#: ``vpnoffload.firewall.policy``'s connmark of a service: (position + 1) << MARK_SHIFT under
+#: MARK_MASK, written here so the watchdog does not import the model; a unit test keeps them equal.
+MARK_SHIFT, MARK_MASK = 20, 0x0FF00000
+
+
+def service_mark(index: int) -> tuple[int, int]:
+    """(value, mask) of the connmark of the service at ``index`` in the config."""
+    return (index + 1) << MARK_SHIFT, MARK_MASK
 
 
 def _unfinished(timeout: float) -> health.Result:
@@ -116,7 +121,8 @@ def probe_namespace_prober(namespace: Any) -> ForwardProber:
     """
 
     def forward(service: Any, home: str, config: Any, visitor: bool) -> health.Result | None:
-        if getattr(service, "via", "dnat") != "dnat" or service.ipv6 or not namespace.available():
+        if (getattr(service, "via", "dnat") != "dnat" or service.ipv6 or getattr(service, "proto", "tcp") != "tcp"
+                or not namespace.available()):
             return None
         address = str(config.homes[home].address)
         if visitor:
@@ -136,11 +142,14 @@ class Watchdog:
 
     def __init__(self, config: Any, swap: Swapper, prober: Prober = default_prober,
                  clock: Callable[[], float] = time.time, activity: Callable[[], int | None] | None = None,
-                 status: dict[str, ServiceStatus] | None = None, forward: ForwardProber | None = None) -> None:
+                 status: dict[str, ServiceStatus] | None = None, forward: ForwardProber | None = None,
+                 flows: Any = None) -> None:
         self.config = config
         self.swap = swap
         self.prober = prober
         self.forward = forward
+        #: ``watch.flows.FlowEvidence`` (None: a lost visitor-path check is never taken for load).
+        self.flows = flows
         self.clock = clock
         #: Packets received from the tunnel so far (None: unknown). Used only with a
         #: single home box, where any traffic from the tunnel proves that home alive.
@@ -211,32 +220,39 @@ class Watchdog:
         return changed
 
     def _checked(self) -> dict[str, dict[str, health.Result]]:
-        """One round of checks, read together with the tunnel's traffic."""
+        """One round of checks, read together with the tunnel's traffic and the visitors' flows."""
         before = self._activity()
         probed = self._probe_all()
         sent = (self._activity() or 0) - before if before is not None else 0
-        # The checks' own replies are a few packets each; far more is visitors' traffic, which
-        # a blocked forward path would have stopped.
-        checks = sum(len(results) for results in probed.values())
-        visitors_flow = sent > QUIET_PACKETS * (checks + 1)
-        if sent > 0:
-            for results in probed.values():
-                for home, result in results.items():
-                    if result.verdict != "down" or not result.timed_out:
-                        continue
-                    if result.reason != health.PATH_BLOCKED:
-                        # The check's packets were lost, but home kept sending through
-                        # the tunnel meanwhile: a busy tunnel, not a dead home.
-                        results[home] = health.Result("slow", result.latency, result.detail + " (home still sending)",
-                                                      reason=health.BUSY)
-                    elif visitors_flow:
-                        # The forward check's SYN and ping were lost in a loaded tunnel (1000 visitors),
-                        # not dropped by the VPS: home's replies to visitors still pour in. Only a
-                        # few check replies (QUIET_PACKETS each) arriving is what a real block looks like.
-                        results[home] = health.Result("slow", result.latency,
-                                                      result.detail + " (visitors' traffic still flows)",
-                                                      reason=health.BUSY)
+        for name, results in probed.items():
+            for home, result in results.items():
+                if result.reason == health.PATH_BLOCKED:
+                    results[home] = self._own_flows(name, home, result)
+                    continue
+                self._forget_flows(name, home)
+                if sent > 0 and result.verdict == "down" and result.timed_out:
+                    # The direct check's packets were lost, but home kept sending through
+                    # the tunnel meanwhile: a busy tunnel, not a dead home.
+                    results[home] = health.Result("slow", result.latency, result.detail + " (home still sending)",
+                                                  reason=health.BUSY)
         return probed
+
+    def _own_flows(self, name: str, home: str, result: health.Result) -> health.Result:
+        """A lost visitor-path check on the home a service is on is load, not a block, only
+        when that service's own visitors are still being answered by that home (watch/flows.py):
+        never because home answers a ping or another service's traffic flows. A refusal, or a
+        check of a home the service is not on (no visitors there to ask), stands."""
+        if self.flows is None or not result.timed_out or self.status[name].active != home:
+            return result
+        mark, mask = service_mark(list(self.config.services).index(name))
+        if self.flows.replies_flowing(mark, mask, str(self.config.homes[home].address)):
+            return health.Result("slow", result.latency, result.detail + " (its visitors are still answered)",
+                                 reason=health.BUSY)
+        return result
+
+    def _forget_flows(self, name: str, home: str) -> None:
+        if self.flows is not None and name in self.config.services:
+            self.flows.forget(service_mark(list(self.config.services).index(name))[0], str(self.config.homes[home].address))
 
     def _activity(self) -> int | None:
         if self.activity is None or len(self.config.homes) != 1:

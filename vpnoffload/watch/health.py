@@ -125,27 +125,27 @@ def _probe(address: str, port: int, kind: str, http_path: str, timeout: float, h
 
 
 def forward_probe(sockets: "Callable[[list[tuple[int, int, int]]], list[socket.socket | None]]", address: str,
-                  port: int, timeout: float, echo_address: str) -> Result | None:
-    """A TCP connect to ``address:port`` on sockets made in the probe namespace
+                  port: int, timeout: float, echo_address: str = "") -> Result | None:
+    """A TCP connect to ``address:port`` on a socket made in the probe namespace
     (``sockets``: ``watch.probe.ProbeNamespace.sockets``), so its packets cross the
     VPS's PREROUTING and FORWARD hooks as a visitor's do.
 
-    ``address`` is a service's public listen address (DNATed to home like a
-    visitor) or a home's tunnel address (forwarded without DNAT). A ping to
-    ``echo_address`` goes the same way: a connect that times out while it is
-    answered is ``slow`` (home is busy, the path works). None when no socket
-    can be made there: no evidence, never a failure.
+    ``address`` is a service's public listen address and port (DNATed to home like a
+    visitor's, so a rule that drops only that port is met) or a home's tunnel address
+    and the service's target port (forwarded without DNAT). No ping goes with it: a
+    home that answers ping says nothing about this port, so a connect that gets no
+    answer is ``down`` (timed out), and only the service's own visitors' flows may
+    show it was load (``watch.flows``). None when no socket can be made there: no
+    evidence, never a failure. ``echo_address`` is no longer used.
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
-        tcp, raw = sockets([(family, socket.SOCK_STREAM, 0), (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)])
-    except OSError:
+        (tcp,) = sockets([(family, socket.SOCK_STREAM, 0)])
+    except (OSError, ValueError):
         return None
     if tcp is None:
-        if raw is not None:
-            raw.close()
         return None
-    return _probe(address, port, "tcp", "/", timeout, None, tcp, raw, echo_address)
+    return _probe(address, port, "tcp", "/", timeout, None, tcp, None, "")
 
 
 def combine(direct: Result, forward: Result | None) -> Result:
@@ -154,7 +154,8 @@ def combine(direct: Result, forward: Result | None) -> Result:
     A failing direct check speaks for itself (its reason names the tunnel,
     home or target). When it passes but the forwarded connection gets no
     answer or is refused, the VPS itself drops the visitors' packets: the
-    verdict is ``down`` with reason :data:`PATH_BLOCKED`.
+    verdict is ``down`` with reason :data:`PATH_BLOCKED` (a lost one, ``timed_out``,
+    may still turn out to be load: ``Watchdog._own_flows``).
     """
     if not direct.alive or forward is None or forward.alive:
         return direct

@@ -33,6 +33,7 @@ from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import tunnel_rx_packets
 from vpnoffload.watch.hostfw import HostFirewallWatch
 from vpnoffload.fallback.pagectl import PageDaemon
+from vpnoffload.watch.flows import FlowEvidence
 from vpnoffload.watch.probe import ProbeNamespace
 from vpnoffload.lean.snapshot import ConfigView, _options, fetch
 from vpnoffload.watch.state import dumps, server_running, watch_pid, write_state  # noqa: F401  (re-exported)
@@ -150,7 +151,7 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
     # takes the visitors' path (PREROUTING, FORWARD); while there is none, only the direct check counts.
     probe = ProbeNamespace()
     dog = Watchdog(config, swapper, activity=lambda: tunnel_rx_packets(dog.config.tunnel.device),
-                   forward=probe_namespace_prober(probe))
+                   forward=probe_namespace_prober(probe), flows=FlowEvidence())
     swapper.page_services = lambda: {n for n, s in dog.config.services.items() if s.serves_page}
     metrics = None
     try:
