@@ -67,7 +67,7 @@ def _unfinished(timeout: float) -> health.Result:
 
 
 class HomeHealth:
-    __slots__ = ("healthy", "fails", "passes", "latency", "detail", "reason")
+    __slots__ = ("healthy", "fails", "passes", "latency", "detail", "reason", "answered", "last_answer")
 
     def __init__(self, healthy: bool = True, fails: int = 0, passes: int = 0, latency: float | None = None,
                  detail: str = "", reason: str = "") -> None:
@@ -77,6 +77,8 @@ class HomeHealth:
         self.latency = latency
         self.detail = detail
         self.reason = reason  # health.REASONS of the last check ("" when it passed)
+        self.answered = False  # home answered this service's check through the tunnel in the last round
+        self.last_answer: float | None = None  # when it last did (wall clock)
 
     def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -150,6 +152,8 @@ class Watchdog:
         self.forward = forward
         #: ``watch.flows.FlowEvidence`` (None: a lost visitor-path check is never taken for load).
         self.flows = flows
+        #: Called right after every swap (the loop writes the state file): see ``_apply``.
+        self.publish: Callable[[], None] = lambda: None
         self.clock = clock
         #: Packets received from the tunnel so far (None: unknown). Used only with a
         #: single home box, where any traffic from the tunnel proves that home alive.
@@ -190,7 +194,7 @@ class Watchdog:
         for name, results in self._checked().items():
             st = self.status[name]
             for home, result in results.items():
-                self._record(st.homes[home], result)
+                self._record(st.homes[home], result, now)
                 st.homes[home].healthy = result.alive
             st.active = self._choice(name)
             self._summarise(st, now)
@@ -198,6 +202,7 @@ class Watchdog:
         target = self.active()
         flush = frozenset(n for n, a in target.items() if believed.get(n, self.config.services[n].home) != a)
         self.swap(target, flush)
+        self.publish()
         for name in sorted(flush):
             log.warning("%s: %s at start (%s)", name, self._where(name), self.status[name].detail)
 
@@ -207,7 +212,7 @@ class Watchdog:
         for name, results in self._checked().items():
             st = self.status[name]
             for home, result in results.items():
-                self._count(st.homes[home], result)
+                self._count(st.homes[home], result, now)
             self._summarise(st, now)
         wanted = {n: self._choice(n) for n in self.status}
         changed = frozenset(n for n, a in wanted.items() if a != self.status[n].active)
@@ -272,6 +277,8 @@ class Watchdog:
             st.last_change = now
             st.swaps += 1
             log.warning("%s: now %s (%s)", name, self._where(name), st.detail)
+        # In the same step as the swap: status never shows a state the rules no longer have.
+        self.publish()
 
     def _old_target_gone(self, name: str) -> bool:
         old = self.status[name].active
@@ -290,16 +297,19 @@ class Watchdog:
         return any((h.healthy and h.fails) or (not h.healthy and h.passes)
                    for s in self.status.values() for h in s.homes.values())
 
-    def _count(self, hh: HomeHealth, result: health.Result) -> None:
-        self._record(hh, result)
+    def _count(self, hh: HomeHealth, result: health.Result, now: float) -> None:
+        self._record(hh, result, now)
         if hh.healthy and hh.fails >= self.config.watch.fall:
             hh.healthy = False
         elif not hh.healthy and hh.passes >= self.config.watch.rise:
             hh.healthy = True
 
     @staticmethod
-    def _record(hh: HomeHealth, result: health.Result) -> None:
+    def _record(hh: HomeHealth, result: health.Result, now: float) -> None:
         hh.latency, hh.detail, hh.reason = result.latency, result.detail, result.reason
+        hh.answered = result.home_answered
+        if hh.answered:
+            hh.last_answer = now
         if result.alive:
             hh.passes, hh.fails = hh.passes + 1, 0
         else:
@@ -370,5 +380,19 @@ class Watchdog:
                 return True
         return False
 
+    def homes_seen(self) -> dict[str, dict[str, object]]:
+        """Per home box: did it answer any check through the tunnel in the last round, and when
+        did it last answer (the live evidence ``status`` shows for the tunnel line)."""
+        seen: dict[str, dict[str, object]] = {}
+        for st in self.status.values():
+            for home, hh in st.homes.items():
+                entry = seen.setdefault(home, {"answered": False, "last_answer": None})
+                entry["answered"] = bool(entry["answered"]) or hh.answered
+                if hh.last_answer is not None and (entry["last_answer"] is None
+                                                   or hh.last_answer > entry["last_answer"]):  # type: ignore[operator]
+                    entry["last_answer"] = hh.last_answer
+        return seen
+
     def snapshot(self) -> dict[str, object]:
-        return {"updated": self.clock(), "services": [s.as_dict() for s in self.status.values()]}
+        return {"updated": self.clock(), "interval": float(self.config.watch.interval),
+                "homes": self.homes_seen(), "services": [s.as_dict() for s in self.status.values()]}

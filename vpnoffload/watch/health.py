@@ -64,6 +64,11 @@ class Result:
     def alive(self) -> bool:
         return self.verdict != "down"
 
+    @property
+    def home_answered(self) -> bool:
+        """Did the home box answer through the tunnel (even with a refusal or an error)?"""
+        return self.alive or self.reason in (TARGET_REFUSED, TARGET_ERROR, PATH_BLOCKED)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Result) and (self.verdict, self.latency, self.detail, self.timed_out) == (
             other.verdict, other.latency, other.detail, other.timed_out)

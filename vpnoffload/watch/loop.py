@@ -47,9 +47,6 @@ SWAP_TIMEOUT = 20.0
 PAGE_READY_TIMEOUT = 5.0
 #: The page server stays this long after the last service left fallback (a flapping home does not restart it).
 PAGE_LINGER = 5.0
-#: Publish the state file at least this often (and at once on every swap); not
-#: every tick, so the disk is not written twice a second.
-PUBLISH_EVERY = 5.0
 
 
 class PageKeeper:
@@ -153,12 +150,12 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
     dog = Watchdog(config, swapper, activity=lambda: tunnel_rx_packets(dog.config.tunnel.device),
                    forward=probe_namespace_prober(probe), flows=FlowEvidence())
     swapper.page_services = lambda: {n for n, s in dog.config.services.items() if s.serves_page}
+    dog.publish = lambda: _publish(where["watch_state"], dog)
     metrics = None
     try:
         probe.ensure()
         dog.start(data["believed"])
         pages.update(dog.page_needed())
-        _publish(where["watch_state"], dog)
         if config.watch.metrics:
             from vpnoffload.watch.metrics import MetricsServer
 
@@ -190,8 +187,7 @@ def _start_copier(job: bytes) -> spawn.Child:
 
 def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threading.Event,
           probe: "ProbeNamespace | None" = None) -> None:
-    published = time.monotonic()
-    host_firewall = HostFirewallWatch(where["run"], published)  # puts back openings a host reload wiped
+    host_firewall = HostFirewallWatch(where["run"], time.monotonic())  # puts back openings a host reload wiped
     # Refreshes the offline copies while home is healthy; a copier left running when we stop
     # finishes on its own (each fetch is bounded by its timeouts).
     kept = copies.CopySchedule(where["run"], _start_copier)
@@ -217,9 +213,8 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
                       lambda n: dog.status[n].healthy and dog.status[n].state == "forwarding")
         except OSError as exc:
             log.error("cannot start the offline-copy fetcher: %s", exc)
-        if changed or started - published >= PUBLISH_EVERY:
+        if not changed:  # a swap published already, in the same step
             _publish(where["watch_state"], dog)
-            published = started
         sdnotify.notify("WATCHDOG=1")
         stop.wait(max(0.0, dog.config.watch.interval - (time.monotonic() - started)))
 

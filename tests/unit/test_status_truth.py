@@ -1,0 +1,132 @@
+"""Issue 21 items 1, 2 and 5: status says what is true now. The tunnel line rests on the
+watchdog's last round (or OpenVPN having just connected a home), a state older than two
+intervals is marked stale, the watchdog publishes in the same step it swaps, and the report
+is one typed structure with today's keys kept. No root: files in a temp dir."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from vpnoffload import status
+from vpnoffload.errors import ExitStatus
+from vpnoffload.model import Config, Home, Service, Tunnel, Vps, Watch
+from vpnoffload.paths import Paths
+from vpnoffload.watch import state as watch_state
+from vpnoffload.watch.decide import Watchdog
+from vpnoffload.watch.health import HOME_UNREACHABLE, Result
+
+NOW = 1_800_000_000.0
+CLIENT = ("TITLE\tOpenVPN 2.6.14\n"
+          "HEADER\tCLIENT_LIST\tCommon Name\tReal Address\tVirtual Address\tVirtual IPv6 Address\tBytes Received\t"
+          "Bytes Sent\tConnected Since\tConnected Since (time_t)\tUsername\tClient ID\tPeer ID\tData Channel Cipher\n"
+          "CLIENT_LIST\thome\t192.0.2.66:40000\t198.51.100.2\t\t100\t200\t2027-01-15 08:00:00\t{since}\tUNDEF\t0\t0\t"
+          "AES-256-GCM\nEND\n")
+
+
+def config() -> Config:
+    return Config(vps=Vps(IPv4Address("203.0.113.10")), tunnel=Tunnel(IPv4Network("198.51.100.0/24")),
+                  homes={"home": Home("home", IPv4Address("198.51.100.2"))},
+                  services={"web": Service("web", IPv4Address("203.0.113.10"), 80, "home", 8080, fallback="page")},
+                  watch=Watch(interval=0.5, timeout=0.5))
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch) -> Paths:
+    paths = Paths.resolve(tmp_path / "vpnoffload.toml", tmp_path / "state")
+    paths.server_dir.mkdir(parents=True)
+    paths.run.mkdir(parents=True)
+    monkeypatch.setattr(watch_state, "watch_pid", lambda p: 4242)
+    return paths
+
+
+def publish(paths: Paths, *, updated: float, answered: bool, healthy: bool = True, active: str | None = "home",
+            last_answer: float | None = None) -> None:
+    svc = {"name": "web", "active": active, "state": "forwarding" if active else "fallback", "healthy": healthy,
+           "last_check": updated, "latency": 0.01, "detail": "http 200" if healthy else "connect: timed out",
+           "reason": "" if healthy else HOME_UNREACHABLE, "last_change": None, "swaps": 0, "homes": {}}
+    watch_state.write_state(paths.watch_state, {
+        "updated": updated, "interval": 0.5, "pid": 4242, "services": [svc],
+        "homes": {"home": {"answered": answered, "last_answer": last_answer if last_answer else (updated if answered else None)}}})
+
+
+def openvpn_lists_home(paths: Paths, since: float) -> None:
+    (paths.run / "openvpn-server.status").write_text(CLIENT.format(since=int(since)))
+
+
+def report(paths: Paths, now: float = NOW) -> status.Report:
+    return status.gather(config(), paths, server_running=True, now=now)
+
+
+def test_a_home_openvpn_still_lists_but_that_did_not_answer_is_not_connected(site: Paths) -> None:
+    """The cable is out: OpenVPN's keepalive has not noticed, the watchdog's last round has."""
+    openvpn_lists_home(site, NOW - 600)
+    publish(site, updated=NOW - 0.3, answered=False, healthy=False, active=None, last_answer=NOW - 4)
+    rep = report(site)
+    home = rep.data["tunnel"]["homes"][0]
+    assert (rep.data["tunnel"]["up"], home["connected"], home["answered"], home["evidence"]) == (
+        False, False, False, "watchdog")
+    assert home["last_answer_age"] == pytest.approx(4.0)
+    assert rep.exit_status == ExitStatus.UNHEALTHY
+    text = "\n".join(status.render_text(rep.data))
+    assert "tunnel: DOWN" in text and "not connected; last answer through the tunnel 4.0s ago" in text
+
+
+def test_home_that_answered_in_the_last_round_is_connected(site: Paths) -> None:
+    openvpn_lists_home(site, NOW - 600)
+    publish(site, updated=NOW - 0.3, answered=True)
+    rep = report(site)
+    assert rep.data["tunnel"]["up"] and rep.data["tunnel"]["homes"][0]["connected"]
+    assert rep.exit_status == ExitStatus.OK and rep.data["schema"] == status.SCHEMA
+
+
+def test_openvpn_connecting_after_the_last_round_counts(site: Paths) -> None:
+    """A home just back: OpenVPN told us it connected after the watchdog's last round."""
+    publish(site, updated=NOW - 0.4, answered=False, healthy=False, active=None)
+    openvpn_lists_home(site, NOW - 0.1)
+    assert report(site).data["tunnel"]["homes"][0]["connected"]
+
+
+def test_a_state_older_than_two_intervals_is_stale(site: Paths) -> None:
+    publish(site, updated=NOW - 5, answered=True)
+    openvpn_lists_home(site, NOW - 600)
+    rep = report(site)
+    assert rep.data["watchdog"]["stale"] and rep.data["services"][0]["stale"]
+    # The tunnel line then rests on OpenVPN's own list, and says so.
+    assert rep.data["tunnel"]["homes"][0]["evidence"] == "openvpn"
+    text = "\n".join(status.render_text(rep.data))
+    assert "STALE" in text and "(stale)" in text
+    publish(site, updated=NOW - 0.9, answered=True)
+    assert not report(site).data["watchdog"]["stale"]
+
+
+def test_todays_keys_keep_their_names(site: Paths) -> None:
+    publish(site, updated=NOW - 0.2, answered=True)
+    data = json.loads(status.render(report(site), True))
+    assert {"up", "server_running", "homes", "server_restarts"} <= set(data["tunnel"])
+    assert {"name", "address", "connected", "since", "real_address"} <= set(data["tunnel"]["homes"][0])
+    assert {"running", "pid", "updated"} <= set(data["watchdog"])
+    assert {"name", "listen", "path", "target", "state", "home", "healthy", "last_check", "latency_ms",
+            "last_change", "detail", "swaps", "reason"} <= set(data["services"][0])
+    assert "offline_copy" not in data["services"][0]
+
+
+def test_the_watchdog_publishes_in_the_same_step_as_the_swap() -> None:
+    """What the state file says after a swap is what the rules now do: written before tick returns."""
+    seen: list[tuple[str, object]] = []
+    verdict = {"v": Result("up", 0.01, "http 200")}
+    dog = Watchdog(config(), lambda active, flush: seen.append(("swap", dict(active))),
+                   lambda svc, home, cfg: verdict["v"], clock=lambda: NOW)
+    dog.publish = lambda: seen.append(("publish", dog.snapshot()["services"][0]["active"]))  # type: ignore[index]
+    dog.start({})
+    assert seen == [("swap", {"web": "home"}), ("publish", "home")]
+    seen.clear()
+    verdict["v"] = Result("down", 0.5, "connect: timed out", timed_out=True, reason=HOME_UNREACHABLE)
+    dog.tick()
+    dog.tick()
+    assert seen == [("swap", {"web": None}), ("publish", None)]
+    snap = dog.snapshot()
+    assert snap["homes"] == {"home": {"answered": False, "last_answer": NOW}} and snap["interval"] == 0.5
