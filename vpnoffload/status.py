@@ -18,7 +18,8 @@ from vpnoffload.tunnel import connected_clients  # noqa: F401  (read next to whe
 
 
 #: The schema of ``status --json`` (docs/troubleshooting.md). 2: the keys of 1 kept with their
-#: meanings, plus ``schema``, ``tunnel.homes[].answered/last_answer/last_answer_age/evidence``,
+#: meanings, plus ``schema``, ``tunnel.homes[].answered/last_answer/last_answer_age/evidence/openvpn_view/
+#: bytes_received/bytes_sent``,
 #: ``watchdog.age/stale/interval`` and ``services[].stale``.
 SCHEMA = 2
 #: A watchdog state older than this many check intervals is stale: shown, but not as current.
@@ -39,7 +40,10 @@ class HomeLine:
     answered: bool | None  # in the watchdog's last round (None: no current watchdog round)
     last_answer: float | None  # wall clock of the last answer through the tunnel
     last_answer_age: float | None
-    evidence: str
+    evidence: str  # "watchdog": its last round; "openvpn": OpenVPN's list only
+    openvpn_view: str  # where OpenVPN's list came from: "management", "status file" or "none"
+    bytes_received: int | None  # OpenVPN's counters for this home, from that list
+    bytes_sent: int | None
 
 
 @dataclass
@@ -123,9 +127,10 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
     pid = watch_pid(paths)
     state = read_state(paths.watch_state) or {}
     watchdog = _watchdog(config, state, pid, now)
-    clients = connected_clients(paths.run / "openvpn-server.status") if server_running else {}
-    seen = state.get("homes") if pid is not None and not watchdog.stale else None
-    homes = [_home(home.name, str(home.address), clients.get(home.name), seen, state, now)
+    current = pid is not None and not watchdog.stale
+    clients, source = _openvpn_view(paths, state if current else None) if server_running else ({}, "none")
+    seen = state.get("homes") if current else None
+    homes = [_home(home.name, str(home.address), clients.get(home.name), seen, state, now, source)
              for home in config.homes.values()]
     connected = {h.name for h in homes if h.connected}
     # Up when each service can reach at least one of its home boxes (all homes, without services).
@@ -158,27 +163,48 @@ def _watchdog(config: Config, state: dict[str, Any], pid: int | None, now: float
     return WatchdogReport(pid is not None, pid, updated, None if age is None else round(age, 2), stale, interval)
 
 
-def _home(name: str, address: str, client: dict[str, str] | None, seen: Any, state: dict[str, Any],
-          now: float) -> HomeLine:
-    since, real = (client.get("Connected Since"), client.get("Real Address")) if client else (None, None)
+def _openvpn_view(paths: Paths, state: dict[str, Any] | None) -> tuple[dict[str, dict[str, Any]], str]:
+    """OpenVPN's list of connected homes and where it came from: the management interface as
+    the current watchdog read it this round, or as status asks it now (no watchdog), or the
+    status file OpenVPN rewrites every 2 s when the interface does not answer."""
+    from vpnoffload.lean import ovpn
+
+    read = (state or {}).get("openvpn")
+    if isinstance(read, dict) and isinstance(read.get("clients"), dict):
+        return read["clients"], "management"
+    if state is None:
+        live = ovpn.clients_once(str(paths.run / ovpn.SOCKET_NAME))
+        if live is not None:
+            return live, "management"
+    from_file = connected_clients(paths.run / "openvpn-server.status")
+    return {name: {new: entry.get(old) for old, new in ovpn.FIELDS.items()} for name, entry in from_file.items()}, \
+        "status file"
+
+
+def _home(name: str, address: str, client: dict[str, Any] | None, seen: Any, state: dict[str, Any],
+          now: float, source: str) -> HomeLine:
+    since, real = (client.get("since"), client.get("real_address")) if client else (None, None)
+    received, sent = (client.get("bytes_received"), client.get("bytes_sent")) if client else (None, None)
     mine = seen.get(name) if isinstance(seen, dict) else None
     if not isinstance(mine, dict):
         # No current watchdog round checked this home: OpenVPN's own list is all there is.
-        return HomeLine(name, address, client is not None, since, real, None, None, None, "openvpn")
+        return HomeLine(name, address, client is not None, since, real, None, None, None, "openvpn", source,
+                        received, sent)
     last = mine.get("last_answer")
     answered = bool(mine.get("answered"))
     # OpenVPN telling us it connected after the last round counts too (a home just back; its
     # time_t has whole seconds, so the round's own second counts).
     just_connected = client is not None and _connected_at(client) >= int(float(state.get("updated") or 0))
-    return HomeLine(name, address, answered or just_connected, since if answered or just_connected else None,
-                    real if answered or just_connected else None, answered, last,
-                    None if not isinstance(last, (int, float)) else round(max(0.0, now - last), 2), "watchdog")
+    connected = answered or just_connected
+    return HomeLine(name, address, connected, since if connected else None, real if connected else None, answered,
+                    last, None if not isinstance(last, (int, float)) else round(max(0.0, now - last), 2), "watchdog",
+                    source, received, sent)
 
 
-def _connected_at(client: dict[str, str]) -> float:
+def _connected_at(client: dict[str, Any]) -> float:
     try:
-        return float(client.get("Connected Since (time_t)") or 0)
-    except ValueError:
+        return float(client.get("since_time") or 0)
+    except (TypeError, ValueError):
         return 0.0
 
 

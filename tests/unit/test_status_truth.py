@@ -130,3 +130,16 @@ def test_the_watchdog_publishes_in_the_same_step_as_the_swap() -> None:
     assert seen == [("swap", {"web": None}), ("publish", None)]
     snap = dog.snapshot()
     assert snap["homes"] == {"home": {"answered": False, "last_answer": NOW}} and snap["interval"] == 0.5
+
+
+def test_openvpn_list_comes_from_the_watchdogs_management_read(site: Paths) -> None:
+    """The watchdog read OpenVPN's live list this round: status uses it, not the 2 s status file."""
+    publish(site, updated=NOW - 0.2, answered=True)
+    data = json.loads(site.watch_state.read_text())
+    data["openvpn"] = {"read_at": NOW - 0.2, "clients": {"home": {
+        "real_address": "192.0.2.66:40000", "since": "2027-01-15 08:00:00", "since_time": NOW - 60,
+        "bytes_received": 1234, "bytes_sent": 5678}}}
+    watch_state.write_state(site.watch_state, data)
+    home = report(site).data["tunnel"]["homes"][0]
+    assert (home["openvpn_view"], home["bytes_received"], home["real_address"]) == ("management", 1234,
+                                                                                   "192.0.2.66:40000")

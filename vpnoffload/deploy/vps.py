@@ -42,8 +42,11 @@ def _server_config_actions(config: Config, paths: Paths, tunnel: Daemon) -> list
 
     pki = pki_mod.Pki.open(paths.pki)
     scratch = scratch_dir(paths)
+    from vpnoffload.lean import ovpn
+
+    management = paths.run / ovpn.SOCKET_NAME
     render.render_vps(config, pki, scratch, status_path=paths.run / "openvpn-server.status", run_as=users.RUN_AS,
-                      set_mode=True)
+                      set_mode=True, management_path=management if ovpn.usable(str(management)) else None)
     return _install_actions(scratch, paths.server_dir, tunnel, "OpenVPN server config", "OpenVPN server",
                             SERVER_READY_TIMEOUT)
 

@@ -152,6 +152,8 @@ class Watchdog:
         self.forward = forward
         #: ``watch.flows.FlowEvidence`` (None: a lost visitor-path check is never taken for load).
         self.flows = flows
+        #: OpenVPN's own client list, read by the loop each round (``lean.ovpn``; None: not read).
+        self.openvpn: dict[str, object] | None = None
         #: Called right after every swap (the loop writes the state file): see ``_apply``.
         self.publish: Callable[[], None] = lambda: None
         self.clock = clock
@@ -394,5 +396,5 @@ class Watchdog:
         return seen
 
     def snapshot(self) -> dict[str, object]:
-        return {"updated": self.clock(), "interval": float(self.config.watch.interval),
-                "homes": self.homes_seen(), "services": [s.as_dict() for s in self.status.values()]}
+        return {"updated": self.clock(), "interval": float(self.config.watch.interval), "homes": self.homes_seen(),
+                "openvpn": self.openvpn, "services": [s.as_dict() for s in self.status.values()]}

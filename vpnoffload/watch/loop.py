@@ -27,7 +27,7 @@ import time
 
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
 from vpnoffload.fallback import copies
-from vpnoffload.lean import say, sdnotify, spawn
+from vpnoffload.lean import ovpn, say, sdnotify, spawn
 from vpnoffload.watch import supervise
 from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import tunnel_rx_packets
@@ -152,8 +152,10 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
     swapper.page_services = lambda: {n for n, s in dog.config.services.items() if s.serves_page}
     dog.publish = lambda: _publish(where["watch_state"], dog)
     metrics = None
+    management = ovpn.Management(os.path.join(where["run"], ovpn.SOCKET_NAME))
     try:
         probe.ensure()
+        _read_openvpn(dog, management)
         dog.start(data["believed"])
         pages.update(dog.page_needed())
         if config.watch.metrics:
@@ -163,9 +165,10 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
             metrics.start()
         sdnotify.notify("READY=1")
         log.warning("watching %d service(s) every %gs", len(config.services), config.watch.interval)
-        _loop(where, dog, pages, stop, probe)
+        _loop(where, dog, pages, stop, probe, management)
     finally:
         sdnotify.notify("STOPPING=1")
+        management.close()
         probe.close()
         swapper.cancel()
         if metrics is not None:
@@ -185,8 +188,16 @@ def _start_copier(job: bytes) -> spawn.Child:
     return child
 
 
+def _read_openvpn(dog: Watchdog, management: "ovpn.Management | None") -> None:
+    """OpenVPN's live client list for this round (published with the round's checks)."""
+    if management is None:
+        return
+    clients = management.clients()
+    dog.openvpn = None if clients is None else {"clients": clients, "read_at": time.time()}
+
+
 def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threading.Event,
-          probe: "ProbeNamespace | None" = None) -> None:
+          probe: "ProbeNamespace | None" = None, management: "ovpn.Management | None" = None) -> None:
     host_firewall = HostFirewallWatch(where["run"], time.monotonic())  # puts back openings a host reload wiped
     # Refreshes the offline copies while home is healthy; a copier left running when we stop
     # finishes on its own (each fetch is bounded by its timeouts).
@@ -202,6 +213,7 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
         if (mtime := _mtime(where["config"])) != seen:
             seen = mtime
             _reload(where, dog)
+        _read_openvpn(dog, management)
         changed: frozenset[str] = frozenset()
         try:
             changed = dog.tick()
