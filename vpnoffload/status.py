@@ -142,8 +142,9 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
     services = [_service(config, name, known.get(name), live_probe, watchdog=pid is not None, stale=watchdog.stale)
                 for name in config.services]
     for s in services:
-        # No connection to its home: the surest sign of a tunnel that is down (the check only times out).
-        if not s.healthy and s.home and s.home not in connected:
+        # OpenVPN no longer lists its home: the surest sign of a tunnel that is down (the check only
+        # times out). A home OpenVPN still lists but that does not answer stays "home unreachable".
+        if not s.healthy and s.home and s.home not in clients and s.home not in connected:
             s.reason = TUNNEL_DOWN
         if config.services[s.name].offline_copy:
             s.offline_copy = _kept(config, paths, s.name)

@@ -23,6 +23,20 @@ BLOCK = [
     ["nft", "add", "chain", "inet", "blk", "drops", "{ type filter hook forward priority 0; }"],
     ["nft", "add", "rule", "inet", "blk", "drops", "oifname", "vpnoffload0", "drop"],
 ]
+UNBLOCK = [["nft", "delete", "table", "inet", "blk"]]
+HOME = "198.51.100.2"  # the home's tunnel address in TUNNEL_SUBNET
+#: Issue 21: only the service's own forwarded port is dropped (home still answers ping and the
+#: direct check): in a forward-hook chain before everyone else's, and in iptables' FORWARD.
+PORT_BLOCK = [
+    ["nft", "add", "table", "ip", "blk"],
+    ["nft", "add", "chain", "ip", "blk", "drops", "{ type filter hook forward priority -10; }"],
+    ["nft", "add", "rule", "ip", "blk", "drops", "ip", "daddr", HOME, "tcp", "dport", "8080", "drop"],
+]
+PORT_UNBLOCK = [["nft", "delete", "table", "ip", "blk"]]
+IPTABLES_BLOCK = [["iptables", "-I", "FORWARD", "-d", HOME, "-p", "tcp", "--dport", "8080", "-j", "DROP"]]
+IPTABLES_UNBLOCK = [["iptables", "-D", "FORWARD", "-d", HOME, "-p", "tcp", "--dport", "8080", "-j", "DROP"]]
+BLOCKS = {"all-into-tunnel": (BLOCK, UNBLOCK), "nft-port-8080": (PORT_BLOCK, PORT_UNBLOCK),
+          "iptables-forward-8080": (IPTABLES_BLOCK, IPTABLES_UNBLOCK)}
 
 
 def status(lab: Lab, site: Path) -> tuple[int, dict]:
@@ -47,8 +61,9 @@ def probe_link(lab: Lab) -> bool:
     return lab.exec("vps", "ip", "link", "show", "vpnoffload-pb", check=False).returncode == 0
 
 
+@pytest.mark.parametrize("block", sorted(BLOCKS))
 def test_forward_path_blocked_on_the_vps_page_then_back(lab: Lab, sites: tuple[Path, Path], tmp_path: Path,
-                                                         capsys) -> None:
+                                                         capsys, block: str) -> None:
     vps_site, home_site = sites
     configure(lab, vps_site, home_site, ["web", "--listen", "80", "--target", "8080", "--check", "http:/"])
     lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080")
@@ -57,7 +72,7 @@ def test_forward_path_blocked_on_the_vps_page_then_back(lab: Lab, sites: tuple[P
 
     cli(lab, "vps", vps_site, "up", "vps")
     assert not probe_link(lab)  # `up` makes no probe: the watchdog owns it
-    _blocked_then_fixed(lab, vps_site, home_site, tmp_path, capsys)
+    _blocked_then_fixed(lab, vps_site, home_site, tmp_path, capsys, *BLOCKS[block])
     _gone_with_a_killed_watchdog(lab, vps_site, tmp_path)
     cli(lab, "home", home_site, "down", "home")
     cli(lab, "vps", vps_site, "down", "vps")
@@ -75,7 +90,8 @@ def _gone_with_a_killed_watchdog(lab: Lab, vps_site: Path, tmp_path: Path) -> No
     until("the probe link goes with the killed watchdog", lambda: (not probe_link(lab), None), 5)
 
 
-def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Path, capsys) -> None:
+def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Path, capsys,
+                        block: list[list[str]], unblock: list[list[str]]) -> None:
     cli(lab, "home", home_site, "up", "home")
     log = tmp_path / "watch.log"
     with open(log, "ab") as out:
@@ -94,7 +110,7 @@ def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Pat
     assert probe_link(lab), (tmp_path / "watch.log").read_text()
 
     blocked_at = time.monotonic()
-    for argv in BLOCK:
+    for argv in block:
         lab.exec("vps", *argv)
     try:
         def blocked() -> tuple[bool, object]:
@@ -111,7 +127,8 @@ def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Pat
         time.sleep(2)
         assert lab.http_get("visitor", url, timeout=1)[0] == 503
     finally:
-        lab.exec("vps", "nft", "delete", "table", "inet", "blk", check=False)
+        for argv in unblock:
+            lab.exec("vps", *argv, check=False)
     fixed_at = time.monotonic()
     took_back = until("the site is back", served, 10)
     until("status ok again", healthy, max(1.0, 10 - (time.monotonic() - fixed_at)))
