@@ -368,3 +368,21 @@ def test_every_reason_has_advice() -> None:
     from vpnoffload.status import ADVICE
 
     assert set(health.REASONS) - {health.BUSY} == set(ADVICE)
+
+
+def test_at_start_a_lost_check_gets_a_second_reading_of_the_flows() -> None:
+    """A watchdog restarted under load decides at once: its first reading has no baseline, so it
+    reads again a moment later instead of sending visitors to the page."""
+    forward, swap = Forward(), Swapper()
+    forward.blocked = True
+    answers = iter([None, True])
+
+    class Once(Flows):
+        def replies_flowing(self, mark, mask, home):
+            self.asked.append((mark, mask, home))
+            return next(answers)
+
+    flows = Once()
+    dog = Watchdog(config(), swap, up, forward=forward, flows=flows)
+    dog.start({})
+    assert len(flows.asked) == 2 and dog.status["web"].active == "home" and dog.status["web"].reason == health.BUSY

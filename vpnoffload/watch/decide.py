@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 log = Log("vpnoffload.watch")
 #: A round waits this long past ``watch.timeout`` for its checks (threads start and report back).
 ROUND_GRACE = 0.2
+#: At start, a lost visitor-path check's flows are read twice this far apart (there is no earlier round).
+START_SETTLE = 0.3
 #: ``vpnoffload.firewall.policy``'s connmark of a service: (position + 1) << MARK_SHIFT under
 #: MARK_MASK, written here so the watchdog does not import the model; a unit test keeps them equal.
 MARK_SHIFT, MARK_MASK = 20, 0x0FF00000
@@ -152,6 +154,7 @@ class Watchdog:
         self.forward = forward
         #: ``watch.flows.FlowEvidence`` (None: a lost visitor-path check is never taken for load).
         self.flows = flows
+        self._starting = False
         #: OpenVPN's own client list, read by the loop each round (``lean.ovpn``; None: not read).
         self.openvpn: dict[str, object] | None = None
         #: Called right after every swap (the loop writes the state file): see ``_apply``.
@@ -193,7 +196,12 @@ class Watchdog:
         """
         now = self.clock()
         believed = dict(believed or {})
-        for name, results in self._checked().items():
+        self._starting = True
+        try:
+            checked = self._checked()
+        finally:
+            self._starting = False
+        for name, results in checked.items():
             st = self.status[name]
             for home, result in results.items():
                 self._record(st.homes[home], result, now)
@@ -252,7 +260,14 @@ class Watchdog:
         if self.flows is None or not result.timed_out or self.status[name].active != home:
             return result
         mark, mask = service_mark(list(self.config.services).index(name))
-        if self.flows.replies_flowing(mark, mask, str(self.config.homes[home].address)):
+        address = str(self.config.homes[home].address)
+        flowing = self.flows.replies_flowing(mark, mask, address)
+        if flowing is None and self._starting:
+            # At start one round decides at once, without fall: so a first reading has its second
+            # one a moment later, rather than a restart under load sending visitors to the page.
+            time.sleep(START_SETTLE)
+            flowing = self.flows.replies_flowing(mark, mask, address)
+        if flowing:
             return health.Result("slow", result.latency, result.detail + " (its visitors are still answered)",
                                  reason=health.BUSY)
         return result
