@@ -212,3 +212,10 @@ def restart_server(paths, ready_timeout: float = 15.0) -> bool:  # paths: vpnoff
         tunnel.start()
         tunnel.wait_ready(ready_timeout)
         return True
+
+
+def server_running(paths) -> bool:  # paths: vpnoffload.paths.Paths
+    """Is the VPS end's OpenVPN running? (The same check `up vps` makes.)"""
+    if systemd_manages_this_netns() and SystemdTunnel("server", "openvpn-server@vpnoffload").running():
+        return True
+    return DaemonTunnel("server", paths.server_dir / "server.conf", paths.server_dir, paths.run).running()

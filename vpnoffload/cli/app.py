@@ -190,10 +190,11 @@ def doctor(ctx: typer.Context) -> None:
 @app.command()
 def watch(ctx: typer.Context) -> None:
     """Run the failover watchdog in the foreground (systemd runs it as vpnoffload-watch)."""
+    from vpnoffload.tunnel import server_running
     from vpnoffload.watch import loop as watchrun
 
     paths = context(ctx).paths
-    raise typer.Exit(watchrun.run(paths, server_up=watchrun.server_running(paths)))
+    raise typer.Exit(watchrun.run(paths, server_up=server_running(paths)))
 
 
 @app.command()

@@ -170,7 +170,7 @@ def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
     Only a live watchdog's view counts: with none running, `up vps` puts every
     service back on its first home, as a fresh start would.
     """
-    from vpnoffload.watch.state import believed_targets, read_state, watch_pid
+    from vpnoffload.watchfile import believed_targets, read_state, watch_pid
 
     if watch_pid(paths) is None:
         return {}
@@ -182,7 +182,7 @@ def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
 def _forget_stale_watch_state(paths: Paths) -> list[Action]:
     """With no watchdog running, `up vps` just put every service back home: the
     dead watchdog's last word no longer describes the rules (status reads it)."""
-    from vpnoffload.watch.state import watch_pid
+    from vpnoffload.watchfile import watch_pid
 
     if watch_pid(paths) is not None or not paths.watch_state.exists():
         return []
@@ -193,7 +193,7 @@ def _forget_stale_watch_state(paths: Paths) -> list[Action]:
 def _stop_watchdog_actions(paths: Paths) -> list[Action]:
     """`down vps` stops a running watchdog first, or its next swap would write the chains back."""
     from vpnoffload.procs import terminate
-    from vpnoffload.watch.state import watch_pid
+    from vpnoffload.watchfile import watch_pid
 
     pid = watch_pid(paths)
     actions = []

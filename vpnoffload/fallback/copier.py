@@ -83,9 +83,9 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
 def _connect(service: dict, timeout: float):  # -> http.client.HTTPConnection
     import http.client
 
-    from vpnoffload.watch import health
+    from vpnoffload.lean.marked import connect
 
-    sock = health.connect(service["address"], service["port"], timeout)  # marked: passes the fail-fast rules
+    sock = connect(service["address"], service["port"], timeout)  # marked: passes the fail-fast rules
     if service.get("tls"):
         import ssl
 

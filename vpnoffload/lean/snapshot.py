@@ -32,7 +32,8 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
     """The plain-data snapshot of ``config`` (and of the files at ``paths`` the lean processes read)."""
     import socket
 
-    from vpnoffload.watch import state
+    from vpnoffload import watchfile
+    from vpnoffload.tunnel import server_running
 
     def key(address: object) -> str:
         # The page server names a destination as inet_ntop does (SO_ORIGINAL_DST).
@@ -67,8 +68,8 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
                   "offline_copy_every": float(w.offline_copy_every), "offline_copy_max_bytes": w.offline_copy_max_bytes},
         "homes": {name: str(home.address) for name, home in config.homes.items()},
         "services": services,
-        "server_running": state.server_running(paths),
-        "believed": state.believed_targets(state.read_state(paths.watch_state)),
+        "server_running": server_running(paths),
+        "believed": watchfile.believed_targets(watchfile.read_state(paths.watch_state)),
     }
     if with_pages:
         pages = {}

@@ -35,7 +35,7 @@ from vpnoffload.watch.hostfw import HostFirewallWatch
 from vpnoffload.fallback.pagectl import PageDaemon
 from vpnoffload.watch.probe import ProbeNamespace
 from vpnoffload.lean.snapshot import ConfigView, _options, fetch
-from vpnoffload.watch.state import dumps, server_running, watch_pid, write_state  # noqa: F401  (re-exported)
+from vpnoffload.watchfile import dumps, watch_pid, write_state  # noqa: F401  (re-exported)
 
 TYPE_CHECKING = False  # typing costs ~1 MB resident: annotations stay strings here
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ import sys
 import time
 
 from vpnoffload.lean import say, spawn
-from vpnoffload.watch.state import write_state
+from vpnoffload.watchfile import write_state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def keep_server(where: "dict[str, str]") -> None:
 
 def read_stats(run_dir: "str | os.PathLike[str]") -> dict[str, object] | None:
     """What the watchdog published about restarts (None: it never had to keep the server)."""
-    from vpnoffload.watch.state import read_state
+    from vpnoffload.watchfile import read_state
 
     return read_state(os.path.join(os.fspath(run_dir), STATE_FILE))
 
