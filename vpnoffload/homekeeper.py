@@ -146,6 +146,12 @@ def keep(client_pidfile: str, profile: str, up_argv: list[str], stopping: "list[
 
 def main(argv: list[str]) -> int:
     """``python -I -S ... vpnoffload.homekeeper --pidfile P --client-pidfile C --profile F -- UP-ARGV``."""
+    from vpnoffload.exits import run_main
+
+    return run_main(lambda: _main(argv), prog="vpnoffload-home-keeper")
+
+
+def _main(argv: list[str]) -> int:
     split = argv.index("--")
     opts = dict(zip(argv[:split:2], argv[1:split:2]))
     stopping = [False]

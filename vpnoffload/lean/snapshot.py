@@ -18,7 +18,7 @@ from __future__ import annotations
 import marshal
 import sys
 
-from vpnoffload.errors import BackendError, ConfigError, NotSetUpError, PrerequisiteError, VpnOffloadError
+from vpnoffload.errors import ConfigError, NotSetUpError, VpnOffloadError
 
 FETCH_TIMEOUT = 30.0
 #: Bumped when the blob's shape changes (a lean process and a newer snapshot must agree).
@@ -91,21 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     from vpnoffload import config as cfg
     from vpnoffload.paths import Paths
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    options = _options(args, values=("--config", "--state-dir"), flags=("--pages",))
-    try:
+    from vpnoffload.exits import run_main
+
+    def body() -> int:
+        options = _options(list(sys.argv[1:] if argv is None else argv), values=("--config", "--state-dir"),
+                           flags=("--pages",))
         if options.get("--config") is None:
             raise ConfigError("--config is required")
         state = options.get("--state-dir")
         paths = Paths.resolve(Path(str(options["--config"])), Path(str(state)) if state else None)
         blob = marshal.dumps(build(cfg.load(paths.config), paths, with_pages=bool(options.get("--pages"))))
-    except VpnOffloadError as exc:
-        from vpnoffload.lean import say
+        sys.stdout.buffer.write(blob)
+        return 0
 
-        say.fail(str(exc))
-        return int(exc.exit_status)
-    sys.stdout.buffer.write(blob)
-    return 0
+    return run_main(body)
 
 
 def _options(args: list[str], *, values: tuple[str, ...], flags: tuple[str, ...]) -> dict[str, str | bool]:
@@ -136,18 +135,8 @@ def fetch(config: str, state: str | None = None, *, with_pages: bool = False) ->
     from vpnoffload.lean import spawn
 
     args = ["--config", config] + (["--state-dir", state] if state else []) + (["--pages"] if with_pages else [])
-    child = spawn.spawn(spawn.full_argv("vpnoffload.lean.snapshot", *args), stdout=True, stderr=True)
-    try:
-        out, err = child.communicate(b"", FETCH_TIMEOUT)
-    except TimeoutError:
-        child.kill()
-        raise ConfigError(f"reading the config took more than {FETCH_TIMEOUT:g} s") from None
-    if child.returncode != 0:
-        lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
-        message = (lines[-1] if lines else f"exit status {child.returncode}").removeprefix("vpnoffload: error: ")
-        # The child's exit status names the kind (2: config or not set up, 4: prerequisite, 3: failure).
-        kind = {2: ConfigError, 4: PrerequisiteError}.get(child.returncode or 0, BackendError)
-        raise kind(message)
+    out = spawn.run(spawn.full_argv("vpnoffload.lean.snapshot", *args), "reading the config", FETCH_TIMEOUT,
+                    timeout_kind=ConfigError)
     try:
         data = marshal.loads(out)
     except (EOFError, ValueError, TypeError):

@@ -124,13 +124,7 @@ class SubprocessSwapper:
         child, self._child = self._child, None
         assert child is not None
         line = dumps({"active": dict(active), "flush": sorted(flush)}) + "\n"
-        try:
-            _, err = child.communicate(line.encode(), SWAP_TIMEOUT)
-        except TimeoutError:
-            child.kill()
-            raise BackendError(f"swap did not finish within {SWAP_TIMEOUT:g} s") from None
-        if child.returncode != 0:
-            raise BackendError((err.decode(errors="replace").strip().splitlines() or ["swap failed"])[-1])
+        spawn.finish(child, line.encode(), SWAP_TIMEOUT, "swap")
 
 
 def serve(config_path: str, state_dir: str | None = None) -> int:

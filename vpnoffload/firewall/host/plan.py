@@ -252,16 +252,21 @@ def main(argv: list[str]) -> int:
 
     Prints one line per opening put back; exits 3 when ``up`` recorded none.
     """
-    if len(argv) != 2 or argv[0] != "--run":
-        print("usage: host_plan --run RUN_DIR", file=sys.stderr)
-        return 2
-    run_dir = Path(argv[1])
-    restored = reconcile(run_dir, run_dir / "lock")
-    if restored is None:
-        return 3
-    for line in restored:
-        print(line)
-    return 0
+    from vpnoffload.errors import ConfigError
+    from vpnoffload.exits import run_main
+
+    def body() -> int:
+        if len(argv) != 2 or argv[0] != "--run":
+            raise ConfigError("usage: python -m vpnoffload.firewall.host.plan --run RUN_DIR")
+        run_dir = Path(argv[1])
+        restored = reconcile(run_dir, run_dir / "lock")
+        if restored is None:
+            return 3
+        for line in restored:
+            print(line)
+        return 0
+
+    return run_main(body, prog="vpnoffload-reconcile")
 
 
 def _note(run_dir: Path, restored: list[str]) -> None:
