@@ -23,8 +23,8 @@ import signal
 import sys
 import time
 
+from vpnoffload import runfiles
 from vpnoffload.lean import spawn
-from vpnoffload.watch.supervise import pidfile_names_openvpn
 
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
 #: How often the keeper looks at the client.
@@ -35,7 +35,7 @@ MODULE = "vpnoffload.homekeeper"
 
 
 # One check of "is our openvpn still running" for both keepers.
-openvpn_alive = pidfile_names_openvpn
+openvpn_alive = runfiles.openvpn_runs
 
 
 class HomeKeeper:
@@ -47,21 +47,14 @@ class HomeKeeper:
 
     @property
     def pidfile(self) -> str:
-        return os.path.join(self.run_dir, f"home-keeper-{self.home}.pid")
+        return os.path.join(self.run_dir, runfiles.home_keeper_pid(self.home))
 
     @property
     def logfile(self) -> str:
-        return os.path.join(self.run_dir, f"home-keeper-{self.home}.log")
+        return os.path.join(self.run_dir, runfiles.home_keeper_log(self.home))
 
     def pid(self) -> int | None:
-        try:
-            with open(self.pidfile) as fh:
-                pid = int(fh.read().strip())
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                cmdline = fh.read()
-        except (OSError, ValueError):
-            return None
-        return pid if MODULE.encode() in cmdline and self.pidfile.encode() in cmdline else None
+        return runfiles.pid_of(self.pidfile, contains=(MODULE.encode(), self.pidfile.encode()))
 
     def running(self) -> bool:
         return self.pid() is not None

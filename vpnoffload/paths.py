@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vpnoffload import runfiles
+
 DEFAULT_CONFIG = Path("/etc/vpnoffload/vpnoffload.toml")
 CONFIG_ENV = "VPNOFFLOAD_CONFIG"
 STATE_ENV = "VPNOFFLOAD_STATE_DIR"
@@ -35,7 +37,11 @@ class Paths:
     @property
     def server_dir(self) -> Path:
         """The rendered OpenVPN server config that ``up vps`` runs."""
-        return self.state / "server"
+        return self.state / runfiles.SERVER_DIR
+
+    @property
+    def server_conf(self) -> Path:
+        return self.server_dir / runfiles.SERVER_CONF
 
     @property
     def run(self) -> Path:
@@ -43,18 +49,27 @@ class Paths:
         return self.state / "run"
 
     @property
+    def server_status(self) -> Path:
+        """OpenVPN's status file on the VPS: which homes are connected."""
+        return self.run / runfiles.OPENVPN_SERVER_STATUS
+
+    @property
     def watch_state(self) -> Path:
         """The watchdog's published view (states, last checks), read by ``status``."""
-        return self.run / "watch.json"
+        return self.run / runfiles.WATCH_STATE
 
     @property
     def pages(self) -> Path:
         """Friendly pages rendered ahead of an outage, one per web service."""
-        return self.run / "pages"
+        return self.run / runfiles.PAGES
 
     @property
     def lock(self) -> Path:
-        return self.run / "lock"
+        return self.run / runfiles.LOCK
+
+    def record(self, end: str) -> Path:
+        """What ``up END`` changed (``down END`` undoes exactly that)."""
+        return self.run / runfiles.record(end)
 
     def profile(self, home: str) -> Path:
         """Where ``up home`` looks for the client profile when ``--profile`` is not given."""

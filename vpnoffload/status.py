@@ -53,7 +53,7 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
 
     if not paths.server_dir.exists():
         raise NotSetUpError("the VPS end is not set up: run 'vpnoffload up vps'")
-    clients = connected_clients(paths.run / "openvpn-server.status") if server_running else {}
+    clients = connected_clients(paths.server_status) if server_running else {}
     homes = []
     for home in config.homes.values():
         entry = clients.get(home.name)

@@ -79,12 +79,7 @@ def believed_targets(state: dict[str, object] | None) -> dict[str, str | None]:
 
 def watch_pid(paths) -> int | None:  # paths: vpnoffload.paths.Paths
     """The pid of a running watchdog for this state dir, from its state file (None: none runs)."""
+    from vpnoffload.runfiles import ours
+
     pid = (read_state(paths.watch_state) or {}).get("pid")
-    if not isinstance(pid, int):
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read()
-    except OSError:
-        return None
-    return pid if b"vpnoffload" in cmdline and b"watch" in cmdline else None
+    return ours(pid, contains=(b"vpnoffload", b"watch")) if isinstance(pid, int) else None

@@ -37,7 +37,7 @@ FORBIDDEN = {
     "watch.": ("deploy", "status", "render.openvpn", "render.webserver"),
     "deploy.": ("status",),
 }
-BASE_MODULES = {"errors", "exits", "model", "paths", "plan", "names", "fsio", "proc", "locks", "watchfile"}
+BASE_MODULES = {"errors", "exits", "model", "paths", "plan", "names", "fsio", "proc", "locks", "watchfile", "runfiles"}
 
 
 def _modules() -> dict[str, ast.Module]:

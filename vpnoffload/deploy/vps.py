@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from vpnoffload import record as record_mod
-from vpnoffload import users
+from vpnoffload import runfiles, users
 from vpnoffload.model import Config
 from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
@@ -42,7 +42,7 @@ def _server_config_actions(config: Config, paths: Paths, tunnel: Daemon) -> list
 
     pki = pki_mod.Pki.open(paths.pki)
     scratch = scratch_dir(paths)
-    render.render_vps(config, pki, scratch, status_path=paths.run / "openvpn-server.status", run_as=users.RUN_AS,
+    render.render_vps(config, pki, scratch, status_path=paths.server_status, run_as=users.RUN_AS,
                       set_mode=True)
     return _install_actions(scratch, paths.server_dir, tunnel, "OpenVPN server config", "OpenVPN server",
                             SERVER_READY_TIMEOUT)
@@ -114,7 +114,7 @@ def _install_actions(scratch: Path, target: Path, daemon: Daemon, what: str, who
 
 
 def server_tunnel(paths: Paths, backends: Backends) -> Daemon:
-    return tunnel_for(backends, "server", paths.server_dir / "server.conf", paths.server_dir, paths)
+    return tunnel_for(backends, runfiles.SERVER, paths.server_conf, paths.server_dir, paths)
 
 
 def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action]:

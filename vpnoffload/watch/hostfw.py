@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from vpnoffload import runfiles
 from vpnoffload.errors import VpnOffloadError
 from vpnoffload.lean import spawn
 
@@ -42,7 +43,7 @@ class HostFirewallWatch:
 
     def __init__(self, run_dir: str, clock_start: float) -> None:
         self.run_dir = run_dir
-        self.record = os.path.join(run_dir, "vps.json")
+        self.record = os.path.join(run_dir, runfiles.record("vps"))
         self.nft = _which("nft")
         self.last_look = clock_start - EVERY  # look at once
         self.seen: int | None = None  # hash of the ruleset text when all was in place

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vpnoffload import runfiles
 from vpnoffload.firewall.host import docker as host_docker, nft as host_nft, ufw as host_ufw
 from vpnoffload.firewall.host.mechanism import Live, Mechanism
 from vpnoffload.firewall.host.openings import Host, Opening, Placement, choose, detect
@@ -31,7 +32,7 @@ from vpnoffload.proc import run
 
 log = logging.getLogger(__name__)
 #: Where the watchdog's reconcile says what it put back (read by ``status``).
-STATUS_FILE = "hostfw.json"
+STATUS_FILE = runfiles.HOSTFW_STATUS
 
 
 def legacy_tables(proc_net: Path = Path("/proc/net")) -> tuple[str, ...]:
@@ -178,7 +179,7 @@ def reconcile(run_dir: Path, lock: Path) -> list[str] | None:
     from vpnoffload.errors import VpnOffloadError
     from vpnoffload.locks import held
 
-    rec_path = run_dir / "vps.json"
+    rec_path = run_dir / runfiles.record("vps")
     if not rec_path.exists():
         return None
     try:
@@ -215,7 +216,7 @@ def main(argv: list[str]) -> int:
         if len(argv) != 2 or argv[0] != "--run":
             raise ConfigError("usage: python -m vpnoffload.firewall.host.plan --run RUN_DIR")
         run_dir = Path(argv[1])
-        restored = reconcile(run_dir, run_dir / "lock")
+        restored = reconcile(run_dir, run_dir / runfiles.LOCK)
         if restored is None:
             return 3
         for line in restored:
@@ -250,7 +251,7 @@ def status_report(run_dir: Path, end: str = "vps") -> dict[str, Any]:
     from vpnoffload.errors import VpnOffloadError
 
     try:
-        rec = record_mod.load(run_dir / f"{end}.json")
+        rec = record_mod.load(run_dir / runfiles.record(end))
     except VpnOffloadError:
         return {"found": [], "opened": [], "reopened": 0, "last_reopened": None}
     noted = read_status(run_dir) if rec.host_openings else {}
