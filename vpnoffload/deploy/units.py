@@ -40,14 +40,9 @@ UNIT_DIR = Path("/etc/systemd/system")
 
 
 def _template(name: str, **values: object) -> str:
-    import jinja2
+    from vpnoffload.render import jinja
 
-    from vpnoffload.render.openvpn import _load_template
-
-    env = jinja2.Environment(loader=jinja2.FunctionLoader(_load_template), autoescape=False,
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["arg"] = systemd_word
-    env.filters["path"] = lambda value: systemd_word(value, exec_line=False)
+    env = jinja.environment(trim=False, arg=systemd_word, path=lambda value: systemd_word(value, exec_line=False))
     return env.get_template(name).render(**values)
 
 

@@ -23,17 +23,9 @@ DEFAULT_TEMPLATE = "fallback.html.j2"
 
 
 def _environment(service: Service):  # -> jinja2.Environment
-    import jinja2
+    from vpnoffload.render import jinja
 
-    from vpnoffload.render.openvpn import _load_template
-
-    from jinja2.sandbox import SandboxedEnvironment
-
-    if service.page is not None:
-        loader: jinja2.BaseLoader = jinja2.FileSystemLoader(str(service.page.parent))
-    else:
-        loader = jinja2.FunctionLoader(_load_template)
-    return SandboxedEnvironment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+    return jinja.page_environment(service.page.parent if service.page is not None else None)
 
 
 def render_page(config: Config, service: Service) -> str:
