@@ -145,8 +145,10 @@ def main(argv: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    split = argv.index("--")
-    opts = dict(zip(argv[:split:2], argv[1:split:2]))
+    from vpnoffload.lean import options
+
+    opts = options.parse(argv, values=("--pidfile", "--client-pidfile", "--profile"),
+                         required=("--pidfile", "--client-pidfile", "--profile"), rest=True)
     stopping = [False]
 
     def stop(*_: object) -> None:
@@ -154,13 +156,14 @@ def _main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    pidfile = opts["--pidfile"]
+    pidfile, client_pidfile, profile = (str(opts[name]) for name in ("--pidfile", "--client-pidfile", "--profile"))
+    up_argv = [str(word) for word in opts["--"]]  # type: ignore[attr-defined]
     with open(pidfile + ".tmp", "w") as fh:
         fh.write(f"{os.getpid()}\n")
     os.replace(pidfile + ".tmp", pidfile)
-    _say(f"keeping the OpenVPN client running ({opts['--client-pidfile']})")
+    _say(f"keeping the OpenVPN client running ({client_pidfile})")
     try:
-        keep(opts["--client-pidfile"], opts["--profile"], argv[split + 1:], stopping)
+        keep(client_pidfile, profile, up_argv, stopping)
     finally:
         _say("stopped")
     return 0

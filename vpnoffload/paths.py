@@ -24,7 +24,9 @@ class Paths:
     state: Path
 
     @classmethod
-    def resolve(cls, config: Path | None = None, state: Path | None = None) -> "Paths":
+    def resolve(cls, config: "str | os.PathLike[str] | None" = None,
+                state: "str | os.PathLike[str] | None" = None) -> "Paths":
+        """From ``-c``/``--state-dir`` as given (a path or a string; None or "": the environment, then the default)."""
         cfg = Path(config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).absolute()
         st = state or os.environ.get(STATE_ENV) or cfg.parent / "state"
         return cls(config=cfg, state=Path(st).absolute())

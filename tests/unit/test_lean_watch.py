@@ -154,3 +154,16 @@ def test_page_server_runs_only_while_needed_and_lingers() -> None:
     now[0] = 6.1
     keeper.update(False)
     assert fake.log[-1] == "stop" and not fake.up
+
+
+def test_one_option_parser_for_the_children() -> None:
+    from vpnoffload.lean import options
+
+    assert options.parse(["--config", "/c", "--state-dir=/s", "-v"], values=("--config", "--state-dir"),
+                         flags=("-v",), required=("--config",)) == {"--config": "/c", "--state-dir": "/s", "-v": True}
+    assert options.parse(["--pidfile", "/p", "--", "up", "--x"], values=("--pidfile",), rest=True) == {
+        "--pidfile": "/p", "--": ["up", "--x"]}
+    for argv, message in ((["--bogus"], "unknown option '--bogus'"), (["--config"], "--config needs a value"),
+                          ([], "--config is required")):
+        with pytest.raises(ConfigError, match=message):
+            options.parse(argv, values=("--config",), required=("--config",))

@@ -86,44 +86,19 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
 
 def main(argv: list[str] | None = None) -> int:
     """``python -I -m vpnoffload.lean.snapshot --config C [--state-dir S] [--pages]``: the blob on stdout."""
-    from pathlib import Path
-
     from vpnoffload import config as cfg
+    from vpnoffload.exits import run_main
+    from vpnoffload.lean import options
     from vpnoffload.paths import Paths
 
-    from vpnoffload.exits import run_main
-
     def body() -> int:
-        options = _options(list(sys.argv[1:] if argv is None else argv), values=("--config", "--state-dir"),
-                           flags=("--pages",))
-        if options.get("--config") is None:
-            raise ConfigError("--config is required")
-        state = options.get("--state-dir")
-        paths = Paths.resolve(Path(str(options["--config"])), Path(str(state)) if state else None)
-        blob = marshal.dumps(build(cfg.load(paths.config), paths, with_pages=bool(options.get("--pages"))))
+        given = options.parse(argv, values=("--config", "--state-dir"), flags=("--pages",), required=("--config",))
+        paths = Paths.resolve(str(given["--config"]), str(given.get("--state-dir") or ""))
+        blob = marshal.dumps(build(cfg.load(paths.config), paths, with_pages=bool(given.get("--pages"))))
         sys.stdout.buffer.write(blob)
         return 0
 
     return run_main(body)
-
-
-def _options(args: list[str], *, values: tuple[str, ...], flags: tuple[str, ...]) -> dict[str, str | bool]:
-    """The few options of a lean process (argparse would import gettext, re, ...). ConfigError on anything else."""
-    found: dict[str, str | bool] = {}
-    it = iter(args)
-    for arg in it:
-        name, eq, value = arg.partition("=")
-        if name in values:
-            if not eq:
-                value = next(it, "")
-                if not value:
-                    raise ConfigError(f"{name} needs a value")
-            found[name] = value
-        elif arg in flags:
-            found[arg] = True
-        else:
-            raise ConfigError(f"unknown option {arg!r}")
-    return found
 
 
 # ------------------------------------------------------------------ the lean side

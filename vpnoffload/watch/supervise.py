@@ -149,17 +149,14 @@ def read_stats(run_dir: "str | os.PathLike[str]") -> dict[str, object] | None:
 def main(argv: list[str] | None = None) -> int:
     """``python -I -m vpnoffload.watch.supervise --config C [--state-dir S]``: one restart."""
     from vpnoffload.exits import run_main
-    from vpnoffload.lean.snapshot import _options
+    from vpnoffload.lean import options
 
     def body() -> int:
-        options = _options(list(sys.argv[1:] if argv is None else argv), values=("--config", "--state-dir"), flags=())
-        state = options.get("--state-dir")
-        from pathlib import Path
-
+        given = options.parse(argv, values=("--config", "--state-dir"), required=("--config",))
         from vpnoffload.paths import Paths
         from vpnoffload.tunnel import restart_server
 
-        restart_server(Paths.resolve(Path(str(options["--config"])), Path(str(state)) if state else None))
+        restart_server(Paths.resolve(str(given["--config"]), str(given.get("--state-dir") or "")))
         return 0
 
     return run_main(body, prog="vpnoffload-supervise")

@@ -209,13 +209,11 @@ def main(argv: list[str]) -> int:
 
     Prints one line per opening put back; exits 3 when ``up`` recorded none.
     """
-    from vpnoffload.errors import ConfigError
     from vpnoffload.exits import run_main
+    from vpnoffload.lean import options
 
     def body() -> int:
-        if len(argv) != 2 or argv[0] != "--run":
-            raise ConfigError("usage: python -m vpnoffload.firewall.host.plan --run RUN_DIR")
-        run_dir = Path(argv[1])
+        run_dir = Path(str(options.parse(argv, values=("--run",), required=("--run",))["--run"]))
         restored = reconcile(run_dir, run_dir / runfiles.LOCK)
         if restored is None:
             return 3
