@@ -119,7 +119,7 @@ class Report:
 def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: Any = None,
            now: float | None = None) -> Report:
     """Build the report. ``live_probe(service)`` is used only when no watchdog runs."""
-    from vpnoffload.watch.state import read_state, watch_pid
+    from vpnoffload.watchfile import read_state, watch_pid
 
     if not paths.server_dir.exists():
         raise NotSetUpError("the VPS end is not set up: run 'vpnoffload up vps'")
@@ -174,10 +174,10 @@ def _openvpn_view(paths: Paths, state: dict[str, Any] | None) -> tuple[dict[str,
     if isinstance(read, dict) and isinstance(read.get("clients"), dict):
         return read["clients"], "management"
     if state is None:
-        live = ovpn.clients_once(str(paths.run / ovpn.SOCKET_NAME))
+        live = ovpn.clients_once(str(paths.server_management))
         if live is not None:
             return live, "management"
-    from_file = connected_clients(paths.run / "openvpn-server.status")
+    from_file = connected_clients(paths.server_status)
     return {name: {new: entry.get(old) for old, new in ovpn.FIELDS.items()} for name, entry in from_file.items()}, \
         "status file"
 
@@ -357,7 +357,7 @@ def report_for(paths: Paths) -> Report:
     """Load the config and gather the report, checking homes live when no watchdog runs."""
     from vpnoffload import config as cfg
     from vpnoffload.watch import health
-    from vpnoffload.watch.state import server_running
+    from vpnoffload.tunnel import server_running
 
     config = cfg.load(paths.config)
 

@@ -15,7 +15,7 @@ from vpnoffload import status
 from vpnoffload.errors import ExitStatus
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps, Watch
 from vpnoffload.paths import Paths
-from vpnoffload.watch import state as watch_state
+from vpnoffload import watchfile as watch_state
 from vpnoffload.watch.decide import Watchdog
 from vpnoffload.watch.health import HOME_UNREACHABLE, Result
 

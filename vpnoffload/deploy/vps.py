@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from vpnoffload import record as record_mod
-from vpnoffload import users
+from vpnoffload import runfiles, users
 from vpnoffload.model import Config
 from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
@@ -44,8 +44,8 @@ def _server_config_actions(config: Config, paths: Paths, tunnel: Daemon) -> list
     scratch = scratch_dir(paths)
     from vpnoffload.lean import ovpn
 
-    management = paths.run / ovpn.SOCKET_NAME
-    render.render_vps(config, pki, scratch, status_path=paths.run / "openvpn-server.status", run_as=users.RUN_AS,
+    management = paths.server_management
+    render.render_vps(config, pki, scratch, status_path=paths.server_status, run_as=users.RUN_AS,
                       set_mode=True, management_path=management if ovpn.usable(str(management)) else None)
     return _install_actions(scratch, paths.server_dir, tunnel, "OpenVPN server config", "OpenVPN server",
                             SERVER_READY_TIMEOUT)
@@ -117,7 +117,7 @@ def _install_actions(scratch: Path, target: Path, daemon: Daemon, what: str, who
 
 
 def server_tunnel(paths: Paths, backends: Backends) -> Daemon:
-    return tunnel_for(backends, "server", paths.server_dir / "server.conf", paths.server_dir, paths)
+    return tunnel_for(backends, runfiles.SERVER, paths.server_conf, paths.server_dir, paths)
 
 
 def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action]:
@@ -180,7 +180,7 @@ def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
     Only a live watchdog's view counts: with none running, `up vps` puts every
     service back on its first home, as a fresh start would.
     """
-    from vpnoffload.watch.state import believed_targets, read_state, watch_pid
+    from vpnoffload.watchfile import believed_targets, read_state, watch_pid
 
     if watch_pid(paths) is None:
         return {}
@@ -192,7 +192,7 @@ def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
 def _forget_stale_watch_state(paths: Paths) -> list[Action]:
     """With no watchdog running, `up vps` just put every service back home: the
     dead watchdog's last word no longer describes the rules (status reads it)."""
-    from vpnoffload.watch.state import watch_pid
+    from vpnoffload.watchfile import watch_pid
 
     if watch_pid(paths) is not None or not paths.watch_state.exists():
         return []
@@ -203,7 +203,7 @@ def _forget_stale_watch_state(paths: Paths) -> list[Action]:
 def _stop_watchdog_actions(paths: Paths) -> list[Action]:
     """`down vps` stops a running watchdog first, or its next swap would write the chains back."""
     from vpnoffload.procs import terminate
-    from vpnoffload.watch.state import watch_pid
+    from vpnoffload.watchfile import watch_pid
 
     pid = watch_pid(paths)
     actions = []

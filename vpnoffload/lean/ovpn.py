@@ -18,8 +18,10 @@ from __future__ import annotations
 import socket
 import time
 
+from vpnoffload import runfiles
+
 #: Where the socket is, relative to the run directory (one name for the renderer and readers).
-SOCKET_NAME = "openvpn-server.mgmt"
+SOCKET_NAME = runfiles.OPENVPN_SERVER_MANAGEMENT
 #: A unix socket path longer than this cannot be bound (sun_path is 108 bytes with its NUL).
 MAX_PATH = 107
 #: A read of the client list ends by this deadline (seconds).
