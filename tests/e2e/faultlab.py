@@ -132,7 +132,8 @@ class Visit:
         return f"{self.kind} ({self.text[:60]!r})"
 
 
-def classify(data: str, error: str, visitor_address: str) -> str:
+def classify(data: str, visitor_address: str) -> str:
+    """The kind of a visit (see :class:`Visit`) from the bytes it received."""
     head = data.split("\r\n", 1)[0]
     if head.startswith("HTTP/1.") and head.split()[1:2] == ["503"]:
         return "page"
@@ -148,7 +149,7 @@ def visit(lab: Lab, port: int = 80, limit: float = 1.0) -> Visit:
     proc = lab.exec("visitor", sys.executable, "-c", VISIT, lab.vps_address, str(port), str(limit), HOSTNAME,
                     timeout=limit + 15)
     out = json.loads(proc.stdout)
-    return Visit(classify(out["data"], out["error"], lab.visitor_address), out["start"], out["end"],
+    return Visit(classify(out["data"], lab.visitor_address), out["start"], out["end"],
                  out["data"] or out["error"] or "nothing")
 
 
@@ -204,9 +205,6 @@ class Deployment:
         proc.wait(10)
         # `ip netns exec` may have exec'ed; make sure nothing listens there any more.
         assert self.lab.tcp_probe("home", "127.0.0.1", port) == "refused"
-
-    def watch_log(self) -> str:
-        return (self.logs / "watch.log").read_text(errors="replace")
 
 
 @contextlib.contextmanager

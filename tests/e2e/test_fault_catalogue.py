@@ -43,6 +43,9 @@ pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
 NAME, LISTEN, TARGET = WEB
 TABLE = "7701"  # home's policy-routing table (docs/architecture.md)
+#: Seconds after a fault in which visitors may get nothing while status still says all is well
+#: (the watchdog's failover goal: the page within 3 s).
+DETECT = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +56,11 @@ def dep(module_lab: Lab, module_sites: tuple[Path, Path],
 
 
 @pytest.fixture
-def healthy(dep: Deployment) -> Iterator[Deployment]:
-    """Served from home with status exit 0 before the test, and again after it."""
-    healthy_again(dep)
-    yield dep
+def healthy(dep: Deployment) -> Deployment:
+    """Served from home with status exit 0 (each test undoes its fault; a fault that lasts
+    shows up here, in the next test)."""
     healthy_again(dep, limit=30)
+    return dep
 
 
 #: Makes a fault and returns how to undo it (None: vpnoffload repairs this one itself).
@@ -191,6 +194,8 @@ def _while_it_lasts(dep: Deployment, fault: Fault, began: float) -> str:
         kinds[m.seen.kind] = kinds.get(m.seen.kind, 0) + 1
         if fault.visitors == "home":
             assert m.seen.kind == "home", f"a visitor was not served from home (no failover wanted): {m.explain()}"
+        if m.seen.kind == "none" and m.seen.end - began <= DETECT:
+            continue  # the watchdog cannot know yet (its goal: the page within 3 s)
         assert not m.problems, m.explain()
     if fault.visitors == "home":
         slowest = visit(dep.lab, LISTEN, fault.visit_limit)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import cli
 from tests.e2e.faultlab import (
     API,
     HOME_TUNNEL_ADDRESS,
@@ -34,13 +35,81 @@ from tests.e2e.faultlab import (
     healthy_again,
     moment,
     report,
-    until,
     visit,
     wait_for,
 )
 from vpnoffload.lab.netns import Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
+
+
+# ---------------------------------------------------------------- lab demo (its own lab: first, before the shared one)
+
+
+def test_lab_demo_status_sections_agree_with_its_visitor(capsys) -> None:
+    """The demo's own steps (run_up, show_status, fail_over, recover) ten times in one lab:
+    each of the three status sections agrees with what the demo's visitor just got."""
+    from tests.nslib import unique
+    from vpnoffload.errors import PrerequisiteError
+    from vpnoffload.lab.demo import fail_over, recover, show_status
+    from vpnoffload.lab.narrate import RecordingNarrator
+    from vpnoffload.lab.netns import check_prerequisites
+    from vpnoffload.lab.sites import Sites
+    from vpnoffload.lab.steps import run_up, teardown
+
+    try:
+        check_prerequisites()
+    except PrerequisiteError as exc:
+        pytest.skip(str(exc))
+    lab = Lab(unique("demo"))
+    sites = Sites.for_prefix(lab.prefix)
+    n = RecordingNarrator()
+    run_up(lab, sites, n)
+    wrong: list[str] = []
+    try:
+        for run in range(1, 11):
+            for when, step in (("while home is up", None), ("while home is down", fail_over),
+                               ("once home is back", recover)):
+                if step is not None:
+                    step(lab, n)
+                mark = len(n.events)
+                show_status(lab, sites, n, True, when)
+                text = "\n".join(t for k, t in n.events[mark:] if k == "output")
+                if problems := _demo_disagrees(text, home_up=step is not fail_over):
+                    wrong.append(f"run {run}, {when}: {'; '.join(problems)}\n{text}")
+        report(capsys, "truth", f"lab demo: {30 - len(wrong)} of 30 status sections agree with the visitor")
+        assert not wrong, "\n\n".join(wrong)
+    finally:
+        teardown(lab, sites, RecordingNarrator())
+
+
+def _demo_disagrees(text: str, *, home_up: bool) -> list[str]:
+    """What in the demo's status text contradicts a visitor just served from home (``home_up``)
+    or just given the friendly page."""
+    problems = []
+    tunnel = re.search(r"^tunnel: (\S+)", text, re.M)
+    home = re.search(r"^\s+home home \([^)]*\): (.*)$", text, re.M)
+    row = re.search(r"^web\s.*$", text, re.M)
+    if not (tunnel and home and row):
+        return ["status text lacks the tunnel, home or web line"]
+    if home_up:
+        if tunnel.group(1) != "up":
+            problems.append(f"visitor served from home, but 'tunnel: {tunnel.group(1)}'")
+        if not home.group(1).startswith("connected"):
+            problems.append(f"visitor served from home, but home is '{home.group(1)}'")
+        if " forwarding " not in row.group(0) or "FAILING" in row.group(0):
+            problems.append(f"visitor served from home, but the service row says '{row.group(0)}'")
+    else:
+        if tunnel.group(1) == "up":
+            problems.append("visitor got the page (cable out), but 'tunnel: up'")
+        if home.group(1).startswith("connected"):
+            problems.append(f"visitor got the page (cable out), but home is '{home.group(1)}'")
+        if " fallback " not in row.group(0) or "FAILING" not in row.group(0):
+            problems.append(f"visitor got the page, but the service row says '{row.group(0)}'")
+    return problems
+
+
+# ---------------------------------------------------------------- one deployment for the rest
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +120,11 @@ def dep(module_lab: Lab, module_sites: tuple[Path, Path],
 
 
 @pytest.fixture
-def healthy(dep: Deployment) -> Iterator[Deployment]:
-    """The deployment served from home with status exit 0, before and after the test."""
-    healthy_again(dep)
-    yield dep
+def healthy(dep: Deployment) -> Deployment:
+    """Served from home with status exit 0 (each test undoes its fault; a fault that lasts
+    shows up here, in the next test)."""
     healthy_again(dep, limit=30)
+    return dep
 
 
 def agree(dep: Deployment, what: str, wrong: list[str] | None = None, **kw) -> None:
@@ -135,7 +204,7 @@ def test_one_port_block_on_the_vps_is_seen(block: str, healthy: Deployment, caps
         assert not m.problems, m.explain()
         reason = m.status.service(WEB[0]).get("reason") or ""
         assert "blocked" in reason, f"status does not name the blocked path: {m.explain()}"
-        text = dep.lab.exec("vps", *_status_text(dep), check=False).stdout
+        text = cli(dep.lab, "vps", dep.vps_site, "status", check=False).stdout
         assert "blocked" in text, text
         # The other service's port is not blocked: it stays served from home.
         assert visit(dep.lab, API[1]).kind == "home"
@@ -148,12 +217,6 @@ def test_one_port_block_on_the_vps_is_seen(block: str, healthy: Deployment, caps
     report(capsys, "truth", f"{block}: page {took:.1f} s after the block, home {back:.1f} s after removing it")
 
 
-def _status_text(dep: Deployment) -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "vpnoffload", "-c", str(dep.vps_site / "vpnoffload.toml"), "status"]
-
-
 def test_a_trickling_service_does_not_blind_the_watchdog(healthy: Deployment, capsys) -> None:
     dep = healthy
     name, port, target = WEB
@@ -163,7 +226,6 @@ def test_a_trickling_service_does_not_blind_the_watchdog(healthy: Deployment, ca
         # api over, the page): either way, status says what they get.
         first = visit(dep.lab, API[1], limit=1.5)
         assert first.kind in ("trickle", "page"), first
-        time.sleep(0)  # (no fixed wait: the checks of api are already running into the trickle)
         stopped = time.time()
         dep.stop_app(target)
         try:
@@ -177,65 +239,3 @@ def test_a_trickling_service_does_not_blind_the_watchdog(healthy: Deployment, ca
             dep.start_app(target)
     finally:
         dep.set_mode(API[2], "ok")
-
-
-# ---------------------------------------------------------------- lab demo
-
-
-def test_lab_demo_status_sections_agree_with_its_visitor(capsys) -> None:
-    """The demo's own steps (run_up, show_status, fail_over, recover) ten times in one lab:
-    each of the three status sections agrees with what the demo's visitor just got."""
-    from tests.nslib import unique
-    from vpnoffload.lab.demo import fail_over, recover, show_status
-    from vpnoffload.lab.narrate import RecordingNarrator
-    from vpnoffload.lab.netns import check_prerequisites
-    from vpnoffload.lab.sites import Sites
-    from vpnoffload.lab.steps import run_up, teardown
-
-    check_prerequisites()
-    lab = Lab(unique("demo"))
-    sites = Sites.for_prefix(lab.prefix)
-    n = RecordingNarrator()
-    run_up(lab, sites, n)
-    wrong: list[str] = []
-    try:
-        for run in range(1, 11):
-            for when, step in (("while home is up", None), ("while home is down", fail_over),
-                               ("once home is back", recover)):
-                if step is not None:
-                    step(lab, n)
-                mark = len(n.events)
-                show_status(lab, sites, n, True, when)
-                text = "\n".join(t for k, t in n.events[mark:] if k == "output")
-                if problems := _demo_disagrees(text, home_up=step is not fail_over):
-                    wrong.append(f"run {run}, {when}: {'; '.join(problems)}\n{text}")
-        report(capsys, "truth", f"lab demo: {30 - len(wrong)} of 30 status sections agree with the visitor")
-        assert not wrong, "\n\n".join(wrong)
-    finally:
-        teardown(lab, sites, RecordingNarrator())
-
-
-def _demo_disagrees(text: str, *, home_up: bool) -> list[str]:
-    """What in the demo's status text contradicts a visitor just served from home (``home_up``)
-    or just given the friendly page."""
-    problems = []
-    tunnel = re.search(r"^tunnel: (\S+)", text, re.M)
-    home = re.search(r"^\s+home home \([^)]*\): (.*)$", text, re.M)
-    row = re.search(r"^web\s.*$", text, re.M)
-    if not (tunnel and home and row):
-        return ["status text lacks the tunnel, home or web line"]
-    if home_up:
-        if tunnel.group(1) != "up":
-            problems.append(f"visitor served from home, but 'tunnel: {tunnel.group(1)}'")
-        if not home.group(1).startswith("connected"):
-            problems.append(f"visitor served from home, but home is '{home.group(1)}'")
-        if " forwarding " not in row.group(0) or "FAILING" in row.group(0):
-            problems.append(f"visitor served from home, but the service row says '{row.group(0)}'")
-    else:
-        if tunnel.group(1) == "up":
-            problems.append("visitor got the page (cable out), but 'tunnel: up'")
-        if home.group(1).startswith("connected"):
-            problems.append(f"visitor got the page (cable out), but home is '{home.group(1)}'")
-        if " fallback " not in row.group(0) or "FAILING" not in row.group(0):
-            problems.append(f"visitor got the page, but the service row says '{row.group(0)}'")
-    return problems
