@@ -11,9 +11,11 @@ import contextlib
 import os
 import pwd
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -245,9 +247,12 @@ def test_management_socket_lists_homes_live_and_only_for_root(tmp_path: Path) ->
     pki = Pki.create(tmp_path / "pki")
     pki.issue("home")
     render_home(config, pki, "home", tmp_path)
-    sock = tmp_path / "m.sock"
-    tmp_path.chmod(0o755)  # so that the uid 65534 below reaches the socket and meets OpenVPN's own check
-    with lab() as (vps, home):
+    # Where uid 65534 can reach the socket (pytest's own tree is 0700 root), so it meets OpenVPN's check.
+    reachable = Path(tempfile.mkdtemp(prefix="vpnoffload-mgmt-"))
+    reachable.chmod(0o755)
+    sock = reachable / "m.sock"
+    with contextlib.ExitStack() as cleanup, lab() as (vps, home):
+        cleanup.callback(shutil.rmtree, reachable, True)
         render_vps(config, pki, tmp_path / "server", run_as=None, management_path=sock)
         with openvpn(vps, tmp_path / "server.log", "--cd", str(tmp_path / "server"), "--config", "server.conf") as server:
             assert server.wait_for(READY), server.text()
@@ -269,7 +274,7 @@ def test_management_socket_lists_homes_live_and_only_for_root(tmp_path: Path) ->
                     other = subprocess.run([sys.executable, "-I", "-c", _NOBODY_ASKS, str(sock)], capture_output=True,
                                            text=True, timeout=20)
                     assert "CLIENT_LIST" not in other.stdout and "TITLE" not in other.stdout, other.stdout
-                    assert "client connection rejected" in server.text()
+                    assert "client connection rejected" in server.text(), other.stdout + other.stderr
                 left = time.monotonic()
                 while "home" in (mgmt.clients() or {"home": None}):
                     assert time.monotonic() - left < 5, "the home stays listed after it left"
