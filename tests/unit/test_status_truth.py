@@ -143,3 +143,34 @@ def test_openvpn_list_comes_from_the_watchdogs_management_read(site: Paths) -> N
     home = report(site).data["tunnel"]["homes"][0]
     assert (home["openvpn_view"], home["bytes_received"], home["real_address"]) == ("management", 1234,
                                                                                    "192.0.2.66:40000")
+
+
+def test_traffic_from_the_tunnel_keeps_a_serving_home_but_never_brings_one_back() -> None:
+    """A lost check excused by home's traffic through the tunnel keeps the service where it is;
+    on fallback it is a failed check (no way back on it), and neither time is it an answer
+    from home (the tunnel line)."""
+    rx = {"n": 0}
+    lost = Result("down", 0.5, "connect: timed out", timed_out=True, reason=HOME_UNREACHABLE)
+
+    def sending() -> int:
+        rx["n"] += 500
+        return rx["n"]
+
+    dog = Watchdog(config(), lambda active, flush: None, lambda svc, home, cfg: lost, clock=lambda: NOW,
+                   activity=sending)
+    dog.start({"web": None})  # a watchdog that starts with the service on the page
+    assert dog.status["web"].active is None
+    for _ in range(3):
+        dog.tick()
+    hh = dog.status["web"].homes["home"]
+    assert dog.status["web"].active is None and not dog.status["web"].healthy and hh.passes == 0
+    assert not dog.homes_seen()["home"]["answered"]
+    up_dog = Watchdog(config(), lambda active, flush: None, lambda svc, home, cfg: Result("up", 0.01, "http 200"),
+                      clock=lambda: NOW, activity=sending)
+    up_dog.start({})
+    up_dog.prober = lambda svc, home, cfg: lost
+    for _ in range(3):
+        up_dog.tick()
+    st = up_dog.status["web"]
+    assert st.active == "home" and st.healthy and "home still sending" in st.detail
+    assert not up_dog.homes_seen()["home"]["answered"]

@@ -196,6 +196,11 @@ class Watchdog:
         """
         now = self.clock()
         believed = dict(believed or {})
+        for name, st in self.status.items():
+            # Where the rules send it now: the checks of this round ask as that implies
+            # (the visitors' path on the home it is on, no excuse for a home it is not on).
+            if name in believed and (believed[name] is None or believed[name] in st.homes):
+                st.active = believed[name]
         self._starting = True
         try:
             checked = self._checked()
@@ -245,11 +250,12 @@ class Watchdog:
                     results[home] = self._own_flows(name, home, result)
                     continue
                 self._forget_flows(name, home)
-                if sent > 0 and result.verdict == "down" and result.timed_out:
-                    # The direct check's packets were lost, but home kept sending through
-                    # the tunnel meanwhile: a busy tunnel, not a dead home.
+                if sent > 0 and result.verdict == "down" and result.timed_out and self.status[name].active == home:
+                    # The direct check's packets were lost, but home kept sending through the
+                    # tunnel meanwhile: a busy tunnel, not a dead home. Only to keep a home that
+                    # serves (never to go back to one), and not an answer from it (status).
                     results[home] = health.Result("slow", result.latency, result.detail + " (home still sending)",
-                                                  reason=health.BUSY)
+                                                  timed_out=True, reason=health.BUSY, answered=False)
         return probed
 
     def _own_flows(self, name: str, home: str, result: health.Result) -> health.Result:

@@ -49,16 +49,19 @@ REASONS = (TUNNEL_DOWN, HOME_UNREACHABLE, PATH_BLOCKED, TARGET_REFUSED, TARGET_E
 class Result:
     """The verdict of one check. Immutable by convention; equal when all fields are."""
 
-    __slots__ = ("verdict", "latency", "detail", "timed_out", "reason")
+    __slots__ = ("verdict", "latency", "detail", "timed_out", "reason", "answered")
 
     def __init__(self, verdict: Verdict, latency: float, detail: str, timed_out: bool = False,
-                 reason: str = "") -> None:
+                 reason: str = "", answered: bool | None = None) -> None:
         self.verdict = verdict
         self.latency = latency  # seconds until the verdict
         self.detail = detail
         self.timed_out = timed_out  # no answer at all (as opposed to a refusal or an HTTP error)
         #: One of REASONS ("" when up); not part of equality, it is derived from the rest.
         self.reason = reason
+        #: Did the home itself answer this check through the tunnel? None: as the verdict says
+        #: (:attr:`home_answered`); False for a verdict excused by other evidence.
+        self.answered = answered
 
     @property
     def alive(self) -> bool:
@@ -66,7 +69,10 @@ class Result:
 
     @property
     def home_answered(self) -> bool:
-        """Did the home box answer through the tunnel (even with a refusal or an error)?"""
+        """Did the home box answer through the tunnel (even with a refusal or an error)? A ping
+        answer counts; traffic from the tunnel that excused a lost check does not."""
+        if self.answered is not None:
+            return self.answered
         return self.alive or self.reason in (TARGET_REFUSED, TARGET_ERROR, PATH_BLOCKED)
 
     def __eq__(self, other: object) -> bool:
