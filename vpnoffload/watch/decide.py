@@ -22,6 +22,11 @@ service is on; straight to the home's tunnel address (forwarded, not DNATed)
 for the others and while on fallback, when the public address leads to the
 page. So a home whose forward path is blocked is left, and taken back only
 once the path works again. Every verdict keeps its ``reason`` for ``status``.
+A lost visitor-path check is excused as load only by the service's own visitors still
+being answered (``watch.flows``), never by a ping or by other traffic.
+
+Each round ends by ``watch.timeout`` (+ :data:`ROUND_GRACE`), whatever one check does, and
+its result is published (``publish``) in the same step as any swap it decides.
 """
 
 from __future__ import annotations
