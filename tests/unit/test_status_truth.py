@@ -174,3 +174,47 @@ def test_traffic_from_the_tunnel_keeps_a_serving_home_but_never_brings_one_back(
     st = up_dog.status["web"]
     assert st.active == "home" and st.healthy and "home still sending" in st.detail
     assert not up_dog.homes_seen()["home"]["answered"]
+
+
+def test_the_state_is_published_the_moment_the_swap_child_says_the_rules_are_in() -> None:
+    """The swap child says "applied" once the rules are committed and only then forgets old flows
+    (a second or so with pyroute2): the watchdog publishes on that line, not when the child ends."""
+    import sys
+    import time as clock
+
+    from vpnoffload.lean import spawn
+    from vpnoffload.watch import loop, swap
+
+    assert loop.APPLIED == swap.APPLIED
+    child = spawn.spawn([sys.executable, "-I", "-c", "import sys, time; sys.stdin.readline(); "
+                         "sys.stdout.buffer.write(b'applied\\n'); sys.stdout.flush(); time.sleep(0.5)"],
+                        stdin=True, stdout=True, stderr=True)
+    seen: list[float] = []
+    started = clock.monotonic()
+    loop._until_applied(child, b'{"active": {}}\n', 5.0, lambda: seen.append(clock.monotonic() - started))
+    spawn.finish(child, b"", 5.0, "swap")
+    ended = clock.monotonic() - started
+    assert len(seen) == 1 and seen[0] < ended - 0.3, (seen, ended)
+
+
+def test_a_swap_that_fails_after_the_commit_keeps_the_published_state() -> None:
+    """The rules changed, then forgetting the flows failed: the state says what the rules do."""
+    from vpnoffload.errors import BackendError
+
+    published: list[object] = []
+    dog = Watchdog(config(), lambda active, flush: None, lambda svc, home, cfg: Result("up", 0.01, "http 200"),
+                   clock=lambda: NOW)
+    dog.start({})
+
+    def swap(active, flush) -> None:
+        dog.committed()  # what the swapper does on the child's "applied"
+        raise BackendError("cannot delete conntrack entries")
+
+    dog.swap = swap
+    dog.publish = lambda: published.append(dog.status["web"].active)
+    dog.prober = lambda svc, home, cfg: Result("down", 0.5, "connect: timed out", timed_out=True,
+                                               reason=HOME_UNREACHABLE)
+    dog.tick()
+    with pytest.raises(BackendError):
+        dog.tick()
+    assert dog.status["web"].active is None and published[-1] is None

@@ -160,6 +160,7 @@ class Watchdog:
         #: ``watch.flows.FlowEvidence`` (None: a lost visitor-path check is never taken for load).
         self.flows = flows
         self._starting = False
+        self._decided: tuple[dict[str, str | None], frozenset[str], float] | None = None
         #: OpenVPN's own client list, read by the loop each round (``lean.ovpn``; None: not read).
         self.openvpn: dict[str, object] | None = None
         #: Called right after every swap (the loop writes the state file): see ``_apply``.
@@ -297,7 +298,25 @@ class Watchdog:
         # moving back to a preferred home from a healthy backup keeps the
         # backup's established connections alive.
         flush = frozenset(n for n in changed if self._old_target_gone(n))
-        self.swap(wanted, flush)  # raises: states stay as they were, the next tick retries
+        self._decided = (wanted, changed, now)
+        try:
+            self.swap(wanted, flush)  # raises: states stay as they were, the next tick retries
+        except BaseException:
+            if self._decided is None:
+                raise  # the rules were committed (and published); only what came after failed
+            self._decided = None
+            raise
+        self.committed()
+
+    def committed(self) -> None:
+        """The rules of the decision being swapped are in the kernel: take it as the state and
+        publish it at once. The swapper calls this the moment the rules are committed (before
+        it forgets old flows and exits), so status never shows a state the rules no longer
+        have for longer than a file write; otherwise it runs right after the swap."""
+        if self._decided is None:
+            return
+        wanted, changed, now = self._decided
+        self._decided = None
         for name in sorted(changed):
             st = self.status[name]
             st.active = wanted[name]
@@ -305,7 +324,6 @@ class Watchdog:
             st.last_change = now
             st.swaps += 1
             log.warning("%s: now %s (%s)", name, self._where(name), st.detail)
-        # In the same step as the swap: status never shows a state the rules no longer have.
         self.publish()
 
     def _old_target_gone(self, name: str) -> bool:

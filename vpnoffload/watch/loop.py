@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 log = say.Log("vpnoffload.watch")
 SWAP_TIMEOUT = 20.0
+#: The swap child's line once the rules are committed (``watch.swap.APPLIED``; not imported:
+#: that module loads the model and the config parser).
+APPLIED = b"applied\n"
 PAGE_READY_TIMEOUT = 5.0
 #: The page server stays this long after the last service left fallback (a flapping home does not restart it).
 PAGE_LINGER = 5.0
@@ -100,12 +103,14 @@ class SubprocessSwapper:
         self.pages = pages
         #: Set once the watchdog exists: which services serve the page.
         self.page_services: "Callable[[], set[str]]" = set
+        #: Called the moment the child says the rules are committed (``Watchdog.committed``).
+        self.committed: "Callable[[], None]" = lambda: None
         self._child: spawn.Child | None = None
 
     def prepare(self) -> None:
         if self._child is None or self._child.poll() is not None:
             self._child = spawn.spawn(spawn.full_argv("vpnoffload.watch.swap", "--config", self.config_path),
-                                      stdin=True, stderr=True)
+                                      stdin=True, stdout=True, stderr=True)
 
     def cancel(self) -> None:
         child, self._child = self._child, None
@@ -122,7 +127,38 @@ class SubprocessSwapper:
         child, self._child = self._child, None
         assert child is not None
         line = dumps({"active": dict(active), "flush": sorted(flush)}) + "\n"
-        spawn.finish(child, line.encode(), SWAP_TIMEOUT, "swap")
+        _until_applied(child, line.encode(), SWAP_TIMEOUT, self.committed)
+        spawn.finish(child, b"", SWAP_TIMEOUT, "swap")
+
+
+def _until_applied(child: spawn.Child, decision: bytes, timeout: float, committed: "Callable[[], None]") -> None:
+    """Give the swap child its decision and wait (at most ``timeout``) for the line saying the
+    rules are committed; call ``committed`` then (the watchdog publishes its new state at once).
+    A child that ends without saying so is left to ``spawn.finish`` to judge."""
+    import select
+
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        os.write(child.stdin, decision)
+    except BrokenPipeError:
+        return
+    os.close(child.stdin)
+    child.stdin = None
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while APPLIED not in seen and len(seen) < 4096:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        ready, _, _ = select.select([child.stdout], [], [], left)
+        if not ready:
+            return
+        chunk = os.read(child.stdout, 4096)
+        if not chunk:
+            return
+        seen += chunk
+    if APPLIED in seen:
+        committed()
 
 
 def serve(config_path: str, state_dir: str | None = None) -> int:
@@ -145,6 +181,7 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
                    forward=probe_namespace_prober(probe), flows=FlowEvidence())
     swapper.page_services = lambda: {n for n, s in dog.config.services.items() if s.serves_page}
     dog.publish = lambda: _publish(where["watch_state"], dog)
+    swapper.committed = dog.committed
     metrics = None
     management = ovpn.Management(os.path.join(where["run"], ovpn.SOCKET_NAME))
     try:
