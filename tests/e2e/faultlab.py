@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, cli, configure  # noqa: F401 (re-exported)
+from tests.e2e.conftest import cli, configure
 from tests.e2e.test_failover import start_watch
 from vpnoffload.lab.netns import Lab
 
