@@ -110,6 +110,8 @@ def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Pat
     assert probe_link(lab), (tmp_path / "watch.log").read_text()
 
     blocked_at = time.monotonic()
+    # iptables (the nft variant) makes `table ip filter` for its rule; removing the rule leaves the table.
+    had_filter = lab.exec("vps", "nft", "list", "table", "ip", "filter", check=False).returncode == 0
     for argv in block:
         lab.exec("vps", *argv)
     try:
@@ -129,6 +131,8 @@ def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Pat
     finally:
         for argv in unblock:
             lab.exec("vps", *argv, check=False)
+        if not had_filter:
+            lab.exec("vps", "nft", "delete", "table", "ip", "filter", check=False)
     fixed_at = time.monotonic()
     took_back = until("the site is back", served, 10)
     until("status ok again", healthy, max(1.0, 10 - (time.monotonic() - fixed_at)))

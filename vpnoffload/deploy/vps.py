@@ -226,6 +226,10 @@ def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
     tunnel = server_tunnel(paths, backends)
     if tunnel.running():
         actions.append(Action("stop OpenVPN server", tunnel.stop, None))
+    if paths.server_management.is_socket():
+        # OpenVPN removes it when it stops, unless it no longer may (it dropped root) or was killed.
+        actions.append(Action(f"remove OpenVPN's management socket {paths.server_management}",
+                              lambda: paths.server_management.unlink(missing_ok=True), None))
     pages = page_server(paths, backends)
     if pages.running():
         actions.append(Action("stop friendly-page server", pages.stop, None))
