@@ -184,6 +184,8 @@ BLOCKS = {"nft-forward-prio-10": (PORT_BLOCK, PORT_UNBLOCK), "iptables-FORWARD":
 def test_one_port_block_on_the_vps_is_seen(block: str, healthy: Deployment, capsys) -> None:
     dep = healthy
     add, remove = BLOCKS[block]
+    # iptables (the nft variant) makes `table ip filter` for its rule; removing the rule leaves the table.
+    had_filter = dep.lab.exec("vps", "nft", "list", "table", "ip", "filter", check=False).returncode == 0
     blocked = time.time()
     for argv in add:
         dep.lab.exec("vps", *argv)
@@ -200,6 +202,8 @@ def test_one_port_block_on_the_vps_is_seen(block: str, healthy: Deployment, caps
     finally:
         for argv in remove:
             dep.lab.exec("vps", *argv, check=False)
+        if not had_filter:
+            dep.lab.exec("vps", "nft", "delete", "table", "ip", "filter", check=False)
     removed = time.time()
     back, _ = wait_for(dep, "home", 10, since=removed)
     agree(dep, "block removed, served again", tunnel=True)
