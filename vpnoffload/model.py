@@ -164,7 +164,7 @@ class Vps:
         """What a visitor's packet to public ``address`` carries as destination on arrival here."""
         if address == self.address:
             return self.bind_address
-        return dict(self.nat).get(address, address)  # type: ignore[call-overload]
+        return dict(self.nat).get(address, address)  # type: ignore[arg-type]  # the pairs hold either family
 
 
 @dataclass(frozen=True)

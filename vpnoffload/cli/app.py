@@ -33,7 +33,7 @@ class _Group(TyperGroup):
     show local variables (they could hold private keys).
     """
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer.Context is click's, narrowed
         result: list[Any] = []
 
         def body() -> None:

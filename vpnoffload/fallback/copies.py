@@ -27,6 +27,7 @@ from vpnoffload import runfiles
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from typing import Any
 
 INDEX = "index"
 FORMAT = 1
@@ -60,11 +61,11 @@ def safe_name(name: object) -> bool:
     return all(c in "0123456789abcdef" for c in name[:32] + name[33:])
 
 
-def empty_index() -> dict:
+def empty_index() -> dict[str, Any]:
     return {"format": FORMAT, "pages": {}, "last_fetch": None, "result": None}
 
 
-def read_index(run: str, service: str) -> dict:
+def read_index(run: str, service: str) -> dict[str, Any]:
     """The index of ``service`` (an empty one when there is none or it cannot be read)."""
     try:
         with open(os.path.join(service_dir(run, service), INDEX), "rb") as fh:
@@ -76,7 +77,7 @@ def read_index(run: str, service: str) -> dict:
     return data
 
 
-def write_index(run: str, service: str, index: dict) -> None:
+def write_index(run: str, service: str, index: dict[str, Any]) -> None:
     """Write the index atomically (a temp file, fsync, rename): readers see the old one or the new one."""
     directory = service_dir(run, service)
     tmp = os.path.join(directory, f".{INDEX}.{os.getpid()}.tmp")
@@ -89,7 +90,7 @@ def write_index(run: str, service: str, index: dict) -> None:
     os.replace(tmp, os.path.join(directory, INDEX))
 
 
-def summary(run: str, service: str, now: float | None = None) -> dict:
+def summary(run: str, service: str, now: float | None = None) -> dict[str, Any]:
     """What ``status`` and the metrics show of one service's copies: how many, their age, the last fetch."""
     index = read_index(run, service)
     fetched = [p.get("fetched") or 0 for p in index["pages"].values()]
@@ -168,7 +169,7 @@ class CopySchedule:
         self.child: object = None
         self.started_at = 0.0
 
-    def job(self, config: object, active: dict[str, str | None]) -> dict | None:
+    def job(self, config: object, active: dict[str, str | None]) -> dict[str, Any] | None:
         """What the copier gets: every service with kept paths that is forwarded to a home now."""
         services = []
         for svc in config.services.values():  # type: ignore[attr-defined]

@@ -18,7 +18,14 @@ from __future__ import annotations
 import marshal
 import sys
 
-from vpnoffload.errors import ConfigError, NotSetUpError, VpnOffloadError
+from vpnoffload.errors import ConfigError, NotSetUpError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~1 MB in a lean process)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from vpnoffload.model import Config
+    from vpnoffload.paths import Paths
 
 FETCH_TIMEOUT = 30.0
 #: Bumped when the blob's shape changes (a lean process and a newer snapshot must agree).
@@ -28,7 +35,7 @@ FORMAT = 1
 # ------------------------------------------------------------------ the child (full imports)
 
 
-def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config, paths.Paths)
+def build(config: Config, paths: Paths, *, with_pages: bool = False) -> dict[str, Any]:
     """The plain-data snapshot of ``config`` (and of the files at ``paths`` the lean processes read)."""
     import socket
 
@@ -56,7 +63,7 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
             "offline_copy": list(svc.offline_copy) if svc.via == "dnat" else [], "offline_banner": svc.offline_banner,
         })
     w = config.watch
-    data: dict = {
+    data: dict[str, Any] = {
         "format": FORMAT,
         "paths": {"config": str(paths.config), "state": str(paths.state), "run": str(paths.run),
                   "watch_state": str(paths.watch_state), "pages": str(paths.pages)},
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------ the lean side
 
 
-def fetch(config: str, state: str | None = None, *, with_pages: bool = False) -> dict:
+def fetch(config: str, state: str | None = None, *, with_pages: bool = False) -> dict[str, Any]:
     """Run the snapshot child and return its blob. Raises the child's error kind
     (ConfigError for a bad config, NotSetUpError, ...) with its message."""
     from vpnoffload.lean import spawn
@@ -135,7 +142,7 @@ class ServiceView:
                  "page_over_tls", "ipv6", "listen_address", "listen_port", "via", "tls_cert", "tls_key",
                  "offline_copy", "offline_banner", "local_address")
 
-    def __init__(self, d: dict) -> None:
+    def __init__(self, d: dict[str, Any]) -> None:
         self.name, self.homes = d["name"], tuple(d["homes"])
         self.home, self.backups = self.homes[0], self.homes[1:]
         self.target_port, self.check = d["target_port"], CheckView(d["check_kind"], d["check_path"])
@@ -159,8 +166,17 @@ class WatchView:
     __slots__ = ("interval", "timeout", "fall", "rise", "metrics", "fallback_port", "retry_after",
                  "offline_copy_every", "offline_copy_max_bytes")
     _DEFAULTS = {"offline_copy_every": 600.0, "offline_copy_max_bytes": 20 * 1024 * 1024}
+    interval: float
+    timeout: float
+    fall: int
+    rise: int
+    metrics: str | None
+    fallback_port: int
+    retry_after: int
+    offline_copy_every: float
+    offline_copy_max_bytes: int
 
-    def __init__(self, d: dict) -> None:
+    def __init__(self, d: dict[str, Any]) -> None:
         for name in self.__slots__:
             setattr(self, name, d[name] if name in d or name not in self._DEFAULTS else self._DEFAULTS[name])
 
@@ -175,7 +191,7 @@ class TunnelView:
 class ConfigView:
     """The snapshot with ``model.Config``'s attribute names (``services``, ``homes``, ``watch``, ``tunnel``)."""
 
-    def __init__(self, data: dict) -> None:
+    def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
         self.services = {d["name"]: ServiceView(d) for d in data["services"]}
         self.homes = {name: HomeView(name, address) for name, address in data["homes"].items()}
