@@ -1,4 +1,4 @@
-"""The home box's OpenVPN client kept running where systemd does not (issue 17).
+"""The home box's OpenVPN client kept running where no systemd restarts it.
 
 Under systemd the client runs as ``openvpn-client@vpnoffload-HOME`` with
 ``Restart=``. Without it, ``up home`` starts ``openvpn --daemon`` and, as its

@@ -1,4 +1,4 @@
-"""The copier child: fetch the kept pages from home through the tunnel (issue 16).
+"""The copier child: fetch the kept pages from home through the tunnel, so visitors get them while home is down.
 
 Started by the watchdog (:class:`vpnoffload.fallback.copies.CopySchedule`) as
 ``python -I -S`` with a marshal job on stdin, while the services in it are

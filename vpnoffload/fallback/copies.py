@@ -1,4 +1,4 @@
-"""The offline copies on disk (issue 16): where they live, their index, and when to refresh them.
+"""The offline copies on disk: where they live, their index, and when to refresh them.
 
 Layout, under the state directory::
 
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 INDEX = "index"
 FORMAT = 1
-#: The first fetch after ``watch`` starts (issue 16: within 15 s), leaving the first checks time to settle.
+#: The first fetch after ``watch`` starts (well within 15 s, so a fresh install soon has copies),
+#: leaving the first checks time to settle.
 FIRST_AFTER = 3.0
 #: A copier child that runs longer than this is killed (a failed fetch keeps the old copy).
 COPIER_TIMEOUT = 120.0

@@ -50,7 +50,7 @@ def load_pages(config: ConfigView, pages_dir: str) -> dict[Destination, bytes]:
 
 
 def load_kept(config: ConfigView) -> tuple[dict[Destination, dict[str, Any]], dict[Destination, bool]]:
-    """The offline copies of each page service (issue 16), opened now (while still root), by destination;
+    """The offline copies of each page service, opened now (while still root), by destination;
     and whether its HTML copies get the banner."""
     run = config.data["paths"]["run"]
     kept: dict[Destination, dict[str, Any]] = {}

@@ -59,7 +59,7 @@ def build(config: Config, paths: Paths, *, with_pages: bool = False) -> dict[str
             # What visitors' packets carry on arrival: the private address on a 1:1-NAT cloud.
             "local_address": key(config.vps.local_of(svc.listen_address)),
             "tls_cert": str(svc.tls_cert) if svc.tls_cert else None, "tls_key": str(svc.tls_key) if svc.tls_key else None,
-            # Kept pages (issue 16) only where the VPS itself keeps them: proxy services are nginx's.
+            # Kept pages only where the VPS itself keeps them: proxy services are nginx's.
             "offline_copy": list(svc.offline_copy) if svc.via == "dnat" else [], "offline_banner": svc.offline_banner,
         })
     w = config.watch
