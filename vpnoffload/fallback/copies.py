@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from typing import Any
 
+    from vpnoffload.lean.snapshot import ConfigView
+
 INDEX = "index"
 FORMAT = 1
 #: The first fetch after ``watch`` starts (well within 15 s, so a fresh install soon has copies),
@@ -170,26 +172,26 @@ class CopySchedule:
         self.child: object = None
         self.started_at = 0.0
 
-    def job(self, config: object, active: dict[str, str | None]) -> dict[str, Any] | None:
+    def job(self, config: ConfigView, active: dict[str, str | None]) -> dict[str, Any] | None:
         """What the copier gets: every service with kept paths that is forwarded to a home now."""
         services = []
-        for svc in config.services.values():  # type: ignore[attr-defined]
+        for svc in config.services.values():
             home = active.get(svc.name)
-            if not svc.offline_copy or home is None or home not in config.homes:  # type: ignore[attr-defined]
+            if not svc.offline_copy or home is None or home not in config.homes:
                 continue
             host = svc.hostname or svc.listen_address
             if svc.listen_port not in (80, 443):
                 host = f"{host}:{svc.listen_port}"
-            services.append({"name": svc.name, "address": config.homes[home].address,  # type: ignore[attr-defined]
+            services.append({"name": svc.name, "address": config.homes[home].address,
                              "port": svc.target_port, "host": host, "tls": bool(svc.page_over_tls),
                              "paths": list(svc.offline_copy)})
         if not services:
             return None
-        keep = [s.name for s in config.services.values() if s.offline_copy]  # type: ignore[attr-defined]
-        return {"run": self.run, "max_bytes": config.watch.offline_copy_max_bytes,  # type: ignore[attr-defined]
+        keep = [s.name for s in config.services.values() if s.offline_copy]
+        return {"run": self.run, "max_bytes": config.watch.offline_copy_max_bytes,
                 "timeout": max(2.0, float(config.watch.timeout) * 5), "services": services, "counted": keep}
 
-    def tick(self, config: object, active: dict[str, str | None], healthy: Callable[[str], bool]) -> bool:
+    def tick(self, config: ConfigView, active: dict[str, str | None], healthy: Callable[[str], bool]) -> bool:
         """Reap or kill a running child; start one when due. True when one was started."""
         now = self.clock()
         if self.child is not None:
@@ -200,7 +202,7 @@ class CopySchedule:
             self.child = None
         if now < self.next_at:
             return False
-        self.next_at = now + float(config.watch.offline_copy_every)  # type: ignore[attr-defined]
+        self.next_at = now + float(config.watch.offline_copy_every)
         job = self.job(config, {n: h for n, h in active.items() if h is not None and healthy(n)})
         if job is None:
             return False

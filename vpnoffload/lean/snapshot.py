@@ -37,10 +37,32 @@ FORMAT = 1
 
 def build(config: Config, paths: Paths, *, with_pages: bool = False) -> dict[str, Any]:
     """The plain-data snapshot of ``config`` (and of the files at ``paths`` the lean processes read)."""
-    import socket
-
     from vpnoffload import watchfile
     from vpnoffload.tunnel import server_running
+
+    data = config_data(config)
+    data.update({
+        "paths": {"config": str(paths.config), "state": str(paths.state), "run": str(paths.run),
+                  "watch_state": str(paths.watch_state), "pages": str(paths.pages)},
+        "server_running": server_running(paths),
+        "believed": watchfile.believed_targets(watchfile.read_state(paths.watch_state)),
+    })
+    if with_pages:
+        pages = {}
+        for svc in config.services.values():
+            if svc.serves_page:
+                try:
+                    pages[svc.name] = (paths.pages / f"{svc.name}.html").read_bytes()
+                except OSError as exc:
+                    raise NotSetUpError(f"no friendly page for {svc.name} in {paths.pages} "
+                                        f"(run 'vpnoffload up vps'): {exc.strerror}") from None
+        data["pages"] = pages
+    return data
+
+
+def config_data(config: Config) -> dict[str, Any]:
+    """What the lean processes read of ``config`` itself, as plain data (no files, no paths)."""
+    import socket
 
     def key(address: object) -> str:
         # The page server names a destination as inet_ntop does (SO_ORIGINAL_DST).
@@ -63,10 +85,8 @@ def build(config: Config, paths: Paths, *, with_pages: bool = False) -> dict[str
             "offline_copy": list(svc.offline_copy) if svc.via == "dnat" else [], "offline_banner": svc.offline_banner,
         })
     w = config.watch
-    data: dict[str, Any] = {
+    return {
         "format": FORMAT,
-        "paths": {"config": str(paths.config), "state": str(paths.state), "run": str(paths.run),
-                  "watch_state": str(paths.watch_state), "pages": str(paths.pages)},
         "vps_address": str(config.vps.address),
         "vps_local_address": str(config.vps.bind_address),  # what the page server binds (1:1 NAT: the private one)
         "tunnel_device": config.tunnel.device,
@@ -75,20 +95,7 @@ def build(config: Config, paths: Paths, *, with_pages: bool = False) -> dict[str
                   "offline_copy_every": float(w.offline_copy_every), "offline_copy_max_bytes": w.offline_copy_max_bytes},
         "homes": {name: str(home.address) for name, home in config.homes.items()},
         "services": services,
-        "server_running": server_running(paths),
-        "believed": watchfile.believed_targets(watchfile.read_state(paths.watch_state)),
     }
-    if with_pages:
-        pages = {}
-        for svc in config.services.values():
-            if svc.serves_page:
-                try:
-                    pages[svc.name] = (paths.pages / f"{svc.name}.html").read_bytes()
-                except OSError as exc:
-                    raise NotSetUpError(f"no friendly page for {svc.name} in {paths.pages} "
-                                        f"(run 'vpnoffload up vps'): {exc.strerror}") from None
-        data["pages"] = pages
-    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +196,9 @@ class TunnelView:
 
 
 class ConfigView:
-    """The snapshot with ``model.Config``'s attribute names (``services``, ``homes``, ``watch``, ``tunnel``)."""
+    """The watchdog's and page server's one config shape: the snapshot, read with ``model.Config``'s
+    attribute names (``services``, ``homes``, ``watch``, ``tunnel``). Production builds it from the
+    snapshot child's blob; tests from a ``model.Config`` with :meth:`of`, through the same data."""
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
@@ -199,6 +208,11 @@ class ConfigView:
         self.tunnel = TunnelView(data["tunnel_device"])
         self.vps_address: str = data["vps_address"]
         self.vps_local_address: str = data.get("vps_local_address", self.vps_address)
+
+    @classmethod
+    def of(cls, config: Config) -> ConfigView:
+        """The view of a parsed config, as the snapshot child would hand it over (for tests and tools)."""
+        return cls(config_data(config))
 
     @property
     def ipv6_services(self) -> list[ServiceView]:
