@@ -21,6 +21,7 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from vpnoffload.errors import BackendError, PrerequisiteError
 
@@ -47,7 +48,7 @@ class Result:
 
 
 #: A child started with :func:`start`; stdin/stdout/stderr may be these.
-Process = subprocess.Popen
+Process = subprocess.Popen[bytes]
 DEVNULL, STDOUT = subprocess.DEVNULL, subprocess.STDOUT
 
 
@@ -95,19 +96,20 @@ def _run_into_files(argv: list[str], input: str | None, timeout: float, env: Map
                       err.read().decode(errors="replace"))
 
 
-def start(argv: Sequence[str], **popen: object) -> Process:  # type: ignore[type-arg]
+def start(argv: Sequence[str], **popen: Any) -> Process:
     """Start ``argv`` in the background (no shell); ``popen``: Popen's keywords (streams, env, session).
 
     The caller owns the child: it waits for it, or stops it with :func:`stop`.
     BackendError when it cannot be started.
     """
     try:
-        return subprocess.Popen([str(a) for a in argv], **popen)  # type: ignore[call-overload, no-any-return]
+        child: Process = subprocess.Popen([str(a) for a in argv], **popen)
+        return child
     except OSError as exc:
         raise BackendError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
 
 
-def stop(child: Process, timeout: float = 2.0) -> None:  # type: ignore[type-arg]
+def stop(child: Process, timeout: float = 2.0) -> None:
     """SIGKILL ``child`` and reap it (a killed child stays a zombie until waited for)."""
     child.kill()
     try:

@@ -104,7 +104,8 @@ class Sites:
 
     def load_manifest(self) -> dict[str, Any]:
         try:
-            return json.loads(self.manifest.read_text())
+            manifest: dict[str, Any] = json.loads(self.manifest.read_text())
+            return manifest
         except (OSError, ValueError):
             return {}
 
@@ -225,7 +226,8 @@ def visitor_poll(lab: Lab, *, want: int, marker: str, wait: float) -> dict[str, 
     out = lab.exec("visitor", sys.executable, "-P", "-c", _POLL, f"http://{lab.vps_address}/", str(want), marker,
                    str(wait), str(POLL_EVERY), str(POLL_TIMEOUT), timeout=wait + POLL_TIMEOUT + 10)
     try:
-        return json.loads(out.stdout)
+        poll: dict[str, Any] = json.loads(out.stdout)
+        return poll
     except ValueError:
         raise LabStepError(f"the visitor's poller printed no result: {out.stderr.strip()[-200:]}") from None
 
