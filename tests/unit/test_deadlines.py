@@ -133,3 +133,76 @@ def test_a_hung_check_is_a_verdict_on_its_own_service_only() -> None:
     assert took < 0.5 + ROUND_GRACE + 0.2, took
     assert dog.status["web"].reason == health.TARGET_REFUSED
     assert dog.status["slow"].active is None and "did not finish within 0.5 s" in dog.status["slow"].detail
+
+
+class SynSock:
+    """A non-blocking connect whose SYN is answered ``answer_after`` s after it is sent (None: lost)."""
+
+    def __init__(self, answer_after: float | None) -> None:
+        self.answer_after, self.sent_at = answer_after, None
+        self.closed = False
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def connect_ex(self, where) -> int:
+        self.sent_at = time.monotonic()
+        return 115  # EINPROGRESS
+
+    def answered(self) -> bool:
+        return self.sent_at is not None and self.answer_after is not None and \
+            time.monotonic() >= self.sent_at + self.answer_after
+
+    def getsockopt(self, level, option) -> int:
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def fake_select(monkeypatch) -> None:
+    import select
+
+    def select_(r, w, x, timeout):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            ready = [s for s in w if s.answered()]
+            if ready:
+                return [], ready, []
+            time.sleep(0.005)
+        return [], [s for s in w if s.answered()], []
+
+    monkeypatch.setattr(select, "select", select_)
+
+
+def test_a_lost_syn_in_the_visitor_path_check_gets_a_second_chance(monkeypatch) -> None:
+    fake_select(monkeypatch)
+    first, second = SynSock(None), SynSock(0.01)
+    started = time.monotonic()
+    result = health.forward_probe(lambda specs: [first, second], "203.0.113.10", 80, 0.5)
+    assert result is not None and result.verdict == "up", result
+    # The second SYN went out halfway to the deadline, not at once (a burst would take both).
+    assert second.sent_at - started == pytest.approx(0.25, abs=0.05) and first.closed and second.closed
+
+
+def test_a_port_that_drops_every_syn_is_down_at_the_deadline(monkeypatch) -> None:
+    fake_select(monkeypatch)
+    started = time.monotonic()
+    result = health.forward_probe(lambda specs: [SynSock(None), SynSock(None)], "203.0.113.10", 80, 0.5)
+    assert (result.verdict, result.timed_out) == ("down", True)
+    assert 0.5 <= time.monotonic() - started < 0.6
+
+
+def test_visitor_path_check_on_loopback() -> None:
+    """Real non-blocking connects: a listener answers, a closed port refuses."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+    made = lambda specs: [socket.socket(f, t, p) for f, t, p in specs]  # noqa: E731
+    try:
+        assert health.forward_probe(made, "127.0.0.1", port, 0.5).verdict == "up"
+    finally:
+        srv.close()
+    refused = health.forward_probe(made, "127.0.0.1", port, 0.5)
+    assert (refused.verdict, refused.reason) == ("down", health.TARGET_REFUSED)

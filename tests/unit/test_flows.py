@@ -77,3 +77,24 @@ def test_old_or_missing_readings_are_no_evidence() -> None:
     assert ev.replies_flowing(0x100000, 0x0FF00000, "10.88.0.2") is None
     # Each service and home has its own baseline.
     assert ev.replies_flowing(0x200000, 0x0FF00000, "10.88.0.2") is None
+
+
+def test_read_conntrack_asks_the_tool_for_one_service_and_home(tmp_path, monkeypatch) -> None:
+    """The reading runs the conntrack tool in a short-lived child, filtered by the kernel and the tool."""
+    argv_file = tmp_path / "argv"
+    tool = tmp_path / "conntrack"
+    tool.write_text("#!/bin/sh\n"
+                    f"echo \"$@\" > {argv_file}\n"
+                    f"echo '{ACCT.format(port=51000, replies=7)}'\n"
+                    "echo 'conntrack v1.4.7 (conntrack-tools): 1 flow entries have been shown.' >&2\n")
+    tool.chmod(0o755)
+    monkeypatch.setattr(flows, "conntrack_binary", lambda: str(tool))
+    got = flows.read_conntrack(0x100000, 0x0FF00000, "10.88.0.2")
+    assert got is not None and list(got.values()) == [7]
+    assert argv_file.read_text().split() == ["-L", "-f", "ipv4", "-p", "tcp", "--state", "ESTABLISHED", "--mark",
+                                             "0x100000/0xff00000", "--reply-src", "10.88.0.2"]
+    tool.write_text("#!/bin/sh\nsleep 5\n")
+    monkeypatch.setattr(flows, "READ_TIMEOUT", 0.2)
+    assert flows.read_conntrack(0x100000, 0x0FF00000, "10.88.0.2") is None  # no answer in time: no evidence
+    monkeypatch.setattr(flows, "conntrack_binary", lambda: None)
+    assert flows.read_conntrack(0x100000, 0x0FF00000, "10.88.0.2") is None

@@ -131,26 +131,77 @@ def _probe(address: str, port: int, kind: str, http_path: str, timeout: float, h
 
 def forward_probe(sockets: "Callable[[list[tuple[int, int, int]]], list[socket.socket | None]]", address: str,
                   port: int, timeout: float, echo_address: str = "") -> Result | None:
-    """A TCP connect to ``address:port`` on a socket made in the probe namespace
+    """A TCP connect to ``address:port`` on sockets made in the probe namespace
     (``sockets``: ``watch.probe.ProbeNamespace.sockets``), so its packets cross the
     VPS's PREROUTING and FORWARD hooks as a visitor's do.
 
     ``address`` is a service's public listen address and port (DNATed to home like a
     visitor's, so a rule that drops only that port is met) or a home's tunnel address
     and the service's target port (forwarded without DNAT). No ping goes with it: a
-    home that answers ping says nothing about this port, so a connect that gets no
-    answer is ``down`` (timed out), and only the service's own visitors' flows may
-    show it was load (``watch.flows``). None when no socket can be made there: no
-    evidence, never a failure. ``echo_address`` is no longer used.
+    home that answers ping says nothing about this port. A second connect starts
+    halfway to the deadline if the first has no answer yet (:func:`_connect_either`), so
+    one SYN lost in a saturated tunnel is not taken for a block; a rule that drops the
+    port loses both. A connect that gets no answer by ``timeout`` is ``down`` (timed out),
+    and only the service's own visitors' flows may still show it was load
+    (``watch.flows``). None when no socket can be made there: no evidence, never a
+    failure. ``echo_address`` is no longer used.
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
-        (tcp,) = sockets([(family, socket.SOCK_STREAM, 0)])
+        made = sockets([(family, socket.SOCK_STREAM, 0)] * FORWARD_ATTEMPTS)
     except (OSError, ValueError):
         return None
-    if tcp is None:
+    socks = [s for s in made if s is not None]
+    if not socks:
         return None
-    return _probe(address, port, "tcp", "/", timeout, None, tcp, None, "")
+    start = time.monotonic()
+    try:
+        error = _connect_either(socks, (address, port), start + timeout)
+    finally:
+        for sock in socks:
+            sock.close()
+    latency = time.monotonic() - start
+    if error is None:
+        return Result("up", latency, "connected")
+    if isinstance(error, TimeoutError):
+        return Result("down", latency, "connect: timed out", timed_out=True, reason=HOME_UNREACHABLE)
+    return Result("down", latency, f"connect: {_reason(error)}", reason=_connect_reason(error))
+
+
+#: Connects of one visitor-path check: the next starts when half the time left has gone unanswered.
+FORWARD_ATTEMPTS = 2
+
+
+def _connect_either(socks: "list[socket.socket]", where: tuple[str, int], deadline: float) -> OSError | None:
+    """Non-blocking connects on ``socks`` to ``where``, the next one started when half of the
+    time left has passed without an answer; None as soon as one connects, else the first
+    refusal (an answer too), else TimeoutError at ``deadline``."""
+    import select
+
+    pending: list[socket.socket] = []
+    waiting = list(socks)
+    next_start = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if waiting and now >= next_start:
+            sock = waiting.pop(0)
+            sock.setblocking(False)
+            code = sock.connect_ex(where)
+            if code == 0:
+                return None
+            if code not in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+                return OSError(code, os.strerror(code))
+            pending.append(sock)
+            next_start = now + (deadline - now) / 2
+        if now >= deadline:
+            return TimeoutError("timed out")
+        wake = min(deadline, next_start) if waiting else deadline
+        _, ready, _ = select.select([], pending, [], max(0.0, wake - now))
+        for sock in ready:
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code == 0:
+                return None
+            return OSError(code, os.strerror(code))
 
 
 def combine(direct: Result, forward: Result | None) -> Result:
