@@ -12,6 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
+from vpnoffload.lean.snapshot import ConfigView
 from vpnoffload.model import Check, Config, Home, Service, Tunnel, Vps, Watch
 from vpnoffload.watch import health
 from vpnoffload.watch.decide import ROUND_GRACE, Watchdog
@@ -105,7 +106,7 @@ def test_a_trickling_service_does_not_hold_the_round(trickler: int) -> None:
     port_dead = closed.getsockname()[1]
     closed.close()
     swaps: list[dict] = []
-    dog = Watchdog(two_services(trickler, port_dead), lambda active, flush: swaps.append(dict(active)))
+    dog = Watchdog(ConfigView.of(two_services(trickler, port_dead)), lambda active, flush: swaps.append(dict(active)))
     started = time.monotonic()
     dog.start({})
     assert time.monotonic() - started < 0.5 + ROUND_GRACE + 0.2
@@ -122,7 +123,7 @@ def test_a_hung_check_is_a_verdict_on_its_own_service_only() -> None:
             release.wait(10)
         return health.Result("down", 0.0, "connect: Connection refused", reason=health.TARGET_REFUSED)
 
-    dog = Watchdog(two_services(1, 2), lambda active, flush: None, prober)
+    dog = Watchdog(ConfigView.of(two_services(1, 2)), lambda active, flush: None, prober)
     try:
         started = time.monotonic()
         dog.start({})

@@ -15,6 +15,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from vpnoffload import probens
+from vpnoffload.lean.snapshot import ConfigView
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps, Watch
 from vpnoffload.status import _health, _shown_reason, render_text
 from vpnoffload.watch import health
@@ -86,7 +87,7 @@ def test_reasons_of_real_connects() -> None:
 
 def test_blocked_path_swaps_to_the_page_and_back_only_once_it_works() -> None:
     forward, swap = Forward(), Swapper()
-    dog = Watchdog(config(), swap, up, forward=forward)
+    dog = Watchdog(ConfigView.of(config()), swap, up, forward=forward)
     dog.start({})
     assert dog.status["web"].active == "home" and forward.asked == [("home", True)]  # as a visitor: DNATed
     forward.blocked = True
@@ -113,7 +114,7 @@ def test_busy_tunnel_does_not_hide_a_blocked_path() -> None:
     packets = iter(range(0, 10_000, 7))
     one_home = Config(vps=config().vps, tunnel=config().tunnel, homes={"home": config().homes["home"]},
                       services=config().services, watch=Watch(fall=2, rise=2))
-    dog = Watchdog(one_home, swap, up, forward=forward, activity=lambda: next(packets))
+    dog = Watchdog(ConfigView.of(one_home), swap, up, forward=forward, activity=lambda: next(packets))
     dog.start({})
     forward.blocked = True
     dog.tick()
@@ -135,7 +136,7 @@ def test_without_a_probe_namespace_only_the_direct_check_counts() -> None:
     forward = probe_namespace_prober(NoNamespace())
     svc = config().services["web"]
     assert forward(svc, "home", config(), True) is None
-    dog = Watchdog(config(), Swapper(), up, forward=forward)
+    dog = Watchdog(ConfigView.of(config()), Swapper(), up, forward=forward)
     dog.start({})
     assert dog.status["web"].active == "home" and dog.status["web"].healthy
 
@@ -173,7 +174,7 @@ def test_a_loaded_tunnel_is_not_a_blocked_path() -> None:
     packets = iter(range(0, 10_000_000, 5_000))
     one_home = Config(vps=config().vps, tunnel=config().tunnel, homes={"home": config().homes["home"]},
                       services=config().services, watch=Watch(fall=2, rise=2))
-    dog = Watchdog(one_home, swap, up, forward=forward, activity=lambda: next(packets), flows=flows)
+    dog = Watchdog(ConfigView.of(one_home), swap, up, forward=forward, activity=lambda: next(packets), flows=flows)
     dog.start({})
     forward.blocked = True
     flows.flowing[(0x100000, "198.51.100.2")] = True
@@ -197,7 +198,7 @@ def test_a_lost_check_with_unanswered_visitors_is_a_block(evidence) -> None:
     packets = iter(range(0, 10_000_000, 5_000))
     one_home = Config(vps=config().vps, tunnel=config().tunnel, homes={"home": config().homes["home"]},
                       services=config().services, watch=Watch(fall=2, rise=2))
-    dog = Watchdog(one_home, swap, up, forward=forward, activity=lambda: next(packets), flows=flows)
+    dog = Watchdog(ConfigView.of(one_home), swap, up, forward=forward, activity=lambda: next(packets), flows=flows)
     dog.start({})
     forward.blocked = True
     flows.flowing[(0x100000, "198.51.100.2")] = evidence
@@ -209,7 +210,7 @@ def test_a_lost_check_with_unanswered_visitors_is_a_block(evidence) -> None:
 def test_flows_are_asked_only_for_the_home_the_service_is_on() -> None:
     """On fallback the check goes straight to home (no visitors there): no flow can rescue it."""
     forward, swap, flows = Forward(), Swapper(), Flows()
-    dog = Watchdog(config(), swap, up, forward=forward, flows=flows)
+    dog = Watchdog(ConfigView.of(config()), swap, up, forward=forward, flows=flows)
     dog.start({})
     forward.blocked = True
     dog.tick()
@@ -383,6 +384,6 @@ def test_at_start_a_lost_check_gets_a_second_reading_of_the_flows() -> None:
             return next(answers)
 
     flows = Once()
-    dog = Watchdog(config(), swap, up, forward=forward, flows=flows)
+    dog = Watchdog(ConfigView.of(config()), swap, up, forward=forward, flows=flows)
     dog.start({})
     assert len(flows.asked) == 2 and dog.status["web"].active == "home" and dog.status["web"].reason == health.BUSY

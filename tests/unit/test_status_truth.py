@@ -13,6 +13,7 @@ import pytest
 
 from vpnoffload import status
 from vpnoffload.errors import ExitStatus
+from vpnoffload.lean.snapshot import ConfigView
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps, Watch
 from vpnoffload.paths import Paths
 from vpnoffload import watchfile as watch_state
@@ -118,7 +119,7 @@ def test_the_watchdog_publishes_in_the_same_step_as_the_swap() -> None:
     """What the state file says after a swap is what the rules now do: written before tick returns."""
     seen: list[tuple[str, object]] = []
     verdict = {"v": Result("up", 0.01, "http 200")}
-    dog = Watchdog(config(), lambda active, flush: seen.append(("swap", dict(active))),
+    dog = Watchdog(ConfigView.of(config()), lambda active, flush: seen.append(("swap", dict(active))),
                    lambda svc, home, cfg: verdict["v"], clock=lambda: NOW)
     dog.publish = lambda: seen.append(("publish", dog.snapshot()["services"][0]["active"]))  # type: ignore[index]
     dog.start({})

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from vpnoffload.errors import ConfigError
+from vpnoffload.firewall.rules import Backend
 from vpnoffload.model import Config
 
 
@@ -26,8 +27,8 @@ from vpnoffload.model import Config
 APPLIED = b"applied\n"
 
 
-def apply_swap(config: Config, active: Mapping[str, str | None], flush: frozenset[str], firewall_backend=None,
-               applied=None) -> None:
+def apply_swap(config: Config, active: Mapping[str, str | None], flush: frozenset[str],
+               firewall_backend: Backend | None = None, applied: Callable[[], None] | None = None) -> None:
     """Point each service at ``active[name]`` (a home box, or None: fallback), call ``applied()``,
     then forget the flows of the services in ``flush``."""
     from vpnoffload import firewall, plan
