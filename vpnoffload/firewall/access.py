@@ -53,6 +53,12 @@ def acl_chain(number: int) -> str:
     return f"{ACL_CHAIN_PREFIX}{number}"
 
 
+def chain_number(chain: str) -> int | None:
+    """``n`` of an access chain ``VPNOFFLOAD-ACL<n>``; None for any other chain."""
+    rest = chain[len(ACL_CHAIN_PREFIX):] if chain.startswith(ACL_CHAIN_PREFIX) else ""
+    return int(rest) if rest.isdigit() and not rest.startswith("0") else None
+
+
 def rate_name(number: int) -> str:
     """hashlimit's table name (at most 15 characters) and the nft set of ``rate``."""
     return f"{SET_PREFIX}{number}r"
@@ -205,12 +211,9 @@ def acl_rules(service: Service, number: int, version: int) -> tuple[list[tuple[s
         negate = ("!",) if kind == "allow" else ()
         rules.append(("-m", "set", *negate, "--match-set", found.name, "src", "-j", "DROP"))
     if access.rate is not None:
-        rules.append(("-m", "hashlimit", "--hashlimit-above", f"{access.rate}/sec",
-                      "--hashlimit-burst", str(access.burst), "--hashlimit-mode", "srcip",
-                      "--hashlimit-name", rate_name(number), *HASHLIMIT_TABLE, "-j", "DROP"))
+        rules.append((*hashlimit_args(access.rate, access.burst, number), "-j", "DROP"))
     if access.max_conns is not None:
-        rules.append(("-m", "connlimit", "--connlimit-above", str(access.max_conns),
-                      "--connlimit-mask", "32" if version == 4 else "128", "--connlimit-saddr", "-j", "DROP"))
+        rules.append((*connlimit_args(access.max_conns, version), "-j", "DROP"))
     return rules, sets
 
 
@@ -231,3 +234,32 @@ def rule_kind(args: tuple[str, ...]) -> str | None:
     if "connlimit" in args:
         return "max_conns"
     return None
+
+
+def hashlimit_options(options: tuple[str, ...], number: int) -> tuple[int, int]:
+    """(rate, burst) of a hashlimit rule :func:`acl_rules` wrote; ValueError for any other."""
+    if (len(options) != 8 + len(HASHLIMIT_TABLE) or options[0] != "--hashlimit-above"
+            or options[2:4] != ("--hashlimit-burst", options[3]) or not options[1].endswith("/sec")
+            or options[4:8] != ("--hashlimit-mode", "srcip", "--hashlimit-name", rate_name(number))
+            or options[8:] != HASHLIMIT_TABLE or not options[1][:-4].isdigit() or not options[3].isdigit()):
+        raise ValueError(f"-m hashlimit {' '.join(options)} (not as vpnoffload writes it)")
+    return int(options[1][:-4]), int(options[3])
+
+
+def hashlimit_args(rate: int, burst: int, number: int) -> tuple[str, ...]:
+    return ("-m", "hashlimit", "--hashlimit-above", f"{rate}/sec", "--hashlimit-burst", str(burst),
+            "--hashlimit-mode", "srcip", "--hashlimit-name", rate_name(number), *HASHLIMIT_TABLE)
+
+
+def connlimit_options(options: tuple[str, ...], version: int) -> int:
+    """The limit of a connlimit rule :func:`acl_rules` wrote; ValueError for any other."""
+    mask = "32" if version == 4 else "128"
+    if (len(options) != 5 or options[0] != "--connlimit-above" or not options[1].isdigit()
+            or options[2:] != ("--connlimit-mask", mask, "--connlimit-saddr")):
+        raise ValueError(f"-m connlimit {' '.join(options)} (not as vpnoffload writes it)")
+    return int(options[1])
+
+
+def connlimit_args(limit: int, version: int) -> tuple[str, ...]:
+    return ("-m", "connlimit", "--connlimit-above", str(limit), "--connlimit-mask", "32" if version == 4 else "128",
+            "--connlimit-saddr")
