@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import socket
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from vpnoffload.errors import ConfigError
@@ -85,7 +86,12 @@ class AddressSet:
     path: Path | None = None  # the prefix file
 
     def elements(self) -> list[str]:
-        """Prefixes of this family without overlaps (a prefix inside another is dropped), sorted."""
+        """Prefixes of this family without overlaps (a prefix inside another is dropped), sorted.
+        ConfigError naming the file and line for a bad one. Parsed once."""
+        return self._elements
+
+    @cached_property
+    def _elements(self) -> list[str]:
         return normalise([span(p) for p in self.inline] + parse_lines(self.data, self.source), self.version)
 
     @property

@@ -363,9 +363,10 @@ def meter_set(name: str, version: int) -> Expr:
     """The declaration (``add set`` body, without family/table) of a dynamic set an access
     rule uses: ``vpnoffload-3r`` (rate: sources forgotten after the hashlimit expiry) or
     ``vpnoffload-3c`` (max_conns: ct count keeps its own list per source). Bounded size."""
-    body: Expr = {"name": name, "type": "ipv4_addr" if version == 4 else "ipv6_addr", "size": access.METER_SIZE,
-                  "flags": ["dynamic"]}
+    # No "dynamic" flag: nft 1.0.6's JSON does not know it, and nft sets it itself for a
+    # set that a rule adds to (as `nft list` then shows).
+    body: Expr = {"name": name, "type": "ipv4_addr" if version == 4 else "ipv6_addr", "size": access.METER_SIZE}
     if name.endswith("r"):
-        body["flags"] = ["dynamic", "timeout"]
+        body["flags"] = ["timeout"]
         body["timeout"] = access.RATE_EXPIRE_MS // 1000
     return body
