@@ -201,11 +201,12 @@ class _Reader:
         (stmt_name, stmt), = body["stmt"][0].items()
         if body["elem"] != saddr or len(body["stmt"]) != 1:
             raise Untranslatable("a dynamic set not keyed by the source alone")
-        assert self.acl is not None
-        if (stmt_name == "limit" and body["op"] == "update" and body["set"] == f"@{access.rate_name(self.acl)}"
-                and stmt.get("inv") and stmt.get("per") == "second" and not stmt.get("rate_unit", "packets") != "packets"):
-            self.args += access.hashlimit_args(int(stmt["rate"]), int(stmt.get("burst", 5)), self.acl)
-        elif (stmt_name == "ct count" and body["op"] == "add" and body["set"] == f"@{access.conns_name(self.acl)}"
+        acl = self.acl
+        assert acl is not None  # add() calls this only inside an access chain
+        if (stmt_name == "limit" and body["op"] == "update" and body["set"] == f"@{access.rate_name(acl)}"
+                and stmt.get("inv") and stmt.get("per") == "second" and stmt.get("rate_unit", "packets") == "packets"):
+            self.args += access.hashlimit_args(int(stmt["rate"]), int(stmt.get("burst", 5)), acl)
+        elif (stmt_name == "ct count" and body["op"] == "add" and body["set"] == f"@{access.conns_name(acl)}"
               and stmt.get("inv")):
             self.args += access.connlimit_args(int(stmt["val"]), self.version)
         else:
