@@ -303,3 +303,14 @@ def test_counters_shown_in_status_and_metrics() -> None:
 
 def test_restricted_services_by_mark_number(tmp_path: Path) -> None:
     assert accessdrops.restricted(restricted_config(tmp_path)) == {1: "web", 2: "ssh", 4: "web6"}
+
+
+def test_dry_run_names_the_sets_it_loads_and_removes(tmp_path: Path) -> None:
+    backend = NftBackend(run=FakeNft())
+    first = vps_ruleset(restricted_config(tmp_path))
+    lines = [a.summary for a in plan(backend, first)]
+    assert any(line.startswith("iptables filter: load set vpnoffload-1-d4-") and "1 prefix line(s) of" in line
+               for line in lines), lines
+    plan_mod.apply(plan(backend, first))
+    lines = [a.summary for a in plan(backend, vps_ruleset(restricted_config(tmp_path, "192.0.2.128/25\n")))]
+    assert any(line.startswith("iptables filter: remove set vpnoffload-1-d4-") for line in lines), lines
