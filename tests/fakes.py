@@ -245,7 +245,7 @@ class FakeNft:
     def _set(table: dict, verb: str, kind: str, obj: dict) -> None:
         sets, name = table["sets"], obj["name"]
         if kind == "set" and verb == "add":
-            sets.setdefault(name, {"set": {k: v for k, v in obj.items()}, "elem": []})
+            sets.setdefault(name, {"set": {k: v for k, v in obj.items() if k != "elem"}, "elem": list(obj.get("elem", []))})
         elif name not in sets:
             raise BackendError(f"nft -j -f - failed: Error: No such file or directory (set {name})")
         elif kind == "set" and verb == "delete":

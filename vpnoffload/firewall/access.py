@@ -155,14 +155,19 @@ def parse_lines(data: bytes, source: str) -> list[Span]:
 
     socket's parser, not ipaddress': 100 000 lines take ~0.1 s instead of ~0.6 s.
     """
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"line {line}: not ASCII text", field=source) from None
     out: list[Span] = []
-    for number, raw in enumerate(data.split(b"\n"), 1):
-        line = raw.split(b"#", 1)[0].strip()
+    for number, raw in enumerate(text.split("\n"), 1):
+        line = (raw.split("#", 1)[0] if "#" in raw else raw).strip()
         if not line:
             continue
         try:
-            out.append(span(line.decode("ascii")))
-        except (UnicodeDecodeError, ValueError) as exc:
+            out.append(span(line))
+        except ValueError as exc:
             raise ConfigError(f"line {number}: {line[:60]!r} is not a prefix ({exc})", field=source) from None
         if len(out) > MAX_PREFIXES:
             raise ConfigError(f"more than {MAX_PREFIXES} prefixes", field=source)

@@ -244,12 +244,14 @@ def _set_commands(snapshot: Snapshot, content: Ruleset, table: str, exprs: list[
         if spec is None:
             raise BackendError(f"{table_label(table)}: set {name} is gone and its content is not known here; "
                                "run 'vpnoffload up vps' again")
-        cmds.append({"add": {"set": {**_chain_ref(family, name), "type": "ipv4_addr" if spec.version == 4 else "ipv6_addr",
-                                     "flags": ["interval"]}}})
+        body = {**_chain_ref(family, name), "type": "ipv4_addr" if spec.version == 4 else "ipv6_addr",
+                "flags": ["interval"]}
         elements = spec.elements()
         if elements:
-            elem = [{"prefix": {"addr": a, "len": int(n)}} for a, _, n in (e.partition("/") for e in elements)]
-            cmds.append({"add": {"element": {**_chain_ref(family, name), "elem": elem}}})
+            # In the set's own declaration, not a separate `add element`: nft then sends
+            # them with the set and takes ~1/3 less CPU for 100 000 (bench/access.py).
+            body["elem"] = [{"prefix": {"addr": a, "len": int(n)}} for a, _, n in (e.partition("/") for e in elements)]
+        cmds.append({"add": {"set": body}})
     return cmds
 
 
