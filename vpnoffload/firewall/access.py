@@ -162,13 +162,13 @@ def parse_lines(data: bytes, source: str) -> list[Span]:
         raise ConfigError(f"line {line}: not ASCII text", field=source) from None
     out: list[Span] = []
     for number, raw in enumerate(text.split("\n"), 1):
-        line = (raw.split("#", 1)[0] if "#" in raw else raw).strip()
-        if not line:
+        prefix = (raw.split("#", 1)[0] if "#" in raw else raw).strip()
+        if not prefix:
             continue
         try:
-            out.append(span(line))
+            out.append(span(prefix))
         except ValueError as exc:
-            raise ConfigError(f"line {number}: {line[:60]!r} is not a prefix ({exc})", field=source) from None
+            raise ConfigError(f"line {number}: {prefix[:60]!r} is not a prefix ({exc})", field=source) from None
         if len(out) > MAX_PREFIXES:
             raise ConfigError(f"more than {MAX_PREFIXES} prefixes", field=source)
     return out

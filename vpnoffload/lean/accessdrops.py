@@ -22,6 +22,10 @@ import os
 
 from vpnoffload.lean import spawn
 
+TYPE_CHECKING = False  # typing costs ~1 MB resident in the lean processes: annotations stay strings
+if TYPE_CHECKING:
+    from typing import Any
+
 ACL_PREFIX = "VPNOFFLOAD-ACL"
 KINDS = ("allow", "deny", "rate", "max_conns")
 TIMEOUT = 5.0
@@ -66,7 +70,7 @@ def save_kind(tokens: list[str]) -> str | None:
     return "rate" if "hashlimit" in tokens else "max_conns" if "connlimit" in tokens else None
 
 
-def nft_kind(exprs: list[dict]) -> str | None:
+def nft_kind(exprs: list[dict[str, Any]]) -> str | None:
     """Which access rule an nftables rule (its JSON expressions) is."""
     for expr in exprs:
         right = expr.get("match", {}).get("right") if isinstance(expr.get("match"), dict) else None
