@@ -65,7 +65,8 @@ def cli(*args: str) -> str:
     """``vpnoffload ARGS`` through typer's runner: what the user reads (stdout and stderr)."""
     from vpnoffload.cli.app import app
 
-    result = CliRunner().invoke(app, list(args))
+    # The user's own settings do not leak in (None removes a variable for the run).
+    result = CliRunner().invoke(app, list(args), env={"VPNOFFLOAD_CONFIG": None, "VPNOFFLOAD_STATE_DIR": None})
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     return result.output.rstrip("\n")
@@ -111,6 +112,7 @@ def debian_vps(mp: pytest.MonkeyPatch, scratch: Path) -> Iterator[None]:
     mp.setattr(proc, "run", _fake_run)
     mp.setattr(doctor.check_tun, "__defaults__", (_Present("/dev/net/tun"),))
     mp.setattr(choose, "legacy_tables_available", lambda *a, **k: True)
+    mp.delenv(choose.ENV, raising=False)  # the backend is chosen as on a host nobody forced
     mp.setattr(iptc.IptcBackend, "read", lambda self: None)
     forwarding, ipv6 = doctor.check_forwarding_config, doctor.check_ipv6
     mp.setattr(doctor, "check_forwarding_config", lambda: forwarding((str(scratch / "sysctl.d"),)))
