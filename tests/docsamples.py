@@ -139,7 +139,7 @@ def _status_file(path: Path, connected: bool = True) -> None:
 
 
 def _watch_state(run: Path, services: list[dict[str, object]]) -> None:
-    from vpnoffload.watch.state import write_state
+    from vpnoffload.watchfile import write_state
 
     write_state(run / "watch.json", {"pid": PID, "updated": NOW - 0.3, "services": services})
 
@@ -153,9 +153,8 @@ def _seen(name: str, state: str, active: str | None, healthy: bool, latency: flo
 @contextmanager
 def vps_state(scratch: Path, mp: pytest.MonkeyPatch, config: str, services: list[dict[str, object]]) -> Iterator[Path]:
     """The VPS's config and state dir after `up vps`, with a watchdog running: the config path."""
-    from vpnoffload import record, status
+    from vpnoffload import record, status, tunnel, watchfile
     from vpnoffload.firewall.host import openings
-    from vpnoffload.watch import state
 
     cfg = scratch / "vpnoffload.toml"
     cfg.write_text(config)
@@ -167,8 +166,8 @@ def vps_state(scratch: Path, mp: pytest.MonkeyPatch, config: str, services: list
     found = openings.detect({"nftables": []}, legacy_tables=("nat", "filter")).found()
     record.save(run / "vps.json", record.Record(sysctl={"net.ipv4.ip_forward": "0"}, host_found=found))
     mp.setattr(status, "time", types.SimpleNamespace(time=lambda: NOW))
-    mp.setattr(state, "watch_pid", lambda paths: PID)
-    mp.setattr(state, "server_running", lambda paths: True)
+    mp.setattr(watchfile, "watch_pid", lambda paths: PID)
+    mp.setattr(tunnel, "server_running", lambda paths: True)
     yield cfg
 
 
