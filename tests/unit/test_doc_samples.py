@@ -86,3 +86,35 @@ def test_the_command_table_lists_every_command_with_all_its_options() -> None:
     extra = {c: sorted(docs[c] - cli[c]) for c in docs if docs[c] - cli[c]}
     assert not missing, f"docs/configuration.md lacks commands/options: {missing}"
     assert not extra, f"docs/configuration.md names options the CLI does not have: {extra}"
+
+
+# ------------------------------------------------------------------ the README's quickstart
+
+
+def test_the_quickstart_is_machine_readable_and_asks_for_two_values() -> None:
+    from tests import quickstart
+
+    text = quickstart.README.read_text()
+    assert quickstart.placeholders(text) == ["203.0.113.10", "home.example.net"]
+    steps = quickstart.steps(text, {"203.0.113.10": "198.51.100.130", "home.example.net": "198.51.100.140"})
+    assert [s.host for s in steps] == ["vps", "home", "vps", "home"]
+    everything = "\n".join(s.script for s in steps)
+    assert "203.0.113.10" not in everything and "home.example.net" not in everything
+    # What a fresh Debian 12 as root needs: no sudo, apt lists first, a compiler for python-iptables.
+    assert "sudo" not in everything
+    for s in steps[:2]:
+        assert s.script.startswith("apt-get update && apt-get install -y ") and "python3-dev gcc" in s.script
+    # The home box's directories exist, 0700, before anything is copied into them.
+    assert "install -d -m 0700 /etc/vpnoffload /etc/vpnoffload/state" in steps[1].script
+    assert "root@198.51.100.140:/etc/vpnoffload/state/" in steps[2].script
+
+
+def test_an_unmarked_block_or_a_wrong_value_is_refused() -> None:
+    from tests import quickstart
+
+    text = quickstart.README.read_text()
+    with pytest.raises(ValueError, match="asks to replace"):
+        quickstart.steps(text, {"203.0.113.10": "198.51.100.130"})
+    unmarked = text.replace("<!-- quickstart: home -->\n", "", 1)
+    with pytest.raises(ValueError, match="no '<!-- quickstart"):
+        quickstart.steps(unmarked, {"203.0.113.10": "x", "home.example.net": "y"})
