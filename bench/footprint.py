@@ -31,6 +31,7 @@ from bench import measure, memory
 from bench.stage import Narrator, Stage, staged
 
 OUTAGE_WAIT = 20.0
+STEADY_WAIT = 30.0  # bounded wait for the helpers of an earlier outage to be gone
 FLOOD_CONNECTIONS = 1000
 FLOOD_SECONDS = 25.0
 GOALS_MB = {"steady": 16, "outage": 24, "flood": 32}  # what tests/e2e (test_failover, test_page_flood) assert
@@ -138,10 +139,22 @@ def _flood(stage: Stage, connections: int, seconds: float) -> dict[str, object]:
 
 def measure_all(stage: Stage, connections: int = FLOOD_CONNECTIONS, seconds: float = FLOOD_SECONDS) -> dict[str, object]:
     """Steady (home up), outage (the page served) and flood, in that order: JSON-ready."""
+    _wait_steady(stage)
     steady = own_sum(_now(stage))
     outage = outage_parts_during(stage, lambda: _flood(stage, connections, seconds))
     return {"steady": steady, "outage": own_sum(outage["parts"]), "flood": outage["during"],
             "goals_mb": GOALS_MB}
+
+
+def _wait_steady(stage: Stage) -> None:
+    """Until only the watchdog runs: after an outage (item 4) the page server lingers a few
+    seconds (watch/loop.py's PAGE_LINGER) and a swap child may still be finishing."""
+    deadline = time.monotonic() + STEADY_WAIT
+    while time.monotonic() < deadline:
+        parts = stage.vpnoffload_pids()
+        if not any(parts[k] for k in ("page server", "swap child", "config snapshot")):
+            return
+        time.sleep(0.5)
 
 
 def outage_parts_during(stage: Stage, during) -> dict[str, object]:
