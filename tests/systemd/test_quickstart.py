@@ -25,7 +25,6 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
