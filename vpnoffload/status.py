@@ -83,11 +83,14 @@ class ServiceReport:
     reason: str = ""
     stale: bool = False
     offline_copy: dict[str, Any] | None = None
+    #: Keys only some services have (``access_dropped`` of a restricted service).
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         if out["offline_copy"] is None:
             del out["offline_copy"]  # the key is there only for services that keep copies
+        out.update(out.pop("extra"))
         return out
 
     def __getitem__(self, key: str) -> Any:  # the dict form's keys, for readers of both
@@ -148,6 +151,7 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
             s.reason = TUNNEL_DOWN
         if config.services[s.name].offline_copy:
             s.offline_copy = _kept(config, paths, s.name)
+    add_access_drops(config, services)
     typed = StatusReport(TunnelReport(tunnel_up, server_running, homes, _server_restarts(paths)), watchdog, services,
                          _host_firewall(paths))
     bad = not tunnel_up or any(s.state != "forwarding" or not s.healthy for s in services)
@@ -207,6 +211,20 @@ def _connected_at(client: dict[str, Any]) -> float:
         return float(client.get("since_time") or 0)
     except (TypeError, ValueError):
         return 0.0
+
+
+def add_access_drops(config: Config, services: list[ServiceReport]) -> None:
+    """Each restricted service's ``access_dropped``: {rule: new connections dropped}, read
+    from the kernel now (None: unreadable). Issue 28; see lean/accessdrops.py."""
+    from vpnoffload.lean import accessdrops
+
+    numbers = accessdrops.restricted(config)
+    if not numbers:
+        return
+    drops = accessdrops.read(numbers)
+    for entry in services:
+        if entry.name in numbers.values():
+            entry.extra["access_dropped"] = None if drops is None else drops.get(entry.name, {})
 
 
 def _kept(config: Config, paths: Paths, name: str) -> dict[str, Any]:
@@ -346,6 +364,11 @@ def render_text(data: dict[str, Any]) -> list[str]:
             lines.append(f"offline copy of {s['name']}: {kept['kept']}/{kept['paths']} page(s) kept "
                          f"({kept['bytes']} bytes, oldest {age}), last fetch {_ago(kept['last_fetch'])}: "
                          f"{kept['result'] or 'none yet'}")
+    for s in data["services"]:
+        if "access_dropped" in s:
+            from vpnoffload.lean.accessdrops import render
+
+            lines.append(render(s["name"], s["access_dropped"]))
     if "host_firewall" in data:
         from vpnoffload.firewall.host.plan import render_status
 
