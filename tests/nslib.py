@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator, Sequence
 
-import pytest
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
-needs_openvpn = pytest.mark.skipif(shutil.which("openvpn") is None, reason="openvpn is not installed")
+from tests.prereq import needs_openvpn, needs_root  # noqa: F401  (where the integration tests import them)
 
 
 def sh(*args: str, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.nslib import unique
+from tests.prereq import missing
 from vpnoffload.errors import PrerequisiteError
 from vpnoffload.lab.netns import Lab, check_prerequisites, lab_session
 from vpnoffload.paths import CONFIG_ENV, STATE_ENV
@@ -27,7 +28,7 @@ def _test_lab(prefix: str, ipv6: bool = False) -> Iterator[Lab]:
     try:
         check_prerequisites()
     except PrerequisiteError as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
     from vpnoffload import users
 
     user_existed = users.exists()

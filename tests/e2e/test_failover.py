@@ -18,6 +18,8 @@ from tests.e2e.conftest import cli, cli_argv, configure, crowd, openvpn_pids
 from tests.e2e.vpsmem import describe, footprint, wait_for_roles
 from vpnoffload.lab.netns import Lab
 
+pytestmark = pytest.mark.root
+
 HOSTNAME = "blog.example.org"
 #: Issue 14: the sum of every vpnoffload process on the VPS (OpenVPN aside), RSS.
 STEADY_MB, OUTAGE_MB = 16, 24

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.prereq import missing
 from tests.nslib import needs_root, unique
 from vpnoffload import users
 from vpnoffload.errors import PrerequisiteError
@@ -34,7 +35,7 @@ def prefix() -> Iterator[str]:
     try:
         check_prerequisites()
     except PrerequisiteError as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
     name = unique("lab")
     try:
         yield name

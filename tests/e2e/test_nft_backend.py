@@ -18,7 +18,7 @@ from tests.e2e.test_failover import HOSTNAME, start_watch, visit
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 
 def legacy_rules(lab: Lab, host: str) -> str:

@@ -9,11 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from tests.e2e.conftest import cli, configure, crowd
 from tests.e2e.test_failover import report, start_watch, status
 from tests.e2e.vpsmem import describe, footprint
 from vpnoffload.lab.netns import Lab
+
+pytestmark = pytest.mark.root
 
 HOSTNAME = "blog.example.org"
 #: Issue 16: serving copies during an outage, every vpnoffload process together (RSS).

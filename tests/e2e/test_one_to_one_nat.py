@@ -21,6 +21,7 @@ import pytest
 
 from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv, openvpn_pids
 from tests.nslib import unique
+from tests.prereq import missing
 from vpnoffload.errors import PrerequisiteError
 from vpnoffload.lab.netns import Lab, check_prerequisites, lab_session
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
@@ -36,7 +37,7 @@ def nat_lab() -> Iterator[Lab]:
     try:
         check_prerequisites()
     except PrerequisiteError as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
     from vpnoffload import users
 
     user_existed = users.exists()

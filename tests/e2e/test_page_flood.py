@@ -16,12 +16,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 from tests.e2e.conftest import cli, configure, crowd
 from tests.e2e.test_failover import HOSTNAME, report, start_watch, visit
 from tests.e2e.vpsmem import describe, footprint, wait_for_roles
-from vpnoffload.lab.netns import Lab
 from vpnoffload.fallback.page import HEAD_TIMEOUT
+from vpnoffload.lab.netns import Lab
+
+pytestmark = pytest.mark.root
 
 FLOOD_MB = 32
 CONNECTIONS = 1000

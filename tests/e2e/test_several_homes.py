@@ -16,6 +16,8 @@ import pytest
 from tests.e2e.conftest import cli, cli_argv, crowd
 from vpnoffload.lab.netns import Lab
 
+pytestmark = pytest.mark.root
+
 VISIT = r"""
 import http.client, json, sys
 try:

@@ -18,13 +18,14 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import cli, cli_argv, configure, crowd
+from tests.prereq import missing
 from vpnoffload.lab.netns import Lab
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
-pytestmark = [pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
 # A site: plain HTTP and TLS (its own certificate) on two ports, saying who served
 # it and whom the VPS says it forwards for. Home runs blog's; under HAProxy the
@@ -180,9 +181,9 @@ def start_haproxy(lab: Lab, vps_site: Path, out: Path) -> Path:
 @pytest.mark.parametrize("server", ["nginx", "haproxy"])
 def test_names_on_a_shared_address_go_home_or_stay(server: str, lab: Lab, sites: tuple[Path, Path], capsys) -> None:
     if server == "nginx" and not (Path(NGINX).exists() and STREAM_MODULE.exists()):
-        pytest.skip("nginx with its stream module is not installed (apt-get install nginx-light libnginx-mod-stream)")
+        missing("nginx with its stream module is not installed (apt-get install nginx-light libnginx-mod-stream)")
     if server == "haproxy" and not Path(HAPROXY).exists():
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+        missing("haproxy is not installed (apt-get install haproxy)")
     vps_site, home_site = sites
     configure(
         lab, vps_site, home_site,

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.prereq import requires
 from vpnoffload.cli.app import app
 from vpnoffload.config.files import parse_text
 from vpnoffload.errors import ConfigError
@@ -439,7 +440,7 @@ def test_haproxy_render_documents_the_limitation() -> None:
     assert "offline_copy (/ /about.html): HAProxy's cache cannot" in text
 
 
-@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is not installed")
+@requires(None if Path("/usr/sbin/nginx").exists() else "nginx is not installed (apt-get install nginx-light)")
 def test_real_nginx_accepts_the_kept_pages(tmp_path: Path) -> None:
     import subprocess
 
@@ -455,7 +456,7 @@ def test_real_nginx_accepts_the_kept_pages(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.skipif(not Path("/usr/sbin/haproxy").exists(), reason="haproxy is not installed")
+@requires(None if Path("/usr/sbin/haproxy").exists() else "haproxy is not installed (apt-get install haproxy)")
 def test_real_haproxy_accepts_the_kept_pages(tmp_path: Path) -> None:
     import subprocess
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.prereq import need, tool_problem
 from vpnoffload.cli.app import app
 from vpnoffload.errors import ConfigError
 
@@ -311,8 +312,7 @@ def test_units_quote_paths_and_verify(tmp_path: Path) -> None:
     found = units(Paths(odd / "vpnoffload.toml", odd / "state"), "home", "home")
     body = found["vpnoffload-home.service"]
     assert '"' in body and "%%" in body and "$$HOME" in body
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
+    need(tool_problem("systemd-analyze", "apt-get install systemd"))
     unit = tmp_path / "vpnoffload-home.service"
     unit.write_text(body.replace(sys.executable, "/usr/bin/python3"))
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from tests.prereq import requires, tool_problem
 
 from vpnoffload.deploy import doctor
 
@@ -189,7 +190,7 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 
-@pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed")
+@requires(None if Path(NGINX).exists() else "nginx is not installed (apt-get install nginx-light)")
 def test_real_nginx_accepts_the_render(tmp_path: Path) -> None:
     out = tmp_path / "web"
     webserver.render_nginx(config(), out)
@@ -205,7 +206,7 @@ def test_real_nginx_accepts_the_render(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+@requires(tool_problem("haproxy", "apt-get install haproxy"))
 def test_real_haproxy_accepts_the_render(tmp_path: Path) -> None:
     webserver.render_haproxy(config(), tmp_path)
     proc = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "vpnoffload.cfg")],
