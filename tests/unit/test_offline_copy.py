@@ -190,7 +190,8 @@ def _job(run: str, server, paths: list[str], max_bytes: int = 1 << 20) -> dict:
                           "host": "blog.example.org", "tls": False, "paths": paths}]}
 
 
-def test_fetch_keeps_cacheable_refuses_private_and_refreshes_conditionally(tmp_path: Path, home) -> None:
+def test_fetch_keeps_cacheable_refuses_private_and_refreshes_conditionally(tmp_path: Path, home,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     run = str(tmp_path)
     _Home.pages = {
         "/": (200, [("Content-Type", "text/html; charset=utf-8"), ("ETag", '"v1"')], b"<p>home</p>"),
@@ -206,12 +207,16 @@ def test_fetch_keeps_cacheable_refuses_private_and_refreshes_conditionally(tmp_p
     first = index["pages"]["/"]
     assert Path(copies.service_dir(run, "blog"), first["file"]).read_bytes() == b"<p>home</p>"
     assert os.stat(copies.service_dir(run, "blog")).st_mode & 0o077 == 0
-    # Refresh: conditional, 304 renews the copy (same file, new time).
+    # Refresh: conditional, 304 renews the copy (same file, new time). The clock moves a
+    # minute on, so "renewed" cannot pass by the old time being kept.
     _Home.seen = []
-    copier.run(_job(run, home, ["/"]))
+    later = first["fetched"] + 60
+    with monkeypatch.context() as clock:
+        clock.setattr(copier.time, "time", lambda: later)
+        copier.run(_job(run, home, ["/"]))
     assert _Home.seen[0]["if-none-match"] == '"v1"'
     again = copies.read_index(run, "blog")["pages"]["/"]
-    assert again["file"] == first["file"] and again["fetched"] >= first["fetched"]
+    assert again["file"] == first["file"] and again["fetched"] == later
     # A failed fetch keeps the old copy; a page that became private is dropped.
     _Home.pages["/"] = (500, [], b"oops")
     copier.run(_job(run, home, ["/"]))
