@@ -176,7 +176,7 @@ def test_service_marks_are_index_based_under_the_mask() -> None:
     c = config()
     assert fw.service_mark(c, "web") == (0x100000, 0xFF00000)
     assert fw.service_mark(c, "git") == (0x300000, 0xFF00000)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="no service named \'nope\'"):
         fw.service_mark(c, "nope")
 
 
@@ -340,7 +340,7 @@ def test_a_jump_into_our_chain_from_a_foreign_chain_is_ours_and_goes_on_down() -
 
 
 def test_fake_write_refuses_content_of_another_table() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="has rules of other tables"):
         FakeBackend().write("nat", fw.vps_ruleset(config()))
 
 

@@ -132,7 +132,7 @@ def test_body_names_never_come_from_the_path(tmp_path: Path) -> None:
     for bad in ("../index", "index", "x" * 41, None, copies.body_name("/")[:-1] + "g"):
         assert not copies.safe_name(bad)
     for bad in ("", "../x", ".x", "a/b"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="not a service name"):
             copies.service_dir(str(tmp_path), bad)
 
 

@@ -61,7 +61,7 @@ def test_failing_undo_does_not_stop_the_others() -> None:
         Action("b", lambda: log.append("do b"), bad_undo),
         Action("c", lambda: (_ for _ in ()).throw(BackendError("no"))),
     ]
-    with pytest.raises(ApplyError):
+    with pytest.raises(ApplyError, match=r"c failed: no; rolled back 2 earlier change\(s\)"):
         apply(actions)
     assert log == ["do a", "do b", "undo a"]
     assert summaries(actions) == ["a", "b", "c"]

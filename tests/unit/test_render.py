@@ -169,18 +169,18 @@ def test_ovpn_quote() -> None:
     assert ovpn_quote("/a b/c") == '"/a b/c"'
     assert ovpn_quote('a"b\\c') == '"a\\"b\\\\c"'
     for bad in ("", "a\nb", "a\rb", "a\0b"):
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError, match="cannot be written into an OpenVPN config"):
             ovpn_quote(bad)
 
 
 def test_status_path_with_newline_cannot_inject_directives() -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="cannot be written into an OpenVPN config"):
         server_config(make_config(), status_path=Path("/x\nscript-security 3"), run_as=None)
 
 
 def test_ccd_address_outside_subnet() -> None:
     config = make_config()
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"192\.0\.2\.5 is outside 198\.51\.100\.0/24"):
         ccd_entry(config, Home("home", IPv4Address("192.0.2.5")))
 
 
@@ -191,7 +191,7 @@ def test_client_profile_errors() -> None:
     with pytest.raises(ConfigError, match="revoked"):
         client_profile(config, FakePki(revoked=frozenset({"home"})), "home")  # type: ignore[arg-type]
     config = Config(vps=config.vps, tunnel=config.tunnel, homes={"new": Home("new", IPv4Address("198.51.100.12"))})
-    with pytest.raises(NotSetUpError):
+    with pytest.raises(NotSetUpError, match="has no certificate yet"):
         client_profile(config, FakePki(), "new")  # type: ignore[arg-type]
 
 

@@ -104,7 +104,7 @@ def test_failed_swap_keeps_state_and_retries() -> None:
     dog.start()
     health["git"] = "down"
     swap.fail = True
-    with pytest.raises(BackendError):
+    with pytest.raises(BackendError, match="iptables: locked"):
         dog.tick()
     assert dog.status["git"].state == "forwarding"
     swap.fail = False

@@ -169,7 +169,7 @@ def test_reset_fallback_gets_no_page() -> None:
 
 @pytest.mark.parametrize("bad", ["/etc/my web", "/etc/$x", "/etc/a;b", "/etc/{x}"])
 def test_unsafe_words_are_refused(bad: str) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="cannot be written into a web server config"):
         webserver.nginx_files(config(), Path(bad))
 
 
