@@ -1,0 +1,49 @@
+"""The judges the root tests rely on must be able to fail: checked here without root."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import judge_crowd, wait_until
+
+PAGE = "503 <p>Back in a moment</p>"
+HOME = "200 served from home"
+
+
+def test_a_crowd_passes_when_visitors_see_no_reply_then_the_change() -> None:
+    results = [[0.0, 5.0, "0 TimeoutError"], [0.2, 0.3, "0 ConnectionResetError"], [0.4, 0.5, PAGE],
+               [0.6, 0.7, PAGE]]
+    assert judge_crowd(results, "^503 ") == 0.5
+
+
+def test_a_crowd_fails_on_an_error_page_before_the_change() -> None:
+    """What visitors got before the first match counts too (a 502 from somewhere is a wrong answer)."""
+    results = [[0.0, 0.1, "502 Bad Gateway"], [0.4, 0.5, PAGE], [0.6, 0.7, PAGE]]
+    with pytest.raises(AssertionError, match="before the first '\\^503 '"):
+        judge_crowd(results, "^503 ")
+
+
+def test_a_recovering_crowd_may_see_the_page_before_home() -> None:
+    results = [[0.0, 0.1, PAGE], [0.2, 0.3, HOME], [0.4, 0.5, HOME]]
+    assert judge_crowd(results, "^200 ") == 0.3
+    with pytest.raises(AssertionError, match="neither"):
+        judge_crowd(results, "^200 ", before="^0 ")
+
+
+def test_a_crowd_fails_on_anything_else_or_a_slow_reply_after_the_change() -> None:
+    with pytest.raises(AssertionError):
+        judge_crowd([[0.0, 0.1, PAGE], [0.2, 0.3, "0 TimeoutError"]], "^503 ")
+    with pytest.raises(AssertionError):
+        judge_crowd([[0.0, 0.1, PAGE], [0.2, 1.3, PAGE]], "^503 ")
+
+
+def test_a_crowd_that_never_sees_the_change_fails() -> None:
+    with pytest.raises(pytest.fail.Exception, match="no reply matching"):
+        judge_crowd([[0.0, 0.1, HOME]], "^503 ")
+
+
+def test_wait_until_returns_what_it_saw_or_fails_naming_it() -> None:
+    seen = iter(range(100))
+    assert wait_until("three", lambda: ((n := next(seen)) == 3, n), limit=5, interval=0) == 3
+    with pytest.raises(pytest.fail.Exception, match="never: not within 0 s; last: 'x'"):
+        wait_until("never", lambda: (False, "x"), limit=0)
