@@ -62,10 +62,41 @@ def judge_crowd(results: list[list], want: str, before: str = BEFORE_THE_SWITCH,
     return first
 
 
-def golden(path: Path, text: str) -> None:
-    """Compare ``text`` with the golden file ``path``; ``UPDATE_GOLDEN=1`` (exactly) rewrites it."""
+#: Where the unit tests' golden files live.
+GOLDEN = Path(__file__).resolve().parent / "unit" / "golden"
+
+
+def golden(name: str, text: str, directory: Path = GOLDEN) -> None:
+    """Compare ``text`` with the golden file ``directory/name``; ``UPDATE_GOLDEN=1`` (exactly
+    that: not any non-empty value) rewrites it, to review with ``git diff``."""
+    path = directory / name
     if os.environ.get(UPDATE_GOLDEN_ENV) == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     assert path.exists(), f"no golden file {path}: run with {UPDATE_GOLDEN_ENV}=1 once and review the diff"
     assert text == path.read_text(), f"{path.name} differs from the golden file (UPDATE_GOLDEN=1 rewrites it)"
+
+
+def self_signed(name: str, cert: Path, key: Path) -> None:
+    """Write a self-signed EC certificate for ``name`` (valid for a day) and its key (PEM)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(private.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    key.chmod(0o600)

@@ -20,7 +20,7 @@ import pytest
 
 from tests import hostshapes
 from tests.e2e.conftest import cli, configure
-from tests.e2e.test_failover import HOSTNAME, start_watch, status, until
+from tests.e2e.labkit import HOSTNAME, start_watch, status, until
 from tests.prereq import need, tool_problem
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff

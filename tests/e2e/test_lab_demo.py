@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.prereq import missing
 from tests.nslib import needs_root, unique
+from tests.prereq import missing
 from vpnoffload import users
 from vpnoffload.errors import PrerequisiteError
-from vpnoffload.lab.netns import Lab, check_prerequisites, child_env
 from vpnoffload.lab.narrate import RecordingNarrator
+from vpnoffload.lab.netns import Lab, check_prerequisites, child_env
 from vpnoffload.lab.sites import LAB_ROOT, Sites
 from vpnoffload.lab.steps import run_down
 

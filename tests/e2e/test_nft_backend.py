@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import cli, configure, crowd, openvpn_pids
-from tests.e2e.test_failover import HOSTNAME, start_watch, visit
+from tests.e2e.labkit import HOSTNAME, start_watch, visit
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 

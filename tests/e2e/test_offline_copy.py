@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import cli, configure, crowd
-from tests.e2e.test_failover import report, start_watch, status
+from tests.e2e.labkit import report, start_watch, status
 from tests.e2e.vpsmem import describe, footprint
 from vpnoffload.lab.netns import Lab
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import cli, configure, crowd
-from tests.e2e.test_failover import HOSTNAME, report, start_watch, visit
+from tests.e2e.labkit import HOSTNAME, report, start_watch, visit
 from tests.e2e.vpsmem import describe, footprint, wait_for_roles
 from vpnoffload.fallback.page import HEAD_TIMEOUT
 from vpnoffload.lab.netns import Lab

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import crowd
-from tests.e2e.test_failover import start_watch, wait_status
-from tests.e2e.test_reboots import deploy, kill, through_outage
+from tests.e2e.labkit import deploy, kill, start_watch, through_outage, wait_status
 from vpnoffload.lab.netns import Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_firewall import check_forwarding
-from tests.nslib import in_ns, namespaces, needs_root, unique
+from tests.nslib import check_forwarding, in_ns, namespaces, needs_root, unique
 from tests.prereq import requires, tool_problem
 from vpnoffload.firewall import nft
 

@@ -7,7 +7,6 @@ import signal
 
 import pytest
 
-from tests.unit.test_deploy import env  # noqa: F401 (the fixture)
 from vpnoffload import plan
 from vpnoffload.deploy.run import Request, execute
 from vpnoffload.errors import ConfigError

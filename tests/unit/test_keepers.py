@@ -138,7 +138,8 @@ def test_decisions_survive_a_wall_clock_step() -> None:
     mid-outage neither delays nor hurries the swap (its loop sleeps on time.monotonic). Tested
     with an injected clock, not libfaketime: LD_PRELOAD is not needed to show a logic that
     never subtracts wall-clock times."""
-    from tests.unit.test_watchdog import Swapper, config, prober
+    from tests.fakes import Swapper, prober
+    from tests.fakes import watchdog_config as config
     from vpnoffload.watch.decide import Watchdog
 
     wall = iter([5000.0, 5000.5, 1400.0, 1400.5, 9e9, 9e9 + 0.5])

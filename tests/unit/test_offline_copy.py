@@ -422,7 +422,7 @@ WEB_OUT = Path("/etc/vpnoffload/web")
 
 
 def _golden(name: str, text: str) -> None:
-    from tests.unit.test_webserver import golden
+    from tests.helpers import golden
 
     golden(name, text)
 

@@ -99,9 +99,10 @@ def test_oversized_head_gets_the_page_at_once() -> None:
 def test_tls_handshake_has_a_deadline_and_tls_connections_their_own_cap(fast, tmp_path, monkeypatch) -> None:
     import ssl
 
-    from tests.unit.test_fallback import _self_signed
+    from tests.helpers import self_signed
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    self_signed("blog.example.org", cert, key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(cert), str(key))
     dest = ("203.0.113.10", 443)

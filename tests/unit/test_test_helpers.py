@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import judge_crowd, wait_until
+from tests.helpers import golden, judge_crowd, wait_until
 
 PAGE = "503 <p>Back in a moment</p>"
 HOME = "200 served from home"
@@ -47,3 +47,28 @@ def test_wait_until_returns_what_it_saw_or_fails_naming_it() -> None:
     assert wait_until("three", lambda: ((n := next(seen)) == 3, n), limit=5, interval=0) == 3
     with pytest.raises(pytest.fail.Exception, match="never: not within 0 s; last: 'x'"):
         wait_until("never", lambda: (False, "x"), limit=0)
+
+
+def test_golden_rewrites_only_on_update_golden_1(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "g.txt").write_text("old")
+    for value in ("yes", "0", "true"):
+        monkeypatch.setenv("UPDATE_GOLDEN", value)
+        with pytest.raises(AssertionError, match="differs from the golden file"):
+            golden("g.txt", "new", tmp_path)
+        assert (tmp_path / "g.txt").read_text() == "old"
+    monkeypatch.setenv("UPDATE_GOLDEN", "1")
+    golden("g.txt", "new", tmp_path)
+    assert (tmp_path / "g.txt").read_text() == "new"
+
+
+def test_test_modules_never_import_from_each_other() -> None:
+    """Shared helpers live in tests/helpers.py, tests/fakes.py, tests/nslib.py, tests/prereq.py,
+    tests/e2e/labkit.py (and the conftests): a test module importing another one drags its
+    tests' fixtures and module-level state along."""
+    import re
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parents[1]
+    crossing = re.compile(r"^\s*from tests\.\w+\.test_\w+ import|^\s*import tests\.\w+\.test_", re.M)
+    found = [str(p.relative_to(tests)) for p in tests.rglob("test_*.py") if crossing.search(p.read_text())]
+    assert found == []

@@ -16,19 +16,18 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+
+from tests.helpers import golden
 from tests.prereq import requires, tool_problem
-
-from vpnoffload.deploy import doctor
-
-from vpnoffload.render import webserver
 from vpnoffload import firewall as fw
 from vpnoffload.cli.app import app
 from vpnoffload.config import parse_text
+from vpnoffload.deploy import doctor
 from vpnoffload.errors import ConfigError
-from vpnoffload.watch.health import connect
 from vpnoffload.model import HEALTH_MARK
+from vpnoffload.render import webserver
+from vpnoffload.watch.health import connect
 
-GOLDEN = Path(__file__).parent / "golden"
 OUT = Path("/etc/vpnoffload/web")
 
 BASE = """
@@ -74,13 +73,6 @@ target = "22"
 
 def config(services: str = SERVICES, extra: str = ""):
     return parse_text(BASE + extra + services)
-
-
-def golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text()
 
 
 # ------------------------------------------------------------------ config
