@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.budget import budget
 from tests.e2e.conftest import cli, configure, crowd, openvpn_pids
 from tests.e2e.labkit import HOSTNAME, report, start_watch, status, visit, wait_status
 from tests.e2e.vpsmem import describe, footprint, wait_for_roles
@@ -46,14 +47,14 @@ def test_cable_pulled_friendly_page_then_back(lab: Lab, sites: tuple[Path, Path]
     pulled = time.time()
     lab.pull_cable()
     took = crowd(lab, "^503 ", since=pulled)
-    report(capsys, f"cable pulled -> friendly page after {took:.2f} s (goal <= 3 s)")
-    assert took <= 3.0
+    report(capsys, f"cable pulled -> friendly page after {took:.2f} s (budget {budget().failover:g} s)")
+    assert took <= budget().failover
     page = visit(lab)
     assert page["status"] == 503
     assert page["headers"].get("Retry-After") and page["headers"].get("Cache-Control") == "no-store"
     assert HOSTNAME in page["body"] and "<style>" in page["body"]
     replies = [visit(lab) for _ in range(5)]
-    assert all(r["status"] == 503 and r["seconds"] < 0.5 for r in replies), replies
+    assert all(r["status"] == 503 and r["seconds"] < budget().page_reply for r in replies), replies
     # Lean during the outage: the watchdog and the page server (the swap child has gone).
     roles = wait_for_roles(lab, {"watchdog", "page server"}, limit=10)
     assert roles == {"watchdog", "page server"}, roles
@@ -84,8 +85,8 @@ def test_cable_pulled_friendly_page_then_back(lab: Lab, sites: tuple[Path, Path]
     plugged = time.time()
     lab.plug_cable()
     took = crowd(lab, "^200 ", since=plugged, limit=30)
-    report(capsys, f"cable plugged -> real site after {took:.2f} s (goal <= 5 s)")
-    assert took <= 5.0
+    report(capsys, f"cable plugged -> real site after {took:.2f} s (budget {budget().recovery:g} s)")
+    assert took <= budget().recovery
     assert visit(lab)["body"].strip() == lab.visitor_address
     assert lab.wait_tcp("visitor", lab.vps_address, 2222, timeout=5)
     code, data = wait_status(lab, vps_site, 0)
