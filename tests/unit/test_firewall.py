@@ -407,3 +407,10 @@ def test_nft_variant_note(monkeypatch, version: str, warns: bool) -> None:
 def test_nft_variant_note_without_iptables(monkeypatch) -> None:
     monkeypatch.setattr(xtables.shutil, "which", lambda name: None)
     assert xtables.nft_variant_note() is None
+
+
+def test_tables_outside_the_known_order_sort_last_by_name() -> None:
+    from vpnoffload.firewall import planner
+    from vpnoffload.firewall.rules import TABLES
+
+    assert sorted(["zeta", *TABLES, "alpha"], key=planner._table_rank) == [*TABLES, "alpha", "zeta"]
