@@ -72,3 +72,22 @@ def test_test_modules_never_import_from_each_other() -> None:
     crossing = re.compile(r"^\s*from tests\.\w+\.test_\w+ import|^\s*import tests\.\w+\.test_", re.M)
     found = [str(p.relative_to(tests)) for p in tests.rglob("test_*.py") if crossing.search(p.read_text())]
     assert found == []
+
+
+def test_footprint_fails_instead_of_reading_nothing_as_0_kb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The e2e memory checks ("<= N MB") must not pass because the process filter found nothing."""
+    import os
+
+    from tests.e2e import vpsmem
+
+    class NoLab:
+        def namespace(self, host: str) -> str:
+            return "vt-none"
+
+    monkeypatch.setattr(vpsmem, "namespace_pids", lambda ns: [])
+    with pytest.raises(AssertionError, match="no vpnoffload process"):
+        vpsmem.footprint(NoLab())  # type: ignore[arg-type]
+    # A live process's memory is read for real (this one's), never defaulted.
+    mine = vpsmem._rollup(os.getpid())
+    assert mine is not None and mine["Rss"] > 0
+    assert vpsmem._rollup(2**22 + 12345) is None  # no such process: gone, not 0 KB
