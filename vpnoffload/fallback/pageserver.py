@@ -24,7 +24,7 @@ from vpnoffload.errors import BackendError, VpnOffloadError
 from vpnoffload.fallback import copies
 from vpnoffload.lean import say
 from vpnoffload.fallback.page import MAX_CONNECTIONS, Destination, FallbackServer, FallbackServer6, Loop
-from vpnoffload.lean.snapshot import ConfigView, _options, fetch
+from vpnoffload.lean.snapshot import ConfigView, fetch
 
 log = say.Log("vpnoffload.fallback.pageserver")
 RUN_AS = "vpnoffload"
@@ -196,13 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     say.prefix = "vpnoffload-pages"
 
     def body() -> int:
-        options = _options(list(sys.argv[1:] if argv is None else argv),
-                           values=("--config", "--pages", "--ready", "--state-dir"), flags=())
-        if "--config" not in options or "--pages" not in options:
-            raise BackendError("--config and --pages are required")
-        ready = options.get("--ready")
-        state = options.get("--state-dir")
-        return serve(str(options["--config"]), str(options["--pages"]), str(ready) if ready else None,
+        from vpnoffload.lean import options
+
+        given = options.parse(argv, values=("--config", "--pages", "--ready", "--state-dir"),
+                              required=("--config", "--pages"))
+        ready, state = given.get("--ready"), given.get("--state-dir")
+        return serve(str(given["--config"]), str(given["--pages"]), str(ready) if ready else None,
                      str(state) if state else None)
 
     return run_main(body, prog=say.prefix)

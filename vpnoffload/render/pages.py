@@ -11,7 +11,6 @@ no ``os``): a template can format the values it is given, nothing more.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -23,17 +22,9 @@ DEFAULT_TEMPLATE = "fallback.html.j2"
 
 
 def _environment(service: Service):  # -> jinja2.Environment
-    import jinja2
+    from vpnoffload.render import jinja
 
-    from vpnoffload.render.openvpn import _load_template
-
-    from jinja2.sandbox import SandboxedEnvironment
-
-    if service.page is not None:
-        loader: jinja2.BaseLoader = jinja2.FileSystemLoader(str(service.page.parent))
-    else:
-        loader = jinja2.FunctionLoader(_load_template)
-    return SandboxedEnvironment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+    return jinja.page_environment(service.page.parent if service.page is not None else None)
 
 
 def render_page(config: Config, service: Service) -> str:
@@ -68,14 +59,17 @@ def render_pages(config: Config, out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vpnoffload.render.pages")
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+    """``python -m vpnoffload.render.pages --config C --out DIR``."""
     from vpnoffload import config as cfg
     from vpnoffload.exits import run_main
+    from vpnoffload.lean import options
 
-    return run_main(lambda: bool(render_pages(cfg.load(args.config), args.out)) and 0, prog="vpnoffload pages")
+    def body() -> int:
+        given = options.parse(argv, values=("--config", "--out"), required=("--config", "--out"))
+        render_pages(cfg.load(Path(str(given["--config"]))), Path(str(given["--out"])))
+        return 0
+
+    return run_main(body, prog="vpnoffload pages")
 
 
 if __name__ == "__main__":
