@@ -169,3 +169,15 @@ def wipe_like_a_reboot(lab: Lab, host: str) -> None:
         lab.exec(host, "iptables-legacy", "-t", table, "-X", check=False)
     lab.exec(host, "nft", "flush", "ruleset", check=False)
     lab.exec(host, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+
+
+def wait_reply(lab: Lab, url: str, want: str, limit: float) -> tuple[int, str, float]:
+    """Visit ``url`` from the visitor until the reply contains ``want``; (status, body, seconds)."""
+    start = time.monotonic()
+    status, body = 0, ""
+    while time.monotonic() - start < limit:
+        status, body = lab.http_get("visitor", url, timeout=2)
+        if want in f"{status} {body}":
+            return status, body, time.monotonic() - start
+        time.sleep(0.2)
+    pytest.fail(f"{url}: no {want!r} within {limit} s; last reply {status} {body[:200]!r}", pytrace=False)

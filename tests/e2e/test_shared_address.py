@@ -8,7 +8,6 @@ makes the VPS refuse the dead home; www never notices. Measured times are printe
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import shutil
 import sys
@@ -19,6 +18,7 @@ import pytest
 
 from tests.budget import budget
 from tests.e2e.conftest import cli, cli_argv, configure, crowd
+from tests.helpers import self_signed
 from tests.prereq import missing
 from vpnoffload.lab.netns import Lab
 
@@ -127,26 +127,6 @@ def wait_for(lab: Lab, spec: str, want: str, limit: float = 20) -> list:
         time.sleep(0.2)
     pytest.fail(f"{spec}: no {want!r} within {limit} s; last reply {last}", pytrace=False)
 
-
-def self_signed(name: str, cert: Path, key: Path) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    private = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(private.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(private, hashes.SHA256())
-    )
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
 
 
 def start_nginx(lab: Lab, vps_site: Path, out: Path) -> Path:
