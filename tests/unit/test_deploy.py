@@ -112,7 +112,9 @@ def test_up_home_dry_run_shows_every_change_routing_included(env) -> None:
 
 def test_up_home_without_profile_is_a_clear_error(env) -> None:
     config, paths, b, tunnels, proc = env
-    with pytest.raises(Exception, match="no client profile at .*render home"):
+    from vpnoffload.errors import NotSetUpError
+
+    with pytest.raises(NotSetUpError, match="no client profile at .*render home"):
         deploy.plan_up_home(config, paths, b, "home", paths.state / "missing.ovpn")
 
 
