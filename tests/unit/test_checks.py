@@ -181,6 +181,8 @@ def test_listen_forms() -> None:
     ("2001:db8::80:443", "x.y: '2001:db8::80:443': put an IPv6 address in brackets, like [2001:db8::80]:80"),
     ("203.0.113.11:0", "x.y: 0 is not a port number (1-65535)"),
     ("nope:80", "x.y: 'nope' is not an IPv4 address"),
+    ("a:b:80", "x.y: 'a:b:80': put an IPv6 address in brackets, like [2001:db8::80]:80"),
+    ("[2001:db8::80]:80]:90", "x.y: '80]:90' is not a port number (1-65535, ASCII digits)"),
 ])
 def test_listen_refused(value, message) -> None:
     assert refused(checks.parse_listen, value, VPS, F) == message
@@ -198,6 +200,11 @@ def test_target_forms() -> None:
     ("", HOMES, "x.y: '' is not [HOME:]PORT"),
     (False, HOMES, "x.y: False is not [HOME:]PORT"),
     ("attic:0", HOMES, "x.y: 0 is not a port number (1-65535)"),
+    ("0", HOMES, "x.y: 0 is not a port number (1-65535)"),
+    ("Attic:80", HOMES, "x.y: 'Attic' is not a valid name: use 1-32 lowercase letters, digits, '-' or '_', "
+                        "starting with a letter or digit"),
+    ("home:80:90", HOMES, "x.y: 'home:80' is not a valid name: use 1-32 lowercase letters, digits, '-' or '_', "
+                          "starting with a letter or digit"),
 ])
 def test_target_refused(value, homes, message) -> None:
     assert refused(checks.parse_target, value, homes, F) == message
@@ -218,12 +225,15 @@ def test_local_endpoint() -> None:
         assert refused(checks.local_endpoint, bad, F) == \
             f"x.y: {checks.shown(bad)} is not IPV4:PORT like 127.0.0.1:8443"
     assert refused(checks.local_endpoint, "127.0.0.1:0", F) == "x.y: 0 is not a port number (1-65535)"
+    assert refused(checks.local_endpoint, "127.0.0.1:80:90", F) == \
+        "x.y: '127.0.0.1:80:90' is not IPV4:PORT like 127.0.0.1:8443"
 
 
 def test_fallback_port_leaves_room_for_the_tls_page() -> None:
     assert checks.fallback_port(65534, F) == 65534
     assert checks.fallback_port("8503", F) == 8503
     assert refused(checks.fallback_port, 65535, F) == "x.y: 65535 leaves no room for the TLS page on the next port"
+    assert refused(checks.fallback_port, "x", F) == "x.y: 'x' is not a port number (1-65535, ASCII digits)"
     with pytest.raises(ConfigError) as caught:
         checks.fallback_port(65535)
     assert caught.value.field == "watch.fallback_port"

@@ -190,3 +190,49 @@ def test_a_tick_reports_what_it_swapped_and_counts_swaps() -> None:
     assert swap.calls[-1] == ({"web": None, "git": "home"}, frozenset({"web"}))
     assert dog.tick() == frozenset() and web.swaps == 1
     assert dog.fallback() == frozenset({"web"}) and dog.active() == {"web": None, "git": "home"}
+
+
+def test_every_swap_is_logged_with_where_the_service_now_goes(caplog: pytest.LogCaptureFixture) -> None:
+    """The watchdog's log is how a user learns what happened overnight."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="vpnoffload.watch")
+    verdicts = {"web@home": "down", "git": "up"}
+    dog = Watchdog(config(fall=1, rise=1, backups=("attic",)), Swapper(), prober=prober(verdicts))
+    dog.start()
+    verdicts["web@attic"] = "down"
+    dog.tick()
+    verdicts.update({"web@home": "up", "web@attic": "up"})
+    dog.tick()
+    assert [r.getMessage() for r in caplog.records] == [
+        "web: forwarding to attic at start (up)", "web: now on fallback (down)", "web: now forwarding to home (up)"]
+
+
+def test_a_known_state_is_kept_and_a_removed_home_is_left() -> None:
+    known = {"web": decide.ServiceStatus("web", "attic", state="forwarding")}
+    known["web"].homes = {"home": decide.HomeHealth(healthy=False, fails=3, latency=0.2), "attic": decide.HomeHealth()}
+    dog = Watchdog(config(backups=("attic",)), Swapper(), prober=prober({}), status=known)
+    assert dog.status["web"] is known["web"] and dog.status["web"].homes["home"].fails == 3
+    assert dog.status["web"].homes["home"].latency == 0.2
+    dog.reconfigure(config())  # attic is no longer one of web's homes
+    assert dog.status["web"].active == "home" and set(dog.status["web"].homes) == {"home"}
+    assert dog.status["web"].homes["home"].fails == 3  # what was known of home stays
+    on_page = Watchdog(config(), Swapper(), prober=prober({}))
+    on_page.status["web"].active = None
+    on_page.reconfigure(config())
+    assert on_page.status["web"].active is None  # still on the page: not moved by a reload
+
+
+def test_a_tick_shows_when_it_checked_and_warms_or_cools_the_swapper() -> None:
+    swap = Swapper()
+    verdicts = {"web": "down"}
+    dog = Watchdog(config(fall=2, rise=2), swap, prober=prober(verdicts), clock=lambda: 9.0)
+    dog.tick()
+    assert dog.status["web"].last_check == 9.0 and swap.prepared == 1 and swap.cancelled == 0  # one more fails it
+    verdicts["web"] = "up"
+    dog.tick()
+    assert swap.cancelled == 1 and dog.status["web"].homes["home"].healthy is True
+    verdicts["web"] = "down"
+    dog.tick()
+    dog.tick()
+    assert dog.status["web"].homes["home"].healthy is False

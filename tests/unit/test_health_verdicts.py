@@ -24,13 +24,15 @@ class Server:
     """A loopback listener that answers each connection with ``chunks`` (None: never answers),
     recording what it was sent."""
 
-    def __init__(self, chunks: list[bytes] | None, backlog: int = 16, accept: bool = True) -> None:
+    def __init__(self, chunks: list[bytes] | None, backlog: int = 16, accept: bool = True,
+                 hold: bool = False) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(backlog)
         self.port = self.sock.getsockname()[1]
         self.chunks, self.requests, self.done = chunks, [], threading.Event()
         self.held: list[socket.socket] = []
+        self.hold = hold  # answer, then keep the connection open (the checker must not wait for EOF)
         if accept:
             threading.Thread(target=self._run, daemon=True).start()
 
@@ -50,7 +52,10 @@ class Server:
                 continue
             for chunk in self.chunks:
                 conn.sendall(chunk)
-            conn.close()
+            if self.hold:
+                self.held.append(conn)
+            else:
+                conn.close()
 
     def close(self) -> None:
         self.done.set()
@@ -81,6 +86,8 @@ def closed_port() -> int:
 
 
 def verdict(result: Result) -> tuple:
+    """(verdict, detail, reason, timed_out); the latency must be a real duration."""
+    assert 0 <= result.latency < 5, result.latency
     return result.verdict, result.detail, result.reason, result.timed_out
 
 
@@ -105,6 +112,9 @@ def test_refused_is_the_target_refusing() -> None:
     (b"HTTP/1.1 OK 200\r\n", ("down", "http: not an HTTP answer: 'HTTP/1.1 OK 200'", health.TARGET_ERROR, False)),
     (b"", ("down", "http: closed without an answer", health.TARGET_ERROR, False)),
     (b"HTTP/1.1 204 No", ("up", "http 204", "", False)),  # closed before the line ended: what came counts
+    (b"HTTP/1.1 200\r\n", ("up", "http 200", "", False)),  # no reason phrase
+    (b"hello\r\nHTTP/1.1 200 OK\r\n", ("down", "http: not an HTTP answer: 'hello'", health.TARGET_ERROR, False)),
+    (b"x" * 50 + b"\r\n", ("down", f"http: not an HTTP answer: {'x' * 40!r}", health.TARGET_ERROR, False)),
 ])
 def test_http_answers(server, line: bytes, want: tuple) -> None:
     s = start(server, [line])
@@ -117,6 +127,15 @@ def test_the_status_line_may_come_in_pieces_and_is_read_up_to_1024_bytes(server)
     long = start(server, [b"HTTP/1.1 200 " + b"x" * 2000])
     r = health.probe("127.0.0.1", long.port, HTTP, 1.0)
     assert verdict(r)[:2] == ("up", "http 200")
+
+
+@pytest.mark.parametrize("line", [b"HTTP/1.1 200 OK\r\n", b"HTTP/1.1 200 " + b"x" * 1011])
+def test_the_status_line_is_enough_without_waiting_for_more(server, line: bytes) -> None:
+    """Home answers its status line (or 1024 bytes of it) and keeps the connection open."""
+    assert len(line) in (17, 1024)
+    s = start(server, [line], hold=True)
+    r = health.probe("127.0.0.1", s.port, HTTP, 1.0)
+    assert verdict(r)[:2] == ("up", "http 200") and r.latency < 0.9
 
 
 def test_the_request_names_path_host_and_closes(server) -> None:
@@ -207,6 +226,7 @@ def test_icmp_checksum() -> None:
     assert health._checksum(struct.pack("!BBHHH", 8, 0, 0, 1, 1)) == 0xF7FD
     assert health._checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D  # RFC 1071's example
     assert health._checksum(b"\xff\xff\xff\xff") == 0x0000  # the carries folded back in
+    assert health._checksum(bytes.fromhex("ffffffff0001")) == 0xFFFE  # ... twice
 
 
 def test_an_echo_is_answered_only_by_its_own_reply() -> None:
@@ -248,15 +268,17 @@ def test_echo_sequence_and_packet(monkeypatch: pytest.MonkeyPatch) -> None:
         def close(self) -> None:
             sent.append("closed")
 
-    monkeypatch.setattr(Echo, "_seq", 0xFFFF)
-    monkeypatch.setattr(health.os, "getpid", lambda: 0x1234)
+    monkeypatch.setattr(Echo, "_seq", 4)
+    monkeypatch.setattr(health.os, "getpid", lambda: 0x9000)  # above 0x7fff: unsigned fields
     echo = Echo.send("198.51.100.2", Raw())  # type: ignore[arg-type]
-    assert echo is not None and Echo._seq == 0 and echo.ident == 0x1234
+    assert echo is not None and Echo._seq == 5 and echo.ident == 0x9005
     packet, where = sent[0]
     assert where == ("198.51.100.2", 0)
     kind, code, checksum, ident, seq = struct.unpack("!BBHHH", packet)
-    assert (kind, code, ident, seq) == (8, 0, 0x1234, 0)
-    assert checksum == health._checksum(struct.pack("!BBHHH", 8, 0, 0, 0x1234, 0))
+    assert (kind, code, ident, seq) == (8, 0, 0x9005, 5)
+    assert checksum == health._checksum(struct.pack("!BBHHH", 8, 0, 0, 0x9005, 5))
+    monkeypatch.setattr(Echo, "_seq", 0xFFFF)
+    assert Echo.send("198.51.100.2", Raw()) is not None and Echo._seq == 0  # type: ignore[arg-type]
 
     class Refusing(Raw):
         def sendto(self, packet: bytes, where: tuple) -> None:
@@ -277,3 +299,69 @@ def test_results_compare_without_their_reason() -> None:
 def test_tunnel_rx_packets_reads_the_device_counter() -> None:
     assert isinstance(health.tunnel_rx_packets("lo"), int)
     assert health.tunnel_rx_packets("vt-no-such-dev") is None
+
+
+def icmp(kind: int, ident: int, src: str = "198.51.100.2", ihl: int = 5) -> tuple[bytes, tuple[str, int]]:
+    """An IPv4 packet (header of ``ihl`` words) carrying an ICMP echo of ``kind``, as a raw socket reads it."""
+    ip_header = bytes([0x40 | ihl]) + bytes(4 * ihl - 1)
+    return ip_header + struct.pack("!BBHHH", kind, 0, 0, ident, 1), (src, 0)
+
+
+class Replies:
+    """A raw socket's reads: packets, and BlockingIOError for None (nothing yet)."""
+
+    def __init__(self, *reads) -> None:
+        self.reads = list(reads)
+
+    def recvfrom(self, size: int):
+        read = self.reads.pop(0) if self.reads else None
+        if read is None:
+            raise BlockingIOError
+        if isinstance(read, Exception):
+            raise read
+        return read
+
+    def close(self) -> None:
+        pass
+
+
+def answered(*reads, wait: float = 0.0) -> bool:
+    return Echo(Replies(*reads), "198.51.100.2", 0x8001).answered(wait=wait)  # type: ignore[arg-type]
+
+
+def test_only_an_echo_reply_with_our_identifier_from_home_counts() -> None:
+    assert answered(icmp(0, 0x8001))
+    assert answered(icmp(0, 0x8001, ihl=6))  # IP options: the ICMP header starts later
+    assert not answered(icmp(8, 0x8001))  # our own request, seen on the raw socket
+    assert not answered(icmp(0, 0x8002)) and not answered(icmp(0, 0x8001, src="198.51.100.3"))
+    truncated = (icmp(0, 0x8001)[0][:24], ("198.51.100.2", 0))
+    assert not answered(truncated)
+    assert answered(icmp(0, 0x8002), icmp(8, 0x8001), icmp(0, 0x8001))  # read past the others
+    assert not answered(OSError("closed"))
+
+
+def test_a_reply_is_waited_for_until_the_deadline_only() -> None:
+    assert answered(None, None, icmp(0, 0x8001), wait=1.0)  # came a little later
+    assert not answered(None, icmp(0, 0x8001), wait=0.0)  # no waiting asked for
+
+
+def test_the_given_sockets_are_the_ones_used(server) -> None:
+    """forward_probe hands over sockets made in the probe namespace: they, not new ones, must
+    carry the check and the ping (and be closed afterwards)."""
+    events = []
+
+    class Raw:
+        def setblocking(self, flag: bool) -> None:
+            pass
+
+        def sendto(self, packet: bytes, where: tuple) -> None:
+            events.append(("ping", where))
+
+        def close(self) -> None:
+            events.append("raw closed")
+
+    s = start(server, [b""])
+    tcp = socket.socket()
+    r = health.forward_probe(lambda specs: [tcp, Raw()], "127.0.0.1", s.port, 1.0, "198.51.100.9")
+    assert r is not None and verdict(r) == ("up", "connected", "", False)
+    assert tcp.fileno() == -1 and events == [("ping", ("198.51.100.9", 0)), "raw closed"]
