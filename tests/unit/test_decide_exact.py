@@ -53,10 +53,19 @@ def test_the_forward_check_goes_where_a_visitor_goes(monkeypatch: pytest.MonkeyP
                      (ns.sockets, "198.51.100.3", 8080, 0.5, "198.51.100.3")]
     # A snapshot's service names the address the DNAT rule matches (1:1-NAT clouds).
     calls.clear()
-    snap = SimpleNamespace(via="dnat", ipv6=False, local_address="10.0.0.5", listen_address="203.0.113.10",
-                           listen_port=443, target_port=8443)
+    snap = SimpleNamespace(ipv6=False, local_address="10.0.0.5", listen_address="203.0.113.10",
+                           listen_port=443, target_port=8443)  # no "via": an older snapshot, DNATed
     forward(snap, "home", c, True)
     assert calls == [(ns.sockets, "10.0.0.5", 443, 0.5, "198.51.100.2")]
+    # A model.Service on a 1:1-NAT cloud: the public address arrives as the private one.
+    calls.clear()
+    natted = replace(c, vps=replace(c.vps, local_address=IPv4Address("10.0.0.10")))
+    forward(web, "home", natted, True)
+    # A snapshot's VPS without local_of and a service without local_address: the address as it is.
+    forward(SimpleNamespace(ipv6=False, listen_address="203.0.113.12", listen_port=80, target_port=8080), "home",
+            SimpleNamespace(vps=SimpleNamespace(), homes=c.homes, watch=c.watch), True)
+    assert calls == [(ns.sockets, "10.0.0.10", 80, 0.5, "198.51.100.2"),
+                     (ns.sockets, "203.0.113.12", 80, 0.5, "198.51.100.2")]
     # No evidence: proxied and IPv6 services, or no probe namespace.
     calls.clear()
     assert forward(replace(web, via="proxy"), "home", c, True) is None
@@ -213,6 +222,7 @@ def test_a_known_state_is_kept_and_a_removed_home_is_left() -> None:
     known["web"].homes = {"home": decide.HomeHealth(healthy=False, fails=3, latency=0.2), "attic": decide.HomeHealth()}
     dog = Watchdog(config(backups=("attic",)), Swapper(), prober=prober({}), status=known)
     assert dog.status["web"] is known["web"] and dog.status["web"].homes["home"].fails == 3
+    assert dog.status["web"].active == "attic"  # still one of web's homes: left where it was
     assert dog.status["web"].homes["home"].latency == 0.2
     dog.reconfigure(config())  # attic is no longer one of web's homes
     assert dog.status["web"].active == "home" and set(dog.status["web"].homes) == {"home"}
