@@ -5,13 +5,13 @@ needed. Written against the survivors of a mutation run (docs/testing.md)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Network
-from types import SimpleNamespace
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 
 import pytest
 
 from tests.fakes import Swapper, prober
 from tests.fakes import watchdog_config as config
+from vpnoffload.lean.snapshot import ConfigView
 from vpnoffload.model import Check, Config, Home, Service, Tunnel, Vps, Watch
 from vpnoffload.watch import decide, health
 from vpnoffload.watch.decide import Watchdog
@@ -45,32 +45,25 @@ def test_the_forward_check_goes_where_a_visitor_goes(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(health, "forward_probe", lambda *a: calls.append(a) or Result("up", 0.1, "connected"))
     ns = Namespace()
     forward = decide.probe_namespace_prober(ns)
-    c = config()
+    model = config()
+    c = ConfigView.of(model)
     web = c.services["web"]
     assert forward(web, "home", c, True) == Result("up", 0.1, "connected")
     assert forward(web, "attic", c, False) == Result("up", 0.1, "connected")
     assert calls == [(ns.sockets, "203.0.113.10", 80, 0.5, "198.51.100.2"),
                      (ns.sockets, "198.51.100.3", 8080, 0.5, "198.51.100.3")]
-    # A snapshot's service names the address the DNAT rule matches (1:1-NAT clouds).
+    # On a 1:1-NAT cloud the public address arrives as the private one: that is where DNAT matches.
     calls.clear()
-    snap = SimpleNamespace(ipv6=False, local_address="10.0.0.5", listen_address="203.0.113.10",
-                           listen_port=443, target_port=8443)  # no "via": an older snapshot, DNATed
-    forward(snap, "home", c, True)
-    assert calls == [(ns.sockets, "10.0.0.5", 443, 0.5, "198.51.100.2")]
-    # A model.Service on a 1:1-NAT cloud: the public address arrives as the private one.
-    calls.clear()
-    natted = replace(c, vps=replace(c.vps, local_address=IPv4Address("10.0.0.10")))
-    forward(web, "home", natted, True)
-    # A snapshot's VPS without local_of and a service without local_address: the address as it is.
-    forward(SimpleNamespace(ipv6=False, listen_address="203.0.113.12", listen_port=80, target_port=8080), "home",
-            SimpleNamespace(vps=SimpleNamespace(), homes=c.homes, watch=c.watch), True)
-    assert calls == [(ns.sockets, "10.0.0.10", 80, 0.5, "198.51.100.2"),
-                     (ns.sockets, "203.0.113.12", 80, 0.5, "198.51.100.2")]
+    natted = ConfigView.of(replace(model, vps=replace(model.vps, local_address=IPv4Address("10.0.0.10"))))
+    forward(natted.services["web"], "home", natted, True)
+    assert calls == [(ns.sockets, "10.0.0.10", 80, 0.5, "198.51.100.2")]
     # No evidence: proxied and IPv6 services, or no probe namespace.
     calls.clear()
-    assert forward(replace(web, via="proxy"), "home", c, True) is None
-    v6 = replace(web, listen_address=__import__("ipaddress").IPv6Address("2001:db8::80"))
-    assert forward(v6, "home", c, True) is None
+    proxied = ConfigView.of(replace(model, services={"web": replace(model.services["web"], via="proxy")}))
+    assert forward(proxied.services["web"], "home", proxied, True) is None
+    v6 = ConfigView.of(replace(model, services={"web": replace(model.services["web"],
+                                                                listen_address=IPv6Address("2001:db8::80"))}))
+    assert forward(v6.services["web"], "home", v6, True) is None
     assert decide.probe_namespace_prober(Namespace(up=False))(web, "home", c, True) is None
     assert calls == []
 

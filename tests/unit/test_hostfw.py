@@ -13,6 +13,7 @@ import pytest
 
 from vpnoffload import config as cfg
 from vpnoffload import plan
+from vpnoffload.errors import ApplyError
 from vpnoffload.firewall.host import docker as host_docker, nft as host_nft, plan as host_plan, ufw as host_ufw
 from vpnoffload.firewall.host.openings import Opening, choose, detect, home_openings, vps_openings
 
@@ -239,7 +240,7 @@ def test_failed_step_rolls_back_the_openings_made(config, monkeypatch) -> None:
     rec = SimpleNamespace(host_openings=[], host_found=[])
     before = copy.deepcopy(fake.ruleset)
 
-    from vpnoffload.errors import ApplyError, BackendError
+    from vpnoffload.errors import BackendError
 
     def boom() -> None:
         raise BackendError("simulated")

@@ -82,7 +82,7 @@ def test_whole_head_has_a_deadline_not_each_recv(fast) -> None:
             conn = next(iter(loop.conns.values()))
             for sent in range(1, 4):  # a byte every 0.2 s: a per-recv timeout of 0.6 s would never fire
                 slow.sendall(b"G")
-                wait_until("the byte read", lambda: (len(conn.head) == sent, bytes(conn.head)), limit=5,
+                wait_until("the byte read", lambda n=sent: (len(conn.head) == n, bytes(conn.head)), limit=5,
                            interval=0.01)
                 clock.now += 0.2
             # 0.6 s after the connection came: still within the head's deadline...

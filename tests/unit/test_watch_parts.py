@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from vpnoffload.lean.snapshot import ConfigView
 from tests.fakes import FakeBackend
 from tests.prereq import need, tool_problem
 from vpnoffload import entry, status
@@ -112,7 +113,7 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path: Path) -> None:
 
 
 def test_metrics_exposition() -> None:
-    dog = Watchdog(config(), lambda a, f: None, lambda s, h, c: Result("up", 0.002, "ok"))
+    dog = Watchdog(ConfigView.of(config()), lambda a, f: None, lambda s, h, c: Result("up", 0.002, "ok"))
     dog.start()
     text = exposition(dog)
     assert 'vpnoffload_service_forwarding{service="blog"} 1' in text
