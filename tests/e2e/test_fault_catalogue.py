@@ -36,8 +36,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.faultlab import WEB, Deployment, deployment, healthy_again, moment, report, visit, wait_for
-from tests.e2e.test_forward_path import BLOCK as WHOLE_TUNNEL_BLOCK
-from tests.e2e.test_reboots import kill
+from tests.e2e.labkit import BLOCK as WHOLE_TUNNEL_BLOCK
+from tests.e2e.labkit import kill
 from vpnoffload.lab.netns import Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import cli
-from tests.e2e.test_forward_path import IPTABLES_BLOCK, IPTABLES_UNBLOCK, PORT_BLOCK, PORT_UNBLOCK
+from tests.e2e.labkit import IPTABLES_BLOCK, IPTABLES_UNBLOCK, PORT_BLOCK, PORT_UNBLOCK
 from tests.e2e.faultlab import (
     API,
     WEB,
