@@ -17,3 +17,11 @@ def _no_host_interfaces(monkeypatch: pytest.MonkeyPatch) -> None:
     from vpnoffload.routing import nat
 
     monkeypatch.setattr(nat, "_backend", lambda backend: FakeRoutingBackend() if backend is None else backend)
+
+
+@pytest.fixture(autouse=True)
+def _nft_lock_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vpnoffload's nftables write lock lives in a temp dir, not /run (no root needed)."""
+    from vpnoffload.firewall import nftlock
+
+    monkeypatch.setenv(nftlock.PATH_ENV, str(tmp_path_factory.getbasetemp() / "nft.lock"))
