@@ -7,7 +7,8 @@ last look does a short-lived child (``python -I -m
 vpnoffload.firewall.host.plan``) compare the ruleset with the record of ``up
 vps`` and re-add what is missing, printing one line per opening put back.
 When ``up`` recorded no opening, the child says so (exit 3) and nothing runs
-again until the record file changes.
+again until the record file changes; when it could not look (the run lock
+held, firewalld mid-restart: exit 4), the next round runs it again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from vpnoffload.lean import spawn
 EVERY = 5.0
 CHILD_TIMEOUT = 20.0
 NOTHING_RECORDED = 3
+TRY_AGAIN = 4  # vpnoffload.firewall.host.plan.TRY_AGAIN (not imported: the watchdog stays lean)
 
 
 def _which(name: str) -> str | None:
@@ -71,7 +73,8 @@ class HostFirewallWatch:
         argv = spawn.full_argv("vpnoffload.firewall.host.plan", "--run", self.run_dir)
         try:
             child = spawn.spawn(argv, stdout=True, stderr=True)
-            out = spawn.finish(child, b"", CHILD_TIMEOUT, "the host firewall check", ok=(0, NOTHING_RECORDED))
+            out = spawn.finish(child, b"", CHILD_TIMEOUT, "the host firewall check",
+                               ok=(0, NOTHING_RECORDED, TRY_AGAIN))
         except (OSError, VpnOffloadError) as exc:
             self.seen = None  # try again next time
             return [f"host firewall check failed: {exc}"]
@@ -79,6 +82,6 @@ class HostFirewallWatch:
             self.idle_mtime = _mtime(self.record)
             return []
         lines = [line for line in out.decode(errors="replace").splitlines() if line.strip()]
-        if lines:
+        if lines or child.returncode == TRY_AGAIN:
             self.seen = None  # our own re-adds changed the ruleset: take the next look as the new baseline
         return lines

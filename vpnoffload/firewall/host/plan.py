@@ -6,7 +6,7 @@ there and what the record says vpnoffload added: the difference is a list of
 :class:`~vpnoffload.plan.Action` with exact undo. Each opening added is
 recorded (``Record.host_openings``) as a plain dict::
 
-    {"mechanism": "nft" | "iptables-nft" | "ufw", "family": "inet", "table": "filter",
+    {"mechanism": "nft" | "iptables-nft" | "ufw" | "firewalld", "family": "inet", "table": "filter",
      "chain": "input", "handle": 12, "opening": {...Opening fields...}}
 
 so ``down`` removes exactly those, and :func:`reconcile` (run by the watchdog
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from vpnoffload import runfiles
-from vpnoffload.firewall.host import docker as host_docker, nft as host_nft, ufw as host_ufw
+from vpnoffload.firewall.host import docker as host_docker, firewalld as host_firewalld, nft as host_nft, \
+    ufw as host_ufw
 from vpnoffload.firewall.host.mechanism import Live, Mechanism
 from vpnoffload.firewall.host.openings import Host, Opening, Placement, choose, detect
 from vpnoffload.plan import Action
@@ -47,17 +48,13 @@ def legacy_tables(proc_net: Path = Path("/proc/net")) -> tuple[str, ...]:
     return tuple(found)
 
 
-def firewalld_running() -> bool:
-    if shutil.which("firewall-cmd") is None:
-        return False
-    return run(["firewall-cmd", "--state"], check=False, timeout=10).stdout.strip() == "running"
-
-
 def read_host() -> tuple[Host, dict[str, Any]]:
     """The host's firewall now, and the ruleset it was read from."""
     ruleset = host_nft.list_ruleset() if shutil.which("nft") else {"nftables": []}
-    return detect(ruleset, ufw=host_ufw.active(), firewalld=firewalld_running(),
-                  legacy_tables=legacy_tables()), ruleset
+    firewalld = host_firewalld.running()
+    bindings, default = host_firewalld.zones() if firewalld else ((), "public")
+    return detect(ruleset, ufw=host_ufw.active(), firewalld=firewalld, legacy_tables=legacy_tables(),
+                  firewalld_zones=bindings, firewalld_default=default), ruleset
 
 
 def entry_of(place: Placement, handle: int | None = None) -> dict[str, Any]:
@@ -71,7 +68,8 @@ def placement_of(entry: dict[str, Any]) -> Placement:
 
 
 #: Every mechanism, by the name a record entry carries.
-MECHANISMS: dict[str, Mechanism] = {m.name: m for m in (host_nft.MECHANISM, host_docker.MECHANISM, host_ufw.MECHANISM)}
+MECHANISMS: dict[str, Mechanism] = {m.name: m for m in (host_nft.MECHANISM, host_docker.MECHANISM, host_ufw.MECHANISM,
+                                                         host_firewalld.MECHANISM)}
 
 
 def _add(place: Placement, entries: list[dict[str, Any]]) -> None:
@@ -167,16 +165,24 @@ def missing(entries: list[dict[str, Any]], ruleset: dict[str, Any]) -> list[dict
             if MECHANISMS[(place := placement_of(entry)).mechanism].lost(place, live)]
 
 
+#: The reconcile child's exit status when it could not finish (the run lock held, firewall-cmd mid-restart):
+#: the watchdog looks again at its next round even if the ruleset did not change.
+TRY_AGAIN = 4
+
+
+class TryAgain(Exception):
+    """The reconcile could not look now; its text (possibly empty) is for the watchdog's log."""
+
+
 def reconcile(run_dir: Path, lock: Path) -> list[str] | None:
     """Put back the openings of ``run_dir/vps.json`` that the host's firewall lost; what was put back
     (None: the record holds no opening, so there is nothing to watch).
 
     One ``nft -j list ruleset`` (plus one ``iptables-nft-save`` per family
-    with iptables-nft openings). Skips a round while ``up``/``down`` holds the
-    run lock. Never raises for a host that changed under it: the next round
-    tries again.
+    with iptables-nft openings, and ``firewall-cmd`` queries for firewalld's).
+    Raises :class:`TryAgain` while ``up``/``down`` holds the run lock, or when
+    the host changed under it (firewalld restarting): the next round tries again.
     """
-    from vpnoffload import record as record_mod
     from vpnoffload.errors import VpnOffloadError
     from vpnoffload.locks import held
 
@@ -185,37 +191,53 @@ def reconcile(run_dir: Path, lock: Path) -> list[str] | None:
         return None
     try:
         with held(str(lock), 0.0, lambda: "busy"):
-            rec = record_mod.load(rec_path)
-            if not rec.host_openings:
-                return None
-            gone = missing(rec.host_openings, host_nft.list_ruleset())
-            restored = []
-            for entry in gone:
-                place = placement_of(entry)
-                made: list[dict[str, Any]] = []
-                _add(place, made)
-                rec.host_openings = [e for e in rec.host_openings if e is not entry] + made
-                restored.append(place.summary.replace("open in", "reopened in", 1))
-            if restored:
-                record_mod.save(rec_path, rec)
-                _note(run_dir, restored)
-            return restored
-    except VpnOffloadError as exc:
-        log.debug("host firewall reconcile skipped: %s", exc)
-        return []
+            try:
+                return _put_back(run_dir, rec_path)
+            except VpnOffloadError as exc:
+                raise TryAgain(f"host firewall check failed: {exc}") from None
+    except VpnOffloadError:
+        raise TryAgain("") from None  # up/down holds the run lock: it makes the host right itself
+
+
+def _put_back(run_dir: Path, rec_path: Path) -> list[str] | None:
+    from vpnoffload import record as record_mod
+    from vpnoffload.firewall import nftlock
+
+    rec = record_mod.load(rec_path)
+    if not rec.host_openings:
+        return None
+    with nftlock.held():
+        gone = missing(rec.host_openings, host_nft.list_ruleset())
+        restored = []
+        for entry in gone:
+            place = placement_of(entry)
+            made: list[dict[str, Any]] = []
+            _add(place, made)
+            rec.host_openings = [e for e in rec.host_openings if e is not entry] + made
+            restored.append(place.summary.replace("open in", "reopened in", 1))
+    if restored:
+        record_mod.save(rec_path, rec)
+        _note(run_dir, restored)
+    return restored
 
 
 def main(argv: list[str]) -> int:
     """``python -I -m vpnoffload.firewall.host.plan --run DIR``: the watchdog's reconcile child.
 
-    Prints one line per opening put back; exits 3 when ``up`` recorded none.
+    Prints one line per opening put back; exits 3 when ``up`` recorded none,
+    4 (:data:`TRY_AGAIN`) when it could not look now.
     """
     from vpnoffload.exits import run_main
     from vpnoffload.lean import options
 
     def body() -> int:
         run_dir = Path(str(options.parse(argv, values=("--run",), required=("--run",))["--run"]))
-        restored = reconcile(run_dir, run_dir / runfiles.LOCK)
+        try:
+            restored = reconcile(run_dir, run_dir / runfiles.LOCK)
+        except TryAgain as exc:
+            if str(exc):
+                print(exc)
+            return TRY_AGAIN
         if restored is None:
             return 3
         for line in restored:
@@ -300,9 +322,10 @@ def doctor_findings(config: Any) -> list[tuple[str, str, str, str]]:
         return [("warn", "host firewall", f"cannot read the host's firewall: {exc}", "apt-get install nftables")]
     out = [("ok", "host firewall", "; ".join(host.found()), "")]
     if host.firewalld:
-        out.append(("warn", "firewalld", "firewalld runs: vpnoffload opens its way in firewalld's own nftables "
-                    "table, not through firewall-cmd; a firewall-cmd --reload drops those until the watchdog "
-                    "puts them back (within about 5 s)", "see docs/deploying.md, firewalld"))
+        out.append(("ok", "firewalld", f"firewalld runs (default zone {host.firewalld_default}): vpnoffload opens "
+                    "its way through firewall-cmd, in the runtime configuration only (never --permanent); "
+                    "after a firewall-cmd --reload or a restart of firewalld the watchdog puts it back "
+                    "(within about 5 s)", ""))
     if config is None:
         return out
     interface = _local_interface(str(config.vps.bind_address))  # 1:1 NAT: the VPS holds local_address
