@@ -33,8 +33,13 @@ from vpnoffload.plan import Action
 from vpnoffload.proc import run
 
 log = logging.getLogger(__name__)
-#: Where the watchdog's reconcile says what it put back (read by ``status``).
+#: Where the watchdog's reconcile says what it put back on the VPS (read by ``status``).
 STATUS_FILE = runfiles.HOSTFW_STATUS
+
+
+def status_file(end: str) -> str:
+    """What the reconcile of ``end`` ("vps", or "home-NAME" for the home keeper's) put back."""
+    return STATUS_FILE if end == "vps" else f"hostfw-{end}.json"
 
 
 def legacy_tables(proc_net: Path = Path("/proc/net")) -> tuple[str, ...]:
@@ -174,9 +179,10 @@ class TryAgain(Exception):
     """The reconcile could not look now; its text (possibly empty) is for the watchdog's log."""
 
 
-def reconcile(run_dir: Path, lock: Path) -> list[str] | None:
-    """Put back the openings of ``run_dir/vps.json`` that the host's firewall lost; what was put back
-    (None: the record holds no opening, so there is nothing to watch).
+def reconcile(run_dir: Path, lock: Path, end: str = "vps") -> list[str] | None:
+    """Put back the openings of ``run_dir/END.json`` that the host's firewall lost; what was put back
+    (None: the record holds no opening, so there is nothing to watch). ``end`` is "vps" (the
+    watchdog's) or "home-NAME" (the home keeper's).
 
     One ``nft -j list ruleset`` (plus one ``iptables-nft-save`` per family
     with iptables-nft openings, and ``firewall-cmd`` queries for firewalld's).
@@ -186,20 +192,20 @@ def reconcile(run_dir: Path, lock: Path) -> list[str] | None:
     from vpnoffload.errors import VpnOffloadError
     from vpnoffload.locks import held
 
-    rec_path = run_dir / runfiles.record("vps")
+    rec_path = run_dir / runfiles.record(end)
     if not rec_path.exists():
         return None
     try:
         with held(str(lock), 0.0, lambda: "busy"):
             try:
-                return _put_back(run_dir, rec_path)
+                return _put_back(run_dir, rec_path, end)
             except VpnOffloadError as exc:
                 raise TryAgain(f"host firewall check failed: {exc}") from None
     except VpnOffloadError:
         raise TryAgain("") from None  # up/down holds the run lock: it makes the host right itself
 
 
-def _put_back(run_dir: Path, rec_path: Path) -> list[str] | None:
+def _put_back(run_dir: Path, rec_path: Path, end: str) -> list[str] | None:
     from vpnoffload import record as record_mod
     from vpnoffload.firewall import nftlock
 
@@ -217,12 +223,13 @@ def _put_back(run_dir: Path, rec_path: Path) -> list[str] | None:
             restored.append(place.summary.replace("open in", "reopened in", 1))
     if restored:
         record_mod.save(rec_path, rec)
-        _note(run_dir, restored)
+        _note(run_dir, restored, end)
     return restored
 
 
 def main(argv: list[str]) -> int:
-    """``python -I -m vpnoffload.firewall.host.plan --run DIR``: the watchdog's reconcile child.
+    """``python -I -m vpnoffload.firewall.host.plan --run DIR [--end home-NAME]``: the reconcile child
+    of the watchdog (or, with ``--end``, of the home keeper).
 
     Prints one line per opening put back; exits 3 when ``up`` recorded none,
     4 (:data:`TRY_AGAIN`) when it could not look now.
@@ -231,9 +238,14 @@ def main(argv: list[str]) -> int:
     from vpnoffload.lean import options
 
     def body() -> int:
-        run_dir = Path(str(options.parse(argv, values=("--run",), required=("--run",))["--run"]))
+        opts = options.parse(argv, values=("--run", "--end"), required=("--run",))
+        run_dir, end = Path(str(opts["--run"])), str(opts.get("--end", "vps"))
+        if end != "vps" and not end.startswith("home-"):
+            from vpnoffload.errors import ConfigError
+
+            raise ConfigError(f"--end {end!r}: use vps or home-NAME", field="--end")
         try:
-            restored = reconcile(run_dir, run_dir / runfiles.LOCK)
+            restored = reconcile(run_dir, run_dir / runfiles.LOCK, end)
         except TryAgain as exc:
             if str(exc):
                 print(exc)
@@ -247,9 +259,9 @@ def main(argv: list[str]) -> int:
     return run_main(body, prog="vpnoffload-reconcile")
 
 
-def _note(run_dir: Path, restored: list[str]) -> None:
-    path = run_dir / STATUS_FILE
-    data = read_status(run_dir)
+def _note(run_dir: Path, restored: list[str], end: str = "vps") -> None:
+    path = run_dir / status_file(end)
+    data = read_status(run_dir, end)
     data["restored"] = (data.get("restored", []) + [{"at": time.time(), "what": restored}])[-10:]
     data["count"] = int(data.get("count", 0)) + len(restored)
     try:
@@ -258,28 +270,35 @@ def _note(run_dir: Path, restored: list[str]) -> None:
         log.error("cannot write %s: %s", path, exc)
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
+def read_status(run_dir: Path, end: str = "vps") -> dict[str, Any]:
     try:
-        data: dict[str, Any] = json.loads((run_dir / STATUS_FILE).read_text())
+        data: dict[str, Any] = json.loads((run_dir / status_file(end)).read_text())
         return data
     except (OSError, ValueError):
         return {}
 
 
-def status_report(run_dir: Path, end: str = "vps") -> dict[str, Any]:
+def status_report(run_dir: Path, end: str | None = None) -> dict[str, Any]:
     """What ``status`` shows of the host's firewall: what ``up`` found there, what it opened,
-    and what the watchdog had to put back. Reads files only."""
+    and what the watchdog (on the VPS) or the home keeper had to put back. Reads files only.
+
+    Without ``end``: the VPS's record, or on a home box (no ``vps.json``) its first home's.
+    """
     from vpnoffload import record as record_mod
     from vpnoffload.errors import VpnOffloadError
 
+    if end is None:
+        homes = sorted(p.stem for p in run_dir.glob("home-*.json") if not p.stem.startswith("home-keeper"))
+        end = homes[0] if homes and not (run_dir / runfiles.record("vps")).exists() else "vps"
+    by = "the watchdog" if end == "vps" else "the home keeper"
     try:
         rec = record_mod.load(run_dir / runfiles.record(end))
     except VpnOffloadError:
-        return {"found": [], "opened": [], "reopened": 0, "last_reopened": None}
-    noted = read_status(run_dir) if rec.host_openings else {}
+        return {"found": [], "opened": [], "reopened": 0, "last_reopened": None, "by": by}
+    noted = read_status(run_dir, end) if rec.host_openings else {}
     last = (noted.get("restored") or [None])[-1]
     return {"found": list(rec.host_found), "opened": [placement_of(e).summary for e in rec.host_openings],
-            "reopened": int(noted.get("count", 0)), "last_reopened": last}
+            "reopened": int(noted.get("count", 0)), "last_reopened": last, "by": by}
 
 
 def render_status(report: dict[str, Any], ago: Any) -> list[str]:
@@ -288,7 +307,8 @@ def render_status(report: dict[str, Any], ago: Any) -> list[str]:
     lines += [f"  {line.replace('open in', 'opened in', 1)}" for line in report["opened"]]
     if report["reopened"]:
         last = report["last_reopened"] or {}
-        lines.append(f"  reopened by the watchdog after a host reload: {report['reopened']} rule(s), last "
+        lines.append(f"  reopened by {report.get('by', 'the watchdog')} after a host reload: "
+                     f"{report['reopened']} rule(s), last "
                      f"{ago(last.get('at'))}")
     return lines
 
