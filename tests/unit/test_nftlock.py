@@ -90,7 +90,7 @@ def test_a_second_writer_waits_for_the_first_to_commit(tmp_path) -> None:
 
 def test_it_is_reentrant_and_fails_clearly_when_held_too_long() -> None:
     with nftlock.held():
-        with nftlock.held():  # a reconcile's own writes inside its look-and-repair
+        with nftlock.held():  # a removal: handle read, then the delete inside
             assert locked_elsewhere()
         assert locked_elsewhere()
     assert not locked_elsewhere()

@@ -8,8 +8,8 @@ write is computed from what it read just before; two of them interleaving
 (read A, read B, write A, write B) would commit B's stale view over A's. The
 run lock cannot serve: a failover must not wait for a whole ``up vps``. So
 each read-to-commit holds this short flock, machine-wide like iptables' own
-``/run/xtables.lock``. It is re-entrant within a process (a reconcile holds it
-around its whole look-and-repair while the writes inside take it again).
+``/run/xtables.lock``. It is re-entrant within a process (removing a host
+opening holds it from reading the handle to deleting it, and the delete takes it again).
 """
 
 from __future__ import annotations

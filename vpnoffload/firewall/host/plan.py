@@ -207,20 +207,20 @@ def reconcile(run_dir: Path, lock: Path, end: str = "vps") -> list[str] | None:
 
 def _put_back(run_dir: Path, rec_path: Path, end: str) -> list[str] | None:
     from vpnoffload import record as record_mod
-    from vpnoffload.firewall import nftlock
 
     rec = record_mod.load(rec_path)
     if not rec.host_openings:
         return None
-    with nftlock.held():
-        gone = missing(rec.host_openings, host_nft.list_ruleset())
-        restored = []
-        for entry in gone:
-            place = placement_of(entry)
-            made: list[dict[str, Any]] = []
-            _add(place, made)
-            rec.host_openings = [e for e in rec.host_openings if e is not entry] + made
-            restored.append(place.summary.replace("open in", "reopened in", 1))
+    # Each nft write below takes the nftables lock itself (firewall/nftlock.py); holding it around
+    # the whole repair would hold up a failover's swap for as long as firewall-cmd takes.
+    gone = missing(rec.host_openings, host_nft.list_ruleset())
+    restored = []
+    for entry in gone:
+        place = placement_of(entry)
+        made: list[dict[str, Any]] = []
+        _add(place, made)
+        rec.host_openings = [e for e in rec.host_openings if e is not entry] + made
+        restored.append(place.summary.replace("open in", "reopened in", 1))
     if restored:
         record_mod.save(rec_path, rec)
         _note(run_dir, restored, end)
