@@ -103,7 +103,7 @@ def test_up_opens_through_firewalld_and_says_so(with_firewalld: SystemdLab) -> N
     # Nothing permanent, and nothing of ours written into firewalld's table behind its back.
     assert OPENVPN_RULE not in lab.exec("vps", "firewall-cmd", "--permanent", "--zone=public",
                                         "--list-rich-rules").stdout
-    assert "vpnoffload" not in lab.exec("vps", "nft", "list", "table", "inet", "firewalld").stdout
+    assert 'comment "vpnoffload"' not in lab.exec("vps", "nft", "list", "table", "inet", "firewalld").stdout
     status = lab.exec("vps", "vpnoffload", "status").stdout
     assert "firewalld (running)" in status and "opened in firewalld zone public (runtime rich rule)" in status, status
     doctor = lab.exec("vps", "vpnoffload", "doctor").stdout
