@@ -149,10 +149,11 @@ def test_host_firewall_shape(shape: str, where: str, lab: Lab, sites: tuple[Path
             assert "host firewall: reopened in" in keeper_log.read_text(), keeper_log.read_text()
             with capsys.disabled():
                 print(f"\n[{shape}] home's openings back {back:.1f} s after home's reload", flush=True)
-            home_status = json.loads(cli(lab, "home", home_site, "status", "--json", check=False).stdout)
-            assert home_status["host_firewall"]["reopened"] >= 1, home_status["host_firewall"]
-            text = cli(lab, "home", home_site, "status", check=False).stdout
-            assert "reopened by the home keeper after a host reload" in text, text
+            home_status = json.loads(cli(lab, "home", home_site, "status", "--json").stdout)
+            assert home_status["homes"][0]["host_firewall"]["reopened"] >= 1, home_status
+            assert home_status["homes"][0]["keeper_pid"], home_status
+            text = cli(lab, "home", home_site, "status").stdout
+            assert "reopened by the home keeper after a host reload" in text and "keeper running" in text, text
         took, reply = until(lab, 200, HOME_BACK_WITHIN)
         assert reply["body"].strip() == lab.visitor_address
 

@@ -87,3 +87,15 @@ def test_the_reconcile_child_refuses_a_bad_end_in_one_line(tmp_path: Path) -> No
     done = subprocess.run([sys.executable, "-I", "-m", "vpnoffload.firewall.host.plan", "--run", str(tmp_path),
                            "--end", "../etc"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--end" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_status_on_the_home_box_names_the_keeper_and_what_it_put_back(tmp_path: Path) -> None:
+    rec = record_mod.Record()
+    rec.host_found = ["nftables (tables inet filter)"]
+    record_mod.save(tmp_path / runfiles.record("home-den"), rec)
+    report = host_plan.home_box_report(tmp_path)
+    assert report is not None and report["homes"][0]["keeper_pid"] is None
+    lines = host_plan.render_home_box(report, lambda at: "-")
+    assert any("keeper NOT running: nothing puts the openings back" in line for line in lines), lines
+    assert "host firewall: nftables (tables inet filter)" in lines
+    assert host_plan.home_box_report(tmp_path / "nothing-here") is None

@@ -313,6 +313,34 @@ def render_status(report: dict[str, Any], ago: Any) -> list[str]:
     return lines
 
 
+def home_box_report(run_dir: Path) -> dict[str, Any] | None:
+    """``status`` on a home box (``up home`` ran here, no VPS end): the host firewall there and
+    whether the home keeper, which puts its openings back, runs now. None: not a home box."""
+    homes = sorted(p.stem for p in run_dir.glob("home-*.json"))
+    if not homes:
+        return None
+    keepers = {}
+    for end in homes:
+        name = end.removeprefix("home-")
+        pidfile = run_dir / runfiles.home_keeper_pid(name)
+        keepers[name] = runfiles.pid_of(pidfile, contains=(b"vpnoffload.homekeeper", str(pidfile).encode()))
+    return {"end": "home", "homes": [{"name": end.removeprefix("home-"), "keeper_pid": keepers[end.removeprefix("home-")],
+                                      "host_firewall": status_report(run_dir, end)} for end in homes]}
+
+
+def render_home_box(report: dict[str, Any], ago: Any) -> list[str]:
+    lines = ["home box: the VPS's tunnel and services are shown by 'vpnoffload status' on the VPS"]
+    for home in report["homes"]:
+        pid = home["keeper_pid"]
+        lines.append(f"home {home['name']}: keeper " + (f"running (pid {pid}): it keeps the OpenVPN client and the "
+                                                        "host firewall's openings in place" if pid else
+                                                        "NOT running: nothing puts the openings back after a "
+                                                        "host firewall reload (systemd runs the client, or "
+                                                        "run 'vpnoffload up home')"))
+        lines += render_status(home["host_firewall"], ago)
+    return lines
+
+
 def _local_interface(address: str) -> str | None:
     """The interface holding ``address`` here, or None (this is not that host)."""
     result = run(["ip", "-j", "addr", "show"], check=False, timeout=10)
