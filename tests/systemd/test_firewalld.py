@@ -37,10 +37,11 @@ def firewalld_config(lab: SystemdLab) -> dict[str, str]:
     """firewalld's runtime and permanent configuration as firewall-cmd tells it, and its files."""
     out = {}
     for mode in ("", "--permanent"):
-        for what in ("--list-all-zones", "--list-all-policies", "--get-default-zone", "--direct --get-all-rules"):
+        for what in ("--list-all-zones", "--list-all-policies", "--direct --get-all-rules"):
             argv = ["firewall-cmd", *([mode] if mode else []), *what.split()]
             out[f"{mode or 'runtime'} {what}"] = lab.exec("vps", *argv, timeout=60, check=True).stdout
-    out["runtime --get-active-zones"] = lab.exec("vps", "firewall-cmd", "--get-active-zones", timeout=60).stdout
+    for what in ("--get-active-zones", "--get-default-zone"):  # stand-alone options (the default zone is
+        out[f"runtime {what}"] = lab.exec("vps", "firewall-cmd", what, timeout=60).stdout  # in firewalld.conf)
     out["files"] = lab.exec("vps", "sh", "-c", "find /etc/firewalld -type f | sort | xargs -r sha256sum",
                             timeout=30).stdout
     return out
