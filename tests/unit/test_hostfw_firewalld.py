@@ -25,6 +25,13 @@ def firewalld_13() -> dict:
         rule = item.get("rule")
         if rule and any("jump" in e and e["jump"]["target"].endswith("_dnat") for e in rule["expr"]):
             rule["expr"][-1] = {"accept": None}
+    # firewalld 1.3's RFC 3964 reject in filter_OUTPUT (build_rfc3964_ipv4_rules): it makes the chain
+    # "drop", but nothing vpnoffload sends goes there.
+    ruleset["nftables"].append({"rule": {"family": "inet", "table": "firewalld", "chain": "filter_OUTPUT", "handle": 99,
+                                         "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6",
+                                                  "field": "daddr"}}, "right": {"set": [{"prefix": {
+                                                      "addr": "2002:a00::", "len": 24}}]}}},
+                                                  {"reject": {"type": "icmpv6", "expr": "addr-unreachable"}}]}})
     return ruleset
 
 

@@ -385,6 +385,8 @@ def choose(openings: list[Opening], host: Host) -> list[Placement]:
                 continue
             if opening.ct == "dnat" and chain.accepts_dnat:
                 continue
+            if chain.manager == "firewalld" and opening.hook == "output":
+                continue  # its filter_OUTPUT rejects only IPv6 addresses of 6to4/IPv4-mapped ranges (RFC 3964)
             firewalld_place = _firewalld_place(opening, chain, host) if chain.manager == "firewalld" else None
             if firewalld_place is not None:
                 place = firewalld_place
