@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vpnoffload.errors import BackendError
-from vpnoffload.firewall import access
+from vpnoffload.firewall import access, nftlock
 from vpnoffload.firewall.nftexpr import meter_set, to_nft
 from vpnoffload.firewall.nftread import from_nft
 from vpnoffload.firewall.rules import BUILTIN_CHAINS, TABLES, Rule, Ruleset, is_owned, table_content, table_label
@@ -299,13 +299,14 @@ class NftBackend:
         if table not in TABLES:
             raise BackendError(f"unknown table {table}")
         content = table_content(content, table)
-        cmds = batch(self.snapshot(family_of(table)), table, content)
-        if not cmds:
-            return
-        try:
-            self.run(["-j", "-f", "-"], json.dumps({"nftables": cmds}))
-        except BackendError as exc:
-            raise BackendError(f"{table_label(table)} (nftables table {family_of(table)} {TABLE}): {exc}") from None
+        with nftlock.held():  # no other vpnoffload write between the snapshot and the commit
+            cmds = batch(self.snapshot(family_of(table)), table, content)
+            if not cmds:
+                return
+            try:
+                self.run(["-j", "-f", "-"], json.dumps({"nftables": cmds}))
+            except BackendError as exc:
+                raise BackendError(f"{table_label(table)} (nftables table {family_of(table)} {TABLE}): {exc}") from None
 
     def _json(self, argv: list[str]) -> dict[str, Any]:
         text = self.run(argv, None)
