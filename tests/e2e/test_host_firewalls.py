@@ -26,10 +26,10 @@ from tests.e2e.labkit import HOSTNAME, start_watch, status, until
 from tests.prereq import need, tool_problem
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from tests.e2e.labkit import UFW_FILES
 
 pytestmark = pytest.mark.root
 
-UFW_FILES = (Path("/etc/ufw"), Path("/etc/default/ufw"))
 #: The home keeper puts the home's openings back within this after the home's own reload.
 HOME_BACK_WITHIN = 5.0
 

@@ -25,8 +25,8 @@ import pytest
 
 from tests import hostshapes
 from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv
-from tests.e2e.test_host_firewalls import UFW_FILES
-from tests.e2e.test_ipv6 import TUNNEL_SUBNET6, wait_status
+from tests.e2e.labkit import UFW_FILES
+from tests.e2e.labkit import TUNNEL_SUBNET6, wait_http
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
@@ -92,22 +92,22 @@ def test_ipv6_service_through_the_vps_firewall(shape: str, lab6: Lab, sites: tup
                                                                               or blog in line)]
     assert six, f"no IPv6 opening in the {shape} firewall:\n{up.stdout}"
     cli(lab, "home", home_site, "up", "home")
-    took, body = wait_status(lab, url, 200, limit=20)
+    took, body = wait_http(lab, url, 200, limit=20)
     assert body.strip() == lab.visitor_address6
 
     log = tmp_path / "watch.log"
     with open(log, "w") as out:
         watch = lab.popen("vps", *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "watch"), stdout=out, stderr=out)
     try:
-        wait_status(lab, url, 200, limit=10)
+        wait_http(lab, url, 200, limit=10)
         lab.pull_cable()
-        _, page = wait_status(lab, url, 503, limit=15)  # the page server's IPv6 port is open too
+        _, page = wait_http(lab, url, 503, limit=15)  # the page server's IPv6 port is open too
         assert HOSTNAME in page
         lab.plug_cable()
-        wait_status(lab, url, 200, limit=30)
+        wait_http(lab, url, 200, limit=30)
 
         install(lab, shape, tmp_path)  # the host rewrites its own rules (Docker restart, nft -f, ufw reload)
-        took, body = wait_status(lab, url, 200, limit=15)
+        took, body = wait_http(lab, url, 200, limit=15)
         assert body.strip() == lab.visitor_address6
         with capsys.disabled():
             print(f"\n[ipv6 {shape}] served again {took:.1f} s after the host's reload", flush=True)

@@ -20,10 +20,10 @@ import time
 import pytest
 
 from tests.systemd.conftest import HOME, VPS_ADDRESS, SystemdLab, snapshot_diff
-from tests.systemd.test_systemd import (FAILOVER_TIMEOUT, RECOVERY_TIMEOUT, VPS_UNIT, WATCH_UNIT, home_down,
+from tests.systemd.conftest import (FAILOVER_TIMEOUT, RECOVERY_TIMEOUT, VPS_UNIT, WATCH_UNIT, home_down,
                                         home_up, on_the_page, served_from_home)
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.root, pytest.mark.docker, pytest.mark.timeout(600)]
 
 #: What firewalld must have back after a reload or a restart, at most this long after it answers again.
 BACK_WITHIN = 5.0

@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.unit.test_hostfw_firewalld import FakeFirewalld, firewalld_13, running_host
-from tests.unit.test_keepers import FakeChild
+from tests.unit.hostfwkit import FakeFirewalld, firewalld_13, running_host
+from tests.unit.hostfwkit import FakeChild
 from vpnoffload import config as cfg, homekeeper, record as record_mod, runfiles
 from vpnoffload.firewall.host import firewalld as host_firewalld, nft as host_nft, plan as host_plan
 from vpnoffload.firewall.host.openings import choose, home_openings
 from vpnoffload.watch import hostfw
-from tests.unit.test_hostfw import CONFIG
+from tests.unit.hostfwkit import CONFIG
 
 
 def test_the_keeper_looks_at_the_firewall_each_round_but_not_while_up_home_runs(monkeypatch) -> None:
