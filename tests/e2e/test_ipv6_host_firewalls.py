@@ -30,6 +30,8 @@ from tests.e2e.labkit import TUNNEL_SUBNET6, wait_http
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
+pytestmark = pytest.mark.root
+
 HOSTNAME = "blog.example.org"
 #: dockerd with "ipv6": true writes the same chains with ip6tables (its bridge gets a documentation /64).
 DOCKER6 = hostshapes.docker(subnet="2001:db8:d0c::/64").replace("127.0.0.0/8", "::1/128")
