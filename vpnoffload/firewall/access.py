@@ -232,8 +232,8 @@ def normalise(spans: list[Span], version: int) -> list[str]:
 
 def merge(spans: list[Span], version: int) -> list[tuple[int, int]]:
     """The addresses of ``version`` in ``spans`` as the fewest intervals (first, last), sorted:
-    overlapping and adjacent prefixes joined. The same addresses, fewer set elements
-    (a country's list shrinks a lot; each element costs the kernel an insert)."""
+    overlapping and adjacent prefixes joined. The same addresses in fewer set elements
+    where prefixes touch (each element costs nft and the kernel time to load)."""
     mine = sorted([(s[1], s[2]) for s in spans if s[0] == version])
     if not mine:
         return []
