@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -90,17 +91,21 @@ def make_dir(path: Path, mode: int, *, no_symlink: bool = False, parents_mode: i
     return path
 
 
-def read_regular(path: Path, field: str, *, limit: int = MAX_READ) -> str:
+def read_regular(path: Path, field: str, *, limit: int = MAX_READ, follow: bool = True) -> str:
     """The UTF-8 text of the regular file ``path`` (at most ``limit`` bytes), else ConfigError.
 
     Opened non-blocking so a FIFO cannot hang the open; FileNotFoundError is
-    passed up unchanged for the caller to explain.
+    passed up unchanged for the caller to explain. ``follow=False`` refuses a
+    symlink in the last component (``O_NOFOLLOW``).
     """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise
     except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            raise ConfigError("is a symlink; name the file itself", field=field) from None
         raise ConfigError(f"cannot read: {exc.strerror or exc}", field=field) from None
     try:
         info = os.fstat(fd)
