@@ -81,3 +81,72 @@ def test_a_plain_page_template_still_renders(tmp_path: Path) -> None:
     page.write_text("<h1>{{ hostname }} is resting</h1>{% if retry_after %}<p>{{ retry_after }}</p>{% endif %}")
     config = _page_config(page)
     assert render_page(config, config.services["blog"]) == "<h1>203.0.113.10 is resting</h1><p>30</p>"
+
+
+# ------------------------------------------------------------------ medium 4: render --out and its manifest
+
+PROXY = CONFIG + """[services.blog]
+listen = "80"
+target = "8080"
+hostname = "blog.example.org"
+via = "proxy"
+"""
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: files of another user")
+NOBODY = 65534
+
+
+def _plant(path: Path, text: str, uid: int = NOBODY) -> Path:
+    path.write_text(text)
+    os.chown(path, uid, uid)
+    return path
+
+
+@needs_root
+def test_render_out_deletes_nothing_a_planted_manifest_names(tmp_path: Path) -> None:
+    """A sticky shared directory: another user plants the manifest and names their own
+    and root's files in it; root's render deletes none of them."""
+    import json
+
+    from vpnoffload import config as cfg
+    from vpnoffload.render import webserver
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    theirs = _plant(shared / "their.conf", "# vpnoffload: not really\n")
+    (shared / "pages").mkdir()
+    page = _plant(shared / "pages" / "their.html", "<p>theirs</p>")
+    roots = shared / "root.conf"
+    roots.write_text("root's own, not written by render\n")
+    _plant(shared / ".vpnoffload-files", json.dumps(["their.conf", "root.conf", "pages/their.html"]))
+    webserver.render_nginx(cfg.parse_text(PROXY), shared)
+    assert theirs.exists() and page.exists() and roots.exists()
+    assert (shared / "vpnoffload.conf").exists()
+
+
+@needs_root
+def test_render_out_deletes_only_its_own_regular_files(tmp_path: Path) -> None:
+    """Root's own manifest lists a file that another user has since put in its place, and
+    a hard link to a file elsewhere: neither is deleted; root's stale page is."""
+    import json
+
+    from vpnoffload import config as cfg
+    from vpnoffload.render import webserver
+
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o1777)
+    config = cfg.parse_text(PROXY)
+    webserver.render_nginx(config, out)
+    stale = out / "pages" / "old.html"
+    stale.write_text("<p>a service removed since</p>")
+    swapped = _plant(out / "pages" / "gone.html", "<p>someone else's now</p>")
+    elsewhere = tmp_path / "elsewhere.html"
+    elsewhere.write_text("keep me")
+    os.link(elsewhere, out / "pages" / "linked.html")
+    listed = json.loads((out / ".vpnoffload-files").read_text())
+    (out / ".vpnoffload-files").write_text(json.dumps(listed + ["pages/old.html", "pages/gone.html",
+                                                                "pages/linked.html"]))
+    webserver.render_nginx(config, out)
+    assert not stale.exists()
+    assert swapped.exists() and elsewhere.read_text() == "keep me" and (out / "pages" / "linked.html").exists()
