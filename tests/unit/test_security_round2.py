@@ -150,3 +150,189 @@ def test_render_out_deletes_only_its_own_regular_files(tmp_path: Path) -> None:
     webserver.render_nginx(config, out)
     assert not stale.exists()
     assert swapped.exists() and elsewhere.read_text() == "keep me" and (out / "pages" / "linked.html").exists()
+
+
+# ------------------------------------------------------------------ medium 5: the friendly page's port
+
+
+def _page_view(port: int, host: str = "127.0.0.1", tls: bool = False):
+    from types import SimpleNamespace
+
+    svc = SimpleNamespace(serves_page=True, page_over_tls=tls)
+    return SimpleNamespace(watch=SimpleNamespace(fallback_port=port), services={"blog": svc},
+                           vps_local_address=host, ipv6_services=[])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_watchdog_refuses_to_start_when_the_page_port_is_taken() -> None:
+    import socket
+
+    from vpnoffload.errors import BackendError
+    from vpnoffload.fallback import listeners
+
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        held = listeners.Held()
+        with pytest.raises(BackendError, match="watch.fallback_port: cannot hold 127.0.0.1:"):
+            held.hold(_page_view(squatter.getsockname()[1]))
+        held.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: binds as another user")
+def test_no_other_user_can_take_a_held_page_port_however_it_binds() -> None:
+    import socket
+
+    from vpnoffload.fallback import listeners
+
+    port = _free_port()
+    held = listeners.Held()
+    held.hold(_page_view(port, tls=True))
+    try:
+        assert set(held.socks) == {f"4:{port}", f"4:{port + 1}"}
+        for host in ("127.0.0.1", "0.0.0.0"):
+            for reuseaddr, reuseport in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - the child
+                    try:
+                        os.setgid(NOBODY)
+                        os.setuid(NOBODY)
+                        s = socket.socket()
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuseaddr)
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, reuseport)
+                        s.bind((host, port))
+                        s.listen()
+                        os._exit(0)
+                    except BaseException:
+                        os._exit(1)
+                _, status = os.waitpid(pid, 0)
+                assert os.waitstatus_to_exitcode(status) == 1, (host, reuseaddr, reuseport)
+    finally:
+        held.close()
+
+
+def test_the_page_server_gets_the_held_sockets_and_they_go_quiet_after_it() -> None:
+    """The child gets the held socket as fd 3 (listens and answers once); after it exits the
+    watchdog's socket stops listening (refused, nothing queues) but the port stays held."""
+    import socket
+    import sys
+
+    from vpnoffload.fallback import listeners
+    from vpnoffload.lean import spawn
+
+    port = _free_port()
+    held = listeners.Held()
+    held.hold(_page_view(port))
+    try:
+        passed = held.passed()
+        assert listeners.parse_fds(listeners.format_fds(passed)) == {f"4:{port}": 3}
+        child_code = ("import socket;s=socket.socket(fileno=3);s.listen();c,_=s.accept();"
+                      "c.sendall(b'page');c.close()")
+        child = spawn.spawn([sys.executable, "-I", "-S", "-c", child_code], fds=[fd for _, fd in passed])
+        import time
+
+        deadline = time.monotonic() + 10
+        while True:  # until the child listens
+            try:
+                visitor = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        with visitor:
+            assert visitor.recv(16) == b"page"
+        assert child.wait(10) == 0
+        held.quiet()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", port))
+    finally:
+        held.close()
+
+
+@pytest.mark.parametrize("text", ["4:8503=³", "5:8503=3", "4:85030000=3", "4:8503", "4:٨٥٠٣=3", "x" * 5000])
+def test_listen_fds_refuses_anything_odd(text: str) -> None:
+    from vpnoffload.errors import BackendError
+    from vpnoffload.fallback import listeners
+
+    with pytest.raises(BackendError) as caught:
+        listeners.parse_fds(text)
+    assert len(str(caught.value)) < 200
+
+
+# ------------------------------------------------------------------ low: the metrics server
+
+
+class _Dog:
+    from types import SimpleNamespace
+
+    status: dict = {}
+    config = SimpleNamespace(services={})
+
+
+def test_metrics_take_no_thread_per_connection_and_cut_tricklers(monkeypatch) -> None:
+    import socket
+    import threading
+    import time
+
+    from vpnoffload.watch import metrics
+
+    monkeypatch.setattr(metrics, "REQUEST_DEADLINE", 0.5)
+    server = metrics.MetricsServer("127.0.0.1:0", _Dog())  # type: ignore[arg-type]
+    server.start()
+    port = server.server_address[1]
+    idle = []
+    try:
+        before = threading.active_count()
+        for _ in range(12):  # connections that never send a byte (within the listen queue)
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+        assert threading.active_count() <= before + metrics.MetricsServer.MAX_CLIENTS
+        for sock in idle:  # the ones that got a slot are cut by the deadline; the others at once
+            sock.settimeout(10)
+            assert sock.recv(1) == b""
+        # One byte every 0.2 s: cut by the request deadline, not kept alive by each byte.
+        trickler = socket.create_connection(("127.0.0.1", port), timeout=5)
+        started = time.monotonic()
+        cut = False
+        while time.monotonic() - started < 60 and not cut:
+            try:
+                trickler.sendall(b"G")
+                trickler.settimeout(0.2)
+                cut = trickler.recv(1) == b""
+            except socket.timeout:
+                continue
+            except OSError:
+                cut = True
+        assert cut, "a trickling scrape held the metrics server for a minute"
+        for sock in idle:
+            sock.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as scrape:
+            scrape.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+            scrape.settimeout(30)
+            assert scrape.recv(64).startswith(b"HTTP/1.1 200 OK")
+    finally:
+        for sock in idle:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_metrics_port_in_use_does_not_stop_the_watchdog() -> None:
+    import socket
+
+    from vpnoffload.watch import metrics
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert metrics.start_metrics(f"127.0.0.1:{taken.getsockname()[1]}", _Dog()) is None  # type: ignore[arg-type]

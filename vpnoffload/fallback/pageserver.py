@@ -76,25 +76,31 @@ def tls_contexts(config: ConfigView) -> dict[Destination, object] | None:
     return contexts
 
 
-def start_servers(config: ConfigView, pages: dict[Destination, bytes]) -> list[FallbackServer]:
-    """Bind every listener: the address the VPS holds (on a 1:1-NAT cloud the private one) at
-    fallback_port (+1 for TLS), and [::] for IPv6 services."""
-    host, port = config.vps_local_address, config.watch.fallback_port
+def start_servers(config: ConfigView, pages: dict[Destination, bytes],
+                  fds: dict[str, int] | None = None) -> list[FallbackServer]:
+    """Listen on every listener: the address the VPS holds (on a 1:1-NAT cloud the private one)
+    at fallback_port (+1 for TLS), and [::] for IPv6 services (their visitors are DNATed to
+    their own listen address at these ports, so one socket on [::] takes them all). ``fds``:
+    the sockets the watchdog holds for them (by listeners.key); the others are bound here."""
+    import socket
+
+    from vpnoffload.fallback import listeners
+
+    wanted = listeners.wanted(config) or [(listeners.key(4, config.watch.fallback_port),
+                                           config.vps_local_address, config.watch.fallback_port)]
+    contexts = tls_contexts(config)
     retry = config.watch.retry_after
     servers: list[FallbackServer] = []
+    host, port = config.vps_local_address, config.watch.fallback_port
     try:
-        servers.append(FallbackServer((host, port), pages, retry_after=retry))
-        contexts = tls_contexts(config)
-        if contexts is not None:
-            servers.append(FallbackServer((host, port + 1), pages, retry_after=retry, tls_contexts=contexts))
-        # IPv6 services' visitors are DNATed to their own listen address (on this
-        # VPS) at these ports, so one socket on [::] takes them all.
-        ipv6 = [s for s in config.ipv6_services if s.serves_page]
-        if ipv6:
-            host = "::"
-            servers.append(FallbackServer6((host, port), pages, retry_after=retry))
-            if contexts is not None and any(s.page_over_tls for s in ipv6):
-                servers.append(FallbackServer6((host, port + 1), pages, retry_after=retry, tls_contexts=contexts))
+        for name, host, port in wanted:
+            v6 = name.startswith("6:")
+            fd = (fds or {}).get(name)
+            sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM,
+                                 fileno=fd) if fd is not None else None
+            tls = contexts if port != config.watch.fallback_port else None
+            servers.append((FallbackServer6 if v6 else FallbackServer)((host, port), pages, retry_after=retry,
+                                                                       tls_contexts=tls, sock=sock))
     except OSError as exc:
         for s in servers:
             s.server_close()
@@ -133,10 +139,11 @@ def raise_fd_limit(wanted: int = MAX_CONNECTIONS + 64) -> None:
             pass  # the cap still holds; accept errors drop the oldest connection instead
 
 
-def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir: str | None = None) -> int:
+def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir: str | None = None,
+          fds: dict[str, int] | None = None) -> int:
     raise_fd_limit()
     config = ConfigView(fetch(config_path, state_dir))
-    servers = start_servers(config, load_pages(config, pages_dir))
+    servers = start_servers(config, load_pages(config, pages_dir), fds)
     kept, banners = load_kept(config)
     for s in servers:
         s.set_kept(kept, banners)
@@ -197,13 +204,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         options = _options(list(sys.argv[1:] if argv is None else argv),
-                           values=("--config", "--pages", "--ready", "--state-dir"), flags=())
+                           values=("--config", "--pages", "--ready", "--state-dir", "--listen-fds"), flags=())
         if "--config" not in options or "--pages" not in options:
             raise BackendError("--config and --pages are required")
         ready = options.get("--ready")
         state = options.get("--state-dir")
+        from vpnoffload.fallback.listeners import parse_fds
+
+        fds = parse_fds(str(options.get("--listen-fds") or ""))
         return serve(str(options["--config"]), str(options["--pages"]), str(ready) if ready else None,
-                     str(state) if state else None)
+                     str(state) if state else None, fds)
 
     return run_main(body, prog=say.prefix)
 
