@@ -336,3 +336,28 @@ def test_a_metrics_port_in_use_does_not_stop_the_watchdog() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         assert metrics.start_metrics(f"127.0.0.1:{taken.getsockname()[1]}", _Dog()) is None  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ low: what home says, on the terminal
+
+
+def test_status_text_carries_no_terminal_escape_from_home() -> None:
+    from vpnoffload.status import render_text
+
+    evil = "refuse: Cache-Control: \x1b[2J\x1b]0;owned\x07private\u202e\x9b31m\r\nfake: line"
+    data = {
+        "tunnel": {"up": True, "server_running": True,
+                   "homes": [{"name": "home", "address": "198.51.100.2", "connected": True,
+                              "since": "2026-12-06 \x1b[31m", "real_address": "192.0.2.9\x1b[0m"}]},
+        "watchdog": {"running": True, "pid": 1},
+        "services": [{"name": "blog", "listen": "80", "target": "198.51.100.2:8080", "state": "forwarding",
+                      "home": "home", "fallback": "page", "healthy": False, "reason": "target error\x1b[1A",
+                      "last_check": None, "latency_ms": None, "last_change": None,
+                      "offline_copy": {"kept": 0, "paths": 1, "bytes": 0, "oldest_age": None,
+                                       "last_fetch": None, "result": evil}}],
+    }
+    lines = render_text(data)
+    text = "\n".join(lines)
+    assert not any(ch in text for ch in "\x1b\x07\x9b\u202e\r"), text
+    assert all("\n" not in line for line in lines)
+    assert "refuse: Cache-Control: ?[2J" in text
