@@ -361,3 +361,57 @@ def test_status_text_carries_no_terminal_escape_from_home() -> None:
     assert not any(ch in text for ch in "\x1b\x07\x9b\u202e\r"), text
     assert all("\n" not in line for line in lines)
     assert "refuse: Cache-Control: ?[2J" in text
+
+
+# ------------------------------------------------------------------ low: spoofed ICMP echo replies
+
+
+class _RawSocket:
+    """A raw ICMP socket: what was sent, and the replies the kernel would hand over."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.replies: list[tuple[bytes, tuple[str, int]]] = []
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def sendto(self, packet: bytes, address: tuple[str, int]) -> None:
+        self.sent.append(packet)
+
+    def recvfrom(self, size: int):
+        if not self.replies:
+            raise BlockingIOError
+        return self.replies.pop(0)
+
+    def close(self) -> None:
+        pass
+
+
+def _reply(ident: int, seq: int, payload: bytes) -> bytes:
+    import struct
+
+    ip_header = bytes([0x45]) + bytes(19)
+    return ip_header + struct.pack("!BBHHH", 0, 0, 0, ident, seq) + payload
+
+
+def test_a_spoofed_echo_reply_does_not_keep_a_dead_home_alive() -> None:
+    import struct
+
+    from vpnoffload.watch.health import Echo
+
+    raw = _RawSocket()
+    echo = Echo.send("198.51.100.2", raw)  # type: ignore[arg-type]
+    assert echo is not None
+    _, _, _, ident, seq = struct.unpack_from("!BBHHH", raw.sent[0])
+    payload = raw.sent[0][8:]
+    home = ("198.51.100.2", 0)
+    raw.replies = [
+        (_reply(ident, seq, payload), ("203.0.113.66", 0)),  # right reply, wrong source
+        (_reply(ident, (seq + 1) & 0xFFFF, payload), home),  # a guessed identifier, another sequence
+        (_reply(ident, seq, b"\0" * 8), home),  # right numbers, not our payload
+        (_reply(ident, seq, b""), home),  # no payload at all
+    ]
+    assert not echo.answered(wait=0.0)
+    raw.replies = [(_reply(ident, seq, payload), home)]
+    assert echo.answered(wait=0.0)
