@@ -415,3 +415,73 @@ def test_a_spoofed_echo_reply_does_not_keep_a_dead_home_alive() -> None:
     assert not echo.answered(wait=0.0)
     raw.replies = [(_reply(ident, seq, payload), home)]
     assert echo.answered(wait=0.0)
+
+
+# ------------------------------------------------------------------ low: the edit lock
+
+
+@pytest.fixture
+def installed(tmp_path: Path) -> Path:
+    """A config and PKI made by `init`."""
+    from typer.testing import CliRunner
+
+    from vpnoffload.cli.app import app
+
+    cfg = tmp_path / "etc" / "vpnoffload.toml"
+    result = CliRunner().invoke(app, ["-c", str(cfg), "init", "--vps-address", "203.0.113.10",
+                                      "--tunnel-subnet", "198.51.100.0/24"])
+    assert result.exit_code == 0, result.output
+    return cfg
+
+
+def listing(path: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every name under ``path`` (hidden ones too), with its mode and, for files, its bytes."""
+    found = {}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = Path(root) / name
+            info = full.lstat()
+            data = full.read_bytes() if full.is_file() and not full.is_symlink() else None
+            found[str(full.relative_to(path))] = (info.st_mode, data)
+    return found
+
+
+def test_a_failed_edit_leaves_no_lock_file_behind(installed: Path) -> None:
+    from typer.testing import CliRunner
+
+    from vpnoffload.cli.app import app
+
+    (installed.parent / f".{installed.name}.lock").unlink(missing_ok=True)  # a config copied by hand
+    before = listing(installed.parent)
+    for args in (["service", "add", "web", "--listen", "70000", "--target", "8080"],
+                 ["service", "remove", "nosuch"], ["pki", "issue", "Bad Name"], ["pki", "revoke", "nosuch"]):
+        result = CliRunner().invoke(app, ["-c", str(installed), *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert listing(installed.parent) == before, args
+
+
+def test_the_edit_lock_follows_no_symlink(installed: Path, tmp_path: Path) -> None:
+    """Whatever is planted beside the config (the old lock file's name as a symlink) is not
+    opened, created or written through."""
+    from typer.testing import CliRunner
+
+    from vpnoffload.cli.app import app
+
+    victim = tmp_path / "victim"
+    (installed.parent / f".{installed.name}.lock").symlink_to(victim)
+    result = CliRunner().invoke(app, ["-c", str(installed), "service", "add", "web", "--listen", "80",
+                                      "--target", "8080"])
+    assert result.exit_code == 0, result.output
+    assert not victim.exists()
+
+
+def test_the_run_lock_is_not_followed_through_a_symlink(tmp_path: Path) -> None:
+    from vpnoffload import locks
+    from vpnoffload.errors import BackendError
+
+    victim = tmp_path / "victim"
+    (tmp_path / "lock").symlink_to(victim)
+    with pytest.raises(BackendError, match="symlink"):
+        with locks.held(str(tmp_path / "lock"), 1.0, lambda: "busy"):
+            pass
+    assert not victim.exists()

@@ -104,7 +104,6 @@ def init(paths: Paths, *, vps_address: str, tunnel_subnet: str, tunnel_subnet6: 
     except BaseException:
         if made:  # leave no trace of a failed first init
             with contextlib.suppress(OSError):
-                os.unlink(locks.edit_lock_path(paths.config))
                 directory.rmdir()
         raise
     return found
