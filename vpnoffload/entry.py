@@ -36,6 +36,8 @@ def lean_options(argv: list[str]) -> dict[str, str | bool] | None:
                     return None
                 i += 1
                 value = argv[i]
+            if not value.strip():
+                return None  # the typer CLI refuses an empty path in one line
             found[_VALUE_OPTIONS[name]] = value
         elif arg in _FLAGS:
             found[_FLAGS[arg]] = True

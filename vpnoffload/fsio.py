@@ -22,6 +22,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from vpnoffload.names import shown
 from vpnoffload.errors import ConfigError, VpnOffloadError
 
 #: A config file is a few kilobytes; anything far bigger is not one.
@@ -74,8 +75,13 @@ def make_dir(path: Path, mode: int, *, no_symlink: bool = False, parents_mode: i
     path = Path(path)
     if no_symlink and path.is_symlink():
         raise ConfigError(f"{path} is a symlink; refusing to write through it (make it a plain directory)")
-    if path.is_dir():
-        return path
+    try:
+        if path.is_dir():
+            return path
+        if os.path.lexists(path):  # a file, a FIFO, a device, a dangling or looping symlink
+            raise ConfigError(f"{shown(str(path))} exists and is not a directory")
+    except OSError as exc:  # a name too long, a loop in the parents
+        raise ConfigError(f"{shown(str(path))} cannot be used as a directory: {exc.strerror or exc}") from None
     missing = [path, *[p for p in path.parents if not p.exists()]]
     try:
         for directory in reversed(missing):

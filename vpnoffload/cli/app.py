@@ -17,12 +17,13 @@ from typer.core import TyperGroup
 
 from vpnoffload import __version__
 from vpnoffload.errors import ConfigError, ExitStatus, VpnOffloadError
-from vpnoffload.cli.common import Context, context, home_name
+from vpnoffload.cli.common import Context, context, home_name, path_option
 from vpnoffload.exits import error_line
 from vpnoffload.cli.lab import lab_app
 from vpnoffload.cli.pki import pki_app
 from vpnoffload.cli.render import render_app
 from vpnoffload.cli.service import service_app
+from vpnoffload.names import shown
 from vpnoffload.paths import Paths
 
 
@@ -44,6 +45,47 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("vpnoffload: interrupted", err=True)
             raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
+
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        """typer's own usage errors (``--port abc``, an unknown option) as one line too, not a
+        framed multi-line box that repeats a 5000-digit value: exit 2 like every bad input."""
+        from typer.core import Abort, _click
+
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, **extra)
+        except _click.exceptions.NoArgsIsHelpError:
+            if not standalone_mode:
+                raise
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                                standalone_mode=True, **extra)  # the help text, as typer shows it
+        except _click.exceptions.ClickException as exc:
+            if not standalone_mode:
+                raise
+            typer.echo(error_line(_usage_line(exc)), err=True)
+            sys.exit(exc.exit_code)
+        except Abort:
+            if not standalone_mode:
+                raise
+            typer.echo("vpnoffload: interrupted", err=True)
+            sys.exit(int(ExitStatus.INTERRUPTED))
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _usage_line(exc: Any) -> str:
+    """A click/typer usage error as text for :func:`error_line`: quoted values cut short,
+    and where to find the command's help."""
+    import re
+
+    from vpnoffload.names import shown
+
+    message = re.sub(r"'([^']{40,})'", lambda m: shown(m.group(1), 40), exc.format_message())
+    where = getattr(getattr(exc, "ctx", None), "command_path", None)
+    return f"{message} (see '{where} --help')" if where else message
 
 
 def _debug(ctx: typer.Context) -> bool:
@@ -77,15 +119,16 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config file (env VPNOFFLOAD_CONFIG; default /etc/vpnoffload/vpnoffload.toml).")] = None,
-    state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Where PKI and runtime state live (default: state/ beside the config).")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Config file (env VPNOFFLOAD_CONFIG; default /etc/vpnoffload/vpnoffload.toml).")] = None,
+    state_dir: Annotated[Optional[str], typer.Option("--state-dir", help="Where PKI and runtime state live (default: state/ beside the config).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each change as it is made.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         format="vpnoffload: %(message)s", stream=sys.stderr)
-    ctx.obj = Context(paths=Paths.resolve(config, state_dir), debug=debug)
+    ctx.obj = Context(paths=Paths.resolve(path_option(config, "--config"), path_option(state_dir, "--state-dir")),
+                      debug=debug)
 
 
 # ------------------------------------------------------------------ init
@@ -124,15 +167,15 @@ def init(
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")]
 HomeOpt = Annotated[Optional[str], typer.Option("--home", help="Home box (default: the first).")]
-ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="Client profile (default: STATE_DIR/HOME.ovpn).")]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Client profile (default: STATE_DIR/HOME.ovpn).")]
 
 
-def _run(ctx: typer.Context, verb: str, end: str, *, home: str | None = None, profile: Path | None = None,
+def _run(ctx: typer.Context, verb: str, end: str, *, home: str | None = None, profile: str | None = None,
          dry_run: bool = False) -> None:
     """Every up/down goes through deploy.run; this only says what happened."""
     from vpnoffload.deploy import run
 
-    request = run.Request(verb, end, home=home, profile=profile, dry_run=dry_run)  # type: ignore[arg-type]
+    request = run.Request(verb, end, home=home, profile=path_option(profile, "--profile"), dry_run=dry_run)  # type: ignore[arg-type]
     outcome = run.execute(request, context(ctx).paths, announce=lambda line: typer.echo(f"  - {line}"))
     if outcome.nothing_to_do:
         typer.echo(f"nothing to do: {outcome.what} is already as configured")
@@ -211,7 +254,7 @@ def install_service(
     ctx: typer.Context,
     end: Annotated[str, typer.Argument(help="vps (the up unit and the watchdog) or home.")] = "vps",
     home: HomeOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the units here instead of /etc/systemd/system (no systemctl).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Write the units here instead of /etc/systemd/system (no systemctl).")] = None,
 ) -> None:
     """Install and start systemd units: 'up END' at boot, 'down END' on stop (and the watchdog on the VPS)."""
     from vpnoffload import config as cfg
@@ -219,7 +262,8 @@ def install_service(
 
     paths = context(ctx).paths
     if end not in ("vps", "home"):
-        raise ConfigError(f"{end!r} is not an end: use 'vps' or 'home'", field="END")
+        raise ConfigError(f"{shown(end)} is not an end: use 'vps' or 'home'", field="END")
+    out = path_option(out, "--out")  # type: ignore[assignment]
     config = cfg.load(paths.config)
     name = home_name(config, home) if end == "home" else None
     if out is None:
