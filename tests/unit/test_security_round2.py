@@ -485,3 +485,23 @@ def test_the_run_lock_is_not_followed_through_a_symlink(tmp_path: Path) -> None:
         with locks.held(str(tmp_path / "lock"), 1.0, lambda: "busy"):
             pass
     assert not victim.exists()
+
+
+# ------------------------------------------------------------------ low: the page server never stays root
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: drops privileges")
+def test_the_page_server_drops_root_even_without_the_vpnoffload_user() -> None:
+    """In a child (the drop is for good): with no such user it goes on as nobody, not as root."""
+    from vpnoffload.fallback import pageserver
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            dropped = pageserver.drop_privileges("vpnoffload-no-such-user")
+            os._exit(0 if dropped and os.getuid() == os.geteuid() == pageserver.NOBODY
+                     and os.getgid() == pageserver.NOBODY and not os.getgroups() else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -108,21 +108,30 @@ def start_servers(config: ConfigView, pages: dict[Destination, bytes],
     return servers
 
 
+#: Who the page server runs as when the ``vpnoffload`` user is missing: never root.
+NOBODY = 65534
+
+
 def drop_privileges(name: str = RUN_AS) -> bool:
     """Once the sockets are bound and the pages and TLS keys loaded, nothing needs
-    root: continue as the unprivileged user OpenVPN also uses. False if not root
-    or the user does not exist."""
+    root: continue as the unprivileged user OpenVPN also uses, or as ``nobody``
+    (uid and gid 65534) when that user is missing, since an internet-facing
+    server must not stay root. False if not root."""
     import pwd
 
     if os.geteuid() != 0:
         return False
     try:
         entry = pwd.getpwnam(name)
+        uid, gid = entry.pw_uid, entry.pw_gid
     except KeyError:
-        return False
+        log.error("user %s is missing ('vpnoffload up vps' creates it): serving as uid %d", name, NOBODY)
+        uid = gid = NOBODY
     os.setgroups([])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getuid() == 0 or os.geteuid() == 0:  # pragma: no cover - setuid cannot fail silently, but be sure
+        raise BackendError("could not drop root")
     return True
 
 
@@ -167,7 +176,7 @@ def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir:
         os.replace(tmp, ready)  # a reader never sees a half-written pid
     dropped = drop_privileges()
     log.warning("serving the friendly page on %s:%d%s", config.vps_local_address, config.watch.fallback_port,
-                f" as user {RUN_AS}" if dropped else "")
+                f" as uid {os.getuid()}" if dropped else "")
 
     def on_wakeup() -> None:
         if not reload[0]:
