@@ -46,10 +46,11 @@ def run(argv: Sequence[str], *, input: str | None = None, timeout: float = DEFAU
     exits non-zero.
     """
     argv = [str(a) for a in argv]
-    if shutil.which(argv[0]) is None:
+    program = shutil.which(argv[0], path=safe_path())
+    if program is None:
         raise PrerequisiteError(f"{argv[0]} is missing" + (f": {hint}" if hint else ""))
     try:
-        proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False,
+        proc = subprocess.run(argv, executable=program, input=input, capture_output=True, text=True, timeout=timeout, check=False,
                               stdin=None if input is not None else subprocess.DEVNULL,
                               env=dict(env) if env is not None else None)
     except subprocess.TimeoutExpired:
@@ -60,6 +61,13 @@ def run(argv: Sequence[str], *, input: str | None = None, timeout: float = DEFAU
     if check and not result.ok:
         raise BackendError(f"{_shown(argv)} failed: {last_line(result)}")
     return result
+
+
+def safe_path() -> str:
+    """``PATH`` without its relative entries (``''``, ``.``, ``bin``): those name the directory
+    a command happens to run from, and a program planted there must not run as root."""
+    entries = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    return os.pathsep.join(e for e in entries if os.path.isabs(e)) or "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def last_line(result: Result) -> str:

@@ -505,3 +505,27 @@ def test_the_page_server_drops_root_even_without_the_vpnoffload_user() -> None:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+# ------------------------------------------------------------------ low: programs found through a relative PATH
+
+
+@pytest.mark.parametrize("entry", ["", ".", "bin"])
+def test_no_program_is_run_from_a_relative_path_entry(tmp_path: Path, monkeypatch, entry: str) -> None:
+    from vpnoffload import proc
+    from vpnoffload.errors import VpnOffloadError
+    from vpnoffload.watch import hostfw
+
+    planted = tmp_path / (entry if entry not in ("", ".") else "")
+    planted.mkdir(exist_ok=True)
+    marker = tmp_path / "ran"
+    for name in ("nft", "vpnoffload-no-such-tool"):
+        script = planted / name
+        script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+        script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", os.pathsep.join([entry, "/nonexistent"]))
+    with pytest.raises(VpnOffloadError):
+        proc.run(["vpnoffload-no-such-tool"])
+    assert hostfw._which("nft") in (None, "/usr/sbin/nft", "/sbin/nft")
+    assert not marker.exists()
