@@ -529,3 +529,33 @@ def test_no_program_is_run_from_a_relative_path_entry(tmp_path: Path, monkeypatc
         proc.run(["vpnoffload-no-such-tool"])
     assert hostfw._which("nft") in (None, "/usr/sbin/nft", "/sbin/nft")
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------ low: the watchdog unit's system calls
+
+
+def test_the_watchdog_unit_filters_system_calls(tmp_path: Path) -> None:
+    """CAP_SYS_ADMIN (for the probe's namespace) comes with a system call allow-list; the
+    systemd lane (tests/systemd) shows the probe and the swap still work under it."""
+    import shutil
+    import subprocess
+
+    from vpnoffload.deploy.units import unit_text
+    from vpnoffload.paths import Paths
+
+    text = unit_text(Paths(config=Path("/etc/vpnoffload/vpnoffload.toml"), state=Path("/etc/vpnoffload/state")),
+                     python="/usr/bin/python3")
+    lines = text.splitlines()
+    assert "SystemCallFilter=@system-service" in lines and "SystemCallErrorNumber=EPERM" in lines
+    assert "NoNewPrivileges=yes" in lines and any(ln.startswith("CapabilityBoundingSet=") for ln in lines)
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    listed = subprocess.run(["systemd-analyze", "syscall-filter", "@system-service"], capture_output=True,
+                            text=True, timeout=60).stdout.split()
+    assert {"setns", "unshare"} <= set(listed) or "@process" in listed
+    for forbidden in ("mount", "bpf", "ptrace", "init_module", "kexec_load", "perf_event_open"):
+        assert forbidden not in listed
+    unit = tmp_path / "vpnoffload-watch.service"
+    unit.write_text(text)
+    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert proc.stdout + proc.stderr == ""
