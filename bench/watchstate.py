@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench import measure
 from vpnoffload.paths import Paths
-from vpnoffload.watch.decide import read_state
+from vpnoffload.watchfile import read_state
 
 
 def state_file(config: Path) -> Path:

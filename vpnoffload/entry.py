@@ -65,13 +65,12 @@ def lean_watch_options(argv: list[str]) -> dict[str, str | bool] | None:
 def exec_lean_watch(options: dict[str, str | bool]) -> None:
     """Replace this process with the lean watchdog (``python -I -S``), paths resolved here."""
     import os
-    from pathlib import Path
 
     from vpnoffload.paths import Paths
     from vpnoffload.lean.spawn import lean_argv
 
     config, state = options.get("config"), options.get("state")
-    paths = Paths.resolve(Path(str(config)) if config else None, Path(str(state)) if state else None)
+    paths = Paths.resolve(str(config or ""), str(state or ""))
     flags = [f"--{name}" for name in ("verbose", "debug") if options.get(name)]
     argv = lean_argv("vpnoffload.watch.loop", "--config", str(paths.config), "--state-dir", str(paths.state), *flags)
     sys.stdout.flush()
@@ -83,7 +82,6 @@ def run_lean(options: dict[str, str | bool]) -> int:
     if options.get("command") == "watch":
         exec_lean_watch(options)  # does not return
     import logging
-    from pathlib import Path
 
     from vpnoffload.exits import run_main
     from vpnoffload.paths import Paths
@@ -92,7 +90,7 @@ def run_lean(options: dict[str, str | bool]) -> int:
     logging.basicConfig(level=level, format="vpnoffload: %(message)s", stream=sys.stderr)
     config = options.get("config")
     state = options.get("state")
-    paths = Paths.resolve(Path(str(config)) if config else None, Path(str(state)) if state else None)
+    paths = Paths.resolve(str(config or ""), str(state or ""))
 
     def show_status() -> int:
         from vpnoffload import status

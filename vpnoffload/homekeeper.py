@@ -23,8 +23,8 @@ import signal
 import sys
 import time
 
+from vpnoffload import runfiles
 from vpnoffload.lean import spawn
-from vpnoffload.watch.supervise import pidfile_names_openvpn
 
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
 #: How often the keeper looks at the client.
@@ -35,7 +35,7 @@ MODULE = "vpnoffload.homekeeper"
 
 
 # One check of "is our openvpn still running" for both keepers.
-openvpn_alive = pidfile_names_openvpn
+openvpn_alive = runfiles.openvpn_runs
 
 
 class HomeKeeper:
@@ -47,21 +47,14 @@ class HomeKeeper:
 
     @property
     def pidfile(self) -> str:
-        return os.path.join(self.run_dir, f"home-keeper-{self.home}.pid")
+        return os.path.join(self.run_dir, runfiles.home_keeper_pid(self.home))
 
     @property
     def logfile(self) -> str:
-        return os.path.join(self.run_dir, f"home-keeper-{self.home}.log")
+        return os.path.join(self.run_dir, runfiles.home_keeper_log(self.home))
 
     def pid(self) -> int | None:
-        try:
-            with open(self.pidfile) as fh:
-                pid = int(fh.read().strip())
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                cmdline = fh.read()
-        except (OSError, ValueError):
-            return None
-        return pid if MODULE.encode() in cmdline and self.pidfile.encode() in cmdline else None
+        return runfiles.pid_of(self.pidfile, contains=(MODULE.encode(), self.pidfile.encode()))
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -146,8 +139,16 @@ def keep(client_pidfile: str, profile: str, up_argv: list[str], stopping: "list[
 
 def main(argv: list[str]) -> int:
     """``python -I -S ... vpnoffload.homekeeper --pidfile P --client-pidfile C --profile F -- UP-ARGV``."""
-    split = argv.index("--")
-    opts = dict(zip(argv[:split:2], argv[1:split:2]))
+    from vpnoffload.exits import run_main
+
+    return run_main(lambda: _main(argv), prog="vpnoffload-home-keeper")
+
+
+def _main(argv: list[str]) -> int:
+    from vpnoffload.lean import options
+
+    opts = options.parse(argv, values=("--pidfile", "--client-pidfile", "--profile"),
+                         required=("--pidfile", "--client-pidfile", "--profile"), rest=True)
     stopping = [False]
 
     def stop(*_: object) -> None:
@@ -155,13 +156,14 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    pidfile = opts["--pidfile"]
+    pidfile, client_pidfile, profile = (str(opts[name]) for name in ("--pidfile", "--client-pidfile", "--profile"))
+    up_argv = [str(word) for word in opts["--"]]  # type: ignore[attr-defined]
     with open(pidfile + ".tmp", "w") as fh:
         fh.write(f"{os.getpid()}\n")
     os.replace(pidfile + ".tmp", pidfile)
-    _say(f"keeping the OpenVPN client running ({opts['--client-pidfile']})")
+    _say(f"keeping the OpenVPN client running ({client_pidfile})")
     try:
-        keep(opts["--client-pidfile"], opts["--profile"], argv[split + 1:], stopping)
+        keep(client_pidfile, profile, up_argv, stopping)
     finally:
         _say("stopped")
     return 0

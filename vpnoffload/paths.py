@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vpnoffload import runfiles
+
 DEFAULT_CONFIG = Path("/etc/vpnoffload/vpnoffload.toml")
 CONFIG_ENV = "VPNOFFLOAD_CONFIG"
 STATE_ENV = "VPNOFFLOAD_STATE_DIR"
@@ -22,7 +24,9 @@ class Paths:
     state: Path
 
     @classmethod
-    def resolve(cls, config: Path | None = None, state: Path | None = None) -> "Paths":
+    def resolve(cls, config: "str | os.PathLike[str] | None" = None,
+                state: "str | os.PathLike[str] | None" = None) -> "Paths":
+        """From ``-c``/``--state-dir`` as given (a path or a string; None or "": the environment, then the default)."""
         cfg = Path(config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).absolute()
         st = state or os.environ.get(STATE_ENV) or cfg.parent / "state"
         return cls(config=cfg, state=Path(st).absolute())
@@ -35,7 +39,11 @@ class Paths:
     @property
     def server_dir(self) -> Path:
         """The rendered OpenVPN server config that ``up vps`` runs."""
-        return self.state / "server"
+        return self.state / runfiles.SERVER_DIR
+
+    @property
+    def server_conf(self) -> Path:
+        return self.server_dir / runfiles.SERVER_CONF
 
     @property
     def run(self) -> Path:
@@ -43,18 +51,27 @@ class Paths:
         return self.state / "run"
 
     @property
+    def server_status(self) -> Path:
+        """OpenVPN's status file on the VPS: which homes are connected."""
+        return self.run / runfiles.OPENVPN_SERVER_STATUS
+
+    @property
     def watch_state(self) -> Path:
         """The watchdog's published view (states, last checks), read by ``status``."""
-        return self.run / "watch.json"
+        return self.run / runfiles.WATCH_STATE
 
     @property
     def pages(self) -> Path:
         """Friendly pages rendered ahead of an outage, one per web service."""
-        return self.run / "pages"
+        return self.run / runfiles.PAGES
 
     @property
     def lock(self) -> Path:
-        return self.run / "lock"
+        return self.run / runfiles.LOCK
+
+    def record(self, end: str) -> Path:
+        """What ``up END`` changed (``down END`` undoes exactly that)."""
+        return self.run / runfiles.record(end)
 
     def profile(self, home: str) -> Path:
         """Where ``up home`` looks for the client profile when ``--profile`` is not given."""

@@ -49,11 +49,11 @@ class Report:
 
 def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: Any = None) -> Report:
     """Build the report. ``live_probe(service)`` is used only when no watchdog runs."""
-    from vpnoffload.watch.state import read_state, watch_pid
+    from vpnoffload.watchfile import read_state, watch_pid
 
     if not paths.server_dir.exists():
         raise NotSetUpError("the VPS end is not set up: run 'vpnoffload up vps'")
-    clients = connected_clients(paths.run / "openvpn-server.status") if server_running else {}
+    clients = connected_clients(paths.server_status) if server_running else {}
     homes = []
     for home in config.homes.values():
         entry = clients.get(home.name)
@@ -228,7 +228,7 @@ def report_for(paths: Paths) -> Report:
     """Load the config and gather the report, checking homes live when no watchdog runs."""
     from vpnoffload import config as cfg
     from vpnoffload.watch import health
-    from vpnoffload.watch.state import server_running
+    from vpnoffload.tunnel import server_running
 
     config = cfg.load(paths.config)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from vpnoffload import fsio, proc
+from vpnoffload import fsio, proc, runfiles
 from vpnoffload.errors import BackendError, PrerequisiteError
 
 #: OpenVPN prints this once the tunnel is usable (server: listening; client: connected).
@@ -51,21 +51,15 @@ class DaemonTunnel:
 
     @property
     def pidfile(self) -> Path:
-        return self.run_dir / f"openvpn-{self.name}.pid"
+        return self.run_dir / runfiles.openvpn_pid(self.name)
 
     @property
     def logfile(self) -> Path:
-        return self.run_dir / f"openvpn-{self.name}.log"
+        return self.run_dir / runfiles.openvpn_log(self.name)
 
     def pid(self) -> int | None:
         """The pid of our openvpn, or None. A stale pidfile (reused pid) does not count."""
-        try:
-            pid = int(self.pidfile.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except (OSError, ValueError):
-            return None
-        is_ours = any(arg.endswith(b"openvpn") for arg in cmdline[:1]) and str(self.config).encode() in cmdline
-        return pid if is_ours else None
+        return runfiles.pid_of(self.pidfile, program=b"openvpn", args=(str(self.config).encode(),))
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -205,10 +199,22 @@ def restart_server(paths, ready_timeout: float = 15.0) -> bool:  # paths: vpnoff
     already, or ``down vps`` removed the config). The watchdog's keeper calls this in a child."""
     from vpnoffload.locks import held
 
-    tunnel = DaemonTunnel("server", paths.server_dir / "server.conf", paths.server_dir, paths.run)
+    tunnel = server_daemon(paths)
     with held(str(paths.lock), 2.0, lambda: f"another vpnoffload run holds {paths.lock}; the next tick retries"):
         if tunnel.running() or not tunnel.config.is_file():
             return False
         tunnel.start()
         tunnel.wait_ready(ready_timeout)
         return True
+
+
+def server_running(paths) -> bool:  # paths: vpnoffload.paths.Paths
+    """Is the VPS end's OpenVPN running? (The same check `up vps` makes.)"""
+    if systemd_manages_this_netns() and SystemdTunnel(runfiles.SERVER, runfiles.SERVER_UNIT).running():
+        return True
+    return server_daemon(paths).running()
+
+
+def server_daemon(paths, extra_args: tuple[str, ...] = ()) -> DaemonTunnel:  # paths: vpnoffload.paths.Paths
+    """The VPS end's ``openvpn --daemon``: the one place that says which config, directory and pidfile it has."""
+    return DaemonTunnel(runfiles.SERVER, paths.server_conf, paths.server_dir, paths.run, extra_args)

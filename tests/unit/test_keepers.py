@@ -107,6 +107,30 @@ def test_pidfile_check_needs_a_live_openvpn_with_our_config(tmp_path: Path) -> N
     assert not homekeeper.openvpn_alive(str(pidfile), "/x.conf")
 
 
+def test_one_pid_check_for_every_pidfile(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from vpnoffload import runfiles
+
+    pidfile = tmp_path / "x.pid"
+    pidfile.write_text(f"{os.getpid()}\n")
+    python = os.path.basename(sys.executable).encode()
+    assert runfiles.pid_of(pidfile, program=python) == os.getpid()
+    assert runfiles.pid_of(pidfile, contains=(b"no such word in our cmdline",)) is None
+    assert runfiles.pid_of(pidfile, program=b"openvpn") is None
+    assert runfiles.pid_of(tmp_path / "missing.pid") is None and runfiles.ours(None) is None
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    for _ in range(1000):  # exited but not reaped: a zombie is not running
+        with open(f"/proc/{child.pid}/stat") as fh:
+            if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.01)
+    assert runfiles.ours(child.pid) is None
+    child.wait()
+
+
 def test_decisions_survive_a_wall_clock_step() -> None:
     """The watchdog counts checks (fall/rise), never wall-clock durations: a step back of an hour
     mid-outage neither delays nor hurries the swap (its loop sleeps on time.monotonic). Tested

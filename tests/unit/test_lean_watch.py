@@ -12,7 +12,8 @@ import pytest
 
 from vpnoffload import model
 from vpnoffload.errors import ConfigError
-from vpnoffload.watch import health, loop, state
+from vpnoffload import watchfile
+from vpnoffload.watch import health, loop
 from vpnoffload.lean import snapshot, spawn
 from vpnoffload.watch.decide import Watchdog
 
@@ -49,7 +50,7 @@ def test_lean_processes_import_nothing_heavy(module: str) -> None:
 def test_lean_argv_is_isolated_without_site() -> None:
     argv = spawn.lean_argv("vpnoffload.watch.loop", "--config", "/c")
     assert argv[1:3] == ["-I", "-S"] and argv[-2:] == ["--config", "/c"]
-    assert b"vpnoffload" in " ".join(argv).encode() and "watch" in " ".join(argv)  # what state.watch_pid looks for
+    assert b"vpnoffload" in " ".join(argv).encode() and "watch" in " ".join(argv)  # what watchfile.watch_pid looks for
     assert spawn.full_argv("m", "a") == [sys.executable, "-I", "-m", "m", "a"]
 
 
@@ -59,24 +60,24 @@ def test_health_mark_is_the_models() -> None:
 
 @pytest.mark.parametrize("value", [{"a": [1, 2.5, None, True, False, "x\"\\\n\x01é\u2028"], "b": {}}, [], "", -3, 1e-9])
 def test_state_dumps_is_json(value: object) -> None:
-    assert json.loads(state.dumps(value)) == value
+    assert json.loads(watchfile.dumps(value)) == value
 
 
 def test_state_dumps_refuses_what_json_would_not_read() -> None:
     with pytest.raises(ValueError):
-        state.dumps(float("nan"))
+        watchfile.dumps(float("nan"))
     with pytest.raises(TypeError):
-        state.dumps({1: 2})
+        watchfile.dumps({1: 2})
     with pytest.raises(TypeError):
-        state.dumps(object())
+        watchfile.dumps(object())
 
 
 def test_state_file_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "watch.json"
-    state.write_state(path, {"pid": 7, "services": [{"name": "blog", "active": None}]})
-    assert state.believed_targets(state.read_state(path)) == {"blog": None}
+    watchfile.write_state(path, {"pid": 7, "services": [{"name": "blog", "active": None}]})
+    assert watchfile.believed_targets(watchfile.read_state(path)) == {"blog": None}
     path.write_text("{not json")
-    assert state.read_state(path) is None and state.believed_targets(None) == {}
+    assert watchfile.read_state(path) is None and watchfile.believed_targets(None) == {}
 
 
 def test_spawn_communicate_and_timeout() -> None:
@@ -107,7 +108,7 @@ def test_snapshot_child_gives_a_config_the_watchdog_runs_on(tmp_path: Path) -> N
                    lambda s, h, c: health.Result("down", 0.01, "refused"))
     dog.start()
     assert swaps == [({"blog": None, "git": None}, frozenset({"blog", "git"}))] and dog.page_needed()
-    json.loads(state.dumps(dog.snapshot()))
+    json.loads(watchfile.dumps(dog.snapshot()))
 
 
 def test_snapshot_child_reports_a_bad_config(tmp_path: Path) -> None:
@@ -153,3 +154,16 @@ def test_page_server_runs_only_while_needed_and_lingers() -> None:
     now[0] = 6.1
     keeper.update(False)
     assert fake.log[-1] == "stop" and not fake.up
+
+
+def test_one_option_parser_for_the_children() -> None:
+    from vpnoffload.lean import options
+
+    assert options.parse(["--config", "/c", "--state-dir=/s", "-v"], values=("--config", "--state-dir"),
+                         flags=("-v",), required=("--config",)) == {"--config": "/c", "--state-dir": "/s", "-v": True}
+    assert options.parse(["--pidfile", "/p", "--", "up", "--x"], values=("--pidfile",), rest=True) == {
+        "--pidfile": "/p", "--": ["up", "--x"]}
+    for argv, message in ((["--bogus"], "unknown option '--bogus'"), (["--config"], "--config needs a value"),
+                          ([], "--config is required")):
+        with pytest.raises(ConfigError, match=message):
+            options.parse(argv, values=("--config",), required=("--config",))

@@ -16,9 +16,9 @@ import typer
 from typer.core import TyperGroup
 
 from vpnoffload import __version__
-from vpnoffload.errors import ConfigError, ExitStatus, VpnOffloadError
+from vpnoffload.errors import ConfigError, ExitStatus
 from vpnoffload.cli.common import Context, context, home_name, path_option
-from vpnoffload.exits import error_line
+from vpnoffload.exits import error_line, run_main
 from vpnoffload.cli.lab import lab_app
 from vpnoffload.cli.pki import pki_app
 from vpnoffload.cli.render import render_app
@@ -35,17 +35,15 @@ class _Group(TyperGroup):
     """
 
     def invoke(self, ctx: typer.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except VpnOffloadError as exc:
-            if _debug(ctx):
-                raise
-            typer.echo(error_line(exc), err=True)
-            raise typer.Exit(int(exc.exit_status)) from None
-        except KeyboardInterrupt:
-            typer.echo("vpnoffload: interrupted", err=True)
-            raise typer.Exit(int(ExitStatus.INTERRUPTED)) from None
+        result: list[Any] = []
 
+        def body() -> None:
+            result.append(super(_Group, self).invoke(ctx))
+
+        status = run_main(body, debug=lambda: _debug(ctx))
+        if status:
+            raise typer.Exit(status)
+        return result[0] if result else None
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -233,10 +231,11 @@ def doctor(ctx: typer.Context) -> None:
 @app.command()
 def watch(ctx: typer.Context) -> None:
     """Run the failover watchdog in the foreground (systemd runs it as vpnoffload-watch)."""
+    from vpnoffload.tunnel import server_running
     from vpnoffload.watch import loop as watchrun
 
     paths = context(ctx).paths
-    raise typer.Exit(watchrun.run(paths, server_up=watchrun.server_running(paths)))
+    raise typer.Exit(watchrun.run(paths, server_up=server_running(paths)))
 
 
 @app.command()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from vpnoffload import fsio
+from vpnoffload import fsio, runfiles
 from vpnoffload import record as record_mod
 from vpnoffload import users
 from vpnoffload.errors import BackendError
@@ -102,10 +102,10 @@ def tunnel_for(backends: Backends, name: str, conf: Path, workdir: Path, paths: 
     from vpnoffload import tunnel
 
     if tunnel.systemd_manages_this_netns():
-        kind, instance = ("server", "vpnoffload") if name == "server" else ("client", f"vpnoffload-{name.removeprefix('home-')}")
+        kind, instance = ("server", "vpnoffload") if name == runfiles.SERVER else ("client", f"vpnoffload-{name.removeprefix('home-')}")
         options = tuple(f"{a[2:]} {b}" for a, b in zip(extra_args[::2], extra_args[1::2]))  # --user x -> user x
         return tunnel.SystemdTunnel(
-            name=name, unit=f"openvpn-{kind}@{instance}",
+            name=name, unit=runfiles.SERVER_UNIT if name == runfiles.SERVER else f"openvpn-{kind}@{instance}",
             wrapper=Path(f"/etc/openvpn/{kind}/{instance}.conf"),
             wrapper_text=tunnel.wrapper_text(workdir, conf.name, options),
         )
@@ -113,7 +113,7 @@ def tunnel_for(backends: Backends, name: str, conf: Path, workdir: Path, paths: 
 
 
 def record_path(paths: Paths, end: str) -> Path:
-    return paths.run / f"{end}.json"
+    return paths.record(end)
 
 
 def save_record_action(path: Path, rec: record_mod.Record) -> Action:

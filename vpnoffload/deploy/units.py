@@ -14,7 +14,7 @@ import re
 import sys
 from pathlib import Path
 
-from vpnoffload import proc
+from vpnoffload import proc, runfiles
 from vpnoffload.errors import ConfigError, PrerequisiteError
 from vpnoffload.names import shown
 from vpnoffload.paths import Paths
@@ -40,27 +40,22 @@ UNIT_DIR = Path("/etc/systemd/system")
 
 
 def _template(name: str, **values: object) -> str:
-    import jinja2
+    from vpnoffload.render import jinja
 
-    from vpnoffload.render.openvpn import _load_template
-
-    env = jinja2.Environment(loader=jinja2.FunctionLoader(_load_template), autoescape=False,
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["arg"] = systemd_word
-    env.filters["path"] = lambda value: systemd_word(value, exec_line=False)
+    env = jinja.environment(trim=False, arg=systemd_word, path=lambda value: systemd_word(value, exec_line=False))
     return env.get_template(name).render(**values)
 
 
 def unit_text(paths: Paths, python: str = sys.executable) -> str:
     """The watchdog's unit."""
     return _template("vpnoffload-watch.service.j2", python=python, config=paths.config, state=paths.state,
-                     openvpn_unit="openvpn-server@vpnoffload.service")
+                     openvpn_unit=f"{runfiles.SERVER_UNIT}.service")
 
 
 def up_unit_text(paths: Paths, end: str, home: str | None = None, python: str = sys.executable) -> str:
     """The unit that runs `up END` at boot and `down END` when stopped."""
     extra = f" --home {systemd_word(home)}" if home else ""
-    openvpn_unit = "openvpn-server@vpnoffload.service" if end == "vps" else f"openvpn-client@vpnoffload-{home}.service"
+    openvpn_unit = f"{runfiles.SERVER_UNIT}.service" if end == "vps" else f"openvpn-client@vpnoffload-{home}.service"
     return _template("vpnoffload-up.service.j2", python=python, config=paths.config, state=paths.state,
                      end=end, extra=extra, openvpn_unit=openvpn_unit)
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from vpnoffload import record as record_mod
-from vpnoffload import users
+from vpnoffload import runfiles, users
 from vpnoffload.model import Config
 from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
@@ -42,7 +42,7 @@ def _server_config_actions(config: Config, paths: Paths, tunnel: Daemon) -> list
 
     pki = pki_mod.Pki.open(paths.pki)
     scratch = scratch_dir(paths)
-    render.render_vps(config, pki, scratch, status_path=paths.run / "openvpn-server.status", run_as=users.RUN_AS,
+    render.render_vps(config, pki, scratch, status_path=paths.server_status, run_as=users.RUN_AS,
                       set_mode=True)
     return _install_actions(scratch, paths.server_dir, tunnel, "OpenVPN server config", "OpenVPN server",
                             SERVER_READY_TIMEOUT)
@@ -114,7 +114,7 @@ def _install_actions(scratch: Path, target: Path, daemon: Daemon, what: str, who
 
 
 def server_tunnel(paths: Paths, backends: Backends) -> Daemon:
-    return tunnel_for(backends, "server", paths.server_dir / "server.conf", paths.server_dir, paths)
+    return tunnel_for(backends, runfiles.SERVER, paths.server_conf, paths.server_dir, paths)
 
 
 def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action]:
@@ -170,7 +170,7 @@ def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
     Only a live watchdog's view counts: with none running, `up vps` puts every
     service back on its first home, as a fresh start would.
     """
-    from vpnoffload.watch.state import believed_targets, read_state, watch_pid
+    from vpnoffload.watchfile import believed_targets, read_state, watch_pid
 
     if watch_pid(paths) is None:
         return {}
@@ -182,7 +182,7 @@ def current_targets(config: Config, paths: Paths) -> dict[str, str | None]:
 def _forget_stale_watch_state(paths: Paths) -> list[Action]:
     """With no watchdog running, `up vps` just put every service back home: the
     dead watchdog's last word no longer describes the rules (status reads it)."""
-    from vpnoffload.watch.state import watch_pid
+    from vpnoffload.watchfile import watch_pid
 
     if watch_pid(paths) is not None or not paths.watch_state.exists():
         return []
@@ -193,7 +193,7 @@ def _forget_stale_watch_state(paths: Paths) -> list[Action]:
 def _stop_watchdog_actions(paths: Paths) -> list[Action]:
     """`down vps` stops a running watchdog first, or its next swap would write the chains back."""
     from vpnoffload.procs import terminate
-    from vpnoffload.watch.state import watch_pid
+    from vpnoffload.watchfile import watch_pid
 
     pid = watch_pid(paths)
     actions = []

@@ -83,9 +83,9 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
 def _connect(service: dict, timeout: float):  # -> http.client.HTTPConnection
     import http.client
 
-    from vpnoffload.watch import health
+    from vpnoffload.lean.marked import connect
 
-    sock = health.connect(service["address"], service["port"], timeout)  # marked: passes the fail-fast rules
+    sock = connect(service["address"], service["port"], timeout)  # marked: passes the fail-fast rules
     if service.get("tls"):
         import ssl
 
@@ -208,19 +208,23 @@ def run(job: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -I -S ... vpnoffload.fallback.copier`` with the job (marshal) on stdin."""
+    from vpnoffload.errors import BackendError, ConfigError
+    from vpnoffload.exits import run_main
     from vpnoffload.lean import say
 
     say.prefix = "vpnoffload-copier"
-    try:
-        job = marshal.loads(sys.stdin.buffer.read(1 << 20))
-    except (EOFError, ValueError, TypeError):
-        say.fail("no job on stdin")
-        return 2
-    try:
-        return run(job)
-    except OSError as exc:
-        say.fail(f"cannot keep the offline copies: {exc}")
-        return 3
+
+    def body() -> int:
+        try:
+            job = marshal.loads(sys.stdin.buffer.read(1 << 20))
+        except (EOFError, ValueError, TypeError):
+            raise ConfigError("no job on stdin") from None
+        try:
+            return run(job)
+        except OSError as exc:
+            raise BackendError(f"cannot keep the offline copies: {exc}") from None
+
+    return run_main(body, prog=say.prefix)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import marshal
 import os
 import time
 
+from vpnoffload import runfiles
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -35,7 +37,7 @@ COPIER_TIMEOUT = 120.0
 
 
 def copies_dir(run: str) -> str:
-    return os.path.join(run, "copies")
+    return os.path.join(run, runfiles.COPIES)
 
 
 def service_dir(run: str, service: str) -> str:

@@ -16,19 +16,11 @@ import os
 import signal
 import time
 
+from vpnoffload import runfiles
 from vpnoffload.errors import BackendError
 from vpnoffload.lean import spawn
 
 MODULE = "vpnoffload.fallback.pageserver"
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class PageDaemon:
@@ -38,8 +30,8 @@ class PageDaemon:
 
     def __init__(self, config: str, state: str, run_dir: str, pages_dir: str) -> None:
         self.config, self.state, self.run_dir, self.pages_dir = config, state, run_dir, pages_dir
-        self.pidfile = os.path.join(run_dir, "pageserver.pid")
-        self.logfile = os.path.join(run_dir, "pageserver.log")
+        self.pidfile = os.path.join(run_dir, runfiles.PAGE_SERVER_PID)
+        self.logfile = os.path.join(run_dir, runfiles.PAGE_SERVER_LOG)
         self._child: spawn.Child | None = None
         #: The watchdog's listeners (vpnoffload.fallback.listeners.Held), handed to each server it starts.
         self.held = None
@@ -68,14 +60,7 @@ class PageDaemon:
 
     def pid(self) -> int | None:
         self._reap()
-        try:
-            with open(self.pidfile) as fh:
-                pid = int(fh.read().strip())
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                cmdline = fh.read()
-        except (OSError, ValueError):
-            return None
-        return pid if MODULE.encode() in cmdline and _alive(pid) else None
+        return runfiles.pid_of(self.pidfile, contains=(MODULE.encode(),))
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -147,7 +132,7 @@ class PageDaemon:
 
     def _gone(self, pid: int) -> bool:
         self._reap()
-        return not _alive(pid)
+        return runfiles.ours(pid) is None  # a zombie waiting for its parent counts as gone
 
     def _reap(self) -> None:
         """Collect our own child once it exited (else it stays a zombie while the watchdog runs)."""

@@ -24,7 +24,7 @@ from vpnoffload.errors import BackendError, VpnOffloadError
 from vpnoffload.fallback import copies
 from vpnoffload.lean import say
 from vpnoffload.fallback.page import MAX_CONNECTIONS, Destination, FallbackServer, FallbackServer6, Loop
-from vpnoffload.lean.snapshot import ConfigView, _options, fetch
+from vpnoffload.lean.snapshot import ConfigView, fetch
 
 log = say.Log("vpnoffload.fallback.pageserver")
 RUN_AS = "vpnoffload"
@@ -212,16 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     say.prefix = "vpnoffload-pages"
 
     def body() -> int:
-        options = _options(list(sys.argv[1:] if argv is None else argv),
-                           values=("--config", "--pages", "--ready", "--state-dir", "--listen-fds"), flags=())
-        if "--config" not in options or "--pages" not in options:
-            raise BackendError("--config and --pages are required")
-        ready = options.get("--ready")
-        state = options.get("--state-dir")
         from vpnoffload.fallback.listeners import parse_fds
+        from vpnoffload.lean import options
 
-        fds = parse_fds(str(options.get("--listen-fds") or ""))
-        return serve(str(options["--config"]), str(options["--pages"]), str(ready) if ready else None,
+        given = options.parse(argv, values=("--config", "--pages", "--ready", "--state-dir", "--listen-fds"),
+                              required=("--config", "--pages"))
+        ready, state = given.get("--ready"), given.get("--state-dir")
+        fds = parse_fds(str(given.get("--listen-fds") or ""))
+        return serve(str(given["--config"]), str(given["--pages"]), str(ready) if ready else None,
                      str(state) if state else None, fds)
 
     return run_main(body, prog=say.prefix)

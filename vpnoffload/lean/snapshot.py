@@ -18,7 +18,7 @@ from __future__ import annotations
 import marshal
 import sys
 
-from vpnoffload.errors import BackendError, ConfigError, NotSetUpError, PrerequisiteError, VpnOffloadError
+from vpnoffload.errors import ConfigError, NotSetUpError, VpnOffloadError
 
 FETCH_TIMEOUT = 30.0
 #: Bumped when the blob's shape changes (a lean process and a newer snapshot must agree).
@@ -32,7 +32,8 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
     """The plain-data snapshot of ``config`` (and of the files at ``paths`` the lean processes read)."""
     import socket
 
-    from vpnoffload.watch import state
+    from vpnoffload import watchfile
+    from vpnoffload.tunnel import server_running
 
     def key(address: object) -> str:
         # The page server names a destination as inet_ntop does (SO_ORIGINAL_DST).
@@ -67,8 +68,8 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
                   "offline_copy_every": float(w.offline_copy_every), "offline_copy_max_bytes": w.offline_copy_max_bytes},
         "homes": {name: str(home.address) for name, home in config.homes.items()},
         "services": services,
-        "server_running": state.server_running(paths),
-        "believed": state.believed_targets(state.read_state(paths.watch_state)),
+        "server_running": server_running(paths),
+        "believed": watchfile.believed_targets(watchfile.read_state(paths.watch_state)),
     }
     if with_pages:
         pages = {}
@@ -85,45 +86,19 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
 
 def main(argv: list[str] | None = None) -> int:
     """``python -I -m vpnoffload.lean.snapshot --config C [--state-dir S] [--pages]``: the blob on stdout."""
-    from pathlib import Path
-
     from vpnoffload import config as cfg
+    from vpnoffload.exits import run_main
+    from vpnoffload.lean import options
     from vpnoffload.paths import Paths
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    options = _options(args, values=("--config", "--state-dir"), flags=("--pages",))
-    try:
-        if options.get("--config") is None:
-            raise ConfigError("--config is required")
-        state = options.get("--state-dir")
-        paths = Paths.resolve(Path(str(options["--config"])), Path(str(state)) if state else None)
-        blob = marshal.dumps(build(cfg.load(paths.config), paths, with_pages=bool(options.get("--pages"))))
-    except VpnOffloadError as exc:
-        from vpnoffload.lean import say
+    def body() -> int:
+        given = options.parse(argv, values=("--config", "--state-dir"), flags=("--pages",), required=("--config",))
+        paths = Paths.resolve(str(given["--config"]), str(given.get("--state-dir") or ""))
+        blob = marshal.dumps(build(cfg.load(paths.config), paths, with_pages=bool(given.get("--pages"))))
+        sys.stdout.buffer.write(blob)
+        return 0
 
-        say.fail(str(exc))
-        return int(exc.exit_status)
-    sys.stdout.buffer.write(blob)
-    return 0
-
-
-def _options(args: list[str], *, values: tuple[str, ...], flags: tuple[str, ...]) -> dict[str, str | bool]:
-    """The few options of a lean process (argparse would import gettext, re, ...). ConfigError on anything else."""
-    found: dict[str, str | bool] = {}
-    it = iter(args)
-    for arg in it:
-        name, eq, value = arg.partition("=")
-        if name in values:
-            if not eq:
-                value = next(it, "")
-                if not value:
-                    raise ConfigError(f"{name} needs a value")
-            found[name] = value
-        elif arg in flags:
-            found[arg] = True
-        else:
-            raise ConfigError(f"unknown option {arg!r}")
-    return found
+    return run_main(body)
 
 
 # ------------------------------------------------------------------ the lean side
@@ -135,18 +110,8 @@ def fetch(config: str, state: str | None = None, *, with_pages: bool = False) ->
     from vpnoffload.lean import spawn
 
     args = ["--config", config] + (["--state-dir", state] if state else []) + (["--pages"] if with_pages else [])
-    child = spawn.spawn(spawn.full_argv("vpnoffload.lean.snapshot", *args), stdout=True, stderr=True)
-    try:
-        out, err = child.communicate(b"", FETCH_TIMEOUT)
-    except TimeoutError:
-        child.kill()
-        raise ConfigError(f"reading the config took more than {FETCH_TIMEOUT:g} s") from None
-    if child.returncode != 0:
-        lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
-        message = (lines[-1] if lines else f"exit status {child.returncode}").removeprefix("vpnoffload: error: ")
-        # The child's exit status names the kind (2: config or not set up, 4: prerequisite, 3: failure).
-        kind = {2: ConfigError, 4: PrerequisiteError}.get(child.returncode or 0, BackendError)
-        raise kind(message)
+    out = spawn.run(spawn.full_argv("vpnoffload.lean.snapshot", *args), "reading the config", FETCH_TIMEOUT,
+                    timeout_kind=ConfigError)
     try:
         data = marshal.loads(out)
     except (EOFError, ValueError, TypeError):

@@ -117,6 +117,34 @@ class Child:
         return out, err
 
 
+def finish(child: Child, data: bytes, timeout: float, what: str, *, ok: tuple[int, ...] = (0,),
+           timeout_kind: type | None = None) -> bytes:
+    """Give a started child ``data`` on stdin, wait for it, return its stdout.
+
+    The one way a parent reads a child's failure: a timeout kills it and raises
+    ``timeout_kind`` (BackendError by default); an exit status outside ``ok``
+    raises the error the child reported (:func:`vpnoffload.exits.child_error`).
+    The exit status stays in ``child.returncode``.
+    """
+    from vpnoffload import errors, exits
+
+    try:
+        out, err = child.communicate(data, timeout)
+    except TimeoutError:
+        child.kill()
+        raise (timeout_kind or errors.BackendError)(f"{what} did not finish within {timeout:g} s") from None
+    if child.returncode not in ok:
+        raise exits.child_error(child.returncode or 0, err, what)
+    return out
+
+
+def run(argv: list[str], what: str, timeout: float, *, ok: tuple[int, ...] = (0,),
+        timeout_kind: type | None = None) -> bytes:
+    """Run ``argv`` (stdin empty) to its end and return its stdout; failures as :func:`finish` raises them."""
+    child = spawn(argv, stdout=True, stderr=True)
+    return finish(child, b"", timeout, what, ok=ok, timeout_kind=timeout_kind)
+
+
 def spawn(argv: list[str], *, stdin: bool = False, stdout: bool = False, stderr: bool = False,
           log: str | None = None, detach: bool = False, fds: "list[int] | tuple[int, ...]" = ()) -> Child:
     """Start ``argv``. ``stdin``/``stdout``/``stderr``: give the parent a pipe to that stream;

@@ -22,9 +22,7 @@ and then, after dropping to ``run_as``, keeps re-reading ``crl.pem`` and
 from __future__ import annotations
 
 import functools
-import importlib.resources
 import re
-from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import jinja2
@@ -34,6 +32,7 @@ from vpnoffload.model import Config, Home
 from vpnoffload.fsio import make_dir, write_atomic
 from vpnoffload.names import check_name, shown
 from vpnoffload.pki import Pki
+from vpnoffload.render import jinja
 from vpnoffload.render.outdir import write_tree
 
 SECRET = 0o600
@@ -60,36 +59,9 @@ def ovpn_quote(value: object, field: str | None = None) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _load_template(name: str) -> str | None:
-    try:
-        return _templates_dir().joinpath(name).read_text()
-    except FileNotFoundError:
-        return None  # jinja2 turns this into TemplateNotFound
-
-
-def _templates_dir() -> Traversable:
-    try:
-        return importlib.resources.files("vpnoffload.templates")
-    except ModuleNotFoundError:
-        # A plain source checkout that was never pip-installed: templates/
-        # sits beside the package instead of inside it.
-        return Path(__file__).resolve().parents[2] / "templates"
-
-
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    # Read through importlib.resources (not a filesystem path) so it works
-    # from an editable install, a wheel, or a zip alike.
-    env = jinja2.Environment(
-        loader=jinja2.FunctionLoader(_load_template),
-        autoescape=False,  # OpenVPN configs, not HTML; quoting is ovpn_quote's job
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["ovpn_quote"] = ovpn_quote
-    return env
+    return jinja.environment(ovpn_quote=ovpn_quote)
 
 
 def _render(template: str, **values: object) -> str:

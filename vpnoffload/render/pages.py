@@ -13,7 +13,6 @@ it cannot copy a root-readable file (``state/pki/ca.key``) into the public page.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -25,15 +24,9 @@ DEFAULT_TEMPLATE = "fallback.html.j2"
 
 
 def _environment(service: Service):  # -> jinja2.Environment
-    import jinja2
+    from vpnoffload.render import jinja
 
-    from vpnoffload.render.openvpn import _load_template
-
-    from jinja2.sandbox import SandboxedEnvironment
-
-    # A custom page gets a loader that finds nothing: it is one file, read whole below.
-    loader = jinja2.DictLoader({}) if service.page is not None else jinja2.FunctionLoader(_load_template)
-    return SandboxedEnvironment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+    return jinja.page_environment(custom=service.page is not None)
 
 
 #: Statements that would read another template file: a custom page may use none of them.
@@ -94,14 +87,17 @@ def render_pages(config: Config, out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vpnoffload.render.pages")
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+    """``python -m vpnoffload.render.pages --config C --out DIR``."""
     from vpnoffload import config as cfg
     from vpnoffload.exits import run_main
+    from vpnoffload.lean import options
 
-    return run_main(lambda: bool(render_pages(cfg.load(args.config), args.out)) and 0, prog="vpnoffload pages")
+    def body() -> int:
+        given = options.parse(argv, values=("--config", "--out"), required=("--config", "--out"))
+        render_pages(cfg.load(Path(str(given["--config"]))), Path(str(given["--out"])))
+        return 0
+
+    return run_main(body, prog="vpnoffload pages")
 
 
 if __name__ == "__main__":

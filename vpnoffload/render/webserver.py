@@ -133,18 +133,9 @@ def _listeners(found: list[Site], port: int) -> list[Listener]:
 
 
 def _environment():  # -> jinja2.Environment
-    import jinja2
+    from vpnoffload.render import jinja
 
-    from vpnoffload.render.openvpn import _load_template
-
-    return jinja2.Environment(
-        loader=jinja2.FunctionLoader(_load_template),
-        autoescape=False,  # web server configs, not HTML; conf_word keeps values to plain words
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+    return jinja.environment()  # conf_word keeps values to plain words
 
 
 def _render(template: str, config: Config, out: Path, **values: object) -> str:

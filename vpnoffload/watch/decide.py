@@ -31,7 +31,7 @@ import time
 
 from vpnoffload.watch import health
 from vpnoffload.lean.say import Log
-from vpnoffload.watch.state import believed_targets, read_state, write_state  # noqa: F401  (re-exported)
+from vpnoffload.watchfile import believed_targets, read_state, write_state  # noqa: F401  (re-exported)
 
 TYPE_CHECKING = False  # typing costs ~1 MB resident (it imports re): annotations stay strings here
 if TYPE_CHECKING:

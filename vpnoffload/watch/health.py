@@ -23,6 +23,9 @@ import os
 import socket
 import struct
 import time
+
+from vpnoffload.lean.marked import HEALTH_MARK, connect  # noqa: F401  (the checks' marked socket)
+
 TYPE_CHECKING = False  # typing costs ~1 MB resident (it imports re): annotations stay strings here
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -31,9 +34,6 @@ if TYPE_CHECKING:
     from vpnoffload.model import Check
 
     Verdict = Literal["up", "slow", "down"]
-#: ``vpnoffload.model.HEALTH_MARK``, written here so the watchdog does not import
-#: the model (dataclasses, ipaddress: ~2 MB); a unit test keeps the two equal.
-HEALTH_MARK = 0x10000000
 
 #: Why a check failed (or that it was only slow), in words `status` shows as they are.
 TUNNEL_DOWN = "tunnel down"
@@ -158,30 +158,6 @@ def combine(direct: Result, forward: Result | None) -> Result:
     return Result("down", max(direct.latency, forward.latency),
                   f"{direct.detail}; along the visitors' path: {forward.detail}",
                   timed_out=forward.timed_out, reason=PATH_BLOCKED)
-
-
-def connect(address: str, port: int, timeout: float, sock: socket.socket | None = None) -> socket.socket:
-    """A TCP connection carrying HEALTH_MARK, so the fail-fast rule that refuses a
-    dead home to the VPS's web server does not refuse the check that would see
-    it come back. Without CAP_NET_ADMIN the mark is left off (a check run by hand).
-    ``sock``, made elsewhere (in the probe namespace), is used as it is, unmarked."""
-    if sock is None:
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, HEALTH_MARK)
-        except PermissionError:
-            pass
-        except BaseException:
-            sock.close()
-            raise
-    try:
-        sock.settimeout(timeout)
-        sock.connect((address, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _http(sock: socket.socket, path: str, host: str, timeout: float, start: float) -> Result:

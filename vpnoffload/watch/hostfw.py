@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 
+from vpnoffload import runfiles
+from vpnoffload.errors import VpnOffloadError
 from vpnoffload.lean import spawn
 
 EVERY = 5.0
@@ -43,7 +45,7 @@ class HostFirewallWatch:
 
     def __init__(self, run_dir: str, clock_start: float) -> None:
         self.run_dir = run_dir
-        self.record = os.path.join(run_dir, "vps.json")
+        self.record = os.path.join(run_dir, runfiles.record("vps"))
         self.nft = _which("nft")
         self.last_look = clock_start - EVERY  # look at once
         self.seen: int | None = None  # hash of the ruleset text when all was in place
@@ -71,16 +73,13 @@ class HostFirewallWatch:
         argv = spawn.full_argv("vpnoffload.firewall.host.plan", "--run", self.run_dir)
         try:
             child = spawn.spawn(argv, stdout=True, stderr=True)
-            out, err = child.communicate(b"", CHILD_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
+            out = spawn.finish(child, b"", CHILD_TIMEOUT, "the host firewall check", ok=(0, NOTHING_RECORDED))
+        except (OSError, VpnOffloadError) as exc:
             self.seen = None  # try again next time
             return [f"host firewall check failed: {exc}"]
         if child.returncode == NOTHING_RECORDED:
             self.idle_mtime = _mtime(self.record)
             return []
-        if child.returncode != 0:
-            self.seen = None
-            return [f"host firewall check failed: {(err.decode(errors='replace').strip().splitlines() or ['?'])[-1]}"]
         lines = [line for line in out.decode(errors="replace").splitlines() if line.strip()]
         if lines:
             self.seen = None  # our own re-adds changed the ruleset: take the next look as the new baseline

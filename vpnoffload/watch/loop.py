@@ -27,15 +27,15 @@ import time
 
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
 from vpnoffload.fallback import copies, listeners
-from vpnoffload.lean import say, sdnotify, spawn
+from vpnoffload.lean import options, say, sdnotify, spawn
 from vpnoffload.watch import supervise
 from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import tunnel_rx_packets
 from vpnoffload.watch.hostfw import HostFirewallWatch
 from vpnoffload.fallback.pagectl import PageDaemon
 from vpnoffload.watch.probe import ProbeNamespace
-from vpnoffload.lean.snapshot import ConfigView, _options, fetch
-from vpnoffload.watch.state import dumps, server_running, watch_pid, write_state  # noqa: F401  (re-exported)
+from vpnoffload.lean.snapshot import ConfigView, fetch
+from vpnoffload.watchfile import dumps, watch_pid, write_state  # noqa: F401  (re-exported)
 
 TYPE_CHECKING = False  # typing costs ~1 MB resident: annotations stay strings here
 if TYPE_CHECKING:
@@ -127,13 +127,7 @@ class SubprocessSwapper:
         child, self._child = self._child, None
         assert child is not None
         line = dumps({"active": dict(active), "flush": sorted(flush)}) + "\n"
-        try:
-            _, err = child.communicate(line.encode(), SWAP_TIMEOUT)
-        except TimeoutError:
-            child.kill()
-            raise BackendError(f"swap did not finish within {SWAP_TIMEOUT:g} s") from None
-        if child.returncode != 0:
-            raise BackendError((err.decode(errors="replace").strip().splitlines() or ["swap failed"])[-1])
+        spawn.finish(child, line.encode(), SWAP_TIMEOUT, "swap")
 
 
 def serve(config_path: str, state_dir: str | None = None) -> int:
@@ -284,14 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     from vpnoffload.exits import run_main
 
     def body() -> int:
-        options = _options(list(sys.argv[1:] if argv is None else argv), values=("--config", "--state-dir"),
-                           flags=("-v", "--verbose", "--debug"))
-        say.level = say.DEBUG if options.get("--debug") else say.INFO if (
-            options.get("-v") or options.get("--verbose")) else say.WARNING
-        if "--config" not in options:
-            raise NotSetUpError("--config is required")
-        state = options.get("--state-dir")
-        return serve(str(options["--config"]), str(state) if state else None)
+        given = options.parse(argv, values=("--config", "--state-dir"), flags=("-v", "--verbose", "--debug"),
+                              required=("--config",))
+        say.level = say.DEBUG if given.get("--debug") else say.INFO if (
+            given.get("-v") or given.get("--verbose")) else say.WARNING
+        state = given.get("--state-dir")
+        return serve(str(given["--config"]), str(state) if state else None)
 
     return run_main(body, prog=say.prefix)
 

@@ -25,8 +25,9 @@ import os
 import sys
 import time
 
+from vpnoffload import runfiles
 from vpnoffload.lean import say, spawn
-from vpnoffload.watch.state import write_state
+from vpnoffload.watchfile import write_state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -37,21 +38,10 @@ log = say.Log("vpnoffload.watch.supervise")
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
 #: A restart child still running after this long is killed (start + ready wait is 5 + 15 s).
 CHILD_TIMEOUT = 40.0
-STATE_FILE = "server-keeper.json"
+STATE_FILE = runfiles.SERVER_KEEPER_STATE
 
 
-def pidfile_names_openvpn(pidfile: str, config: str) -> bool:
-    """True when ``pidfile`` holds the pid of a live openvpn running ``config`` (as DaemonTunnel.pid checks)."""
-    try:
-        with open(pidfile) as fh:
-            pid = int(fh.read().strip())
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read().split(b"\0")
-        with open(f"/proc/{pid}/stat") as fh:
-            zombie = fh.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, ValueError, IndexError):
-        return False
-    return not zombie and cmdline[0].endswith(b"openvpn") and config.encode() in cmdline
+pidfile_names_openvpn = runfiles.openvpn_runs
 
 
 class ServerKeeper:
@@ -61,11 +51,11 @@ class ServerKeeper:
                  clock: "Callable[[], float]" = time.monotonic, wall: "Callable[[], float]" = time.time,
                  start: "Callable[[list[str]], spawn.Child] | None" = None) -> None:
         self.config_path, self.state_dir, self.run_dir = config_path, state_dir, run_dir
-        server_conf = os.path.join(state_dir, "server", "server.conf")
+        server_conf = runfiles.server_conf(state_dir)
         self.alive: "Callable[[], bool]" = lambda: pidfile_names_openvpn(
-            os.path.join(run_dir, "openvpn-server.pid"), server_conf)
+            os.path.join(run_dir, runfiles.openvpn_pid(runfiles.SERVER)), server_conf)
         self.clock, self.wall = clock, wall
-        self.start = start or (lambda argv: spawn.spawn(argv, log=os.path.join(run_dir, "server-keeper.log")))
+        self.start = start or (lambda argv: spawn.spawn(argv, log=os.path.join(run_dir, runfiles.SERVER_KEEPER_LOG)))
         self.enabled: bool | None = None  # decided at the first tick
         self.child: spawn.Child | None = None
         self.child_started = 0.0
@@ -151,7 +141,7 @@ def keep_server(where: "dict[str, str]") -> None:
 
 def read_stats(run_dir: "str | os.PathLike[str]") -> dict[str, object] | None:
     """What the watchdog published about restarts (None: it never had to keep the server)."""
-    from vpnoffload.watch.state import read_state
+    from vpnoffload.watchfile import read_state
 
     return read_state(os.path.join(os.fspath(run_dir), STATE_FILE))
 
@@ -159,17 +149,14 @@ def read_stats(run_dir: "str | os.PathLike[str]") -> dict[str, object] | None:
 def main(argv: list[str] | None = None) -> int:
     """``python -I -m vpnoffload.watch.supervise --config C [--state-dir S]``: one restart."""
     from vpnoffload.exits import run_main
-    from vpnoffload.lean.snapshot import _options
+    from vpnoffload.lean import options
 
     def body() -> int:
-        options = _options(list(sys.argv[1:] if argv is None else argv), values=("--config", "--state-dir"), flags=())
-        state = options.get("--state-dir")
-        from pathlib import Path
-
+        given = options.parse(argv, values=("--config", "--state-dir"), required=("--config",))
         from vpnoffload.paths import Paths
         from vpnoffload.tunnel import restart_server
 
-        restart_server(Paths.resolve(Path(str(options["--config"])), Path(str(state)) if state else None))
+        restart_server(Paths.resolve(str(given["--config"]), str(given.get("--state-dir") or "")))
         return 0
 
     return run_main(body, prog="vpnoffload-supervise")

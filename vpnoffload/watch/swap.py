@@ -12,7 +12,6 @@ nobody keeps being sent to the page.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Mapping
@@ -35,14 +34,17 @@ def apply_swap(config: Config, active: Mapping[str, str | None], flush: frozense
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vpnoffload.watch.swap", description=__doc__)
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--decision", help='JSON {"active": {service: home or null}, "flush": [service, ...]}; '
-                                           "without it, read that one line from stdin once everything is loaded")
-    args = parser.parse_args(argv)
+    """``--config C [--decision JSON]``: the decision is JSON ``{"active": {service: home or null},
+    "flush": [service, ...]}``; without it, that one line is read from stdin once everything is loaded."""
     from vpnoffload.exits import run_main
+    from vpnoffload.lean import options
 
-    return run_main(lambda: _swap(args.config, args.decision), prog="vpnoffload swap")
+    def body() -> int:
+        given = options.parse(argv, values=("--config", "--decision"), required=("--config",))
+        decision = given.get("--decision")
+        return _swap(Path(str(given["--config"])), str(decision) if decision is not None else None)
+
+    return run_main(body, prog="vpnoffload swap")
 
 
 def _swap(config_path: Path, text: str | None) -> int:

@@ -10,8 +10,13 @@ of ours are there (cheap enough for the watchdog's periodic check).
 
 from __future__ import annotations
 
-from vpnoffload.firewall.host.openings import COMMENT, Opening
+from typing import TYPE_CHECKING
+
+from vpnoffload.firewall.host.openings import COMMENT, Opening, Placement
 from vpnoffload.proc import run
+
+if TYPE_CHECKING:
+    from vpnoffload.firewall.host.mechanism import Live
 
 HINT = "apt-get install iptables"
 
@@ -64,3 +69,36 @@ def insert(family: str, table: str, chain: str, opening: Opening) -> None:
 
 def delete(family: str, table: str, chain: str, opening: Opening) -> None:
     run([command(family), "-w", "5", "-t", table, "-D", chain, *rule_args(opening)], hint=HINT)
+
+
+class _IptablesNft:
+    """iptables-nft chains (Docker's ``DOCKER-USER``, or a built-in chain), told apart by ``iptables-nft-save``."""
+
+    name = "iptables-nft"
+    adopts = True
+
+    def handle(self, place: Placement, live: Live, prefer: int | None = None) -> int | None:
+        return None  # iptables-nft rules are found by their saved line, not a handle
+
+    def present(self, place: Placement, live: Live) -> bool:
+        lines = live.once(("iptables-nft", place.family, place.table), lambda: saved_lines(place.family, place.table))
+        return save_line(place.chain, place.opening) in lines
+
+    def add(self, place: Placement) -> tuple[bool, int | None]:
+        insert(place.family, place.table, place.chain, place.opening)
+        return True, None
+
+    def remove(self, place: Placement, handle: int | None) -> None:
+        if save_line(place.chain, place.opening) in saved_lines(place.family, place.table):
+            delete(place.family, place.table, place.chain, place.opening)
+
+    def lost(self, place: Placement, live: Live) -> bool:
+        from vpnoffload.firewall.host import nft
+
+        if not nft.chain_exists(live.ruleset, "ip6" if place.family == "ip6" else "ip", place.table, place.chain):
+            return False
+        return not self.present(place, live)
+
+
+#: This module as a :class:`vpnoffload.firewall.host.mechanism.Mechanism`.
+MECHANISM = _IptablesNft()

@@ -11,11 +11,14 @@ plan step go in one transaction.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vpnoffload.errors import BackendError
 from vpnoffload.firewall.host.openings import COMMENT, Opening, Placement
 from vpnoffload.proc import run
+
+if TYPE_CHECKING:
+    from vpnoffload.firewall.host.mechanism import Live
 
 NFT_HINT = "apt-get install nftables"
 
@@ -108,3 +111,32 @@ def delete(targets: list[tuple[str, str, str, int]]) -> None:
     batch = {"nftables": [{"delete": {"rule": {"family": f, "table": t, "chain": c, "handle": h}}}
                           for f, t, c, h in targets]}
     run(["nft", "-j", "-f", "/dev/stdin"], input=json.dumps(batch), hint=NFT_HINT, timeout=15)
+
+
+class _Nft:
+    """Native nftables: our rule at the top of the host's dropping base chain, tracked by handle."""
+
+    name = "nft"
+    adopts = True
+
+    def handle(self, place: Placement, live: Live, prefer: int | None = None) -> int | None:
+        return find(live.ruleset, place.family, place.table, place.chain, place.opening, prefer)
+
+    def present(self, place: Placement, live: Live) -> bool:
+        return self.handle(place, live) is not None
+
+    def add(self, place: Placement) -> tuple[bool, int | None]:
+        return True, insert([place])[0]
+
+    def remove(self, place: Placement, handle: int | None) -> None:
+        found = find(list_ruleset(), place.family, place.table, place.chain, place.opening, handle)
+        if found is not None:
+            delete([(place.family, place.table, place.chain, found)])
+
+    def lost(self, place: Placement, live: Live) -> bool:
+        return (chain_exists(live.ruleset, place.family, place.table, place.chain)
+                and find(live.ruleset, place.family, place.table, place.chain, place.opening) is None)
+
+
+#: This module as a :class:`vpnoffload.firewall.host.mechanism.Mechanism`.
+MECHANISM = _Nft()

@@ -23,14 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vpnoffload import runfiles
 from vpnoffload.firewall.host import docker as host_docker, nft as host_nft, ufw as host_ufw
+from vpnoffload.firewall.host.mechanism import Live, Mechanism
 from vpnoffload.firewall.host.openings import Host, Opening, Placement, choose, detect
 from vpnoffload.plan import Action
 from vpnoffload.proc import run
 
 log = logging.getLogger(__name__)
 #: Where the watchdog's reconcile says what it put back (read by ``status``).
-STATUS_FILE = "hostfw.json"
+STATUS_FILE = runfiles.HOSTFW_STATUS
 
 
 def legacy_tables(proc_net: Path = Path("/proc/net")) -> tuple[str, ...]:
@@ -67,53 +69,21 @@ def placement_of(entry: dict[str, Any]) -> Placement:
                      Opening.from_dict(entry["opening"]))
 
 
-class _Live:
-    """What is in the host's firewall now, read once per plan (each mechanism only when asked)."""
-
-    def __init__(self, ruleset: dict[str, Any]) -> None:
-        self.ruleset = ruleset
-        self._saved: dict[str, set[str]] = {}
-        self._ufw: set[str] | None = None
-
-    def handle(self, place: Placement, prefer: int | None = None) -> int | None:
-        return host_nft.find(self.ruleset, place.family, place.table, place.chain, place.opening, prefer)
-
-    def present(self, place: Placement) -> bool:
-        if place.mechanism == "nft":
-            return self.handle(place) is not None
-        if place.mechanism == "iptables-nft":
-            if place.family not in self._saved:
-                self._saved[place.family] = host_docker.saved_lines(place.family, place.table)
-            return host_docker.save_line(place.chain, place.opening) in self._saved[place.family]
-        if self._ufw is None:
-            self._ufw = host_ufw.added_lines()
-        return host_ufw.shown(place.opening) in self._ufw
+#: Every mechanism, by the name a record entry carries.
+MECHANISMS: dict[str, Mechanism] = {m.name: m for m in (host_nft.MECHANISM, host_docker.MECHANISM, host_ufw.MECHANISM)}
 
 
 def _add(place: Placement, entries: list[dict[str, Any]]) -> None:
-    """Make the opening and append its record entry (not for a ufw rule ufw already had)."""
-    if place.mechanism == "nft":
-        entries.append(entry_of(place, host_nft.insert([place])[0]))
-    elif place.mechanism == "iptables-nft":
-        host_docker.insert(place.family, place.table, place.chain, place.opening)
-        entries.append(entry_of(place))
-    elif host_ufw.add(place.opening):
-        entries.append(entry_of(place))
+    """Make the opening and append its record entry (not for a rule that was not ours to record)."""
+    ours, handle = MECHANISMS[place.mechanism].add(place)
+    if ours:
+        entries.append(entry_of(place, handle))
 
 
 def _remove(entry: dict[str, Any]) -> None:
     """Remove the recorded opening if it is still there (and still ours); never anything else."""
     place = placement_of(entry)
-    if place.mechanism == "nft":
-        ruleset = host_nft.list_ruleset()
-        handle = host_nft.find(ruleset, place.family, place.table, place.chain, place.opening, entry.get("handle"))
-        if handle is not None:
-            host_nft.delete([(place.family, place.table, place.chain, handle)])
-    elif place.mechanism == "iptables-nft":
-        if host_docker.save_line(place.chain, place.opening) in host_docker.saved_lines(place.family, place.table):
-            host_docker.delete(place.family, place.table, place.chain, place.opening)
-    elif host_ufw.shown(place.opening) in host_ufw.added_lines():
-        host_ufw.delete(place.opening)
+    MECHANISMS[place.mechanism].remove(place, entry.get("handle"))
 
 
 def _same(entry: dict[str, Any], place: Placement) -> bool:
@@ -130,16 +100,17 @@ class HostFirewall:
         """Actions that make exactly ``openings`` where the host would drop them; record-keeping on ``rec``."""
         host, ruleset = self.reader()
         rec.host_found = host.found()
-        live = _Live(ruleset)
+        live = Live(ruleset)
         places = choose(openings, host)
         actions: list[Action] = []
         for entry in [e for e in rec.host_openings if not any(_same(e, p) for p in places)]:
             actions.append(_close_action(entry, rec))  # no longer needed (config changed, host changed)
         for place in places:
             recorded = any(_same(e, place) for e in rec.host_openings)
-            if live.present(place):
-                if not recorded and place.mechanism != "ufw":  # ours by its comment: adopt it so down removes it
-                    entry = entry_of(place, live.handle(place) if place.mechanism == "nft" else None)
+            mechanism = MECHANISMS[place.mechanism]
+            if mechanism.present(place, live):
+                if not recorded and mechanism.adopts:  # ours by its comment: adopt it so down removes it
+                    entry = entry_of(place, mechanism.handle(place, live))
                     actions.append(Action(f"remember {place.summary}", lambda e=entry: rec.host_openings.append(e),
                                           lambda e=entry: rec.host_openings.remove(e)))
                 continue
@@ -190,23 +161,9 @@ def _close_action(entry: dict[str, Any], rec: Any) -> Action:
 
 def missing(entries: list[dict[str, Any]], ruleset: dict[str, Any]) -> list[dict[str, Any]]:
     """Recorded openings a host reload wiped and whose chain still exists (ufw puts its own back)."""
-    out = []
-    saved: dict[str, set[str]] = {}
-    for entry in entries:
-        place = placement_of(entry)
-        if place.mechanism == "nft":
-            if (host_nft.chain_exists(ruleset, place.family, place.table, place.chain)
-                    and host_nft.find(ruleset, place.family, place.table, place.chain, place.opening) is None):
-                out.append(entry)
-        elif place.mechanism == "iptables-nft":
-            nft_family = "ip6" if place.family == "ip6" else "ip"
-            if not host_nft.chain_exists(ruleset, nft_family, place.table, place.chain):
-                continue
-            if place.family not in saved:
-                saved[place.family] = host_docker.saved_lines(place.family, place.table)
-            if host_docker.save_line(place.chain, place.opening) not in saved[place.family]:
-                out.append(entry)
-    return out
+    live = Live(ruleset)
+    return [entry for entry in entries
+            if MECHANISMS[(place := placement_of(entry)).mechanism].lost(place, live)]
 
 
 def reconcile(run_dir: Path, lock: Path) -> list[str] | None:
@@ -222,7 +179,7 @@ def reconcile(run_dir: Path, lock: Path) -> list[str] | None:
     from vpnoffload.errors import VpnOffloadError
     from vpnoffload.locks import held
 
-    rec_path = run_dir / "vps.json"
+    rec_path = run_dir / runfiles.record("vps")
     if not rec_path.exists():
         return None
     try:
@@ -252,16 +209,19 @@ def main(argv: list[str]) -> int:
 
     Prints one line per opening put back; exits 3 when ``up`` recorded none.
     """
-    if len(argv) != 2 or argv[0] != "--run":
-        print("usage: host_plan --run RUN_DIR", file=sys.stderr)
-        return 2
-    run_dir = Path(argv[1])
-    restored = reconcile(run_dir, run_dir / "lock")
-    if restored is None:
-        return 3
-    for line in restored:
-        print(line)
-    return 0
+    from vpnoffload.exits import run_main
+    from vpnoffload.lean import options
+
+    def body() -> int:
+        run_dir = Path(str(options.parse(argv, values=("--run",), required=("--run",))["--run"]))
+        restored = reconcile(run_dir, run_dir / runfiles.LOCK)
+        if restored is None:
+            return 3
+        for line in restored:
+            print(line)
+        return 0
+
+    return run_main(body, prog="vpnoffload-reconcile")
 
 
 def _note(run_dir: Path, restored: list[str]) -> None:
@@ -289,7 +249,7 @@ def status_report(run_dir: Path, end: str = "vps") -> dict[str, Any]:
     from vpnoffload.errors import VpnOffloadError
 
     try:
-        rec = record_mod.load(run_dir / f"{end}.json")
+        rec = record_mod.load(run_dir / runfiles.record(end))
     except VpnOffloadError:
         return {"found": [], "opened": [], "reopened": 0, "last_reopened": None}
     noted = read_status(run_dir) if rec.host_openings else {}

@@ -12,8 +12,13 @@ established traffic.
 
 from __future__ import annotations
 
-from vpnoffload.firewall.host.openings import COMMENT, Opening
+from typing import TYPE_CHECKING
+
+from vpnoffload.firewall.host.openings import COMMENT, Opening, Placement
 from vpnoffload.proc import run
+
+if TYPE_CHECKING:
+    from vpnoffload.firewall.host.mechanism import Live
 
 HINT = "apt-get install ufw"
 
@@ -64,3 +69,30 @@ def delete(opening: Opening) -> None:
     args = rule_args(opening)
     argv = ["ufw", "route", "delete", *args[1:]] if args[0] == "route" else ["ufw", "delete", *args]
     run(argv, hint=HINT, timeout=30)
+
+
+class _Ufw:
+    """ufw's own rules: ufw keeps and reloads them itself, so a reload never loses one."""
+
+    name = "ufw"
+    adopts = False  # a rule ufw already had is the host's, even with our comment
+
+    def handle(self, place: Placement, live: Live, prefer: int | None = None) -> int | None:
+        return None
+
+    def present(self, place: Placement, live: Live) -> bool:
+        return shown(place.opening) in live.once(("ufw",), added_lines)
+
+    def add(self, place: Placement) -> tuple[bool, int | None]:
+        return add(place.opening), None
+
+    def remove(self, place: Placement, handle: int | None) -> None:
+        if shown(place.opening) in added_lines():
+            delete(place.opening)
+
+    def lost(self, place: Placement, live: Live) -> bool:
+        return False  # ufw puts its own rules back on reload
+
+
+#: This module as a :class:`vpnoffload.firewall.host.mechanism.Mechanism`.
+MECHANISM = _Ufw()

@@ -1,8 +1,10 @@
-"""The watchdog's state file: what it publishes for ``status`` and ``up vps``.
+"""The watchdog's state file: what it publishes for ``status`` and ``up vps``, writer and readers.
 
 One JSON file (``run/watch.json``) holds the watchdog's pid and its view of
-every service. ``deploy`` and ``status`` import only this module to read it,
-never the watchdog's loop. Writing needs no ``json`` import (``dumps`` below):
+every service. The watchdog writes it; ``deploy``, ``status`` and the config
+snapshot child read it. All of them import only this module (stdlib ``os``), so
+the file's format lives in one place below both sides, and nobody imports the
+watchdog's loop to read it. Writing needs no ``json`` import (``dumps`` below):
 the watchdog process stays without ``json`` and ``re`` (~1 MB resident).
 """
 
@@ -77,21 +79,7 @@ def believed_targets(state: dict[str, object] | None) -> dict[str, str | None]:
 
 def watch_pid(paths) -> int | None:  # paths: vpnoffload.paths.Paths
     """The pid of a running watchdog for this state dir, from its state file (None: none runs)."""
+    from vpnoffload.runfiles import ours
+
     pid = (read_state(paths.watch_state) or {}).get("pid")
-    if not isinstance(pid, int):
-        return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            cmdline = fh.read()
-    except OSError:
-        return None
-    return pid if b"vpnoffload" in cmdline and b"watch" in cmdline else None
-
-
-def server_running(paths) -> bool:  # paths: vpnoffload.paths.Paths
-    """Is the VPS end's OpenVPN running? (The same check `up vps` makes.)"""
-    from vpnoffload.tunnel import DaemonTunnel, SystemdTunnel, systemd_manages_this_netns
-
-    if systemd_manages_this_netns() and SystemdTunnel("server", "openvpn-server@vpnoffload").running():
-        return True
-    return DaemonTunnel("server", paths.server_dir / "server.conf", paths.server_dir, paths.run).running()
+    return ours(pid, contains=(b"vpnoffload", b"watch")) if isinstance(pid, int) else None
