@@ -632,3 +632,41 @@ def test_a_trickling_home_does_not_stall_another_homes_services() -> None:
         slow.close()
         fast.close()
         worker.join(10)
+
+
+# ------------------------------------------------------------------ medium 6: OpenVPN's log is bounded
+
+
+def test_openvpn_logs_by_appending_and_the_cut_keeps_it_bounded(tmp_path: Path, monkeypatch) -> None:
+    """OpenVPN appends (so a cut leaves no hole); a log past the limit keeps its last quarter
+    in .1 and starts again, while the writer goes on appending (tests/integration/
+    test_openvpn_log.py floods a real OpenVPN)."""
+    from vpnoffload import proc, tunnel
+    from vpnoffload.lean import logcap
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr(tunnel, "openvpn_binary", lambda: "/usr/sbin/openvpn")
+    monkeypatch.setattr(proc, "run", lambda argv, **kw: seen.append(list(argv)) or proc.Result(tuple(argv), 1, "", "x"))
+    daemon = tunnel.DaemonTunnel("server", tmp_path / "server.conf", tmp_path, tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    daemon.logfile.write_text("the last run\n")
+    with pytest.raises(Exception):
+        daemon.start()
+    assert "--log-append" in seen[0] and "--log" not in seen[0]
+    assert Path(f"{daemon.logfile}.1").read_text() == "the last run\n"  # kept, not appended to
+
+    log = tmp_path / "openvpn.log"
+    writer = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        line = b"2026-12-06 tls-crypt unwrap error: packet authentication failed\n"
+        for _ in range(3):
+            for _ in range(2000):
+                os.write(writer, line)
+            assert logcap.cap(str(log), 64 * 1024)
+            assert log.stat().st_size < 200 and Path(f"{log}.1").stat().st_size <= 16 * 1024
+        os.write(writer, line)
+        text = log.read_bytes()
+        assert text.startswith(b"vpnoffload: log cut at 65536 bytes") and text.endswith(line) and b"\0" not in text
+        assert not logcap.cap(str(log), 64 * 1024)
+    finally:
+        os.close(writer)

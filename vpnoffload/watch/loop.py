@@ -27,7 +27,8 @@ import time
 
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
 from vpnoffload.fallback import copies, listeners
-from vpnoffload.lean import options, say, sdnotify, spawn
+from vpnoffload import runfiles
+from vpnoffload.lean import logcap, options, say, sdnotify, spawn
 from vpnoffload.watch import supervise
 from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import tunnel_rx_packets
@@ -202,6 +203,7 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
         for line in host_firewall.tick(started):
             log.warning("host firewall: %s", line)
         supervise.keep_server(where)  # restarts a killed OpenVPN server where systemd does not (issue 17)
+        logcap.cap(os.path.join(where["run"], runfiles.openvpn_log(runfiles.SERVER)))  # issue 23
         if probe is not None:
             probe.ensure()  # made again (every RETRY s) if it failed, was taken or its link went
         if (mtime := _mtime(where["config"])) != seen:
