@@ -161,7 +161,9 @@ def test_nginx_keeps_no_personalised_answer_whatever_the_header_order(tmp_path: 
 
             home.kill()
             home.wait(timeout=10)
-            time.sleep(1.5)  # past proxy_cache_valid: what comes back now is the kept copy or nothing
+            # Past proxy_cache_valid (1 s, counted in whole seconds: up to 2 s after the last
+            # fetch): what comes back now is the kept copy or nothing.
+            time.sleep(2.5)
             anonymous = [(path, {}) for path in CASES] + [("/query?user=bob", {}), ("/query", {})]
             offline = dict(zip([p for p, _ in anonymous], visit(ns, anonymous)))
         finally:

@@ -60,6 +60,7 @@ def test_a_flood_of_unauthenticated_packets_cannot_fill_the_log(tmp_path: Path) 
         server_dir = tmp_path / "server"
         render_vps(config, pki, server_dir, run_as=user)
         log = tmp_path / "openvpn-server.log"
+        log.touch(0o600)  # OpenVPN appends to it (the helper below reads it from the start)
         # As vpnoffload's own daemon runs it without systemd (tunnel.DaemonTunnel): --log-append.
         with openvpn(vps, tmp_path / "stdout.log", "--cd", str(server_dir), "--config", "server.conf",
                      "--log-append", str(log)) as server:
