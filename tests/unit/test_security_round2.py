@@ -220,10 +220,13 @@ def test_no_other_user_can_take_a_held_page_port_however_it_binds() -> None:
 
 
 def test_the_page_server_gets_the_held_sockets_and_they_go_quiet_after_it() -> None:
-    """The child gets the held socket as fd 3 (listens and answers once); after it exits the
-    watchdog's socket stops listening (refused, nothing queues) but the port stays held."""
+    """Each page server gets the held socket as fd 3 (listens, reads the request, answers);
+    after it exits the watchdog's socket stops listening (refused, nothing queues) but the
+    port stays held, and the next page server serves on it again. The watchdog quiets the
+    sockets on every round without a page server, so before the first one too."""
     import socket
     import sys
+    import time
 
     from vpnoffload.fallback import listeners
     from vpnoffload.lean import spawn
@@ -231,14 +234,10 @@ def test_the_page_server_gets_the_held_sockets_and_they_go_quiet_after_it() -> N
     port = _free_port()
     held = listeners.Held()
     held.hold(_page_view(port))
-    try:
-        passed = held.passed()
-        assert listeners.parse_fds(listeners.format_fds(passed)) == {f"4:{port}": 3}
-        child_code = ("import socket;s=socket.socket(fileno=3);s.listen();c,_=s.accept();"
-                      "c.sendall(b'page');c.close()")
-        child = spawn.spawn([sys.executable, "-I", "-S", "-c", child_code], fds=[fd for _, fd in passed])
-        import time
+    child_code = ("import socket;s=socket.socket(fileno=3);s.listen();c,_=s.accept();"
+                  "c.sendall(b'page for '+c.recv(64));c.close()")
 
+    def visit() -> bytes:
         deadline = time.monotonic() + 10
         while True:  # until the child listens
             try:
@@ -248,13 +247,22 @@ def test_the_page_server_gets_the_held_sockets_and_they_go_quiet_after_it() -> N
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
         with visitor:
-            assert visitor.recv(16) == b"page"
-        assert child.wait(10) == 0
-        held.quiet()
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", port), timeout=2)
-        with socket.socket() as other, pytest.raises(OSError):
-            other.bind(("127.0.0.1", port))
+            visitor.sendall(b"GET /")
+            return visitor.recv(64)
+
+    try:
+        passed = held.passed()
+        assert listeners.parse_fds(listeners.format_fds(passed)) == {f"4:{port}": 3}
+        for _ in range(2):
+            held.quiet()
+            child = spawn.spawn([sys.executable, "-I", "-S", "-c", child_code], fds=[fd for _, fd in passed])
+            assert visit() == b"page for GET /"
+            assert child.wait(10) == 0
+            held.quiet()
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=2)
+            with socket.socket() as other, pytest.raises(OSError):
+                other.bind(("127.0.0.1", port))
     finally:
         held.close()
 

@@ -90,12 +90,17 @@ class Held:
         return sorted(((name, s.fileno()) for name, s in self.socks.items()), key=lambda item: item[1])
 
     def quiet(self) -> None:
-        """Stop listening on sockets a page server listened on (it exited): the port stays held."""
+        """Stop listening on sockets a page server listened on (it exited): the port stays held.
+
+        Only a listening socket is shut down: Linux un-lists it and clears its shutdown
+        flags. On a socket that is merely bound, shutdown() would fail (ENOTCONN) and still
+        set them, and every connection a later page server accepts on it would be born shut."""
         for sock in self.socks.values():
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                    sock.shutdown(socket.SHUT_RDWR)
             except OSError:
-                pass  # not listening: nothing to undo
+                pass
 
     def close(self) -> None:
         for sock in self.socks.values():
