@@ -250,12 +250,14 @@ def test_the_page_server_gets_the_held_sockets_and_they_go_quiet_after_it() -> N
             visitor.sendall(b"GET /")
             return visitor.recv(64)
 
+    children: list[spawn.Child] = []
     try:
         passed = held.passed()
         assert listeners.parse_fds(listeners.format_fds(passed)) == {f"4:{port}": 3}
         for _ in range(2):
             held.quiet()
             child = spawn.spawn([sys.executable, "-I", "-S", "-c", child_code], fds=[fd for _, fd in passed])
+            children.append(child)
             assert visit() == b"page for GET /"
             assert child.wait(10) == 0
             held.quiet()
@@ -264,6 +266,8 @@ def test_the_page_server_gets_the_held_sockets_and_they_go_quiet_after_it() -> N
             with socket.socket() as other, pytest.raises(OSError):
                 other.bind(("127.0.0.1", port))
     finally:
+        for child in children:
+            child.kill()  # no-op once it exited; a child left waiting on accept is not left behind
         held.close()
 
 
