@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 PREFIX = "vpnoffload"
 #: The longest error line: a value a user typed (5000 digits, a 5000-character path) is
 #: never repeated in full, whichever message carries it.
-MAX_LINE = 240
+MAX_LINE = 300
 
 
 def error_line(exc: VpnOffloadError | str, prog: str = PREFIX) -> str:
@@ -47,9 +47,9 @@ def child_error(returncode: int, stderr: bytes, what: str) -> VpnOffloadError:
     prog, sep, rest = message.partition(": error: ")
     if sep and prog.startswith(PREFIX):
         message = rest
-    kind = {ExitStatus.BAD_INPUT: ConfigError, ExitStatus.MISSING_PREREQUISITE: PrerequisiteError}.get(
-        returncode, BackendError)  # type: ignore[call-overload]
-    return kind(message)
+    kinds: dict[int, type[VpnOffloadError]] = {ExitStatus.BAD_INPUT: ConfigError,
+                                               ExitStatus.MISSING_PREREQUISITE: PrerequisiteError}
+    return kinds.get(returncode, BackendError)(message)
 
 
 def run_main(body: Callable[[], int | None], *, debug: bool | Callable[[], bool] = False, prog: str = PREFIX,

@@ -78,6 +78,7 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
     for entry in services:
         if config.services[entry["name"]].offline_copy:
             entry["offline_copy"] = _kept(config, paths, entry["name"])
+    add_access_drops(config, services)
     data = {
         "tunnel": {"up": tunnel_up, "server_running": server_running, "homes": homes,
                    "server_restarts": _server_restarts(paths)},
@@ -89,8 +90,22 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
     return Report(data, ExitStatus.UNHEALTHY if bad else ExitStatus.OK)
 
 
+def add_access_drops(config: Config, services: list[dict[str, Any]]) -> None:
+    """Each restricted service's ``access_dropped``: {rule: new connections dropped}, read
+    from the kernel now (None: unreadable). Issue 28; see lean/accessdrops.py."""
+    from vpnoffload.lean import accessdrops
+
+    numbers = accessdrops.restricted(config)
+    if not numbers:
+        return
+    drops = accessdrops.read(numbers)
+    for entry in services:
+        if entry["name"] in numbers.values():
+            entry["access_dropped"] = None if drops is None else drops.get(entry["name"], {})
+
+
 def _kept(config: Config, paths: Paths, name: str) -> dict[str, Any]:
-    """How many of the service's offline_copy pages are kept, their age, the last fetch (issue 16)."""
+    """How many of the service's offline_copy pages are kept, their age, the last fetch."""
     svc = config.services[name]
     if svc.via == "proxy":
         return {"kept_by": config.proxy.server, "paths": len(svc.offline_copy)}
@@ -209,6 +224,11 @@ def render_text(data: dict[str, Any]) -> list[str]:
             lines.append(f"offline copy of {s['name']}: {kept['kept']}/{kept['paths']} page(s) kept "
                          f"({kept['bytes']} bytes, oldest {age}), last fetch {_ago(kept['last_fetch'])}: "
                          f"{kept['result'] or 'none yet'}")
+    for s in data["services"]:
+        if "access_dropped" in s:
+            from vpnoffload.lean.accessdrops import render
+
+            lines.append(render(s["name"], s["access_dropped"]))
     if "host_firewall" in data:
         from vpnoffload.firewall.host.plan import render_status
 

@@ -34,7 +34,7 @@ class _Group(TyperGroup):
     show local variables (they could hold private keys).
     """
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer.Context is click's, narrowed
         result: list[Any] = []
 
         def body() -> None:
@@ -86,6 +86,33 @@ def _usage_line(exc: Any) -> str:
     return f"{message} (see '{where} --help')" if where else message
 
 
+def _flags_shown_as_flags() -> None:
+    """Leave the value type off flags in ``--help`` (``--verbose, -v``, not ``--verbose -v <bool>``).
+
+    typer 0.29 renders the rich help panel with ``TyperOption.display_type_rich``,
+    which names every option's type, flags included, although a flag takes no
+    value; its plain-text help (``get_help_record``) leaves the type off for flags
+    and counters. This gives the rich panel the same rule. Older typers without
+    that method print flags correctly already and are left alone.
+    """
+    from typer.core import TyperOption
+
+    original = getattr(TyperOption, "display_type_rich", None)
+    if original is None or getattr(original, "flags_as_flags", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if getattr(self, "is_flag", False) or getattr(self, "count", False):
+            return None
+        return original(self, ctx)  # type: ignore[no-any-return]
+
+    display_type_rich.flags_as_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_shown_as_flags()
+
+
 def _debug(ctx: typer.Context) -> bool:
     obj = ctx.find_root().obj
     return bool(getattr(obj, "debug", False))
@@ -117,16 +144,15 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     ctx: typer.Context,
-    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Config file (env VPNOFFLOAD_CONFIG; default /etc/vpnoffload/vpnoffload.toml).")] = None,
-    state_dir: Annotated[Optional[str], typer.Option("--state-dir", help="Where PKI and runtime state live (default: state/ beside the config).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Config file (env VPNOFFLOAD_CONFIG; default /etc/vpnoffload/vpnoffload.toml).")] = None,
+    state_dir: Annotated[Optional[Path], typer.Option("--state-dir", help="Where PKI and runtime state live (default: state/ beside the config).")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each change as it is made.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
                         format="vpnoffload: %(message)s", stream=sys.stderr)
-    ctx.obj = Context(paths=Paths.resolve(path_option(config, "--config"), path_option(state_dir, "--state-dir")),
-                      debug=debug)
+    ctx.obj = Context(paths=Paths.resolve(config, state_dir), debug=debug)
 
 
 # ------------------------------------------------------------------ init

@@ -10,7 +10,8 @@ from vpnoffload.routing.state import Address, Route, RoutingBackend, RoutingStat
 
 def plan_routing(backend: RoutingBackend, desired: RoutingState) -> list[Action]:
     """Actions that turn our rules and our table into ``desired``; [] when already there."""
-    for item in (*desired.rules, *desired.routes):
+    owned: tuple[Rule | Route, ...] = (*desired.rules, *desired.routes)
+    for item in owned:
         if item.table != ROUTE_TABLE or getattr(item, "priority", RULE_PRIORITY) != RULE_PRIORITY:
             raise ValueError(f"{item} is outside what vpnoffload owns")
     rules = [r for r in backend.rules() if _owned(r)]
