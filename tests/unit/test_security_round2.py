@@ -654,6 +654,7 @@ def test_openvpn_logs_by_appending_and_the_cut_keeps_it_bounded(tmp_path: Path, 
     in .1 and starts again, while the writer goes on appending (tests/integration/
     test_openvpn_log.py floods a real OpenVPN)."""
     from vpnoffload import proc, tunnel
+    from vpnoffload.errors import BackendError
     from vpnoffload.lean import logcap
 
     seen: list[list[str]] = []
@@ -662,7 +663,7 @@ def test_openvpn_logs_by_appending_and_the_cut_keeps_it_bounded(tmp_path: Path, 
     daemon = tunnel.DaemonTunnel("server", tmp_path / "server.conf", tmp_path, tmp_path / "run")
     (tmp_path / "run").mkdir()
     daemon.logfile.write_text("the last run\n")
-    with pytest.raises(Exception):
+    with pytest.raises(BackendError):
         daemon.start()
     assert "--log-append" in seen[0] and "--log" not in seen[0]
     assert Path(f"{daemon.logfile}.1").read_text() == "the last run\n"  # kept, not appended to

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Any, Optional
 
 import typer
@@ -45,21 +46,23 @@ class _Group(TyperGroup):
             raise typer.Exit(status)
         return result[0] if result else None
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, windows_expand_args: bool = True,
+             **extra: Any) -> Any:
         """typer's own usage errors (``--port abc``, an unknown option) as one line too, not a
         framed multi-line box that repeats a 5000-digit value: exit 2 like every bad input."""
-        from typer.core import Abort, _click
+        from typer._click import exceptions as click_errors
+        from typer.exceptions import Abort
 
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
-                              standalone_mode=False, **extra)
-        except _click.exceptions.NoArgsIsHelpError:
+                              standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
+        except click_errors.NoArgsIsHelpError:
             if not standalone_mode:
                 raise
-            return super().main(args=args, prog_name=prog_name, complete_var=complete_var,
-                                standalone_mode=True, **extra)  # the help text, as typer shows it
-        except _click.exceptions.ClickException as exc:
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=True,
+                                windows_expand_args=windows_expand_args, **extra)  # the help, as typer shows it
+        except click_errors.ClickException as exc:
             if not standalone_mode:
                 raise
             typer.echo(error_line(_usage_line(exc)), err=True)
@@ -288,15 +291,15 @@ def install_service(
     paths = context(ctx).paths
     if end not in ("vps", "home"):
         raise ConfigError(f"{shown(end)} is not an end: use 'vps' or 'home'", field="END")
-    out = path_option(out, "--out")  # type: ignore[assignment]
+    where = path_option(out, "--out")
     config = cfg.load(paths.config)
     name = home_name(config, home) if end == "home" else None
-    if out is None:
+    if where is None:
         service_unit.require_systemd()  # check first: write nothing where it cannot run
-    written = service_unit.install(paths, end, name, out)
+    written = service_unit.install(paths, end, name, where)
     for path in written:
         typer.echo(f"wrote {path}")
-    if out is None:
+    if where is None:
         service_unit.enable([p.name for p in written])
         typer.echo(f"enabled and started {', '.join(p.name for p in written)}")
 

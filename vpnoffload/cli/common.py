@@ -47,6 +47,13 @@ def path_option(value: str | None, option: str) -> Path | None:
     return Path(value)
 
 
+def dir_option(value: str, option: str) -> Path:
+    """A required path option (``--out``): :func:`path_option`, never None."""
+    path = path_option(value, option)
+    assert path is not None
+    return path
+
+
 def home_name(config: Any, home: str | None) -> str:
     """``--home`` checked against the config, or the first home box."""
     from vpnoffload.deploy.run import home_name as checked

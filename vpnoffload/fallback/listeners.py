@@ -23,11 +23,15 @@ import socket
 
 from vpnoffload.errors import BackendError
 
+TYPE_CHECKING = False  # typing costs ~1 MB resident in the lean watchdog
+if TYPE_CHECKING:
+    from vpnoffload.lean.snapshot import ConfigView
+
 #: Where the page server gets the first passed socket.
 FIRST_FD = 3
 
 
-def wanted(config) -> list[tuple[str, str, int]]:  # config: vpnoffload.lean.snapshot.ConfigView
+def wanted(config: "ConfigView") -> list[tuple[str, str, int]]:
     """(key, host, port) of every listener the page server needs for ``config``: the VPS's
     address at fallback_port (+1 for TLS pages), and ``[::]`` for IPv6 page services."""
     port = config.watch.fallback_port
@@ -71,7 +75,7 @@ class Held:
     def __init__(self) -> None:
         self.socks: dict[str, socket.socket] = {}
 
-    def hold(self, config) -> None:
+    def hold(self, config: "ConfigView") -> None:
         """Bind every listener ``config`` wants that is not held yet; BackendError naming the
         first one that is taken (the ones bound so far stay held)."""
         for name, host, port in wanted(config):

@@ -22,6 +22,7 @@ from vpnoffload.lean import spawn
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the watchdog imports this)
 if TYPE_CHECKING:
+    from vpnoffload.fallback.listeners import Held
     from vpnoffload.paths import Paths
 
 MODULE = "vpnoffload.fallback.pageserver"
@@ -38,14 +39,14 @@ class PageDaemon:
         self.logfile = os.path.join(run_dir, runfiles.PAGE_SERVER_LOG)
         self._child: spawn.Child | None = None
         #: The watchdog's listeners (vpnoffload.fallback.listeners.Held), handed to each server it starts.
-        self.held = None
+        self.held: "Held | None" = None
 
     @classmethod
     def for_paths(cls, paths: Paths) -> PageDaemon:
         return cls(str(paths.config), str(paths.state), str(paths.run), str(paths.pages))
 
     def argv(self) -> list[str]:
-        extra = []
+        extra: list[str] = []
         if self.held is not None and self.held.socks:
             from vpnoffload.fallback.listeners import format_fds
 
@@ -78,7 +79,7 @@ class PageDaemon:
             os.unlink(self.pidfile)
         except FileNotFoundError:
             pass
-        fds = [fd for _, fd in self.held.passed()] if self.held is not None else []
+        fds: list[int] = [fd for _, fd in self.held.passed()] if self.held is not None else []
         self._child = spawn.spawn(self.argv(), log=self.logfile, detach=True, fds=fds)
 
     def start(self, timeout: float = 10.0) -> None:

@@ -28,7 +28,7 @@ import stat
 from pathlib import Path
 
 from vpnoffload import fsio
-from vpnoffload.errors import ConfigError, VpnOffloadError
+from vpnoffload.errors import VpnOffloadError
 
 MANIFEST = ".vpnoffload-files"
 #: First lines of the files vpnoffload renders (renders made before the manifest existed).

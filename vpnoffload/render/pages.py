@@ -14,6 +14,7 @@ it cannot copy a root-readable file (``state/pki/ca.key``) into the public page.
 from __future__ import annotations
 
 import sys
+from typing import Any
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,7 +38,7 @@ def _environment(service: Service) -> jinja2.Environment:
 _PULLS_IN = ("Extends", "Include", "Import", "FromImport")
 
 
-def _custom_template(env, service: Service):  # -> jinja2.Template
+def _custom_template(env: Any, service: Service) -> Any:  # jinja2 Environment -> Template
     """The user's page as one template, read from the file itself (no symlink, no FIFO,
     at most 1 MiB): it is rendered as root, so it must not name other files."""
     from jinja2 import nodes
@@ -45,6 +46,7 @@ def _custom_template(env, service: Service):  # -> jinja2.Template
     from vpnoffload.fsio import read_regular
 
     field = f"services.{service.name}.page"
+    assert service.page is not None
     try:
         source = read_regular(service.page, field, follow=False)
     except FileNotFoundError:

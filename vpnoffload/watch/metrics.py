@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import socketserver
 import threading
+from typing import Any
 
 from vpnoffload.watch.decide import Watchdog
 
@@ -60,7 +62,7 @@ REQUEST_DEADLINE = 2.0
 MAX_HEAD = 8192
 
 
-def _read_head(sock, deadline: float) -> bytes:
+def _read_head(sock: "socket.socket", deadline: float) -> bytes:
     """The request up to its first line end, at most MAX_HEAD bytes, within ``deadline``."""
     import time
 
@@ -111,7 +113,7 @@ class MetricsServer(socketserver.ThreadingTCPServer):
         self._slots = threading.BoundedSemaphore(self.MAX_CLIENTS)
         super().__init__((host.strip("[]"), int(port)), _Handler)
 
-    def process_request(self, request, client_address) -> None:
+    def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)
             return
@@ -121,7 +123,7 @@ class MetricsServer(socketserver.ThreadingTCPServer):
             self._slots.release()
             raise
 
-    def process_request_thread(self, request, client_address) -> None:
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
