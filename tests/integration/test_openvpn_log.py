@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_tunnel import (HOME_ADDR, READY, VPS_ADDR, lab, make_config, openvpn,
+from tests.integration.ovpnkit import (HOME_ADDR, READY, VPS_ADDR, lab, make_config, openvpn,
                                            system_user)
 from tests.nslib import in_ns, needs_openvpn, needs_root
 from vpnoffload.lean import logcap
