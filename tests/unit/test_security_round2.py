@@ -576,8 +576,6 @@ def test_the_watchdog_unit_filters_system_calls(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ medium 2: one home cannot stall another
 
 
-@pytest.mark.xfail(strict=False, reason="passes once issue 21's deadlines (per check, and on joining the "
-                                        "check threads; branch i21, watch/health.py) are merged")
 def test_a_trickling_home_does_not_stall_another_homes_services() -> None:
     """Two homes on loopback: "home" accepts the check and then sends one byte every 50 ms and
     never a line end; "attic" answers at once. One round of checks must end within a few check
