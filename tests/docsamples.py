@@ -108,6 +108,7 @@ def debian_vps(mp: pytest.MonkeyPatch, scratch: Path) -> Iterator[None]:
 
     which = {"openvpn": "/usr/sbin/openvpn", "iptables": "/usr/sbin/iptables"}
     mp.setattr(shutil, "which", lambda name, *a, **k: which.get(name))
+    mp.setattr("vpnoffload.watch.flows.conntrack_binary", lambda: "/usr/sbin/conntrack")
     mp.setattr("os.geteuid", lambda: 0)
     mp.setattr(proc, "run", _fake_run)
     mp.setattr(doctor.check_tun, "__defaults__", (_Present("/dev/net/tun"),))
