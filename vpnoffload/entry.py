@@ -36,6 +36,8 @@ def lean_options(argv: list[str]) -> dict[str, str | bool] | None:
                     return None
                 i += 1
                 value = argv[i]
+            if not value.strip():
+                return None  # the typer CLI refuses an empty path in one line
             found[_VALUE_OPTIONS[name]] = value
         elif arg in _FLAGS:
             found[_FLAGS[arg]] = True
@@ -99,7 +101,25 @@ def run_lean(options: dict[str, str | bool]) -> int:
 
     return run_main(show_status, debug=bool(options.get("debug")))
 
+#: Global options naming a path: typer turns an empty one into ".", the current directory.
+_PATH_OPTIONS = ("-c", "--config", "--state-dir")
+
+
+def empty_path_option(argv: list[str]) -> str | None:
+    """The global path option given as ``''`` (``-c ''``, ``--state-dir=``), if any."""
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in _PATH_OPTIONS and (eq and not value.strip()
+                                      or not eq and i + 1 < len(argv) and not argv[i + 1].strip()):
+            return name
+    return None
+
+
 def main() -> None:
+    empty = empty_path_option(sys.argv[1:])
+    if empty is not None:
+        print(f"vpnoffload: error: {empty}: is empty; name a directory or file", file=sys.stderr)
+        sys.exit(2)
     options = lean_options(sys.argv[1:])
     if options is not None:
         sys.exit(run_lean(options))

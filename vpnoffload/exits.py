@@ -22,11 +22,17 @@ if TYPE_CHECKING:
 
 #: What a message is prefixed with, so logs and terminals show who spoke.
 PREFIX = "vpnoffload"
+#: The longest error line: a value a user typed (5000 digits, a 5000-character path) is
+#: never repeated in full, whichever message carries it.
+MAX_LINE = 300
 
 
 def error_line(exc: VpnOffloadError | str, prog: str = PREFIX) -> str:
-    """The one line a user sees for ``exc``."""
-    return f"{prog}: error: {exc}"
+    """The one line a user sees for ``exc``: line breaks and control characters become
+    spaces, and the line is cut at MAX_LINE characters."""
+    text = "".join(c if c.isprintable() else " " for c in f"{prog}: error: {exc}")
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."
 
 
 def child_error(returncode: int, stderr: bytes, what: str) -> VpnOffloadError:

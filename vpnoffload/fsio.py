@@ -16,11 +16,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
 from pathlib import Path
 
+from vpnoffload.names import shown
 from vpnoffload.errors import ConfigError, VpnOffloadError
 
 #: A config file is a few kilobytes; anything far bigger is not one.
@@ -73,8 +75,13 @@ def make_dir(path: Path, mode: int, *, no_symlink: bool = False, parents_mode: i
     path = Path(path)
     if no_symlink and path.is_symlink():
         raise ConfigError(f"{path} is a symlink; refusing to write through it (make it a plain directory)")
-    if path.is_dir():
-        return path
+    try:
+        if path.is_dir():
+            return path
+        if os.path.lexists(path):  # a file, a FIFO, a device, a dangling or looping symlink
+            raise ConfigError(f"{shown(str(path))} exists and is not a directory")
+    except OSError as exc:  # a name too long, a loop in the parents
+        raise ConfigError(f"{shown(str(path))} cannot be used as a directory: {exc.strerror or exc}") from None
     missing = [path, *[p for p in path.parents if not p.exists()]]
     try:
         for directory in reversed(missing):
@@ -90,17 +97,21 @@ def make_dir(path: Path, mode: int, *, no_symlink: bool = False, parents_mode: i
     return path
 
 
-def read_regular(path: Path, field: str, *, limit: int = MAX_READ) -> str:
+def read_regular(path: Path, field: str, *, limit: int = MAX_READ, follow: bool = True) -> str:
     """The UTF-8 text of the regular file ``path`` (at most ``limit`` bytes), else ConfigError.
 
     Opened non-blocking so a FIFO cannot hang the open; FileNotFoundError is
-    passed up unchanged for the caller to explain.
+    passed up unchanged for the caller to explain. ``follow=False`` refuses a
+    symlink in the last component (``O_NOFOLLOW``).
     """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise
     except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            raise ConfigError("is a symlink; name the file itself", field=field) from None
         raise ConfigError(f"cannot read: {exc.strerror or exc}", field=field) from None
     try:
         info = os.fstat(fd)

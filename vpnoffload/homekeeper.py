@@ -120,7 +120,11 @@ def keep(client_pidfile: str, profile: str, up_argv: list[str], stopping: "list[
          firewall: "Callable[[float], list[str]] | None" = None) -> None:
     """The loop: run ``up_argv`` whenever the client is gone, until ``stopping[0]``; and
     ``firewall(now)`` each round (its lines are logged), while no ``up home`` child runs."""
+    from vpnoffload.lean import logcap
+
     start = start or (lambda argv: spawn.spawn(argv))
+    # The client's own log (openvpn-home-NAME.log beside its pidfile) is bounded like the server's.
+    client_log = client_pidfile[: -len(".pid")] + ".log" if client_pidfile.endswith(".pid") else None
     backoff, next_try, child, began = FIRST_BACKOFF, 0.0, None, 0.0
     try:
         while not stopping[0]:
@@ -149,6 +153,8 @@ def keep(client_pidfile: str, profile: str, up_argv: list[str], stopping: "list[
                 except OSError as exc:
                     _say(f"cannot run up home: {exc}")
                     next_try, backoff = now + backoff, min(MAX_BACKOFF, backoff * 2)
+            if client_log is not None:
+                logcap.cap(client_log)
             sleep(EVERY)
     finally:
         if child is not None and child.poll() is None:

@@ -4,6 +4,7 @@ the xtables lock that every iptables user takes."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
@@ -14,12 +15,15 @@ from vpnoffload.errors import BackendError
 
 @contextlib.contextmanager
 def held(path: str, timeout: float, busy: Callable[[], str], *, mode: int = os.O_RDWR) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (created 0600 if missing); after ``timeout``
-    seconds of waiting raise BackendError with the text ``busy()`` returns."""
+    """Hold an exclusive flock on ``path`` (created 0600 if missing; a symlink there is refused,
+    never followed); after ``timeout`` seconds of waiting raise BackendError with the text ``busy()`` returns.
+    ``mode`` ``O_RDONLY | O_DIRECTORY``: lock an existing directory, creating nothing."""
+    create = 0 if mode & os.O_DIRECTORY else os.O_CREAT
     try:
-        fd = os.open(path, mode | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, mode | create | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise BackendError(f"cannot open the lock {path}: {exc.strerror or exc}") from exc
+        why = "it is a symlink" if exc.errno == errno.ELOOP else exc.strerror or exc
+        raise BackendError(f"cannot open the lock {path}: {why}") from None
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -41,10 +45,11 @@ EDIT_TIMEOUT = 30.0
 
 
 def edit_lock_path(config: "os.PathLike[str] | str") -> str:
-    """The lock every config and PKI edit holds: beside the config file's real location
-    (a symlinked config and its target share one lock)."""
-    real = os.path.realpath(config)
-    return os.path.join(os.path.dirname(real), f".{os.path.basename(real)}.lock")
+    """What every config and PKI edit locks: the directory of the config file's real location
+    (a symlinked config and its target share one lock). A directory, not a lock file: an edit
+    leaves nothing behind (not even when it fails), and there is no file name another user
+    could plant a symlink at."""
+    return os.path.dirname(os.path.realpath(config))
 
 
 @contextlib.contextmanager
@@ -52,5 +57,6 @@ def editing(config: "os.PathLike[str] | str", timeout: float = EDIT_TIMEOUT) -> 
     """Hold the edit lock of ``config``: parallel ``service add`` / ``pki issue`` run one after another,
     each reading what the previous one wrote (none is lost, no address is handed out twice)."""
     path = edit_lock_path(config)
-    with held(path, timeout, lambda: f"another vpnoffload edit holds {path}; try again when it is done"):
+    with held(path, timeout, lambda: f"another vpnoffload edit holds {path}; try again when it is done",
+              mode=os.O_RDONLY | os.O_DIRECTORY):
         yield

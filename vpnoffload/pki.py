@@ -65,6 +65,26 @@ def check_name(name: str, *, allow_reserved: bool = False) -> str:
     return names.check_name(name, allow_reserved=allow_reserved)
 
 
+def _check_index(index: object, where: str) -> None:
+    """The index must have the shape :meth:`Pki._save_index` writes, or nothing reads it."""
+    def valid() -> bool:
+        if not isinstance(index, dict) or not isinstance(index.get("server_name"), str):
+            return False
+        certs, revoked = index.get("certs"), index.get("revoked")
+        if not isinstance(certs, dict) or not isinstance(revoked, list) or type(index.get("crl_number")) is not int:
+            return False
+        for record in certs.values():
+            if not (isinstance(record, dict) and isinstance(record.get("kind"), str)
+                    and type(record.get("serial")) is int and isinstance(record.get("revoked"), bool)):
+                return False
+        return all(isinstance(e, dict) and type(e.get("serial")) is int and isinstance(e.get("revoked_at"), str)
+                   for e in revoked)
+
+    if not valid():
+        raise NotSetUpError(f"{where} is damaged (not the index vpnoffload writes); restore it from a backup "
+                            f"or run 'vpnoffload init --force' for a new PKI")
+
+
 class Pki:
     """A CA in ``directory``; see the module docstring for the layout."""
 
@@ -165,13 +185,20 @@ class Pki:
     @classmethod
     def open(cls, directory: Path) -> "Pki":
         """Open an existing PKI; NotSetUpError when there is none."""
+        from vpnoffload.fsio import read_regular
+
         directory = Path(directory).absolute()
+        where = str(directory / _INDEX)
         try:
-            index = json.loads((directory / _INDEX).read_text())
+            index = json.loads(read_regular(directory / _INDEX, where, follow=False))
         except FileNotFoundError:
             raise NotSetUpError(f"no PKI in {directory}: create one first") from None
-        except (OSError, ValueError) as exc:
-            raise VpnOffloadError(f"cannot read {directory / _INDEX}: {exc}") from None
+        except (ValueError, RecursionError):
+            raise NotSetUpError(f"{where} is damaged (not the JSON vpnoffload writes); restore it from a "
+                                f"backup or run 'vpnoffload init --force' for a new PKI") from None
+        except ConfigError as exc:
+            raise NotSetUpError(f"{where}: {exc.message}") from None
+        _check_index(index, where)
         return cls(directory, index)
 
     # ----- issuing and revoking -------------------------------------------------

@@ -65,13 +65,15 @@ def run(argv: Sequence[str], *, input: str | None = None, timeout: float = DEFAU
     --daemon``) cannot keep this call waiting for the pipe to close.
     """
     argv = [str(a) for a in argv]
-    if shutil.which(argv[0]) is None:
+    program = shutil.which(argv[0], path=safe_path())
+    if program is None:
         raise PrerequisiteError(f"{argv[0]} is missing" + (f": {hint}" if hint else ""))
     try:
         if detached_output:
-            result = _run_into_files(argv, input, timeout, env, cwd)
+            result = _run_into_files(argv, input, timeout, env, cwd, program)
         else:
-            proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False,
+            proc = subprocess.run(argv, executable=program, input=input, capture_output=True, text=True,
+                                  timeout=timeout, check=False,
                                   stdin=None if input is not None else subprocess.DEVNULL,
                                   env=dict(env) if env is not None else None, cwd=cwd)
             result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
@@ -84,10 +86,17 @@ def run(argv: Sequence[str], *, input: str | None = None, timeout: float = DEFAU
     return result
 
 
+def safe_path() -> str:
+    """``PATH`` without its relative entries (``''``, ``.``, ``bin``): those name the directory
+    a command happens to run from, and a program planted there must not run as root."""
+    entries = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    return os.pathsep.join(e for e in entries if os.path.isabs(e)) or "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def _run_into_files(argv: list[str], input: str | None, timeout: float, env: Mapping[str, str] | None,
-                    cwd: str | os.PathLike[str] | None) -> Result:
+                    cwd: str | os.PathLike[str] | None, program: str) -> Result:
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.run(argv, input=input.encode() if input is not None else None, stdout=out, stderr=err,
+        proc = subprocess.run(argv, executable=program, input=input.encode() if input is not None else None, stdout=out, stderr=err,
                               stdin=None if input is not None else subprocess.DEVNULL, timeout=timeout, check=False,
                               env=dict(env) if env is not None else None, cwd=cwd)
         out.seek(0)

@@ -385,7 +385,15 @@ def render_text(data: dict[str, Any]) -> list[str]:
         from vpnoffload.firewall.host.plan import render_status
 
         lines += render_status(data["host_firewall"], _ago)
-    return lines
+    return [printable(line) for line in lines]
+
+
+def printable(text: str) -> str:
+    """``text`` without control or format characters: what home answers (a header a copy was
+    refused for, a status line) must not move the cursor, retitle or clear the reader's terminal."""
+    import unicodedata
+
+    return "".join(c if c == " " or unicodedata.category(c)[0] not in "CZ" else "?" for c in text)
 
 
 def report_for(paths: Paths) -> Report:

@@ -94,12 +94,17 @@ class DaemonTunnel:
         return self.pid() is not None
 
     def start(self) -> None:
+        from vpnoffload.lean import logcap
+
         fsio.make_dir(self.run_dir, 0o700)
         self.pidfile.unlink(missing_ok=True)
+        # Appended, so the watchdog can cut it while OpenVPN writes (lean/logcap.py: packets
+        # without the tls-crypt key each log two lines); the last run's log is kept as .1.
+        logcap.rotate(str(self.logfile))
         argv = [
             openvpn_binary(), "--cd", str(self.workdir), "--config", str(self.config),
             "--daemon", f"vpnoffload-{self.name}", "--writepid", str(self.pidfile),
-            "--log", str(self.logfile), *self.extra_args,
+            "--log-append", str(self.logfile), *self.extra_args,
         ]
         result = proc.run(argv, timeout=30, check=False)
         if not result.ok:

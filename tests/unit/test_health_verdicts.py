@@ -273,14 +273,15 @@ def test_echo_sequence_and_packet(monkeypatch: pytest.MonkeyPatch) -> None:
             sent.append("closed")
 
     monkeypatch.setattr(Echo, "_seq", 4)
-    monkeypatch.setattr(health.os, "getpid", lambda: 0x9000)  # above 0x7fff: unsigned fields
+    # A random identifier (above 0x7fff: unsigned fields) and 8 random bytes of payload.
+    monkeypatch.setattr(health.os, "urandom", lambda n: b"\x90\x05" if n == 2 else TOKEN)
     echo = Echo.send("198.51.100.2", Raw())  # type: ignore[arg-type]
-    assert echo is not None and Echo._seq == 5 and echo.ident == 0x9005
+    assert echo is not None and Echo._seq == 5 and echo.ident == 0x9005 and echo.seq == 5 and echo.token == TOKEN
     packet, where = sent[0]
     assert where == ("198.51.100.2", 0)
-    kind, code, checksum, ident, seq = struct.unpack("!BBHHH", packet)
-    assert (kind, code, ident, seq) == (8, 0, 0x9005, 5)
-    assert checksum == health._checksum(struct.pack("!BBHHH", 8, 0, 0, 0x9005, 5))
+    kind, code, checksum, ident, seq = struct.unpack_from("!BBHHH", packet)
+    assert (kind, code, ident, seq) == (8, 0, 0x9005, 5) and packet[8:] == TOKEN
+    assert checksum == health._checksum(struct.pack("!BBHHH", 8, 0, 0, 0x9005, 5) + TOKEN)
     monkeypatch.setattr(Echo, "_seq", 0xFFFF)
     assert Echo.send("198.51.100.2", Raw()) is not None and Echo._seq == 0  # type: ignore[arg-type]
 
@@ -305,10 +306,15 @@ def test_tunnel_rx_packets_reads_the_device_counter() -> None:
     assert health.tunnel_rx_packets("vt-no-such-dev") is None
 
 
-def icmp(kind: int, ident: int, src: str = "198.51.100.2", ihl: int = 5) -> tuple[bytes, tuple[str, int]]:
+#: The request's random payload, which a reply must echo.
+TOKEN = b"\x01\x02\x03\x04\x05\x06\x07\x08"
+
+
+def icmp(kind: int, ident: int, src: str = "198.51.100.2", ihl: int = 5, seq: int = 1,
+         token: bytes = TOKEN) -> tuple[bytes, tuple[str, int]]:
     """An IPv4 packet (header of ``ihl`` words) carrying an ICMP echo of ``kind``, as a raw socket reads it."""
     ip_header = bytes([0x40 | ihl]) + bytes(4 * ihl - 1)
-    return ip_header + struct.pack("!BBHHH", kind, 0, 0, ident, 1), (src, 0)
+    return ip_header + struct.pack("!BBHHH", kind, 0, 0, ident, seq) + token, (src, 0)
 
 
 class Replies:
@@ -330,7 +336,7 @@ class Replies:
 
 
 def answered(*reads, wait: float = 0.0) -> bool:
-    return Echo(Replies(*reads), "198.51.100.2", 0x8001).answered(wait=wait)  # type: ignore[arg-type]
+    return Echo(Replies(*reads), "198.51.100.2", 0x8001, 1, TOKEN).answered(wait=wait)  # type: ignore[arg-type]
 
 
 def test_only_an_echo_reply_with_our_identifier_from_home_counts() -> None:
@@ -338,6 +344,8 @@ def test_only_an_echo_reply_with_our_identifier_from_home_counts() -> None:
     assert answered(icmp(0, 0x8001, ihl=6))  # IP options: the ICMP header starts later
     assert not answered(icmp(8, 0x8001))  # our own request, seen on the raw socket
     assert not answered(icmp(0, 0x8002)) and not answered(icmp(0, 0x8001, src="198.51.100.3"))
+    # A spoofed reply that guessed the identifier still misses the sequence or the payload.
+    assert not answered(icmp(0, 0x8001, seq=2)) and not answered(icmp(0, 0x8001, token=bytes(8)))
     truncated = (icmp(0, 0x8001)[0][:24], ("198.51.100.2", 0))
     assert not answered(truncated)
     assert answered(icmp(0, 0x8002), icmp(8, 0x8001), icmp(0, 0x8001))  # read past the others

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Annotated, Any, Optional
 
 import typer
@@ -17,12 +18,13 @@ from typer.core import TyperGroup
 
 from vpnoffload import __version__
 from vpnoffload.errors import ConfigError, ExitStatus
-from vpnoffload.cli.common import Context, context, home_name
-from vpnoffload.exits import run_main
+from vpnoffload.cli.common import Context, context, home_name, path_option
+from vpnoffload.exits import error_line, run_main
 from vpnoffload.cli.lab import lab_app
 from vpnoffload.cli.pki import pki_app
 from vpnoffload.cli.render import render_app
 from vpnoffload.cli.service import service_app
+from vpnoffload.names import shown
 from vpnoffload.paths import Paths
 
 
@@ -43,6 +45,48 @@ class _Group(TyperGroup):
         if status:
             raise typer.Exit(status)
         return result[0] if result else None
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, windows_expand_args: bool = True,
+             **extra: Any) -> Any:
+        """typer's own usage errors (``--port abc``, an unknown option) as one line too, not a
+        framed multi-line box that repeats a 5000-digit value: exit 2 like every bad input."""
+        from typer._click import exceptions as click_errors
+        from typer.exceptions import Abort
+
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
+                              standalone_mode=False, windows_expand_args=windows_expand_args, **extra)
+        except click_errors.NoArgsIsHelpError:
+            if not standalone_mode:
+                raise
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=True,
+                                windows_expand_args=windows_expand_args, **extra)  # the help, as typer shows it
+        except click_errors.ClickException as exc:
+            if not standalone_mode:
+                raise
+            typer.echo(error_line(_usage_line(exc)), err=True)
+            sys.exit(exc.exit_code)
+        except Abort:
+            if not standalone_mode:
+                raise
+            typer.echo("vpnoffload: interrupted", err=True)
+            sys.exit(int(ExitStatus.INTERRUPTED))
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _usage_line(exc: Any) -> str:
+    """A click/typer usage error as text for :func:`error_line`: quoted values cut short,
+    and where to find the command's help."""
+    import re
+
+    from vpnoffload.names import shown
+
+    message = re.sub(r"'([^']{40,})'", lambda m: shown(m.group(1), 40), exc.format_message())
+    where = getattr(getattr(exc, "ctx", None), "command_path", None)
+    return f"{message} (see '{where} --help')" if where else message
 
 
 def _flags_shown_as_flags() -> None:
@@ -150,15 +194,15 @@ def init(
 
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")]
 HomeOpt = Annotated[Optional[str], typer.Option("--home", help="Home box (default: the first).")]
-ProfileOpt = Annotated[Optional[Path], typer.Option("--profile", help="Client profile (default: STATE_DIR/HOME.ovpn).")]
+ProfileOpt = Annotated[Optional[str], typer.Option("--profile", help="Client profile (default: STATE_DIR/HOME.ovpn).")]
 
 
-def _run(ctx: typer.Context, verb: str, end: str, *, home: str | None = None, profile: Path | None = None,
+def _run(ctx: typer.Context, verb: str, end: str, *, home: str | None = None, profile: str | None = None,
          dry_run: bool = False) -> None:
     """Every up/down goes through deploy.run; this only says what happened."""
     from vpnoffload.deploy import run
 
-    request = run.Request(verb, end, home=home, profile=profile, dry_run=dry_run)  # type: ignore[arg-type]
+    request = run.Request(verb, end, home=home, profile=path_option(profile, "--profile"), dry_run=dry_run)  # type: ignore[arg-type]
     outcome = run.execute(request, context(ctx).paths, announce=lambda line: typer.echo(f"  - {line}"))
     if outcome.nothing_to_do:
         typer.echo(f"nothing to do: {outcome.what} is already as configured")
@@ -238,7 +282,7 @@ def install_service(
     ctx: typer.Context,
     end: Annotated[str, typer.Argument(help="vps (the up unit and the watchdog) or home.")] = "vps",
     home: HomeOpt = None,
-    out: Annotated[Optional[Path], typer.Option(help="Write the units here instead of /etc/systemd/system (no systemctl).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Write the units here instead of /etc/systemd/system (no systemctl).")] = None,
 ) -> None:
     """Install and start systemd units: 'up END' at boot, 'down END' on stop (and the watchdog on the VPS)."""
     from vpnoffload import config as cfg
@@ -246,15 +290,16 @@ def install_service(
 
     paths = context(ctx).paths
     if end not in ("vps", "home"):
-        raise ConfigError(f"{end!r} is not an end: use 'vps' or 'home'", field="END")
+        raise ConfigError(f"{shown(end)} is not an end: use 'vps' or 'home'", field="END")
+    where = path_option(out, "--out")
     config = cfg.load(paths.config)
     name = home_name(config, home) if end == "home" else None
-    if out is None:
+    if where is None:
         service_unit.require_systemd()  # check first: write nothing where it cannot run
-    written = service_unit.install(paths, end, name, out)
+    written = service_unit.install(paths, end, name, where)
     for path in written:
         typer.echo(f"wrote {path}")
-    if out is None:
+    if where is None:
         service_unit.enable([p.name for p in written])
         typer.echo(f"enabled and started {', '.join(p.name for p in written)}")
 

@@ -7,14 +7,15 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from vpnoffload.cli.common import context, home_name
+from vpnoffload.cli.common import context, dir_option, home_name
 
 render_app = typer.Typer(no_args_is_help=True, help="Write OpenVPN configs for the VPS or a home box, or nginx/HAProxy includes.")
 
 
 @render_app.command("vps")
-def render_vps(ctx: typer.Context, out: Annotated[Path, typer.Option(help="Directory to write into.")]) -> None:
+def render_vps(ctx: typer.Context, out_text: Annotated[str, typer.Option("--out", help="Directory to write into.")]) -> None:
     """Write the OpenVPN server config, per-home addresses, CRL and keys (0600)."""
+    out = dir_option(out_text, "--out")
     from vpnoffload import config as cfg
     from vpnoffload import pki as pki_mod
     from vpnoffload.render import openvpn as render
@@ -28,10 +29,11 @@ def render_vps(ctx: typer.Context, out: Annotated[Path, typer.Option(help="Direc
 @render_app.command("home")
 def render_home(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="Directory to write into.")],
+    out_text: Annotated[str, typer.Option("--out", help="Directory to write into.")],
     home: Annotated[Optional[str], typer.Option(help="Home box (default: the first).")] = None,
 ) -> None:
     """Write one self-contained client profile NAME.ovpn for a home box."""
+    out = dir_option(out_text, "--out")
     from vpnoffload import config as cfg
     from vpnoffload import pki as pki_mod
     from vpnoffload.render import openvpn as render
@@ -46,9 +48,10 @@ def render_home(
 @render_app.command("nginx")
 def render_nginx(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="Directory to write into, e.g. /etc/vpnoffload/nginx.")],
+    out_text: Annotated[str, typer.Option("--out", help="Directory to write into, e.g. /etc/vpnoffload/nginx.")],
 ) -> None:
     """Write the nginx includes that route the via=proxy services by name (Host, and SNI on 443)."""
+    out = dir_option(out_text, "--out")
     from vpnoffload import config as cfg
     from vpnoffload.render import webserver
 
@@ -65,9 +68,10 @@ def render_nginx(
 @render_app.command("haproxy")
 def render_haproxy(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="Directory to write into, e.g. /etc/vpnoffload/haproxy.")],
+    out_text: Annotated[str, typer.Option("--out", help="Directory to write into, e.g. /etc/vpnoffload/haproxy.")],
 ) -> None:
     """Write the HAProxy frontends and backends that route the via=proxy services by name."""
+    out = dir_option(out_text, "--out")
     from vpnoffload import config as cfg
     from vpnoffload.render import webserver
 

@@ -65,7 +65,10 @@ def access_values(allow: list[str] | None = None, deny: list[str] | None = None,
     if rate is not None:
         values["rate"] = rate
     if max_conns is not None:
-        values["max_conns"] = int(max_conns) if max_conns.isascii() and max_conns.isdigit() else max_conns
+        # At most 10 digits become a number (a 5000-digit one would not even convert); the
+        # config check refuses the rest by name, like every number written as text.
+        digits = max_conns.isascii() and max_conns.isdigit() and len(max_conns) <= 10
+        values["max_conns"] = int(max_conns) if digits else max_conns
     return values
 
 
@@ -129,7 +132,6 @@ def init(paths: Paths, *, vps_address: str, tunnel_subnet: str, tunnel_subnet6: 
     except BaseException:
         if made:  # leave no trace of a failed first init
             with contextlib.suppress(OSError):
-                os.unlink(locks.edit_lock_path(paths.config))
                 directory.rmdir()
         raise
     return found

@@ -66,9 +66,11 @@ class FallbackServer:
     request_queue_size = 1024
 
     def __init__(self, address: Destination, pages: Mapping[Destination, bytes], *,
-                 retry_after: int = RETRY_AFTER, tls_contexts: Mapping[Destination, Any] | None = None) -> None:
+                 retry_after: int = RETRY_AFTER, tls_contexts: Mapping[Destination, Any] | None = None,
+                 sock: socket.socket | None = None) -> None:
         """``tls_contexts``: for the TLS listener, an ssl.SSLContext per original destination
-        (chosen before the handshake, so no SNI parsing is needed)."""
+        (chosen before the handshake, so no SNI parsing is needed). ``sock``: a socket already
+        bound to ``address`` (the watchdog's, see :mod:`vpnoffload.fallback.listeners`)."""
         self.retry_after = retry_after
         self.tls_contexts = tls_contexts
         self._generic = response(GENERIC_PAGE.encode(), retry_after)
@@ -77,11 +79,15 @@ class FallbackServer:
         self._kept: dict[Destination, dict[str, Any]] = {}
         self._banner: dict[Destination, bool] = {}
         self.set_pages(pages)
-        sock = socket.socket(self.address_family, socket.SOCK_STREAM)
+        given = sock is not None
+        sock = sock if sock is not None else socket.socket(self.address_family, socket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._configure(sock)
-            sock.bind(address)
+            if not given:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # Beside the watchdog's held socket (same uid, bound, not listening): see listeners.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                self._configure(sock)
+                sock.bind(address)
             sock.listen(self.request_queue_size)
             sock.setblocking(False)
         except BaseException:

@@ -22,6 +22,7 @@ from vpnoffload.lean import spawn
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the watchdog imports this)
 if TYPE_CHECKING:
+    from vpnoffload.fallback.listeners import Held
     from vpnoffload.paths import Paths
 
 MODULE = "vpnoffload.fallback.pageserver"
@@ -37,14 +38,30 @@ class PageDaemon:
         self.pidfile = os.path.join(run_dir, runfiles.PAGE_SERVER_PID)
         self.logfile = os.path.join(run_dir, runfiles.PAGE_SERVER_LOG)
         self._child: spawn.Child | None = None
+        #: The watchdog's listeners (vpnoffload.fallback.listeners.Held), handed to each server it starts.
+        self.held: "Held | None" = None
 
     @classmethod
     def for_paths(cls, paths: Paths) -> PageDaemon:
         return cls(str(paths.config), str(paths.state), str(paths.run), str(paths.pages))
 
     def argv(self) -> list[str]:
+        extra: list[str] = []
+        if self.held is not None and self.held.socks:
+            from vpnoffload.fallback.listeners import format_fds
+
+            extra = ["--listen-fds", format_fds(self.held.passed())]
         return spawn.lean_argv(MODULE, "--config", self.config, "--state-dir", self.state,
-                               "--pages", self.pages_dir, "--ready", self.pidfile)
+                               "--pages", self.pages_dir, "--ready", self.pidfile, *extra)
+
+    def child_alive(self) -> bool:
+        """Whether the server started here (with the held listeners) still runs."""
+        return self._child is not None and self._child.poll() is None
+
+    def quiet_held(self) -> None:
+        """Once no server started here runs, the held listeners stop listening (see listeners)."""
+        if self.held is not None and not self.child_alive():
+            self.held.quiet()
 
     def pid(self) -> int | None:
         self._reap()
@@ -62,7 +79,8 @@ class PageDaemon:
             os.unlink(self.pidfile)
         except FileNotFoundError:
             pass
-        self._child = spawn.spawn(self.argv(), log=self.logfile, detach=True)
+        fds: list[int] = [fd for _, fd in self.held.passed()] if self.held is not None else []
+        self._child = spawn.spawn(self.argv(), log=self.logfile, detach=True, fds=fds)
 
     def start(self, timeout: float = 10.0) -> None:
         """Start it and return once it listens (BackendError if it exits or is not ready in time)."""

@@ -81,25 +81,31 @@ def tls_contexts(config: ConfigView) -> dict[Destination, object] | None:
     return contexts
 
 
-def start_servers(config: ConfigView, pages: dict[Destination, bytes]) -> list[FallbackServer]:
-    """Bind every listener: the address the VPS holds (on a 1:1-NAT cloud the private one) at
-    fallback_port (+1 for TLS), and [::] for IPv6 services."""
-    host, port = config.vps_local_address, config.watch.fallback_port
+def start_servers(config: ConfigView, pages: dict[Destination, bytes],
+                  fds: dict[str, int] | None = None) -> list[FallbackServer]:
+    """Listen on every listener: the address the VPS holds (on a 1:1-NAT cloud the private one)
+    at fallback_port (+1 for TLS), and [::] for IPv6 services (their visitors are DNATed to
+    their own listen address at these ports, so one socket on [::] takes them all). ``fds``:
+    the sockets the watchdog holds for them (by listeners.key); the others are bound here."""
+    import socket
+
+    from vpnoffload.fallback import listeners
+
+    wanted = listeners.wanted(config) or [(listeners.key(4, config.watch.fallback_port),
+                                           config.vps_local_address, config.watch.fallback_port)]
+    contexts = tls_contexts(config)
     retry = config.watch.retry_after
     servers: list[FallbackServer] = []
+    host, port = config.vps_local_address, config.watch.fallback_port
     try:
-        servers.append(FallbackServer((host, port), pages, retry_after=retry))
-        contexts = tls_contexts(config)
-        if contexts is not None:
-            servers.append(FallbackServer((host, port + 1), pages, retry_after=retry, tls_contexts=contexts))
-        # IPv6 services' visitors are DNATed to their own listen address (on this
-        # VPS) at these ports, so one socket on [::] takes them all.
-        ipv6 = [s for s in config.ipv6_services if s.serves_page]
-        if ipv6:
-            host = "::"
-            servers.append(FallbackServer6((host, port), pages, retry_after=retry))
-            if contexts is not None and any(s.page_over_tls for s in ipv6):
-                servers.append(FallbackServer6((host, port + 1), pages, retry_after=retry, tls_contexts=contexts))
+        for name, host, port in wanted:
+            v6 = name.startswith("6:")
+            fd = (fds or {}).get(name)
+            sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_STREAM,
+                                 fileno=fd) if fd is not None else None
+            tls = contexts if port != config.watch.fallback_port else None
+            servers.append((FallbackServer6 if v6 else FallbackServer)((host, port), pages, retry_after=retry,
+                                                                       tls_contexts=tls, sock=sock))
     except OSError as exc:
         for s in servers:
             s.server_close()
@@ -107,21 +113,30 @@ def start_servers(config: ConfigView, pages: dict[Destination, bytes]) -> list[F
     return servers
 
 
+#: Who the page server runs as when the ``vpnoffload`` user is missing: never root.
+NOBODY = 65534
+
+
 def drop_privileges(name: str = RUN_AS) -> bool:
     """Once the sockets are bound and the pages and TLS keys loaded, nothing needs
-    root: continue as the unprivileged user OpenVPN also uses. False if not root
-    or the user does not exist."""
+    root: continue as the unprivileged user OpenVPN also uses, or as ``nobody``
+    (uid and gid 65534) when that user is missing, since an internet-facing
+    server must not stay root. False if not root."""
     import pwd
 
     if os.geteuid() != 0:
         return False
     try:
         entry = pwd.getpwnam(name)
+        uid, gid = entry.pw_uid, entry.pw_gid
     except KeyError:
-        return False
+        log.error("user %s is missing ('vpnoffload up vps' creates it): serving as uid %d", name, NOBODY)
+        uid = gid = NOBODY
     os.setgroups([])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getuid() == 0 or os.geteuid() == 0:  # pragma: no cover - setuid cannot fail silently, but be sure
+        raise BackendError("could not drop root")
     return True
 
 
@@ -138,10 +153,11 @@ def raise_fd_limit(wanted: int = MAX_CONNECTIONS + 64) -> None:
             pass  # the cap still holds; accept errors drop the oldest connection instead
 
 
-def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir: str | None = None) -> int:
+def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir: str | None = None,
+          fds: dict[str, int] | None = None) -> int:
     raise_fd_limit()
     config = ConfigView(fetch(config_path, state_dir))
-    servers = start_servers(config, load_pages(config, pages_dir))
+    servers = start_servers(config, load_pages(config, pages_dir), fds)
     kept, banners = load_kept(config)
     for s in servers:
         s.set_kept(kept, banners)
@@ -165,7 +181,7 @@ def serve(config_path: str, pages_dir: str, ready: str | None = None, state_dir:
         os.replace(tmp, ready)  # a reader never sees a half-written pid
     dropped = drop_privileges()
     log.warning("serving the friendly page on %s:%d%s", config.vps_local_address, config.watch.fallback_port,
-                f" as user {RUN_AS}" if dropped else "")
+                f" as uid {os.getuid()}" if dropped else "")
 
     def on_wakeup() -> None:
         if not reload[0]:
@@ -201,13 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     say.prefix = "vpnoffload-pages"
 
     def body() -> int:
+        from vpnoffload.fallback.listeners import parse_fds
         from vpnoffload.lean import options
 
-        given = options.parse(argv, values=("--config", "--pages", "--ready", "--state-dir"),
+        given = options.parse(argv, values=("--config", "--pages", "--ready", "--state-dir", "--listen-fds"),
                               required=("--config", "--pages"))
         ready, state = given.get("--ready"), given.get("--state-dir")
+        fds = parse_fds(str(given.get("--listen-fds") or ""))
         return serve(str(given["--config"]), str(given["--pages"]), str(ready) if ready else None,
-                     str(state) if state else None)
+                     str(state) if state else None, fds)
 
     return run_main(body, prog=say.prefix)
 

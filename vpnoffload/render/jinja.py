@@ -61,14 +61,16 @@ def environment(*, trim: bool = True, **filters: Callable[..., Any]) -> jinja2.E
     return env
 
 
-def page_environment(directory: Path | None = None) -> jinja2.Environment:
-    """The friendly page's sandboxed HTML environment: the user's templates in ``directory``, or the shipped one."""
+def page_environment(custom: bool = False) -> jinja2.Environment:
+    """The friendly page's sandboxed HTML environment: for the shipped template, or (``custom``)
+    for the user's own, which gets a loader that finds nothing: it is read as one file and may
+    not include, import or extend another (see render/pages.py)."""
     import jinja2
     from jinja2.sandbox import SandboxedEnvironment
 
     loader: jinja2.BaseLoader
-    if directory is not None:
-        loader = jinja2.FileSystemLoader(str(directory))
+    if custom:
+        loader = jinja2.DictLoader({})
     else:
         loader = jinja2.FunctionLoader(load_template)
     return SandboxedEnvironment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)

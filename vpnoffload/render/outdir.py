@@ -10,9 +10,13 @@
   directory the user never named;
 - each file is written by :func:`vpnoffload.fsio.write_atomic` (a symlink at a
   file's place is replaced, never followed);
-- a file is deleted only when vpnoffload wrote it: it is listed in
+- a file is deleted only when vpnoffload can prove it wrote it: it is listed in
   ``DIR/.vpnoffload-files`` (the manifest of the previous render) or starts
-  with vpnoffload's own header line, and it is a regular file.
+  with vpnoffload's own header line, and it is a regular file with one link,
+  owned by this user, reached through directories held open by fd (no
+  symlink anywhere under ``DIR``). A manifest counts only when this user owns
+  it and nobody else may write it: in a shared directory (``/tmp``) another
+  user could plant one naming their files or root's.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import stat
 from pathlib import Path
 
 from vpnoffload import fsio
-from vpnoffload.errors import ConfigError, VpnOffloadError
+from vpnoffload.errors import VpnOffloadError
 
 MANIFEST = ".vpnoffload-files"
 #: First lines of the files vpnoffload renders (renders made before the manifest existed).
@@ -71,11 +75,26 @@ def _chmod(path: Path, mode: int) -> None:
         raise VpnOffloadError(f"cannot set the mode of {path}: {exc.strerror or exc}") from None
 
 
+def _trusted(fd: int) -> bool:
+    """Whether the open file or directory ``fd`` is this user's and nobody else's to change."""
+    info = os.fstat(fd)
+    return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
 def _manifest(out: Path) -> set[str]:
     try:
-        entries = json.loads(fsio.read_regular(out / MANIFEST, str(out / MANIFEST), limit=1 << 16))
-    except (FileNotFoundError, ConfigError, ValueError):
+        fd = os.open(out / MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return set()
+    try:
+        info = os.fstat(fd)
+        if not (stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and _trusted(fd)):
+            return set()
+        entries = json.loads(os.read(fd, 1 << 16))
+    except (OSError, ValueError):
+        return set()
+    finally:
+        os.close(fd)
     if not isinstance(entries, list):
         return set()
     return {e for e in entries if isinstance(e, str) and _ENTRY.fullmatch(e) and ".." not in e}
@@ -104,16 +123,49 @@ def _is_ours(path: Path) -> bool:
         os.close(fd)
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _remove_owned(out: Path, rel: str) -> None:
-    """Delete ``out/rel`` if it is a regular file reached without following a symlink."""
-    path = out / rel
-    for parent in [p for p in path.parents if p != out and out in p.parents]:
-        if parent.is_symlink():
-            return
+    """Delete ``out/rel`` only if it is provably ours: each directory on the way opened by
+    fd without following a symlink, the file a regular file with one link and this user's
+    (checked on the open file, then the name re-checked against it right before unlinking)."""
+    *dirs, name = rel.split("/")
     try:
-        if stat.S_ISREG(os.lstat(path).st_mode):
-            path.unlink()
+        fd = os.open(out, _DIR_FLAGS)
+    except OSError:
+        return
+    try:
+        for part in dirs:
+            try:
+                inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                return
+            os.close(fd)
+            fd = inner
+            if os.fstat(fd).st_uid != os.geteuid():
+                return
+        _unlink_if_ours(fd, name, out / rel)
+    finally:
+        os.close(fd)
+
+
+def _unlink_if_ours(dir_fd: int, name: str, shown_as: Path) -> None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return  # gone, a symlink, or not ours to read: not ours to delete either
+    try:
+        info = os.fstat(fd)
+        if not (stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_uid == os.geteuid()):
+            return
+        again = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (again.st_dev, again.st_ino) != (info.st_dev, info.st_ino):
+            return
+        os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise VpnOffloadError(f"cannot remove {path}: {exc.strerror or exc}") from None
+        raise VpnOffloadError(f"cannot remove {shown_as}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)

@@ -6,12 +6,15 @@ the finished HTML. ``python -m vpnoffload.render.pages`` renders them by hand.
 HTML autoescape is on here, unlike the OpenVPN templates: a hostname ends up
 inside HTML. A custom ``page`` template is the user's file rendered as root, so
 it gets jinja2's SandboxedEnvironment (no attribute walks to ``__globals__``,
-no ``os``): a template can format the values it is given, nothing more.
+no ``os``): a template can format the values it is given, nothing more. It is
+read as one file (no symlink) and may not include, import or extend another, so
+it cannot copy a root-readable file (``state/pki/ca.key``) into the public page.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,15 +31,42 @@ DEFAULT_TEMPLATE = "fallback.html.j2"
 def _environment(service: Service) -> jinja2.Environment:
     from vpnoffload.render import jinja
 
-    return jinja.page_environment(service.page.parent if service.page is not None else None)
+    return jinja.page_environment(custom=service.page is not None)
+
+
+#: Statements that would read another template file: a custom page may use none of them.
+_PULLS_IN = ("Extends", "Include", "Import", "FromImport")
+
+
+def _custom_template(env: Any, service: Service) -> Any:  # jinja2 Environment -> Template
+    """The user's page as one template, read from the file itself (no symlink, no FIFO,
+    at most 1 MiB): it is rendered as root, so it must not name other files."""
+    from jinja2 import nodes
+
+    from vpnoffload.fsio import read_regular
+
+    field = f"services.{service.name}.page"
+    assert service.page is not None
+    try:
+        source = read_regular(service.page, field, follow=False)
+    except FileNotFoundError:
+        raise ConfigError(f"{shown(str(service.page))} does not exist", field=field) from None
+    tree = env.parse(source)
+    pulled = [node for node in tree.find_all(tuple(getattr(nodes, n) for n in _PULLS_IN))]
+    if pulled:
+        word = type(pulled[0]).__name__.lower().replace("fromimport", "from ... import")
+        raise ConfigError(f"a page template may not use {{% {word} %}}: it is one self-contained file",
+                          field=field)
+    return env.from_string(tree)
 
 
 def render_page(config: Config, service: Service) -> str:
     import jinja2
 
-    name = service.page.name if service.page is not None else DEFAULT_TEMPLATE
     try:
-        template = _environment(service).get_template(name)
+        env = _environment(service)
+        template = (_custom_template(env, service) if service.page is not None
+                    else env.get_template(DEFAULT_TEMPLATE))
         return template.render(
             hostname=service.hostname or str(service.listen_address),
             service=service.name,

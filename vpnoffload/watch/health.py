@@ -273,12 +273,17 @@ def _answer_head(sock: socket.socket, deadline: float) -> str:
 
 
 class Echo:
-    """One ICMP echo request on a raw socket, to tell a dead home from a busy service."""
+    """One ICMP echo request on a raw socket, to tell a dead home from a busy service.
+
+    A raw ICMP socket sees every echo reply the VPS receives, from anywhere: a reply counts
+    only from the home's address and with this request's random identifier, sequence number
+    and 8-byte payload, so a spoofed one cannot keep a dead home "alive" (a guess of 96 bits).
+    """
 
     _seq = 0
 
-    def __init__(self, sock: socket.socket, address: str, ident: int) -> None:
-        self.sock, self.address, self.ident = sock, address, ident
+    def __init__(self, sock: socket.socket, address: str, ident: int, seq: int = 0, token: bytes = b"") -> None:
+        self.sock, self.address, self.ident, self.seq, self.token = sock, address, ident, seq, token
 
     @classmethod
     def send(cls, address: str, sock: socket.socket | None = None) -> "Echo | None":
@@ -289,17 +294,18 @@ class Echo:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
             except OSError:
                 return None
-        cls._seq = (cls._seq + 1) & 0xFFFF
-        ident = (os.getpid() + cls._seq) & 0xFFFF
-        header = struct.pack("!BBHHH", 8, 0, 0, ident, cls._seq)
-        packet = struct.pack("!BBHHH", 8, 0, _checksum(header), ident, cls._seq)
+        cls._seq = seq = (cls._seq + 1) & 0xFFFF
+        ident = int.from_bytes(os.urandom(2), "big")
+        token = os.urandom(8)
+        header = struct.pack("!BBHHH", 8, 0, 0, ident, seq) + token
+        packet = struct.pack("!BBHHH", 8, 0, _checksum(header), ident, seq) + token
         try:
             sock.setblocking(False)
             sock.sendto(packet, (address, 0))
         except OSError:
             sock.close()
             return None
-        return cls(sock, address, ident)
+        return cls(sock, address, ident, seq, token)
 
     def answered(self, wait: float) -> bool:
         deadline = time.monotonic() + wait
@@ -314,9 +320,10 @@ class Echo:
             except OSError:
                 return False
             ihl = (data[0] & 0x0F) * 4
-            if src == self.address and len(data) >= ihl + 8:
-                kind, _, _, ident, _ = struct.unpack_from("!BBHHH", data, ihl)
-                if kind == 0 and ident == self.ident:
+            if src == self.address and len(data) >= ihl + 8 + len(self.token):
+                kind, _, _, ident, seq = struct.unpack_from("!BBHHH", data, ihl)
+                token = data[ihl + 8:ihl + 8 + len(self.token)]
+                if kind == 0 and ident == self.ident and seq == self.seq and token == self.token:
                     return True
 
     def close(self) -> None:

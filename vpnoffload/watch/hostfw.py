@@ -29,6 +29,8 @@ TRY_AGAIN = 4  # vpnoffload.firewall.host.plan.TRY_AGAIN (not imported: the watc
 
 def _which(name: str) -> str | None:
     for d in os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").split(os.pathsep) + ["/usr/sbin", "/sbin"]:
+        if not os.path.isabs(d):
+            continue  # '' or '.' or 'bin': the directory we happen to run in, not a place for programs
         path = os.path.join(d, name)
         if os.access(path, os.X_OK):
             return path

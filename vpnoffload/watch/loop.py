@@ -26,8 +26,9 @@ import threading
 import time
 
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
-from vpnoffload.fallback import copies
-from vpnoffload.lean import options, ovpn, say, sdnotify, spawn
+from vpnoffload.fallback import copies, listeners
+from vpnoffload import runfiles
+from vpnoffload.lean import logcap, options, ovpn, say, sdnotify, spawn
 from vpnoffload.watch import supervise
 from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import tunnel_rx_packets
@@ -61,6 +62,9 @@ class PageKeeper:
         self._unneeded_since: float | None = None
 
     def update(self, needed: bool) -> None:
+        quiet = getattr(self.daemon, "quiet_held", None)
+        if quiet is not None:
+            quiet()
         if needed:
             self._unneeded_since = None
             try:
@@ -171,9 +175,14 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    pages = PageKeeper(PageDaemon(where["config"], where["state"], where["run"], where["pages"]))
-    swapper = SubprocessSwapper(where["config"], pages)
     config = ConfigView(data)
+    # The page's ports are ours from now until we exit, or we do not start (issue 23).
+    held = listeners.Held()
+    held.hold(config)
+    daemon = PageDaemon(where["config"], where["state"], where["run"], where["pages"])
+    daemon.held = held
+    pages = PageKeeper(daemon)
+    swapper = SubprocessSwapper(where["config"], pages)
     # The second check of each home starts in this process's own probe namespace, so it
     # takes the visitors' path (PREROUTING, FORWARD); while there is none, only the direct check counts.
     probe = ProbeNamespace()
@@ -190,10 +199,9 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
         dog.start(data["believed"])
         pages.update(dog.page_needed())
         if config.watch.metrics:
-            from vpnoffload.watch.metrics import MetricsServer
+            from vpnoffload.watch.metrics import start_metrics
 
-            metrics = MetricsServer(config.watch.metrics, dog, where["run"])
-            metrics.start()
+            metrics = start_metrics(config.watch.metrics, dog, where["run"])
         sdnotify.notify("READY=1")
         log.warning("watching %d service(s) every %gs", len(config.services), config.watch.interval)
         _loop(where, dog, pages, stop, probe, management)
@@ -204,6 +212,7 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
         swapper.cancel()
         if metrics is not None:
             metrics.shutdown()
+        held.close()
     return 0
 
 
@@ -239,11 +248,13 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
         for line in host_firewall.tick(started):
             log.warning("host firewall: %s", line)
         supervise.keep_server(where)  # restarts a killed OpenVPN server where no systemd would
+        # Its own log too: each packet without the tls-crypt key writes two lines (lean/logcap.py).
+        logcap.cap(os.path.join(where["run"], runfiles.openvpn_log(runfiles.SERVER)))
         if probe is not None:
             probe.ensure()  # made again (every RETRY s) if it failed, was taken or its link went
         if (mtime := _mtime(where["config"])) != seen:
             seen = mtime
-            _reload(where, dog)
+            _reload(where, dog, getattr(pages.daemon, "held", None))
         _read_openvpn(dog, management)
         changed: frozenset[str] = frozenset()
         try:
@@ -278,7 +289,7 @@ def _mtime(path: str) -> int:
         return 0
 
 
-def _reload(where: dict[str, str], dog: Watchdog) -> None:
+def _reload(where: dict[str, str], dog: Watchdog, held: "listeners.Held | None" = None) -> None:
     """A changed config file is followed without a restart; a broken one is ignored."""
     try:
         config = ConfigView(fetch(where["config"], where["state"]))
@@ -286,6 +297,11 @@ def _reload(where: dict[str, str], dog: Watchdog) -> None:
         log.error("config changed but is not valid, keeping the old one: %s", exc)
         return
     dog.reconfigure(config)
+    if held is not None:
+        try:
+            held.hold(config)  # a page service added since start: hold its port too
+        except VpnOffloadError as exc:
+            log.error("%s", exc)
     log.warning("config reloaded: watching %d service(s)", len(config.services))
 
 

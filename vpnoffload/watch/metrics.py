@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import socketserver
 import threading
+from typing import Any
 
 from vpnoffload.watch.decide import Watchdog
 
@@ -54,28 +56,92 @@ def _copies(dog: Watchdog, run: str | None) -> list[str]:
     return lines
 
 
-class _Handler(socketserver.StreamRequestHandler):
+#: The whole request line must arrive within this many seconds (a deadline, not a timeout per recv).
+REQUEST_DEADLINE = 2.0
+#: At most this much of the request is read.
+MAX_HEAD = 8192
+
+
+def _read_head(sock: "socket.socket", deadline: float) -> bytes:
+    """The request up to its first line end, at most MAX_HEAD bytes, within ``deadline``."""
+    import time
+
+    head = b""
+    while b"\n" not in head and len(head) < MAX_HEAD:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request head not complete in time")
+        sock.settimeout(left)
+        chunk = sock.recv(MAX_HEAD - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+class _Handler(socketserver.BaseRequestHandler):
     server: "MetricsServer"
 
     def handle(self) -> None:
-        self.connection.settimeout(5)
+        import time
+
+        deadline = time.monotonic() + REQUEST_DEADLINE
         try:
-            self.rfile.readline(8192)
+            _read_head(self.request, deadline)
             body = exposition(self.server.dog, self.server.run).encode()
-            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                             + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+            self.request.settimeout(max(0.1, deadline + REQUEST_DEADLINE - time.monotonic()))
+            self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                                 + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
         except OSError:
             pass
 
 
 class MetricsServer(socketserver.ThreadingTCPServer):
+    """At most MAX_CLIENTS scrapes at once, each in a thread bounded by REQUEST_DEADLINE; one
+    more connection is closed at once. A local client that opens many connections or trickles
+    bytes cannot grow the watchdog's threads (and memory), nor hold a thread for long."""
+
     daemon_threads = True
+    block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 16
+    MAX_CLIENTS = 4
 
     def __init__(self, listen: str, dog: Watchdog, run: str | None = None) -> None:
         host, _, port = listen.rpartition(":")
         self.dog, self.run = dog, run
-        super().__init__((host, int(port)), _Handler)
+        self._slots = threading.BoundedSemaphore(self.MAX_CLIENTS)
+        super().__init__((host.strip("[]"), int(port)), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def start(self) -> None:
         threading.Thread(target=self.serve_forever, name="metrics", daemon=True).start()
+
+
+def start_metrics(listen: str, dog: Watchdog, run: str | None = None) -> "MetricsServer | None":
+    """The metrics server, serving; None (logged) when its address cannot be bound: the
+    watchdog's failover matters more than its metrics."""
+    from vpnoffload.lean import say
+
+    try:
+        server = MetricsServer(listen, dog, run)
+    except OSError as exc:
+        say.Log("vpnoffload.watch").error("metrics off: cannot listen on %s: %s", listen[:80], exc.strerror or exc)
+        return None
+    server.start()
+    return server
