@@ -80,7 +80,7 @@ def test_container_behind_a_published_port_serves_visitors_with_their_address(
 
         cli(lab, "vps", vps_site, "up", "vps")
         up_home = cli(lab, "home", home_site, "up", "home").stdout
-        assert "fwmark 0x20000000/0x20000000 lookup 7701" in up_home and "VPNOFFLOAD-MARK" in up_home
+        assert "fwmark 0x20000000/0xe0000000 lookup 7701" in up_home and "VPNOFFLOAD-MARK" in up_home
 
         # Served by the container, which sees the visitor's own address.
         url = f"http://{lab.vps_address}/whoami"
