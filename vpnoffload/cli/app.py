@@ -173,9 +173,13 @@ def doctor(ctx: typer.Context) -> None:
     from vpnoffload import config as cfg
     from vpnoffload.deploy import doctor as doc
 
+    from vpnoffload.homestatus import is_home_end
+
     paths = context(ctx).paths
     config = cfg.load(paths.config) if paths.config.exists() else None
-    findings = doc.all_checks(config)
+    end = "home" if is_home_end(paths) else "vps"
+    typer.echo(f"checking this machine as the {'home box' if end == 'home' else 'VPS'} ({paths.config})")
+    findings = doc.all_checks(config, end, paths.config)
     for f in findings:
         line = f"[{f.level:>4}] {f.check}: {f.detail}"
         typer.echo(line + (f" -> {f.hint}" if f.hint and f.level != "ok" else ""))
@@ -200,8 +204,17 @@ def watch(ctx: typer.Context) -> None:
 def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Show the tunnel and each service. Exit 0: all forwarding; 1: fallback or tunnel down; 2: not set up."""
     from vpnoffload import status as status_mod
+    from vpnoffload import homestatus
 
-    report = status_mod.report_for(context(ctx).paths)
+    paths = context(ctx).paths
+    if homestatus.is_home_end(paths):  # a home box: every VPS it serves (issue 25)
+        import json
+
+        data, code = homestatus.home_report(paths)
+        typer.echo(json.dumps({"end": "home", "home": data}, indent=2) if as_json
+                   else "\n".join(homestatus.render_text(data)))
+        raise typer.Exit(int(code))
+    report = status_mod.report_for(paths)
     typer.echo(status_mod.render(report, as_json))
     raise typer.Exit(int(report.exit_status))
 
