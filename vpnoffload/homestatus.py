@@ -229,6 +229,18 @@ def _remember(path: Path, seen: float | None, now: float) -> tuple[float | None,
 # ------------------------------------------------------------------ text
 
 
+def shown(paths: Paths, as_json: bool) -> tuple[str, ExitStatus] | None:
+    """``status`` on a home box: its text (or JSON, ``{"end": "home", "home": ...}``) and
+    exit status; None on a VPS (or a box that is neither yet)."""
+    if not is_home_end(paths):
+        return None
+    import json
+
+    data, code = home_report(paths)
+    return (json.dumps({"end": "home", "home": data}, indent=2) if as_json else "\n".join(render_text(data))), code
+
+
+
 def render_text(data: dict[str, Any], now: float | None = None) -> list[str]:
     now = time.time() if now is None else now
     lines = [f"home box: {sum(t['set_up'] for t in data['tunnels'])} VPS(es) set up here"]

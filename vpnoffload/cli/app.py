@@ -207,13 +207,10 @@ def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", h
     from vpnoffload import homestatus
 
     paths = context(ctx).paths
-    if homestatus.is_home_end(paths):  # a home box: every VPS it serves (issue 25)
-        import json
-
-        data, code = homestatus.home_report(paths)
-        typer.echo(json.dumps({"end": "home", "home": data}, indent=2) if as_json
-                   else "\n".join(homestatus.render_text(data)))
-        raise typer.Exit(int(code))
+    home = homestatus.shown(paths, as_json)
+    if home is not None:  # a home box: every VPS it serves
+        typer.echo(home[0])
+        raise typer.Exit(int(home[1]))
     report = status_mod.report_for(paths)
     typer.echo(status_mod.render(report, as_json))
     raise typer.Exit(int(report.exit_status))
