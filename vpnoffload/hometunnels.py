@@ -10,8 +10,10 @@ tunnel its connection came in on and ``down home`` of one leaves the others be.
 The slot is derived from the config alone, so it is the same at every boot and
 for every command: the first config is slot 0 (``vpnoffload0``, table and
 priority 7701, mark 0x20000000: what a home box with one VPS has always had);
-a further one gets 1 + (its tunnel subnet's number modulo 6), so consecutive
-subnets (10.89.0.0/24, 10.90.0.0/24, ...) get consecutive slots. Two configs on
+a further one gets a slot from 1 to 6 by the sum of its tunnel subnet's address
+bytes, so subnets that differ by one in any byte (10.89.0.0/24, 10.90.0.0/24, ...
+or 10.89.1.0/24, ...) get consecutive slots; 10.89.0.0/24, the example the
+docs give for a second VPS, is slot 1. Two configs on
 one box that would share a slot, or whose tunnel subnets overlap, or that dial
 the same VPS, are refused before anything changes (:func:`check_box`) with one
 line that names both configs and the fix.
@@ -117,16 +119,18 @@ def box_configs(config_path: Path) -> list[Path]:
     return [p.absolute() for p in found]
 
 
-def subnet_number(subnet: IPv4Network) -> int:
-    """The subnet's position among subnets of its size (10.89.0.0/24 -> 0x0a5900)."""
-    return int(subnet.network_address) >> (32 - subnet.prefixlen) if subnet.prefixlen else 0
+#: The byte sum of 10.89.0.0, so that subnet (the docs' second VPS) is slot 1.
+_FIRST_FURTHER = 10 + 89
+
+
+def further_slot(subnet: IPv4Network) -> Slot:
+    """The slot of a further config with tunnel ``subnet``: 1-6 by the sum of its bytes."""
+    return Slot(1 + (sum(subnet.network_address.packed) - _FIRST_FURTHER) % (MAX_SLOTS - 1))
 
 
 def slot_of(config_path: Path, config: Config) -> Slot:
     """The slot of the config at ``config_path`` (see the module's docstring)."""
-    if not is_further(config_path):
-        return Slot(0)
-    return Slot(1 + subnet_number(config.tunnel.subnet) % (MAX_SLOTS - 1))
+    return further_slot(config.tunnel.subnet) if is_further(config_path) else Slot(0)
 
 
 # ------------------------------------------------------------------ clashes
@@ -196,13 +200,12 @@ def clash(mine: Joined, other: Joined) -> str:
 
 
 def suggest_subnet(mine: Joined, rest: list[Joined]) -> IPv4Network:
-    """A /24 after 10.89.0.0 that overlaps none of the box's subnets and has a free slot."""
+    """A 10.N.0.0/24 from 10.89.0.0/24 on that overlaps none of the box's subnets and has a free slot."""
     taken = [j.config.tunnel.subnet for j in rest]
     slots = {j.slot for j in rest}
     base = IPv4Network("10.89.0.0/24")
-    for step in range(256):
-        candidate = IPv4Network((int(base.network_address) + (step << 8), 24))
-        slot = Slot(1 + subnet_number(candidate) % (MAX_SLOTS - 1))
-        if not any(candidate.overlaps(t) for t in taken) and slot not in slots:
+    for step in range(160):
+        candidate = IPv4Network((int(base.network_address) + (step << 16), 24))
+        if not any(candidate.overlaps(t) for t in taken) and further_slot(candidate) not in slots:
             return candidate
     return base  # pragma: no cover - seven slots cannot all be taken by 256 tries
