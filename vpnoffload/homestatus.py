@@ -217,8 +217,8 @@ def _remember(path: Path, seen: float | None, now: float) -> tuple[float | None,
     with contextlib.suppress(OSError, ValueError):
         kept = float(path.read_text().strip())
     if seen is not None:
-        if kept is None or seen > kept + 1:
-            with contextlib.suppress(OSError):  # status need not be able to write (not root)
+        if (kept is None or seen > kept + 1) and path.parent.is_dir():
+            with contextlib.suppress(OSError, VpnOffloadError):  # status need not be able to write (not root)
                 from vpnoffload.fsio import write_atomic
 
                 write_atomic(path, f"{seen:.0f}\n", mode=0o600)
