@@ -122,3 +122,98 @@ def test_one_home_behind_two_vpses(lab2vps: Lab, root: Path) -> None:
     assert after == before, f"home differs after both downs:\n{snapshot_diff(before, after)}"
     for host, site in (("vps", vps1), ("vps2", vps2)):
         cli(lab, host, site, "down", "vps")
+
+
+def test_container_at_home_behind_two_vpses(lab2vps: Lab, root: Path) -> None:
+    """The target in a container behind Docker's published port (rules written by hand as
+    dockerd writes them): its replies carry the container's address, so only each tunnel's
+    own connection mark brings them back through the tunnel they came in on."""
+    from tests.e2e.test_container_home import CONTAINER, INSIDE, PUBLISHED, make_container_home
+    from tests.nslib import namespaces, unique
+    from vpnoffload.lab.netns import child_env
+    import subprocess
+
+    lab = lab2vps
+    vps1, vps2, home = root / "vps1", root / "vps2", root / "home"
+    for site in (vps1, vps2, home):
+        site.mkdir(mode=0o755)
+    service = ["web", "--listen", "80", "--target", str(PUBLISHED), "--check", "http:/"]
+    with namespaces(unique("ctr")) as (container,):
+        make_container_home(lab, container)
+        subprocess.Popen(["ip", "netns", "exec", container, sys.executable, "-m", "vpnoffload.lab.web",
+                          "--port", str(INSIDE), "--name", "container"], env=child_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert lab.wait_tcp("home", CONTAINER, INSIDE)
+        before = snapshot(lab, "home")
+
+        set_up_vps(lab, "vps", lab.vps_address, TUNNEL_SUBNET, vps1, home, service=service)
+        set_up_vps(lab, "vps2", lab.vps2_address, SECOND_SUBNET, vps2, home / "vps2", service=service)
+        cli(lab, "home", home, "up", "home")
+        cli(lab, "home", home / "vps2", "up", "home")
+
+        for address, mark in ((lab.vps_address, 0x20000000), (lab.vps2_address, 0x40000000)):
+            status, body = lab.http_get("visitor", f"http://{address}/whoami", timeout=5)
+            assert status == 200 and body.strip() == lab.visitor_address, (address, status, body)
+            # The reply was routed by this tunnel's mark (the container's address is its source).
+            conntrack = lab.exec("home", "conntrack", "-L", "-s", lab.visitor_address, "--reply-src", CONTAINER,
+                                 check=False).stdout
+            assert f"mark={mark} " in conntrack, (address, conntrack)
+            lab.exec("home", "conntrack", "-D", "-s", lab.visitor_address, check=False)
+
+        cli(lab, "home", home / "vps2", "down", "home")
+        status, body = lab.http_get("visitor", f"http://{lab.vps_address}/whoami", timeout=5)
+        assert status == 200 and body.strip() == lab.visitor_address, body
+        cli(lab, "home", home, "down", "home")
+        after = snapshot(lab, "home")
+        after["processes"] = before["processes"]
+        assert after == before, f"home differs after both downs:\n{snapshot_diff(before, after)}"
+        for host, site in (("vps", vps1), ("vps2", vps2)):
+            cli(lab, host, site, "down", "vps")
+
+
+def test_two_home_boxes_behind_two_vpses(lab2vps: Lab, root: Path) -> None:
+    """A service naming both homes on both VPSes; each home box joins both VPSes. With
+    home's cable pulled, both VPSes serve from attic; the visitor's address is seen throughout."""
+    lab = lab2vps
+    vps1, vps2, home, attic = root / "vps1", root / "vps2", root / "home", root / "attic"
+    for site in (vps1, vps2, home, attic):
+        site.mkdir(mode=0o755)
+    for name in ("home", "attic"):
+        lab.popen(name, sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080", "--name", name)
+        assert lab.wait_tcp(name, "127.0.0.1", 8080)
+    service = [*SERVICE, "--homes", "home,attic"]
+    for host, address, subnet, vps_site, sub in (("vps", lab.vps_address, TUNNEL_SUBNET, vps1, ""),
+                                                 ("vps2", lab.vps2_address, SECOND_SUBNET, vps2, "vps2")):
+        cli(lab, host, vps_site, "init", "--vps-address", address, "--tunnel-subnet", subnet)
+        cli(lab, host, vps_site, "pki", "issue", "attic")
+        cli(lab, host, vps_site, "service", "add", *service)
+        for name, box in (("home", home), ("attic", attic)):
+            site = box / sub if sub else box
+            site.mkdir(mode=0o755, exist_ok=True)
+            (site / "state").mkdir(mode=0o755)
+            cli(lab, host, vps_site, "render", "home", "--home", name, "--out", str(site / "state"))
+            shutil.copy(vps_site / "vpnoffload.toml", site / "vpnoffload.toml")
+        cli(lab, host, vps_site, "up", "vps")
+        lab.popen(host, *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "watch"))
+    for name, box in (("home", home), ("attic", attic)):
+        for site in (box, box / "vps2"):
+            cli(lab, name, site, "up", "home", "--home", name)
+
+    for address in (lab.vps_address, lab.vps2_address):
+        assert f"you are {lab.visitor_address}" in wait_served(lab, address, "served from home")
+    report = json.loads(cli(lab, "attic", attic, "status", "--json").stdout)
+    assert [(t["vps"], t["home"], t["up"]) for t in report["home"]["tunnels"]] == [
+        (lab.vps_address, "attic", True), (lab.vps2_address, "attic", True)], report
+
+    lab.pull_cable("home")
+    for address in (lab.vps_address, lab.vps2_address):
+        assert f"you are {lab.visitor_address}" in wait_served(lab, address, "served from attic", 10)
+    lab.plug_cable("home")
+    for address in (lab.vps_address, lab.vps2_address):
+        wait_served(lab, address, "served from home", 60)
+
+    for name, box in (("home", home), ("attic", attic)):
+        for site in (box / "vps2", box):
+            cli(lab, name, site, "down", "home", "--home", name)
+    for host, site in (("vps", vps1), ("vps2", vps2)):
+        cli(lab, host, site, "down", "vps")
