@@ -311,6 +311,9 @@ class Lab:
     def plug_cable(self, host: str = "home") -> None:
         self.namespace(host)
         _run(["ip", "-n", self.namespace(ROUTER), "link", "set", f"to-{host}", "up"])
+        if host == SECOND_VPS:  # the kernel dropped the /32 route with the link; a subnet's comes back by itself
+            seg = SECOND_VPS_SEGMENT
+            _run(["ip", "-n", self.namespace(ROUTER), "route", "replace", f"{seg.host_address}/32", "dev", seg.router_device])
 
     # -- running things inside -----------------------------------------------
 
