@@ -243,3 +243,33 @@ def test_down_uses_the_recorded_slot_even_when_the_config_broke(box) -> None:
     down(two, b)
     assert all(r.table == 7701 for r in b.routing.rule_list) and b.routing.rule_list
     assert "T1" not in str(b.firewall.dump())
+
+
+def test_each_tunnel_has_its_own_systemd_units(tmp_path: Path) -> None:
+    from vpnoffload import tunnel
+    from vpnoffload.deploy import units
+
+    first = write(tmp_path / "vpnoffload.toml", config_text("203.0.113.10", "198.51.100.0/24"))
+    second = write(tmp_path / "vps2" / "vpnoffload.toml", config_text("203.0.113.20", "10.89.0.0/24"))
+    one = units.units(Paths(first, first.parent / "state"), "home", "home")
+    two = units.units(Paths(second, second.parent / "state"), "home", "home")
+    assert list(one) == ["vpnoffload-home.service"] and list(two) == ["vpnoffload-home-t1.service"]
+    assert "openvpn-client@vpnoffload-home.service" in one["vpnoffload-home.service"]
+    assert "openvpn-client@vpnoffload-home-t1.service" in two["vpnoffload-home-t1.service"]
+    assert str(second) in two["vpnoffload-home-t1.service"]
+    # Under systemd the client's wrapper config gives the tunnel its own device after the profile.
+    wrapper = tunnel.wrapper_text(second.parent / "state", "home.ovpn", ("user vpnoffload", "dev vpnoffload1"))
+    assert wrapper.index("config home.ovpn") < wrapper.index("dev vpnoffload1")
+
+
+def test_a_further_tunnels_client_gets_its_own_device(tmp_path: Path, monkeypatch) -> None:
+    from vpnoffload import tunnel
+    from vpnoffload.deploy.home import home_tunnel
+
+    monkeypatch.setattr(tunnel, "systemd_manages_this_netns", lambda: False)
+    b = deploy.Backends(firewall=FakeBackend(), routing=FakeRoutingBackend())
+    paths = Paths(tmp_path / "vpnoffload.toml", tmp_path / "state")
+    further = home_tunnel(paths, b, "home", tmp_path / "home.ovpn", Slot(1))
+    assert further.name == "home-home-t1" and further.extra_args[-2:] == ("--dev", "vpnoffload1")
+    first = home_tunnel(paths, b, "home", tmp_path / "home.ovpn")
+    assert first.name == "home-home" and "--dev" not in first.extra_args  # the profile's own dev vpnoffload0
