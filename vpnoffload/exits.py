@@ -41,9 +41,9 @@ def child_error(returncode: int, stderr: bytes, what: str) -> VpnOffloadError:
     prog, sep, rest = message.partition(": error: ")
     if sep and prog.startswith(PREFIX):
         message = rest
-    kind = {ExitStatus.BAD_INPUT: ConfigError, ExitStatus.MISSING_PREREQUISITE: PrerequisiteError}.get(
-        returncode, BackendError)  # type: ignore[call-overload]
-    return kind(message)
+    kinds: dict[int, type[VpnOffloadError]] = {ExitStatus.BAD_INPUT: ConfigError,
+                                               ExitStatus.MISSING_PREREQUISITE: PrerequisiteError}
+    return kinds.get(returncode, BackendError)(message)
 
 
 def run_main(body: Callable[[], int | None], *, debug: bool | Callable[[], bool] = False, prog: str = PREFIX,

@@ -1,4 +1,4 @@
-"""The home box's OpenVPN client kept running where systemd does not (issue 17).
+"""The home box's OpenVPN client kept running where no systemd restarts it.
 
 Under systemd the client runs as ``openvpn-client@vpnoffload-HOME`` with
 ``Restart=``. Without it, ``up home`` starts ``openvpn --daemon`` and, as its
@@ -25,6 +25,10 @@ import time
 
 from vpnoffload import runfiles
 from vpnoffload.lean import spawn
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a ~9 MB process)
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0
 #: How often the keeper looks at the client.
@@ -98,7 +102,8 @@ def _say(msg: str) -> None:
 
 
 def keep(client_pidfile: str, profile: str, up_argv: list[str], stopping: "list[bool]",
-         clock=time.monotonic, sleep=time.sleep, start=None) -> None:
+         clock: "Callable[[], float]" = time.monotonic, sleep: "Callable[[float], None]" = time.sleep,
+         start: "Callable[[list[str]], spawn.Child] | None" = None) -> None:
     """The loop: run ``up_argv`` whenever the client is gone, until ``stopping[0]``."""
     start = start or (lambda argv: spawn.spawn(argv))
     backoff, next_try, child, began = FIRST_BACKOFF, 0.0, None, 0.0

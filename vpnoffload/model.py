@@ -72,7 +72,8 @@ class Service:
     #: (by Host on port 80, by SNI without terminating TLS on port 443).
     via: Via = "dnat"
     #: Paths (``/``, ``/about.html``) the VPS keeps a copy of while home is
-    #: healthy and serves while the service is on fallback (issue 16).
+    #: healthy and serves while the service is on fallback (visitors then get
+    #: the last good copy instead of only the friendly page).
     offline_copy: tuple[str, ...] = ()
     #: A small "a copy from 14:02" banner on kept HTML pages.
     offline_banner: bool = True
@@ -164,7 +165,7 @@ class Vps:
         """What a visitor's packet to public ``address`` carries as destination on arrival here."""
         if address == self.address:
             return self.bind_address
-        return dict(self.nat).get(address, address)  # type: ignore[call-overload]
+        return dict(self.nat).get(address, address)  # type: ignore[arg-type]  # the pairs hold either family
 
 
 @dataclass(frozen=True)

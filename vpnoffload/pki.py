@@ -32,6 +32,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -67,7 +68,7 @@ def check_name(name: str, *, allow_reserved: bool = False) -> str:
 class Pki:
     """A CA in ``directory``; see the module docstring for the layout."""
 
-    def __init__(self, directory: Path, index: dict) -> None:
+    def __init__(self, directory: Path, index: dict[str, Any]) -> None:
         self.directory = Path(directory)
         self._index = index
 
@@ -178,7 +179,7 @@ class Pki:
     @property
     def server_name(self) -> str:
         """Common name of the server certificate (clients verify it by this name)."""
-        return self._index["server_name"]
+        return str(self._index["server_name"])
 
     def issue(self, name: str) -> None:
         """Issue a client certificate for ``name`` (a home). A revoked name may be re-issued."""
@@ -278,10 +279,11 @@ class Pki:
 
     # ----- internals -------------------------------------------------------------
 
-    def _record(self, name: str) -> dict:
+    def _record(self, name: str) -> dict[str, Any]:
         check_name(name, allow_reserved=True)
         try:
-            return self._index["certs"][name]
+            record: dict[str, Any] = self._index["certs"][name]
+            return record
         except KeyError:
             raise ConfigError(f"no certificate for {name!r} in {self.directory}") from None
 

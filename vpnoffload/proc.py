@@ -5,7 +5,11 @@ bounded time, and the three ways a command can fail (missing, timed out,
 non-zero exit) turned into :class:`~vpnoffload.errors.VpnOffloadError` kinds,
 so no ``TimeoutExpired`` or ``FileNotFoundError`` ever reaches a user as a
 traceback. Python children get :func:`python_argv`: isolated mode, so a root
-process never imports from the directory it was started in.
+process never imports from the directory it was started in. Long-running
+children (the lab's daemons and web servers) are started with :func:`start`.
+
+The lean VPS processes (watchdog, page server) cannot afford ``subprocess``
+(~1 MB) and start theirs with :mod:`vpnoffload.lean.spawn` instead.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from vpnoffload.errors import BackendError, PrerequisiteError
 
@@ -35,31 +41,81 @@ class Result:
     def ok(self) -> bool:
         return self.returncode == 0
 
+    @property
+    def args(self) -> list[str]:
+        """The argv, under ``subprocess.CompletedProcess``'s name."""
+        return list(self.argv)
+
+
+#: A child started with :func:`start`; stdin/stdout/stderr may be these.
+Process = subprocess.Popen[bytes]
+DEVNULL, STDOUT = subprocess.DEVNULL, subprocess.STDOUT
+
 
 def run(argv: Sequence[str], *, input: str | None = None, timeout: float = DEFAULT_TIMEOUT,
-        check: bool = True, hint: str | None = None, env: Mapping[str, str] | None = None) -> Result:
+        check: bool = True, hint: str | None = None, env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None, detached_output: bool = False) -> Result:
     """Run ``argv`` to completion and return its output.
 
     Raises PrerequisiteError when the program is missing (``hint`` says how to
     install it), BackendError when it runs past ``timeout`` seconds, and, with
     ``check``, BackendError naming the command and its last stderr line when it
-    exits non-zero.
+    exits non-zero. ``detached_output``: collect the output through temp files,
+    not pipes, so a daemon the command leaves behind (``ip netns exec NS openvpn
+    --daemon``) cannot keep this call waiting for the pipe to close.
     """
     argv = [str(a) for a in argv]
     if shutil.which(argv[0]) is None:
         raise PrerequisiteError(f"{argv[0]} is missing" + (f": {hint}" if hint else ""))
     try:
-        proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False,
-                              stdin=None if input is not None else subprocess.DEVNULL,
-                              env=dict(env) if env is not None else None)
+        if detached_output:
+            result = _run_into_files(argv, input, timeout, env, cwd)
+        else:
+            proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False,
+                                  stdin=None if input is not None else subprocess.DEVNULL,
+                                  env=dict(env) if env is not None else None, cwd=cwd)
+            result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
     except subprocess.TimeoutExpired:
         raise BackendError(f"{_shown(argv)} did not finish within {timeout:g} s") from None
     except OSError as exc:
         raise BackendError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-    result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
     if check and not result.ok:
         raise BackendError(f"{_shown(argv)} failed: {last_line(result)}")
     return result
+
+
+def _run_into_files(argv: list[str], input: str | None, timeout: float, env: Mapping[str, str] | None,
+                    cwd: str | os.PathLike[str] | None) -> Result:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(argv, input=input.encode() if input is not None else None, stdout=out, stderr=err,
+                              stdin=None if input is not None else subprocess.DEVNULL, timeout=timeout, check=False,
+                              env=dict(env) if env is not None else None, cwd=cwd)
+        out.seek(0)
+        err.seek(0)
+        return Result(tuple(argv), proc.returncode, out.read().decode(errors="replace"),
+                      err.read().decode(errors="replace"))
+
+
+def start(argv: Sequence[str], **popen: Any) -> Process:
+    """Start ``argv`` in the background (no shell); ``popen``: Popen's keywords (streams, env, session).
+
+    The caller owns the child: it waits for it, or stops it with :func:`stop`.
+    BackendError when it cannot be started.
+    """
+    try:
+        child: Process = subprocess.Popen([str(a) for a in argv], **popen)
+        return child
+    except OSError as exc:
+        raise BackendError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+
+
+def stop(child: Process, timeout: float = 2.0) -> None:
+    """SIGKILL ``child`` and reap it (a killed child stays a zombie until waited for)."""
+    child.kill()
+    try:
+        child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def last_line(result: Result) -> str:

@@ -90,7 +90,7 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
 
 
 def _kept(config: Config, paths: Paths, name: str) -> dict[str, Any]:
-    """How many of the service's offline_copy pages are kept, their age, the last fetch (issue 16)."""
+    """How many of the service's offline_copy pages are kept, their age, the last fetch."""
     svc = config.services[name]
     if svc.via == "proxy":
         return {"kept_by": config.proxy.server, "paths": len(svc.offline_copy)}

@@ -14,10 +14,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vpnoffload import fsio, proc, runfiles
 from vpnoffload.errors import BackendError, PrerequisiteError
+
+if TYPE_CHECKING:
+    from vpnoffload.paths import Paths
 
 #: OpenVPN prints this once the tunnel is usable (server: listening; client: connected).
 READY_MARK = "Initialization Sequence Completed"
@@ -193,7 +196,7 @@ def wrapper_text(workdir: Path, config_name: str, extra: tuple[str, ...] = ()) -
     return "\n".join([*lines, *extra]) + "\n"
 
 
-def restart_server(paths, ready_timeout: float = 15.0) -> bool:  # paths: vpnoffload.paths.Paths
+def restart_server(paths: Paths, ready_timeout: float = 15.0) -> bool:
     """Start the VPS's daemon-mode server again exactly as ``up vps`` does (same argv, pidfile,
     log), under the run lock so a running ``up``/``down`` wins. False: nothing to do (running
     already, or ``down vps`` removed the config). The watchdog's keeper calls this in a child."""
@@ -208,13 +211,13 @@ def restart_server(paths, ready_timeout: float = 15.0) -> bool:  # paths: vpnoff
         return True
 
 
-def server_running(paths) -> bool:  # paths: vpnoffload.paths.Paths
+def server_running(paths: Paths) -> bool:
     """Is the VPS end's OpenVPN running? (The same check `up vps` makes.)"""
     if systemd_manages_this_netns() and SystemdTunnel(runfiles.SERVER, runfiles.SERVER_UNIT).running():
         return True
     return server_daemon(paths).running()
 
 
-def server_daemon(paths, extra_args: tuple[str, ...] = ()) -> DaemonTunnel:  # paths: vpnoffload.paths.Paths
+def server_daemon(paths: Paths, extra_args: tuple[str, ...] = ()) -> DaemonTunnel:
     """The VPS end's ``openvpn --daemon``: the one place that says which config, directory and pidfile it has."""
     return DaemonTunnel(runfiles.SERVER, paths.server_conf, paths.server_dir, paths.run, extra_args)

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the watchdog writes this file)
+if TYPE_CHECKING:
+    from vpnoffload.paths import Paths
+
 _ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)} | {ord('"'): '\\"', ord("\\"): "\\\\"}
 
 
@@ -77,7 +81,7 @@ def believed_targets(state: dict[str, object] | None) -> dict[str, str | None]:
     return {s["name"]: s.get("active") for s in services if isinstance(s, dict) and "name" in s}
 
 
-def watch_pid(paths) -> int | None:  # paths: vpnoffload.paths.Paths
+def watch_pid(paths: Paths) -> int | None:
     """The pid of a running watchdog for this state dir, from its state file (None: none runs)."""
     from vpnoffload.runfiles import ours
 

@@ -125,3 +125,14 @@ def test_init_refuses_to_overwrite(cfgfile: Path) -> None:
     result = run(cfgfile, "init", "--vps-address", "203.0.113.10")
     assert result.exit_code == 2 and "--force" in result.output
     assert cfgfile.read_bytes() == before
+
+
+@pytest.mark.parametrize("cmd", [[], ["up", "vps"], ["init"]])
+def test_help_shows_flags_as_flags(cmd: list[str]) -> None:
+    result = CliRunner().invoke(app, [*cmd, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output  # a flag takes no value
+    lines = [line for line in result.output.splitlines() if "--help" in line or "--verbose" in line]
+    assert lines and all("<" not in line for line in lines), lines
+    if not cmd:
+        assert "<path>" in next(line for line in result.output.splitlines() if "--config" in line)

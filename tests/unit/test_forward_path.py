@@ -15,6 +15,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from vpnoffload import probens
+from vpnoffload.lean.snapshot import ConfigView
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps, Watch
 from vpnoffload.status import _health, _shown_reason, render_text
 from vpnoffload.watch import health
@@ -86,7 +87,7 @@ def test_reasons_of_real_connects() -> None:
 
 def test_blocked_path_swaps_to_the_page_and_back_only_once_it_works() -> None:
     forward, swap = Forward(), Swapper()
-    dog = Watchdog(config(), swap, up, forward=forward)
+    dog = Watchdog(ConfigView.of(config()), swap, up, forward=forward)
     dog.start({})
     assert dog.status["web"].active == "home" and forward.asked == [("home", True)]  # as a visitor: DNATed
     forward.blocked = True
@@ -113,7 +114,7 @@ def test_busy_tunnel_does_not_hide_a_blocked_path() -> None:
     packets = iter(range(0, 10_000, 7))
     one_home = Config(vps=config().vps, tunnel=config().tunnel, homes={"home": config().homes["home"]},
                       services=config().services, watch=Watch(fall=2, rise=2))
-    dog = Watchdog(one_home, swap, up, forward=forward, activity=lambda: next(packets))
+    dog = Watchdog(ConfigView.of(one_home), swap, up, forward=forward, activity=lambda: next(packets))
     dog.start({})
     forward.blocked = True
     dog.tick()
@@ -135,7 +136,7 @@ def test_without_a_probe_namespace_only_the_direct_check_counts() -> None:
     forward = probe_namespace_prober(NoNamespace())
     svc = config().services["web"]
     assert forward(svc, "home", config(), True) is None
-    dog = Watchdog(config(), Swapper(), up, forward=forward)
+    dog = Watchdog(ConfigView.of(config()), Swapper(), up, forward=forward)
     dog.start({})
     assert dog.status["web"].active == "home" and dog.status["web"].healthy
 
@@ -156,7 +157,7 @@ def test_a_loaded_tunnel_is_not_a_blocked_path() -> None:
     packets = iter(range(0, 10_000_000, 5_000))
     one_home = Config(vps=config().vps, tunnel=config().tunnel, homes={"home": config().homes["home"]},
                       services=config().services, watch=Watch(fall=2, rise=2))
-    dog = Watchdog(one_home, swap, up, forward=forward, activity=lambda: next(packets))
+    dog = Watchdog(ConfigView.of(one_home), swap, up, forward=forward, activity=lambda: next(packets))
     dog.start({})
     forward.blocked = True
     for _ in range(5):

@@ -13,6 +13,7 @@ import pytest
 
 from vpnoffload import config as cfg
 from vpnoffload import plan
+from vpnoffload.errors import ApplyError
 from vpnoffload.firewall.host import docker as host_docker, nft as host_nft, plan as host_plan, ufw as host_ufw
 from vpnoffload.firewall.host.openings import Opening, choose, detect, home_openings, vps_openings
 
@@ -244,7 +245,7 @@ def test_failed_step_rolls_back_the_openings_made(config, monkeypatch) -> None:
 
         raise BackendError("simulated")
 
-    with pytest.raises(Exception):
+    with pytest.raises(ApplyError):
         plan.apply(host.plan_open(vps_openings(config, "eth0"), rec) + [plan.Action("fail", boom)])
     assert fake.ruleset == before and rec.host_openings == []
 

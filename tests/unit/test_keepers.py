@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from vpnoffload import homekeeper
+from vpnoffload.lean.snapshot import ConfigView
 from vpnoffload.watch import supervise
 
 
@@ -142,7 +143,7 @@ def test_decisions_survive_a_wall_clock_step() -> None:
     wall = iter([5000.0, 5000.5, 1400.0, 1400.5, 9e9, 9e9 + 0.5])
     health = {"web": "up", "git": "up"}
     swap = Swapper()
-    dog = Watchdog(config(fall=2, rise=2), swap, prober(health), clock=lambda: next(wall, 1401.0))
+    dog = Watchdog(ConfigView.of(config(fall=2, rise=2)), swap, prober(health), clock=lambda: next(wall, 1401.0))
     dog.start()
     health["web"] = "down"
     dog.tick()  # the clock steps back an hour here

@@ -20,9 +20,9 @@ KERNEL_MODULES = {"firewall.iptc", "firewall.xtables", "firewall.nft", "routing.
 #: Terminal libraries: only the CLI (and the lab's narrator) talk to a terminal.
 TERMINAL_LIBRARIES = {"typer", "click", "rich"}
 TERMINAL_MODULES = ("cli.", "lab.narrate")
-#: subprocess: the one helper (proc) and the lab, which is test infrastructure (the lean
-#: processes start their children with lean/spawn.py, os.posix_spawn).
-SUBPROCESS_MODULES = ("proc", "lab.")
+#: subprocess: only the one helper (proc), the lab included (the lean processes start
+#: their children with lean/spawn.py, os.posix_spawn, and so import no subprocess).
+SUBPROCESS_MODULES = ("proc",)
 
 #: Each layer and what it may not import (by package prefix). The lean kit sits just
 #: above the base; the page server (fallback) below the watchdog that starts it.

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from vpnoffload import entry, status
+from vpnoffload.lean.snapshot import ConfigView
 
 from vpnoffload.render import pages
 
@@ -115,7 +116,7 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path: Path) -> None:
 
 
 def test_metrics_exposition() -> None:
-    dog = Watchdog(config(), lambda a, f: None, lambda s, h, c: Result("up", 0.002, "ok"))
+    dog = Watchdog(ConfigView.of(config()), lambda a, f: None, lambda s, h, c: Result("up", 0.002, "ok"))
     dog.start()
     text = exposition(dog)
     assert 'vpnoffload_service_forwarding{service="blog"} 1' in text

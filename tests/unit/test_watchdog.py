@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from vpnoffload.errors import BackendError
+from vpnoffload.lean.snapshot import ConfigView
 from vpnoffload.watch.health import Result
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps, Watch
 from vpnoffload.watch.decide import Watchdog, believed_targets
@@ -56,7 +57,7 @@ def prober(verdicts: dict[str, str]):
 def test_start_reconciles_and_flushes_only_what_moves() -> None:
     health = {"web": "down", "git": "up"}
     swap = Swapper()
-    dog = Watchdog(config(), swap, prober(health))
+    dog = Watchdog(ConfigView.of(config()), swap, prober(health))
     dog.start({"git": None})  # a watchdog restarted mid-outage had git on fallback
     assert swap.calls == [({"web": None, "git": "home"}, frozenset({"web", "git"}))]
     assert dog.fallback() == {"web"}
@@ -64,14 +65,14 @@ def test_start_reconciles_and_flushes_only_what_moves() -> None:
 
 def test_restart_while_all_is_well_cuts_no_connection() -> None:
     swap = Swapper()
-    Watchdog(config(), swap, prober({})).start({})
+    Watchdog(ConfigView.of(config()), swap, prober({})).start({})
     assert swap.calls == [({"web": "home", "git": "home"}, frozenset())]
 
 
 def test_fall_and_rise_count_in_a_row() -> None:
     health = {"web": "up", "git": "up"}
     swap = Swapper()
-    dog = Watchdog(config(fall=2, rise=3), swap, prober(health))
+    dog = Watchdog(ConfigView.of(config(fall=2, rise=3)), swap, prober(health))
     dog.start()
     swap.calls.clear()
     health["web"] = "down"
@@ -91,7 +92,7 @@ def test_fall_and_rise_count_in_a_row() -> None:
 
 def test_slow_counts_as_alive() -> None:
     health = {"web": "up", "git": "up"}
-    dog = Watchdog(config(fall=1), Swapper(), prober(health))
+    dog = Watchdog(ConfigView.of(config(fall=1)), Swapper(), prober(health))
     dog.start()
     health["web"] = "slow"
     assert dog.tick() == frozenset() and dog.fallback() == frozenset()
@@ -100,7 +101,7 @@ def test_slow_counts_as_alive() -> None:
 def test_failed_swap_keeps_state_and_retries() -> None:
     health = {"web": "up", "git": "up"}
     swap = Swapper()
-    dog = Watchdog(config(fall=1), swap, prober(health))
+    dog = Watchdog(ConfigView.of(config(fall=1)), swap, prober(health))
     dog.start()
     health["git"] = "down"
     swap.fail = True
@@ -114,7 +115,7 @@ def test_failed_swap_keeps_state_and_retries() -> None:
 def test_backup_home_takes_over_then_hands_back_without_cutting_it() -> None:
     health = {"web@home": "up", "web@attic": "up"}
     swap = Swapper()
-    dog = Watchdog(config(fall=1, rise=1, backups=("attic",)), swap, prober(health))
+    dog = Watchdog(ConfigView.of(config(fall=1, rise=1, backups=("attic",))), swap, prober(health))
     dog.start()
     health["web@home"] = "down"
     assert dog.tick() == {"web"}
@@ -140,7 +141,7 @@ def test_backup_home_takes_over_then_hands_back_without_cutting_it() -> None:
 def test_snapshot_is_json_ready_and_restarts_read_it() -> None:
     import json
 
-    dog = Watchdog(config(), Swapper(), prober({"web": "up", "git": "down"}), clock=lambda: 1000.0)
+    dog = Watchdog(ConfigView.of(config()), Swapper(), prober({"web": "up", "git": "down"}), clock=lambda: 1000.0)
     dog.start()
     data = json.loads(json.dumps(dog.snapshot()))
     states = {s["name"]: (s["state"], s["healthy"], s["active"]) for s in data["services"]}
@@ -150,7 +151,7 @@ def test_snapshot_is_json_ready_and_restarts_read_it() -> None:
 
 def test_reconfigure_keeps_known_states_and_adds_new_services() -> None:
     health = {"web": "down", "git": "up", "mail": "up"}
-    dog = Watchdog(config(), Swapper(), prober(health))
+    dog = Watchdog(ConfigView.of(config()), Swapper(), prober(health))
     dog.start()
     assert dog.fallback() == {"web"}
     new = config()
@@ -172,7 +173,7 @@ def test_lost_checks_while_home_keeps_sending_are_not_an_outage() -> None:
     one_home = config(fall=1)
     one_home = Config(vps=one_home.vps, tunnel=one_home.tunnel, homes={"home": one_home.homes["home"]},
                       services=one_home.services, watch=one_home.watch)
-    dog = Watchdog(one_home, Swapper(), probe, activity=lambda: counter["rx"])
+    dog = Watchdog(ConfigView.of(one_home), Swapper(), probe, activity=lambda: counter["rx"])
     dog.start()
     assert dog.tick() == frozenset() and dog.fallback() == frozenset()
     assert "home still sending" in dog.status["web"].detail
@@ -185,7 +186,7 @@ def test_no_traffic_and_no_answer_is_an_outage() -> None:
     one_home = config(fall=1)
     one_home = Config(vps=one_home.vps, tunnel=one_home.tunnel, homes={"home": one_home.homes["home"]},
                       services=one_home.services, watch=one_home.watch)
-    dog = Watchdog(one_home, Swapper(), prober({}), activity=lambda: 100)
+    dog = Watchdog(ConfigView.of(one_home), Swapper(), prober({}), activity=lambda: 100)
     dog.start()
     dog.prober = lambda s, h, c: Result("down", 0.6, "connect: timed out", timed_out=True)
     assert dog.tick() == {"web", "git"}

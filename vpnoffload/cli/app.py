@@ -33,7 +33,7 @@ class _Group(TyperGroup):
     show local variables (they could hold private keys).
     """
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer.Context is click's, narrowed
         result: list[Any] = []
 
         def body() -> None:
@@ -43,6 +43,33 @@ class _Group(TyperGroup):
         if status:
             raise typer.Exit(status)
         return result[0] if result else None
+
+
+def _flags_shown_as_flags() -> None:
+    """Leave the value type off flags in ``--help`` (``--verbose, -v``, not ``--verbose -v <bool>``).
+
+    typer 0.29 renders the rich help panel with ``TyperOption.display_type_rich``,
+    which names every option's type, flags included, although a flag takes no
+    value; its plain-text help (``get_help_record``) leaves the type off for flags
+    and counters. This gives the rich panel the same rule. Older typers without
+    that method print flags correctly already and are left alone.
+    """
+    from typer.core import TyperOption
+
+    original = getattr(TyperOption, "display_type_rich", None)
+    if original is None or getattr(original, "flags_as_flags", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if getattr(self, "is_flag", False) or getattr(self, "count", False):
+            return None
+        return original(self, ctx)  # type: ignore[no-any-return]
+
+    display_type_rich.flags_as_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_shown_as_flags()
 
 
 def _debug(ctx: typer.Context) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +19,11 @@ class Context:
 
 def context(ctx: typer.Context) -> Context:
     """The root command's Context (paths from -c / --state-dir, --debug)."""
-    return ctx.find_root().obj
+    found: Context = ctx.find_root().obj
+    return found
 
 
-def table(rows: list[tuple[str, ...]]) -> None:
+def table(rows: Sequence[tuple[str, ...]]) -> None:
     """Print ``rows`` as left-aligned columns (the first row is the header)."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:

@@ -26,11 +26,12 @@ def lab_up(prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
     """Build the lab and set both ends up with vpnoffload's own commands; leave it running."""
     from vpnoffload.lab import steps
     from vpnoffload.lab.narrate import RichNarrator
+    from vpnoffload.lab.sites import DEMO_COMMANDS
 
     lab, sites = steps.open_lab(prefix)
     narrator = RichNarrator()
     steps.run_up(lab, sites, narrator)
-    steps.how_to_poke(lab, sites, narrator, steps.DEMO_COMMANDS)
+    steps.how_to_poke(lab, sites, narrator, DEMO_COMMANDS)
 
 
 @lab_app.command("demo")

@@ -61,7 +61,7 @@ def check_port(value: Any, field: str) -> int:
 def check_proto(value: Any, field: str) -> str:
     if value not in ("tcp", "udp"):
         raise ConfigError(f"{shown(value)} is not a protocol: use 'tcp' or 'udp'", field=field)
-    return value
+    return str(value)
 
 
 def ip(value: Any) -> IPv4Address | IPv6Address | None:

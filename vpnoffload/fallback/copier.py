@@ -1,4 +1,4 @@
-"""The copier child: fetch the kept pages from home through the tunnel (issue 16).
+"""The copier child: fetch the kept pages from home through the tunnel, so visitors get them while home is down.
 
 Started by the watchdog (:class:`vpnoffload.fallback.copies.CopySchedule`) as
 ``python -I -S`` with a marshal job on stdin, while the services in it are
@@ -32,6 +32,11 @@ import time
 
 from vpnoffload.fallback import copies
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~1 MB in a lean process)
+if TYPE_CHECKING:
+    import http.client
+    from typing import Any
+
 CHUNK = 64 * 1024
 #: Ours: what a visitor would send, minus anything personal.
 USER_AGENT = "vpnoffload-offline-copy"
@@ -61,7 +66,7 @@ def verdict(status: int, headers: list[tuple[str, str]]) -> tuple[str, str]:
     return FAIL, f"HTTP {status}"
 
 
-def conditional_headers(entry: dict | None) -> list[tuple[str, str]]:
+def conditional_headers(entry: dict[str, Any] | None) -> list[tuple[str, str]]:
     """What makes a refresh cheap: the validators of the copy we have."""
     if not entry:
         return []
@@ -80,7 +85,7 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def _connect(service: dict, timeout: float):  # -> http.client.HTTPConnection
+def _connect(service: dict[str, Any], timeout: float) -> http.client.HTTPConnection:
     import http.client
 
     from vpnoffload.lean.marked import connect
@@ -100,8 +105,8 @@ def _connect(service: dict, timeout: float):  # -> http.client.HTTPConnection
     return conn
 
 
-def fetch_one(service: dict, path: str, entry: dict | None, room: int, directory: str,
-              timeout: float) -> tuple[str, str, dict | None]:
+def fetch_one(service: dict[str, Any], path: str, entry: dict[str, Any] | None, room: int, directory: str,
+              timeout: float) -> tuple[str, str, dict[str, Any] | None]:
     """Fetch ``path`` for ``service``: (outcome, reason, new index entry or None). Writes the body
     to a new file in ``directory`` only for KEEP; never more than ``room`` bytes."""
     conn = _connect(service, timeout)
@@ -151,12 +156,12 @@ def fetch_one(service: dict, path: str, entry: dict | None, room: int, directory
         conn.close()
 
 
-def copy_service(run: str, service: dict, room: int, timeout: float) -> int:
+def copy_service(run: str, service: dict[str, Any], room: int, timeout: float) -> int:
     """Refresh every kept path of ``service``; returns the bytes it keeps afterwards."""
     directory = copies.service_dir(run, service["name"])
     os.makedirs(directory, mode=0o700, exist_ok=True)
     old = copies.read_index(run, service["name"])
-    pages: dict[str, dict] = {}
+    pages: dict[str, dict[str, Any]] = {}
     results: dict[str, str] = {}
     kept_before = {p: e for p, e in old["pages"].items() if p in service["paths"]}
     room -= sum(e.get("size", 0) for e in kept_before.values())
@@ -193,7 +198,7 @@ def copy_service(run: str, service: dict, room: int, timeout: float) -> int:
     return sum(e["size"] for e in pages.values())
 
 
-def run(job: dict) -> int:
+def run(job: dict[str, Any]) -> int:
     """Do one job (see :meth:`vpnoffload.fallback.copies.CopySchedule.job`)."""
     run_dir = job["run"]
     os.makedirs(copies.copies_dir(run_dir), mode=0o700, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The offline copies on disk (issue 16): where they live, their index, and when to refresh them.
+"""The offline copies on disk: where they live, their index, and when to refresh them.
 
 Layout, under the state directory::
 
@@ -27,10 +27,14 @@ from vpnoffload import runfiles
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from typing import Any
+
+    from vpnoffload.lean.snapshot import ConfigView
 
 INDEX = "index"
 FORMAT = 1
-#: The first fetch after ``watch`` starts (issue 16: within 15 s), leaving the first checks time to settle.
+#: The first fetch after ``watch`` starts (well within 15 s, so a fresh install soon has copies),
+#: leaving the first checks time to settle.
 FIRST_AFTER = 3.0
 #: A copier child that runs longer than this is killed (a failed fetch keeps the old copy).
 COPIER_TIMEOUT = 120.0
@@ -60,11 +64,11 @@ def safe_name(name: object) -> bool:
     return all(c in "0123456789abcdef" for c in name[:32] + name[33:])
 
 
-def empty_index() -> dict:
+def empty_index() -> dict[str, Any]:
     return {"format": FORMAT, "pages": {}, "last_fetch": None, "result": None}
 
 
-def read_index(run: str, service: str) -> dict:
+def read_index(run: str, service: str) -> dict[str, Any]:
     """The index of ``service`` (an empty one when there is none or it cannot be read)."""
     try:
         with open(os.path.join(service_dir(run, service), INDEX), "rb") as fh:
@@ -76,7 +80,7 @@ def read_index(run: str, service: str) -> dict:
     return data
 
 
-def write_index(run: str, service: str, index: dict) -> None:
+def write_index(run: str, service: str, index: dict[str, Any]) -> None:
     """Write the index atomically (a temp file, fsync, rename): readers see the old one or the new one."""
     directory = service_dir(run, service)
     tmp = os.path.join(directory, f".{INDEX}.{os.getpid()}.tmp")
@@ -89,7 +93,7 @@ def write_index(run: str, service: str, index: dict) -> None:
     os.replace(tmp, os.path.join(directory, INDEX))
 
 
-def summary(run: str, service: str, now: float | None = None) -> dict:
+def summary(run: str, service: str, now: float | None = None) -> dict[str, Any]:
     """What ``status`` and the metrics show of one service's copies: how many, their age, the last fetch."""
     index = read_index(run, service)
     fetched = [p.get("fetched") or 0 for p in index["pages"].values()]
@@ -168,26 +172,26 @@ class CopySchedule:
         self.child: object = None
         self.started_at = 0.0
 
-    def job(self, config: object, active: dict[str, str | None]) -> dict | None:
+    def job(self, config: ConfigView, active: dict[str, str | None]) -> dict[str, Any] | None:
         """What the copier gets: every service with kept paths that is forwarded to a home now."""
         services = []
-        for svc in config.services.values():  # type: ignore[attr-defined]
+        for svc in config.services.values():
             home = active.get(svc.name)
-            if not svc.offline_copy or home is None or home not in config.homes:  # type: ignore[attr-defined]
+            if not svc.offline_copy or home is None or home not in config.homes:
                 continue
             host = svc.hostname or svc.listen_address
             if svc.listen_port not in (80, 443):
                 host = f"{host}:{svc.listen_port}"
-            services.append({"name": svc.name, "address": config.homes[home].address,  # type: ignore[attr-defined]
+            services.append({"name": svc.name, "address": config.homes[home].address,
                              "port": svc.target_port, "host": host, "tls": bool(svc.page_over_tls),
                              "paths": list(svc.offline_copy)})
         if not services:
             return None
-        keep = [s.name for s in config.services.values() if s.offline_copy]  # type: ignore[attr-defined]
-        return {"run": self.run, "max_bytes": config.watch.offline_copy_max_bytes,  # type: ignore[attr-defined]
+        keep = [s.name for s in config.services.values() if s.offline_copy]
+        return {"run": self.run, "max_bytes": config.watch.offline_copy_max_bytes,
                 "timeout": max(2.0, float(config.watch.timeout) * 5), "services": services, "counted": keep}
 
-    def tick(self, config: object, active: dict[str, str | None], healthy: Callable[[str], bool]) -> bool:
+    def tick(self, config: ConfigView, active: dict[str, str | None], healthy: Callable[[str], bool]) -> bool:
         """Reap or kill a running child; start one when due. True when one was started."""
         now = self.clock()
         if self.child is not None:
@@ -198,7 +202,7 @@ class CopySchedule:
             self.child = None
         if now < self.next_at:
             return False
-        self.next_at = now + float(config.watch.offline_copy_every)  # type: ignore[attr-defined]
+        self.next_at = now + float(config.watch.offline_copy_every)
         job = self.job(config, {n: h for n, h in active.items() if h is not None and healthy(n)})
         if job is None:
             return False

@@ -1,4 +1,4 @@
-"""How the page server answers from a kept page (issue 16): the request line, the head, the banner.
+"""How the page server answers from a kept page: the request line, the head, the banner.
 
 Pure functions over bytes, so the rules are unit-tested without sockets; lean
 (``time`` only) like the page server that uses them.

@@ -10,7 +10,7 @@ The connections are served by one bounded ``selectors`` loop
 (:mod:`vpnoffload.fallback.pageloop`: connection cap, head and handshake deadlines, head
 size cap, no thread per connection).
 
-Offline copies (issue 16): a GET or HEAD for a path a service keeps
+Offline copies (the last good version of a page, kept while home was up): a GET or HEAD for a path a service keeps
 (:mod:`vpnoffload.fallback.copies`) is answered 200 from the copy instead, with
 its content type, an ``Age`` and, for HTML, a small banner appended; the body is
 streamed from its open file :data:`FILE_CHUNK` bytes at a time (one chunk per

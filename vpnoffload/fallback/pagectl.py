@@ -20,6 +20,10 @@ from vpnoffload import runfiles
 from vpnoffload.errors import BackendError
 from vpnoffload.lean import spawn
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (the watchdog imports this)
+if TYPE_CHECKING:
+    from vpnoffload.paths import Paths
+
 MODULE = "vpnoffload.fallback.pageserver"
 
 
@@ -35,7 +39,7 @@ class PageDaemon:
         self._child: spawn.Child | None = None
 
     @classmethod
-    def for_paths(cls, paths) -> "PageDaemon":  # paths: vpnoffload.paths.Paths
+    def for_paths(cls, paths: Paths) -> PageDaemon:
         return cls(str(paths.config), str(paths.state), str(paths.run), str(paths.pages))
 
     def argv(self) -> list[str]:

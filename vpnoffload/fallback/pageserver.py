@@ -23,8 +23,13 @@ import sys
 from vpnoffload.errors import BackendError, VpnOffloadError
 from vpnoffload.fallback import copies
 from vpnoffload.lean import say
-from vpnoffload.fallback.page import MAX_CONNECTIONS, Destination, FallbackServer, FallbackServer6, Loop
+from vpnoffload.fallback.page import FallbackServer, FallbackServer6
+from vpnoffload.fallback.pageloop import MAX_CONNECTIONS, Destination, Loop
 from vpnoffload.lean.snapshot import ConfigView, fetch
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~1 MB in a lean process)
+if TYPE_CHECKING:
+    from typing import Any
 
 log = say.Log("vpnoffload.fallback.pageserver")
 RUN_AS = "vpnoffload"
@@ -44,11 +49,11 @@ def load_pages(config: ConfigView, pages_dir: str) -> dict[Destination, bytes]:
     return pages
 
 
-def load_kept(config: ConfigView) -> tuple[dict[Destination, dict], dict[Destination, bool]]:
-    """The offline copies of each page service (issue 16), opened now (while still root), by destination;
+def load_kept(config: ConfigView) -> tuple[dict[Destination, dict[str, Any]], dict[Destination, bool]]:
+    """The offline copies of each page service, opened now (while still root), by destination;
     and whether its HTML copies get the banner."""
     run = config.data["paths"]["run"]
-    kept: dict[Destination, dict] = {}
+    kept: dict[Destination, dict[str, Any]] = {}
     banners: dict[Destination, bool] = {}
     for svc in config.services.values():
         if svc.serves_page and svc.offline_copy:

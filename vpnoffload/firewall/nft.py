@@ -139,8 +139,8 @@ def parse_table(family: str, listing: dict[str, Any]) -> Snapshot:
         name = rule["chain"]
         if name not in owner:
             raise BackendError(f"nftables table {family} {TABLE}: a rule in unknown chain {name}")
-        chain = builtin[name][1] if name in builtin else name
-        rules.append(from_nft(owner[name], chain, rule.get("expr", [])))
+        chain_name = builtin[name][1] if name in builtin else name
+        rules.append(from_nft(owner[name], chain_name, rule.get("expr", [])))
     owned = frozenset((owner[c["name"]], c["name"]) for c in chains if c["name"] not in builtin)
     try:
         ruleset = Ruleset(owned, tuple(rules))

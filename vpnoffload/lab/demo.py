@@ -81,7 +81,7 @@ def _first_reply(
     if poll["at"] is None:
         raise LabStepError(f"{failure} (visitor saw: {tally(poll)})")
     n.output(f"{poll['attempts']} new connections: {tally(poll)}")
-    return poll["at"] - start
+    return float(poll["at"]) - start
 
 
 def fail_over(

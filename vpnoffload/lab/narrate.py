@@ -86,7 +86,9 @@ class RichNarrator:
 
     def waiting(self, text: str) -> contextlib.AbstractContextManager[None]:
         self.console.print(f"[dim]{_escape(text)}[/dim]")
-        return self.console.status("waiting...") if self.console.is_terminal else contextlib.nullcontext()
+        if self.console.is_terminal:
+            return self.console.status("waiting...")  # type: ignore[return-value]  # rich's Status is a context manager
+        return contextlib.nullcontext()
 
 
 def _escape(text: str) -> str:

@@ -47,15 +47,14 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from vpnoffload import proc
 from vpnoffload.lab import probes
 from vpnoffload.errors import BackendError, ConfigError, PrerequisiteError
 
@@ -115,7 +114,7 @@ class Lab:
     """
 
     prefix: str = DEFAULT_PREFIX
-    _started: list[subprocess.Popen] = field(default_factory=list, init=False, repr=False, compare=False)
+    _started: list[proc.Process] = field(default_factory=list, init=False, repr=False, compare=False)
     #: Also build the IPv6 side of every link (SEGMENTS6).
     ipv6: bool = False
     #: Put the VPS behind a 1:1-NAT router (NAT_VPS_SEGMENT, NAT_PAIRS), like a cloud VPS.
@@ -295,10 +294,8 @@ class Lab:
 
     def _reap_started(self) -> None:
         # Our own children are zombies after the kill until waited for.
-        for proc in self._started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.kill()
-                proc.wait(timeout=2)
+        for child in self._started:
+            proc.stop(child, timeout=2)
         self._started.clear()
 
     # -- the cable -----------------------------------------------------------
@@ -319,7 +316,7 @@ class Lab:
 
     def exec(self, host: str, *argv: str, check: bool = True, timeout: float = 30,
              env: dict[str, str] | None = None, input: str | None = None,
-             cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+             cwd: str | os.PathLike[str] | None = None) -> proc.Result:
         """Run ``argv`` in ``host``'s namespace and wait; stdout/stderr captured as text.
 
         Output goes through temp files, not pipes, so a daemon the command leaves
@@ -328,17 +325,17 @@ class Lab:
         return _run(["ip", "netns", "exec", self.namespace(host), *argv], check=check,
                     timeout=timeout, env=child_env(env), input=input, cwd=cwd)
 
-    def popen(self, host: str, *argv: str, **kw) -> subprocess.Popen:
+    def popen(self, host: str, *argv: str, **kw: Any) -> proc.Process:
         """Start ``argv`` in the background in ``host``'s namespace; ``destroy`` kills and reaps it.
 
         stdin/stdout/stderr default to /dev/null; other keywords go to Popen.
         """
         for stream in ("stdin", "stdout", "stderr"):
-            kw.setdefault(stream, subprocess.DEVNULL)
+            kw.setdefault(stream, proc.DEVNULL)
         kw["env"] = child_env(kw.get("env"))
-        proc = subprocess.Popen(["ip", "netns", "exec", self.namespace(host), *argv], **kw)
-        self._started.append(proc)
-        return proc
+        child = proc.start(["ip", "netns", "exec", self.namespace(host), *argv], **kw)
+        self._started.append(child)
+        return child
 
     def tcp_probe(self, host: str, address: str, port: int, *, timeout: float = 1.0, wait: float = 0.0) -> str:
         """Connect from ``host`` to ``address:port``: 'open', 'refused', 'timeout' or 'unreachable'.
@@ -407,26 +404,9 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
 # -- the OS layer -------------------------------------------------------------
 
 def _run(argv: list[str], *, check: bool = True, timeout: float = 30, env: dict[str, str] | None = None,
-         input: str | None = None, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
+         input: str | None = None, cwd: str | os.PathLike[str] | None = None) -> proc.Result:
     """Run a command; output via temp files (see Lab.exec). Failures become BackendError."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        try:
-            # With input, run() makes the stdin pipe itself (it refuses both).
-            stdin = {"input": input.encode()} if input is not None else {"stdin": subprocess.DEVNULL}
-            proc = subprocess.run(argv, **stdin, stdout=out, stderr=err, timeout=timeout, env=env, cwd=cwd,
-                                  check=False)
-        except subprocess.TimeoutExpired:
-            raise BackendError(f"{' '.join(argv)} did not finish within {timeout:g}s") from None
-        except OSError as exc:
-            raise BackendError(f"cannot run {argv[0]}: {exc.strerror}") from None
-        out.seek(0)
-        err.seek(0)
-        result = subprocess.CompletedProcess(argv, proc.returncode, out.read().decode(errors="replace"),
-                                             err.read().decode(errors="replace"))
-    if check and result.returncode != 0:
-        why = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
-        raise BackendError(f"{' '.join(argv)} failed: {why}")
-    return result
+    return proc.run(argv, check=check, timeout=timeout, env=env, input=input, cwd=cwd, detached_output=True)
 
 
 def _list_namespaces() -> list[str]:

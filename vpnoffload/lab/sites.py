@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import threading
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vpnoffload import proc
 from vpnoffload.errors import ExitStatus, VpnOffloadError
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.narrate import Narrator
@@ -104,7 +104,8 @@ class Sites:
 
     def load_manifest(self) -> dict[str, Any]:
         try:
-            return json.loads(self.manifest.read_text())
+            manifest: dict[str, Any] = json.loads(self.manifest.read_text())
+            return manifest
         except (OSError, ValueError):
             return {}
 
@@ -122,36 +123,36 @@ def shown_argv(sites: Sites, host: str, *args: str) -> list[str]:
 
 
 def vpnoffload(lab: Lab, sites: Sites, host: str, *args: str, narrator: Narrator,
-               ok_codes: Collection[int] = (0,)) -> subprocess.CompletedProcess:
+               ok_codes: Collection[int] = (0,)) -> proc.Result:
     """Narrate and run ``vpnoffload -c <host's config> ARGS`` inside ``host``'s namespace.
 
     Its output is narrated; an exit status outside ``ok_codes`` raises
     LabStepError naming the command and its last error line.
     """
     narrator.command(host, shown_argv(sites, host, *args))
-    proc = lab.exec(host, sys.executable, "-P", "-m", "vpnoffload", "-c", str(sites.config(host)), *args,
-                    check=False, timeout=COMMAND_TIMEOUT)
-    shown = (proc.stdout + proc.stderr).strip("\n").rstrip()
+    result = lab.exec(host, sys.executable, "-P", "-m", "vpnoffload", "-c", str(sites.config(host)), *args,
+                      check=False, timeout=COMMAND_TIMEOUT)
+    shown = (result.stdout + result.stderr).strip("\n").rstrip()
     if shown:
         narrator.output(textwrap.dedent(shown))
-    if proc.returncode not in ok_codes:
-        lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines() or [f"exit status {proc.returncode}"]
-        raise LabStepError(f"'vpnoffload {' '.join(args)}' on {host} failed (exit {proc.returncode}): {lines[-1]}")
-    return proc
+    if result.returncode not in ok_codes:
+        lines = (result.stderr.strip() or result.stdout.strip()).splitlines() or [f"exit status {result.returncode}"]
+        raise LabStepError(f"'vpnoffload {' '.join(args)}' on {host} failed (exit {result.returncode}): {lines[-1]}")
+    return result
 
 
 def start_background(lab: Lab, sites: Sites, host: str, what: str, argv: Sequence[str],
-                     log: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+                     log: Path | None = None, env: dict[str, str] | None = None) -> proc.Process:
     """Start a long-running process in ``host`` and remember its pid for ``lab down``.
 
     It gets its own session, so a Ctrl-C meant for the demo reaches only the
     demo, which then tears everything down in order.
     """
     with open(log or os.devnull, "ab") as out:
-        proc = lab.popen(host, *argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        child = lab.popen(host, *argv, stdout=out, stderr=proc.STDOUT, start_new_session=True, env=env)
     background = sites.load_manifest().get("background", [])
-    sites.update_manifest(background=[*background, {"host": host, "what": what, "pid": proc.pid}])
-    return proc
+    sites.update_manifest(background=[*background, {"host": host, "what": what, "pid": child.pid}])
+    return child
 
 
 @contextlib.contextmanager
@@ -167,10 +168,10 @@ def notify_socket(path: Path) -> Iterator[socket.socket]:
         path.unlink(missing_ok=True)
 
 
-def wait_ready(sock: socket.socket, proc: subprocess.Popen, timeout: float) -> bool:
-    """True once READY=1 arrives on ``sock``; False if ``proc`` exits or time runs out."""
+def wait_ready(sock: socket.socket, child: proc.Process, timeout: float) -> bool:
+    """True once READY=1 arrives on ``sock``; False if ``child`` exits or time runs out."""
     deadline = time.monotonic() + timeout
-    while proc.poll() is None and (left := deadline - time.monotonic()) > 0:
+    while child.poll() is None and (left := deadline - time.monotonic()) > 0:
         sock.settimeout(min(left, 0.2))
         try:
             message = sock.recv(4096).decode(errors="replace")
@@ -225,7 +226,8 @@ def visitor_poll(lab: Lab, *, want: int, marker: str, wait: float) -> dict[str, 
     out = lab.exec("visitor", sys.executable, "-P", "-c", _POLL, f"http://{lab.vps_address}/", str(want), marker,
                    str(wait), str(POLL_EVERY), str(POLL_TIMEOUT), timeout=wait + POLL_TIMEOUT + 10)
     try:
-        return json.loads(out.stdout)
+        poll: dict[str, Any] = json.loads(out.stdout)
+        return poll
     except ValueError:
         raise LabStepError(f"the visitor's poller printed no result: {out.stderr.strip()[-200:]}") from None
 

@@ -14,13 +14,12 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Collection
 from pathlib import Path
 
-from vpnoffload import users
+from vpnoffload import proc, users
 from vpnoffload.errors import BackendError, ConfigError, VpnOffloadError
 from vpnoffload.lab.netns import ROUTER, Lab, check_prerequisites
 from vpnoffload.lab.narrate import Narrator
@@ -137,7 +136,7 @@ def start_watchdog(lab: Lab, sites: Sites, n: Narrator, available: bool) -> bool
     # Wait for READY=1 as systemd would: it is sent after the first round of checks,
     # before which a pulled cable would go unnoticed.
     with notify_socket(sites.root / "notify.sock") as sock:
-        proc = start_background(
+        child = start_background(
             lab,
             sites,
             "vps",
@@ -146,10 +145,10 @@ def start_watchdog(lab: Lab, sites: Sites, n: Narrator, available: bool) -> bool
             log=sites.watch_log,
             env={**os.environ, "NOTIFY_SOCKET": sock.getsockname()},
         )
-        ready = wait_ready(sock, proc, WATCH_READY_WAIT)
-    if proc.poll() is not None:
+        ready = wait_ready(sock, child, WATCH_READY_WAIT)
+    if child.poll() is not None:
         raise LabStepError(
-            f"'vpnoffload watch' exited at once (status {proc.returncode}): {last_line(sites.watch_log)}"
+            f"'vpnoffload watch' exited at once (status {child.returncode}): {last_line(sites.watch_log)}"
         )
     if not ready:
         raise LabStepError(
@@ -296,12 +295,10 @@ _STOP_NOTES = {
 
 def _in_namespace(pid: int, namespace: str) -> bool:
     try:
-        proc = subprocess.run(
-            ["ip", "netns", "identify", str(pid)], capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        result = proc.run(["ip", "netns", "identify", str(pid)], timeout=5, check=False)
+    except VpnOffloadError:
         return False
-    return proc.returncode == 0 and namespace in proc.stdout.split()
+    return result.ok and namespace in result.stdout.split()
 
 
 def _forget(sites: Sites, n: Narrator | None) -> None:

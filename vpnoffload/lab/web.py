@@ -15,9 +15,9 @@ forwarded the connection rather than proxying it. Logs nothing per request.
 
 from __future__ import annotations
 
-import argparse
 import html
 import socket
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PAGE = """<!doctype html>
@@ -81,23 +81,33 @@ class DualStackServer(ThreadingHTTPServer):
         super().server_bind()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vpnoffload.lab.web", description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--bind", default="0.0.0.0")
-    parser.add_argument("--name", default="home", help="the box named on the page")
-    args = parser.parse_args(argv)
-    handler = type("NamedHandler", (Handler,), {"name": args.name})
-    server_class = DualStackServer if ":" in args.bind else ThreadingHTTPServer
-    server = server_class((args.bind, args.port), handler)
-    server.daemon_threads = True
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+def main(argv: list[str] | None = None) -> int:
+    """``--port N`` (8080), ``--bind ADDRESS`` (0.0.0.0), ``--name BOX`` (home: the box named on the page)."""
+    from vpnoffload.errors import ConfigError
+    from vpnoffload.exits import run_main
+    from vpnoffload.lean import options
+
+    def body() -> int:
+        given = options.parse(argv, values=("--port", "--bind", "--name"))
+        bind, name = str(given.get("--bind", "0.0.0.0")), str(given.get("--name", "home"))
+        try:
+            port = int(str(given.get("--port", 8080)))
+        except ValueError:
+            raise ConfigError(f"--port: {given['--port']!r} is not a port number") from None
+        handler = type("NamedHandler", (Handler,), {"name": name})
+        server_class = DualStackServer if ":" in bind else ThreadingHTTPServer
+        server = server_class((bind, port), handler)
+        server.daemon_threads = True
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return 0
+
+    return run_main(body, prog="vpnoffload-labweb")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

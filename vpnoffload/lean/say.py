@@ -27,7 +27,7 @@ class Log:
     def _emit(self, at: int, msg: str, args: tuple[object, ...]) -> None:
         logging = sys.modules.get("logging")
         if logging is not None:
-            logging.getLogger(self.name).log(at, msg, *args)  # type: ignore[attr-defined]
+            logging.getLogger(self.name).log(at, msg, *args)
             return
         if at >= level:
             try:

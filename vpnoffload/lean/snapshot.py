@@ -18,7 +18,14 @@ from __future__ import annotations
 import marshal
 import sys
 
-from vpnoffload.errors import ConfigError, NotSetUpError, VpnOffloadError
+from vpnoffload.errors import ConfigError, NotSetUpError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~1 MB in a lean process)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from vpnoffload.model import Config
+    from vpnoffload.paths import Paths
 
 FETCH_TIMEOUT = 30.0
 #: Bumped when the blob's shape changes (a lean process and a newer snapshot must agree).
@@ -28,12 +35,34 @@ FORMAT = 1
 # ------------------------------------------------------------------ the child (full imports)
 
 
-def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config, paths.Paths)
+def build(config: Config, paths: Paths, *, with_pages: bool = False) -> dict[str, Any]:
     """The plain-data snapshot of ``config`` (and of the files at ``paths`` the lean processes read)."""
-    import socket
-
     from vpnoffload import watchfile
     from vpnoffload.tunnel import server_running
+
+    data = config_data(config)
+    data.update({
+        "paths": {"config": str(paths.config), "state": str(paths.state), "run": str(paths.run),
+                  "watch_state": str(paths.watch_state), "pages": str(paths.pages)},
+        "server_running": server_running(paths),
+        "believed": watchfile.believed_targets(watchfile.read_state(paths.watch_state)),
+    })
+    if with_pages:
+        pages = {}
+        for svc in config.services.values():
+            if svc.serves_page:
+                try:
+                    pages[svc.name] = (paths.pages / f"{svc.name}.html").read_bytes()
+                except OSError as exc:
+                    raise NotSetUpError(f"no friendly page for {svc.name} in {paths.pages} "
+                                        f"(run 'vpnoffload up vps'): {exc.strerror}") from None
+        data["pages"] = pages
+    return data
+
+
+def config_data(config: Config) -> dict[str, Any]:
+    """What the lean processes read of ``config`` itself, as plain data (no files, no paths)."""
+    import socket
 
     def key(address: object) -> str:
         # The page server names a destination as inet_ntop does (SO_ORIGINAL_DST).
@@ -52,14 +81,12 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
             # What visitors' packets carry on arrival: the private address on a 1:1-NAT cloud.
             "local_address": key(config.vps.local_of(svc.listen_address)),
             "tls_cert": str(svc.tls_cert) if svc.tls_cert else None, "tls_key": str(svc.tls_key) if svc.tls_key else None,
-            # Kept pages (issue 16) only where the VPS itself keeps them: proxy services are nginx's.
+            # Kept pages only where the VPS itself keeps them: proxy services are nginx's.
             "offline_copy": list(svc.offline_copy) if svc.via == "dnat" else [], "offline_banner": svc.offline_banner,
         })
     w = config.watch
-    data: dict = {
+    return {
         "format": FORMAT,
-        "paths": {"config": str(paths.config), "state": str(paths.state), "run": str(paths.run),
-                  "watch_state": str(paths.watch_state), "pages": str(paths.pages)},
         "vps_address": str(config.vps.address),
         "vps_local_address": str(config.vps.bind_address),  # what the page server binds (1:1 NAT: the private one)
         "tunnel_device": config.tunnel.device,
@@ -68,20 +95,7 @@ def build(config, paths, *, with_pages: bool = False) -> dict:  # (model.Config,
                   "offline_copy_every": float(w.offline_copy_every), "offline_copy_max_bytes": w.offline_copy_max_bytes},
         "homes": {name: str(home.address) for name, home in config.homes.items()},
         "services": services,
-        "server_running": server_running(paths),
-        "believed": watchfile.believed_targets(watchfile.read_state(paths.watch_state)),
     }
-    if with_pages:
-        pages = {}
-        for svc in config.services.values():
-            if svc.serves_page:
-                try:
-                    pages[svc.name] = (paths.pages / f"{svc.name}.html").read_bytes()
-                except OSError as exc:
-                    raise NotSetUpError(f"no friendly page for {svc.name} in {paths.pages} "
-                                        f"(run 'vpnoffload up vps'): {exc.strerror}") from None
-        data["pages"] = pages
-    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------ the lean side
 
 
-def fetch(config: str, state: str | None = None, *, with_pages: bool = False) -> dict:
+def fetch(config: str, state: str | None = None, *, with_pages: bool = False) -> dict[str, Any]:
     """Run the snapshot child and return its blob. Raises the child's error kind
     (ConfigError for a bad config, NotSetUpError, ...) with its message."""
     from vpnoffload.lean import spawn
@@ -135,7 +149,7 @@ class ServiceView:
                  "page_over_tls", "ipv6", "listen_address", "listen_port", "via", "tls_cert", "tls_key",
                  "offline_copy", "offline_banner", "local_address")
 
-    def __init__(self, d: dict) -> None:
+    def __init__(self, d: dict[str, Any]) -> None:
         self.name, self.homes = d["name"], tuple(d["homes"])
         self.home, self.backups = self.homes[0], self.homes[1:]
         self.target_port, self.check = d["target_port"], CheckView(d["check_kind"], d["check_path"])
@@ -159,8 +173,17 @@ class WatchView:
     __slots__ = ("interval", "timeout", "fall", "rise", "metrics", "fallback_port", "retry_after",
                  "offline_copy_every", "offline_copy_max_bytes")
     _DEFAULTS = {"offline_copy_every": 600.0, "offline_copy_max_bytes": 20 * 1024 * 1024}
+    interval: float
+    timeout: float
+    fall: int
+    rise: int
+    metrics: str | None
+    fallback_port: int
+    retry_after: int
+    offline_copy_every: float
+    offline_copy_max_bytes: int
 
-    def __init__(self, d: dict) -> None:
+    def __init__(self, d: dict[str, Any]) -> None:
         for name in self.__slots__:
             setattr(self, name, d[name] if name in d or name not in self._DEFAULTS else self._DEFAULTS[name])
 
@@ -173,9 +196,11 @@ class TunnelView:
 
 
 class ConfigView:
-    """The snapshot with ``model.Config``'s attribute names (``services``, ``homes``, ``watch``, ``tunnel``)."""
+    """The watchdog's and page server's one config shape: the snapshot, read with ``model.Config``'s
+    attribute names (``services``, ``homes``, ``watch``, ``tunnel``). Production builds it from the
+    snapshot child's blob; tests from a ``model.Config`` with :meth:`of`, through the same data."""
 
-    def __init__(self, data: dict) -> None:
+    def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
         self.services = {d["name"]: ServiceView(d) for d in data["services"]}
         self.homes = {name: HomeView(name, address) for name, address in data["homes"].items()}
@@ -183,6 +208,11 @@ class ConfigView:
         self.tunnel = TunnelView(data["tunnel_device"])
         self.vps_address: str = data["vps_address"]
         self.vps_local_address: str = data.get("vps_local_address", self.vps_address)
+
+    @classmethod
+    def of(cls, config: Config) -> ConfigView:
+        """The view of a parsed config, as the snapshot child would hand it over (for tests and tools)."""
+        return cls(config_data(config))
 
     @property
     def ipv6_services(self) -> list[ServiceView]:

@@ -21,6 +21,10 @@ import signal
 import sys
 import time
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~1 MB in a lean process)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 #: The directory holding the ``vpnoffload`` package (site-packages, or the checkout of an editable install).
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -118,11 +122,11 @@ class Child:
 
 
 def finish(child: Child, data: bytes, timeout: float, what: str, *, ok: tuple[int, ...] = (0,),
-           timeout_kind: type | None = None) -> bytes:
+           timeout_kind: Callable[[str], BaseException] | None = None) -> bytes:
     """Give a started child ``data`` on stdin, wait for it, return its stdout.
 
     The one way a parent reads a child's failure: a timeout kills it and raises
-    ``timeout_kind`` (BackendError by default); an exit status outside ``ok``
+    ``timeout_kind(message)`` (BackendError by default); an exit status outside ``ok``
     raises the error the child reported (:func:`vpnoffload.exits.child_error`).
     The exit status stays in ``child.returncode``.
     """
@@ -139,7 +143,7 @@ def finish(child: Child, data: bytes, timeout: float, what: str, *, ok: tuple[in
 
 
 def run(argv: list[str], what: str, timeout: float, *, ok: tuple[int, ...] = (0,),
-        timeout_kind: type | None = None) -> bytes:
+        timeout_kind: Callable[[str], BaseException] | None = None) -> bytes:
     """Run ``argv`` (stdin empty) to its end and return its stdout; failures as :func:`finish` raises them."""
     child = spawn(argv, stdout=True, stderr=True)
     return finish(child, b"", timeout, what, ok=ok, timeout_kind=timeout_kind)

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vpnoffload.errors import ConfigError
 from vpnoffload.model import Config, Service
 from vpnoffload.names import shown
 
+if TYPE_CHECKING:
+    import jinja2
+
 DEFAULT_TEMPLATE = "fallback.html.j2"
 
 
-def _environment(service: Service):  # -> jinja2.Environment
+def _environment(service: Service) -> jinja2.Environment:
     from vpnoffload.render import jinja
 
     return jinja.page_environment(service.page.parent if service.page is not None else None)

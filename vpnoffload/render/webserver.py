@@ -23,10 +23,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vpnoffload.errors import ConfigError
 from vpnoffload.model import Config, Service
 from vpnoffload.names import shown
+
+if TYPE_CHECKING:
+    import jinja2
 
 #: Files vpnoffload owns in the output directory (nothing else there is touched).
 NGINX_HTTP = "vpnoffload.conf"
@@ -132,7 +136,7 @@ def _listeners(found: list[Site], port: int) -> list[Listener]:
     return [Listener(i, g[0].nginx_listen, bind, tuple(g)) for i, (bind, g) in enumerate(groups.items())]
 
 
-def _environment():  # -> jinja2.Environment
+def _environment() -> jinja2.Environment:
     from vpnoffload.render import jinja
 
     return jinja.environment()  # conf_word keeps values to plain words

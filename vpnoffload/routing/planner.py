@@ -14,7 +14,8 @@ def plan_routing(backend: RoutingBackend, desired: RoutingState,
 
     ``table`` and ``priority`` are the tunnel's own (vpnoffload.hometunnels.Slot):
     another tunnel's rules and table on the same box are never looked at."""
-    for item in (*desired.rules, *desired.routes):
+    owned: tuple[Rule | Route, ...] = (*desired.rules, *desired.routes)
+    for item in owned:
         if item.table != table or getattr(item, "priority", priority) != priority:
             raise ValueError(f"{item} is outside what vpnoffload owns")
     rules = [r for r in backend.rules() if _owned(r, table, priority)]

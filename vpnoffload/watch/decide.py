@@ -7,8 +7,8 @@ rules, conntrack flush) is injected as ``swap`` and runs in a short-lived child
 process (see ``vpnoffload.watch.swap``), so python-iptables and pyroute2 never
 sit in the watchdog's resident memory.
 
-``config`` is a ``vpnoffload.model.Config`` or a
-``vpnoffload.lean.snapshot.ConfigView`` (the same attribute names).
+``config`` is a ``vpnoffload.lean.snapshot.ConfigView``, in production and in
+tests alike (``ConfigView.of(model_config)``): one shape.
 
 Each service has an ordered list of home boxes. Every home is checked; a home
 turns unhealthy after ``fall`` failed checks in a row and healthy again after
@@ -108,14 +108,12 @@ def probe_namespace_prober(namespace: Any) -> ForwardProber:
     """
 
     def forward(service: Any, home: str, config: Any, visitor: bool) -> health.Result | None:
-        if getattr(service, "via", "dnat") != "dnat" or service.ipv6 or not namespace.available():
+        if service.via != "dnat" or service.ipv6 or not namespace.available():
             return None
         address = str(config.homes[home].address)
         if visitor:
-            # Where the DNAT rule matches: on a 1:1-NAT cloud the private address (snapshot's
-            # local_address; a model.Service maps it through vps.local_of).
-            arrives = getattr(service, "local_address", None) or str(
-                getattr(config.vps, "local_of", lambda a: a)(service.listen_address))
+            # Where the DNAT rule matches: on a 1:1-NAT cloud the private address.
+            arrives = service.local_address
             return health.forward_probe(namespace.sockets, arrives, service.listen_port,
                                         config.watch.timeout, address)
         return health.forward_probe(namespace.sockets, address, service.target_port, config.watch.timeout, address)

@@ -170,7 +170,7 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
 
 
 def _start_copier(job: bytes) -> spawn.Child:
-    """The offline-copy fetcher (issue 16) as a short-lived lean child; its job on stdin."""
+    """The offline-copy fetcher as a short-lived lean child (its http.client and ssl never stay resident); its job on stdin."""
     child = spawn.spawn(spawn.lean_argv("vpnoffload.fallback.copier"), stdin=True)
     try:
         os.write(child.stdin, job)  # type: ignore[arg-type]  # blocks at most until the child reads it
@@ -193,7 +193,7 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
         started = time.monotonic()
         for line in host_firewall.tick(started):
             log.warning("host firewall: %s", line)
-        supervise.keep_server(where)  # restarts a killed OpenVPN server where systemd does not (issue 17)
+        supervise.keep_server(where)  # restarts a killed OpenVPN server where no systemd would
         if probe is not None:
             probe.ensure()  # made again (every RETRY s) if it failed, was taken or its link went
         if (mtime := _mtime(where["config"])) != seen:

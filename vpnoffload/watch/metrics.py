@@ -28,8 +28,8 @@ def exposition(dog: Watchdog, run: str | None = None) -> str:
 
 
 def _copies(dog: Watchdog, run: str | None) -> list[str]:
-    """The offline copies' age and count (issue 16), from their index files."""
-    kept = [svc.name for svc in dog.config.services.values() if getattr(svc, "offline_copy", ())]
+    """The offline copies' age and count (how stale a visitor's copy may be), from their index files."""
+    kept = [svc.name for svc in dog.config.services.values() if svc.offline_copy]
     if run is None or not kept:
         return []
     from vpnoffload.fallback.copies import summary

@@ -36,6 +36,7 @@ import threading
 import time
 
 from vpnoffload import probens
+from vpnoffload.errors import VpnOffloadError
 from vpnoffload.lean import spawn
 from vpnoffload.lean.say import Log
 
@@ -77,15 +78,12 @@ def ip_binary() -> str:
 
 def run_ip(args: list[str]) -> None:
     """``ip ARGS`` in the calling thread's network namespace, bounded; raises OSError with ip's words."""
+    what = f"ip {' '.join(args)}"
     child = spawn.spawn([ip_binary(), *args], stderr=True)
     try:
-        _, err = child.communicate(b"", CALL_TIMEOUT)
-    except TimeoutError:
-        child.kill()
-        raise OSError(errno.ETIMEDOUT, f"ip {' '.join(args)}: no answer in {CALL_TIMEOUT:g} s") from None
-    if child.returncode != 0:
-        said = (err.decode(errors="replace").strip().splitlines() or [f"exit {child.returncode}"])[-1]
-        raise OSError(errno.EIO, f"ip {' '.join(args)}: {said}")
+        spawn.finish(child, b"", CALL_TIMEOUT, what, timeout_kind=lambda m: OSError(errno.ETIMEDOUT, m))
+    except VpnOffloadError as exc:
+        raise OSError(errno.EIO, f"{what}: {exc}") from None
 
 
 def link_index(name: str) -> int | None:

@@ -1,4 +1,4 @@
-"""The watchdog keeps the VPS's OpenVPN server running where systemd does not (issue 17).
+"""The watchdog keeps the VPS's OpenVPN server running where no systemd restarts it.
 
 Under systemd the server runs as ``openvpn-server@vpnoffload`` with ``Restart=``;
 without it (namespaces, containers) ``up vps`` starts ``openvpn --daemon`` with a

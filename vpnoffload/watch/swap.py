@@ -18,10 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from vpnoffload.errors import ConfigError
+from vpnoffload.firewall.rules import Backend
 from vpnoffload.model import Config
 
 
-def apply_swap(config: Config, active: Mapping[str, str | None], flush: frozenset[str], firewall_backend=None) -> None:
+def apply_swap(config: Config, active: Mapping[str, str | None], flush: frozenset[str],
+               firewall_backend: Backend | None = None) -> None:
     """Point each service at ``active[name]`` (a home box, or None: fallback), then
     forget the flows of the services in ``flush``."""
     from vpnoffload import firewall, plan

@@ -15,6 +15,7 @@ every few seconds) puts back the ones a host reload wiped.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -111,8 +112,8 @@ class HostFirewall:
             if mechanism.present(place, live):
                 if not recorded and mechanism.adopts:  # ours by its comment: adopt it so down removes it
                     entry = entry_of(place, mechanism.handle(place, live))
-                    actions.append(Action(f"remember {place.summary}", lambda e=entry: rec.host_openings.append(e),
-                                          lambda e=entry: rec.host_openings.remove(e)))
+                    actions.append(Action(f"remember {place.summary}", functools.partial(rec.host_openings.append, entry),
+                                          functools.partial(rec.host_openings.remove, entry)))
                 continue
             actions.append(_open_action(place, rec))
         return actions
@@ -237,7 +238,8 @@ def _note(run_dir: Path, restored: list[str]) -> None:
 
 def read_status(run_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads((run_dir / STATUS_FILE).read_text())
+        data: dict[str, Any] = json.loads((run_dir / STATUS_FILE).read_text())
+        return data
     except (OSError, ValueError):
         return {}
 
@@ -278,7 +280,8 @@ def _local_interface(address: str) -> str | None:
         return None
     for link in links:
         if any(a.get("local") == address for a in link.get("addr_info", [])):
-            return link.get("ifname")
+            name = link.get("ifname")
+            return str(name) if name is not None else None
     return None
 
 
