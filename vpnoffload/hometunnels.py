@@ -93,7 +93,9 @@ class Slot:
                 f"mark {self.mark:#x}/{self.mask:#x})")
 
 
-assert Slot(0).mark == HOME_MARK  # the first tunnel keeps the mark a single-VPS box always had
+#: The first (or only) tunnel of a home box: what a single-VPS home box has always had.
+FIRST = Slot(0)
+assert FIRST.mark == HOME_MARK
 
 
 # ------------------------------------------------------------------ the box's configs

@@ -10,7 +10,7 @@ from vpnoffload import hometunnels
 from vpnoffload import record as record_mod
 from vpnoffload import users
 from vpnoffload.errors import ConfigError, NotSetUpError
-from vpnoffload.hometunnels import Slot
+from vpnoffload.hometunnels import FIRST, Slot
 from vpnoffload.model import Config
 from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------ home
 
 
-def home_tunnel(paths: Paths, backends: Backends, home: str, profile: Path, slot: Slot = Slot()) -> Daemon:
+def home_tunnel(paths: Paths, backends: Backends, home: str, profile: Path, slot: Slot = FIRST) -> Daemon:
     # The profile is portable (it names no local user); drop privileges from the command line.
     # A further tunnel of the box gets its own device the same way (the last --dev wins).
     own_dev = () if slot.index == 0 else ("--dev", slot.device)

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 
 from vpnoffload.errors import ConfigError
 from vpnoffload.firewall.rules import (
-    DNAT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, IPV4, IPV6, MARK_CHAIN, MARK_MASK, MARK_SHIFT, MAX_SERVICES, OUTPUT_CHAIN, Family,
+    DNAT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, IPV4, IPV6, MARK_MASK, MARK_SHIFT, MAX_SERVICES, OUTPUT_CHAIN, Family,
     Rule, Ruleset,
 )
-from vpnoffload.hometunnels import Slot
+from vpnoffload.hometunnels import FIRST, Slot
 from vpnoffload.model import HEALTH_MARK, Config, Service
 
 def service_mark(config: Config, service: str) -> tuple[int, int]:
@@ -213,7 +213,7 @@ def _refusal(svc: Service, fam: Family = IPV4) -> tuple[str, ...]:
     return ("-j", "REJECT", "--reject-with", reason)
 
 
-def home_ruleset(config: Config, home: str, slot: Slot = Slot()) -> Ruleset:
+def home_ruleset(config: Config, home: str, slot: Slot = FIRST) -> Ruleset:
     """A home box's rules: from the tunnel accept only the ports of its services
     (and ping, so the tunnel can be checked), and forward nothing from it.
 
