@@ -41,11 +41,11 @@ def set_up_vps(lab: Lab, host: str, address: str, subnet: str, vps_site: Path, h
     lab.popen(host, *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "watch"))
 
 
-def wait_served(lab: Lab, address: str, want: str, limit: float = 15) -> str:
-    """GET / on ``address`` from the visitor until the reply holds ``want``; the body."""
+def wait_served(lab: Lab, address: str, want: str, limit: float = 15, path: str = "/") -> str:
+    """GET ``path`` on ``address`` from the visitor until the reply holds ``want``; the body."""
     start, last = time.monotonic(), (0, "")
     while time.monotonic() - start < limit:
-        last = lab.http_get("visitor", f"http://{address}/", timeout=2)
+        last = lab.http_get("visitor", f"http://{address}{path}", timeout=2)
         if want in f"{last[0]} {last[1]}":
             return last[1]
         time.sleep(0.2)
@@ -152,8 +152,9 @@ def test_container_at_home_behind_two_vpses(lab2vps: Lab, root: Path) -> None:
         cli(lab, "home", home / "vps2", "up", "home")
 
         for address, mark in ((lab.vps_address, 0x20000000), (lab.vps2_address, 0x40000000)):
-            status, body = lab.http_get("visitor", f"http://{address}/whoami", timeout=5)
-            assert status == 200 and body.strip() == lab.visitor_address, (address, status, body)
+            # Each watchdog started before home joined: it serves home once two checks passed.
+            body = wait_served(lab, address, "200 ", path="/whoami")
+            assert body.strip() == lab.visitor_address, (address, body)
             # The reply was routed by this tunnel's mark (the container's address is its source).
             conntrack = lab.exec("home", "conntrack", "-L", "-s", lab.visitor_address, "--reply-src", CONTAINER,
                                  check=False).stdout
