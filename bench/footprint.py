@@ -1,10 +1,19 @@
-"""``python -m bench.footprint``: item 3 (memory) alone, plus vpnoffload's sum during an outage.
+"""vpnoffload's own footprint on the VPS: home up, during an outage, under a slow flood.
 
-For a quick memory check without the ~10 minutes of ``bench.run``: builds the
-same lab (``bench.stage``), starts nginx and HAProxy, measures item 3 at 1, 100
-and 1000 idle connections, then pulls home's cable, waits (≤ 20 s) until the
-visitor gets the friendly page and the swap child has gone, and reads the sum
-of every vpnoffload process on the VPS. Prints JSON; the lab is always torn down.
+``bench.run`` measures it as item 3b (after the other items in the same lab);
+``python -m bench.footprint`` does item 3 (memory) and this alone, for a quick
+check without the rest, and prints JSON. Every number is the sum of every
+vpnoffload process on the VPS except OpenVPN (which the alternatives need too):
+
+* steady: home up, the watchdog alone (the page server runs only when needed);
+* outage: home's cable pulled, the visitor gets the friendly page and the swap
+  child has gone: watchdog + page server;
+* flood: still in the outage, a flooder in the visitor's namespace keeps
+  FLOOD_CONNECTIONS slow connections to the web port (a byte of a never-ending
+  request head every 2 s, reopened when dropped) for FLOOD_SECONDS, while new
+  visitors ask for the page; the worst sum seen, and what the visitors got.
+
+The cable is always plugged back and the flooder stopped, also on errors.
 """
 
 from __future__ import annotations
@@ -22,24 +31,153 @@ from bench import measure, memory
 from bench.stage import Narrator, Stage, staged
 
 OUTAGE_WAIT = 20.0
+STEADY_WAIT = 30.0  # bounded wait for the helpers of an earlier outage to be gone
+FLOOD_CONNECTIONS = 1000
+FLOOD_SECONDS = 25.0
+GOALS_MB = {"steady": 16, "outage": 24, "flood": 32}  # what tests/e2e (test_failover, test_page_flood) assert
+
+# Runs in the visitor's namespace (the same flooder as tests/e2e/test_page_flood.py): keep COUNT
+# slow connections to HOST:80 for LIMIT s, a byte of a never-ending head every 2 s on each,
+# reopen what the server closed. Prints "open N", then one JSON summary at the end.
+FLOODER = r"""
+import json, resource, select, socket, sys, time
+host, count, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_NOFILE, (count + 256, count + 256))
+head = b"GET / HTTP/1.1\r\nHost: blog.example.org\r\nX-Slow: " + b"a" * 100000
+socks, opened, dropped, lifetimes = {}, 0, 0, []
+def open_one():
+    global opened
+    s = socket.socket(); s.setblocking(False)
+    s.connect_ex((host, 80))
+    socks[s] = [time.monotonic(), 0]
+    opened += 1
+start = time.monotonic()
+for _ in range(count):
+    open_one()
+print(f"open {len(socks)}", flush=True)
+next_byte = time.monotonic()
+while time.monotonic() - start < limit:
+    now = time.monotonic()
+    if now >= next_byte:
+        for s, st in list(socks.items()):
+            try:
+                s.send(head[st[1]:st[1] + 1]); st[1] += 1
+            except OSError:
+                pass
+        next_byte = now + 2.0
+    r, _, _ = select.select(list(socks), [], [], 0.2)
+    for s in r:
+        try:
+            data = s.recv(65536)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            lifetimes.append(time.monotonic() - socks.pop(s)[0]); dropped += 1; s.close()
+            if time.monotonic() - start < limit - 1:
+                open_one()
+print(json.dumps({"opened": opened, "dropped": dropped, "open_at_end": len(socks),
+                  "longest_drop": max(lifetimes or [0]), "shortest_drop": min(lifetimes or [0])}), flush=True)
+"""
 
 
 def outage_parts(stage: Stage) -> dict[str, tuple[int, int]]:
     """(RSS, PSS) KiB per vpnoffload component while home is down and the page is served."""
+    return outage_parts_during(stage, lambda: None)["parts"]  # type: ignore[return-value]
+
+
+def own_sum(parts: dict[str, tuple[int, int]]) -> dict[str, object]:
+    """vpnoffload's own processes (everything but OpenVPN): RSS and PSS summed, and per process kind."""
+    own = {k: v for k, v in parts.items() if k != "OpenVPN" and v[0]}
+    return {"rss_kb": sum(v[0] for v in own.values()), "pss_kb": sum(v[1] for v in own.values()),
+            "parts": {k: list(v) for k, v in own.items()}}
+
+
+def _now(stage: Stage) -> dict[str, tuple[int, int]]:
+    return {name: measure.sum_memory(pids) for name, pids in stage.vpnoffload_pids().items()}
+
+
+def _page_visit(stage: Stage) -> tuple[int, float]:
+    """One new visitor during the outage: (HTTP status, seconds, a client's start-up included)."""
+    started = time.monotonic()
+    status, _ = stage.lab.http_get("visitor", f"http://{stage.lab.vps_address}/", timeout=2)
+    return status, time.monotonic() - started
+
+
+def _flood(stage: Stage, connections: int, seconds: float) -> dict[str, object]:
+    """The flood (in an outage that already serves the page): the worst sum and the visitors."""
+    import json
+    import subprocess
+    import sys
+
+    flooder = stage.lab.popen("visitor", sys.executable, "-P", "-c", FLOODER, stage.lab.vps_address,
+                              str(connections), str(seconds), stdout=subprocess.PIPE, text=True)
+    worst: dict[str, object] = {"rss_kb": 0}
+    visits: list[list[float]] = []
+    try:
+        assert flooder.stdout is not None
+        opened = flooder.stdout.readline().strip()
+        time.sleep(3)  # a round of trickled bytes, and the server's first drops
+        deadline = time.monotonic() + max(0.0, seconds - 6)
+        while time.monotonic() < deadline and flooder.poll() is None:
+            status, took = _page_visit(stage)
+            visits.append([status, round(took, 3)])
+            now = own_sum(_now(stage))
+            if now["rss_kb"] > worst["rss_kb"]:  # type: ignore[operator]
+                worst = now
+            time.sleep(0.5)
+        summary = json.loads(flooder.stdout.readline() or "{}")
+        flooder.wait(15)
+    finally:
+        if flooder.poll() is None:
+            flooder.kill()
+            flooder.wait(5)
+    return {**worst, "connections": connections, "seconds": seconds, "opened_at_start": opened,
+            "visits": visits, "flooder": summary}
+
+
+def measure_all(stage: Stage, connections: int = FLOOD_CONNECTIONS, seconds: float = FLOOD_SECONDS) -> dict[str, object]:
+    """Steady (home up), outage (the page served) and flood, in that order: JSON-ready."""
+    _wait_steady(stage)
+    steady = own_sum(_now(stage))
+    outage = outage_parts_during(stage, lambda: _flood(stage, connections, seconds))
+    return {"steady": steady, "outage": own_sum(outage["parts"]), "flood": outage["during"],
+            "goals_mb": GOALS_MB}
+
+
+def _wait_steady(stage: Stage) -> None:
+    """Until only the watchdog runs: after an outage (item 4) the page server lingers a few
+    seconds (watch/loop.py's PAGE_LINGER) and a swap child may still be finishing."""
+    deadline = time.monotonic() + STEADY_WAIT
+    while time.monotonic() < deadline:
+        parts = stage.vpnoffload_pids()
+        if not any(parts[k] for k in ("page server", "swap child", "config snapshot")):
+            return
+        time.sleep(0.5)
+
+
+def outage_parts_during(stage: Stage, during) -> dict[str, object]:
+    """Like :func:`outage_parts`, and ``during()`` run while the cable is still out."""
     stage.lab.pull_cable()
     try:
-        deadline = time.monotonic() + OUTAGE_WAIT
-        while time.monotonic() < deadline:
-            parts = stage.vpnoffload_pids()
-            if parts["page server"] and not parts["swap child"]:
-                status, _ = stage.lab.http_get("visitor", f"http://{stage.lab.vps_address}/", timeout=2)
-                if status == 503:
-                    break
-            time.sleep(0.3)
-        time.sleep(2)
-        return {name: measure.sum_memory(pids) for name, pids in stage.vpnoffload_pids().items()}
+        _wait_for_page(stage)
+        parts = _now(stage)
+        return {"parts": parts, "during": during()}
     finally:
         stage.lab.plug_cable()
+
+
+def _wait_for_page(stage: Stage) -> None:
+    deadline = time.monotonic() + OUTAGE_WAIT
+    while time.monotonic() < deadline:
+        parts = stage.vpnoffload_pids()
+        if parts["page server"] and not parts["swap child"]:
+            status, _ = stage.lab.http_get("visitor", f"http://{stage.lab.vps_address}/", timeout=2)
+            if status == 503:
+                break
+        time.sleep(0.3)
+    time.sleep(2)
 
 
 def main() -> int:
@@ -53,7 +191,7 @@ def main() -> int:
         with staged(scratch, Narrator()) as stage:
             stage.start_alternatives()
             out["memory"] = [dataclasses.asdict(s) for s in memory.run(stage, levels=(1, 100, 1000))]
-            out["outage"] = outage_parts(stage)
+            out["footprint"] = measure_all(stage)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(json.dumps(out, indent=1))

@@ -2,8 +2,10 @@
 
 Needs root (network namespaces), openvpn, wrk, nginx, haproxy, iperf3 and
 conntrack; matplotlib for the plots (optional). Builds a lab, sets vpnoffload
-up with its own CLI, measures items 1-5 in it, tears it down, measures item 6
-in a second lab, and writes the Markdown report plus PNGs next to it. Each
+up with its own CLI, measures items 1-5 in it, then vpnoffload's own footprint
+(steady, outage, slow flood: item 3b) and the soak of cable pulls with faults
+(item 4b), tears it down, measures item 6 in a second lab, and writes the whole
+Markdown report (every section from this run) plus PNGs next to it. Each
 item that fails is reported as failed; the others still run. Every lab,
 process and temp file is removed at the end, also on errors and Ctrl-C.
 """
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import bulk, failover, machine, measure, memory, plots, report, tunnel, web
+from bench import bulk, failover, footprint, machine, measure, memory, plots, report, soak, tunnel, web
 from bench.stage import Narrator, SetupError, Stage, staged
 
 REQUIRED = ("ip", "openvpn", "wrk", "nginx", "haproxy", "iperf3", "conntrack")
@@ -47,6 +49,11 @@ class Profile:
     tunnel_seconds: int
     tunnel_reps: int
     tunnel_variants: tuple[str, ...] | None  # None: all
+    flood_connections: int = footprint.FLOOD_CONNECTIONS
+    flood_seconds: float = footprint.FLOOD_SECONDS
+    soak_pulls: int = 100
+    soak_minutes: float = 14.0  # the soak stops after this long even with pulls left
+    soak_every: int = 4  # a fault every N-th pull, in turn
 
 
 FULL = Profile("full", wrk_seconds=5, web_reps=2, concurrencies=(64, 1000), bulk_seconds=4, bulk_reps=3,
@@ -54,7 +61,8 @@ FULL = Profile("full", wrk_seconds=5, web_reps=2, concurrencies=(64, 1000), bulk
                tunnel_variants=None)
 QUICK = Profile("quick", wrk_seconds=3, web_reps=1, concurrencies=(64, 1000), bulk_seconds=3, bulk_reps=1,
                 memory_levels=(1, 100, 1000), pulls=5, watch_window=5.0, tunnel_seconds=3, tunnel_reps=1,
-                tunnel_variants=tunnel.QUICK_VARIANTS)
+                tunnel_variants=tunnel.QUICK_VARIANTS, flood_seconds=12.0, soak_pulls=8, soak_minutes=3.0,
+                soak_every=2)
 
 
 @dataclass
@@ -74,6 +82,8 @@ class Results:
     failover: list[failover.Cycle] | None = None
     watchdog: list[failover.WatchdogCost] | None = None
     watchdog_steady_rss_kb: int | None = None
+    footprint: dict[str, Any] | None = None  # bench.footprint.measure_all
+    soak: dict[str, Any] | None = None  # bench.soak.soak
     tunnel: list[tunnel.Cell] | None = None
     tunnel_runs: list[tunnel.Run] | None = None
     tunnel_facts: tunnel.Facts | None = None
@@ -155,6 +165,15 @@ def _items_in_lab(results: Results, profile: Profile, stage: Stage, narrator: Na
     _item(results, "item 4 (failover)", narrator, item4)
     results.watchdog_steady_rss_kb = measure.rss_kb(stage.watchdog_pid) or None
 
+    def item3b() -> None:
+        results.footprint = footprint.measure_all(stage, profile.flood_connections, profile.flood_seconds)
+
+    def item4b() -> None:  # last: it kills and restarts vpnoffload's processes
+        results.soak = soak.soak(stage, profile.soak_pulls, profile.soak_minutes, profile.soak_every, narrator)
+
+    _item(results, "item 3b (footprint)", narrator, item3b)
+    _item(results, "item 4b (soak)", narrator, item4b)
+
 
 def _missing_tools() -> list[str]:
     return [tool for tool in REQUIRED if shutil.which(tool) is None]
@@ -176,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if os.geteuid() != 0:
-        print("bench: needs root (network namespaces): run it with sudo", file=sys.stderr)
+        print("bench: needs root (network namespaces): run it as root", file=sys.stderr)
         return 2
     missing = _missing_tools()
     if missing:
@@ -195,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     results.total_seconds = time.monotonic() - start
-    results.command = "sudo python -m bench.run" + (" --quick" if args.quick else "") + \
+    results.command = ".venv/bin/python -m bench.run" + (" --quick" if args.quick else "") + \
         (f" --out {args.out}" if args.out != Path("docs/benchmarks.md") else "")
 
     if args.json:
@@ -240,6 +259,7 @@ def load_results(path: Path) -> Results:
     for key in ("time_wait_entries", "conntrack_object_size", "watchdog_steady_rss_kb", "errors", "durations",
                 "steal", "total_seconds"):
         setattr(results, key, data[key])
+    results.footprint, results.soak = data.get("footprint"), data.get("soak")  # None in runs from before them
     return results
 
 

@@ -19,7 +19,7 @@ Bounded: at most ``--pulls`` cycles and ``--max-minutes`` minutes (checked
 between cycles). Writes JSON (p50/p95/max of failover and recovery over the
 cable pulls, per-fault counts and times) to ``--out`` and prints it.
 
-    sudo .venv/bin/python -m bench.soak --pulls 100 --max-minutes 20 --out soak.json
+    .venv/bin/python -m bench.soak --pulls 100 --max-minutes 20 --out soak.json
 """
 
 from __future__ import annotations

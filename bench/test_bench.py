@@ -91,6 +91,30 @@ def _results() -> run.Results:
     r.watchdog = [failover.WatchdogCost("idle", 10, 18000, 18000, 0.03, 0.0)]
     r.tunnel = [tunnel.Cell(v, d, m, 10, 50.0, 400.0, [m, m], [400.0, 400.0])
                 for v, m in (("generated", 200), ("buffers 1 MiB", 260)) for d in tunnel.DIRECTIONS]
+    own = {"watchdog": [10800, 5300]}
+    r.footprint = {"steady": {"rss_kb": 10800, "pss_kb": 5300, "parts": own},
+                   "outage": {"rss_kb": 21300, "pss_kb": 9400, "parts": {**own, "page server": [10500, 4100]}},
+                   "flood": {"rss_kb": 22200, "pss_kb": 11600, "parts": {**own, "page server": [11400, 6300]},
+                             "connections": 1000, "seconds": 25.0, "visits": [[503, 0.06], [503, 0.09]],
+                             "flooder": {"opened": 5000, "dropped": 4000, "shortest_drop": 5.2, "longest_drop": 5.3}},
+                   "goals_mb": {"steady": 16, "outage": 24, "flood": 32}}
+    r.soak = {"pulls": 8, "minutes": 2.9, "every": 2, "failed_during_outage": 0,
+              "failover_s": {"n": 8, "missed": 0, "p50": 1.46, "p95": 1.78, "max": 1.9},
+              "recovery_s": {"n": 8, "missed": 0, "p50": 0.66, "p95": 0.85, "max": 1.05},
+              "faults": {"watchdog": {"count": 1, "status_ok": 1, "page_s": None,
+                                      "back_s": {"n": 1, "missed": 0, "p50": 0.9, "p95": 0.9, "max": 0.9},
+                                      "failed_requests": 0},
+                         "server": {"count": 1, "status_ok": 1, "page_s": {"n": 1, "missed": 0, "p50": 1.4,
+                                                                          "p95": 1.4, "max": 1.4},
+                                    "back_s": {"n": 1, "missed": 0, "p50": 11.9, "p95": 11.9, "max": 11.9},
+                                    "failed_requests": 0},
+                         "client": {"count": 1, "status_ok": 1, "page_s": {"n": 0, "missed": 1},
+                                    "back_s": {"n": 1, "missed": 0, "p50": 15.3, "p95": 15.3, "max": 15.3},
+                                    "failed_requests": 0},
+                         "home-reboot": {"count": 1, "status_ok": 1, "page_s": {"n": 1, "missed": 0, "p50": 1.4,
+                                                                               "p95": 1.4, "max": 1.4},
+                                         "back_s": {"n": 1, "missed": 0, "p50": 4.1, "p95": 4.1, "max": 4.1},
+                                         "failed_requests": 0}}}
     r.errors = {"item 9 (imaginary)": "RuntimeError: boom"}
     return r
 
@@ -100,8 +124,12 @@ def test_goals_and_report_render() -> None:
     goals = {goal: ok for goal, _, ok in report.goals(results)}
     assert all(goals.values()), goals
     text = report.render(results, {"web": "img/bench-requests.png"})
-    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Reproduce"):
+    for heading in ("## Goals", "## 1.", "## 2.", "## 3.", "### vpnoffload's own footprint", "## 4.", "### Soak",
+                    "## 5.", "## 6.", "## Reproduce"):
         assert heading in text
+    assert "*Generated whole by `python -m bench.run` (quick profile) on 2026-01-01 00:00 UTC" in text
+    assert "| outage, slow-connection flood | 21.7 |" in text and "soak: failover p95 ≤ 2 s over 8 pulls" in text
+    assert "| OpenVPN client killed | 1 | – / – (0 of 1; the others never saw the page) |" in text
     assert "![requests per second" in text and "**FAILED**" in text and "boom" in text
     assert report.tuning_verdicts(results.tunnel) == {"buffers 1 MiB": "higher"}
     assert any(line.startswith("FAILED") for line in report.goal_lines(results))
@@ -123,3 +151,21 @@ def test_results_survive_json(tmp_path) -> None:
     path.write_text(json.dumps(run._jsonable(results)))
     again = run.load_results(path)
     assert report.render(again, {}) == report.render(results, {})
+
+
+def test_a_missing_section_says_so_and_a_missed_soak_goal_is_plain() -> None:
+    results = _results()
+    results.footprint = None
+    results.soak["failover_s"] = {"n": 7, "missed": 1, "p50": 1.7, "p95": 2.1, "max": 2.2}
+    text = report.render(results, {})
+    assert "### vpnoffload's own footprint: steady, outage, flood\n\n*Not measured in this run.*" in text
+    row = next(r for r in report.goals(results) if r[0].startswith("soak: failover"))
+    assert row[2] is False and "1 never happened" in row[1]
+
+
+def test_the_reproduce_block_runs_on_stock_debian_as_root() -> None:
+    text = report.render(_results(), {})
+    block = text[text.index("## Reproduce"):].split("```")[1]
+    assert "sudo" not in block and "\npip " not in block and "python -m" in block
+    assert block.splitlines()[1].startswith("apt-get update && apt-get install -y ")
+    assert ".venv/bin/pip install" in block and "python3-dev gcc" in block

@@ -158,8 +158,9 @@ class FakeRoutingBackend(_Queries):
 class FakeNft:
     """An in-memory ``nft -j`` for unit tests of :class:`NftBackend` (its ``run``).
 
-    Understands ``-j list tables``, ``-j list table FAMILY NAME`` and ``-j -f -``
-    with add/flush/delete of tables, chains and rules, applied all-or-nothing
+    Understands ``-j list tables``, ``-j list table FAMILY NAME``, ``-j -t list ruleset``
+    (sets without their elements) and ``-j -f -`` with add/flush/delete of tables,
+    chains, rules and sets (and add element), applied all-or-nothing
     like the kernel's transaction. Listings print ``ct mark set`` the way nft
     1.0.6 does (``& (a | x) | x`` when no bit is in both). ``batches``: every
     transaction received, parsed.
@@ -177,6 +178,11 @@ class FakeNft:
         if argv == ["-j", "list", "tables"]:
             return json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}] + [
                 {"table": {"family": f, "name": n, "handle": 1}} for f, n in self.tables]})
+        if argv == ["-j", "-t", "list", "ruleset"]:
+            items = [{"metainfo": {"json_schema_version": 1}}]
+            for key in self.tables:
+                items += [i for i in self._listing(*key) if "metainfo" not in i]
+            return json.dumps({"nftables": items})
         if argv[:3] == ["-j", "list", "table"]:
             key = (argv[3], argv[4])
             if key not in self.tables:
@@ -198,7 +204,7 @@ class FakeNft:
         if kind == "table":
             key = (obj["family"], obj["name"])
             if verb == "add":
-                tables.setdefault(key, {"chains": {}, "rules": {}})
+                tables.setdefault(key, {"chains": {}, "rules": {}, "sets": {}})
             elif verb == "delete":
                 if key not in tables:
                     raise BackendError("nft -j -f - failed: Error: No such file or directory")
@@ -209,6 +215,9 @@ class FakeNft:
             raise BackendError("nft -j -f - failed: Error: No such file or directory (table)")
         table = tables[key]
         name = obj.get("name") or obj.get("chain")
+        if kind in ("set", "element"):
+            self._set(table, verb, kind, obj)
+            return
         if kind == "chain" and verb == "add":
             table["chains"].setdefault(name, dict(obj))
             table["rules"].setdefault(name, [])
@@ -226,18 +235,47 @@ class FakeNft:
                 for v in ("jump", "goto"):
                     if v in expr and expr[v]["target"] not in table["chains"]:
                         raise BackendError("nft -j -f - failed: Error: No such file or directory (jump)")
+                if _set_used(expr) and _set_used(expr) not in table["sets"]:
+                    raise BackendError("nft -j -f - failed: Error: No such file or directory (set)")
             table["rules"][name].append(obj["expr"])
         else:
             raise AssertionError(f"FakeNft does not know {command}")
 
+    @staticmethod
+    def _set(table: dict, verb: str, kind: str, obj: dict) -> None:
+        sets, name = table["sets"], obj["name"]
+        if kind == "set" and verb == "add":
+            sets.setdefault(name, {"set": {k: v for k, v in obj.items() if k != "elem"}, "elem": list(obj.get("elem", []))})
+        elif name not in sets:
+            raise BackendError(f"nft -j -f - failed: Error: No such file or directory (set {name})")
+        elif kind == "set" and verb == "delete":
+            if any(_set_used(e) == name for rs in table["rules"].values() for r in rs for e in r):
+                raise BackendError("nft -j -f - failed: Error: Device or resource busy (set)")
+            del sets[name]
+        elif kind == "element" and verb == "add":
+            sets[name]["elem"] += obj["elem"]
+        else:
+            raise AssertionError(f"FakeNft does not know {verb} {kind}")
+
     def _listing(self, family: str, name: str) -> list[dict]:
         table = self.tables[(family, name)]
         out: list[dict] = [{"metainfo": {"json_schema_version": 1}}, {"table": {"family": family, "name": name}}]
+        out += [{"set": s["set"]} for s in table.get("sets", {}).values()]
         out += [{"chain": chain} for chain in table["chains"].values()]
         for chain, rules in table["rules"].items():
             out += [{"rule": {"family": family, "table": name, "chain": chain, "expr": [_as_printed(e) for e in r]}}
                     for r in rules]
         return out
+
+
+def _set_used(expr: dict) -> str | None:
+    """The set an expression names (``ip saddr @s``, ``update @s {...}``), if any."""
+    right = expr.get("match", {}).get("right")
+    if isinstance(right, str) and right.startswith("@"):
+        return right[1:]
+    if "set" in expr:
+        return expr["set"]["set"][1:]
+    return None
 
 
 def _as_printed(expr: dict) -> dict:

@@ -49,6 +49,48 @@ class Check:
         return "tcp" if self.kind == "tcp" else f"http:{self.path}"
 
 
+#: A source prefix in an allow or deny list.
+IPNetwork = IPv4Network | IPv6Network
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may reach a service, decided in the VPS's kernel before anything crosses the tunnel.
+
+    ``allow``/``allow_file``: when either is given, only sources in them get through.
+    ``deny``/``deny_file``: sources in them never do. The files hold one prefix a line
+    (``#`` comments) and are read by ``up vps``. ``rate``: new connections per second
+    per source address (a small burst above it is allowed); ``max_conns``: open
+    connections per source address. None: no limit.
+    """
+
+    allow: tuple[IPNetwork, ...] = ()
+    deny: tuple[IPNetwork, ...] = ()
+    allow_file: Path | None = None
+    deny_file: Path | None = None
+    rate: int | None = None
+    max_conns: int | None = None
+
+    @property
+    def restricts(self) -> bool:
+        """Whether any rule applies (a service without one gets no access chain)."""
+        return bool(self.allow or self.deny or self.allow_file or self.deny_file
+                    or self.rate is not None or self.max_conns is not None)
+
+    @property
+    def has_allow(self) -> bool:
+        return bool(self.allow or self.allow_file)
+
+    @property
+    def has_deny(self) -> bool:
+        return bool(self.deny or self.deny_file)
+
+    @property
+    def burst(self) -> int:
+        """New connections a source may open at once before ``rate`` holds: small, at most 5."""
+        return max(1, min(self.rate or 1, 5))
+
+
 @dataclass(frozen=True)
 class Service:
     """One offloaded port: visitors reach ``listen``; home serves ``target_port``."""
@@ -77,6 +119,8 @@ class Service:
     offline_copy: tuple[str, ...] = ()
     #: A small "a copy from 14:02" banner on kept HTML pages.
     offline_banner: bool = True
+    #: Allow/deny lists and per-source limits (issue 28).
+    access: Access = field(default_factory=Access)
 
     @property
     def homes(self) -> tuple[str, ...]:

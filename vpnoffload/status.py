@@ -78,6 +78,7 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
     for entry in services:
         if config.services[entry["name"]].offline_copy:
             entry["offline_copy"] = _kept(config, paths, entry["name"])
+    add_access_drops(config, services)
     data = {
         "tunnel": {"up": tunnel_up, "server_running": server_running, "homes": homes,
                    "server_restarts": _server_restarts(paths)},
@@ -87,6 +88,20 @@ def gather(config: Config, paths: Paths, *, server_running: bool, live_probe: An
     }
     bad = not tunnel_up or any(s["state"] != "forwarding" or not s["healthy"] for s in services)
     return Report(data, ExitStatus.UNHEALTHY if bad else ExitStatus.OK)
+
+
+def add_access_drops(config: Config, services: list[dict[str, Any]]) -> None:
+    """Each restricted service's ``access_dropped``: {rule: new connections dropped}, read
+    from the kernel now (None: unreadable). Issue 28; see lean/accessdrops.py."""
+    from vpnoffload.lean import accessdrops
+
+    numbers = accessdrops.restricted(config)
+    if not numbers:
+        return
+    drops = accessdrops.read(numbers)
+    for entry in services:
+        if entry["name"] in numbers.values():
+            entry["access_dropped"] = None if drops is None else drops.get(entry["name"], {})
 
 
 def _kept(config: Config, paths: Paths, name: str) -> dict[str, Any]:
@@ -209,6 +224,11 @@ def render_text(data: dict[str, Any]) -> list[str]:
             lines.append(f"offline copy of {s['name']}: {kept['kept']}/{kept['paths']} page(s) kept "
                          f"({kept['bytes']} bytes, oldest {age}), last fetch {_ago(kept['last_fetch'])}: "
                          f"{kept['result'] or 'none yet'}")
+    for s in data["services"]:
+        if "access_dropped" in s:
+            from vpnoffload.lean.accessdrops import render
+
+            lines.append(render(s["name"], s["access_dropped"]))
     if "host_firewall" in data:
         from vpnoffload.firewall.host.plan import render_status
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from vpnoffload.cli.common import context, table
 
 service_app = typer.Typer(no_args_is_help=True, help="Add, list and remove offloaded services.")
+
+# The access flags (issue 28), shared by `service add` and `service set`; each writes the TOML key of its name.
+AllowOpt = Annotated[Optional[list[str]], typer.Option("--allow", help="Only these sources (CIDR, IPv4 or IPv6) reach the service; repeat for more.")]
+DenyOpt = Annotated[Optional[list[str]], typer.Option("--deny", help="These sources (CIDR) never reach the service; repeat for more.")]
+AllowFileOpt = Annotated[Optional[str], typer.Option("--allow-file", help="A file of allowed prefixes, one a line, # comments (read by 'up vps').")]
+DenyFileOpt = Annotated[Optional[str], typer.Option("--deny-file", help="A file of denied prefixes, one a line, # comments (read by 'up vps').")]
+RateOpt = Annotated[Optional[str], typer.Option("--rate", help="New connections per second per source, e.g. 10/s (a burst of up to 5 above it).")]
+MaxConnsOpt = Annotated[Optional[str], typer.Option("--max-conns", help="Open connections per source.")]
 
 
 @service_app.command("add")
@@ -24,13 +32,17 @@ def service_add(
     homes: Annotated[Optional[str], typer.Option("--homes", help="Several home boxes in order of preference, e.g. home,attic (TARGET is then a bare port).")] = None,
     via: Annotated[str, typer.Option(help="'dnat' (the kernel forwards LISTEN) or 'proxy' (LISTEN 80/443 is shared with this VPS's own sites; its nginx/HAProxy routes --hostname home: see 'render nginx').")] = "dnat",
     offline_copy: Annotated[Optional[list[str]], typer.Option("--offline-copy", help="A path (e.g. / or /about.html) the VPS keeps a copy of and serves while home is down; repeat for more.")] = None,
+    allow: AllowOpt = None, deny: DenyOpt = None, allow_file: AllowFileOpt = None, deny_file: DenyFileOpt = None,
+    rate: RateOpt = None, max_conns: MaxConnsOpt = None,
 ) -> None:
     """Offload a port: visitors to LISTEN on the VPS are served by TARGET at home."""
     from vpnoffload.config import edits
 
+    access = edits.access_values(allow, deny, allow_file, deny_file, rate, max_conns)
     spec = edits.ServiceSpec(listen=listen, target=target, proto=proto, check=check, hostname=hostname,
                              fallback=fallback, via=via, offline_copy=tuple(offline_copy or ()),
-                             homes=tuple(h.strip() for h in homes.split(",")) if homes is not None else None)
+                             homes=tuple(h.strip() for h in homes.split(",")) if homes is not None else None,
+                             access=access)
     config, svc = edits.add_service(context(ctx).paths.config, name, spec)
     typer.echo(f"added {name}: {svc.listen}/{svc.proto} -> {svc.target} (check {svc.check}, "
                f"while home is down: {'friendly page' if svc.serves_page else 'fast reset'}"
@@ -40,6 +52,32 @@ def service_add(
                    f"{config.proxy.server} --out DIR' and include it; 'vpnoffload up vps' sets up the fail-fast rules")
     else:
         typer.echo("run 'vpnoffload up vps' to apply it")
+
+
+@service_app.command("set")
+def service_set(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    allow: AllowOpt = None, deny: DenyOpt = None, allow_file: AllowFileOpt = None, deny_file: DenyFileOpt = None,
+    rate: RateOpt = None, max_conns: MaxConnsOpt = None,
+    clear: Annotated[Optional[list[str]], typer.Option("--clear", help="Remove an access key: allow, deny, allow_file, deny_file, rate or max_conns; repeat for more.")] = None,
+) -> None:
+    """Change who may reach a service (a given flag replaces that key); 'up vps' applies it atomically."""
+    from vpnoffload.config import edits
+
+    values = edits.access_values(allow, deny, allow_file, deny_file, rate, max_conns)
+    svc = edits.set_access(context(ctx).paths.config, name, values, tuple(clear or ()))
+    typer.echo(f"{name}: {access_summary(svc)}; run 'vpnoffload up vps' to apply it")
+
+
+def access_summary(svc: Any) -> str:
+    """One line of a service's access rules, for the CLI."""
+    a = svc.access
+    parts = [f"allow {len(a.allow)} prefix(es)" if a.allow else "", f"allow file {a.allow_file}" if a.allow_file else "",
+             f"deny {len(a.deny)} prefix(es)" if a.deny else "", f"deny file {a.deny_file}" if a.deny_file else "",
+             f"at most {a.rate}/s new per source" if a.rate else "",
+             f"at most {a.max_conns} open per source" if a.max_conns else ""]
+    return ", ".join(p for p in parts if p) or "open to every source"
 
 
 @service_app.command("list")

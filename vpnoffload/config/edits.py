@@ -42,6 +42,31 @@ class ServiceSpec:
     via: str = "dnat"
     #: Paths whose copy the VPS keeps and serves while home is down (``offline_copy``).
     offline_copy: tuple[str, ...] = ()
+    #: The access keys (issue 28), as :func:`access_values` makes them from the flags.
+    access: dict[str, Any] | None = None
+
+
+def access_values(allow: list[str] | None = None, deny: list[str] | None = None, allow_file: str | None = None,
+                  deny_file: str | None = None, rate: str | None = None,
+                  max_conns: str | None = None) -> dict[str, Any]:
+    """The TOML values of the access flags that were given (``--allow`` twice: a list of two).
+
+    A relative file path is made absolute here (the config holds absolute ones);
+    ``--max-conns`` stays text unless it is digits, so the config check names it.
+    """
+    values: dict[str, Any] = {}
+    if allow is not None:
+        values["allow"] = list(allow)
+    if deny is not None:
+        values["deny"] = list(deny)
+    for key, path in (("allow_file", allow_file), ("deny_file", deny_file)):
+        if path is not None:
+            values[key] = os.path.abspath(path) if path.isprintable() and path else path
+    if rate is not None:
+        values["rate"] = rate
+    if max_conns is not None:
+        values["max_conns"] = int(max_conns) if max_conns.isascii() and max_conns.isdigit() else max_conns
+    return values
 
 
 @contextlib.contextmanager
@@ -142,12 +167,46 @@ def add_service(config_path: Path, name: str, spec: ServiceSpec) -> tuple[Config
             table.add("via", spec.via)
         if spec.offline_copy:
             table.add("offline_copy", list(spec.offline_copy))
+        for key, value in (spec.access or {}).items():
+            table.add(key, value)
         doc["services"][name] = table
 
     with _locked(config_path):
         text, config = prepare_edit(config_path, change)
         write_config(config_path, text)
     return config, config.services[name]
+
+
+def set_access(config_path: Path, name: str, values: dict[str, Any], clear: tuple[str, ...] = ()) -> Service:
+    """Change service ``name``'s access keys: set ``values``, remove the keys in ``clear``.
+
+    The whole config is validated before it is written; ``up vps`` applies it.
+    """
+    from vpnoffload.config.access import ACCESS_KEYS
+
+    for key in clear:
+        if key not in ACCESS_KEYS:
+            raise ConfigError(f"{shown(key)} is not an access key (one of: {', '.join(ACCESS_KEYS)})", field="--clear")
+        if key in values:
+            raise ConfigError(f"{key} is both set and cleared", field="--clear")
+    if not values and not clear:
+        raise ConfigError("nothing to change: give --allow, --deny, --allow-file, --deny-file, --rate, "
+                          "--max-conns or --clear", field="service set")
+
+    def change(doc: Any) -> None:
+        if "services" not in doc or name not in doc["services"]:
+            raise ConfigError(f"no service named {shown(name)}", field="service name")
+        table = doc["services"][name]
+        for key in clear:
+            if key in table:
+                del table[key]
+        for key, value in values.items():
+            table[key] = value
+
+    with _locked(config_path):
+        text, config = prepare_edit(config_path, change)
+        write_config(config_path, text)
+    return config.services[name]
 
 
 def remove_service(config_path: Path, name: str) -> None:

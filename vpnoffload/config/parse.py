@@ -12,6 +12,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from vpnoffload.config import checks
+from vpnoffload.config.access import ACCESS_KEYS, parse_access
 from vpnoffload.errors import ConfigError
 from vpnoffload.model import Config, Home, Proxy, Service, Tunnel, Vps, Watch
 from vpnoffload.names import shown
@@ -22,7 +23,7 @@ _KEYS: dict[str, set[str]] = {
     "tunnel": {"subnet", "subnet6", "port", "proto"},
     "home": {"address", "address6"},
     "service": {"listen", "target", "homes", "proto", "check", "hostname", "fallback", "page", "tls_cert", "tls_key", "via",
-                "offline_copy", "offline_banner"},
+                "offline_copy", "offline_banner", *ACCESS_KEYS},
     "watch": {"interval", "timeout", "fall", "rise", "fallback_port", "retry_after", "metrics",
               "offline_copy_every", "offline_copy_max_bytes"},
     "proxy": {"server", "local_https", "local_http", "connect_timeout"},
@@ -261,9 +262,14 @@ def _parse_service(name: str, body: dict[str, Any], field: str, vps: Vps, homes:
         page=page, tls_cert=tls_cert, tls_key=tls_key, backups=backups, via=via,
         offline_copy=checks.offline_copy(body.get("offline_copy", []), f"{field}.offline_copy"),
         offline_banner=_flag(body.get("offline_banner", True), f"{field}.offline_banner"),
+        access=parse_access(body, field),
     )
     if via == "proxy":
         _check_proxy(svc, field)
+        if svc.access.restricts:
+            key = next(k for k in ACCESS_KEYS if k in body)
+            raise ConfigError("access rules apply to via = 'dnat' services (a via = 'proxy' one is reached "
+                              "through the VPS's web server: restrict it there)", field=f"{field}.{key}")
     if svc.offline_copy:
         _check_offline_copy(svc, field)
     return svc
@@ -307,8 +313,8 @@ def _parse_homes_list(value: Any, target: Any, homes: dict[str, Home], field: st
 def check_files(config: Config) -> None:
     """The friendly-page template and TLS files must be readable on the VPS."""
     for svc in config.services.values():
-        for key in ("page", "tls_cert", "tls_key"):
-            path = getattr(svc, key)
+        for key in ("page", "tls_cert", "tls_key", "allow_file", "deny_file"):
+            path = getattr(svc.access if key.endswith("_file") else svc, key)
             if path is not None and not os.access(path, os.R_OK):
                 raise ConfigError(f"{path} does not exist or cannot be read", field=f"services.{svc.name}.{key}")
 

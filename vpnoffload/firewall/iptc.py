@@ -43,6 +43,7 @@ from ipaddress import ip_network
 from typing import Any
 
 from vpnoffload.errors import BackendError
+from vpnoffload.firewall import ipset
 from vpnoffload.firewall.rules import TABLES, Rule, Ruleset, is_owned, table_content, table_label
 from vpnoffload.firewall.xtables import (
     base, is_v6, keep_to_our_tables, readable, register_nat_targets, registered_v4_tables, registered_v6_tables,
@@ -244,13 +245,33 @@ class IptcBackend:
         content = table_content(content, table)
         iptc = _iptc()
         keep_to_our_tables(iptc, writing=table)
-        with xtables_lock(), _translated(table_label(table)):
-            handle = self._table(iptc, table)
-            try:
-                self._stage(iptc, handle, table, content)
-                handle.commit()
-            finally:
-                handle.refresh()  # after a failure: drops what was staged
+        wanted = content.set_names(table)
+        present = ipset.our_sets() if wanted else set()
+        # Access-control sets (access.py): new ones exist in full before the commit names them.
+        created = ipset.create(self._specs(content, [n for n in wanted if n not in present], table))
+        try:
+            with xtables_lock(), _translated(table_label(table)):
+                handle = self._table(iptc, table)
+                try:
+                    named = [n for r in self._owned_rules(iptc, handle, table) for n in r.set_names]
+                    self._stage(iptc, handle, table, content)
+                    handle.commit()
+                finally:
+                    handle.refresh()  # after a failure: drops what was staged
+        except BaseException:
+            ipset.destroy(created, quiet=True)
+            raise
+        if named:  # a set our rules used before may be unused now (and any we left behind)
+            ipset.destroy(ipset.unused(present | ipset.our_sets(), wanted, 6 if is_v6(table) else 4))
+
+    @staticmethod
+    def _specs(content: Ruleset, names: list[str], table: str) -> list[Any]:
+        specs = {s.name: s for s in content.sets}
+        missing = [n for n in names if n not in specs]
+        if missing:
+            raise BackendError(f"{table_label(table)}: ipset {missing[0]} is gone and its content is not known "
+                               "here; run 'vpnoffload up vps' again")
+        return [specs[n] for n in names]
 
     # -- helpers -----------------------------------------------------------
 

@@ -27,7 +27,16 @@ iptables-save                                      nftables
 ``-j DNAT --to-destination a:p`` (``[a]:p``)       ``dnat to a:p``
 ``-j REJECT --reject-with tcp-reset``              ``reject with tcp reset`` (icmp[6] port-unreachable)
 ``-j ACCEPT/DROP/RETURN``, ``-j/-g VPNOFFLOAD-*``  ``accept/drop/return``, ``jump/goto``
+``-m set [!] --match-set S src``                   ``ip[6] saddr [!=] @S`` (an interval set)
+``-m hashlimit --hashlimit-above 10/sec`` ...      ``update @vpnoffload-3r { ip saddr limit rate over 10/second burst 5 packets }``
+``-m connlimit --connlimit-above 20`` ...          ``add @vpnoffload-3c { ip saddr ct count over 20 }``
 =================================================  ==============================================
+
+The last three appear only in an access chain (``VPNOFFLOAD-ACL<n>``, see
+:mod:`.access`), whose DROP rules also get a ``counter`` (nft counts only what
+a rule asks it to; ``status`` reads it back). The hashlimit options must be
+exactly those :mod:`.access` writes (its table bounds become the dynamic set's
+size and timeout, see :func:`meter_set`).
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from ipaddress import ip_address, ip_network
 from typing import Any
 
 from vpnoffload.errors import BackendError
+from vpnoffload.firewall import access
 from vpnoffload.firewall.rules import Rule, is_owned, table_label
 
 Expr = dict[str, Any]
@@ -210,12 +220,20 @@ class _Writer:
         if name == "conntrack":
             self.conntrack()
             return
+        if name in ("hashlimit", "connlimit"):
+            self.meter(name)
+            return
         negate = self.negation()
         option = self.take()
         if name in ("connmark", "mark") and option == "--mark":
             value, mask = _mark(self.take())
             key = {"ct": {"key": "mark"}} if name == "connmark" else {"meta": {"key": "mark"}}
             self.out.append(_match(_masked(key, mask), value, negate))
+        elif name == "set" and option == "--match-set":
+            set_name = self.take()
+            if self.take() != "src" or not access.is_our_set(set_name):
+                raise Untranslatable(f"-m set --match-set {set_name} (only our sets, by source)")
+            self.out.append(_match(self.saddr(), f"@{set_name}", negate))
         else:
             raise Untranslatable(f"-m {name} {option}")
         if self.peek() not in (None, "!", "-m", "-j", "-g"):
@@ -244,6 +262,29 @@ class _Writer:
             found += 1
         if not found or self.peek() not in (None, "!", "-m", "-j", "-g"):
             raise Untranslatable(f"-m conntrack with options vpnoffload does not write ({self.peek()})")
+
+    def saddr(self) -> Expr:
+        return _payload("ip" if self.version == 4 else "ip6", "saddr")
+
+    def meter(self, name: str) -> None:
+        """``-m hashlimit``/``-m connlimit`` of an access chain: a dynamic set keyed by the source."""
+        number = access.chain_number(self.rule.chain)
+        if number is None:
+            raise Untranslatable(f"-m {name} outside an access chain")
+        options: list[str] = []
+        while self.peek() not in (None, "!", "-m", "-j", "-g"):
+            options.append(self.take())
+        try:
+            if name == "hashlimit":
+                rate, burst = access.hashlimit_options(tuple(options), number)
+                stmt: Expr = {"limit": {"rate": rate, "burst": burst, "per": "second", "inv": True}}
+                op, set_name = "update", access.rate_name(number)
+            else:
+                limit = access.connlimit_options(tuple(options), self.version)
+                stmt, op, set_name = {"ct count": {"val": limit, "inv": True}}, "add", access.conns_name(number)
+        except ValueError as exc:
+            raise Untranslatable(str(exc)) from None
+        self.out.append({"set": {"op": op, "elem": self.saddr(), "set": f"@{set_name}", "stmt": [stmt]}})
 
     def ct_original(self, option: str) -> Expr:
         key = CT_OPTIONS[option] or ""
@@ -276,6 +317,8 @@ class _Writer:
         return _match({"ct": {"key": key}}, values[0] if len(values) == 1 else values, negate, op="in")
 
     def target(self, flag: str, name: str) -> None:
+        if name == "DROP" and access.chain_number(self.rule.chain) is not None:
+            self.out.append({"counter": None})  # status reads how many each access rule dropped
         if name in VERDICTS and flag == "-j":
             self.out.append({VERDICTS[name]: None})
         elif is_owned(name):
@@ -314,3 +357,16 @@ class _Writer:
         if not port.isdigit():
             raise Untranslatable(f"--to-destination {text} (only one port)")
         return {"addr": address, "port": int(port)}
+
+
+def meter_set(name: str, version: int) -> Expr:
+    """The declaration (``add set`` body, without family/table) of a dynamic set an access
+    rule uses: ``vpnoffload-3r`` (rate: sources forgotten after the hashlimit expiry) or
+    ``vpnoffload-3c`` (max_conns: ct count keeps its own list per source). Bounded size."""
+    # No "dynamic" flag: nft 1.0.6's JSON does not know it, and nft sets it itself for a
+    # set that a rule adds to (as `nft list` then shows).
+    body: Expr = {"name": name, "type": "ipv4_addr" if version == 4 else "ipv6_addr", "size": access.METER_SIZE}
+    if name.endswith("r"):
+        body["flags"] = ["timeout"]
+        body["timeout"] = access.RATE_EXPIRE_MS // 1000
+    return body

@@ -14,6 +14,7 @@ from ipaddress import ip_address, ip_network
 from typing import Any
 
 from vpnoffload.errors import BackendError
+from vpnoffload.firewall import access
 from vpnoffload.firewall.nftexpr import (
     ALL_ONES, CT_OPTIONS, CT_STATES, CT_STATUSES, ICMP_TYPES, PROTOCOLS, REJECTS, VERDICTS, Expr, Untranslatable,
     ip_version, mark_text,
@@ -25,7 +26,7 @@ def from_nft(table: str, chain: str, exprs: list[Expr]) -> Rule:
 
     BackendError naming the chain if an expression is not one :func:`to_nft` writes.
     """
-    reader = _Reader(ip_version(table))
+    reader = _Reader(ip_version(table), access.chain_number(chain))
     for expr in exprs:
         try:
             reader.add(expr)
@@ -59,8 +60,9 @@ def _unmask(left: Expr) -> tuple[Expr, int]:
 class _Reader:
     """Builds iptables-save arguments from expressions, one at a time."""
 
-    def __init__(self, version: int) -> None:
+    def __init__(self, version: int, acl: int | None = None) -> None:
         self.version = version
+        self.acl = acl  # the number of the access chain being read, if it is one
         self.args: list[str] = []
         self.header: str | None = None  # the -p/-m group the last expression opened
 
@@ -138,6 +140,11 @@ class _Reader:
         if proto in ("ip", "ip6") and field in ("saddr", "daddr"):
             if (proto == "ip6") != (self.version == 6):
                 raise Untranslatable(f"{proto} in an IPv{self.version} table")
+            if isinstance(right, str) and right.startswith("@"):
+                if field != "saddr" or not access.is_our_set(right[1:]):
+                    raise Untranslatable(f"{field} in set {right}")
+                self.args += ["-m", "set", *bang, "--match-set", right[1:], "src"]
+                return
             if isinstance(right, dict):
                 text = f"{right['prefix']['addr']}/{right['prefix']['len']}"
             else:
@@ -184,12 +191,31 @@ class _Reader:
             else:
                 to = f"{address}:{int(body['port'])}" if self.version == 4 else f"[{address}]:{int(body['port'])}"
             self.args += ["-j", "DNAT", "--to-destination", to]
+        elif name == "set" and self.acl is not None:
+            self.meter(body)
         elif name == "mangle" and body["key"] in ({"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}):
             value, mask = _xmark(body["key"], body["value"])
             target = "CONNMARK" if "ct" in body["key"] else "MARK"
             self.args += ["-j", target, "--set-xmark", f"{value:#x}/{mask:#x}"]
         else:
             raise Untranslatable("unknown statement")
+
+    def meter(self, body: Expr) -> None:
+        """``update @vpnoffload-3r { ip saddr limit ... }`` / ``add @vpnoffload-3c { ip saddr ct count ... }``."""
+        saddr = {"payload": {"protocol": "ip" if self.version == 4 else "ip6", "field": "saddr"}}
+        (stmt_name, stmt), = body["stmt"][0].items()
+        if body["elem"] != saddr or len(body["stmt"]) != 1:
+            raise Untranslatable("a dynamic set not keyed by the source alone")
+        acl = self.acl
+        assert acl is not None  # add() calls this only inside an access chain
+        if (stmt_name == "limit" and body["op"] == "update" and body["set"] == f"@{access.rate_name(acl)}"
+                and stmt.get("inv") and stmt.get("per") == "second" and stmt.get("rate_unit", "packets") == "packets"):
+            self.args += access.hashlimit_args(int(stmt["rate"]), int(stmt.get("burst", 5)), acl)
+        elif (stmt_name == "ct count" and body["op"] == "add" and body["set"] == f"@{access.conns_name(acl)}"
+              and stmt.get("inv")):
+            self.args += access.connlimit_args(int(stmt["val"]), self.version)
+        else:
+            raise Untranslatable(f"set statement {body['set']} {stmt_name}")
 
 
 def _xmark(key: Expr, value: Any) -> tuple[int, int]:

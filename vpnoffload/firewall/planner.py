@@ -107,6 +107,11 @@ def describe(before: Ruleset, after: Ruleset, table: str) -> list[str]:
     for chain in sorted(gone):
         count = len(before.rules_of(table, chain))
         lines.append(f"{table_label(table)}: delete chain {chain} and its {count} rule(s)")
+    # Access-control sets (firewall/access.py): a set's name changes with its content.
+    old_sets, new_sets = before.set_names(table), after.set_names(table)
+    lines += [f"{table_label(table)}: load set {s.name} ({s.describe()})"
+              for s in after.sets if s.table == table and s.name in new_sets and s.name not in old_sets]
+    lines += [f"{table_label(table)}: remove set {n}" for n in old_sets if n not in new_sets]
     return lines
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from vpnoffload.errors import ConfigError
+from vpnoffload.firewall import access
 from vpnoffload.firewall.rules import (
     DNAT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, IPV4, IPV6, MARK_MASK, MARK_SHIFT, MAX_SERVICES, OUTPUT_CHAIN, Family,
     Rule, Ruleset,
@@ -37,6 +38,7 @@ class _Builder:
     def __init__(self) -> None:
         self.chains: set[tuple[str, str]] = set()
         self.rules: list[Rule] = []
+        self.sets: list[access.AddressSet] = []
 
     def chain(self, table: str, name: str) -> None:
         self.chains.add((table, name))
@@ -45,7 +47,7 @@ class _Builder:
         self.rules.append(Rule(table, chain, tuple(args)))
 
     def build(self) -> Ruleset:
-        return Ruleset(frozenset(self.chains), tuple(self.rules))
+        return Ruleset(frozenset(self.chains), tuple(self.rules), tuple(self.sets))
 
 
 def vps_ruleset(config: Config, fallback: frozenset[str] = frozenset(),
@@ -99,6 +101,7 @@ def _vps_family(b: "_Builder", config: Config, fam: Family, fallback: frozenset[
         "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
         "-m", "connmark", "!", "--mark", _mark_text(0), "-j", "ACCEPT",
     )  # fmt: skip
+    _access_chains(b, config, fam)
     for svc in config.services.values():
         if svc.via == "proxy":
             continue  # the VPS's web server connects to home itself; see _vps_output
@@ -144,6 +147,41 @@ def _probe_rules(b: "_Builder", config: Config, fam: Family) -> None:
           "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
 
 
+def _restricted(config: Config, fam: Family) -> list[Service]:
+    """The DNATed services of ``fam`` with access rules (issue 28)."""
+    return [s for s in config.services.values()
+            if s.via == "dnat" and s.access.restricts and s.listen_address.version == fam.version]
+
+
+def _access_jump(config: Config, svc: Service) -> tuple[str, ...]:
+    """The first packet of each of ``svc``'s connections (its connection mark) goes through its access chain."""
+    value = service_mark(config, svc.name)[0]
+    return ("-m", "conntrack", "--ctstate", "NEW", "-m", "connmark", "--mark", _mark_text(value),
+            "-j", access.acl_chain(value >> MARK_SHIFT))
+
+
+def _access_chains(b: "_Builder", config: Config, fam: Family) -> None:
+    """Each restricted service's access chain (see :mod:`.access`), entered from FORWARD
+    before any service's ACCEPT (and from INPUT, see _vps_input): a dropped first packet
+    leaves no connection behind, so nothing of it ever reaches home or the page."""
+    for svc in _restricted(config, fam):
+        number = service_mark(config, svc.name)[0] >> MARK_SHIFT
+        chain = access.acl_chain(number)
+        b.chain(fam.filter, chain)
+        if fam.version == 4:
+            # The watchdog's forward check arrives like a visitor (vpnoffload/probens.py):
+            # never let a list or a limit make a healthy home look dead.
+            from vpnoffload import probens
+
+            b.add(fam.filter, chain, "-i", probens.VPS_DEVICE, "-j", "RETURN")
+        rules, sets = access.acl_rules(svc, number, fam.version)
+        for args in rules:
+            b.add(fam.filter, chain, *args)
+        b.add(fam.filter, chain, "-j", "RETURN")
+        b.sets += sets
+        b.add(fam.filter, FORWARD_CHAIN, *_access_jump(config, svc))
+
+
 def _home_address(config: Config, home: str, fam: Family) -> object:
     """A home box's tunnel address in ``fam`` (config validation guarantees an IPv6 one)."""
     return config.homes[home].address if fam.version == 4 else config.homes[home].address6
@@ -171,6 +209,10 @@ def _vps_input(b: "_Builder", config: Config, fam: Family = IPV4) -> None:
     table = fam.filter
     b.chain(table, INPUT_CHAIN)
     b.add(table, "INPUT", "-j", INPUT_CHAIN)
+    # The friendly page and the offline copies obey the service's access rules too.
+    for svc in _restricted(config, fam):
+        if svc.serves_page:
+            b.add(table, INPUT_CHAIN, *_access_jump(config, svc))
     ports = (config.watch.fallback_port, config.watch.fallback_port + 1)
     for port in ports:
         b.add(table, INPUT_CHAIN, *_port_match("tcp", port), "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT")

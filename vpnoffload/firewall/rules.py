@@ -21,8 +21,8 @@ the watchdog deletes a service's conntrack entries with
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from vpnoffload.model import CHAIN_PREFIX
 
@@ -111,6 +111,11 @@ class Rule:
     def text(self) -> str:
         return " ".join(self.args)
 
+    @property
+    def set_names(self) -> tuple[str, ...]:
+        """The address sets this rule matches (``-m set --match-set NAME src``)."""
+        return tuple(self.args[i + 1] for i, a in enumerate(self.args[:-1]) if a == "--match-set")
+
     def __str__(self) -> str:
         return f"{table_label(self.table)} {self.chain}: {self.text}"
 
@@ -127,6 +132,10 @@ class Ruleset:
 
     chains: frozenset[tuple[str, str]] = frozenset()
     rules: tuple[Rule, ...] = ()
+    #: How to fill the address sets the rules name (``firewall.access.AddressSet``), for
+    #: the backend that has to create one. Not compared: a set's name carries a digest of
+    #: its content, so equal rules mean equal sets.
+    sets: tuple[Any, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "chains", frozenset(self.chains))
@@ -157,6 +166,7 @@ class Ruleset:
         return Ruleset(
             frozenset(c for c in self.chains if c[0] == name),
             tuple(r for r in self.rules if r.table == name),
+            tuple(s for s in self.sets if s.table == name),
         )
 
     def chain_names(self, table: str) -> list[str]:
@@ -169,6 +179,10 @@ class Ruleset:
         """Our rules in chains we do not own (built-in chains), in order."""
         return tuple(r for r in self.rules if r.table == table and not is_owned(r.chain))
 
+    def set_names(self, table: str) -> list[str]:
+        """The address sets the rules of ``table`` match, in order, once each."""
+        return list(dict.fromkeys(n for r in self.rules if r.table == table for n in r.set_names))
+
     def is_empty(self) -> bool:
         return not self.chains and not self.rules
 
@@ -179,6 +193,7 @@ class Ruleset:
             out.append(f"*{table}")
             out += [f":{c}" for c in self.chain_names(table)]
             out += [f"-A {r.chain} {r.text}" for r in self.rules if r.table == table]
+            out += [f"# set {s.name}: {s.describe()}" for s in self.sets if s.table == table]
         return out
 
 
@@ -207,7 +222,7 @@ class Backend(Protocol):
 def table_content(content: Ruleset, table: str) -> Ruleset:
     """``content``, checked to hold nothing outside ``table`` (what ``write`` accepts)."""
     part = content.table(table)
-    if part != content:
+    if part != content or len(part.sets) != len(content.sets):
         raise ValueError(f"content for table {table} has rules of other tables")
     return part
 

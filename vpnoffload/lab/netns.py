@@ -107,7 +107,7 @@ SEGMENTS6 = (
 
 @dataclass
 class Lab:
-    """The four namespaces of one lab, named after ``prefix``.
+    """The five namespaces of one lab, named after ``prefix``.
 
     ``create`` builds it (all or nothing), ``destroy`` removes every trace and
     may be called any number of times, also on a half-built lab.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shutil
 
 from vpnoffload.lab.netns import Lab, process_name, namespace_pids
 
@@ -33,6 +34,8 @@ def snapshot(lab: Lab, host: str) -> dict[str, str]:
     snap: dict[str, str] = {}
     for key, argv in _SNAPSHOT_COMMANDS.items():
         snap[key] = lab.exec(host, *argv, timeout=10).stdout
+    if shutil.which("ipset"):  # the legacy backend's access-control sets (issue 28)
+        snap["ipsets"] = lab.exec(host, "ipset", "save", timeout=10).stdout
     # Counters are traffic, not state: "counter packets 13 bytes 620" reads as "counter".
     snap["nftables"] = re.sub(r"counter packets \d+ bytes \d+", "counter", snap["nftables"])
     snap["iptables"] = normalize_xtables_save(snap["iptables"])

@@ -24,7 +24,16 @@ def exposition(dog: Watchdog, run: str | None = None) -> str:
     lines += ["# HELP vpnoffload_swaps_total Swaps between home and fallback.", "# TYPE vpnoffload_swaps_total counter"]
     lines += [f'vpnoffload_swaps_total{{service="{s.name}"}} {s.swaps}' for s in statuses]
     lines += _copies(dog, run)
+    lines += _access_drops(dog)
     return "\n".join(lines) + "\n"
+
+
+def _access_drops(dog: Watchdog) -> list[str]:
+    """What each service's access rules dropped (issue 28), read from the kernel at each scrape."""
+    from vpnoffload.lean import accessdrops
+
+    numbers = accessdrops.restricted(dog.config)
+    return accessdrops.metrics(accessdrops.read(numbers)) if numbers else []
 
 
 def _copies(dog: Watchdog, run: str | None) -> list[str]:
