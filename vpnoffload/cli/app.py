@@ -205,7 +205,7 @@ def doctor(ctx: typer.Context) -> None:
     paths = context(ctx).paths
     config = cfg.load(paths.config) if paths.config.exists() else None
     end = "home" if is_home_end(paths) else "vps"
-    typer.echo(f"checking this machine as the {'home box' if end == 'home' else 'VPS'} ({paths.config})")
+    typer.echo(f"checking this machine as the {'home box' if end == 'home' else 'VPS'}")
     findings = doc.all_checks(config, end, paths.config)
     for f in findings:
         line = f"[{f.level:>4}] {f.check}: {f.detail}"
