@@ -40,7 +40,7 @@ def test_parse_wrk_without_errors_and_garbage() -> None:
     clean = "\n".join(line for line in WRK_OUTPUT.splitlines() if "Socket" not in line and "Non-2xx" not in line)
     result = measure.parse_wrk(clean)
     assert result.errors == 0 and result.non_2xx == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unexpected wrk output"):
         measure.parse_wrk("unable to connect to 203.0.113.10:80 Connection refused")
 
 
@@ -48,7 +48,7 @@ def test_parse_iperf3() -> None:
     text = json.dumps({"end": {"sum_received": {"bits_per_second": 123e6}, "sum_sent": {"retransmits": 7}}})
     result = measure.parse_iperf3(text)
     assert result.mbit_s == pytest.approx(123.0) and result.retransmits == 7
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="server is busy"):
         measure.parse_iperf3(json.dumps({"error": "the server is busy running a test"}))
 
 

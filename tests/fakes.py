@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from vpnoffload.errors import BackendError
+import datetime as dt
 import errno
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from pathlib import Path
 
-from vpnoffload.routing.state import Address, Route, Rule as RouteRule, _Queries, _reason
+from vpnoffload.errors import BackendError
 from vpnoffload.firewall.rules import (
-    BUILTIN_CHAINS, TABLES, Rule, Ruleset, _jumps_to_owned, is_owned, table_content, table_label,
+    BUILTIN_CHAINS,
+    TABLES,
+    Rule,
+    Ruleset,
+    _jumps_to_owned,
+    is_owned,
+    table_content,
+    table_label,
 )
+from vpnoffload.model import Config
+from vpnoffload.pki import CertInfo
+from vpnoffload.routing.state import Address, Route, _Queries, _reason
+from vpnoffload.routing.state import Rule as RouteRule
 
 
 @dataclass
@@ -291,3 +302,175 @@ def _as_printed(expr: dict) -> dict:
             if mask & xor == 0:
                 return {"mangle": {**expr["mangle"], "value": {"|": [{"&": [key, mask | xor]}, xor]}}}
     return expr
+
+
+@dataclass
+class FakeTunnel:
+    name: str
+    config: Path
+    workdir: Path
+    run_dir: Path
+    fail: bool = False
+    up: bool = False
+    log: list[str] = field(default_factory=list)
+
+    def running(self) -> bool:
+        return self.up
+
+    def start(self) -> None:
+        if self.fail:
+            raise BackendError("openvpn did not start: Options error")
+        self.up = True
+        self.log.append("start")
+
+    def wait_ready(self, timeout: float) -> None:
+        self.log.append("ready")
+
+    def stop(self) -> None:
+        self.up = False
+        self.log.append("stop")
+
+
+class FakeUsers:
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def exists(self, name: str) -> bool:
+        return name in self.names
+
+    def create(self, name: str) -> None:
+        self.names.add(name)
+
+    def delete(self, name: str) -> None:
+        self.names.discard(name)
+
+
+def pem(kind: str, body: str) -> str:
+    return f"-----BEGIN {kind}-----\n{body}\n-----END {kind}-----\n"
+
+
+class FakePki:
+    """Fixed PEM text so the golden output is deterministic."""
+
+    server_name = "server"
+
+    def __init__(self, revoked: frozenset[str] = frozenset()) -> None:
+        self.revoked = revoked
+
+    def exists(self, name: str) -> bool:
+        return name in {"server", "home", "lab-2"}
+
+    def info(self, name: str) -> CertInfo:
+        return CertInfo(name, "client", 1, dt.datetime(2036, 1, 1, tzinfo=dt.timezone.utc), name in self.revoked)
+
+    def ca_cert(self) -> str:
+        return pem("CERTIFICATE", "FAKE-CA-CERT")
+
+    def cert(self, name: str) -> str:
+        return pem("CERTIFICATE", f"FAKE-CERT-{name}")
+
+    def key(self, name: str) -> str:
+        return pem("PRIVATE KEY", f"FAKE-KEY-{name}")
+
+    def tls_crypt_key(self) -> str:
+        return pem("OpenVPN Static key V1", "00" * 16)
+
+    def crl(self) -> str:
+        return pem("X509 CRL", "FAKE-CRL")
+
+
+#: The deployment deploy_env sets up: one home, two services.
+DEPLOY_CONFIG = """
+[vps]
+address = "203.0.113.10"
+[tunnel]
+subnet = "198.51.100.0/24"
+[homes.home]
+address = "198.51.100.2"
+[services.web]
+listen = "80"
+target = "8080"
+[services.git]
+listen = "203.0.113.11:22"
+target = "2222"
+"""
+
+
+def deploy_env(tmp_path: Path):
+    """(config, paths, fake backends, tunnels by name, fake /proc) for deploy's up/down on DEPLOY_CONFIG."""
+    from vpnoffload import config as cfg
+    from vpnoffload import deploy
+    from vpnoffload.paths import Paths
+    from vpnoffload.pki import Pki
+
+    paths = Paths(config=tmp_path / "vpnoffload.toml", state=tmp_path / "state")
+    paths.config.write_text(DEPLOY_CONFIG)
+    Pki.create(paths.pki).issue("home")
+    proc = tmp_path / "proc"
+    (proc / "net/ipv4/conf/vpnoffload0").mkdir(parents=True)
+    (proc / "net/ipv4/ip_forward").write_text("0\n")
+    (proc / "net/ipv4/conf/vpnoffload0/rp_filter").write_text("1\n")
+    tunnels: dict[str, FakeTunnel] = {}
+
+    def factory(**kw) -> FakeTunnel:
+        return tunnels.setdefault(kw["name"], FakeTunnel(**kw))
+
+    def pages(paths: Paths) -> FakeTunnel:
+        return tunnels.setdefault("pages", FakeTunnel("pages", Path(), Path(), Path()))
+
+    backends = deploy.Backends(
+        page_factory=pages,
+        firewall=FakeBackend(),
+        routing=FakeRoutingBackend(devices=("lo", "eth0"), addresses=[Address(IPv4Address("203.0.113.10"), "eth0", 24)]),
+        proc_root=proc, users=FakeUsers(), tunnel_factory=factory,
+    )
+    return cfg.load(paths.config), paths, backends, tunnels, proc
+
+
+def watchdog_config(fall: int = 2, rise: int = 2, backups: tuple[str, ...] = ()) -> Config:
+    """Two homes (home, attic), a web service with the page and git, for the watchdog's decisions."""
+    from ipaddress import IPv4Network
+
+    from vpnoffload.model import Home, Service, Tunnel, Vps, Watch
+
+    return Config(
+        vps=Vps(IPv4Address("203.0.113.10")),
+        tunnel=Tunnel(IPv4Network("198.51.100.0/24")),
+        homes={"home": Home("home", IPv4Address("198.51.100.2")), "attic": Home("attic", IPv4Address("198.51.100.3"))},
+        services={
+            "web": Service("web", IPv4Address("203.0.113.10"), 80, "home", 8080, fallback="page", backups=backups),
+            "git": Service("git", IPv4Address("203.0.113.10"), 22, "home", 2222),
+        },
+        watch=Watch(fall=fall, rise=rise),
+    )
+
+
+class Swapper:
+    """The watchdog's swap callable: records (active targets, flushed) or fails like a locked iptables."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[dict, frozenset[str]]] = []
+        self.prepared = 0
+        self.cancelled = 0
+        self.fail = False
+
+    def __call__(self, active, flush: frozenset[str]) -> None:
+        if self.fail:
+            raise BackendError("iptables: locked")
+        self.calls.append((dict(active), flush))
+
+    def prepare(self) -> None:
+        self.prepared += 1
+
+    def cancel(self) -> None:
+        self.cancelled += 1
+
+
+def prober(verdicts: dict[str, str]):
+    """verdicts by "service" or "service@home"."""
+    from vpnoffload.watch.health import Result
+
+    def probe(svc, home: str, cfg) -> Result:
+        verdict = verdicts.get(f"{svc.name}@{home}", verdicts.get(svc.name, "up"))
+        return Result(verdict, 0.01, verdict)  # type: ignore[arg-type]
+    return probe

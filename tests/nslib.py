@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
+import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
-import pytest
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
-needs_openvpn = pytest.mark.skipif(shutil.which("openvpn") is None, reason="openvpn is not installed")
+from tests.prereq import needs_openvpn, needs_root  # noqa: F401  (where the integration tests import them)
 
 
 def sh(*args: str, check: bool = True, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
@@ -64,3 +62,81 @@ def link(ns_a: str, addr_a: str, ns_b: str, addr_b: str, *, names: Sequence[str]
         in_ns(ns, "ip", "addr", "add", addr, "dev", dev)
         in_ns(ns, "ip", "link", "set", dev, "up")
     return a, b
+
+
+# Forwarding checks shared by the firewall backends' integration tests.
+
+SERVER = r"""
+import socket, sys, threading
+def serve(sock):
+    while True:
+        conn, peer = sock.accept()
+        conn.sendall(f"hello {peer[0]}\n".encode())
+        conn.close()
+for port in sys.argv[1:]:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", int(port)))
+    sock.listen(16)
+    threading.Thread(target=serve, args=(sock,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+CLIENT = r"""
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
+    s.settimeout(float(sys.argv[3]))
+    print("ok " + s.recv(100).decode().strip())
+except ConnectionRefusedError:
+    print("refused")
+except (TimeoutError, socket.timeout):
+    print("timeout")
+"""
+
+
+def connect(ns: str, host: str, port: int, timeout: float = 1.0) -> str:
+    return in_ns(ns, sys.executable, "-c", CLIENT, host, str(port), str(timeout)).stdout.strip()
+
+
+def check_forwarding(apply_rules: Callable[[str, str, Path], dict], tmp_path: Path,
+                     emptied: Callable[[str, str], None] = lambda vps, home: None) -> None:
+    """The forwarding checks of a firewall backend: ``apply_rules(ns, which, tmp_path)``
+    writes one of FIREWALL's rulesets in ``ns``; ``emptied(vps, home)`` may check more
+    once both ends are empty again (the nft backend: nothing of ours is left)."""
+    visitor, vps, home = unique("v"), unique("s"), unique("h")
+    with namespaces(visitor, vps, home):
+        link(visitor, "203.0.113.50/24", vps, "203.0.113.10/24")
+        # A veth named like the tunnel stands in for OpenVPN here.
+        link(vps, "198.51.100.1/24", home, "198.51.100.2/24", names=("vpnoffload0", "vpnoffload0"))
+        in_ns(vps, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        in_ns(home, "ip", "route", "add", "default", "via", "198.51.100.1")
+        in_ns(visitor, "ip", "route", "add", "198.51.100.0/24", "via", "203.0.113.10")
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", home, sys.executable, "-c", SERVER, "8080", "9090"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            # Without our rules the lab routes straight to home: so a timeout later means "dropped".
+            assert connect(visitor, "198.51.100.2", 9090) == "ok hello 203.0.113.50"
+
+            apply_rules(vps, "vps", tmp_path)
+            apply_rules(home, "home", tmp_path)
+            assert connect(visitor, "203.0.113.10", 80) == "ok hello 203.0.113.50"
+            assert connect(visitor, "198.51.100.2", 9090) == "timeout"  # not DNATed: VPS drops it
+            assert connect(visitor, "198.51.100.2", 8080) == "timeout"
+            assert connect(vps, "198.51.100.2", 8080) == "ok hello 198.51.100.1"  # the watchdog's path
+            assert connect(vps, "198.51.100.2", 9090) == "timeout"  # home opens only service ports
+
+            apply_rules(vps, "vps-fallback", tmp_path)
+            assert connect(visitor, "203.0.113.10", 80) == "refused"
+
+            apply_rules(vps, "empty", tmp_path)
+            apply_rules(home, "empty", tmp_path)
+            assert connect(visitor, "198.51.100.2", 9090) == "ok hello 203.0.113.50"
+            emptied(vps, home)
+        finally:
+            server.kill()
+            server.wait()

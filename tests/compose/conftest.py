@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.prereq import missing
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "compose" / "docker-compose.yml"
 BUILD_WHEELS = REPO / "compose" / "build-wheels"
@@ -155,7 +157,7 @@ def compose_lab(request: pytest.FixtureRequest) -> Iterator[ComposeLab]:
     """
     problem = engine_problem()
     if problem:
-        pytest.skip(problem)
+        missing(problem)
     compose_command = request.getfixturevalue("docker_compose_command")
     request.getfixturevalue("docker_services")  # pytest-docker: up now, down -v at session end
     lab = ComposeLab(command=(*shlex.split(compose_command), "-f", str(COMPOSE_FILE), "-p", PROJECT))

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import BEFORE_THE_SWITCH, judge_crowd
 from tests.nslib import unique
+from tests.prereq import missing
 from vpnoffload.errors import PrerequisiteError
 from vpnoffload.lab.netns import Lab, check_prerequisites, lab_session
 from vpnoffload.paths import CONFIG_ENV, STATE_ENV
@@ -27,7 +29,7 @@ def _test_lab(prefix: str, ipv6: bool = False, **options: bool) -> Iterator[Lab]
     try:
         check_prerequisites()
     except PrerequisiteError as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
     from vpnoffload import users
 
     user_existed = users.exists()
@@ -191,22 +193,14 @@ print(json.dumps(sorted(results)))
 """
 
 
-def crowd(lab: Lab, want: str, since: float, limit: float = 15) -> float:
+def crowd(lab: Lab, want: str, since: float, limit: float = 15, before: str = BEFORE_THE_SWITCH) -> float:
     """Visitors asking 5x a second on new connections: seconds from ``since`` until the
-    first reply matching ``want`` (regex over "STATUS BODY") reached a visitor. Fails
-    if a request started after that got anything else, or took a second or more."""
+    first reply matching ``want`` (regex over "STATUS BODY") reached a visitor; the
+    replies are judged by :func:`tests.helpers.judge_crowd` (nothing else after it, no
+    second-long reply, nothing but ``before`` or ``want`` before it)."""
     import json
-    import re
 
     proc = lab.exec("visitor", sys.executable, "-c", CROWD, lab.vps_address, want, "0.2", str(limit), "5",
                     timeout=limit + 20)
     results = json.loads(proc.stdout)
-    pattern = re.compile(want, re.S)
-    firsts = [done for _, done, reply in results if pattern.search(reply)]
-    if not firsts:
-        pytest.fail(f"no reply matching {want!r} within {limit} s: {[r[2][:40] for r in results]}", pytrace=False)
-    first = min(firsts)
-    after = [r for r in results if r[0] > first]
-    bad = [r for r in after if not pattern.search(r[2]) or r[1] - r[0] >= 1.0]
-    assert not bad, bad
-    return first - since
+    return judge_crowd(results, want, before, limit) - since

@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import cli, configure, openvpn_pids
-from tests.e2e.test_failover import HOSTNAME, start_watch
+from tests.e2e.labkit import HOSTNAME, start_watch
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
 FIRST = Lab.visitor_address  # 192.0.2.2
 SECOND = "192.0.2.3"  # a second visitor, in the visitor's own /26

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests import hostshapes
 from tests.e2e.conftest import cli, cli_argv, configure
+from tests.e2e.labkit import wait_reply
 from tests.nslib import in_ns, namespaces, unique
 from vpnoffload.lab.netns import Lab, child_env
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
@@ -52,18 +52,6 @@ def make_container_home(lab: Lab, container_ns: str) -> None:
     in_ns(container_ns, "ip", "route", "add", "default", "via", BRIDGE_ADDRESS.split("/")[0])
     lab.exec("home", "sysctl", "-qw", "net.ipv4.ip_forward=1")
     lab.exec("home", "iptables-nft-restore", input=DOCKER_RULES)
-
-
-def wait_reply(lab: Lab, url: str, want: str, limit: float) -> tuple[int, str, float]:
-    """Visit ``url`` from the visitor until the reply contains ``want``; (status, body, seconds)."""
-    start = time.monotonic()
-    status, body = 0, ""
-    while time.monotonic() - start < limit:
-        status, body = lab.http_get("visitor", url, timeout=2)
-        if want in f"{status} {body}":
-            return status, body, time.monotonic() - start
-        time.sleep(0.2)
-    pytest.fail(f"{url}: no {want!r} within {limit} s; last reply {status} {body[:200]!r}", pytrace=False)
 
 
 def test_container_behind_a_published_port_serves_visitors_with_their_address(

@@ -17,6 +17,8 @@ from tests.e2e.conftest import cli, cli_argv, configure
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
+pytestmark = pytest.mark.root
+
 #: The brief's block, with the chain renamed: "fwd" is an nft keyword (the netdev fwd statement).
 BLOCK = [
     ["nft", "add", "table", "inet", "blk"],

@@ -8,10 +8,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 
 from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, cli, configure, openvpn_pids
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+
+pytestmark = pytest.mark.root
+
 
 def test_visitor_is_served_from_home_and_down_restores_everything(lab: Lab, sites: tuple[Path, Path]) -> None:
     vps_site, home_site = sites

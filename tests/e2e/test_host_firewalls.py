@@ -20,9 +20,12 @@ import pytest
 
 from tests import hostshapes
 from tests.e2e.conftest import cli, configure
-from tests.e2e.test_failover import HOSTNAME, start_watch, status, until
+from tests.e2e.labkit import HOSTNAME, start_watch, status, until
+from tests.prereq import need, tool_problem
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+
+pytestmark = pytest.mark.root
 
 UFW_FILES = (Path("/etc/ufw"), Path("/etc/default/ufw"))
 
@@ -30,8 +33,7 @@ UFW_FILES = (Path("/etc/ufw"), Path("/etc/default/ufw"))
 @pytest.fixture
 def ufw_files(tmp_path: Path) -> Iterator[None]:
     """ufw's rules and defaults are global files: save them, and put them back exactly afterwards."""
-    if shutil.which("ufw") is None:
-        pytest.skip("ufw is not installed (apt-get install ufw)")
+    need(tool_problem("ufw", "apt-get install ufw"))
     saved = tmp_path / "ufw-saved"
     saved.mkdir()
     shutil.copytree(UFW_FILES[0], saved / "etc-ufw", symlinks=True)

@@ -22,6 +22,8 @@ from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, TUNNEL_SUBNET, cli, cli_argv
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
+pytestmark = pytest.mark.root
+
 TUNNEL_SUBNET6 = "fd00:88::/64"
 HOME_TUNNEL_ADDRESS6 = "fd00:88::2"  # derived from home's IPv4 tunnel address .2
 HOSTNAME = "blog.example.org"

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.budget import budget
 from tests.nslib import needs_root, unique
+from tests.prereq import missing
 from vpnoffload import users
 from vpnoffload.errors import PrerequisiteError
-from vpnoffload.lab.netns import Lab, check_prerequisites, child_env
 from vpnoffload.lab.narrate import RecordingNarrator
+from vpnoffload.lab.netns import Lab, check_prerequisites, child_env
 from vpnoffload.lab.sites import LAB_ROOT, Sites
 from vpnoffload.lab.steps import run_down
 
@@ -34,7 +36,7 @@ def prefix() -> Iterator[str]:
     try:
         check_prerequisites()
     except PrerequisiteError as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
     name = unique("lab")
     try:
         yield name
@@ -106,7 +108,8 @@ def test_demo_tells_the_whole_story_and_cleans_up(prefix: str) -> None:
     failover = re.search(r"failover \(cable pulled -> friendly page\): (\d+\.\d) s", output)
     recovery = re.search(r"recovery \(cable back -> served from home\): (\d+\.\d) s", output)
     assert failover and recovery, output
-    assert float(failover.group(1)) < 15 and float(recovery.group(1)) < 30
+    # The product's goals, not the demo's own give-up limits (15 s / 30 s), which it cannot exceed anyway.
+    assert float(failover.group(1)) <= budget().failover and float(recovery.group(1)) <= budget().recovery, output
     # The demo teaches the real commands.
     for command in ("init --vps-address", "service add web", "render home", "up vps", "up home", "watch",
                     "down home", "down vps"):

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv, openvpn_pids
+from tests.e2e.labkit import wait_reply
 from tests.nslib import unique
+from tests.prereq import missing
 from vpnoffload.errors import PrerequisiteError
 from vpnoffload.lab.netns import Lab, check_prerequisites, lab_session
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
@@ -36,7 +37,7 @@ def nat_lab() -> Iterator[Lab]:
     try:
         check_prerequisites()
     except PrerequisiteError as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
     from vpnoffload import users
 
     user_existed = users.exists()
@@ -46,18 +47,6 @@ def nat_lab() -> Iterator[Lab]:
     finally:
         if not user_existed and users.exists():  # `up` made OpenVPN's user outside the namespaces
             users.delete()
-
-
-def wait_reply(lab: Lab, url: str, want: str, limit: float) -> float:
-    """Visit ``url`` from the visitor until the reply contains ``want``; the seconds it took."""
-    start = time.monotonic()
-    status, body = 0, ""
-    while time.monotonic() - start < limit:
-        status, body = lab.http_get("visitor", url, timeout=2)
-        if want in f"{status} {body}":
-            return time.monotonic() - start
-        time.sleep(0.2)
-    pytest.fail(f"{url}: no {want!r} within {limit} s; last reply {status} {body[:200]!r}", pytrace=False)
 
 
 def test_vps_behind_one_to_one_nat_needs_no_flag(nat_lab: Lab, sites: tuple[Path, Path]) -> None:
@@ -111,11 +100,11 @@ def test_vps_behind_one_to_one_nat_needs_no_flag(nat_lab: Lab, sites: tuple[Path
     # --- home away: the friendly page on both addresses; back: home again
     lab.popen("vps", *cli_argv("-c", str(config), "watch"))
     lab.pull_cable()
-    took = wait_reply(lab, web, "503", 10)
+    took = wait_reply(lab, web, "503", 10)[2]
     wait_reply(lab, blog, "503", 5)
     print(f"\n[1:1 NAT] cable pulled -> friendly page after {took:.2f} s")
     lab.plug_cable()
-    took = wait_reply(lab, web, lab.visitor_address, 15)
+    took = wait_reply(lab, web, lab.visitor_address, 15)[2]
     wait_reply(lab, blog, lab.visitor_address, 5)
     print(f"[1:1 NAT] cable back -> home again after {took:.2f} s")
 

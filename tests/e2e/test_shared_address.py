@@ -8,7 +8,6 @@ makes the VPS refuse the dead home; www never notices. Measured times are printe
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import shutil
 import sys
@@ -17,14 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.budget import budget
 from tests.e2e.conftest import cli, cli_argv, configure, crowd
+from tests.helpers import self_signed
+from tests.prereq import missing
 from vpnoffload.lab.netns import Lab
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 
-pytestmark = [pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
 # A site: plain HTTP and TLS (its own certificate) on two ports, saying who served
 # it and whom the VPS says it forwards for. Home runs blog's; under HAProxy the
@@ -126,26 +128,6 @@ def wait_for(lab: Lab, spec: str, want: str, limit: float = 20) -> list:
     pytest.fail(f"{spec}: no {want!r} within {limit} s; last reply {last}", pytrace=False)
 
 
-def self_signed(name: str, cert: Path, key: Path) -> None:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    private = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(private.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(private, hashes.SHA256())
-    )
-    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-
 
 def start_nginx(lab: Lab, vps_site: Path, out: Path) -> Path:
     """The VPS's nginx with its own www site and vpnoffload's includes; returns its run dir."""
@@ -180,9 +162,9 @@ def start_haproxy(lab: Lab, vps_site: Path, out: Path) -> Path:
 @pytest.mark.parametrize("server", ["nginx", "haproxy"])
 def test_names_on_a_shared_address_go_home_or_stay(server: str, lab: Lab, sites: tuple[Path, Path], capsys) -> None:
     if server == "nginx" and not (Path(NGINX).exists() and STREAM_MODULE.exists()):
-        pytest.skip("nginx with its stream module is not installed (apt-get install nginx-light libnginx-mod-stream)")
+        missing("nginx with its stream module is not installed (apt-get install nginx-light libnginx-mod-stream)")
     if server == "haproxy" and not Path(HAPROXY).exists():
-        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+        missing("haproxy is not installed (apt-get install haproxy)")
     vps_site, home_site = sites
     configure(
         lab, vps_site, home_site,
@@ -223,17 +205,19 @@ def test_names_on_a_shared_address_go_home_or_stay(server: str, lab: Lab, sites:
     # Home's cable pulled: the page for blog quickly, and every later visitor gets it at once.
     pulled = time.time()
     lab.pull_cable("home")
-    took = crowd(lab, r"^503 .*Back in a moment", since=pulled)
+    # Until the swap the VPS's web server still proxies to the vanished home and answers
+    # 502/504 itself (with dnat a visitor gets no reply instead): the outage before detection.
+    took = crowd(lab, r"^503 .*Back in a moment", since=pulled, before=r"^(0 |50[234] )")
     www, blog_tls = visit(lab, "http:www.example.org", "https:blog.example.org")
     page = visit(lab, "http:blog.example.org")[0]
     with capsys.disabled():
         print(f"\n[shared address, {server}] cable pulled -> blog's page after {took:.2f} s (a page request "
               f"then takes {page[2] * 1000:.0f} ms; blog over TLS refused in {blog_tls[2] * 1000:.0f} ms)")
-    assert took <= 3.0
-    assert page[0] == 503 and page[2] < 0.5  # fail fast: not the web server's connect timeout
+    assert took <= budget().failover
+    assert page[0] == 503 and page[2] < budget().page_reply  # fail fast: not the web server's connect timeout
     assert page[3].get("retry-after") == "30" and page[3].get("cache-control") == "no-store"
     assert www[0] == 200 and www[1].startswith("www served by the VPS")
-    assert blog_tls[0] == 0 and blog_tls[2] < 1.0  # closed at once, not left hanging
+    assert blog_tls[0] == 0 and blog_tls[2] < budget().closed_at_once  # closed at once, not left hanging
 
     # Plugged back: blog returns over both schemes.
     plugged = time.time()

@@ -20,15 +20,34 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _rollup(pid: int) -> dict[str, int]:
-    found = {"Rss": 0, "Pss": 0, "Private_Clean": 0, "Private_Dirty": 0}
+def _exited(pid: int) -> bool:
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in found:
-                found[key] = int(rest.split()[0])
-    except (OSError, ValueError, IndexError):
-        pass
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _rollup(pid: int) -> dict[str, int] | None:
+    """The process's memory from smaps_rollup; None only when it has exited meanwhile.
+
+    Anything unreadable about a live process is an error, never 0 KB: a "<= N MB" over
+    made-up zeros would pass whatever the real footprint.
+    """
+    found: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError as exc:
+        raise AssertionError(f"cannot read the memory of pid {pid}: {exc}") from exc
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss", "Private_Clean", "Private_Dirty"):
+            found[key] = int(rest.split()[0])
+    if not text and _exited(pid):
+        return None  # exited while being read: a zombie's rollup reads empty
+    missing = {"Rss", "Pss", "Private_Clean", "Private_Dirty"} - set(found)
+    assert not missing and found["Rss"] > 0, f"pid {pid}: no memory figures in smaps_rollup ({missing or 'Rss 0'})"
     return found
 
 
@@ -55,14 +74,22 @@ def vps_processes(lab: Lab) -> dict[int, str]:
 
 
 def footprint(lab: Lab) -> dict[str, object]:
-    """{"rss_kb", "pss_kb", "uss_kb": sums; "parts": {role: rss_kb}; "pids": {pid: role}}."""
+    """{"rss_kb", "pss_kb", "uss_kb": sums; "parts": {role: rss_kb}; "pids": {pid: role}}.
+
+    Fails when it finds no vpnoffload process, or none with memory: never a vacuous 0 KB.
+    """
     procs = vps_processes(lab)
     rss = pss = uss = 0
     parts: dict[str, int] = {}
-    for pid, name in procs.items():
+    for pid, name in list(procs.items()):
         r = _rollup(pid)
+        if r is None:  # exited between listing and reading (a swap child finishing)
+            del procs[pid]
+            continue
         rss, pss, uss = rss + r["Rss"], pss + r["Pss"], uss + r["Private_Clean"] + r["Private_Dirty"]
         parts[name] = parts.get(name, 0) + r["Rss"]
+    # No process found (a changed command line, a filter gone wrong) must not read as "tiny".
+    assert procs and rss > 0, f"no vpnoffload process with memory on the VPS to measure: {procs}"
     return {"rss_kb": rss, "pss_kb": pss, "uss_kb": uss, "parts": parts, "pids": procs}
 
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.nslib import in_ns, link, namespaces, needs_root, unique
+from tests.nslib import check_forwarding, in_ns, namespaces, needs_root, unique
 from vpnoffload.lab.snapshot import normalize_xtables_save
 
 pytestmark = [needs_root, pytest.mark.root, pytest.mark.timeout(120)]
@@ -65,36 +63,6 @@ with open(sys.argv[2], "w") as out:
     json.dump(result, out)
 """
 
-SERVER = r"""
-import socket, sys, threading
-def serve(sock):
-    while True:
-        conn, peer = sock.accept()
-        conn.sendall(f"hello {peer[0]}\n".encode())
-        conn.close()
-for port in sys.argv[1:]:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("0.0.0.0", int(port)))
-    sock.listen(16)
-    threading.Thread(target=serve, args=(sock,), daemon=True).start()
-print("ready", flush=True)
-threading.Event().wait()
-"""
-
-CLIENT = r"""
-import socket, sys
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
-    s.settimeout(float(sys.argv[3]))
-    print("ok " + s.recv(100).decode().strip())
-except ConnectionRefusedError:
-    print("refused")
-except (TimeoutError, socket.timeout):
-    print("timeout")
-"""
-
-
 def firewall(ns: str, which: str, tmp_path: Path) -> dict:
     out = tmp_path / f"{which}-{unique('r')}.json"
     proc = in_ns(ns, sys.executable, "-c", FIREWALL, which, str(out), check=False, env=ENV)
@@ -106,10 +74,6 @@ def save(ns: str) -> list[str]:
     """iptables-legacy-save without comments and with counters zeroed."""
     text = in_ns(ns, "iptables-legacy-save").stdout
     return [re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in text.splitlines() if not line.startswith("#")]
-
-
-def connect(ns: str, host: str, port: int, timeout: float = 1.0) -> str:
-    return in_ns(ns, sys.executable, "-c", CLIENT, host, str(port), str(timeout)).stdout.strip()
 
 
 def add_foreign_rules(ns: str) -> None:
@@ -166,45 +130,3 @@ def test_forwarding_through_the_rules(tmp_path: Path) -> None:
     """visitor -> VPS:80 reaches home:8080 with the visitor's own address; nothing
     else crosses the tunnel, and a service on fallback is refused at once."""
     check_forwarding(firewall, tmp_path)
-
-
-def check_forwarding(apply_rules: Callable[[str, str, Path], dict], tmp_path: Path,
-                     emptied: Callable[[str, str], None] = lambda vps, home: None) -> None:
-    """The forwarding checks of a firewall backend: ``apply_rules(ns, which, tmp_path)``
-    writes one of FIREWALL's rulesets in ``ns``; ``emptied(vps, home)`` may check more
-    once both ends are empty again (the nft backend: nothing of ours is left)."""
-    visitor, vps, home = unique("v"), unique("s"), unique("h")
-    with namespaces(visitor, vps, home):
-        link(visitor, "203.0.113.50/24", vps, "203.0.113.10/24")
-        # A veth named like the tunnel stands in for OpenVPN here.
-        link(vps, "198.51.100.1/24", home, "198.51.100.2/24", names=("vpnoffload0", "vpnoffload0"))
-        in_ns(vps, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        in_ns(home, "ip", "route", "add", "default", "via", "198.51.100.1")
-        in_ns(visitor, "ip", "route", "add", "198.51.100.0/24", "via", "203.0.113.10")
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", home, sys.executable, "-c", SERVER, "8080", "9090"],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-            # Without our rules the lab routes straight to home: so a timeout later means "dropped".
-            assert connect(visitor, "198.51.100.2", 9090) == "ok hello 203.0.113.50"
-
-            apply_rules(vps, "vps", tmp_path)
-            apply_rules(home, "home", tmp_path)
-            assert connect(visitor, "203.0.113.10", 80) == "ok hello 203.0.113.50"
-            assert connect(visitor, "198.51.100.2", 9090) == "timeout"  # not DNATed: VPS drops it
-            assert connect(visitor, "198.51.100.2", 8080) == "timeout"
-            assert connect(vps, "198.51.100.2", 8080) == "ok hello 198.51.100.1"  # the watchdog's path
-            assert connect(vps, "198.51.100.2", 9090) == "timeout"  # home opens only service ports
-
-            apply_rules(vps, "vps-fallback", tmp_path)
-            assert connect(visitor, "203.0.113.10", 80) == "refused"
-
-            apply_rules(vps, "empty", tmp_path)
-            apply_rules(home, "empty", tmp_path)
-            assert connect(visitor, "198.51.100.2", 9090) == "ok hello 203.0.113.50"
-            emptied(vps, home)
-        finally:
-            server.kill()
-            server.wait()

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from vpnoffload.lab.snapshot import normalize_xtables_save
 from tests.nslib import in_ns, link, namespaces, needs_root, sh, unique
 from vpnoffload import routing
 from vpnoffload.errors import ApplyError
+from vpnoffload.lab.snapshot import normalize_xtables_save
 from vpnoffload.plan import apply
 from vpnoffload.routing import Address, Pyroute2Backend
 

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_firewall import check_forwarding
-from tests.nslib import in_ns, namespaces, needs_root, unique
+from tests.nslib import check_forwarding, in_ns, namespaces, needs_root, unique
+from tests.prereq import requires, tool_problem
 from vpnoffload.firewall import nft
 
 pytestmark = [
     needs_root, pytest.mark.root, pytest.mark.timeout(120),
-    pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed (apt-get install nftables)"),
+    requires(tool_problem("nft", "apt-get install nftables")),
 ]
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.budget import budget
 from tests.nslib import in_ns, namespaces, needs_root, unique
 
 pytestmark = [needs_root, pytest.mark.root, pytest.mark.timeout(60)]
@@ -86,7 +87,7 @@ def test_dead_home_is_refused_at_once_except_to_health_checks(tmp_path: Path) ->
         down = run(ns, "", tmp_path)
         assert down["read_equal"] and down["replan"] == []
         verdict, seconds = down["web_server"]
-        assert verdict == "refused" and seconds < 0.2
+        assert verdict == "refused" and seconds < budget().refused_at_once
         assert down["health_check"][0] == "timeout"  # not refused: the check sees the real (dead) home
         rules = in_ns(ns, "iptables-legacy-save", "-t", "filter").stdout
         assert "-A OUTPUT -j VPNOFFLOAD-OUT" in rules

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.prereq import missing
 from vpnoffload.lab.snapshot import normalize_xtables_save, snapshot_diff
 
 REPO = Path(__file__).resolve().parents[2]
@@ -227,7 +228,7 @@ def systemd_lab() -> Iterator[SystemdLab]:
     profile and its demo site, but no vpnoffload unit installed yet (the tests do that)."""
     problem = engine_problem()
     if problem:
-        pytest.skip(problem)
+        missing(problem)
     tag = image_tag()
     remove_leftovers()
     lab = SystemdLab()

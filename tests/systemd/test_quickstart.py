@@ -29,10 +29,11 @@ from collections.abc import Iterator
 import pytest
 
 from tests import quickstart
+from tests.prereq import need
 from tests.systemd.conftest import (BASE_IMAGE, BUILD_WHEELS, CONTEXT, REPO, SYSTEMD_OPTIONS, _checked, docker,
                                     engine_problem)
 
-pytestmark = [pytest.mark.root, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.root, pytest.mark.docker, pytest.mark.timeout(900)]
 
 DOCKERFILE = CONTEXT / "quickstart" / "Dockerfile"
 IMAGE = "vpnoffload-quickstart"
@@ -138,9 +139,7 @@ def ssh_from_vps_to_home() -> None:
 @pytest.fixture(scope="module")
 def fresh_machines() -> Iterator[None]:
     """Three booted fresh Debian 12 containers; vpnoffload's source on the VPS and home box."""
-    problem = engine_problem()
-    if problem:
-        pytest.skip(problem)
+    need(engine_problem())
     tag = image_tag()
     remove_leftovers()
     try:

@@ -24,7 +24,7 @@ import pytest
 from tests.systemd.conftest import HOME, VISITOR_ADDRESS, VPS_ADDRESS, SystemdLab, docker, snapshot_diff
 
 # The first test also builds the image (cached by the hash of its inputs) and boots the lab.
-pytestmark = [pytest.mark.root, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.root, pytest.mark.docker, pytest.mark.timeout(600)]
 
 FAILOVER_TIMEOUT = 30.0
 RECOVERY_TIMEOUT = 60.0

@@ -17,3 +17,11 @@ def _no_host_interfaces(monkeypatch: pytest.MonkeyPatch) -> None:
     from vpnoffload.routing import nat
 
     monkeypatch.setattr(nat, "_backend", lambda backend: FakeRoutingBackend() if backend is None else backend)
+
+
+@pytest.fixture
+def env(tmp_path):
+    """deploy's up/down on fake backends (tests.fakes.deploy_env): test_deploy, test_deploy_run."""
+    from tests.fakes import deploy_env
+
+    return deploy_env(tmp_path)

@@ -128,7 +128,7 @@ def test_edit_validates_whole_result_and_keeps_file(tmp_path: Path) -> None:
     def bad(doc) -> None:
         doc["services"]["blog"]["listen"] = "123456"
 
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"services\.blog\.listen: 123456 is not a port number"):
         cfg.edit(path, bad)
     assert path.read_bytes() == before
 

@@ -2,102 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
+from tests.fakes import DEPLOY_CONFIG, FakeTunnel
 from vpnoffload import config as cfg
 from vpnoffload import deploy, plan
-from vpnoffload.errors import ApplyError, BackendError
-from tests.fakes import FakeBackend
-from vpnoffload.paths import Paths
-from vpnoffload.pki import Pki
-from tests.fakes import FakeRoutingBackend
+from vpnoffload.errors import ApplyError
 from vpnoffload.routing import Address
-
-CONFIG = """
-[vps]
-address = "203.0.113.10"
-[tunnel]
-subnet = "198.51.100.0/24"
-[homes.home]
-address = "198.51.100.2"
-[services.web]
-listen = "80"
-target = "8080"
-[services.git]
-listen = "203.0.113.11:22"
-target = "2222"
-"""
-
-
-@dataclass
-class FakeTunnel:
-    name: str
-    config: Path
-    workdir: Path
-    run_dir: Path
-    fail: bool = False
-    up: bool = False
-    log: list[str] = field(default_factory=list)
-
-    def running(self) -> bool:
-        return self.up
-
-    def start(self) -> None:
-        if self.fail:
-            raise BackendError("openvpn did not start: Options error")
-        self.up = True
-        self.log.append("start")
-
-    def wait_ready(self, timeout: float) -> None:
-        self.log.append("ready")
-
-    def stop(self) -> None:
-        self.up = False
-        self.log.append("stop")
-
-
-class FakeUsers:
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-
-    def exists(self, name: str) -> bool:
-        return name in self.names
-
-    def create(self, name: str) -> None:
-        self.names.add(name)
-
-    def delete(self, name: str) -> None:
-        self.names.discard(name)
-
-
-@pytest.fixture
-def env(tmp_path: Path):
-    paths = Paths(config=tmp_path / "vpnoffload.toml", state=tmp_path / "state")
-    paths.config.write_text(CONFIG)
-    Pki.create(paths.pki).issue("home")
-    proc = tmp_path / "proc"
-    (proc / "net/ipv4/conf/vpnoffload0").mkdir(parents=True)
-    (proc / "net/ipv4/ip_forward").write_text("0\n")
-    (proc / "net/ipv4/conf/vpnoffload0/rp_filter").write_text("1\n")
-    tunnels: dict[str, FakeTunnel] = {}
-
-    def factory(**kw) -> FakeTunnel:
-        return tunnels.setdefault(kw["name"], FakeTunnel(**kw))
-
-    def pages(paths: Paths) -> FakeTunnel:
-        return tunnels.setdefault("pages", FakeTunnel("pages", Path(), Path(), Path()))
-
-    backends = deploy.Backends(
-        page_factory=pages,
-        firewall=FakeBackend(),
-        routing=FakeRoutingBackend(devices=("lo", "eth0"), addresses=[Address(IPv4Address("203.0.113.10"), "eth0", 24)]),
-        proc_root=proc, users=FakeUsers(), tunnel_factory=factory,
-    )
-    return cfg.load(paths.config), paths, backends, tunnels, proc
 
 
 def test_up_vps_then_nothing_to_do_then_down_restores(env) -> None:
@@ -148,7 +62,7 @@ def test_failed_start_rolls_everything_back(env) -> None:
 def test_changed_config_restarts_server_once(env) -> None:
     config, paths, b, tunnels, proc = env
     plan.apply(deploy.plan_up_vps(config, paths, b))
-    paths.config.write_text(CONFIG.replace('listen = "80"', 'listen = "8081"'))
+    paths.config.write_text(DEPLOY_CONFIG.replace('listen = "80"', 'listen = "8081"'))
     actions = deploy.plan_up_vps(cfg.load(paths.config), paths, b)
     text = "\n".join(plan.summaries(actions))
     assert "--dport 8081" in text and "start OpenVPN server" not in text
@@ -198,7 +112,9 @@ def test_up_home_dry_run_shows_every_change_routing_included(env) -> None:
 
 def test_up_home_without_profile_is_a_clear_error(env) -> None:
     config, paths, b, tunnels, proc = env
-    with pytest.raises(Exception, match="no client profile at .*render home"):
+    from vpnoffload.errors import NotSetUpError
+
+    with pytest.raises(NotSetUpError, match="no client profile at .*render home"):
         deploy.plan_up_home(config, paths, b, "home", paths.state / "missing.ovpn")
 
 
@@ -244,7 +160,7 @@ def test_missing_page_template_is_caught_before_any_change(env, tmp_path) -> Non
     from vpnoffload.errors import ConfigError
 
     config, paths, b, tunnels, proc = env
-    paths.config.write_text(CONFIG.replace('target = "8080"', 'target = "8080"\npage = "/nonexistent/page.html.j2"'))
+    paths.config.write_text(DEPLOY_CONFIG.replace('target = "8080"', 'target = "8080"\npage = "/nonexistent/page.html.j2"'))
     fw_before = b.firewall.dump()
     with pytest.raises(ConfigError, match="services.web.page: /nonexistent/page.html.j2 does not exist"):
         deploy.plan_up_vps(cfg.load(paths.config), paths, b)

@@ -7,7 +7,6 @@ import signal
 
 import pytest
 
-from tests.unit.test_deploy import env  # noqa: F401 (the fixture)
 from vpnoffload import plan
 from vpnoffload.deploy.run import Request, execute
 from vpnoffload.errors import ConfigError
@@ -56,7 +55,7 @@ def test_sigterm_halfway_rolls_back_what_was_done() -> None:
         Action("never", lambda: log.append("never"), None),
     ]
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), plan.sigterm_as_interrupt():
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), plan.sigterm_as_interrupt():
         plan.apply(actions)
     assert log == ["one", "two", "undo two", "undo one"]
     assert signal.getsignal(signal.SIGTERM) is before
@@ -77,7 +76,7 @@ def test_an_action_that_half_happened_is_undone_too_when_it_says_so() -> None:
     assert log == ["rules", "started", "stopped", "undo rules"]
     # An all-or-nothing action that fails is not undone: it changed nothing.
     log.clear()
-    with pytest.raises(plan.ApplyError):
+    with pytest.raises(plan.ApplyError, match="No space left on device; nothing else had been changed"):
         plan.apply([Action("atomic", lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")),
                            lambda: log.append("undo atomic"))])
     assert log == []

@@ -176,7 +176,7 @@ def test_service_marks_are_index_based_under_the_mask() -> None:
     c = config()
     assert fw.service_mark(c, "web") == (0x100000, 0xFF00000)
     assert fw.service_mark(c, "git") == (0x300000, 0xFF00000)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="no service named \'nope\'"):
         fw.service_mark(c, "nope")
 
 
@@ -340,7 +340,7 @@ def test_a_jump_into_our_chain_from_a_foreign_chain_is_ours_and_goes_on_down() -
 
 
 def test_fake_write_refuses_content_of_another_table() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="has rules of other tables"):
         FakeBackend().write("nat", fw.vps_ruleset(config()))
 
 
@@ -407,3 +407,51 @@ def test_nft_variant_note(monkeypatch, version: str, warns: bool) -> None:
 def test_nft_variant_note_without_iptables(monkeypatch) -> None:
     monkeypatch.setattr(xtables.shutil, "which", lambda name: None)
     assert xtables.nft_variant_note() is None
+
+
+def test_tables_outside_the_known_order_sort_last_by_name() -> None:
+    from vpnoffload.firewall import planner
+    from vpnoffload.firewall.rules import TABLES
+
+    assert sorted(["zeta", *TABLES, "alpha"], key=planner._table_rank) == [*TABLES, "alpha", "zeta"]
+
+
+def test_policy_refusals_name_their_field() -> None:
+    """Each refusal is one line naming the config field (what the CLI prints for exit 2)."""
+    from dataclasses import replace
+
+    from vpnoffload.firewall import policy
+
+    c = config()
+    cases = [
+        (lambda: fw.service_mark(c, "nope"), "services: no service named 'nope'"),
+        (lambda: fw.vps_ruleset(c, fallback=frozenset({"nope"})), "services: no service named 'nope'"),
+        (lambda: fw.vps_ruleset(c, active={"web": "attic"}),
+         "services.web.homes: 'attic' is not one of web's home boxes"),
+        (lambda: fw.home_ruleset(c, "garage"), "homes: no home named 'garage'"),
+    ]
+    for call, text in cases:
+        with pytest.raises(ConfigError) as caught:
+            call()
+        assert str(caught.value) == text
+    # The mark has room for MAX_SERVICES services: the last one fits, one more does not.
+    many = {f"s{i}": Service(f"s{i}", IPv4Address("203.0.113.10"), 1000 + i, "home", 2000 + i)
+            for i in range(policy.MAX_SERVICES + 1)}
+    crowded = replace(c, services=many)
+    assert fw.service_mark(crowded, f"s{policy.MAX_SERVICES - 1}")[0] == policy.MAX_SERVICES << policy.MARK_SHIFT
+    with pytest.raises(ConfigError) as caught:
+        fw.service_mark(crowded, f"s{policy.MAX_SERVICES}")
+    assert str(caught.value) == f"services: at most {policy.MAX_SERVICES} services are supported"
+
+
+def test_the_page_of_an_https_service_is_the_next_port() -> None:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from vpnoffload.firewall import policy
+
+    c = config()
+    web = c.services["web"]
+    assert policy.fallback_address(c, web) == "203.0.113.10:8503"
+    tls = replace(web, listen_port=443, tls_cert=Path("/c.pem"), tls_key=Path("/k.pem"))
+    assert tls.page_over_tls and policy.fallback_address(c, tls) == "203.0.113.10:8504"

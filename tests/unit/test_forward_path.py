@@ -174,7 +174,7 @@ def test_a_loaded_tunnel_is_not_a_blocked_path() -> None:
 def test_probe_addresses() -> None:
     assert probens.addresses("198.18.255.252/30") == ("198.18.255.253", "198.18.255.254")
     assert probens.addresses("198.18.7.9/30") == ("198.18.7.9", "198.18.7.10")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be a /30"):
         probens.addresses("198.18.0.0/24")
     assert probens.subnet({"VPNOFFLOAD_PROBE_SUBNET": "198.19.0.0/30"}) == "198.19.0.0/30"
     assert len(probens.VPS_DEVICE) <= 15
@@ -230,7 +230,7 @@ def test_probe_namespace_is_made_by_the_watchdog_and_gone_with_it() -> None:
     ns.close()
     assert kernel.ran == [("MainThread", ["link", "del", "vpnoffload-pb"])] and not ns.available()
     assert not any(t.is_alive() for t in threads)
-    with pytest.raises(OSError):
+    with pytest.raises(FileNotFoundError, match="no probe namespace"):
         ns.sockets([(socket.AF_INET, socket.SOCK_STREAM, 0)])
 
 

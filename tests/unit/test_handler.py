@@ -37,12 +37,12 @@ def test_ctrl_c_is_130_and_debug_shows_the_traceback() -> None:
 
     err = io.StringIO()
     assert run_main(interrupted, stderr=err) == ExitStatus.INTERRUPTED and "interrupted" in err.getvalue()
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="bad"):
         run_main(lambda: (_ for _ in ()).throw(ConfigError("bad")), debug=True)
 
 
 def test_a_bug_is_not_hidden() -> None:
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(ZeroDivisionError, match="by zero"):
         run_main(lambda: 1 // 0)
 
 

@@ -240,12 +240,12 @@ def test_failed_step_rolls_back_the_openings_made(config, monkeypatch) -> None:
     rec = SimpleNamespace(host_openings=[], host_found=[])
     before = copy.deepcopy(fake.ruleset)
 
-    def boom() -> None:
-        from vpnoffload.errors import BackendError
+    from vpnoffload.errors import BackendError
 
+    def boom() -> None:
         raise BackendError("simulated")
 
-    with pytest.raises(ApplyError):
+    with pytest.raises(ApplyError, match=r"fail failed: simulated; rolled back \d+ earlier change"):
         plan.apply(host.plan_open(vps_openings(config, "eth0"), rec) + [plan.Action("fail", boom)])
     assert fake.ruleset == before and rec.host_openings == []
 

@@ -11,16 +11,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.unit.test_render import FakePki, check_golden
-from tests.fakes import FakeBackend, FakeRoutingBackend
+from tests.fakes import FakeBackend, FakePki, FakeRoutingBackend
+from tests.helpers import golden
 from vpnoffload import config as cfg
 from vpnoffload import deploy, plan, sysctl
-from vpnoffload.deploy import doctor
-from vpnoffload.firewall import iptc as iptc_backend
-from vpnoffload.firewall import xtables
 from vpnoffload import firewall as fw
 from vpnoffload import routing as rt
+from vpnoffload.deploy import doctor
 from vpnoffload.errors import ApplyError, ConfigError
+from vpnoffload.firewall import iptc as iptc_backend
+from vpnoffload.firewall import xtables
 from vpnoffload.lab.netns import Lab
 from vpnoffload.paths import Paths
 from vpnoffload.pki import Pki
@@ -400,8 +400,8 @@ def test_static_ipv6_setup_keeps_accept_ra(tmp_path: Path) -> None:
 
 def test_golden_server_ipv6() -> None:
     config = parse()
-    check_golden("server-ipv6.conf", server_config(config, run_as="vpnoffload"))
-    check_golden("ccd-home-ipv6", ccd_entry(config, config.homes["home"]))
+    golden("server-ipv6.conf", server_config(config, run_as="vpnoffload"))
+    golden("ccd-home-ipv6", ccd_entry(config, config.homes["home"]))
     assert "ifconfig-ipv6-push fd00:88::33/64 fd00:88::1" in ccd_entry(config, config.homes["attic"])
 
 
@@ -423,7 +423,7 @@ def test_client_profile_takes_the_pushed_ipv6_address() -> None:
 
 @pytest.fixture
 def env6(tmp_path: Path):
-    from tests.unit.test_deploy import FakeTunnel, FakeUsers
+    from tests.fakes import FakeTunnel, FakeUsers
 
     paths = Paths(config=tmp_path / "vpnoffload.toml", state=tmp_path / "state")
     paths.config.write_text(BASE + SERVICES)

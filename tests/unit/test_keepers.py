@@ -108,6 +108,32 @@ def test_pidfile_check_needs_a_live_openvpn_with_our_config(tmp_path: Path) -> N
     assert not homekeeper.openvpn_alive(str(pidfile), "/x.conf")
 
 
+def test_pidfile_check_finds_a_live_openvpn_with_our_config(tmp_path: Path) -> None:
+    """The positive case: without it, a check that always says "no" passes the test above."""
+    import subprocess
+    import sys
+    import time
+
+    # A process whose argv looks like OpenVPN's (argv[0] ends in "openvpn", our config in it).
+    child = subprocess.Popen(["/usr/sbin/openvpn", "-c", "import time; time.sleep(30)", "--config", "/x.conf"],
+                             executable=sys.executable)
+    try:
+        pidfile = tmp_path / "p.pid"
+        pidfile.write_text(f"{child.pid}\n")
+        # Right after exec /proc/PID/cmdline can still read empty: wait until it is the new one.
+        cmdline = Path(f"/proc/{child.pid}/cmdline")
+        deadline = time.monotonic() + 5
+        while b"/x.conf" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert supervise.pidfile_names_openvpn(str(pidfile), "/x.conf")
+        assert homekeeper.openvpn_alive(str(pidfile), "/x.conf")
+        assert not supervise.pidfile_names_openvpn(str(pidfile), "/other.conf")
+    finally:
+        child.kill()
+        child.wait()
+    assert not supervise.pidfile_names_openvpn(str(pidfile), "/x.conf")  # gone (and reaped)
+
+
 def test_one_pid_check_for_every_pidfile(tmp_path: Path) -> None:
     import os
     import subprocess
@@ -137,7 +163,8 @@ def test_decisions_survive_a_wall_clock_step() -> None:
     mid-outage neither delays nor hurries the swap (its loop sleeps on time.monotonic). Tested
     with an injected clock, not libfaketime: LD_PRELOAD is not needed to show a logic that
     never subtracts wall-clock times."""
-    from tests.unit.test_watchdog import Swapper, config, prober
+    from tests.fakes import Swapper, prober
+    from tests.fakes import watchdog_config as config
     from vpnoffload.watch.decide import Watchdog
 
     wall = iter([5000.0, 5000.5, 1400.0, 1400.5, 9e9, 9e9 + 0.5])

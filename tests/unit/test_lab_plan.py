@@ -69,9 +69,9 @@ def test_plan_names_every_device_inside_a_lab_namespace() -> None:
 
 @pytest.mark.parametrize("bad", ["", "a b", "x/y", "-lead", "n" * 41])
 def test_bad_prefixes_and_hosts_are_refused(bad: str) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="is not a usable lab prefix"):
         Lab(bad)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="unknown lab host 'router'"):
         Lab("vtunit").namespace("router")
 
 

@@ -64,11 +64,11 @@ def test_state_dumps_is_json(value: object) -> None:
 
 
 def test_state_dumps_refuses_what_json_would_not_read() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not representable in JSON"):
         watchfile.dumps(float("nan"))
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="keys must be str"):
         watchfile.dumps({1: 2})
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="not JSON serialisable"):
         watchfile.dumps(object())
 
 
@@ -87,7 +87,7 @@ def test_spawn_communicate_and_timeout() -> None:
     out, err = child.communicate(b"hi", 10)
     assert (out.strip(), err.strip(), child.returncode) == (b"HI", b"e", 3)
     slow = spawn.spawn([sys.executable, "-c", "import time; time.sleep(30)"], stdout=True)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match="did not finish within"):
         slow.communicate(b"", 0.2)
     slow.kill()
     assert slow.returncode is not None

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.fakes import FakeBackend, FakeRoutingBackend
-from tests.unit.test_deploy import FakeTunnel, FakeUsers
-from tests.unit.test_render import FakePki, check_golden
+from tests.fakes import FakeBackend, FakePki, FakeRoutingBackend, FakeTunnel, FakeUsers
+from tests.helpers import golden
 from vpnoffload import config as cfg
 from vpnoffload import deploy, firewall, plan
 from vpnoffload.cli.app import app
@@ -100,7 +99,7 @@ def test_bad_nat_keys_name_the_field(vps: str, field: str, words: str) -> None:
 def test_openvpn_binds_the_local_address_and_home_dials_the_public_one() -> None:
     config = config_with()
     text = server_config(config, status_path=Path("/var/lib/vpnoffload/run/status"), run_as="vpnoffload")
-    check_golden("server-nat.conf", text)
+    golden("server-nat.conf", text)
     assert "\nlocal 198.18.0.10\n" in text and "203.0.113.10" not in text
     assert "\nremote 203.0.113.10 1194 udp\n" in client_profile(config, FakePki(), "home")  # type: ignore[arg-type]
 

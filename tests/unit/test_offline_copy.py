@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.prereq import requires
 from vpnoffload.cli.app import app
 from vpnoffload.config.files import parse_text
 from vpnoffload.errors import ConfigError
@@ -131,7 +132,7 @@ def test_body_names_never_come_from_the_path(tmp_path: Path) -> None:
     for bad in ("../index", "index", "x" * 41, None, copies.body_name("/")[:-1] + "g"):
         assert not copies.safe_name(bad)
     for bad in ("", "../x", ".x", "a/b"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="not a service name"):
             copies.service_dir(str(tmp_path), bad)
 
 
@@ -189,7 +190,8 @@ def _job(run: str, server, paths: list[str], max_bytes: int = 1 << 20) -> dict:
                           "host": "blog.example.org", "tls": False, "paths": paths}]}
 
 
-def test_fetch_keeps_cacheable_refuses_private_and_refreshes_conditionally(tmp_path: Path, home) -> None:
+def test_fetch_keeps_cacheable_refuses_private_and_refreshes_conditionally(tmp_path: Path, home,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     run = str(tmp_path)
     _Home.pages = {
         "/": (200, [("Content-Type", "text/html; charset=utf-8"), ("ETag", '"v1"')], b"<p>home</p>"),
@@ -205,12 +207,16 @@ def test_fetch_keeps_cacheable_refuses_private_and_refreshes_conditionally(tmp_p
     first = index["pages"]["/"]
     assert Path(copies.service_dir(run, "blog"), first["file"]).read_bytes() == b"<p>home</p>"
     assert os.stat(copies.service_dir(run, "blog")).st_mode & 0o077 == 0
-    # Refresh: conditional, 304 renews the copy (same file, new time).
+    # Refresh: conditional, 304 renews the copy (same file, new time). The clock moves a
+    # minute on, so "renewed" cannot pass by the old time being kept.
     _Home.seen = []
-    copier.run(_job(run, home, ["/"]))
+    later = first["fetched"] + 60
+    with monkeypatch.context() as clock:
+        clock.setattr(copier.time, "time", lambda: later)
+        copier.run(_job(run, home, ["/"]))
     assert _Home.seen[0]["if-none-match"] == '"v1"'
     again = copies.read_index(run, "blog")["pages"]["/"]
-    assert again["file"] == first["file"] and again["fetched"] >= first["fetched"]
+    assert again["file"] == first["file"] and again["fetched"] == later
     # A failed fetch keeps the old copy; a page that became private is dropped.
     _Home.pages["/"] = (500, [], b"oops")
     copier.run(_job(run, home, ["/"]))
@@ -416,7 +422,7 @@ WEB_OUT = Path("/etc/vpnoffload/web")
 
 
 def _golden(name: str, text: str) -> None:
-    from tests.unit.test_webserver import golden
+    from tests.helpers import golden
 
     golden(name, text)
 
@@ -439,7 +445,7 @@ def test_haproxy_render_documents_the_limitation() -> None:
     assert "offline_copy (/ /about.html): HAProxy's cache cannot" in text
 
 
-@pytest.mark.skipif(not Path("/usr/sbin/nginx").exists(), reason="nginx is not installed")
+@requires(None if Path("/usr/sbin/nginx").exists() else "nginx is not installed (apt-get install nginx-light)")
 def test_real_nginx_accepts_the_kept_pages(tmp_path: Path) -> None:
     import subprocess
 
@@ -455,7 +461,7 @@ def test_real_nginx_accepts_the_kept_pages(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.skipif(not Path("/usr/sbin/haproxy").exists(), reason="haproxy is not installed")
+@requires(None if Path("/usr/sbin/haproxy").exists() else "haproxy is not installed (apt-get install haproxy)")
 def test_real_haproxy_accepts_the_kept_pages(tmp_path: Path) -> None:
     import subprocess
 

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.helpers import wait_until
 from vpnoffload.fallback import page, pageloop
 from vpnoffload.fallback.page import FallbackServer, Loop
 
@@ -20,11 +21,27 @@ def fast(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pageloop, "SWEEP_EVERY", 0.05)
 
 
+class Clock:
+    """The loop's clock, moved by the test: deadlines pass when the test says, not when a
+    loaded machine happens to get there (no fixed sleeps, no race with the deadline)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def serving(server: FallbackServer, **kw) -> tuple[Loop, threading.Thread]:
     loop = Loop([server], **kw)
     thread = threading.Thread(target=loop.run, daemon=True)
     thread.start()
     return loop, thread
+
+
+def conns(loop: Loop, n: int) -> None:
+    """Wait until the loop holds exactly ``n`` connections."""
+    wait_until(f"{n} connections held", lambda: (len(loop.conns) == n, len(loop.conns)), limit=5, interval=0.01)
 
 
 def closed_within(sock: socket.socket, limit: float) -> float | None:
@@ -41,17 +58,37 @@ def closed_within(sock: socket.socket, limit: float) -> float | None:
     return time.monotonic() - start
 
 
+def still_open(sock: socket.socket) -> bool:
+    """True when ``sock`` is neither closed nor reset by the server (and has nothing to read)."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1)  # data or EOF: not an idle open connection
+        return False
+    except BlockingIOError:
+        return True
+    except ConnectionError:
+        return False
+    finally:
+        sock.setblocking(True)
+
+
 def test_whole_head_has_a_deadline_not_each_recv(fast) -> None:
+    clock = Clock()
     server = FallbackServer(("127.0.0.1", 0), {})
-    loop, thread = serving(server)
+    loop, thread = serving(server, clock=clock)
     try:
         with socket.create_connection(server.server_address, timeout=3) as slow:
-            start = time.monotonic()
-            for _ in range(5):  # a byte every 0.2 s: a per-recv timeout of 0.6 s would never fire
+            conns(loop, 1)
+            conn = next(iter(loop.conns.values()))
+            for sent in range(1, 4):  # a byte every 0.2 s: a per-recv timeout of 0.6 s would never fire
                 slow.sendall(b"G")
-                time.sleep(0.2)
-            took = closed_within(slow, 3)
-            assert took is not None and time.monotonic() - start < 1.5
+                wait_until("the byte read", lambda n=sent: (len(conn.head) == n, bytes(conn.head)), limit=5,
+                           interval=0.01)
+                clock.now += 0.2
+            # 0.6 s after the connection came: still within the head's deadline...
+            assert still_open(slow) and len(loop.conns) == 1
+            clock.now += 0.1  # ...0.7 s: past it, though the last byte came only 0.3 s ago
+            assert closed_within(slow, 3) is not None
     finally:
         loop.stop()
         thread.join(3)
@@ -63,17 +100,17 @@ def test_cap_drops_the_oldest_idle_connection_and_serves_the_new_visitor() -> No
     loop, thread = serving(server, max_connections=3)
     idle = []
     try:
-        for _ in range(3):
+        for n in range(1, 4):  # one at a time, so their order is known
             idle.append(socket.create_connection(server.server_address, timeout=3))
-            time.sleep(0.05)
-        time.sleep(0.1)
+            conns(loop, n)
         idle[1].sendall(b"GE")  # active: no longer the oldest idle after idle[0]... and idle[2]
-        time.sleep(0.1)
+        wait_until("idle[1]'s bytes read", lambda: (any(c.head == b"GE" for c in list(loop.conns.values())), None),
+                   limit=5, interval=0.01)
         with socket.create_connection(server.server_address, timeout=3) as visitor:
             visitor.sendall(b"GET / HTTP/1.1\r\n\r\n")
             assert visitor.recv(100).startswith(b"HTTP/1.1 503")
-        assert closed_within(idle[0], 1) is not None  # the oldest idle went first
-        assert closed_within(idle[1], 0.3) is None  # the active one stayed
+        assert closed_within(idle[0], 3) is not None  # the oldest idle went first
+        assert still_open(idle[1]) and still_open(idle[2])  # the active one (and the newer) stayed
         assert len(loop.conns) <= 3
     finally:
         for s in idle:
@@ -99,22 +136,30 @@ def test_oversized_head_gets_the_page_at_once() -> None:
 def test_tls_handshake_has_a_deadline_and_tls_connections_their_own_cap(fast, tmp_path, monkeypatch) -> None:
     import ssl
 
-    from tests.unit.test_fallback import _self_signed
+    from tests.helpers import self_signed
 
-    cert, key = _self_signed(tmp_path)
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    self_signed("blog.example.org", cert, key)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(cert), str(key))
     dest = ("203.0.113.10", 443)
     monkeypatch.setattr(pageloop, "original_destination", lambda sock: dest)
     server = FallbackServer(("127.0.0.1", 0), {dest: b"<p>tls</p>"}, tls_contexts={dest: ctx})
-    loop, thread = serving(server, max_tls=2)
+    clock = Clock()
+    loop, thread = serving(server, max_tls=2, clock=clock)
     try:
-        silent = [socket.create_connection(server.server_address, timeout=3) for _ in range(3)]
-        time.sleep(0.1)
-        assert loop.tls_count <= 2  # the third dropped the oldest
+        silent = []
+        for n in range(1, 4):
+            silent.append(socket.create_connection(server.server_address, timeout=3))
+            if n <= 2:
+                conns(loop, n)
+        assert closed_within(silent[0], 3) is not None  # the third dropped the oldest
+        wait_until("the third admitted", lambda: (loop.tls_count == 2, loop.tls_count), limit=5, interval=0.01)
+        assert still_open(silent[1]) and still_open(silent[2])
         # No ClientHello ever: closed at the handshake deadline, not held.
-        assert closed_within(silent[2], 2) is not None
-        assert loop.tls_count == 0
+        clock.now += 0.7
+        assert closed_within(silent[2], 3) is not None
+        wait_until("no TLS connection left", lambda: (loop.tls_count == 0, loop.tls_count), limit=5, interval=0.01)
         for s in silent:
             s.close()
     finally:
@@ -130,8 +175,8 @@ def test_one_thread_serves_many_connections() -> None:
     socks = []
     try:
         socks = [socket.create_connection(server.server_address, timeout=3) for _ in range(50)]
-        time.sleep(0.2)
-        assert threading.active_count() == before + 1 and len(loop.conns) == 50
+        conns(loop, 50)
+        assert threading.active_count() == before + 1
     finally:
         for s in socks:
             s.close()

@@ -61,7 +61,29 @@ def test_failing_undo_does_not_stop_the_others() -> None:
         Action("b", lambda: log.append("do b"), bad_undo),
         Action("c", lambda: (_ for _ in ()).throw(BackendError("no"))),
     ]
-    with pytest.raises(ApplyError):
+    with pytest.raises(ApplyError, match=r"c failed: no; rolled back 2 earlier change\(s\)"):
         apply(actions)
     assert log == ["do a", "do b", "undo a"]
     assert summaries(actions) == ["a", "b", "c"]
+
+
+def test_each_step_is_logged_and_a_stuck_undo_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    """The log is what an operator reads after a failed `up`: every step, then which undo failed and why."""
+    import logging
+
+    def stuck() -> None:
+        raise BackendError("chain busy")
+
+    caplog.set_level(logging.INFO, logger="vpnoffload.plan")
+    with pytest.raises(ApplyError, match="rolled back 1 earlier change"):
+        apply([Action("add rule", lambda: None, stuck), Action("boom", lambda: (_ for _ in ()).throw(OSError()))])
+    assert [r.getMessage() for r in caplog.records] == ["add rule", "boom", "could not undo 'add rule': chain busy"]
+    assert caplog.records[-1].levelno == logging.ERROR
+
+
+def test_an_os_error_without_strerror_still_says_what_it_was() -> None:
+    def fail() -> None:
+        raise OSError("no such table")
+
+    with pytest.raises(ApplyError, match=r"^boom failed: no such table; nothing else had been changed$"):
+        apply([Action("boom", fail)])

@@ -6,7 +6,6 @@ Rewrite the golden files after an intended template change with
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import stat
@@ -15,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes import FakePki
+from tests.helpers import golden
 from vpnoffload.errors import ConfigError, NotSetUpError
 from vpnoffload.model import Config, Home, Tunnel, Vps
-from vpnoffload.pki import CertInfo, Pki
+from vpnoffload.pki import Pki
 from vpnoffload.render.openvpn import (
     ccd_entry,
     client_profile,
@@ -26,8 +27,6 @@ from vpnoffload.render.openvpn import (
     render_vps,
     server_config,
 )
-
-GOLDEN = Path(__file__).parent / "golden"
 
 
 def make_config(proto: str = "udp", port: int = 1194) -> Config:
@@ -39,49 +38,6 @@ def make_config(proto: str = "udp", port: int = 1194) -> Config:
             "lab-2": Home("lab-2", IPv4Address("198.51.100.11")),
         },
     )
-
-
-def pem(kind: str, body: str) -> str:
-    return f"-----BEGIN {kind}-----\n{body}\n-----END {kind}-----\n"
-
-
-class FakePki:
-    """Fixed PEM text so the golden output is deterministic."""
-
-    server_name = "server"
-
-    def __init__(self, revoked: frozenset[str] = frozenset()) -> None:
-        self.revoked = revoked
-
-    def exists(self, name: str) -> bool:
-        return name in {"server", "home", "lab-2"}
-
-    def info(self, name: str) -> CertInfo:
-        return CertInfo(name, "client", 1, dt.datetime(2036, 1, 1, tzinfo=dt.timezone.utc), name in self.revoked)
-
-    def ca_cert(self) -> str:
-        return pem("CERTIFICATE", "FAKE-CA-CERT")
-
-    def cert(self, name: str) -> str:
-        return pem("CERTIFICATE", f"FAKE-CERT-{name}")
-
-    def key(self, name: str) -> str:
-        return pem("PRIVATE KEY", f"FAKE-KEY-{name}")
-
-    def tls_crypt_key(self) -> str:
-        return pem("OpenVPN Static key V1", "00" * 16)
-
-    def crl(self) -> str:
-        return pem("X509 CRL", "FAKE-CRL")
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        GOLDEN.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"{name} differs from golden (UPDATE_GOLDEN=1 rewrites it)"
 
 
 def mode(path: Path) -> int:
@@ -99,24 +55,24 @@ def directives(text: str) -> list[str]:
 
 def test_golden_server_udp() -> None:
     text = server_config(make_config("udp"), status_path=Path("/var/lib/vpnoffload/run/status"), run_as="vpnoffload")
-    check_golden("server-udp.conf", text)
+    golden("server-udp.conf", text)
 
 
 def test_golden_server_tcp_unprivileged_off() -> None:
-    check_golden("server-tcp.conf", server_config(make_config("tcp", 443), status_path=None, run_as=None))
+    golden("server-tcp.conf", server_config(make_config("tcp", 443), status_path=None, run_as=None))
 
 
 def test_golden_client_udp() -> None:
-    check_golden("home-udp.ovpn", client_profile(make_config("udp"), FakePki(), "home"))  # type: ignore[arg-type]
+    golden("home-udp.ovpn", client_profile(make_config("udp"), FakePki(), "home"))  # type: ignore[arg-type]
 
 
 def test_golden_client_tcp() -> None:
-    check_golden("home-tcp.ovpn", client_profile(make_config("tcp", 443), FakePki(), "home"))  # type: ignore[arg-type]
+    golden("home-tcp.ovpn", client_profile(make_config("tcp", 443), FakePki(), "home"))  # type: ignore[arg-type]
 
 
 def test_golden_ccd() -> None:
     config = make_config()
-    check_golden("ccd-home", ccd_entry(config, config.homes["home"]))
+    golden("ccd-home", ccd_entry(config, config.homes["home"]))
 
 
 # ----- what the settings must be, whatever the golden files say ------------------------------
@@ -169,18 +125,18 @@ def test_ovpn_quote() -> None:
     assert ovpn_quote("/a b/c") == '"/a b/c"'
     assert ovpn_quote('a"b\\c') == '"a\\"b\\\\c"'
     for bad in ("", "a\nb", "a\rb", "a\0b"):
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError, match="cannot be written into an OpenVPN config"):
             ovpn_quote(bad)
 
 
 def test_status_path_with_newline_cannot_inject_directives() -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="cannot be written into an OpenVPN config"):
         server_config(make_config(), status_path=Path("/x\nscript-security 3"), run_as=None)
 
 
 def test_ccd_address_outside_subnet() -> None:
     config = make_config()
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"192\.0\.2\.5 is outside 198\.51\.100\.0/24"):
         ccd_entry(config, Home("home", IPv4Address("192.0.2.5")))
 
 
@@ -191,7 +147,7 @@ def test_client_profile_errors() -> None:
     with pytest.raises(ConfigError, match="revoked"):
         client_profile(config, FakePki(revoked=frozenset({"home"})), "home")  # type: ignore[arg-type]
     config = Config(vps=config.vps, tunnel=config.tunnel, homes={"new": Home("new", IPv4Address("198.51.100.12"))})
-    with pytest.raises(NotSetUpError):
+    with pytest.raises(NotSetUpError, match="has no certificate yet"):
         client_profile(config, FakePki(), "new")  # type: ignore[arg-type]
 
 

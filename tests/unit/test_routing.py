@@ -137,7 +137,7 @@ def test_missing_tunnel_device_fails_with_one_readable_line_and_rolls_back():
 
 
 def test_plan_refuses_state_outside_what_we_own():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="is outside what vpnoffload owns"):
         routing.plan_routing(home_fake(), routing.RoutingState(rules=(Rule(N("192.0.2.1/32"), table=5),)))
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.prereq import need, tool_problem
 from vpnoffload.cli.app import app
 from vpnoffload.errors import ConfigError
 
@@ -153,9 +154,9 @@ def test_parallel_pki_issues_get_distinct_addresses(installed: Path) -> None:
 def test_reserved_names_are_refused_everywhere(cfgfile: Path, name: str) -> None:
     from vpnoffload import config as cfg
 
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"^homes\.(\S+): '\1' is (reserved|not a valid name)"):
         cfg.parse_text(CONFIG.replace("[homes.home]", f"[homes.{name}]"))
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"^services\.(\S+): '\1' is (reserved|not a valid name)"):
         cfg.parse_text(CONFIG + f'[services.{name}]\nlisten = "80"\ntarget = "80"\n')
     one_line_exit_2(run(cfgfile, "service", "add", name, "--listen", "80", "--target", "80"))
 
@@ -174,9 +175,9 @@ def test_one_name_rule_for_config_and_pki() -> None:
     for good in ("a", "home-2", "x" * 32):
         assert cfg.check_name(good, "f") == pki.check_name(good) == good
     for bad in ("x" * 33, "Home", "a.b", "a\n", "-a"):
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError, match="is not a valid name"):
             cfg.check_name(bad, "f")
-        with pytest.raises(ConfigError):
+        with pytest.raises(ConfigError, match="is not a valid name"):
             pki.check_name(bad)
 
 
@@ -189,7 +190,7 @@ def test_one_name_rule_for_config_and_pki() -> None:
 def test_a_trailing_newline_is_refused(text: str) -> None:
     from vpnoffload import config as cfg
 
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=r"\\n' is not"):
         cfg.parse_text(text)
 
 
@@ -311,8 +312,7 @@ def test_units_quote_paths_and_verify(tmp_path: Path) -> None:
     found = units(Paths(odd / "vpnoffload.toml", odd / "state"), "home", "home")
     body = found["vpnoffload-home.service"]
     assert '"' in body and "%%" in body and "$$HOME" in body
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
+    need(tool_problem("systemd-analyze", "apt-get install systemd"))
     unit = tmp_path / "vpnoffload-home.service"
     unit.write_text(body.replace(sys.executable, "/usr/bin/python3"))
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
@@ -324,7 +324,7 @@ def test_the_openvpn_wrapper_quotes_its_paths() -> None:
 
     text = wrapper_text(Path("/srv/my state/server"), "server.conf")
     assert 'cd "/srv/my state/server"\n' in text
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="cannot be written into an OpenVPN config"):
         wrapper_text(Path("/srv/x\nscript-security 3"), "server.conf")
 
 

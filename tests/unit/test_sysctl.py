@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.prereq import BY_DESIGN
 from vpnoffload import sysctl
 from vpnoffload.errors import ApplyError, BackendError
 from vpnoffload.plan import apply, summaries
@@ -95,7 +96,7 @@ def test_missing_key_names_the_key_and_the_device(proc: Path):
         sysctl.read_sysctl("net.ipv4.nope", proc)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+@pytest.mark.skipif(os.geteuid() == 0, reason=BY_DESIGN + "root ignores file permissions")
 def test_permission_denied_names_the_key(proc: Path):
     (proc / "net/ipv4/ip_forward").chmod(0o444)
     with pytest.raises(BackendError, match=r"cannot set net.ipv4.ip_forward = 1: permission denied \(run as root\)"):

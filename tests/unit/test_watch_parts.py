@@ -4,30 +4,28 @@ the systemd unit, metrics, and a swap applied to a fake firewall."""
 from __future__ import annotations
 
 import os
-import sys
-import shutil
 import subprocess
+import sys
 import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
-from vpnoffload import entry, status
 from vpnoffload.lean.snapshot import ConfigView
-
-from vpnoffload.render import pages
-
-from vpnoffload.watch import swap
-from vpnoffload.errors import ConfigError
 from tests.fakes import FakeBackend
+from tests.prereq import need, tool_problem
+from vpnoffload import entry, status
+from vpnoffload.deploy.units import unit_text
+from vpnoffload.errors import ConfigError
 from vpnoffload.firewall import conntrack
-from vpnoffload.watch.health import Result
-from vpnoffload.watch.metrics import exposition
 from vpnoffload.model import Config, Home, Service, Tunnel, Vps
 from vpnoffload.paths import Paths
-from vpnoffload.deploy.units import unit_text
+from vpnoffload.render import pages
+from vpnoffload.watch import swap
 from vpnoffload.watch.decide import Watchdog
+from vpnoffload.watch.health import Result
+from vpnoffload.watch.metrics import exposition
 
 
 def config(page: Path | None = None) -> Config:
@@ -106,8 +104,7 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path: Path) -> None:
                  "ProtectSystem=strict", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
                  "ExecStart=/usr/bin/python3 -I -m vpnoffload --config /etc/vpnoffload/vpnoffload.toml"):
         assert line in text
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
+    need(tool_problem("systemd-analyze", "apt-get install systemd"))
     unit = tmp_path / "vpnoffload-watch.service"
     unit.write_text(text)
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
@@ -144,8 +141,7 @@ def test_boot_units_verify_and_run_up_and_down(tmp_path: Path, end: str, home: s
     assert f" up {end}" in text and f" down {end}" in text and "Type=oneshot" in text
     if home:
         assert "--home home" in text
-    if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze is not installed")
+    need(tool_problem("systemd-analyze", "apt-get install systemd"))
     for name, body in found.items():
         unit = tmp_path / name
         unit.write_text(body.replace(sys.executable, "/usr/bin/python3"))

@@ -3,55 +3,17 @@ boxes in order, warm-up of the swapper, restarts that cut nothing."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 
 import pytest
 
+from tests.fakes import Swapper, prober
+from tests.fakes import watchdog_config as config
 from vpnoffload.errors import BackendError
 from vpnoffload.lean.snapshot import ConfigView
+from vpnoffload.model import Config, Service
 from vpnoffload.watch.health import Result
-from vpnoffload.model import Config, Home, Service, Tunnel, Vps, Watch
 from vpnoffload.watch.decide import Watchdog, believed_targets
-
-
-def config(fall: int = 2, rise: int = 2, backups: tuple[str, ...] = ()) -> Config:
-    return Config(
-        vps=Vps(IPv4Address("203.0.113.10")),
-        tunnel=Tunnel(IPv4Network("198.51.100.0/24")),
-        homes={"home": Home("home", IPv4Address("198.51.100.2")), "attic": Home("attic", IPv4Address("198.51.100.3"))},
-        services={
-            "web": Service("web", IPv4Address("203.0.113.10"), 80, "home", 8080, fallback="page", backups=backups),
-            "git": Service("git", IPv4Address("203.0.113.10"), 22, "home", 2222),
-        },
-        watch=Watch(fall=fall, rise=rise),
-    )
-
-
-class Swapper:
-    def __init__(self) -> None:
-        self.calls: list[tuple[dict, frozenset[str]]] = []
-        self.prepared = 0
-        self.cancelled = 0
-        self.fail = False
-
-    def __call__(self, active, flush: frozenset[str]) -> None:
-        if self.fail:
-            raise BackendError("iptables: locked")
-        self.calls.append((dict(active), flush))
-
-    def prepare(self) -> None:
-        self.prepared += 1
-
-    def cancel(self) -> None:
-        self.cancelled += 1
-
-
-def prober(verdicts: dict[str, str]):
-    """verdicts by "service" or "service@home"."""
-    def probe(svc: Service, home: str, cfg: Config) -> Result:
-        verdict = verdicts.get(f"{svc.name}@{home}", verdicts.get(svc.name, "up"))
-        return Result(verdict, 0.01, verdict)  # type: ignore[arg-type]
-    return probe
 
 
 def test_start_reconciles_and_flushes_only_what_moves() -> None:
@@ -105,7 +67,7 @@ def test_failed_swap_keeps_state_and_retries() -> None:
     dog.start()
     health["git"] = "down"
     swap.fail = True
-    with pytest.raises(BackendError):
+    with pytest.raises(BackendError, match="iptables: locked"):
         dog.tick()
     assert dog.status["git"].state == "forwarding"
     swap.fail = False

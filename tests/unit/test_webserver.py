@@ -17,17 +17,17 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from vpnoffload.deploy import doctor
-
-from vpnoffload.render import webserver
+from tests.helpers import golden
+from tests.prereq import requires, tool_problem
 from vpnoffload import firewall as fw
 from vpnoffload.cli.app import app
 from vpnoffload.config import parse_text
+from vpnoffload.deploy import doctor
 from vpnoffload.errors import ConfigError
-from vpnoffload.watch.health import connect
 from vpnoffload.model import HEALTH_MARK
+from vpnoffload.render import webserver
+from vpnoffload.watch.health import connect
 
-GOLDEN = Path(__file__).parent / "golden"
 OUT = Path("/etc/vpnoffload/web")
 
 BASE = """
@@ -73,13 +73,6 @@ target = "22"
 
 def config(services: str = SERVICES, extra: str = ""):
     return parse_text(BASE + extra + services)
-
-
-def golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text()
 
 
 # ------------------------------------------------------------------ config
@@ -168,7 +161,7 @@ def test_reset_fallback_gets_no_page() -> None:
 
 @pytest.mark.parametrize("bad", ["/etc/my web", "/etc/$x", "/etc/a;b", "/etc/{x}"])
 def test_unsafe_words_are_refused(bad: str) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="cannot be written into a web server config"):
         webserver.nginx_files(config(), Path(bad))
 
 
@@ -189,7 +182,7 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
 
-@pytest.mark.skipif(not Path(NGINX).exists(), reason="nginx is not installed")
+@requires(None if Path(NGINX).exists() else "nginx is not installed (apt-get install nginx-light)")
 def test_real_nginx_accepts_the_render(tmp_path: Path) -> None:
     out = tmp_path / "web"
     webserver.render_nginx(config(), out)
@@ -205,7 +198,7 @@ def test_real_nginx_accepts_the_render(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+@requires(tool_problem("haproxy", "apt-get install haproxy"))
 def test_real_haproxy_accepts_the_render(tmp_path: Path) -> None:
     webserver.render_haproxy(config(), tmp_path)
     proc = subprocess.run(["haproxy", "-c", "-f", str(tmp_path / "vpnoffload.cfg")],

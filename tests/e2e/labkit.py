@@ -1,0 +1,183 @@
+"""The e2e lab's shared steps: visit, status, the watchdog, deploy, kill, crowds through an outage.
+
+Test modules import these from here (or tests/e2e/conftest.py), never from each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import CROWD, cli, cli_argv, configure
+from vpnoffload.lab.netns import Lab, namespace_pids
+from vpnoffload.lab.snapshot import snapshot
+from vpnoffload.procs import alive
+
+HOSTNAME = "blog.example.org"
+
+# Runs in the visitor's namespace: one GET on a new connection, as JSON.
+VISIT = r"""
+import http.client, json, sys, time
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+start = time.monotonic()
+try:
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    c.request("GET", "/whoami", headers={"Host": "blog.example.org"})
+    r = c.getresponse()
+    out = {"status": r.status, "headers": dict(r.getheaders()), "body": r.read().decode("utf-8", "replace")}
+except Exception as e:
+    out = {"status": 0, "error": f"{type(e).__name__}: {e}"}
+out["seconds"] = time.monotonic() - start
+print(json.dumps(out))
+"""
+
+
+def visit(lab: Lab, port: int = 80, timeout: float = 1.0) -> dict:
+    proc = lab.exec("visitor", sys.executable, "-c", VISIT, lab.vps_address, str(port), str(timeout), timeout=timeout + 10)
+    return json.loads(proc.stdout)
+
+
+def until(lab: Lab, want: int, limit: float) -> tuple[float, dict]:
+    """Visit on new connections several times a second until status ``want``; (seconds, last reply)."""
+    start = time.monotonic()
+    last: dict = {}
+    while time.monotonic() - start < limit:
+        last = visit(lab)
+        if last["status"] == want:
+            return time.monotonic() - start, last
+        time.sleep(0.1)
+    pytest.fail(f"no HTTP {want} within {limit} s; last reply: {last}", pytrace=False)
+
+
+def status(lab: Lab, site: Path) -> tuple[int, dict]:
+    proc = cli(lab, "vps", site, "status", "--json", check=False)
+    assert proc.returncode in (0, 1), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def wait_status(lab: Lab, site: Path, want: int, limit: float = 6) -> tuple[int, dict]:
+    deadline = time.monotonic() + limit
+    while True:
+        code, data = status(lab, site)
+        if code == want or time.monotonic() > deadline:
+            assert code == want, data
+            return code, data
+        time.sleep(0.2)
+
+
+def start_watch(lab: Lab, site: Path, log: Path) -> subprocess.Popen:
+    out = open(log, "ab")
+    proc = lab.popen("vps", *cli_argv("-c", str(site / "vpnoffload.toml"), "watch"), stdout=out, stderr=out)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        code, data = status(lab, site)
+        if data["watchdog"]["running"]:
+            return proc
+        assert proc.poll() is None, log.read_text()
+        time.sleep(0.2)
+    pytest.fail(f"watchdog did not start:\n{log.read_text()}", pytrace=False)
+
+
+def report(capsys: pytest.CaptureFixture, text: str) -> None:
+    with capsys.disabled():
+        print(f"\n[failover] {text}", flush=True)
+
+
+WEB = ["web", "--listen", "80", "--target", "8080", "--check", "http:/", "--hostname", HOSTNAME]
+
+
+def home_web(lab: Lab) -> None:
+    lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080")
+    assert lab.wait_tcp("home", "127.0.0.1", 8080)
+
+
+def deploy(lab: Lab, sites: tuple[Path, Path], tmp_path: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    """Configure, start home's web server, up vps, up home, watch; (watchdog, home before up home)."""
+    vps_site, home_site = sites
+    configure(lab, vps_site, home_site, WEB)
+    home_web(lab)
+    cli(lab, "vps", vps_site, "up", "vps")
+    before = snapshot(lab, "home")
+    cli(lab, "home", home_site, "up", "home")
+    watch = start_watch(lab, vps_site, tmp_path / "watch.log")
+    wait_status(lab, vps_site, 0, limit=10)
+    assert visit(lab)["status"] == 200
+    return watch, before
+
+
+def kill(lab: Lab, host: str, *, names: tuple[str, ...] = (), everything: bool = False) -> list[int]:
+    """SIGKILL processes in ``host``'s namespace: by comm name, or all of them (a power cut)."""
+    killed = []
+    for pid in namespace_pids(lab.namespace(host)):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if everything or comm in names:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(p) for p in killed):
+        time.sleep(0.05)
+    return killed
+
+
+def through_outage(lab: Lab, since: float, limit: float = 40,
+                   page_required: bool = True) -> tuple[float | None, float]:
+    """A crowd (5 new connections a second) from now until home serves again: seconds from
+    ``since`` to the first friendly page and to the start of the final run of 200s. Fails if,
+    once the page showed, a visitor got anything but the page or the site, or waited >= 1 s.
+
+    Without ``page_required`` an outage shorter than the watchdog's detection may show no
+    page: then every visitor must have got the site (late, by TCP's SYN retry), none a failure."""
+    proc = lab.exec("visitor", sys.executable, "-c", CROWD, lab.vps_address, "^200 ", "0.2", str(limit), "5",
+                    timeout=limit + 20)
+    results = json.loads(proc.stdout)
+    pages = [done for _, done, reply in results if reply.startswith("503 ")]
+    if not pages and not page_required:
+        assert results and all(r[2].startswith("200 ") for r in results), [r[2][:30] for r in results]
+        return None, min(r[1] for r in results) - since
+    assert pages, f"no friendly page: {[r[2][:30] for r in results]}"
+    first_page = min(pages)
+    not_ok = [i for i, r in enumerate(results) if not r[2].startswith("200 ")]
+    assert not_ok and not_ok[-1] + 1 < len(results), f"site not back within {limit} s"
+    back = results[not_ok[-1] + 1][1]
+    bad = [r for r in results if r[0] > first_page and (r[2][:4] not in ("200 ", "503 ") or r[1] - r[0] >= 1.0)]
+    assert not bad, bad
+    return first_page - since, back - since
+
+
+def wipe_like_a_reboot(lab: Lab, host: str) -> None:
+    """What a reboot loses and the disk keeps: routing policy, our routes, every xtables chain, sysctls."""
+    rules = lab.exec(host, "ip", "rule").stdout
+    for line in rules.splitlines():
+        if "lookup 7701" in line:
+            lab.exec(host, "ip", "rule", "del", *line.split(":", 1)[1].split())
+    lab.exec(host, "ip", "route", "flush", "table", "7701", check=False)
+    for table in ("filter", "nat", "mangle", "raw"):
+        lab.exec(host, "iptables-legacy", "-t", table, "-F", check=False)
+        lab.exec(host, "iptables-legacy", "-t", table, "-X", check=False)
+    lab.exec(host, "nft", "flush", "ruleset", check=False)
+    lab.exec(host, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+
+
+def wait_reply(lab: Lab, url: str, want: str, limit: float) -> tuple[int, str, float]:
+    """Visit ``url`` from the visitor until the reply contains ``want``; (status, body, seconds)."""
+    start = time.monotonic()
+    status, body = 0, ""
+    while time.monotonic() - start < limit:
+        status, body = lab.http_get("visitor", url, timeout=2)
+        if want in f"{status} {body}":
+            return status, body, time.monotonic() - start
+        time.sleep(0.2)
+    pytest.fail(f"{url}: no {want!r} within {limit} s; last reply {status} {body[:200]!r}", pytrace=False)
