@@ -128,7 +128,7 @@ def test_container_at_home_behind_two_vpses(lab2vps: Lab, root: Path) -> None:
     """The target in a container behind Docker's published port (rules written by hand as
     dockerd writes them): its replies carry the container's address, so only each tunnel's
     own connection mark brings them back through the tunnel they came in on."""
-    from tests.e2e.test_container_home import CONTAINER, INSIDE, PUBLISHED, make_container_home
+    from tests.e2e.labkit import CONTAINER, INSIDE, PUBLISHED, make_container_home
     from tests.nslib import namespaces, unique
     from vpnoffload.lab.netns import child_env
     import subprocess

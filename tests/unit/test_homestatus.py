@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_hometunnels import config_text, write
+from tests.helpers import home_box_config as config_text
+from tests.helpers import write_home_box_config as write
 from vpnoffload import homestatus, record
 from vpnoffload.errors import ExitStatus
 from vpnoffload.hometunnels import Slot

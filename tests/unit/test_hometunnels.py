@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.fakes import FakeBackend, FakeRoutingBackend
+from tests.helpers import home_box_config as config_text
+from tests.helpers import write_home_box_config as write
 from vpnoffload import config as cfg
 from vpnoffload import deploy, firewall, hometunnels, plan, record
 from vpnoffload.errors import ConfigError, ExitStatus
@@ -17,20 +19,6 @@ from vpnoffload.hometunnels import Slot
 from vpnoffload.model import HOME_MARK, ROUTE_TABLE, RULE_PRIORITY, TUNNEL_DEVICE
 from vpnoffload.paths import Paths
 from vpnoffload.routing import Address
-
-
-def config_text(vps: str, subnet: str, port: int = 1194) -> str:
-    home = IPv4Network(subnet).network_address + 2
-    return (f'[vps]\naddress = "{vps}"\n[tunnel]\nsubnet = "{subnet}"\nport = {port}\n'
-            f'[homes.home]\naddress = "{home}"\n[services.web]\nlisten = "80"\ntarget = "8080"\n')
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    (path.parent / "state").mkdir(exist_ok=True)
-    (path.parent / "state" / "home.ovpn").write_text("client\n")
-    return path
 
 
 # ------------------------------------------------------------------ slots
