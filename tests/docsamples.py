@@ -108,6 +108,7 @@ def debian_vps(mp: pytest.MonkeyPatch, scratch: Path) -> Iterator[None]:
 
     which = {"openvpn": "/usr/sbin/openvpn", "iptables": "/usr/sbin/iptables"}
     mp.setattr(shutil, "which", lambda name, *a, **k: which.get(name))
+    mp.setattr("vpnoffload.watch.flows.conntrack_binary", lambda: "/usr/sbin/conntrack")
     mp.setattr("os.geteuid", lambda: 0)
     mp.setattr(proc, "run", _fake_run)
     mp.setattr(doctor.check_tun, "__defaults__", (_Present("/dev/net/tun"),))
@@ -139,9 +140,17 @@ def _status_file(path: Path, connected: bool = True) -> None:
 
 
 def _watch_state(run: Path, services: list[dict[str, object]]) -> None:
+    """What the watchdog publishes every round: its services, each home's last answer through the
+    tunnel (it answered this round while any service is healthy), OpenVPN's live client list."""
     from vpnoffload.watchfile import write_state
 
-    write_state(run / "watch.json", {"pid": PID, "updated": NOW - 0.3, "services": services})
+    answered = any(s["healthy"] for s in services)
+    client = {"real_address": "192.0.2.66:51095", "since": CONNECTED_SINCE, "since_time": int(NOW) - 3600,
+              "bytes_received": 183004, "bytes_sent": 2201145}
+    write_state(run / "watch.json", {
+        "pid": PID, "updated": NOW - 0.3, "interval": 0.5,
+        "homes": {"home": {"answered": answered, "last_answer": NOW - 0.3 if answered else NOW - 4.2}},
+        "openvpn": {"clients": {"home": client}, "read_at": NOW - 0.3}, "services": services})
 
 
 def _seen(name: str, state: str, active: str | None, healthy: bool, latency: float | None, detail: str,
@@ -187,11 +196,11 @@ def doctor_fresh() -> str:
     raise AssertionError("unreachable")
 
 
-HEALTHY = [_seen("blog", "forwarding", "home", True, 0.0052, "http 200", "", NOW - 3, 0)]
-FAILING = [_seen("blog", "fallback", None, False, 0.6011, "connect: timed out", "home unreachable", NOW - 5, 1,
-                 NOW - 5),
-           _seen("shop", "fallback", None, False, 0.6011, "connect: timed out", "home unreachable", NOW - 5, 1,
-                 NOW - 5)]
+HEALTHY = [_seen("blog", "forwarding", "home", True, 0.0052, "http 200", "", NOW - 3, 0, NOW - 0.3)]
+FAILING = [_seen("blog", "fallback", None, False, 0.5004, "connect: timed out", "home unreachable", NOW - 3, 1,
+                 NOW - 0.3),
+           _seen("shop", "fallback", None, False, 0.5004, "connect: timed out", "home unreachable", NOW - 3, 1,
+                 NOW - 0.3)]
 
 
 def _status(config: str, services: list[dict[str, object]], *args: str) -> str:

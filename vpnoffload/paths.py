@@ -56,6 +56,11 @@ class Paths:
         return self.run / runfiles.OPENVPN_SERVER_STATUS
 
     @property
+    def server_management(self) -> Path:
+        """OpenVPN's management socket on the VPS: the live client list (root only)."""
+        return self.run / runfiles.OPENVPN_SERVER_MANAGEMENT
+
+    @property
     def watch_state(self) -> Path:
         """The watchdog's published view (states, last checks), read by ``status``."""
         return self.run / runfiles.WATCH_STATE

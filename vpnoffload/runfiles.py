@@ -29,6 +29,8 @@ SERVER_KEEPER_STATE, SERVER_KEEPER_LOG = "server-keeper.json", "server-keeper.lo
 HOSTFW_STATUS = "hostfw.json"
 #: OpenVPN's status file on the VPS (the connected homes).
 OPENVPN_SERVER_STATUS = "openvpn-server.status"
+#: OpenVPN's management socket on the VPS (``vpnoffload.lean.ovpn``: the live client list).
+OPENVPN_SERVER_MANAGEMENT = "openvpn-server.mgmt"
 
 
 def record(end: str) -> str:

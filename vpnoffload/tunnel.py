@@ -35,6 +35,32 @@ class Tunnel(Protocol):
     def wait_ready(self, timeout: float) -> None: ...
 
 
+def connected_clients(status_file: Path, max_age: float = 30.0) -> dict[str, dict[str, str]]:
+    """Common name -> CLIENT_LIST columns, from the status-version 3 file the VPS's OpenVPN
+    writes (``status`` in templates/server.conf.j2).
+
+    A file older than ``max_age`` seconds (OpenVPN rewrites it every 2 s) means
+    OpenVPN is not updating it: nobody counts as connected.
+    """
+    import csv
+
+    try:
+        if time.time() - status_file.stat().st_mtime > max_age:
+            return {}
+        text = status_file.read_text(errors="replace")
+    except OSError:
+        return {}
+    header: list[str] = []
+    clients: dict[str, dict[str, str]] = {}
+    for row in csv.reader(text.splitlines(), delimiter="\t"):
+        if len(row) > 1 and row[0] == "HEADER" and row[1] == "CLIENT_LIST":
+            header = row[1:]
+        elif row and row[0] == "CLIENT_LIST" and header:
+            entry = dict(zip(header, row))
+            clients[entry.get("Common Name", "")] = entry
+    return clients
+
+
 def openvpn_binary() -> str:
     path = shutil.which("openvpn") or next((p for p in ("/usr/sbin/openvpn", "/sbin/openvpn") if os.path.exists(p)), None)
     if path is None:

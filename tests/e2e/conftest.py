@@ -106,13 +106,8 @@ TUNNEL_SUBNET = "198.51.100.0/24"
 HOME_TUNNEL_ADDRESS = "198.51.100.2"
 
 
-@pytest.fixture
-def sites() -> Iterator[tuple[Path, Path]]:
-    """Config dirs for the VPS and the home box, world-traversable like /etc/vpnoffload.
-
-    OpenVPN drops to an unprivileged user and must then still read the CRL and
-    per-home files, so the directories cannot be pytest's 0700 tmp dirs.
-    """
+@contextlib.contextmanager
+def _site_dirs() -> Iterator[tuple[Path, Path]]:
     import shutil
     import tempfile
 
@@ -125,6 +120,32 @@ def sites() -> Iterator[tuple[Path, Path]]:
         yield vps, home
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def sites() -> Iterator[tuple[Path, Path]]:
+    """Config dirs for the VPS and the home box, world-traversable like /etc/vpnoffload.
+
+    OpenVPN drops to an unprivileged user and must then still read the CRL and
+    per-home files, so the directories cannot be pytest's 0700 tmp dirs.
+    """
+    with _site_dirs() as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def module_lab() -> Iterator[Lab]:
+    """One lab shared by the tests of a module: each test must leave it as it found it
+    (the fault catalogue and the truth tests undo every fault they make)."""
+    with _test_lab("e2m") as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def module_sites() -> Iterator[tuple[Path, Path]]:
+    """``sites`` for a ``module_lab``."""
+    with _site_dirs() as made:
+        yield made
 
 
 def cli(lab: Lab, host: str, site: Path, *args: str, check: bool = True, timeout: float = 90):

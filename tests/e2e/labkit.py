@@ -185,6 +185,28 @@ def wait_reply(lab: Lab, url: str, want: str, limit: float) -> tuple[int, str, f
     pytest.fail(f"{url}: no {want!r} within {limit} s; last reply {status} {body[:200]!r}", pytrace=False)
 
 
+# ------------------------------------------------------------------ blocks on the VPS (forward path, truth, faults)
+
+#: The brief's block, with the chain renamed: "fwd" is an nft keyword (the netdev fwd statement).
+BLOCK = [
+    ["nft", "add", "table", "inet", "blk"],
+    ["nft", "add", "chain", "inet", "blk", "drops", "{ type filter hook forward priority 0; }"],
+    ["nft", "add", "rule", "inet", "blk", "drops", "oifname", "vpnoffload0", "drop"],
+]
+UNBLOCK = [["nft", "delete", "table", "inet", "blk"]]
+HOME = "198.51.100.2"  # the home's tunnel address in TUNNEL_SUBNET
+#: Issue 21: only the service's own forwarded port is dropped (home still answers ping and the
+#: direct check): in a forward-hook chain before everyone else's, and in iptables' FORWARD.
+PORT_BLOCK = [
+    ["nft", "add", "table", "ip", "blk"],
+    ["nft", "add", "chain", "ip", "blk", "drops", "{ type filter hook forward priority -10; }"],
+    ["nft", "add", "rule", "ip", "blk", "drops", "ip", "daddr", HOME, "tcp", "dport", "8080", "drop"],
+]
+PORT_UNBLOCK = [["nft", "delete", "table", "ip", "blk"]]
+IPTABLES_BLOCK = [["iptables", "-I", "FORWARD", "-d", HOME, "-p", "tcp", "--dport", "8080", "-j", "DROP"]]
+IPTABLES_UNBLOCK = [["iptables", "-D", "FORWARD", "-d", HOME, "-p", "tcp", "--dport", "8080", "-j", "DROP"]]
+
+
 # -- a home box shaped as Docker makes it (a container behind a published port)
 
 BRIDGE = "docker0"

@@ -14,17 +14,14 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import cli, cli_argv, configure
+from tests.e2e.labkit import BLOCK, IPTABLES_BLOCK, IPTABLES_UNBLOCK, PORT_BLOCK, PORT_UNBLOCK, UNBLOCK
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
 pytestmark = pytest.mark.root
 
-#: The brief's block, with the chain renamed: "fwd" is an nft keyword (the netdev fwd statement).
-BLOCK = [
-    ["nft", "add", "table", "inet", "blk"],
-    ["nft", "add", "chain", "inet", "blk", "drops", "{ type filter hook forward priority 0; }"],
-    ["nft", "add", "rule", "inet", "blk", "drops", "oifname", "vpnoffload0", "drop"],
-]
+BLOCKS = {"all-into-tunnel": (BLOCK, UNBLOCK), "nft-port-8080": (PORT_BLOCK, PORT_UNBLOCK),
+          "iptables-forward-8080": (IPTABLES_BLOCK, IPTABLES_UNBLOCK)}
 
 
 def status(lab: Lab, site: Path) -> tuple[int, dict]:
@@ -49,8 +46,9 @@ def probe_link(lab: Lab) -> bool:
     return lab.exec("vps", "ip", "link", "show", "vpnoffload-pb", check=False).returncode == 0
 
 
+@pytest.mark.parametrize("block", sorted(BLOCKS))
 def test_forward_path_blocked_on_the_vps_page_then_back(lab: Lab, sites: tuple[Path, Path], tmp_path: Path,
-                                                         capsys) -> None:
+                                                         capsys, block: str) -> None:
     vps_site, home_site = sites
     configure(lab, vps_site, home_site, ["web", "--listen", "80", "--target", "8080", "--check", "http:/"])
     lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080")
@@ -59,7 +57,7 @@ def test_forward_path_blocked_on_the_vps_page_then_back(lab: Lab, sites: tuple[P
 
     cli(lab, "vps", vps_site, "up", "vps")
     assert not probe_link(lab)  # `up` makes no probe: the watchdog owns it
-    _blocked_then_fixed(lab, vps_site, home_site, tmp_path, capsys)
+    _blocked_then_fixed(lab, vps_site, home_site, tmp_path, capsys, *BLOCKS[block])
     _gone_with_a_killed_watchdog(lab, vps_site, tmp_path)
     cli(lab, "home", home_site, "down", "home")
     cli(lab, "vps", vps_site, "down", "vps")
@@ -77,7 +75,8 @@ def _gone_with_a_killed_watchdog(lab: Lab, vps_site: Path, tmp_path: Path) -> No
     until("the probe link goes with the killed watchdog", lambda: (not probe_link(lab), None), 5)
 
 
-def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Path, capsys) -> None:
+def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Path, capsys,
+                        block: list[list[str]], unblock: list[list[str]]) -> None:
     cli(lab, "home", home_site, "up", "home")
     log = tmp_path / "watch.log"
     with open(log, "ab") as out:
@@ -96,7 +95,9 @@ def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Pat
     assert probe_link(lab), (tmp_path / "watch.log").read_text()
 
     blocked_at = time.monotonic()
-    for argv in BLOCK:
+    # iptables (the nft variant) makes `table ip filter` for its rule; removing the rule leaves the table.
+    had_filter = lab.exec("vps", "nft", "list", "table", "ip", "filter", check=False).returncode == 0
+    for argv in block:
         lab.exec("vps", *argv)
     try:
         def blocked() -> tuple[bool, object]:
@@ -113,7 +114,10 @@ def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Pat
         time.sleep(2)
         assert lab.http_get("visitor", url, timeout=1)[0] == 503
     finally:
-        lab.exec("vps", "nft", "delete", "table", "inet", "blk", check=False)
+        for argv in unblock:
+            lab.exec("vps", *argv, check=False)
+        if not had_filter:
+            lab.exec("vps", "nft", "delete", "table", "ip", "filter", check=False)
     fixed_at = time.monotonic()
     took_back = until("the site is back", served, 10)
     until("status ok again", healthy, max(1.0, 10 - (time.monotonic() - fixed_at)))

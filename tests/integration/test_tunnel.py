@@ -11,9 +11,11 @@ import contextlib
 import os
 import pwd
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -220,3 +222,62 @@ def test_tcp_tunnel_comes_up(tmp_path: Path) -> None:
             with openvpn(home, tmp_path / "home.log", "--config", str(tmp_path / "home.ovpn")) as client:
                 assert client.wait_for(READY), client.text() + server.text()
                 assert tunnel_echo(vps, home) == "198.51.100.10"
+
+
+_NOBODY_ASKS = """
+import os, socket, sys
+os.setgid(65534); os.setuid(65534)
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(3)
+s.connect(sys.argv[1])
+try:
+    s.sendall(b"status 3\\n")
+    print(repr(s.recv(4096)))
+except OSError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_management_socket_lists_homes_live_and_only_for_root(tmp_path: Path) -> None:
+    """Issue 21 item 1: the server's management interface (a unix socket, root only) gives the
+    watchdog OpenVPN's client list in real time: the home while connected, gone once it leaves."""
+    from vpnoffload.lean import ovpn
+
+    config = make_config("tcp")
+    pki = Pki.create(tmp_path / "pki")
+    pki.issue("home")
+    render_home(config, pki, "home", tmp_path)
+    # Where uid 65534 can reach the socket (pytest's own tree is 0700 root), so it meets OpenVPN's check.
+    reachable = Path(tempfile.mkdtemp(prefix="vpnoffload-mgmt-"))
+    reachable.chmod(0o755)
+    sock = reachable / "m.sock"
+    with contextlib.ExitStack() as cleanup, lab() as (vps, home):
+        cleanup.callback(shutil.rmtree, reachable, True)
+        render_vps(config, pki, tmp_path / "server", run_as=None, management_path=sock)
+        with openvpn(vps, tmp_path / "server.log", "--cd", str(tmp_path / "server"), "--config", "server.conf") as server:
+            assert server.wait_for(READY), server.text()
+            mgmt = ovpn.Management(str(sock))
+            try:
+                assert mgmt.clients() == {}
+                with openvpn(home, tmp_path / "home.log", "--config", str(tmp_path / "home.ovpn")) as client:
+                    assert client.wait_for(READY), client.text() + server.text()
+                    deadline = time.monotonic() + WAIT
+                    while "home" not in (seen := mgmt.clients() or {}):
+                        assert time.monotonic() < deadline, server.text()
+                        time.sleep(0.2)
+                    assert str(seen["home"]["real_address"]).startswith(HOME_ADDR + ":"), seen
+                    assert isinstance(seen["home"]["bytes_received"], int) and seen["home"]["bytes_received"] > 0
+                    assert isinstance(seen["home"]["since_time"], int)
+                    # Anyone but root is turned away by OpenVPN itself, whatever the socket's mode
+                    # (it serves one client at a time: ours hangs up first).
+                    mgmt.close()
+                    other = subprocess.run([sys.executable, "-I", "-c", _NOBODY_ASKS, str(sock)], capture_output=True,
+                                           text=True, timeout=20)
+                    assert "CLIENT_LIST" not in other.stdout and "TITLE" not in other.stdout, other.stdout
+                    assert "client connection rejected" in server.text(), other.stdout + other.stderr
+                left = time.monotonic()
+                while (now := mgmt.clients()) is None or "home" in now:
+                    assert time.monotonic() - left < 5, f"the home stays listed after it left: {now}\n{server.text()}"
+                    time.sleep(0.2)
+            finally:
+                mgmt.close()

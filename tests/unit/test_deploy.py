@@ -165,3 +165,16 @@ def test_missing_page_template_is_caught_before_any_change(env, tmp_path) -> Non
     with pytest.raises(ConfigError, match="services.web.page: /nonexistent/page.html.j2 does not exist"):
         deploy.plan_up_vps(cfg.load(paths.config), paths, b)
     assert b.firewall.dump() == fw_before
+
+
+def test_doctor_warns_when_the_conntrack_tool_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vpnoffload.deploy import doctor
+    from vpnoffload.watch import flows
+
+    monkeypatch.setattr(flows, "conntrack_binary", lambda: None)
+    missing = doctor.check_conntrack_tool()
+    assert (missing.level, missing.hint) == ("warn", "apt-get install conntrack")
+    assert "busy service from a blocked path" in missing.detail
+    monkeypatch.setattr(flows, "conntrack_binary", lambda: "/usr/sbin/conntrack")
+    found = doctor.check_conntrack_tool()
+    assert (found.level, found.detail) == ("ok", "conntrack tool at /usr/sbin/conntrack")

@@ -149,26 +149,89 @@ def test_forward_probe_without_sockets_is_no_evidence() -> None:
     assert health.forward_probe(lambda specs: [None, None], "203.0.113.10", 80, 0.5, "198.51.100.2") is None
 
 
+class Flows:
+    """watch.flows.FlowEvidence with its answer set by the test: replies per (mark, home)."""
+
+    def __init__(self) -> None:
+        self.flowing: dict[tuple[int, str], bool | None] = {}
+        self.asked: list[tuple[int, int, str]] = []
+        self.forgotten: list[tuple[int, str]] = []
+
+    def replies_flowing(self, mark: int, mask: int, home: str) -> bool | None:
+        self.asked.append((mark, mask, home))
+        return self.flowing.get((mark, home))
+
+    def forget(self, mark: int, home: str) -> None:
+        self.forgotten.append((mark, home))
+
+
 def test_a_loaded_tunnel_is_not_a_blocked_path() -> None:
-    """1000 visitors: the forward check's SYN and ping get lost in the tunnel while home's replies
-    pour in (thousands of packets a round). That is load, not a block: no failover. A refusal
-    (a reject rule answers) is still a block, whatever the traffic."""
-    forward, swap = Forward(), Swapper()
+    """1000 visitors: the forward check's SYN gets lost in the tunnel while the service's own
+    visitors are still answered (conntrack, its connmark). That is load, not a block: no failover.
+    The tunnel's total traffic no longer counts. A refusal (a reject rule answers) is still a
+    block, whatever the flows."""
+    forward, swap, flows = Forward(), Swapper(), Flows()
     packets = iter(range(0, 10_000_000, 5_000))
     one_home = Config(vps=config().vps, tunnel=config().tunnel, homes={"home": config().homes["home"]},
                       services=config().services, watch=Watch(fall=2, rise=2))
-    dog = Watchdog(ConfigView.of(one_home), swap, up, forward=forward, activity=lambda: next(packets))
+    dog = Watchdog(ConfigView.of(one_home), swap, up, forward=forward, activity=lambda: next(packets), flows=flows)
     dog.start({})
     forward.blocked = True
+    flows.flowing[(0x100000, "198.51.100.2")] = True
     for _ in range(5):
         dog.tick()
     assert dog.status["web"].active == "home" and dog.status["web"].healthy
-    assert dog.status["web"].reason == health.BUSY and "visitors' traffic still flows" in dog.status["web"].detail
+    assert dog.status["web"].reason == health.BUSY and "its visitors are still answered" in dog.status["web"].detail
+    assert flows.asked[-1] == (0x100000, 0x0FF00000, "198.51.100.2")
     refused = Result("down", 0.0, "connect: Connection refused", reason=health.TARGET_REFUSED)
     dog.forward = lambda svc, home, cfg, visitor: refused
     dog.tick()
     dog.tick()
     assert dog.status["web"].active is None and dog.status["web"].reason == health.PATH_BLOCKED
+
+
+@pytest.mark.parametrize("evidence", [False, None])
+def test_a_lost_check_with_unanswered_visitors_is_a_block(evidence) -> None:
+    """Home answers the direct check (and would answer ping), the tunnel is busy with other
+    traffic, but this service's visitors get no answers (or there is no reading yet): blocked."""
+    forward, swap, flows = Forward(), Swapper(), Flows()
+    packets = iter(range(0, 10_000_000, 5_000))
+    one_home = Config(vps=config().vps, tunnel=config().tunnel, homes={"home": config().homes["home"]},
+                      services=config().services, watch=Watch(fall=2, rise=2))
+    dog = Watchdog(ConfigView.of(one_home), swap, up, forward=forward, activity=lambda: next(packets), flows=flows)
+    dog.start({})
+    forward.blocked = True
+    flows.flowing[(0x100000, "198.51.100.2")] = evidence
+    dog.tick()
+    dog.tick()
+    assert dog.status["web"].active is None and dog.status["web"].reason == health.PATH_BLOCKED
+
+
+def test_flows_are_asked_only_for_the_home_the_service_is_on() -> None:
+    """On fallback the check goes straight to home (no visitors there): no flow can rescue it."""
+    forward, swap, flows = Forward(), Swapper(), Flows()
+    dog = Watchdog(ConfigView.of(config()), swap, up, forward=forward, flows=flows)
+    dog.start({})
+    forward.blocked = True
+    dog.tick()
+    dog.tick()
+    assert dog.status["web"].active is None
+    flows.asked.clear()
+    flows.flowing[(0x100000, "198.51.100.2")] = True
+    dog.tick()
+    dog.tick()
+    assert flows.asked == [] and dog.status["web"].active is None
+    forward.blocked = False
+    dog.tick()
+    assert (0x100000, "198.51.100.2") in flows.forgotten
+
+
+def test_the_watchdog_mark_is_the_firewall_mark() -> None:
+    from vpnoffload.firewall.policy import service_mark as firewall_mark
+    from vpnoffload.watch.decide import service_mark
+
+    cfg = config()
+    assert service_mark(0) == firewall_mark(cfg, "web")
 
 
 def test_probe_addresses() -> None:
@@ -306,3 +369,21 @@ def test_every_reason_has_advice() -> None:
     from vpnoffload.status import ADVICE
 
     assert set(health.REASONS) - {health.BUSY} == set(ADVICE)
+
+
+def test_at_start_a_lost_check_gets_a_second_reading_of_the_flows() -> None:
+    """A watchdog restarted under load decides at once: its first reading has no baseline, so it
+    reads again a moment later instead of sending visitors to the page."""
+    forward, swap = Forward(), Swapper()
+    forward.blocked = True
+    answers = iter([None, True])
+
+    class Once(Flows):
+        def replies_flowing(self, mark, mask, home):
+            self.asked.append((mark, mask, home))
+            return next(answers)
+
+    flows = Once()
+    dog = Watchdog(ConfigView.of(config()), swap, up, forward=forward, flows=flows)
+    dog.start({})
+    assert len(flows.asked) == 2 and dog.status["web"].active == "home" and dog.status["web"].reason == health.BUSY

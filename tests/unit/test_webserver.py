@@ -285,7 +285,7 @@ def test_status_shows_the_path() -> None:
     from vpnoffload.status import _service, render_text
 
     cfg = config()
-    rows = {name: _service(cfg, name, None, None) for name in ("blog", "git")}
+    rows = {name: _service(cfg, name, None, None).as_dict() for name in ("blog", "git")}
     assert rows["blog"]["path"] == "proxy via nginx" and rows["git"]["path"] == "dnat"
     data = {"tunnel": {"up": True, "server_running": True, "homes": []},
             "watchdog": {"running": False, "pid": None}, "services": list(rows.values())}

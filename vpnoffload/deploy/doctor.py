@@ -50,6 +50,17 @@ def check_openvpn() -> Finding:
     return Finding("ok", "openvpn", f"openvpn {version} at {path}")
 
 
+def check_conntrack_tool() -> Finding:
+    """The watchdog's flow evidence (watch/flows.py) reads conntrack with this tool."""
+    from vpnoffload.watch.flows import conntrack_binary
+
+    path = conntrack_binary()
+    if path:
+        return Finding("ok", "conntrack", f"conntrack tool at {path}")
+    return Finding("warn", "conntrack", "the conntrack tool is missing: under load the watchdog cannot tell "
+                   "a busy service from a blocked path", "apt-get install conntrack")
+
+
 def check_legacy_iptables() -> Finding:
     try:
         from vpnoffload.firewall.iptc import IptcBackend
@@ -282,6 +293,7 @@ def all_checks(config: Config | None, end: str = "vps", config_path: Path | None
             findings += check_host_firewall(config)
         return findings + (check_home_box(config_path) if config_path is not None else [])
     findings.append(check_forwarding_config())
+    findings.append(check_conntrack_tool())
     findings.append(check_ipv6(config))
     if findings[0].level == "ok":  # reading nft needs root
         findings += check_host_firewall(config)

@@ -42,8 +42,11 @@ def _server_config_actions(config: Config, paths: Paths, tunnel: Daemon) -> list
 
     pki = pki_mod.Pki.open(paths.pki)
     scratch = scratch_dir(paths)
+    from vpnoffload.lean import ovpn
+
+    management = paths.server_management
     render.render_vps(config, pki, scratch, status_path=paths.server_status, run_as=users.RUN_AS,
-                      set_mode=True)
+                      set_mode=True, management_path=management if ovpn.usable(str(management)) else None)
     return _install_actions(scratch, paths.server_dir, tunnel, "OpenVPN server config", "OpenVPN server",
                             SERVER_READY_TIMEOUT)
 
@@ -157,11 +160,18 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     return actions
 
 
+CONNTRACK_ACCT = "net.netfilter.nf_conntrack_acct"
+
+
 def _vps_sysctls(config: Config, interface: str, backends: Backends) -> dict[str, str]:
     """IPv4 forwarding always; IPv6 forwarding (and RA kept on) only for IPv6 services."""
     from vpnoffload import sysctl
 
     desired = sysctl.vps_sysctls()
+    # Reply packet counts per connection: the watchdog's evidence that a service's visitors are
+    # still answered under load (watch/flows.py). Only where conntrack is loaded; down restores it.
+    if sysctl.key_path(CONNTRACK_ACCT, backends.proc_root).exists():
+        desired[CONNTRACK_ACCT] = "1"
     if config.ipv6_services:
         desired |= sysctl.vps_ipv6_sysctls(interface, proc_root=backends.proc_root)
     return desired
@@ -219,6 +229,10 @@ def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
     tunnel = server_tunnel(paths, backends)
     if tunnel.running():
         actions.append(Action("stop OpenVPN server", tunnel.stop, None))
+    if paths.server_management.is_socket():
+        # OpenVPN removes it when it stops, unless it no longer may (it dropped root) or was killed.
+        actions.append(Action(f"remove OpenVPN's management socket {paths.server_management}",
+                              lambda: paths.server_management.unlink(missing_ok=True), None))
     pages = page_server(paths, backends)
     if pages.running():
         actions.append(Action("stop friendly-page server", pages.stop, None))

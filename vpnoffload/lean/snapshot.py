@@ -77,7 +77,7 @@ def config_data(config: Config) -> dict[str, Any]:
             "check_kind": svc.check.kind, "check_path": svc.check.path, "hostname": svc.hostname,
             "fallback": svc.fallback, "serves_page": svc.serves_page, "page_over_tls": svc.page_over_tls,
             "ipv6": svc.ipv6 and svc.via == "dnat", "listen_address": key(svc.listen_address),
-            "listen_port": svc.listen_port, "via": svc.via,
+            "listen_port": svc.listen_port, "via": svc.via, "proto": svc.proto,
             # What visitors' packets carry on arrival: the private address on a 1:1-NAT cloud.
             "local_address": key(config.vps.local_of(svc.listen_address)),
             "tls_cert": str(svc.tls_cert) if svc.tls_cert else None, "tls_key": str(svc.tls_key) if svc.tls_key else None,
@@ -147,7 +147,7 @@ class ServiceView:
 
     __slots__ = ("name", "homes", "home", "backups", "target_port", "check", "hostname", "fallback", "serves_page",
                  "page_over_tls", "ipv6", "listen_address", "listen_port", "via", "tls_cert", "tls_key",
-                 "offline_copy", "offline_banner", "local_address")
+                 "offline_copy", "offline_banner", "local_address", "proto")
 
     def __init__(self, d: dict[str, Any]) -> None:
         self.name, self.homes = d["name"], tuple(d["homes"])
@@ -160,6 +160,7 @@ class ServiceView:
         self.tls_cert, self.tls_key = d["tls_cert"], d["tls_key"]
         self.offline_copy, self.offline_banner = tuple(d.get("offline_copy", ())), d.get("offline_banner", True)
         self.local_address = d.get("local_address", self.listen_address)
+        self.proto = d.get("proto", "tcp")  # the visitor-path check is a TCP connect: TCP services only
 
 
 class HomeView:

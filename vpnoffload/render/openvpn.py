@@ -71,7 +71,8 @@ def _render(template: str, **values: object) -> str:
 # ----- pure renderers -----------------------------------------------------------
 
 
-def server_config(config: Config, *, status_path: Path | None = None, run_as: str | None = None) -> str:
+def server_config(config: Config, *, status_path: Path | None = None, run_as: str | None = None,
+                  management_path: Path | None = None) -> str:
     """The text of ``server.conf`` (files referenced relative to its directory)."""
     tunnel = config.tunnel
     return _render(
@@ -85,6 +86,7 @@ def server_config(config: Config, *, status_path: Path | None = None, run_as: st
         proto=tunnel.proto,
         run_as=run_as,
         status_path=status_path,
+        management_path=management_path,
     )
 
 
@@ -142,6 +144,7 @@ def render_vps(
     status_path: Path | None = None,
     run_as: str | None = "vpnoffload",
     set_mode: bool = False,
+    management_path: Path | None = None,
 ) -> list[Path]:
     """Write the server directory ``out`` (see the module docstring for modes).
 
@@ -155,7 +158,8 @@ def render_vps(
     out = Path(out).absolute()
     ccd = out / "ccd"
     files: dict[Path, tuple[str, int]] = {
-        out / "server.conf": (server_config(config, status_path=status_path, run_as=run_as), PUBLIC),
+        out / "server.conf": (server_config(config, status_path=status_path, run_as=run_as,
+                                            management_path=management_path), PUBLIC),
         out / "ca.crt": (pki.ca_cert(), PUBLIC),
         out / "server.crt": (pki.cert(pki.server_name), PUBLIC),
         out / "server.key": (pki.key(pki.server_name), SECRET),

@@ -22,6 +22,11 @@ service is on; straight to the home's tunnel address (forwarded, not DNATed)
 for the others and while on fallback, when the public address leads to the
 page. So a home whose forward path is blocked is left, and taken back only
 once the path works again. Every verdict keeps its ``reason`` for ``status``.
+A lost visitor-path check is excused as load only by the service's own visitors still
+being answered (``watch.flows``), never by a ping or by other traffic.
+
+Each round ends by ``watch.timeout`` (+ :data:`ROUND_GRACE`), whatever one check does, and
+its result is published (``publish``) in the same step as any swap it decides.
 """
 
 from __future__ import annotations
@@ -48,13 +53,28 @@ if TYPE_CHECKING:
     Swapper = Callable[[Mapping[str, str | None], frozenset[str]], None]
 
 log = Log("vpnoffload.watch")
-#: Packets from the tunnel per check in one round that its own replies may account for; more
-#: means visitors are being served, so a forward check that got no answer lost it to load.
-QUIET_PACKETS = 32
+#: A round waits this long past ``watch.timeout`` for its checks (threads start and report back).
+ROUND_GRACE = 0.2
+#: At start, a lost visitor-path check's flows are read twice this far apart (there is no earlier round).
+START_SETTLE = 0.3
+#: ``vpnoffload.firewall.policy``'s connmark of a service: (position + 1) << MARK_SHIFT under
+#: MARK_MASK, written here so the watchdog does not import the model; a unit test keeps them equal.
+MARK_SHIFT, MARK_MASK = 20, 0x0FF00000
+
+
+def service_mark(index: int) -> tuple[int, int]:
+    """(value, mask) of the connmark of the service at ``index`` in the config."""
+    return (index + 1) << MARK_SHIFT, MARK_MASK
+
+
+def _unfinished(timeout: float) -> health.Result:
+    """The verdict of a check that did not end by the round's deadline: no answer in time."""
+    return health.Result("down", timeout, f"check did not finish within {timeout:g} s", timed_out=True,
+                         reason=health.HOME_UNREACHABLE)
 
 
 class HomeHealth:
-    __slots__ = ("healthy", "fails", "passes", "latency", "detail", "reason")
+    __slots__ = ("healthy", "fails", "passes", "latency", "detail", "reason", "answered", "last_answer")
 
     def __init__(self, healthy: bool = True, fails: int = 0, passes: int = 0, latency: float | None = None,
                  detail: str = "", reason: str = "") -> None:
@@ -64,6 +84,8 @@ class HomeHealth:
         self.latency = latency
         self.detail = detail
         self.reason = reason  # health.REASONS of the last check ("" when it passed)
+        self.answered = False  # home answered this service's check through the tunnel in the last round
+        self.last_answer: float | None = None  # when it last did (wall clock)
 
     def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -108,7 +130,7 @@ def probe_namespace_prober(namespace: Any) -> ForwardProber:
     """
 
     def forward(service: Any, home: str, config: Any, visitor: bool) -> health.Result | None:
-        if service.via != "dnat" or service.ipv6 or not namespace.available():
+        if service.via != "dnat" or service.ipv6 or service.proto != "tcp" or not namespace.available():
             return None
         address = str(config.homes[home].address)
         if visitor:
@@ -126,11 +148,20 @@ class Watchdog:
 
     def __init__(self, config: Any, swap: Swapper, prober: Prober = default_prober,
                  clock: Callable[[], float] = time.time, activity: Callable[[], int | None] | None = None,
-                 status: dict[str, ServiceStatus] | None = None, forward: ForwardProber | None = None) -> None:
+                 status: dict[str, ServiceStatus] | None = None, forward: ForwardProber | None = None,
+                 flows: Any = None) -> None:
         self.config = config
         self.swap = swap
         self.prober = prober
         self.forward = forward
+        #: ``watch.flows.FlowEvidence`` (None: a lost visitor-path check is never taken for load).
+        self.flows = flows
+        self._starting = False
+        self._decided: tuple[dict[str, str | None], frozenset[str], float] | None = None
+        #: OpenVPN's own client list, read by the loop each round (``lean.ovpn``; None: not read).
+        self.openvpn: dict[str, object] | None = None
+        #: Called right after every swap (the loop writes the state file): see ``_apply``.
+        self.publish: Callable[[], None] = lambda: None
         self.clock = clock
         #: Packets received from the tunnel so far (None: unknown). Used only with a
         #: single home box, where any traffic from the tunnel proves that home alive.
@@ -168,10 +199,20 @@ class Watchdog:
         """
         now = self.clock()
         believed = dict(believed or {})
-        for name, results in self._checked().items():
+        for name, st in self.status.items():
+            # Where the rules send it now: the checks of this round ask as that implies
+            # (the visitors' path on the home it is on, no excuse for a home it is not on).
+            if name in believed and (believed[name] is None or believed[name] in st.homes):
+                st.active = believed[name]
+        self._starting = True
+        try:
+            checked = self._checked()
+        finally:
+            self._starting = False
+        for name, results in checked.items():
             st = self.status[name]
             for home, result in results.items():
-                self._record(st.homes[home], result)
+                self._record(st.homes[home], result, now)
                 st.homes[home].healthy = result.alive
             st.active = self._choice(name)
             self._summarise(st, now)
@@ -179,6 +220,7 @@ class Watchdog:
         target = self.active()
         flush = frozenset(n for n, a in target.items() if believed.get(n, self.config.services[n].home) != a)
         self.swap(target, flush)
+        self.publish()
         for name in sorted(flush):
             log.warning("%s: %s at start (%s)", name, self._where(name), self.status[name].detail)
 
@@ -188,7 +230,7 @@ class Watchdog:
         for name, results in self._checked().items():
             st = self.status[name]
             for home, result in results.items():
-                self._count(st.homes[home], result)
+                self._count(st.homes[home], result, now)
             self._summarise(st, now)
         wanted = {n: self._choice(n) for n in self.status}
         changed = frozenset(n for n, a in wanted.items() if a != self.status[n].active)
@@ -201,32 +243,47 @@ class Watchdog:
         return changed
 
     def _checked(self) -> dict[str, dict[str, health.Result]]:
-        """One round of checks, read together with the tunnel's traffic."""
+        """One round of checks, read together with the tunnel's traffic and the visitors' flows."""
         before = self._activity()
         probed = self._probe_all()
         sent = (self._activity() or 0) - before if before is not None else 0
-        # The checks' own replies are a few packets each; far more is visitors' traffic, which
-        # a blocked forward path would have stopped.
-        checks = sum(len(results) for results in probed.values())
-        visitors_flow = sent > QUIET_PACKETS * (checks + 1)
-        if sent > 0:
-            for results in probed.values():
-                for home, result in results.items():
-                    if result.verdict != "down" or not result.timed_out:
-                        continue
-                    if result.reason != health.PATH_BLOCKED:
-                        # The check's packets were lost, but home kept sending through
-                        # the tunnel meanwhile: a busy tunnel, not a dead home.
-                        results[home] = health.Result("slow", result.latency, result.detail + " (home still sending)",
-                                                      reason=health.BUSY)
-                    elif visitors_flow:
-                        # The forward check's SYN and ping were lost in a loaded tunnel (1000 visitors),
-                        # not dropped by the VPS: home's replies to visitors still pour in. Only a
-                        # few check replies (QUIET_PACKETS each) arriving is what a real block looks like.
-                        results[home] = health.Result("slow", result.latency,
-                                                      result.detail + " (visitors' traffic still flows)",
-                                                      reason=health.BUSY)
+        for name, results in probed.items():
+            for home, result in results.items():
+                if result.reason == health.PATH_BLOCKED:
+                    results[home] = self._own_flows(name, home, result)
+                    continue
+                self._forget_flows(name, home)
+                if sent > 0 and result.verdict == "down" and result.timed_out and self.status[name].active == home:
+                    # The direct check's packets were lost, but home kept sending through the
+                    # tunnel meanwhile: a busy tunnel, not a dead home. Only to keep a home that
+                    # serves (never to go back to one), and not an answer from it (status).
+                    results[home] = health.Result("slow", result.latency, result.detail + " (home still sending)",
+                                                  timed_out=True, reason=health.BUSY, answered=False)
         return probed
+
+    def _own_flows(self, name: str, home: str, result: health.Result) -> health.Result:
+        """A lost visitor-path check on the home a service is on is load, not a block, only
+        when that service's own visitors are still being answered by that home (watch/flows.py):
+        never because home answers a ping or another service's traffic flows. A refusal, or a
+        check of a home the service is not on (no visitors there to ask), stands."""
+        if self.flows is None or not result.timed_out or self.status[name].active != home:
+            return result
+        mark, mask = service_mark(list(self.config.services).index(name))
+        address = str(self.config.homes[home].address)
+        flowing = self.flows.replies_flowing(mark, mask, address)
+        if flowing is None and self._starting:
+            # At start one round decides at once, without fall: so a first reading has its second
+            # one a moment later, rather than a restart under load sending visitors to the page.
+            time.sleep(START_SETTLE)
+            flowing = self.flows.replies_flowing(mark, mask, address)
+        if flowing:
+            return health.Result("slow", result.latency, result.detail + " (its visitors are still answered)",
+                                 reason=health.BUSY)
+        return result
+
+    def _forget_flows(self, name: str, home: str) -> None:
+        if self.flows is not None and name in self.config.services:
+            self.flows.forget(service_mark(list(self.config.services).index(name))[0], str(self.config.homes[home].address))
 
     def _activity(self) -> int | None:
         if self.activity is None or len(self.config.homes) != 1:
@@ -238,7 +295,25 @@ class Watchdog:
         # moving back to a preferred home from a healthy backup keeps the
         # backup's established connections alive.
         flush = frozenset(n for n in changed if self._old_target_gone(n))
-        self.swap(wanted, flush)  # raises: states stay as they were, the next tick retries
+        self._decided = (wanted, changed, now)
+        try:
+            self.swap(wanted, flush)  # raises: states stay as they were, the next tick retries
+        except BaseException:
+            if self._decided is None:
+                raise  # the rules were committed (and published); only what came after failed
+            self._decided = None
+            raise
+        self.committed()
+
+    def committed(self) -> None:
+        """The rules of the decision being swapped are in the kernel: take it as the state and
+        publish it at once. The swapper calls this the moment the rules are committed (before
+        it forgets old flows and exits), so status never shows a state the rules no longer
+        have for longer than a file write; otherwise it runs right after the swap."""
+        if self._decided is None:
+            return
+        wanted, changed, now = self._decided
+        self._decided = None
         for name in sorted(changed):
             st = self.status[name]
             st.active = wanted[name]
@@ -246,6 +321,7 @@ class Watchdog:
             st.last_change = now
             st.swaps += 1
             log.warning("%s: now %s (%s)", name, self._where(name), st.detail)
+        self.publish()
 
     def _old_target_gone(self, name: str) -> bool:
         old = self.status[name].active
@@ -264,16 +340,19 @@ class Watchdog:
         return any((h.healthy and h.fails) or (not h.healthy and h.passes)
                    for s in self.status.values() for h in s.homes.values())
 
-    def _count(self, hh: HomeHealth, result: health.Result) -> None:
-        self._record(hh, result)
+    def _count(self, hh: HomeHealth, result: health.Result, now: float) -> None:
+        self._record(hh, result, now)
         if hh.healthy and hh.fails >= self.config.watch.fall:
             hh.healthy = False
         elif not hh.healthy and hh.passes >= self.config.watch.rise:
             hh.healthy = True
 
     @staticmethod
-    def _record(hh: HomeHealth, result: health.Result) -> None:
+    def _record(hh: HomeHealth, result: health.Result, now: float) -> None:
         hh.latency, hh.detail, hh.reason = result.latency, result.detail, result.reason
+        hh.answered = result.home_answered
+        if hh.answered:
+            hh.last_answer = now
         if result.alive:
             hh.passes, hh.fails = hh.passes + 1, 0
         else:
@@ -286,28 +365,52 @@ class Watchdog:
         st.last_check, st.latency, st.detail, st.reason = now, shown.latency, shown.detail, shown.reason
 
     def _probe_all(self) -> dict[str, dict[str, health.Result]]:
-        """Check every home of every service at once: N slow checks cost one timeout, not N."""
-        jobs = [(svc, home) for svc in self.config.services.values() for home in svc.homes]
-        results: dict[str, dict[str, health.Result]] = {svc.name: {} for svc in self.config.services.values()}
+        """Check every home of every service at once: N slow checks cost one timeout, not N.
 
-        def run(svc: Any, home: str) -> None:
+        The direct check and the visitors'-path check of a home run side by side, each
+        bounded by ``watch.timeout`` as a whole; the round waits for them until that
+        deadline (plus :data:`ROUND_GRACE`) and no longer. A check still running then is a
+        verdict on its own home and service only ("did not finish"): a target that hangs or
+        trickles cannot hold up the others' failover.
+        """
+        timeout = float(self.config.watch.timeout)
+        jobs: list[tuple[str, str, str]] = []
+        for svc in self.config.services.values():
+            for home in svc.homes:
+                jobs.append((svc.name, home, "direct"))
+                if self.forward is not None:
+                    jobs.append((svc.name, home, "forward"))
+        found: dict[tuple[str, str, str], health.Result | None] = {}
+
+        def run(name: str, home: str, kind: str) -> None:
+            svc = self.config.services[name]
             try:
-                result = self.prober(svc, home, self.config)
-                if self.forward is not None and result.alive:
-                    visitor = self.status[svc.name].active == home
-                    result = health.combine(result, self.forward(svc, home, self.config, visitor))
-                results[svc.name][home] = result
+                if kind == "direct":
+                    found[(name, home, kind)] = self.prober(svc, home, self.config)
+                else:
+                    visitor = self.status[name].active == home
+                    found[(name, home, kind)] = self.forward(svc, home, self.config, visitor)  # type: ignore[misc]
             except Exception as exc:  # a check that breaks must not stop the watchdog: count it as failed
-                results[svc.name][home] = health.Result("down", 0.0, f"check error: {exc}", reason=health.CHECK_ERROR)
+                found[(name, home, kind)] = health.Result("down", 0.0, f"check error: {exc}", reason=health.CHECK_ERROR)
 
         if len(jobs) == 1:
             run(*jobs[0])
-            return results
-        threads = [threading.Thread(target=run, args=job) for job in jobs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        else:
+            threads = [threading.Thread(target=run, args=job, daemon=True) for job in jobs]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + timeout + ROUND_GRACE
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+        results: dict[str, dict[str, health.Result]] = {svc.name: {} for svc in self.config.services.values()}
+        for name, home, kind in jobs:
+            if kind != "direct":
+                continue
+            direct = found.get((name, home, kind)) or _unfinished(timeout)
+            if self.forward is not None and direct.alive:
+                forward = found.get((name, home, "forward"), _unfinished(timeout))
+                direct = health.combine(direct, forward)
+            results[name][home] = direct
         return results
 
     def page_needed(self) -> bool:
@@ -320,5 +423,19 @@ class Watchdog:
                 return True
         return False
 
+    def homes_seen(self) -> dict[str, dict[str, object]]:
+        """Per home box: did it answer any check through the tunnel in the last round, and when
+        did it last answer (the live evidence ``status`` shows for the tunnel line)."""
+        seen: dict[str, dict[str, object]] = {}
+        for st in self.status.values():
+            for home, hh in st.homes.items():
+                entry = seen.setdefault(home, {"answered": False, "last_answer": None})
+                entry["answered"] = bool(entry["answered"]) or hh.answered
+                if hh.last_answer is not None and (entry["last_answer"] is None
+                                                   or hh.last_answer > entry["last_answer"]):  # type: ignore[operator]
+                    entry["last_answer"] = hh.last_answer
+        return seen
+
     def snapshot(self) -> dict[str, object]:
-        return {"updated": self.clock(), "services": [s.as_dict() for s in self.status.values()]}
+        return {"updated": self.clock(), "interval": float(self.config.watch.interval), "homes": self.homes_seen(),
+                "openvpn": self.openvpn, "services": [s.as_dict() for s in self.status.values()]}

@@ -49,20 +49,31 @@ REASONS = (TUNNEL_DOWN, HOME_UNREACHABLE, PATH_BLOCKED, TARGET_REFUSED, TARGET_E
 class Result:
     """The verdict of one check. Immutable by convention; equal when all fields are."""
 
-    __slots__ = ("verdict", "latency", "detail", "timed_out", "reason")
+    __slots__ = ("verdict", "latency", "detail", "timed_out", "reason", "answered")
 
     def __init__(self, verdict: Verdict, latency: float, detail: str, timed_out: bool = False,
-                 reason: str = "") -> None:
+                 reason: str = "", answered: bool | None = None) -> None:
         self.verdict = verdict
         self.latency = latency  # seconds until the verdict
         self.detail = detail
         self.timed_out = timed_out  # no answer at all (as opposed to a refusal or an HTTP error)
         #: One of REASONS ("" when up); not part of equality, it is derived from the rest.
         self.reason = reason
+        #: Did the home itself answer this check through the tunnel? None: as the verdict says
+        #: (:attr:`home_answered`); False for a verdict excused by other evidence.
+        self.answered = answered
 
     @property
     def alive(self) -> bool:
         return self.verdict != "down"
+
+    @property
+    def home_answered(self) -> bool:
+        """Did the home box answer through the tunnel (even with a refusal or an error)? A ping
+        answer counts; traffic from the tunnel that excused a lost check does not."""
+        if self.answered is not None:
+            return self.answered
+        return self.alive or self.reason in (TARGET_REFUSED, TARGET_ERROR, PATH_BLOCKED)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Result) and (self.verdict, self.latency, self.detail, self.timed_out) == (
@@ -90,7 +101,9 @@ def _connect_reason(exc: OSError) -> str:
 
 
 def probe(address: str, port: int, check: "Check", timeout: float, *, host_header: str | None = None) -> Result:
-    """Run one check of ``address:port`` with ``timeout`` seconds for each phase.
+    """Run one check of ``address:port``: connect, request and the whole answer head end
+    within ``timeout`` seconds together (a deadline, not a timeout per ``recv``: a target
+    that trickles its answer cannot hold the check longer).
 
     A ping goes out together with the connect: if the connect times out but
     the home box answered the ping, home and tunnel are alive and the service
@@ -102,6 +115,7 @@ def probe(address: str, port: int, check: "Check", timeout: float, *, host_heade
 def _probe(address: str, port: int, kind: str, http_path: str, timeout: float, host_header: str | None,
            tcp: socket.socket | None, raw: socket.socket | None, echo_address: str) -> Result:
     start = time.monotonic()
+    deadline = start + timeout
     echo = Echo.send(echo_address, raw) if raw is not None or tcp is None else None
     try:
         sock = connect(address, port, timeout, tcp)
@@ -118,31 +132,82 @@ def _probe(address: str, port: int, kind: str, http_path: str, timeout: float, h
     with sock:
         if kind == "tcp":
             return Result("up", time.monotonic() - start, "connected")
-        return _http(sock, http_path, host_header or address, timeout, start)
+        return _http(sock, http_path, host_header or address, deadline, start)
 
 
 def forward_probe(sockets: "Callable[[list[tuple[int, int, int]]], list[socket.socket | None]]", address: str,
-                  port: int, timeout: float, echo_address: str) -> Result | None:
+                  port: int, timeout: float, echo_address: str = "") -> Result | None:
     """A TCP connect to ``address:port`` on sockets made in the probe namespace
     (``sockets``: ``watch.probe.ProbeNamespace.sockets``), so its packets cross the
     VPS's PREROUTING and FORWARD hooks as a visitor's do.
 
-    ``address`` is a service's public listen address (DNATed to home like a
-    visitor) or a home's tunnel address (forwarded without DNAT). A ping to
-    ``echo_address`` goes the same way: a connect that times out while it is
-    answered is ``slow`` (home is busy, the path works). None when no socket
-    can be made there: no evidence, never a failure.
+    ``address`` is a service's public listen address and port (DNATed to home like a
+    visitor's, so a rule that drops only that port is met) or a home's tunnel address
+    and the service's target port (forwarded without DNAT). No ping goes with it: a
+    home that answers ping says nothing about this port. A second connect starts
+    halfway to the deadline if the first has no answer yet (:func:`_connect_either`), so
+    one SYN lost in a saturated tunnel is not taken for a block; a rule that drops the
+    port loses both. A connect that gets no answer by ``timeout`` is ``down`` (timed out),
+    and only the service's own visitors' flows may still show it was load
+    (``watch.flows``). None when no socket can be made there: no evidence, never a
+    failure. ``echo_address`` is no longer used.
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
-        tcp, raw = sockets([(family, socket.SOCK_STREAM, 0), (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)])
-    except OSError:
+        made = sockets([(family, socket.SOCK_STREAM, 0)] * FORWARD_ATTEMPTS)
+    except (OSError, ValueError):
         return None
-    if tcp is None:
-        if raw is not None:
-            raw.close()
+    socks = [s for s in made if s is not None]
+    if not socks:
         return None
-    return _probe(address, port, "tcp", "/", timeout, None, tcp, raw, echo_address)
+    start = time.monotonic()
+    try:
+        error = _connect_either(socks, (address, port), start + timeout)
+    finally:
+        for sock in socks:
+            sock.close()
+    latency = time.monotonic() - start
+    if error is None:
+        return Result("up", latency, "connected")
+    if isinstance(error, TimeoutError):
+        return Result("down", latency, "connect: timed out", timed_out=True, reason=HOME_UNREACHABLE)
+    return Result("down", latency, f"connect: {_reason(error)}", reason=_connect_reason(error))
+
+
+#: Connects of one visitor-path check: the next starts when half the time left has gone unanswered.
+FORWARD_ATTEMPTS = 2
+
+
+def _connect_either(socks: "list[socket.socket]", where: tuple[str, int], deadline: float) -> OSError | None:
+    """Non-blocking connects on ``socks`` to ``where``, the next one started when half of the
+    time left has passed without an answer; None as soon as one connects, else the first
+    refusal (an answer too), else TimeoutError at ``deadline``."""
+    import select
+
+    pending: list[socket.socket] = []
+    waiting = list(socks)
+    next_start = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if waiting and now >= next_start:
+            sock = waiting.pop(0)
+            sock.setblocking(False)
+            code = sock.connect_ex(where)
+            if code == 0:
+                return None
+            if code not in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+                return OSError(code, os.strerror(code))
+            pending.append(sock)
+            next_start = now + (deadline - now) / 2
+        if now >= deadline:
+            return TimeoutError("timed out")
+        wake = min(deadline, next_start) if waiting else deadline
+        _, ready, _ = select.select([], pending, [], max(0.0, wake - now))
+        for sock in ready:
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code == 0:
+                return None
+            return OSError(code, os.strerror(code))
 
 
 def combine(direct: Result, forward: Result | None) -> Result:
@@ -151,7 +216,8 @@ def combine(direct: Result, forward: Result | None) -> Result:
     A failing direct check speaks for itself (its reason names the tunnel,
     home or target). When it passes but the forwarded connection gets no
     answer or is refused, the VPS itself drops the visitors' packets: the
-    verdict is ``down`` with reason :data:`PATH_BLOCKED`.
+    verdict is ``down`` with reason :data:`PATH_BLOCKED` (a lost one, ``timed_out``,
+    may still turn out to be load: ``Watchdog._own_flows``).
     """
     if not direct.alive or forward is None or forward.alive:
         return direct
@@ -160,14 +226,22 @@ def combine(direct: Result, forward: Result | None) -> Result:
                   timed_out=forward.timed_out, reason=PATH_BLOCKED)
 
 
-def _http(sock: socket.socket, path: str, host: str, timeout: float, start: float) -> Result:
+def _left(deadline: float) -> float:
+    """Seconds until ``deadline``; TimeoutError once it has passed (settimeout(0) would mean non-blocking)."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return left
+
+
+def _http(sock: socket.socket, path: str, host: str, deadline: float, start: float) -> Result:
     request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: vpnoffload-watch\r\nConnection: close\r\n\r\n"
     try:
-        sock.settimeout(timeout)
+        sock.settimeout(_left(deadline))
         sock.sendall(request.encode("ascii", "replace"))
-        line = _status_line(sock)
+        line = _answer_head(sock, deadline)
     except TimeoutError:
-        # Accepted but no answer yet: home and tunnel are alive, the app is busy.
+        # Accepted but no whole answer head in time: home and tunnel are alive, the app is busy.
         return Result("slow", time.monotonic() - start, "http: no answer in time", reason=BUSY)
     except OSError as exc:
         return Result("down", time.monotonic() - start, f"http: {_reason(exc)}", reason=TARGET_ERROR)
@@ -179,10 +253,17 @@ def _http(sock: socket.socket, path: str, host: str, timeout: float, start: floa
     return Result("up" if code < 500 else "down", latency, f"http {code}", reason="" if code < 500 else TARGET_ERROR)
 
 
-def _status_line(sock: socket.socket) -> str:
+#: The answer head is read up to this much; a longer one is judged by its status line.
+HEAD_LIMIT = 8192
+
+
+def _answer_head(sock: socket.socket, deadline: float) -> str:
+    """The status line, once the whole head (up to the blank line, or HEAD_LIMIT bytes, or the
+    end of the stream) has arrived before ``deadline``; TimeoutError otherwise."""
     data = b""
-    while b"\r\n" not in data and len(data) < 1024:
-        chunk = sock.recv(256)
+    while b"\r\n\r\n" not in data and len(data) < HEAD_LIMIT:
+        sock.settimeout(_left(deadline))
+        chunk = sock.recv(HEAD_LIMIT - len(data))
         if not chunk:
             if not data:
                 raise ConnectionResetError(errno.ECONNRESET, "closed without an answer")

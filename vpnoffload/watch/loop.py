@@ -27,12 +27,13 @@ import time
 
 from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
 from vpnoffload.fallback import copies
-from vpnoffload.lean import options, say, sdnotify, spawn
+from vpnoffload.lean import options, ovpn, say, sdnotify, spawn
 from vpnoffload.watch import supervise
 from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import tunnel_rx_packets
 from vpnoffload.watch.hostfw import HostFirewallWatch
 from vpnoffload.fallback.pagectl import PageDaemon
+from vpnoffload.watch.flows import FlowEvidence
 from vpnoffload.watch.probe import ProbeNamespace
 from vpnoffload.lean.snapshot import ConfigView, fetch
 from vpnoffload.watchfile import dumps, watch_pid, write_state  # noqa: F401  (re-exported)
@@ -43,12 +44,12 @@ if TYPE_CHECKING:
 
 log = say.Log("vpnoffload.watch")
 SWAP_TIMEOUT = 20.0
+#: The swap child's line once the rules are committed (``watch.swap.APPLIED``; not imported:
+#: that module loads the model and the config parser).
+APPLIED = b"applied\n"
 PAGE_READY_TIMEOUT = 5.0
 #: The page server stays this long after the last service left fallback (a flapping home does not restart it).
 PAGE_LINGER = 5.0
-#: Publish the state file at least this often (and at once on every swap); not
-#: every tick, so the disk is not written twice a second.
-PUBLISH_EVERY = 5.0
 
 
 class PageKeeper:
@@ -102,12 +103,14 @@ class SubprocessSwapper:
         self.pages = pages
         #: Set once the watchdog exists: which services serve the page.
         self.page_services: "Callable[[], set[str]]" = set
+        #: Called the moment the child says the rules are committed (``Watchdog.committed``).
+        self.committed: "Callable[[], None]" = lambda: None
         self._child: spawn.Child | None = None
 
     def prepare(self) -> None:
         if self._child is None or self._child.poll() is not None:
             self._child = spawn.spawn(spawn.full_argv("vpnoffload.watch.swap", "--config", self.config_path),
-                                      stdin=True, stderr=True)
+                                      stdin=True, stdout=True, stderr=True)
 
     def cancel(self) -> None:
         child, self._child = self._child, None
@@ -124,7 +127,38 @@ class SubprocessSwapper:
         child, self._child = self._child, None
         assert child is not None
         line = dumps({"active": dict(active), "flush": sorted(flush)}) + "\n"
-        spawn.finish(child, line.encode(), SWAP_TIMEOUT, "swap")
+        _until_applied(child, line.encode(), SWAP_TIMEOUT, self.committed)
+        spawn.finish(child, b"", SWAP_TIMEOUT, "swap")
+
+
+def _until_applied(child: spawn.Child, decision: bytes, timeout: float, committed: "Callable[[], None]") -> None:
+    """Give the swap child its decision and wait (at most ``timeout``) for the line saying the
+    rules are committed; call ``committed`` then (the watchdog publishes its new state at once).
+    A child that ends without saying so is left to ``spawn.finish`` to judge."""
+    import select
+
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        os.write(child.stdin, decision)
+    except BrokenPipeError:
+        return
+    os.close(child.stdin)
+    child.stdin = None
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while APPLIED not in seen and len(seen) < 4096:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        ready, _, _ = select.select([child.stdout], [], [], left)
+        if not ready:
+            return
+        chunk = os.read(child.stdout, 4096)
+        if not chunk:
+            return
+        seen += chunk
+    if APPLIED in seen:
+        committed()
 
 
 def serve(config_path: str, state_dir: str | None = None) -> int:
@@ -144,14 +178,17 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
     # takes the visitors' path (PREROUTING, FORWARD); while there is none, only the direct check counts.
     probe = ProbeNamespace()
     dog = Watchdog(config, swapper, activity=lambda: tunnel_rx_packets(dog.config.tunnel.device),
-                   forward=probe_namespace_prober(probe))
+                   forward=probe_namespace_prober(probe), flows=FlowEvidence())
     swapper.page_services = lambda: {n for n, s in dog.config.services.items() if s.serves_page}
+    dog.publish = lambda: _publish(where["watch_state"], dog)
+    swapper.committed = dog.committed
     metrics = None
+    management = ovpn.Management(os.path.join(where["run"], ovpn.SOCKET_NAME))
     try:
         probe.ensure()
+        _read_openvpn(dog, management)
         dog.start(data["believed"])
         pages.update(dog.page_needed())
-        _publish(where["watch_state"], dog)
         if config.watch.metrics:
             from vpnoffload.watch.metrics import MetricsServer
 
@@ -159,9 +196,10 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
             metrics.start()
         sdnotify.notify("READY=1")
         log.warning("watching %d service(s) every %gs", len(config.services), config.watch.interval)
-        _loop(where, dog, pages, stop, probe)
+        _loop(where, dog, pages, stop, probe, management)
     finally:
         sdnotify.notify("STOPPING=1")
+        management.close()
         probe.close()
         swapper.cancel()
         if metrics is not None:
@@ -181,10 +219,17 @@ def _start_copier(job: bytes) -> spawn.Child:
     return child
 
 
+def _read_openvpn(dog: Watchdog, management: "ovpn.Management | None") -> None:
+    """OpenVPN's live client list for this round (published with the round's checks)."""
+    if management is None:
+        return
+    clients = management.clients()
+    dog.openvpn = None if clients is None else {"clients": clients, "read_at": time.time()}
+
+
 def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threading.Event,
-          probe: "ProbeNamespace | None" = None) -> None:
-    published = time.monotonic()
-    host_firewall = HostFirewallWatch(where["run"], published)  # puts back openings a host reload wiped
+          probe: "ProbeNamespace | None" = None, management: "ovpn.Management | None" = None) -> None:
+    host_firewall = HostFirewallWatch(where["run"], time.monotonic())  # puts back openings a host reload wiped
     # Refreshes the offline copies while home is healthy; a copier left running when we stop
     # finishes on its own (each fetch is bounded by its timeouts).
     kept = copies.CopySchedule(where["run"], _start_copier)
@@ -199,6 +244,7 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
         if (mtime := _mtime(where["config"])) != seen:
             seen = mtime
             _reload(where, dog)
+        _read_openvpn(dog, management)
         changed: frozenset[str] = frozenset()
         try:
             changed = dog.tick()
@@ -210,9 +256,8 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
                       lambda n: dog.status[n].healthy and dog.status[n].state == "forwarding")
         except OSError as exc:
             log.error("cannot start the offline-copy fetcher: %s", exc)
-        if changed or started - published >= PUBLISH_EVERY:
+        if not changed:  # a swap published already, in the same step
             _publish(where["watch_state"], dog)
-            published = started
         sdnotify.notify("WATCHDOG=1")
         stop.wait(max(0.0, dog.config.watch.interval - (time.monotonic() - started)))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from vpnoffload.errors import ConfigError
@@ -22,16 +22,23 @@ from vpnoffload.firewall.rules import Backend
 from vpnoffload.model import Config
 
 
+#: Written on stdout the moment the rules are committed (before the flows are forgotten):
+#: the watchdog publishes its new state on it, so status and the rules change together.
+APPLIED = b"applied\n"
+
+
 def apply_swap(config: Config, active: Mapping[str, str | None], flush: frozenset[str],
-               firewall_backend: Backend | None = None) -> None:
-    """Point each service at ``active[name]`` (a home box, or None: fallback), then
-    forget the flows of the services in ``flush``."""
+               firewall_backend: Backend | None = None, applied: Callable[[], None] | None = None) -> None:
+    """Point each service at ``active[name]`` (a home box, or None: fallback), call ``applied()``,
+    then forget the flows of the services in ``flush``."""
     from vpnoffload import firewall, plan
     from vpnoffload.firewall import conntrack
 
     backend = firewall_backend or firewall.default_backend()
     known = {name: home for name, home in active.items() if name in config.services}
     plan.apply(firewall.plan(backend, firewall.vps_ruleset(config, active=known)))
+    if applied is not None:
+        applied()
     conntrack.flush_marked([firewall.service_mark(config, name) for name in sorted(flush) if name in config.services])
 
 
@@ -73,8 +80,16 @@ def _swap(config_path: Path, text: str | None) -> int:
         active, flush = decision["active"], frozenset(decision.get("flush", ()))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"bad decision: {exc}", field="decision") from None
-    apply_swap(config, active, flush, backend)
+    apply_swap(config, active, flush, backend, applied=_say_applied)
     return 0
+
+
+def _say_applied() -> None:
+    try:
+        sys.stdout.buffer.write(APPLIED)
+        sys.stdout.flush()
+    except OSError:
+        pass  # nobody listens (run by hand with --decision and stdout closed): nothing to tell
 
 if __name__ == "__main__":
     sys.exit(main())
