@@ -12,6 +12,11 @@ changed, so ``down home`` still undoes exactly). Failed attempts back off
 (1 s doubling to 30 s) on the monotonic clock; everything is logged to
 ``run/home-keeper-HOME.log``.
 
+It also keeps the home box's own firewall open for vpnoffload
+(:func:`firewall_watch`): when ufw, Docker, firewalld or an ``nft -f``
+rewrites the host's rules, the openings ``up home`` recorded are put back
+within seconds, as the VPS's watchdog does there (:mod:`vpnoffload.watch.hostfw`).
+
 ``down home`` stops the keeper first (SIGTERM: it stops a running ``up home``
 child, which rolls back, and exits), then the client as before.
 """
@@ -68,7 +73,7 @@ class HomeKeeper:
         if self.running():
             return
         argv = spawn.lean_argv(MODULE, "--pidfile", self.pidfile, "--client-pidfile", self.client_pidfile,
-                               "--profile", self.profile, "--", *self.up_argv)
+                               "--profile", self.profile, "--firewall", f"home-{self.home}", "--", *self.up_argv)
         child = spawn.spawn(argv, log=self.logfile, detach=True)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -101,15 +106,28 @@ def _say(msg: str) -> None:
         pass
 
 
+def firewall_watch(run_dir: str, end: str) -> "Callable[[float], list[str]]":
+    """The home's host-firewall look (``tick(now)`` -> lines for the log): ``end`` is the record
+    ``up home`` keeps its openings in ("home-NAME")."""
+    from vpnoffload.watch.hostfw import HostFirewallWatch
+
+    return HostFirewallWatch(run_dir, time.monotonic(), end).tick
+
+
 def keep(client_pidfile: str, profile: str, up_argv: list[str], stopping: "list[bool]",
          clock: "Callable[[], float]" = time.monotonic, sleep: "Callable[[float], None]" = time.sleep,
-         start: "Callable[[list[str]], spawn.Child] | None" = None) -> None:
-    """The loop: run ``up_argv`` whenever the client is gone, until ``stopping[0]``."""
+         start: "Callable[[list[str]], spawn.Child] | None" = None,
+         firewall: "Callable[[float], list[str]] | None" = None) -> None:
+    """The loop: run ``up_argv`` whenever the client is gone, until ``stopping[0]``; and
+    ``firewall(now)`` each round (its lines are logged), while no ``up home`` child runs."""
     start = start or (lambda argv: spawn.spawn(argv))
     backoff, next_try, child, began = FIRST_BACKOFF, 0.0, None, 0.0
     try:
         while not stopping[0]:
             now = clock()
+            if firewall is not None and child is None:  # a running `up home` puts them back itself
+                for line in firewall(now):
+                    _say(f"host firewall: {line}")
             if child is not None:
                 code = child.poll()
                 if code is None and now - began > CHILD_TIMEOUT:
@@ -143,7 +161,8 @@ def keep(client_pidfile: str, profile: str, up_argv: list[str], stopping: "list[
 
 
 def main(argv: list[str]) -> int:
-    """``python -I -S ... vpnoffload.homekeeper --pidfile P --client-pidfile C --profile F -- UP-ARGV``."""
+    """``python -I -S ... vpnoffload.homekeeper --pidfile P --client-pidfile C --profile F [--firewall home-NAME]
+    -- UP-ARGV``."""
     from vpnoffload.exits import run_main
 
     return run_main(lambda: _main(argv), prog="vpnoffload-home-keeper")
@@ -152,7 +171,7 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     from vpnoffload.lean import options
 
-    opts = options.parse(argv, values=("--pidfile", "--client-pidfile", "--profile"),
+    opts = options.parse(argv, values=("--pidfile", "--client-pidfile", "--profile", "--firewall"),
                          required=("--pidfile", "--client-pidfile", "--profile"), rest=True)
     stopping = [False]
 
@@ -167,8 +186,10 @@ def _main(argv: list[str]) -> int:
         fh.write(f"{os.getpid()}\n")
     os.replace(pidfile + ".tmp", pidfile)
     _say(f"keeping the OpenVPN client running ({client_pidfile})")
+    end = opts.get("--firewall")
+    firewall = firewall_watch(os.path.dirname(os.path.abspath(pidfile)), str(end)) if end else None
     try:
-        keep(client_pidfile, profile, up_argv, stopping)
+        keep(client_pidfile, profile, up_argv, stopping, firewall=firewall)
     finally:
         _say("stopped")
     return 0

@@ -320,7 +320,19 @@ def _ago(ts: float | None) -> str:
     return f"{secs:.0f}s ago" if secs < 120 else f"{secs / 60:.0f}m ago"
 
 
+def _home_box(paths: Paths) -> Report | None:
+    """On a home box: its host firewall and keeper (issue 29)."""
+    from vpnoffload.firewall.host.plan import home_box_report
+
+    data = home_box_report(paths.run)
+    return None if data is None else Report(data, ExitStatus.OK)
+
+
 def render_text(data: dict[str, Any]) -> list[str]:
+    if data.get("end") == "home":
+        from vpnoffload.firewall.host.plan import render_home_box
+
+        return render_home_box(data, _ago)
     t = data["tunnel"]
     lines = [f"tunnel: {'up' if t['up'] else 'DOWN'} (OpenVPN server {'running' if t['server_running'] else 'not running'})"]
     for h in t["homes"]:
@@ -383,6 +395,8 @@ def report_for(paths: Paths) -> Report:
     from vpnoffload.tunnel import server_running
 
     config = cfg.load(paths.config)
+    if not paths.server_dir.exists() and (home := _home_box(paths)) is not None:
+        return home
 
     # Only the direct check: the visitors'-path check needs the probe namespace, which only a
     # running watchdog has (watch/probe.py), and then its verdicts are shown instead of these.

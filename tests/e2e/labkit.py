@@ -207,6 +207,24 @@ IPTABLES_BLOCK = [["iptables", "-I", "FORWARD", "-d", HOME, "-p", "tcp", "--dpor
 IPTABLES_UNBLOCK = [["iptables", "-D", "FORWARD", "-d", HOME, "-p", "tcp", "--dport", "8080", "-j", "DROP"]]
 
 
+TUNNEL_SUBNET6 = "fd00:88::/64"
+
+
+def wait_http(lab: Lab, url: str, want: int, limit: float) -> tuple[float, str]:
+    """GET ``url`` from the visitor on new connections until HTTP ``want``; (seconds, body)."""
+    start = time.monotonic()
+    last: tuple[int, str] = (0, "")
+    while time.monotonic() - start < limit:
+        last = lab.http_get("visitor", url, timeout=1.0)
+        if last[0] == want:
+            return time.monotonic() - start, last[1]
+        time.sleep(0.1)
+    pytest.fail(f"no HTTP {want} from {url} within {limit} s; last: {last}", pytrace=False)
+
+
+UFW_FILES = (Path("/etc/ufw"), Path("/etc/default/ufw"))
+
+
 # -- a home box shaped as Docker makes it (a container behind a published port)
 
 BRIDGE = "docker0"

@@ -21,24 +21,12 @@ import pytest
 from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, TUNNEL_SUBNET, cli, cli_argv, openvpn_pids
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from tests.e2e.labkit import TUNNEL_SUBNET6, wait_http
 
 pytestmark = pytest.mark.root
 
-TUNNEL_SUBNET6 = "fd00:88::/64"
 HOME_TUNNEL_ADDRESS6 = "fd00:88::2"  # derived from home's IPv4 tunnel address .2
 HOSTNAME = "blog.example.org"
-
-
-def wait_status(lab: Lab, url: str, want: int, limit: float) -> tuple[float, str]:
-    """GET ``url`` from the visitor on new connections until HTTP ``want``; (seconds, body)."""
-    start = time.monotonic()
-    last: tuple[int, str] = (0, "")
-    while time.monotonic() - start < limit:
-        last = lab.http_get("visitor", url, timeout=1.0)
-        if last[0] == want:
-            return time.monotonic() - start, last[1]
-        time.sleep(0.1)
-    pytest.fail(f"no HTTP {want} from {url} within {limit} s; last: {last}", pytrace=False)
 
 
 def test_dedicated_ipv6_address_real_visitor_page_and_clean_down(
@@ -89,15 +77,15 @@ def test_dedicated_ipv6_address_real_visitor_page_and_clean_down(
 
     # Home's cable out: the friendly page for the IPv6 service; back in: home again.
     watch = lab.popen("vps", *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "watch"))
-    wait_status(lab, blog_url, 200, limit=10)
+    wait_http(lab, blog_url, 200, limit=10)
     pulled = time.monotonic()
     lab.pull_cable()
-    took, page = wait_status(lab, blog_url, 503, limit=15)
+    took, page = wait_http(lab, blog_url, 503, limit=15)
     assert HOSTNAME in page
     with capsys.disabled():
         print(f"\n[ipv6] cable pulled -> friendly page on [{blog}] after {time.monotonic() - pulled:.2f} s")
     lab.plug_cable()
-    took, body = wait_status(lab, blog_url, 200, limit=30)
+    took, body = wait_http(lab, blog_url, 200, limit=30)
     assert body.strip() == lab.visitor_address6
     watch.terminate()
     watch.wait(10)

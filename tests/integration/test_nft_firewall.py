@@ -157,3 +157,53 @@ def test_forwarding_through_the_rules(tmp_path: Path) -> None:
         assert ruleset(vps) == "" and ruleset(home) == ""
 
     check_forwarding(firewall, tmp_path, nothing_left)
+
+
+# A deny list of adjacent, nested and overlapping prefixes, applied as `up vps` applies it;
+# prints the set's name and its listing.
+DENY_LIST = r"""
+import json, sys
+from vpnoffload import firewall as fw
+from vpnoffload.config.parse import parse
+from vpnoffload.plan import apply
+
+config = parse({"vps": {"address": "203.0.113.10"}, "homes": {"home": {"address": "10.88.0.2"}},
+                "services": {"web": {"listen": "80", "target": "8080", "deny_file": sys.argv[1]}}})
+desired = fw.vps_ruleset(config) if sys.argv[2] == "up" else fw.empty_ruleset()
+backend = fw.default_backend()
+apply(fw.plan(backend, desired))
+print(json.dumps({"sets": [s.name for s in desired.sets], "replan": len(fw.plan(backend, desired))}))
+"""
+
+
+def test_a_merged_deny_set_holds_exactly_the_listed_addresses(tmp_path: Path) -> None:
+    deny = tmp_path / "deny.txt"
+    deny.write_text("\n".join([
+        "192.0.2.0/26", "192.0.2.64/26",  # adjacent ...
+        "192.0.2.128/25", "192.0.2.130",  # ... and nested: one prefix, 192.0.2.0/24
+        "198.51.100.8/29", "198.51.100.12/30",  # overlapping
+        "198.51.100.17",  # after a gap at .16
+        "203.0.113.0/31", "203.0.113.2/32",  # adjacent, and no prefix: a range
+        "2001:db8::/64",  # another family: not in the IPv4 set
+    ]) + "\n")
+    with namespaces(unique("nfs")) as (ns,):
+        before = ruleset(ns)
+        up = json.loads(in_ns(ns, sys.executable, "-c", DENY_LIST, str(deny), "up", env=ENV).stdout)
+        assert up["replan"] == 0
+        (name,) = up["sets"]
+        listing = in_ns(ns, "nft", "list", "set", "ip", "vpnoffload", name).stdout
+        assert " ".join(listing.split()).count("elements = { 192.0.2.0/24, 198.51.100.8/29, 198.51.100.17, "
+                                               "203.0.113.0-203.0.113.2 }") == 1, listing
+
+        def member(address: str) -> bool:  # the kernel's own lookup
+            return in_ns(ns, "nft", "get", "element", "ip", "vpnoffload", name, "{", address, "}",
+                         check=False).returncode == 0
+
+        inside = ["192.0.2.0", "192.0.2.127", "192.0.2.128", "192.0.2.255", "198.51.100.8", "198.51.100.15",
+                  "198.51.100.17", "203.0.113.0", "203.0.113.2"]
+        outside = ["192.0.1.255", "192.0.3.0", "198.51.100.7", "198.51.100.16", "198.51.100.18", "203.0.113.3"]
+        assert [a for a in inside if not member(a)] == []
+        assert [a for a in outside if member(a)] == []
+
+        in_ns(ns, sys.executable, "-c", DENY_LIST, str(deny), "down", env=ENV)
+        assert ruleset(ns) == before

@@ -262,3 +262,35 @@ def systemd_lab() -> Iterator[SystemdLab]:
 
 
 __all__ = ["HOME", "VISITOR_ADDRESS", "VPS_ADDRESS", "Response", "SystemdLab", "docker", "snapshot_diff"]
+
+
+FAILOVER_TIMEOUT = 30.0
+
+
+RECOVERY_TIMEOUT = 60.0
+
+
+def served_from_home(response: object) -> bool:
+    return getattr(response, "status", None) == 200 and getattr(response, "body", "").strip() == VISITOR_ADDRESS
+
+
+def on_the_page(response: object) -> bool:
+    return getattr(response, "status", None) == 503
+
+
+def home_paused(lab: SystemdLab) -> bool:
+    return docker("inspect", "--format", "{{.State.Paused}}", lab.name("home")).stdout.strip() == "true"
+
+
+def home_down(lab: SystemdLab) -> None:
+    """Home goes silent (every process frozen, as when its power or uplink fails)."""
+    if not home_paused(lab):
+        assert docker("pause", lab.name("home")).returncode == 0
+
+
+def home_up(lab: SystemdLab) -> None:
+    if home_paused(lab):
+        assert docker("unpause", lab.name("home")).returncode == 0
+
+
+HOME_UNIT, VPS_UNIT, WATCH_UNIT = "vpnoffload-home.service", "vpnoffload-vps.service", "vpnoffload-watch.service"

@@ -21,43 +21,19 @@ import time
 
 import pytest
 
-from tests.systemd.conftest import HOME, VISITOR_ADDRESS, VPS_ADDRESS, SystemdLab, docker, snapshot_diff
+from tests.systemd.conftest import HOME, VPS_ADDRESS, SystemdLab, docker, snapshot_diff
+from tests.systemd.conftest import (FAILOVER_TIMEOUT, HOME_UNIT, RECOVERY_TIMEOUT, VPS_UNIT, WATCH_UNIT, home_down,
+                                     home_up, on_the_page, served_from_home)
 
 # The first test also builds the image (cached by the hash of its inputs) and boots the lab.
 pytestmark = [pytest.mark.root, pytest.mark.docker, pytest.mark.timeout(600)]
 
-FAILOVER_TIMEOUT = 30.0
-RECOVERY_TIMEOUT = 60.0
-HOME_UNIT, VPS_UNIT, WATCH_UNIT = "vpnoffload-home.service", "vpnoffload-vps.service", "vpnoffload-watch.service"
 SERVER_UNIT, CLIENT_UNIT = "openvpn-server@vpnoffload.service", f"openvpn-client@vpnoffload-{HOME}.service"
 #: WatchdogSec=10 in the unit, SIGABRT, RestartSec=2 and the watchdog's own start.
 HANG_RESTART_TIMEOUT = 30.0
 
 #: Snapshots taken before install-service, for the last test.
 BEFORE: dict[str, dict[str, str]] = {}
-
-
-def served_from_home(response: object) -> bool:
-    return getattr(response, "status", None) == 200 and getattr(response, "body", "").strip() == VISITOR_ADDRESS
-
-
-def on_the_page(response: object) -> bool:
-    return getattr(response, "status", None) == 503
-
-
-def home_paused(lab: SystemdLab) -> bool:
-    return docker("inspect", "--format", "{{.State.Paused}}", lab.name("home")).stdout.strip() == "true"
-
-
-def home_down(lab: SystemdLab) -> None:
-    """Home goes silent (every process frozen, as when its power or uplink fails)."""
-    if not home_paused(lab):
-        assert docker("pause", lab.name("home")).returncode == 0
-
-
-def home_up(lab: SystemdLab) -> None:
-    if home_paused(lab):
-        assert docker("unpause", lab.name("home")).returncode == 0
 
 
 def active(lab: SystemdLab, host: str, *units: str) -> list[str]:

@@ -25,3 +25,11 @@ def env(tmp_path):
     from tests.fakes import deploy_env
 
     return deploy_env(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _nft_lock_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vpnoffload's nftables write lock lives in a temp dir, not /run (no root needed)."""
+    from vpnoffload.firewall import nftlock
+
+    monkeypatch.setenv(nftlock.PATH_ENV, str(tmp_path_factory.getbasetemp() / "nft.lock"))

@@ -5,6 +5,7 @@ and the drop counters status and the metrics show."""
 from __future__ import annotations
 
 import json
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from vpnoffload.cli.app import app
 from vpnoffload.config.parse import parse
 from vpnoffload.errors import ConfigError
 from vpnoffload.firewall import access, ipset
-from vpnoffload.firewall.nft import NftBackend, Snapshot, batch
+from vpnoffload.firewall.nft import NftBackend, RawJSON, Snapshot, batch, dumps, elements_json
 from vpnoffload.firewall.nftexpr import to_nft
 from vpnoffload.firewall.nftread import from_nft
 from vpnoffload.firewall.planner import plan
@@ -315,3 +316,83 @@ def test_dry_run_names_the_sets_it_loads_and_removes(tmp_path: Path) -> None:
     plan_mod.apply(plan(backend, first))
     lines = [a.summary for a in plan(backend, vps_ruleset(restricted_config(tmp_path, "192.0.2.128/25\n")))]
     assert any(line.startswith("iptables filter: remove set vpnoffload-1-d4-") for line in lines), lines
+
+
+# ------------------------------------------------------------------ merged intervals (the nft backend's sets)
+
+
+def _prefixes_in(block: str) -> list[str]:
+    """Every prefix inside ``block`` (itself included): 15 for a /29."""
+    net = ip_network(block)
+    return [str(sub) for length in range(net.prefixlen, net.max_prefixlen + 1) for sub in net.subnets(new_prefix=length)]
+
+
+def _addresses_of_elements(version: int, text: str) -> set[int]:
+    """The addresses nft would put in the set for an elements_json() array."""
+    out: set[int] = set()
+    for element in json.loads(text):
+        if "prefix" in element:
+            net = ip_network(f"{element['prefix']['addr']}/{element['prefix']['len']}")
+            assert net.version == version
+            out |= set(range(int(net.network_address), int(net.broadcast_address) + 1))
+        else:
+            first, last = (int(ip_address(a)) for a in element["range"])
+            assert first < last and ip_address(element["range"][0]).version == version
+            # A range is never a prefix: that one is written as a prefix.
+            count = last - first + 1
+            assert count & (count - 1) or first % count
+            out |= set(range(first, last + 1))
+    return out
+
+
+@pytest.mark.parametrize("block", ["192.0.2.0/29", "255.255.255.248/29", "2001:db8::/125",
+                                   "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fff8/125", "0.0.0.0/29"])
+def test_merge_keeps_exactly_the_addresses_of_every_combination_of_prefixes(block: str) -> None:
+    # Every subset of the 15 prefixes of a /29 (32 768 lists): adjacent, nested, overlapping
+    # and duplicate prefixes, at the bottom and the top of the address space.
+    prefixes = _prefixes_in(block)
+    spans = [access.span(p) for p in prefixes]
+    addresses = [set(range(s[1], s[2] + 1)) for s in spans]
+    version = spans[0][0]
+    for mask in range(1 << len(prefixes)):
+        chosen = [i for i in range(len(prefixes)) if mask >> i & 1]
+        intervals = access.merge([spans[i] for i in chosen], version)
+        wanted: set[int] = set().union(*(addresses[i] for i in chosen))
+        got = {a for first, last in intervals for a in range(first, last + 1)}
+        assert got == wanted, (block, [prefixes[i] for i in chosen], intervals)
+        # The fewest intervals: sorted, neither overlapping nor touching.
+        assert all(b[0] > a[1] + 1 for a, b in zip(intervals, intervals[1:])), intervals
+        assert all(first <= last for first, last in intervals)
+        if mask % 97 == 0:  # the JSON text of a sample of them (all of it takes seconds)
+            assert _addresses_of_elements(version, elements_json(version, intervals)) == wanted
+
+
+def test_merge_takes_one_family_and_keeps_the_whole_space() -> None:
+    spans = [access.span(p) for p in ("0.0.0.0/1", "128.0.0.0/1", "::/0", "2001:db8::1")]
+    assert access.merge(spans, 4) == [(0, 2**32 - 1)]
+    assert access.merge(spans, 6) == [(0, 2**128 - 1)]
+    assert access.merge([], 4) == []
+    assert json.loads(elements_json(4, access.merge(spans, 4))) == [{"prefix": {"addr": "0.0.0.0", "len": 0}}]
+    assert json.loads(elements_json(6, [(1, 1), (2, 4)])) == [{"prefix": {"addr": "::1", "len": 128}},
+                                                              {"range": ["::2", "::4"]}]
+
+
+def test_the_nft_set_gets_merged_intervals_and_ipset_the_prefixes(tmp_path: Path) -> None:
+    (tmp_path / "deny.txt").write_text("198.51.100.0/25\n198.51.100.128/25\n203.0.113.0/31\n203.0.113.2\n")
+    config = parse({"vps": {"address": "203.0.113.10"}, "homes": {"home": {"address": "10.88.0.2"}},
+                    "services": {"web": {"listen": "80", "target": "8080", "deny_file": str(tmp_path / "deny.txt")}}})
+    (deny,) = vps_ruleset(config).sets
+    assert deny.elements() == ["198.51.100.0/25", "198.51.100.128/25", "203.0.113.0/31", "203.0.113.2/32"]
+    fake = FakeNft()
+    plan_mod.apply(plan(NftBackend(run=fake), vps_ruleset(config)))
+    assert fake.tables[("ip", "vpnoffload")]["sets"][deny.name]["elem"] == [
+        {"prefix": {"addr": "198.51.100.0", "len": 24}}, {"range": ["203.0.113.0", "203.0.113.2"]}]
+
+
+def test_dumps_splices_raw_json_in_place() -> None:
+    cmds = [{"add": {"set": {"name": "a", "elem": RawJSON('[{"range":["::1","::2"]}]')}}},
+            {"add": {"set": {"name": "b\u0000raw0", "elem": RawJSON("[]")}}}]
+    assert json.loads(dumps(cmds)) == {"nftables": [{"add": {"set": {"name": "a", "elem": [{"range": ["::1", "::2"]}]}}},
+                                                    {"add": {"set": {"name": "b\u0000raw0", "elem": []}}}]}
+    with pytest.raises(TypeError):
+        dumps([{"x": object()}])

@@ -5,7 +5,6 @@ shape in tests/hostshapes.py), each mechanism's exact rules, and the plan with i
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,34 +15,14 @@ from vpnoffload import plan
 from vpnoffload.errors import ApplyError
 from vpnoffload.firewall.host import docker as host_docker, nft as host_nft, plan as host_plan, ufw as host_ufw
 from vpnoffload.firewall.host.openings import Opening, choose, detect, home_openings, vps_openings
+from tests.unit.hostfwkit import CONFIG, sample
 
 SAMPLES = Path(__file__).parent / "hostfw"
-CONFIG = """
-[vps]
-address = "203.0.113.10"
-[tunnel]
-subnet = "198.51.100.0/24"
-[homes.home]
-address = "198.51.100.2"
-[services.web]
-listen = "80"
-target = "8080"
-check = "http:/"
-hostname = "blog.example.org"
-fallback = "page"
-[services.git]
-listen = "203.0.113.11:22"
-target = "2222"
-"""
 
 
 @pytest.fixture
 def config():
     return cfg.parse_text(CONFIG, "test")
-
-
-def sample(name: str) -> dict:
-    return json.loads((SAMPLES / f"{name}.json").read_text())
 
 
 def host_of(name: str):

@@ -10,20 +10,7 @@ from pathlib import Path
 from vpnoffload import homekeeper
 from vpnoffload.lean.snapshot import ConfigView
 from vpnoffload.watch import supervise
-
-
-class FakeChild:
-    def __init__(self, code: int | None) -> None:
-        self.code, self.pid, self.closed, self.killed = code, 4242, False, False
-
-    def poll(self) -> int | None:
-        return self.code
-
-    def close(self) -> None:
-        self.closed = True
-
-    def kill(self) -> None:
-        self.killed = True
+from tests.unit.hostfwkit import FakeChild
 
 
 def _keeper(tmp_path: Path, alive: list[bool], codes: list[int | None], now: list[float]):

@@ -135,7 +135,7 @@ def plan_up_vps(config: Config, paths: Paths, backends: Backends) -> list[Action
     targets = current_targets(config, paths)
     desired = firewall.vps_ruleset(config, active=targets)
     for address_set in desired.sets:
-        address_set.elements()  # a bad line in an allow/deny file: ConfigError now, before anything changes
+        address_set.intervals()  # a bad line in an allow/deny file: ConfigError now, before anything changes
     actions += firewall.plan(backends.firewall, desired)
     # OpenVPN and the page server bind vps.local_address (1:1 NAT) or vps.address: it must be here.
     from vpnoffload.routing.nat import require_bindable

@@ -90,9 +90,22 @@ class AddressSet:
         ConfigError naming the file and line for a bad one. Parsed once."""
         return self._elements
 
+    def intervals(self) -> list[tuple[int, int]]:
+        """The same addresses as :meth:`elements`, as the fewest sorted intervals (first, last)
+        (see :func:`merge`): what the nftables backend loads. ConfigError as there. Merged once."""
+        return self._intervals
+
+    @cached_property
+    def _intervals(self) -> list[tuple[int, int]]:
+        return merge(self._spans, self.version)
+
     @cached_property
     def _elements(self) -> list[str]:
-        return normalise([span(p) for p in self.inline] + parse_lines(self.data, self.source), self.version)
+        return normalise(self._spans, self.version)
+
+    @cached_property
+    def _spans(self) -> list[Span]:
+        return [span(p) for p in self.inline] + parse_lines(self.data, self.source)
 
     @property
     def table(self) -> str:
@@ -147,7 +160,7 @@ def _read(path: Path, where: str) -> bytes:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}", field=where) from None
 
 
-Span = tuple[int, int, int, str]  # (version, first address, last address, "prefix/len")
+Span = tuple[int, int, int, int]  # (version, first address, last address, prefix length)
 
 
 def parse_lines(data: bytes, source: str) -> list[Span]:
@@ -175,19 +188,33 @@ def parse_lines(data: bytes, source: str) -> list[Span]:
 
 
 def span(text: str) -> Span:
-    """One prefix (a bare address is one host) as a Span; ValueError if it is none, or has host bits set."""
+    """One prefix (a bare address is one host) as a Span; ValueError if it is none, or has host bits set.
+    Called once a line of a prefix file: kept lean (100 000 lines ~0.06 s)."""
     address, slash, length = text.partition("/")
-    family, version, bits = (socket.AF_INET6, 6, 128) if ":" in address else (socket.AF_INET, 4, 32)
+    family, version, bits = (_AF_INET6, 6, 128) if ":" in address else (_AF_INET, 4, 32)
     try:
-        value = int.from_bytes(socket.inet_pton(family, address), "big")
+        value = _from_bytes(_inet_pton(family, address), "big")
     except OSError:
         raise ValueError(f"{address!r} is not an IPv{version} address") from None
-    if slash and not (length.isdigit() and len(length) <= 3 and int(length) <= bits):
-        raise ValueError(f"bad prefix length {length!r}")
-    size = 1 << (bits - (int(length) if slash else bits))
-    if value & (size - 1):
+    if slash:
+        if not (length.isdigit() and len(length) <= 3 and int(length) <= bits):
+            raise ValueError(f"bad prefix length {length!r}")
+        host = (1 << (bits - int(length))) - 1
+    else:
+        host = 0
+    if value & host:
         raise ValueError("has host bits set")
-    return version, value, value + size - 1, f"{socket.inet_ntop(family, value.to_bytes(bits // 8, 'big'))}/{bits - size.bit_length() + 1}"
+    return version, value, value | host, bits - host.bit_length()
+
+
+_AF_INET, _AF_INET6, _inet_pton, _from_bytes = socket.AF_INET, socket.AF_INET6, socket.inet_pton, int.from_bytes
+
+
+def address_text(version: int, value: int) -> str:
+    """An address (an int) as text: 192.0.2.7, 2001:db8::1."""
+    if version == 4:
+        return socket.inet_ntop(socket.AF_INET, value.to_bytes(4, "big"))
+    return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
 
 
 def normalise(spans: list[Span], version: int) -> list[str]:
@@ -196,10 +223,29 @@ def normalise(spans: list[Span], version: int) -> list[str]:
     mine = sorted((s for s in spans if s[0] == version), key=lambda s: (s[1], -s[2]))
     out: list[str] = []
     end = -1
-    for _, start, last, text in mine:
+    for _, start, last, length in mine:
         if start > end:  # prefixes nest or are disjoint: one that starts inside the last is inside it
-            out.append(text)
+            out.append(f"{address_text(version, start)}/{length}")
             end = last
+    return out
+
+
+def merge(spans: list[Span], version: int) -> list[tuple[int, int]]:
+    """The addresses of ``version`` in ``spans`` as the fewest intervals (first, last), sorted:
+    overlapping and adjacent prefixes joined. The same addresses in fewer set elements
+    where prefixes touch (each element costs nft and the kernel time to load)."""
+    mine = sorted([(s[1], s[2]) for s in spans if s[0] == version])
+    if not mine:
+        return []
+    out: list[tuple[int, int]] = []
+    first, last = mine[0]
+    for start, end in mine:
+        if start > last + 1:  # a gap: the interval so far is complete
+            out.append((first, last))
+            first, last = start, end
+        elif end > last:
+            last = end
+    out.append((first, last))
     return out
 
 

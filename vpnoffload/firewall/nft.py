@@ -30,12 +30,13 @@ never half-apply.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from vpnoffload.errors import BackendError
-from vpnoffload.firewall import access
+from vpnoffload.firewall import access, nftlock
 from vpnoffload.firewall.nftexpr import meter_set, to_nft
 from vpnoffload.firewall.nftread import from_nft
 from vpnoffload.firewall.rules import BUILTIN_CHAINS, TABLES, Rule, Ruleset, is_owned, table_content, table_label
@@ -180,6 +181,7 @@ def _reachable(content: Ruleset, table: str) -> set[str]:
 def batch(snapshot: Snapshot, table: str, content: Ruleset) -> list[dict[str, Any]]:
     """The nftables JSON commands (one transaction) that make ``table``'s part of our
     nft table exactly ``content``, given what ``snapshot`` read; [] if nothing to do.
+    An address set's elements are :class:`RawJSON`: :func:`dumps` makes the text.
 
     Raises BackendError for content this layout cannot hold (see the module docstring)
     or a rule :mod:`.nftexpr` cannot translate.
@@ -246,13 +248,54 @@ def _set_commands(snapshot: Snapshot, content: Ruleset, table: str, exprs: list[
                                "run 'vpnoffload up vps' again")
         body = {**_chain_ref(family, name), "type": "ipv4_addr" if spec.version == 4 else "ipv6_addr",
                 "flags": ["interval"]}
-        elements = spec.elements()
-        if elements:
+        intervals = spec.intervals()
+        if intervals:
             # In the set's own declaration, not a separate `add element`: nft then sends
             # them with the set and takes ~1/3 less CPU for 100 000 (bench/access.py).
-            body["elem"] = [{"prefix": {"addr": a, "len": int(n)}} for a, _, n in (e.partition("/") for e in elements)]
+            body["elem"] = RawJSON(elements_json(spec.version, intervals))
         cmds.append({"add": {"set": body}})
     return cmds
+
+
+@dataclass(frozen=True)
+class RawJSON:
+    """JSON text that :func:`dumps` puts into a command as it is (set elements)."""
+
+    text: str
+
+
+def elements_json(version: int, intervals: list[tuple[int, int]]) -> str:
+    """An interval set's elements as an nftables JSON array: a prefix where an interval is
+    one, else a range. Written as text: 100 000 elements as dicts through json.dumps took
+    ~0.2 s, this ~0.06 s (the loop is inlined for the same reason)."""
+    family, size, bits = (socket.AF_INET, 4, 32) if version == 4 else (socket.AF_INET6, 16, 128)
+    ntop = socket.inet_ntop
+    out = []
+    for first, last in intervals:
+        count = last - first + 1
+        if count & (count - 1) == 0 and first & (count - 1) == 0:  # an aligned power of two: a prefix
+            out.append(f'{{"prefix":{{"addr":"{ntop(family, first.to_bytes(size, "big"))}",'
+                       f'"len":{bits + 1 - count.bit_length()}}}}}')
+        else:
+            out.append(f'{{"range":["{ntop(family, first.to_bytes(size, "big"))}",'
+                       f'"{ntop(family, last.to_bytes(size, "big"))}"]}}')
+    return "[" + ",".join(out) + "]"
+
+
+def dumps(cmds: list[dict[str, Any]]) -> str:
+    """``{"nftables": cmds}`` as JSON text, each :class:`RawJSON` in it spliced in as it is."""
+    raws: list[RawJSON] = []
+
+    def mark(obj: object) -> str:
+        if not isinstance(obj, RawJSON):
+            raise TypeError(f"{type(obj).__name__} is not JSON")
+        raws.append(obj)
+        return f"\0raw{len(raws) - 1}"
+
+    text = json.dumps({"nftables": cmds}, default=mark)
+    for i, raw in enumerate(raws):
+        text = text.replace(f'"\\u0000raw{i}"', raw.text, 1)
+    return text
 
 
 # --------------------------------------------------------------------------
@@ -299,13 +342,14 @@ class NftBackend:
         if table not in TABLES:
             raise BackendError(f"unknown table {table}")
         content = table_content(content, table)
-        cmds = batch(self.snapshot(family_of(table)), table, content)
-        if not cmds:
-            return
-        try:
-            self.run(["-j", "-f", "-"], json.dumps({"nftables": cmds}))
-        except BackendError as exc:
-            raise BackendError(f"{table_label(table)} (nftables table {family_of(table)} {TABLE}): {exc}") from None
+        with nftlock.held():  # no other vpnoffload write between the snapshot and the commit
+            cmds = batch(self.snapshot(family_of(table)), table, content)
+            if not cmds:
+                return
+            try:
+                self.run(["-j", "-f", "-"], dumps(cmds))
+            except BackendError as exc:
+                raise BackendError(f"{table_label(table)} (nftables table {family_of(table)} {TABLE}): {exc}") from None
 
     def _json(self, argv: list[str]) -> dict[str, Any]:
         text = self.run(argv, None)

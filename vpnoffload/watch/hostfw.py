@@ -7,7 +7,8 @@ last look does a short-lived child (``python -I -m
 vpnoffload.firewall.host.plan``) compare the ruleset with the record of ``up
 vps`` and re-add what is missing, printing one line per opening put back.
 When ``up`` recorded no opening, the child says so (exit 3) and nothing runs
-again until the record file changes.
+again until the record file changes; when it could not look (the run lock
+held, firewalld mid-restart: exit 4), the next round runs it again.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from vpnoffload import runfiles
 from vpnoffload.errors import VpnOffloadError
 from vpnoffload.lean import spawn
 
-EVERY = 5.0
+#: Every look is one ``nft -s list ruleset`` child (a few ms); a reload is undone within about this
+#: plus one reconcile child (~1 s).
+EVERY = 2.0
 CHILD_TIMEOUT = 20.0
 NOTHING_RECORDED = 3
+TRY_AGAIN = 4  # vpnoffload.firewall.host.plan.TRY_AGAIN (not imported: the watchdog stays lean)
 
 
 def _which(name: str) -> str | None:
@@ -41,9 +45,10 @@ def _mtime(path: str) -> int:
 class HostFirewallWatch:
     """Call :meth:`tick` from the loop; it returns what was put back (lines for the log)."""
 
-    def __init__(self, run_dir: str, clock_start: float) -> None:
-        self.run_dir = run_dir
-        self.record = os.path.join(run_dir, runfiles.record("vps"))
+    def __init__(self, run_dir: str, clock_start: float, end: str = "vps") -> None:
+        """``end``: whose record to keep in place ("vps"; "home-NAME" for the home keeper)."""
+        self.run_dir, self.end = run_dir, end
+        self.record = os.path.join(run_dir, runfiles.record(end))
         self.nft = _which("nft")
         self.last_look = clock_start - EVERY  # look at once
         self.seen: int | None = None  # hash of the ruleset text when all was in place
@@ -68,10 +73,11 @@ class HostFirewallWatch:
         return self._reconcile()
 
     def _reconcile(self) -> list[str]:
-        argv = spawn.full_argv("vpnoffload.firewall.host.plan", "--run", self.run_dir)
+        argv = spawn.full_argv("vpnoffload.firewall.host.plan", "--run", self.run_dir, "--end", self.end)
         try:
             child = spawn.spawn(argv, stdout=True, stderr=True)
-            out = spawn.finish(child, b"", CHILD_TIMEOUT, "the host firewall check", ok=(0, NOTHING_RECORDED))
+            out = spawn.finish(child, b"", CHILD_TIMEOUT, "the host firewall check",
+                               ok=(0, NOTHING_RECORDED, TRY_AGAIN))
         except (OSError, VpnOffloadError) as exc:
             self.seen = None  # try again next time
             return [f"host firewall check failed: {exc}"]
@@ -79,6 +85,6 @@ class HostFirewallWatch:
             self.idle_mtime = _mtime(self.record)
             return []
         lines = [line for line in out.decode(errors="replace").splitlines() if line.strip()]
-        if lines:
+        if lines or child.returncode == TRY_AGAIN:
             self.seen = None  # our own re-adds changed the ruleset: take the next look as the new baseline
         return lines

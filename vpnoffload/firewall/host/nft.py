@@ -14,6 +14,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from vpnoffload.errors import BackendError
+from vpnoffload.firewall import nftlock
 from vpnoffload.firewall.host.openings import COMMENT, Opening, Placement
 from vpnoffload.proc import run
 
@@ -93,7 +94,8 @@ def insert(places: list[Placement]) -> list[int]:
     if not places:
         return []
     batch = {"nftables": [{"insert": {"rule": _body(p.family, p.table, p.chain, p.opening)}} for p in places]}
-    out = run(["nft", "-e", "-j", "-f", "/dev/stdin"], input=json.dumps(batch), hint=NFT_HINT, timeout=15).stdout
+    with nftlock.held():
+        out = run(["nft", "-e", "-j", "-f", "/dev/stdin"], input=json.dumps(batch), hint=NFT_HINT, timeout=15).stdout
     try:
         echoed = json.loads(out).get("nftables", [])
         handles = [int(i["insert"]["rule"]["handle"]) for i in echoed if "insert" in i]
@@ -110,7 +112,8 @@ def delete(targets: list[tuple[str, str, str, int]]) -> None:
         return
     batch = {"nftables": [{"delete": {"rule": {"family": f, "table": t, "chain": c, "handle": h}}}
                           for f, t, c, h in targets]}
-    run(["nft", "-j", "-f", "/dev/stdin"], input=json.dumps(batch), hint=NFT_HINT, timeout=15)
+    with nftlock.held():
+        run(["nft", "-j", "-f", "/dev/stdin"], input=json.dumps(batch), hint=NFT_HINT, timeout=15)
 
 
 class _Nft:
@@ -129,9 +132,10 @@ class _Nft:
         return True, insert([place])[0]
 
     def remove(self, place: Placement, handle: int | None) -> None:
-        found = find(list_ruleset(), place.family, place.table, place.chain, place.opening, handle)
-        if found is not None:
-            delete([(place.family, place.table, place.chain, found)])
+        with nftlock.held():  # the handle read must still be ours when it is deleted
+            found = find(list_ruleset(), place.family, place.table, place.chain, place.opening, handle)
+            if found is not None:
+                delete([(place.family, place.table, place.chain, found)])
 
     def lost(self, place: Placement, live: Live) -> bool:
         return (chain_exists(live.ruleset, place.family, place.table, place.chain)

@@ -16,6 +16,8 @@ Docker (iptables-nft)     ``DOCKER-USER`` for forward, the chain otherwise  :mod
 ufw (iptables-nft)        ``ufw allow`` / ``ufw route allow``               :mod:`.host_ufw`
 plain iptables-nft        the built-in chain, with iptables-nft             :mod:`.host_docker`
 native nftables           the dropping base chain itself                    :mod:`.host_nft`
+firewalld (daemon runs)   runtime rich rules in the zone of the inbound      :mod:`.host_firewalld`
+                          interface; the probe veth bound to ``trusted``
 firewalld-shaped table    as native nftables (no firewalld daemon here)     :mod:`.host_nft`
 ========================  ===============================================  ========================
 
@@ -186,6 +188,7 @@ class BaseChain:
     drops: bool  # policy drop, or a drop/reject verdict among its rules
     manager: str  # "docker", "ufw", "iptables-nft", "nftables"
     accepts_established: bool = False  # starts off with an unconditional ct state established,related accept
+    accepts_dnat: bool = False  # starts off with an unconditional ct status dnat accept (firewalld's does)
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -206,6 +209,14 @@ class Host:
     ufw: bool = False
     firewalld: bool = False  # the firewalld daemon runs (then its table is its own)
     docker: bool = False
+    #: firewalld's runtime zone of each interface it has bound ((interface, zone), ...), and its default zone
+    #: (where every other interface's traffic goes).
+    firewalld_zones: tuple[tuple[str, str], ...] = ()
+    firewalld_default: str = "public"
+
+    def zone_of(self, interface: str | None) -> str:
+        """firewalld's zone for traffic arriving on ``interface`` (the default zone when it is unbound)."""
+        return dict(self.firewalld_zones).get(interface or "", self.firewalld_default)
 
     def found(self) -> list[str]:
         """One line per firewall found, for doctor and status."""
@@ -246,20 +257,26 @@ def _verdict(rule: dict[str, Any]) -> str | None:
     return None
 
 
-def _only_established(rule: dict[str, Any]) -> bool:
-    """``ct state established,related accept`` and nothing else (counters aside)."""
+def _only_ct(rule: dict[str, Any], key: str, wanted: set[str]) -> bool:
+    """``ct <key> <wanted...> accept`` and nothing else (counters aside)."""
     exprs = [e for e in rule.get("expr", []) if "counter" not in e]
     if len(exprs) != 2 or "accept" not in exprs[1]:
         return False
     match = exprs[0].get("match", {})
     right = match.get("right")
     right = right.get("set") if isinstance(right, dict) else right
-    states = set(right) if isinstance(right, list) else {right}
-    return match.get("left") == {"ct": {"key": "state"}} and {"established", "related"} <= states
+    values = set(right) if isinstance(right, list) else {right}
+    return match.get("left") == {"ct": {"key": key}} and wanted <= values
+
+
+def _only_established(rule: dict[str, Any]) -> bool:
+    """``ct state established,related accept`` and nothing else (counters aside)."""
+    return _only_ct(rule, "state", {"established", "related"})
 
 
 def detect(ruleset: dict[str, Any], *, ufw: bool = False, firewalld: bool = False,
-           legacy_tables: tuple[str, ...] = ()) -> Host:
+           legacy_tables: tuple[str, ...] = (), firewalld_zones: tuple[tuple[str, str], ...] = (),
+           firewalld_default: str = "public") -> Host:
     """Read ``nft -j list ruleset`` output (parsed) into a :class:`Host`.
 
     ``ufw``: ``ufw status`` says active (its chains also show it);
@@ -293,11 +310,12 @@ def detect(ruleset: dict[str, Any], *, ufw: bool = False, firewalld: bool = Fals
             continue
         own = rules.get((c["family"], c["table"], c["name"]), [])
         drops = c.get("policy") == "drop" or any(_verdict(r) in ("drop", "reject") for r in own)
-        manager = _manager(c["family"], c["table"], c["hook"], names, ufw)
+        manager = _manager(c["family"], c["table"], c["hook"], names, ufw, firewalld)
         found.append(BaseChain(c["family"], c["table"], c["name"], c["hook"], c.get("policy", "accept"), drops,
-                               manager, accepts_established=any(_only_established(r) for r in own[:3])))
+                               manager, accepts_established=any(_only_established(r) for r in own[:3]),
+                               accepts_dnat=any(_only_ct(r, "status", {"dnat"}) for r in own[:3])))
     return Host(tuple(found), tuple(tables), tuple(legacy_tables), ufw=ufw and ufw_seen, firewalld=firewalld,
-                docker=docker)
+                docker=docker, firewalld_zones=firewalld_zones, firewalld_default=firewalld_default)
 
 
 def _ours(obj: Any) -> bool:
@@ -310,14 +328,16 @@ def _ours(obj: Any) -> bool:
     return table == TABLE
 
 
-def _manager(family: str, table: str, hook: str, names: set[str], ufw: bool) -> str:
+def _manager(family: str, table: str, hook: str, names: set[str], ufw: bool, firewalld: bool = False) -> str:
     if _is_xt_table(family, table, chains=names):
         if hook == "forward" and "DOCKER-USER" in names:
             return "docker"  # Docker's FORWARD jumps to DOCKER-USER first; ufw's come after
         if ufw and any(n.startswith(("ufw-", "ufw6-")) for n in names):
             return "ufw"
         return "iptables-nft"
-    return "nftables"  # a firewalld-shaped table too: no daemon owns it here
+    if firewalld and (family, table) == ("inet", "firewalld"):
+        return "firewalld"  # the daemon rewrites this table on every reload: open through it
+    return "nftables"  # a firewalld-shaped table without a daemon too
 
 
 # ------------------------------------------------------------------ the chooser
@@ -325,7 +345,8 @@ def _manager(family: str, table: str, hook: str, names: set[str], ufw: bool) -> 
 
 @dataclass(frozen=True, order=True)
 class Placement:
-    """One opening in one place: ``mechanism`` is "nft", "iptables-nft" or "ufw"."""
+    """One opening in one place: ``mechanism`` is "nft", "iptables-nft", "ufw" or "firewalld"
+    (then ``chain`` is the firewalld zone it goes into)."""
 
     mechanism: str
     family: str  # nft family of the chain ("ip" for iptables-nft v4, "ip6" for v6)
@@ -337,6 +358,9 @@ class Placement:
     def where(self) -> str:
         if self.mechanism == "ufw":
             return "ufw"
+        if self.mechanism == "firewalld":
+            what = f"interface {self.opening.iif}" if self.opening.hook == "forward" else "rich rule"
+            return f"firewalld zone {self.chain} (runtime {what})"
         if self.mechanism == "iptables-nft":
             return f"{'ip6tables' if self.family == 'ip6' else 'iptables'}-nft {self.table} {self.chain}"
         return f"nftables {self.family} {self.table} {self.chain}"
@@ -360,7 +384,14 @@ def choose(openings: list[Opening], host: Host) -> list[Placement]:
                 continue
             if opening.ct == "established" and (chain.accepts_established or chain.manager == "ufw"):
                 continue
-            if chain.manager == "ufw":
+            if opening.ct == "dnat" and chain.accepts_dnat:
+                continue
+            if chain.manager == "firewalld" and opening.hook == "output":
+                continue  # its filter_OUTPUT rejects only IPv6 addresses of 6to4/IPv4-mapped ranges (RFC 3964)
+            firewalld_place = _firewalld_place(opening, chain, host) if chain.manager == "firewalld" else None
+            if firewalld_place is not None:
+                place = firewalld_place
+            elif chain.manager == "ufw":
                 place = Placement("ufw", chain.family, chain.table, chain.name, opening)
             elif chain.manager in ("docker", "iptables-nft"):
                 target = "DOCKER-USER" if chain.manager == "docker" else chain.name
@@ -379,3 +410,23 @@ def choose(openings: list[Opening], host: Host) -> list[Placement]:
             seen_ufw.add(place.opening)
         result.append(place)
     return result
+
+
+def _firewalld_place(opening: Opening, chain: BaseChain, host: Host) -> Placement | None:
+    """firewalld's own way for ``opening``, or None where it has none (then a tagged rule in its table,
+    which the watchdog puts back after each reload).
+
+    New connections in: a runtime rich rule in the zone of the interface they
+    arrive on. Forwarded from the watchdog's probe veth (vpnoffload's own
+    device, nothing else arrives on it): that interface bound to the
+    ``trusted`` zone at runtime, whose target accepts what enters there.
+    Conntrack matches have no firewalld words; firewalld's base chains accept
+    established and DNATed traffic anyway (see :func:`choose`).
+    """
+    if opening.ct is not None:
+        return None
+    if opening.hook == "input":
+        return Placement("firewalld", chain.family, chain.table, host.zone_of(opening.iif), opening)
+    if opening.hook == "forward" and opening.iif == probens.VPS_DEVICE:
+        return Placement("firewalld", chain.family, chain.table, "trusted", opening)
+    return None

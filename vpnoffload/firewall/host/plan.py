@@ -6,7 +6,7 @@ there and what the record says vpnoffload added: the difference is a list of
 :class:`~vpnoffload.plan.Action` with exact undo. Each opening added is
 recorded (``Record.host_openings``) as a plain dict::
 
-    {"mechanism": "nft" | "iptables-nft" | "ufw", "family": "inet", "table": "filter",
+    {"mechanism": "nft" | "iptables-nft" | "ufw" | "firewalld", "family": "inet", "table": "filter",
      "chain": "input", "handle": 12, "opening": {...Opening fields...}}
 
 so ``down`` removes exactly those, and :func:`reconcile` (run by the watchdog
@@ -25,15 +25,21 @@ from pathlib import Path
 from typing import Any
 
 from vpnoffload import runfiles
-from vpnoffload.firewall.host import docker as host_docker, nft as host_nft, ufw as host_ufw
+from vpnoffload.firewall.host import docker as host_docker, firewalld as host_firewalld, nft as host_nft, \
+    ufw as host_ufw
 from vpnoffload.firewall.host.mechanism import Live, Mechanism
 from vpnoffload.firewall.host.openings import Host, Opening, Placement, choose, detect
 from vpnoffload.plan import Action
 from vpnoffload.proc import run
 
 log = logging.getLogger(__name__)
-#: Where the watchdog's reconcile says what it put back (read by ``status``).
+#: Where the watchdog's reconcile says what it put back on the VPS (read by ``status``).
 STATUS_FILE = runfiles.HOSTFW_STATUS
+
+
+def status_file(end: str) -> str:
+    """What the reconcile of ``end`` ("vps", or "home-NAME" for the home keeper's) put back."""
+    return STATUS_FILE if end == "vps" else f"hostfw-{end}.json"
 
 
 def legacy_tables(proc_net: Path = Path("/proc/net")) -> tuple[str, ...]:
@@ -47,17 +53,13 @@ def legacy_tables(proc_net: Path = Path("/proc/net")) -> tuple[str, ...]:
     return tuple(found)
 
 
-def firewalld_running() -> bool:
-    if shutil.which("firewall-cmd") is None:
-        return False
-    return run(["firewall-cmd", "--state"], check=False, timeout=10).stdout.strip() == "running"
-
-
 def read_host() -> tuple[Host, dict[str, Any]]:
     """The host's firewall now, and the ruleset it was read from."""
     ruleset = host_nft.list_ruleset() if shutil.which("nft") else {"nftables": []}
-    return detect(ruleset, ufw=host_ufw.active(), firewalld=firewalld_running(),
-                  legacy_tables=legacy_tables()), ruleset
+    firewalld = host_firewalld.running()
+    bindings, default = host_firewalld.zones() if firewalld else ((), "public")
+    return detect(ruleset, ufw=host_ufw.active(), firewalld=firewalld, legacy_tables=legacy_tables(),
+                  firewalld_zones=bindings, firewalld_default=default), ruleset
 
 
 def entry_of(place: Placement, handle: int | None = None) -> dict[str, Any]:
@@ -71,7 +73,8 @@ def placement_of(entry: dict[str, Any]) -> Placement:
 
 
 #: Every mechanism, by the name a record entry carries.
-MECHANISMS: dict[str, Mechanism] = {m.name: m for m in (host_nft.MECHANISM, host_docker.MECHANISM, host_ufw.MECHANISM)}
+MECHANISMS: dict[str, Mechanism] = {m.name: m for m in (host_nft.MECHANISM, host_docker.MECHANISM, host_ufw.MECHANISM,
+                                                         host_firewalld.MECHANISM)}
 
 
 def _add(place: Placement, entries: list[dict[str, Any]]) -> None:
@@ -167,55 +170,86 @@ def missing(entries: list[dict[str, Any]], ruleset: dict[str, Any]) -> list[dict
             if MECHANISMS[(place := placement_of(entry)).mechanism].lost(place, live)]
 
 
-def reconcile(run_dir: Path, lock: Path) -> list[str] | None:
-    """Put back the openings of ``run_dir/vps.json`` that the host's firewall lost; what was put back
-    (None: the record holds no opening, so there is nothing to watch).
+#: The reconcile child's exit status when it could not finish (the run lock held, firewall-cmd mid-restart):
+#: the watchdog looks again at its next round even if the ruleset did not change.
+TRY_AGAIN = 4
+
+
+class TryAgain(Exception):
+    """The reconcile could not look now; its text (possibly empty) is for the watchdog's log."""
+
+
+def reconcile(run_dir: Path, lock: Path, end: str = "vps") -> list[str] | None:
+    """Put back the openings of ``run_dir/END.json`` that the host's firewall lost; what was put back
+    (None: the record holds no opening, so there is nothing to watch). ``end`` is "vps" (the
+    watchdog's) or "home-NAME" (the home keeper's).
 
     One ``nft -j list ruleset`` (plus one ``iptables-nft-save`` per family
-    with iptables-nft openings). Skips a round while ``up``/``down`` holds the
-    run lock. Never raises for a host that changed under it: the next round
-    tries again.
+    with iptables-nft openings, and ``firewall-cmd`` queries for firewalld's).
+    Raises :class:`TryAgain` while ``up``/``down`` holds the run lock, or when
+    the host changed under it (firewalld restarting): the next round tries again.
     """
-    from vpnoffload import record as record_mod
     from vpnoffload.errors import VpnOffloadError
     from vpnoffload.locks import held
 
-    rec_path = run_dir / runfiles.record("vps")
+    rec_path = run_dir / runfiles.record(end)
     if not rec_path.exists():
         return None
     try:
         with held(str(lock), 0.0, lambda: "busy"):
-            rec = record_mod.load(rec_path)
-            if not rec.host_openings:
-                return None
-            gone = missing(rec.host_openings, host_nft.list_ruleset())
-            restored = []
-            for entry in gone:
-                place = placement_of(entry)
-                made: list[dict[str, Any]] = []
-                _add(place, made)
-                rec.host_openings = [e for e in rec.host_openings if e is not entry] + made
-                restored.append(place.summary.replace("open in", "reopened in", 1))
-            if restored:
-                record_mod.save(rec_path, rec)
-                _note(run_dir, restored)
-            return restored
-    except VpnOffloadError as exc:
-        log.debug("host firewall reconcile skipped: %s", exc)
-        return []
+            try:
+                return _put_back(run_dir, rec_path, end)
+            except VpnOffloadError as exc:
+                raise TryAgain(f"host firewall check failed: {exc}") from None
+    except VpnOffloadError:
+        raise TryAgain("") from None  # up/down holds the run lock: it makes the host right itself
+
+
+def _put_back(run_dir: Path, rec_path: Path, end: str) -> list[str] | None:
+    from vpnoffload import record as record_mod
+
+    rec = record_mod.load(rec_path)
+    if not rec.host_openings:
+        return None
+    # Each nft write below takes the nftables lock itself (firewall/nftlock.py); holding it around
+    # the whole repair would hold up a failover's swap for as long as firewall-cmd takes.
+    gone = missing(rec.host_openings, host_nft.list_ruleset())
+    restored = []
+    for entry in gone:
+        place = placement_of(entry)
+        made: list[dict[str, Any]] = []
+        _add(place, made)
+        rec.host_openings = [e for e in rec.host_openings if e is not entry] + made
+        restored.append(place.summary.replace("open in", "reopened in", 1))
+    if restored:
+        record_mod.save(rec_path, rec)
+        _note(run_dir, restored, end)
+    return restored
 
 
 def main(argv: list[str]) -> int:
-    """``python -I -m vpnoffload.firewall.host.plan --run DIR``: the watchdog's reconcile child.
+    """``python -I -m vpnoffload.firewall.host.plan --run DIR [--end home-NAME]``: the reconcile child
+    of the watchdog (or, with ``--end``, of the home keeper).
 
-    Prints one line per opening put back; exits 3 when ``up`` recorded none.
+    Prints one line per opening put back; exits 3 when ``up`` recorded none,
+    4 (:data:`TRY_AGAIN`) when it could not look now.
     """
     from vpnoffload.exits import run_main
     from vpnoffload.lean import options
 
     def body() -> int:
-        run_dir = Path(str(options.parse(argv, values=("--run",), required=("--run",))["--run"]))
-        restored = reconcile(run_dir, run_dir / runfiles.LOCK)
+        opts = options.parse(argv, values=("--run", "--end"), required=("--run",))
+        run_dir, end = Path(str(opts["--run"])), str(opts.get("--end", "vps"))
+        if end != "vps" and not end.startswith("home-"):
+            from vpnoffload.errors import ConfigError
+
+            raise ConfigError(f"--end {end!r}: use vps or home-NAME", field="--end")
+        try:
+            restored = reconcile(run_dir, run_dir / runfiles.LOCK, end)
+        except TryAgain as exc:
+            if str(exc):
+                print(exc)
+            return TRY_AGAIN
         if restored is None:
             return 3
         for line in restored:
@@ -225,9 +259,9 @@ def main(argv: list[str]) -> int:
     return run_main(body, prog="vpnoffload-reconcile")
 
 
-def _note(run_dir: Path, restored: list[str]) -> None:
-    path = run_dir / STATUS_FILE
-    data = read_status(run_dir)
+def _note(run_dir: Path, restored: list[str], end: str = "vps") -> None:
+    path = run_dir / status_file(end)
+    data = read_status(run_dir, end)
     data["restored"] = (data.get("restored", []) + [{"at": time.time(), "what": restored}])[-10:]
     data["count"] = int(data.get("count", 0)) + len(restored)
     try:
@@ -236,28 +270,35 @@ def _note(run_dir: Path, restored: list[str]) -> None:
         log.error("cannot write %s: %s", path, exc)
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
+def read_status(run_dir: Path, end: str = "vps") -> dict[str, Any]:
     try:
-        data: dict[str, Any] = json.loads((run_dir / STATUS_FILE).read_text())
+        data: dict[str, Any] = json.loads((run_dir / status_file(end)).read_text())
         return data
     except (OSError, ValueError):
         return {}
 
 
-def status_report(run_dir: Path, end: str = "vps") -> dict[str, Any]:
+def status_report(run_dir: Path, end: str | None = None) -> dict[str, Any]:
     """What ``status`` shows of the host's firewall: what ``up`` found there, what it opened,
-    and what the watchdog had to put back. Reads files only."""
+    and what the watchdog (on the VPS) or the home keeper had to put back. Reads files only.
+
+    Without ``end``: the VPS's record, or on a home box (no ``vps.json``) its first home's.
+    """
     from vpnoffload import record as record_mod
     from vpnoffload.errors import VpnOffloadError
 
+    if end is None:
+        homes = sorted(p.stem for p in run_dir.glob("home-*.json") if not p.stem.startswith("home-keeper"))
+        end = homes[0] if homes and not (run_dir / runfiles.record("vps")).exists() else "vps"
+    by = "the watchdog" if end == "vps" else "the home keeper"
     try:
         rec = record_mod.load(run_dir / runfiles.record(end))
     except VpnOffloadError:
-        return {"found": [], "opened": [], "reopened": 0, "last_reopened": None}
-    noted = read_status(run_dir) if rec.host_openings else {}
+        return {"found": [], "opened": [], "reopened": 0, "last_reopened": None, "by": by}
+    noted = read_status(run_dir, end) if rec.host_openings else {}
     last = (noted.get("restored") or [None])[-1]
     return {"found": list(rec.host_found), "opened": [placement_of(e).summary for e in rec.host_openings],
-            "reopened": int(noted.get("count", 0)), "last_reopened": last}
+            "reopened": int(noted.get("count", 0)), "last_reopened": last, "by": by}
 
 
 def render_status(report: dict[str, Any], ago: Any) -> list[str]:
@@ -266,8 +307,37 @@ def render_status(report: dict[str, Any], ago: Any) -> list[str]:
     lines += [f"  {line.replace('open in', 'opened in', 1)}" for line in report["opened"]]
     if report["reopened"]:
         last = report["last_reopened"] or {}
-        lines.append(f"  reopened by the watchdog after a host reload: {report['reopened']} rule(s), last "
+        lines.append(f"  reopened by {report.get('by', 'the watchdog')} after a host reload: "
+                     f"{report['reopened']} rule(s), last "
                      f"{ago(last.get('at'))}")
+    return lines
+
+
+def home_box_report(run_dir: Path) -> dict[str, Any] | None:
+    """``status`` on a home box (``up home`` ran here, no VPS end): the host firewall there and
+    whether the home keeper, which puts its openings back, runs now. None: not a home box."""
+    homes = sorted(p.stem for p in run_dir.glob("home-*.json"))
+    if not homes:
+        return None
+    keepers = {}
+    for end in homes:
+        name = end.removeprefix("home-")
+        pidfile = run_dir / runfiles.home_keeper_pid(name)
+        keepers[name] = runfiles.pid_of(pidfile, contains=(b"vpnoffload.homekeeper", str(pidfile).encode()))
+    return {"end": "home", "homes": [{"name": end.removeprefix("home-"), "keeper_pid": keepers[end.removeprefix("home-")],
+                                      "host_firewall": status_report(run_dir, end)} for end in homes]}
+
+
+def render_home_box(report: dict[str, Any], ago: Any) -> list[str]:
+    lines = ["home box: the VPS's tunnel and services are shown by 'vpnoffload status' on the VPS"]
+    for home in report["homes"]:
+        pid = home["keeper_pid"]
+        lines.append(f"home {home['name']}: keeper " + (f"running (pid {pid}): it keeps the OpenVPN client and the "
+                                                        "host firewall's openings in place" if pid else
+                                                        "NOT running: nothing puts the openings back after a "
+                                                        "host firewall reload (systemd runs the client, or "
+                                                        "run 'vpnoffload up home')"))
+        lines += render_status(home["host_firewall"], ago)
     return lines
 
 
@@ -300,9 +370,10 @@ def doctor_findings(config: Any) -> list[tuple[str, str, str, str]]:
         return [("warn", "host firewall", f"cannot read the host's firewall: {exc}", "apt-get install nftables")]
     out = [("ok", "host firewall", "; ".join(host.found()), "")]
     if host.firewalld:
-        out.append(("warn", "firewalld", "firewalld runs: vpnoffload opens its way in firewalld's own nftables "
-                    "table, not through firewall-cmd; a firewall-cmd --reload drops those until the watchdog "
-                    "puts them back (within about 5 s)", "see docs/deploying.md, firewalld"))
+        out.append(("ok", "firewalld", f"firewalld runs (default zone {host.firewalld_default}): vpnoffload opens "
+                    "its way through firewall-cmd, in the runtime configuration only (never --permanent); "
+                    "after a firewall-cmd --reload or a restart of firewalld the watchdog puts it back "
+                    "(within about 5 s)", ""))
     if config is None:
         return out
     interface = _local_interface(str(config.vps.bind_address))  # 1:1 NAT: the VPS holds local_address
