@@ -10,6 +10,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import TypeVar
 
@@ -100,3 +101,22 @@ def self_signed(name: str, cert: Path, key: Path) -> None:
     key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))
     key.chmod(0o600)
+
+
+# -- one home box behind several VPSes (issue 25)
+
+
+def home_box_config(vps: str, subnet: str, port: int = 1194) -> str:
+    """A VPS's config as a home box gets it: that VPS, its tunnel subnet, home at .2, one web service."""
+    home = IPv4Network(subnet).network_address + 2
+    return (f'[vps]\naddress = "{vps}"\n[tunnel]\nsubnet = "{subnet}"\nport = {port}\n'
+            f'[homes.home]\naddress = "{home}"\n[services.web]\nlisten = "80"\ntarget = "8080"\n')
+
+
+def write_home_box_config(path: Path, text: str) -> Path:
+    """Put a config on a home box at ``path``, with ``state/home.ovpn`` beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    (path.parent / "state").mkdir(exist_ok=True)
+    (path.parent / "state" / "home.ovpn").write_text("client\n")
+    return path

@@ -93,8 +93,12 @@ def run_lean(options: dict[str, str | bool]) -> int:
     paths = Paths.resolve(str(config or ""), str(state or ""))
 
     def show_status() -> int:
-        from vpnoffload import status
+        from vpnoffload import homestatus, status
 
+        home = homestatus.shown(paths, bool(options.get("json")))
+        if home is not None:  # a home box: every VPS it serves
+            print(home[0])
+            return int(home[1])
         report = status.report_for(paths)
         print(status.render(report, bool(options.get("json"))))
         return int(report.exit_status)

@@ -14,6 +14,7 @@ from typing import Any
 
 from vpnoffload.fsio import make_dir, write_atomic
 from vpnoffload.errors import ConfigError
+from vpnoffload.hometunnels import MAX_SLOTS
 
 
 @dataclass
@@ -25,6 +26,9 @@ class Record:
     #: openings vpnoffload made in it (see vpnoffload.firewall.host.plan).
     host_found: list[str] = field(default_factory=list)
     host_openings: list[dict[str, Any]] = field(default_factory=list)
+    #: Home box: which of its tunnels ``up home`` set up (vpnoffload.hometunnels.Slot),
+    #: so ``down home`` removes that one even if the config changed or broke since.
+    slot: int | None = None
 
     def merge_sysctl(self, previous: dict[str, str]) -> None:
         # Keep the oldest value: a second `up` must not record our own setting as "previous".
@@ -36,7 +40,8 @@ class Record:
             self.addresses.append([interface, address])
 
     def empty(self) -> bool:
-        return not (self.sysctl or self.addresses or self.created_user or self.host_openings or self.host_found)
+        return not (self.sysctl or self.addresses or self.created_user or self.host_openings or self.host_found
+                    or self.slot is not None)
 
 
 def load(path: Path) -> Record:
@@ -52,7 +57,16 @@ def load(path: Path) -> Record:
         created_user=data.get("created_user"),
         host_found=[str(line) for line in data.get("host_found", [])],
         host_openings=[dict(e) for e in data.get("host_openings", [])],
+        slot=_slot(data.get("slot")),
     )
+
+
+def _slot(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_SLOTS:
+        raise ConfigError(f"state file: bad tunnel slot {value!r}", field="slot")
+    return value
 
 
 def save(path: Path, record: Record) -> None:

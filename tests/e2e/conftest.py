@@ -25,7 +25,7 @@ from vpnoffload.paths import CONFIG_ENV, STATE_ENV
 
 
 @contextlib.contextmanager
-def _test_lab(prefix: str, ipv6: bool = False) -> Iterator[Lab]:
+def _test_lab(prefix: str, ipv6: bool = False, **options: bool) -> Iterator[Lab]:
     try:
         check_prerequisites()
     except PrerequisiteError as exc:
@@ -34,7 +34,7 @@ def _test_lab(prefix: str, ipv6: bool = False) -> Iterator[Lab]:
 
     user_existed = users.exists()
     try:
-        with lab_session(unique(prefix), ipv6=ipv6) as made:
+        with lab_session(unique(prefix), ipv6=ipv6, **options) as made:
             yield made
     finally:
         # `up` creates OpenVPN's system user outside the namespaces; a test that
@@ -54,6 +54,13 @@ def lab() -> Iterator[Lab]:
 def lab6() -> Iterator[Lab]:
     """The same lab with IPv6 (2001:db8::/32 documentation addresses) on every link."""
     with _test_lab("e2e6", ipv6=True) as made:
+        yield made
+
+
+@pytest.fixture
+def lab2vps() -> Iterator[Lab]:
+    """The lab with a second VPS, vps2 at 203.0.113.20 (its cable: to-vps2)."""
+    with _test_lab("e2e2v", second_vps=True) as made:
         yield made
 
 

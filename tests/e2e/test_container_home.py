@@ -18,41 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests import hostshapes
 from tests.e2e.conftest import cli, cli_argv, configure
-from tests.e2e.labkit import wait_reply
-from tests.nslib import in_ns, namespaces, unique
+from tests.e2e.labkit import CONTAINER, INSIDE, PUBLISHED, make_container_home, wait_reply
+from tests.nslib import namespaces, unique
 from vpnoffload.lab.netns import Lab, child_env
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
-
-BRIDGE = "docker0"
-BRIDGE_ADDRESS = "198.18.5.1/24"  # the "private" side, as ENVIRONMENT.md asks
-CONTAINER = "198.18.5.2"
-PUBLISHED = 8080  # `docker run -p 8080:80`
-INSIDE = 80
-
-# What dockerd (Debian 12's docker.io, iptables-nft) writes with one container publishing 8080 -> 80.
-DOCKER_RULES = hostshapes.docker(BRIDGE, "198.18.5.0/24", published=((PUBLISHED, CONTAINER, INSIDE),))
-
-
-def make_container_home(lab: Lab, container_ns: str) -> None:
-    """docker0 in the home namespace, one container behind it, Docker's rules, forwarding on."""
-    home = lab.namespace("home")
-    lab.exec("home", "ip", "link", "add", BRIDGE, "type", "bridge")
-    lab.exec("home", "ip", "addr", "add", BRIDGE_ADDRESS, "dev", BRIDGE)
-    lab.exec("home", "ip", "link", "set", BRIDGE, "up")
-    veth = f"ve{unique('')[-6:]}"
-    subprocess.run(["ip", "link", "add", veth, "netns", home, "type", "veth", "peer", "name", "eth0",
-                    "netns", container_ns], check=True, timeout=10)
-    lab.exec("home", "ip", "link", "set", veth, "master", BRIDGE, "up")
-    in_ns(container_ns, "ip", "addr", "add", f"{CONTAINER}/24", "dev", "eth0")
-    in_ns(container_ns, "ip", "link", "set", "eth0", "up")
-    in_ns(container_ns, "ip", "route", "add", "default", "via", BRIDGE_ADDRESS.split("/")[0])
-    lab.exec("home", "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    lab.exec("home", "iptables-nft-restore", input=DOCKER_RULES)
-
 
 def test_container_behind_a_published_port_serves_visitors_with_their_address(
         lab: Lab, sites: tuple[Path, Path]) -> None:
@@ -68,7 +40,7 @@ def test_container_behind_a_published_port_serves_visitors_with_their_address(
 
         cli(lab, "vps", vps_site, "up", "vps")
         up_home = cli(lab, "home", home_site, "up", "home").stdout
-        assert "fwmark 0x20000000/0x20000000 lookup 7701" in up_home and "VPNOFFLOAD-MARK" in up_home
+        assert "fwmark 0x20000000/0xe0000000 lookup 7701" in up_home and "VPNOFFLOAD-MARK" in up_home
 
         # Served by the container, which sees the visitor's own address.
         url = f"http://{lab.vps_address}/whoami"

@@ -81,14 +81,14 @@ def test_home_routing_up_is_idempotent_and_down_restores_everything(lab: Lab):
         assert summaries(plan) == [
             "add route default dev vpnoffload0 table 7701",
             "add rule from 198.51.100.2 lookup 7701 priority 7701",
-            "add rule from all fwmark 0x20000000/0x20000000 lookup 7701 priority 7701",
+            "add rule from all fwmark 0x20000000/0xe0000000 lookup 7701 priority 7701",
         ]
         apply(plan)
         assert routing.plan_routing(backend, desired) == []  # the mark rule reads back equal
 
         rules = in_ns(lab.home, "ip", "rule").stdout
         assert "7701:\tfrom 198.51.100.2 lookup 7701" in rules
-        assert "7701:\tfrom all fwmark 0x20000000/0x20000000 lookup 7701" in rules
+        assert "7701:\tfrom all fwmark 0x20000000/0xe0000000 lookup 7701" in rules
         # ...and so do marked packets whatever their source (a container's replies)
         marked = in_ns(lab.home, "ip", "route", "get", "192.0.2.50", "mark", "0x20000000").stdout
         assert "dev vpnoffload0" in marked and "table 7701" in marked
@@ -106,7 +106,7 @@ def test_home_routing_up_is_idempotent_and_down_restores_everything(lab: Lab):
         down = routing.plan_routing_down(backend)
         assert summaries(down) == [
             "delete rule from 198.51.100.2 lookup 7701 priority 7701",
-            "delete rule from all fwmark 0x20000000/0x20000000 lookup 7701 priority 7701",
+            "delete rule from all fwmark 0x20000000/0xe0000000 lookup 7701 priority 7701",
             "delete route default dev vpnoffload0 table 7701",
         ]
         apply(down)

@@ -156,8 +156,8 @@ def test_home_ruleset_is_exactly_this() -> None:
         "*mangle",
         ":VPNOFFLOAD-MARK",
         "-A PREROUTING -j VPNOFFLOAD-MARK",
-        "-A VPNOFFLOAD-MARK -i vpnoffload0 -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x20000000/0x20000000",
-        "-A VPNOFFLOAD-MARK ! -i vpnoffload0 -m connmark --mark 0x20000000/0x20000000 -j MARK --set-xmark 0x20000000/0x20000000",
+        "-A VPNOFFLOAD-MARK -i vpnoffload0 -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x20000000/0xe0000000",
+        "-A VPNOFFLOAD-MARK ! -i vpnoffload0 -m connmark --mark 0x20000000/0xe0000000 -j MARK --set-xmark 0x20000000/0xe0000000",
     ]
 
 
@@ -228,8 +228,8 @@ def test_first_plan_describes_each_change_then_commits_per_table() -> None:
         "iptables filter INPUT: -i vpnoffload0 -j VPNOFFLOAD-IN",
         "iptables filter: commit the 10 change(s) above in one step",
         "iptables mangle: create chain VPNOFFLOAD-MARK",
-        "iptables mangle VPNOFFLOAD-MARK: -i vpnoffload0 -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x20000000/0x20000000",
-        "iptables mangle VPNOFFLOAD-MARK: ! -i vpnoffload0 -m connmark --mark 0x20000000/0x20000000 -j MARK --set-xmark 0x20000000/0x20000000",
+        "iptables mangle VPNOFFLOAD-MARK: -i vpnoffload0 -m conntrack --ctstate NEW -j CONNMARK --set-xmark 0x20000000/0xe0000000",
+        "iptables mangle VPNOFFLOAD-MARK: ! -i vpnoffload0 -m connmark --mark 0x20000000/0xe0000000 -j MARK --set-xmark 0x20000000/0xe0000000",
         "iptables mangle PREROUTING: -j VPNOFFLOAD-MARK",
         "iptables mangle: commit the 4 change(s) above in one step",
     ]

@@ -326,7 +326,7 @@ def test_ipv6_entry_read_back_like_ip6tables_save() -> None:
 
 def test_home_routing_has_an_ipv6_rule_and_route() -> None:
     state = rt.home_routing(parse(), "home")
-    mark = {"fwmark": 0x20000000, "fwmask": 0x20000000}
+    mark = {"fwmark": 0x20000000, "fwmask": 0xE0000000}
     assert state.rules == (rt.Rule(IPv4Network("198.51.100.2/32")), rt.Rule(rt.ANY, **mark),
                            rt.Rule(IPv6Network("fd00:88::2/128")), rt.Rule(rt.ANY6, **mark))
     assert state.routes == (rt.Route(rt.ANY, "vpnoffload0"), rt.Route(rt.ANY6, "vpnoffload0"))

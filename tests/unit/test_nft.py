@@ -141,6 +141,11 @@ def test_translations_are_these() -> None:
 
 #: Expressions exactly as `nft -j list table` (1.0.6) printed rules we wrote.
 PRINTED = [
+    # A home tunnel's mark field (0xe0000000, contiguous high bits): nft prints the masked
+    # compare as a prefix, "ct mark 0x40000000/3" (issue 25, found in the namespace test).
+    ("mangle", [{"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "vpnoffload1"}},
+                {"match": {"op": "==", "left": {"ct": {"key": "mark"}}, "right": {"prefix": {"addr": 0x40000000, "len": 3}}}}],
+     "! -i vpnoffload1 -m connmark --mark 0x40000000/0xe0000000"),
     ("nat", [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "203.0.113.10"}},
              {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": 80}},
              {"mangle": {"key": {"ct": {"key": "mark"}}, "value": {"|": [{"&": [{"ct": {"key": "mark"}}, 4028628991]},

@@ -63,11 +63,11 @@ def home_fake() -> FakeRoutingBackend:
 def test_home_routing_is_a_source_rule_a_mark_rule_and_one_default_route():
     state = routing.home_routing(make_config(), "attic")
     assert state.rules == (Rule(N("198.51.100.3/32"), 7701, 7701),
-                           Rule(N("0.0.0.0/0"), 7701, 7701, fwmark=0x20000000, fwmask=0x20000000))
+                           Rule(N("0.0.0.0/0"), 7701, 7701, fwmark=0x20000000, fwmask=0xE0000000))
     assert state.routes == (Route(N("0.0.0.0/0"), "vpnoffload0", 7701),)
     assert routing.describe(state) == (
         "rule from 198.51.100.3 lookup 7701 priority 7701; "
-        "rule from all fwmark 0x20000000/0x20000000 lookup 7701 priority 7701; route default dev vpnoffload0 table 7701"
+        "rule from all fwmark 0x20000000/0xe0000000 lookup 7701 priority 7701; route default dev vpnoffload0 table 7701"
     )
 
 
@@ -83,12 +83,12 @@ def test_plan_up_from_scratch_then_nothing_to_do():
     assert summaries(plan) == [
         "add route default dev vpnoffload0 table 7701",
         "add rule from 198.51.100.2 lookup 7701 priority 7701",
-        "add rule from all fwmark 0x20000000/0x20000000 lookup 7701 priority 7701",
+        "add rule from all fwmark 0x20000000/0xe0000000 lookup 7701 priority 7701",
     ]
     apply(plan)
     assert routing.plan_routing(fake, desired) == []
     assert fake.rule_list == FOREIGN_RULES + [Rule(N("198.51.100.2/32")),
-                                              Rule(N("0.0.0.0/0"), fwmark=0x20000000, fwmask=0x20000000)]
+                                              Rule(N("0.0.0.0/0"), fwmark=0x20000000, fwmask=0xE0000000)]
 
 
 def test_plan_replaces_stale_state_of_ours():
@@ -102,7 +102,7 @@ def test_plan_replaces_stale_state_of_ours():
         "delete route blackhole 192.0.2.0/24 table 7701",
         "add route default dev vpnoffload0 table 7701",
         "add rule from 198.51.100.2 lookup 7701 priority 7701",
-        "add rule from all fwmark 0x20000000/0x20000000 lookup 7701 priority 7701",
+        "add rule from all fwmark 0x20000000/0xe0000000 lookup 7701 priority 7701",
     ]
 
 
@@ -113,7 +113,7 @@ def test_down_removes_only_ours_and_is_then_empty():
     down = routing.plan_routing_down(fake)
     assert summaries(down) == [
         "delete rule from 198.51.100.2 lookup 7701 priority 7701",
-        "delete rule from all fwmark 0x20000000/0x20000000 lookup 7701 priority 7701",
+        "delete rule from all fwmark 0x20000000/0xe0000000 lookup 7701 priority 7701",
         "delete route default dev vpnoffload0 table 7701",
         "delete route 192.0.2.0/25 via 203.0.113.254 dev eth0 table 7701 metric 5",
     ]
@@ -133,7 +133,7 @@ def test_missing_tunnel_device_fails_with_one_readable_line_and_rolls_back():
     assert "cannot add route default dev vpnoffload0 table 7701: no such device vpnoffload0 (is the tunnel up?)" in str(info.value)
     assert fake.rule_list == FOREIGN_RULES
     assert fake.calls[-2:] == ["delete rule from 198.51.100.2 lookup 7701 priority 7701",
-                               "delete rule from all fwmark 0x20000000/0x20000000 lookup 7701 priority 7701"]
+                               "delete rule from all fwmark 0x20000000/0xe0000000 lookup 7701 priority 7701"]
 
 
 def test_plan_refuses_state_outside_what_we_own():

@@ -244,9 +244,13 @@ def doctor(ctx: typer.Context) -> None:
     from vpnoffload import config as cfg
     from vpnoffload.deploy import doctor as doc
 
+    from vpnoffload.homestatus import is_home_end
+
     paths = context(ctx).paths
     config = cfg.load(paths.config) if paths.config.exists() else None
-    findings = doc.all_checks(config)
+    end = "home" if is_home_end(paths) else "vps"
+    typer.echo(f"checking this machine as the {'home box' if end == 'home' else 'VPS'}")
+    findings = doc.all_checks(config, end, paths.config)
     for f in findings:
         line = f"[{f.level:>4}] {f.check}: {f.detail}"
         typer.echo(line + (f" -> {f.hint}" if f.hint and f.level != "ok" else ""))
@@ -271,8 +275,14 @@ def watch(ctx: typer.Context) -> None:
 def status(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
     """Show the tunnel and each service. Exit 0: all forwarding; 1: fallback or tunnel down; 2: not set up."""
     from vpnoffload import status as status_mod
+    from vpnoffload import homestatus
 
-    report = status_mod.report_for(context(ctx).paths)
+    paths = context(ctx).paths
+    home = homestatus.shown(paths, as_json)
+    if home is not None:  # a home box: every VPS it serves
+        typer.echo(home[0])
+        raise typer.Exit(int(home[1]))
+    report = status_mod.report_for(paths)
     typer.echo(status_mod.render(report, as_json))
     raise typer.Exit(int(report.exit_status))
 

@@ -159,14 +159,17 @@ def user_removal(backends: Backends, rec: record_mod.Record) -> list[Action]:
     return [Action(f"delete system user {name} (created by up)", delete, None)]
 
 
-def closing_actions(backends: Backends, rec: record_mod.Record, rec_path: Path) -> list[Action]:
-    """The end of either ``down``: our rules, the host-firewall openings, the user we created, the record."""
+def closing_actions(backends: Backends, rec: record_mod.Record, rec_path: Path,
+                    scope: Callable[[str], bool] | None = None,
+                    user_removal_actions: list[Action] | None = None) -> list[Action]:
+    """The end of either ``down``: our rules (only the chains in ``scope``, when
+    given), the host-firewall openings, the user we created, the record."""
     from vpnoffload import firewall
 
-    actions = firewall.plan(backends.firewall, firewall.empty_ruleset())
+    actions = firewall.plan(backends.firewall, firewall.empty_ruleset(), scope)
     if backends.host is not None:
         actions += backends.host.plan_close(rec)
-    actions += user_removal(backends, rec)
+    actions += user_removal(backends, rec) if user_removal_actions is None else user_removal_actions
     if rec_path.exists():
         actions.append(Action(f"forget {rec_path}", lambda: rec_path.unlink(missing_ok=True), None))
     return actions

@@ -261,9 +261,37 @@ def require_prerequisites() -> None:
             raise PrerequisiteError(f"{finding.detail}: {finding.hint}")
 
 
-def all_checks(config: Config | None) -> list[Finding]:
+def check_home_box(config_path: Path) -> list[Finding]:
+    """A home box: each VPS config here, its tunnel's share of the box, its profile, and clashes."""
+    from vpnoffload import config as cfg
+    from vpnoffload import hometunnels
+
+    findings = []
+    for path in hometunnels.box_configs(config_path):
+        try:
+            config = cfg.load(path)
+            slot = hometunnels.check_box(path, config)
+        except VpnOffloadError as exc:
+            findings.append(Finding("fail", "home box", f"{path}: {exc}", "fix it before 'up home' with it"))
+            continue
+        profiles = sorted(p.name for p in (path.parent / "state").glob("*.ovpn"))
+        detail = f"VPS {config.vps.address} ({path}): {slot}"
+        if profiles:
+            findings.append(Finding("ok", "home box", f"{detail}, profile {', '.join(profiles)}"))
+        else:
+            findings.append(Finding("warn", "home box", f"{detail}, no client profile in {path.parent / 'state'}",
+                                    "copy the home.ovpn that 'vpnoffload render home' wrote on that VPS there"))
+    return findings
+
+
+def all_checks(config: Config | None, end: str = "vps", config_path: Path | None = None) -> list[Finding]:
+    """Every check for ``end``: a home box is not asked about the VPS's address, ports or web paths."""
     findings = fatal_checks()
     findings += check_firewall_backend(root=findings[0].level == "ok")
+    if end == "home":
+        if findings[0].level == "ok":
+            findings += check_host_firewall(config)
+        return findings + (check_home_box(config_path) if config_path is not None else [])
     findings.append(check_forwarding_config())
     findings.append(check_conntrack_tool())
     findings.append(check_ipv6(config))

@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vpnoffload import hometunnels
 from vpnoffload import record as record_mod
 from vpnoffload import users
-from vpnoffload.errors import NotSetUpError
+from vpnoffload.errors import ConfigError, NotSetUpError
+from vpnoffload.hometunnels import FIRST, Slot
 from vpnoffload.model import Config
 from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
@@ -28,10 +30,12 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------ home
 
 
-def home_tunnel(paths: Paths, backends: Backends, home: str, profile: Path) -> Daemon:
+def home_tunnel(paths: Paths, backends: Backends, home: str, profile: Path, slot: Slot = FIRST) -> Daemon:
     # The profile is portable (it names no local user); drop privileges from the command line.
-    return tunnel_for(backends, f"home-{home}", profile.absolute(), profile.absolute().parent, paths,
-                   extra_args=("--user", users.RUN_AS, "--group", users.RUN_AS))
+    # A further tunnel of the box gets its own device the same way (the last --dev wins).
+    own_dev = () if slot.index == 0 else ("--dev", slot.device)
+    return tunnel_for(backends, slot.tunnel_name(home), profile.absolute(), profile.absolute().parent, paths,
+                   extra_args=("--user", users.RUN_AS, "--group", users.RUN_AS, *own_dev))
 
 
 def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, profile: Path) -> list[Action]:
@@ -41,20 +45,26 @@ def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, pr
         raise NotSetUpError(f"no client profile at {profile}: copy the one 'vpnoffload render home' wrote on the VPS (or pass --profile)")
     rec_path = record_path(paths, f"home-{home}")
     rec = record_mod.load(rec_path)
+    # Before anything changes: this tunnel's share of the box, clashing with no other config here.
+    slot = hometunnels.check_box(paths.config, config)
+    if rec.slot is not None and rec.slot != slot.index:
+        raise ConfigError(f"this config was set up as {Slot(rec.slot)} and is now {slot} "
+                          "(a config was added or moved on this box): run 'vpnoffload down home' first")
+    rec.slot = slot.index
     actions: list[Action] = []
     # Accept only the configured ports on the tunnel before the tunnel exists.
-    actions += firewall.plan(backends.firewall, firewall.home_ruleset(config, home))
+    actions += firewall.plan(backends.firewall, firewall.home_ruleset(config, home, slot), slot.owns_chain)
     if backends.host is not None:
         from vpnoffload.firewall.host.openings import home_openings
 
-        actions += backends.host.plan_open(home_openings(config, home), rec)
+        actions += backends.host.plan_open(home_openings(config, home, slot.device), rec)
     actions += user_actions(backends, rec)
-    tunnel = home_tunnel(paths, backends, home, profile)
-    desired = routing.home_routing(config, home)
-    device = config.tunnel.device
+    tunnel = home_tunnel(paths, backends, home, profile, slot)
+    desired = routing.home_routing(config, home, slot)
+    device = slot.device
     rp_filter = f"net.ipv4.conf.{device}.rp_filter"
     if tunnel.running() and backends.routing.has_device(device):
-        actions += routing.plan_routing(backends.routing, desired)
+        actions += routing.plan_routing(backends.routing, desired, slot.table, slot.priority)
         actions += sysctl_actions({rp_filter: "2"}, backends, rec)
     else:
         # The routes and rp_filter need the tun device, which exists once OpenVPN
@@ -63,14 +73,14 @@ def plan_up_home(config: Config, paths: Paths, backends: Backends, home: str, pr
         address = config.homes[home].address
         actions.append(Action(f"wait until {device} has {address}",
                               lambda: backends.routing.wait_for_address(device, address, timeout=CONNECT_TIMEOUT)))
-        actions += routing.plan_routing(backends.routing, desired)
+        actions += routing.plan_routing(backends.routing, desired, slot.table, slot.priority)
         actions.append(_late_sysctl(rp_filter, "2", backends, rec))
     keeper = home_keeper(paths, tunnel, home, profile)
     if keeper is not None and not keeper.running():
         # Last: it runs `up home` again whenever the client dies (no systemd Restart= here).
         actions.append(Action(f"keep the OpenVPN client for {home} running (restarts it with up home)",
                               keeper.start, keeper.stop))
-    if actions:  # the record may change while the plan runs (a user created, an old sysctl read)
+    if actions or not rec_path.exists():  # the record may change while the plan runs (a user created, an old sysctl read)
         actions.append(save_record_action(rec_path, rec))
     return actions
 
@@ -99,16 +109,51 @@ def plan_down_home(paths: Paths, backends: Backends, home: str, profile: Path) -
 
     rec_path = record_path(paths, f"home-{home}")
     rec = record_mod.load(rec_path)
+    slot = _slot_for_down(paths, rec)
     actions: list[Action] = []
-    tunnel = home_tunnel(paths, backends, home, profile)
+    tunnel = home_tunnel(paths, backends, home, profile, slot)
     keeper = home_keeper(paths, tunnel, home, profile)
     if keeper is not None and keeper.running():  # first, or it would start the client again
         actions.append(Action(f"stop the OpenVPN client keeper for {home}", keeper.stop, None))
-    actions += routing.plan_routing_down(backends.routing)
+    actions += routing.plan_routing_down(backends.routing, slot.table, slot.priority)
     # Restore sysctls while the tun device (and so its rp_filter) still exists.
     actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
     if tunnel.running():
         actions.append(Action(f"stop OpenVPN client for {home}", tunnel.stop, None))
-    return actions + closing_actions(backends, rec, rec_path)
+    return actions + closing_actions(backends, rec, rec_path, slot.owns_chain, _user_handover(paths, backends, rec))
+
+
+def _slot_for_down(paths: Paths, rec: record_mod.Record) -> Slot:
+    """The slot ``up`` recorded; without a record, the one the config gives (slot 0 if it does not load)."""
+    if rec.slot is not None:
+        return Slot(rec.slot)
+    from vpnoffload import config as cfg
+    from vpnoffload.errors import VpnOffloadError
+
+    try:
+        return hometunnels.slot_of(paths.config, cfg.load(paths.config))
+    except VpnOffloadError:
+        return Slot()
+
+
+def _user_handover(paths: Paths, backends: Backends, rec: record_mod.Record) -> list[Action]:
+    """The system user this tunnel's ``up`` created serves the box's other tunnels too:
+    while one of them is up, its record takes the user over (the last ``down`` deletes it)."""
+    from vpnoffload.deploy.common import user_removal
+
+    if not rec.created_user:
+        return user_removal(backends, rec)
+    for other in hometunnels.others(paths.config):
+        records = sorted(Paths(other.path, other.path.parent / "state").run.glob("home-*.json"))
+        if records:
+            target, name = records[0], rec.created_user
+
+            def hand_over(target: Path = target, name: str = name) -> None:
+                theirs = record_mod.load(target)
+                theirs.created_user = theirs.created_user or name
+                record_mod.save(target, theirs)
+
+            return [Action(f"leave system user {name} to the tunnel of {other.path} (still up)", hand_over, None)]
+    return user_removal(backends, rec)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from vpnoffload import proc, runfiles
 from vpnoffload.errors import ConfigError, PrerequisiteError
 from vpnoffload.names import shown
+from vpnoffload.hometunnels import Slot
 from vpnoffload.paths import Paths
 
 
@@ -55,17 +56,33 @@ def unit_text(paths: Paths, python: str = sys.executable) -> str:
 def up_unit_text(paths: Paths, end: str, home: str | None = None, python: str = sys.executable) -> str:
     """The unit that runs `up END` at boot and `down END` when stopped."""
     extra = f" --home {systemd_word(home)}" if home else ""
-    openvpn_unit = f"{runfiles.SERVER_UNIT}.service" if end == "vps" else f"openvpn-client@vpnoffload-{home}.service"
+    client = _home_slot(paths).tunnel_name(home or "home").removeprefix("home-")
+    openvpn_unit = f"{runfiles.SERVER_UNIT}.service" if end == "vps" else f"openvpn-client@vpnoffload-{client}.service"
     return _template("vpnoffload-up.service.j2", python=python, config=paths.config, state=paths.state,
                      end=end, extra=extra, openvpn_unit=openvpn_unit)
 
 
 def units(paths: Paths, end: str, home: str | None = None) -> dict[str, str]:
     """File name -> text of the units for one end: the VPS also gets the watchdog."""
-    found = {f"vpnoffload-{end}.service": up_unit_text(paths, end, home)}
+    # A home box's further VPS configs (vpnoffload.hometunnels) get units of their own.
+    index = _home_slot(paths).index if end == "home" else 0
+    found = {f"vpnoffload-{end}{f'-t{index}' if index else ''}.service": up_unit_text(paths, end, home)}
     if end == "vps":
         found[UNIT] = unit_text(paths)
     return found
+
+
+def _home_slot(paths: Paths) -> Slot:
+    """This config's tunnel on a home box (slot 0 when the config does not load: that is
+    reported by the command that needs it)."""
+    from vpnoffload import config as cfg
+    from vpnoffload import hometunnels
+    from vpnoffload.errors import VpnOffloadError
+
+    try:
+        return hometunnels.slot_of(paths.config, cfg.load(paths.config))
+    except VpnOffloadError:
+        return Slot()
 
 
 def install(paths: Paths, end: str = "vps", home: str | None = None, out: Path | None = None) -> list[Path]:

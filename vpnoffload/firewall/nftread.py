@@ -103,6 +103,11 @@ class _Reader:
             self.ct_original(key["ct"]["key"], right, bang, header)
         elif key in ({"ct": {"key": "mark"}}, {"meta": {"key": "mark"}}):
             module = "connmark" if "ct" in key else "mark"
+            if isinstance(right, dict) and "prefix" in right and mask == ALL_ONES:
+                # nft prints "& <high bits> == v" as a prefix (ct mark 0x20000000/3): the home
+                # tunnels' mark field 0xe0000000 is one (vpnoffload.hometunnels).
+                length = int(right["prefix"]["len"])
+                right, mask = right["prefix"]["addr"], (ALL_ONES << (32 - length)) & ALL_ONES
             self.args += ["-m", module, *bang, "--mark", mark_text(int(right), mask)]
         else:
             raise Untranslatable("unknown match")

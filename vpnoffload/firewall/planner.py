@@ -6,7 +6,7 @@ Each changed table becomes one atomic commit; see :func:`plan`.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 
 from vpnoffload.firewall.rules import TABLES, Backend, Rule, Ruleset, is_owned, table_label
@@ -21,8 +21,12 @@ def default_backend() -> Backend:
     return choose.make(choose.chosen()[0])
 
 
-def plan(backend: Backend, desired: Ruleset) -> list[Action]:
+def plan(backend: Backend, desired: Ruleset, scope: Callable[[str], bool] | None = None) -> list[Action]:
     """The actions that turn what ``backend`` holds now into ``desired``; [] if equal.
+
+    With ``scope`` (a test on chain names), only the chains it accepts and the
+    jumps into them are compared and changed: what another tunnel of the same
+    home box owns is written back as it was read (see vpnoffload.hometunnels).
 
     Each changed table is rewritten in one atomic commit (the last action for
     that table, whose undo writes back what was read here). The actions before
@@ -31,6 +35,8 @@ def plan(backend: Backend, desired: Ruleset) -> list[Action]:
     FORWARD guard before the DNAT); tables being emptied go nat first.
     """
     current = backend.read()
+    if scope is not None:
+        desired = _within(current, desired, scope)
     changed = [t for t in sorted(current.tables() | desired.tables(), key=_table_rank)
                if current.table(t) != desired.table(t)]  # fmt: skip
     filling = [t for t in changed if not desired.table(t).is_empty()]
@@ -48,6 +54,33 @@ def plan(backend: Backend, desired: Ruleset) -> list[Action]:
             )
         )
     return actions
+
+
+def _within(current: Ruleset, desired: Ruleset, scope: Callable[[str], bool]) -> Ruleset:
+    """``desired`` for the chains in ``scope``, and ``current`` for everything else.
+
+    A table whose part in scope is already as desired stays exactly as read (the
+    order of jumps of several owners in one built-in chain included), so a
+    second ``up`` plans nothing.
+    """
+    def part(rules: Ruleset, inside: bool) -> Ruleset:
+        return Ruleset(frozenset(c for c in rules.chains if scope(c[1]) == inside),
+                       tuple(r for r in rules.rules if scope(r.chain if is_owned(r.chain) else r.target or "") == inside))
+
+    mine, rest = part(current, True), part(current, False)
+    wanted = part(desired, True)
+    if part(desired, False) != Ruleset():
+        raise ValueError("the desired rules reach outside their scope")
+    merged_chains: set[tuple[str, str]] = set()
+    merged_rules: list[Rule] = []
+    for table in sorted(current.tables() | wanted.tables()):
+        source = current.table(table) if mine.table(table) == wanted.table(table) else None
+        if source is None:
+            source = Ruleset(rest.table(table).chains | wanted.table(table).chains,
+                             rest.table(table).rules + wanted.table(table).rules)
+        merged_chains |= source.chains
+        merged_rules += source.rules
+    return Ruleset(frozenset(merged_chains), tuple(merged_rules))
 
 
 def _table_rank(table: str) -> tuple[int, str]:

@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from vpnoffload.errors import ConfigError
 from vpnoffload.firewall import access
 from vpnoffload.firewall.rules import (
-    DNAT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, IPV4, IPV6, MARK_CHAIN, MARK_MASK, MARK_SHIFT, MAX_SERVICES, OUTPUT_CHAIN, Family,
+    DNAT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, IPV4, IPV6, MARK_MASK, MARK_SHIFT, MAX_SERVICES, OUTPUT_CHAIN, Family,
     Rule, Ruleset,
 )
-from vpnoffload.model import HEALTH_MARK, HOME_MARK, Config, Service
+from vpnoffload.hometunnels import FIRST, Slot
+from vpnoffload.model import HEALTH_MARK, Config, Service
 
 def service_mark(config: Config, service: str) -> tuple[int, int]:
     """(value, mask) of the conntrack mark the VPS gives ``service``'s connections."""
@@ -254,59 +255,62 @@ def _refusal(svc: Service, fam: Family = IPV4) -> tuple[str, ...]:
     return ("-j", "REJECT", "--reject-with", reason)
 
 
-def home_ruleset(config: Config, home: str) -> Ruleset:
+def home_ruleset(config: Config, home: str, slot: Slot = FIRST) -> Ruleset:
     """A home box's rules: from the tunnel accept only the ports of its services
     (and ping, so the tunnel can be checked), and forward nothing from it.
 
     ICMP errors (PMTU discovery included) for our connections are RELATED and
-    pass with them; other ICMP from the tunnel is dropped.
+    pass with them; other ICMP from the tunnel is dropped. ``slot`` is which of
+    the box's tunnels this is (vpnoffload.hometunnels): its device, chains and mark.
     """
     if home not in config.homes:
         raise ConfigError(f"no home named {home!r}", field="homes")
     b = _Builder()
     # Every service's port is open over IPv4, IPv6 ones too: the watchdog checks
     # each home through the tunnel at its IPv4 address.
-    _home_family(b, config, home, IPV4, config.services_of(home))
+    _home_family(b, config, home, IPV4, config.services_of(home), slot)
     # A home with an IPv6 tunnel address gets the same closed door in ip6tables,
     # open only for the ports of its IPv6 services.
     if config.homes[home].address6 is not None:
-        _home_family(b, config, home, IPV6, [s for s in config.services_of(home) if s in config.ipv6_services])
+        _home_family(b, config, home, IPV6, [s for s in config.services_of(home) if s in config.ipv6_services], slot)
     return b.build()
 
 
-def _home_family(b: "_Builder", config: Config, home: str, fam: Family, services: list[Service]) -> None:
-    dev = config.tunnel.device
+def _home_family(b: "_Builder", config: Config, home: str, fam: Family, services: list[Service], slot: Slot) -> None:
+    dev = slot.device
     address = _home_address(config, home, fam)
-    b.chain(fam.filter, INPUT_CHAIN)
-    b.add(fam.filter, "INPUT", "-i", dev, "-j", INPUT_CHAIN)
-    b.add(fam.filter, INPUT_CHAIN, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
+    inp, fwd = slot.chain_prefix + "IN", slot.chain_prefix + "FWD"
+    b.chain(fam.filter, inp)
+    b.add(fam.filter, "INPUT", "-i", dev, "-j", inp)
+    b.add(fam.filter, inp, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT")
     ports = dict.fromkeys((s.proto, s.target_port) for s in services)
     for proto, port in ports:
-        b.add(fam.filter, INPUT_CHAIN, "-d", fam.host(address), *_port_match(proto, port), "-j", "ACCEPT")
-    b.add(fam.filter, INPUT_CHAIN, *fam.ping, "-j", "ACCEPT")
-    b.add(fam.filter, INPUT_CHAIN, "-j", "DROP")
-    b.chain(fam.filter, FORWARD_CHAIN)
-    b.add(fam.filter, "FORWARD", "-i", dev, "-j", FORWARD_CHAIN)
+        b.add(fam.filter, inp, "-d", fam.host(address), *_port_match(proto, port), "-j", "ACCEPT")
+    b.add(fam.filter, inp, *fam.ping, "-j", "ACCEPT")
+    b.add(fam.filter, inp, "-j", "DROP")
+    b.chain(fam.filter, fwd)
+    b.add(fam.filter, "FORWARD", "-i", dev, "-j", fwd)
     # A target port the home box itself DNATs on (Docker's or Podman's published
     # port, a port forward to a VM) is forwarded: only connections that came to
     # one of our target ports at our tunnel address, nothing else.
     for proto, port in ports:
-        b.add(fam.filter, FORWARD_CHAIN, "-p", proto, "-m", "conntrack", "--ctstate", "DNAT",
+        b.add(fam.filter, fwd, "-p", proto, "-m", "conntrack", "--ctstate", "DNAT",
               "--ctorigdst", str(address), "--ctorigdstport", str(port), "-j", "ACCEPT")
-    b.add(fam.filter, FORWARD_CHAIN, "-j", "DROP")
-    _home_marks(b, dev, fam)
+    b.add(fam.filter, fwd, "-j", "DROP")
+    _home_marks(b, slot, fam)
 
 
-def _home_marks(b: "_Builder", dev: str, fam: Family) -> None:
+def _home_marks(b: "_Builder", slot: Slot, fam: Family) -> None:
     """Mark each connection that arrives through the tunnel, and put that mark on
     its packets coming from elsewhere (a container's, a VM's replies), so that
     ``ip rule fwmark`` routes them back into the tunnel whatever their source.
-    Only the HOME_MARK bit is touched."""
-    mark = f"{HOME_MARK:#x}/{HOME_MARK:#x}"
-    b.chain(fam.mangle, MARK_CHAIN)
-    b.add(fam.mangle, "PREROUTING", "-j", MARK_CHAIN)
-    b.add(fam.mangle, MARK_CHAIN, "-i", dev, "-m", "conntrack", "--ctstate", "NEW",
+    Only the bits of the tunnels' mark field are touched, and each tunnel has
+    its own value there: a reply goes back through the tunnel it came in on."""
+    mark, chain, dev = f"{slot.mark:#x}/{slot.mask:#x}", slot.chain_prefix + "MARK", slot.device
+    b.chain(fam.mangle, chain)
+    b.add(fam.mangle, "PREROUTING", "-j", chain)
+    b.add(fam.mangle, chain, "-i", dev, "-m", "conntrack", "--ctstate", "NEW",
           "-j", "CONNMARK", "--set-xmark", mark)
-    b.add(fam.mangle, MARK_CHAIN, "!", "-i", dev, "-m", "connmark", "--mark", mark, "-j", "MARK", "--set-xmark", mark)
+    b.add(fam.mangle, chain, "!", "-i", dev, "-m", "connmark", "--mark", mark, "-j", "MARK", "--set-xmark", mark)
 
 

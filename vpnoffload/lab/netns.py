@@ -24,6 +24,11 @@ duplicate address detection is done everywhere::
 
     visitor 2001:db8:2::2   vps 2001:db8:1::10   home 2001:db8:3::2   attic 2001:db8:4::2
 
+A lab made with ``second_vps=True`` also has ``vps2``, a second VPS at
+203.0.113.20 on a link of its own (the router holds 203.0.113.1/32 on
+``to-vps2`` with a /32 route to it; vps2 has 203.0.113.20/32 and an on-link
+default route), for a home box behind several VPSes. Its cable is ``to-vps2``.
+
 A lab made with ``one_to_one_nat=True`` puts the VPS behind a 1:1-NAT router,
 as Oracle Cloud, GCP, AWS and Azure do: the VPS holds only the private
 198.18.0.10/24 on its uplink (the router 198.18.0.1), and the router DNATs the
@@ -56,6 +61,8 @@ from vpnoffload.errors import BackendError, ConfigError, PrerequisiteError
 DEFAULT_PREFIX = "vpnolab"
 ROUTER = "internet"
 HOSTS = (ROUTER, "vps", "home", "visitor", "attic")
+#: The host a lab made with ``second_vps=True`` has as well.
+SECOND_VPS = "vps2"
 #: Every non-router host's single interface is called this inside its namespace.
 UPLINK_DEVICE = "eth0"
 _PREFIX_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
@@ -83,6 +90,8 @@ SEGMENTS = (
     Segment("visitor", 26, "192.0.2.1", "192.0.2.2"),
     Segment("attic", 26, "192.0.2.129", "192.0.2.130"),
 )
+#: The second VPS's link: an address of the VPS's TEST-NET /24, reached by a /32 route.
+SECOND_VPS_SEGMENT = Segment(SECOND_VPS, 32, "203.0.113.1", "203.0.113.20")
 #: The VPS link of a lab made with ``one_to_one_nat=True``: private addresses only.
 NAT_VPS_SEGMENT = Segment("vps", 24, "198.18.0.1", "198.18.0.10")
 #: What that lab's router maps 1:1 (public -> the VPS's private address).
@@ -110,8 +119,11 @@ class Lab:
     ipv6: bool = False
     #: Put the VPS behind a 1:1-NAT router (NAT_VPS_SEGMENT, NAT_PAIRS), like a cloud VPS.
     one_to_one_nat: bool = False
+    #: Also build ``vps2``, a second VPS (SECOND_VPS_SEGMENT).
+    second_vps: bool = False
 
     vps_address: ClassVar[str] = "203.0.113.10"
+    vps2_address: ClassVar[str] = SECOND_VPS_SEGMENT.host_address
     vps_gateway: ClassVar[str] = "203.0.113.1"
     #: Unassigned addresses on the vps link, for services with a dedicated listen address.
     vps_spare_addresses: ClassVar[tuple[str, ...]] = ("203.0.113.11", "203.0.113.12")
@@ -144,15 +156,20 @@ class Lab:
 
     # -- names -------------------------------------------------------------
 
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """HOSTS, and vps2 in a lab with a second VPS."""
+        return (*HOSTS, SECOND_VPS) if self.second_vps else HOSTS
+
     def namespace(self, host: str) -> str:
-        """The namespace name of ``host`` (one of HOSTS)."""
-        if host not in HOSTS:
-            raise ConfigError(f"unknown lab host {host!r}; one of {', '.join(HOSTS)}", field="host")
+        """The namespace name of ``host`` (one of :attr:`hosts`)."""
+        if host not in self.hosts:
+            raise ConfigError(f"unknown lab host {host!r}; one of {', '.join(self.hosts)}", field="host")
         return f"{self.prefix}-{host}"
 
     @property
     def namespaces(self) -> dict[str, str]:
-        return {host: self.namespace(host) for host in HOSTS}
+        return {host: self.namespace(host) for host in self.hosts}
 
     # -- building and tearing down -------------------------------------------
 
@@ -179,6 +196,8 @@ class Lab:
                 ["ip", "-n", host, "link", "set", UPLINK_DEVICE, "up"],
                 ["ip", "-n", host, "route", "add", "default", "via", seg.router_address],
             ]
+        if self.second_vps:
+            cmds += self._second_vps_commands()
         cmds.append(["ip", "netns", "exec", router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
         if self.one_to_one_nat:
             for public, private in NAT_PAIRS:
@@ -188,6 +207,20 @@ class Lab:
         if self.ipv6:
             cmds += self._ipv6_commands()
         return cmds
+
+    def _second_vps_commands(self) -> list[list[str]]:
+        """vps2 behind the router without a subnet of its own: a /32 each way, on-link."""
+        seg, router, host = SECOND_VPS_SEGMENT, self.namespace(ROUTER), self.namespace(SECOND_VPS)
+        return [
+            ["ip", "link", "add", seg.router_device, "netns", router, "type", "veth",
+             "peer", "name", UPLINK_DEVICE, "netns", host],
+            ["ip", "-n", router, "addr", "add", f"{seg.router_address}/32", "dev", seg.router_device],
+            ["ip", "-n", host, "addr", "add", f"{seg.host_address}/32", "dev", UPLINK_DEVICE],
+            ["ip", "-n", router, "link", "set", seg.router_device, "up"],
+            ["ip", "-n", host, "link", "set", UPLINK_DEVICE, "up"],
+            ["ip", "-n", router, "route", "add", f"{seg.host_address}/32", "dev", seg.router_device],
+            ["ip", "-n", host, "route", "add", "default", "via", seg.router_address, "dev", UPLINK_DEVICE, "onlink"],
+        ]
 
     def _ipv6_commands(self) -> list[list[str]]:
         router = self.namespace(ROUTER)
@@ -275,6 +308,9 @@ class Lab:
     def plug_cable(self, host: str = "home") -> None:
         self.namespace(host)
         _run(["ip", "-n", self.namespace(ROUTER), "link", "set", f"to-{host}", "up"])
+        if host == SECOND_VPS:  # the kernel dropped the /32 route with the link; a subnet's comes back by itself
+            seg = SECOND_VPS_SEGMENT
+            _run(["ip", "-n", self.namespace(ROUTER), "route", "replace", f"{seg.host_address}/32", "dev", seg.router_device])
 
     # -- running things inside -----------------------------------------------
 
@@ -322,12 +358,13 @@ class Lab:
 
 
 @contextlib.contextmanager
-def lab_session(prefix: str = DEFAULT_PREFIX, *, ipv6: bool = False, one_to_one_nat: bool = False) -> Iterator[Lab]:
+def lab_session(prefix: str = DEFAULT_PREFIX, *, ipv6: bool = False, one_to_one_nat: bool = False,
+                second_vps: bool = False) -> Iterator[Lab]:
     """Create a lab and always destroy it afterwards (also on Ctrl-C).
 
     If the lab already exists, nothing is touched: ``create`` raises first.
     """
-    lab = Lab(prefix, ipv6=ipv6, one_to_one_nat=one_to_one_nat)
+    lab = Lab(prefix, ipv6=ipv6, one_to_one_nat=one_to_one_nat, second_vps=second_vps)
     lab.create()
     try:
         yield lab

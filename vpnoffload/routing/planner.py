@@ -8,14 +8,18 @@ from vpnoffload.model import RULE_PRIORITY, ROUTE_TABLE
 from vpnoffload.plan import Action
 from vpnoffload.routing.state import Address, Route, RoutingBackend, RoutingState, Rule, _owned
 
-def plan_routing(backend: RoutingBackend, desired: RoutingState) -> list[Action]:
-    """Actions that turn our rules and our table into ``desired``; [] when already there."""
+def plan_routing(backend: RoutingBackend, desired: RoutingState,
+                 table: int = ROUTE_TABLE, priority: int = RULE_PRIORITY) -> list[Action]:
+    """Actions that turn our rules and our table into ``desired``; [] when already there.
+
+    ``table`` and ``priority`` are the tunnel's own (vpnoffload.hometunnels.Slot):
+    another tunnel's rules and table on the same box are never looked at."""
     owned: tuple[Rule | Route, ...] = (*desired.rules, *desired.routes)
     for item in owned:
-        if item.table != ROUTE_TABLE or getattr(item, "priority", RULE_PRIORITY) != RULE_PRIORITY:
+        if item.table != table or getattr(item, "priority", priority) != priority:
             raise ValueError(f"{item} is outside what vpnoffload owns")
-    rules = [r for r in backend.rules() if _owned(r)]
-    routes = backend.routes(ROUTE_TABLE)
+    rules = [r for r in backend.rules() if _owned(r, table, priority)]
+    routes = backend.routes(table)
     # Stale entries go first (a stale default route would block the new one);
     # the table is filled before the rule points at it.
     return (
@@ -26,9 +30,9 @@ def plan_routing(backend: RoutingBackend, desired: RoutingState) -> list[Action]
     )
 
 
-def plan_routing_down(backend: RoutingBackend) -> list[Action]:
+def plan_routing_down(backend: RoutingBackend, table: int = ROUTE_TABLE, priority: int = RULE_PRIORITY) -> list[Action]:
     """Remove our rule(s), then everything in our table; nothing else."""
-    return plan_routing(backend, RoutingState())
+    return plan_routing(backend, RoutingState(), table, priority)
 
 
 def plan_addresses(

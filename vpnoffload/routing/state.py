@@ -41,7 +41,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_int
 from typing import Any, Protocol
 
 from vpnoffload.errors import BackendError, ConfigError
-from vpnoffload.model import HOME_MARK, RULE_PRIORITY, ROUTE_TABLE, TUNNEL_DEVICE, Config
+from vpnoffload.hometunnels import Slot
+from vpnoffload.model import RULE_PRIORITY, ROUTE_TABLE, TUNNEL_DEVICE, Config
 
 ANY = IPv4Network("0.0.0.0/0")
 ANY6 = IPv6Network("::/0")
@@ -143,19 +144,25 @@ def describe(state: RoutingState) -> str:
     return str(state)
 
 
-def home_routing(config: Config, home: str) -> RoutingState:
-    """The rule and route that send replies from ``home``'s tunnel address back through the tunnel."""
+def home_routing(config: Config, home: str, slot: Slot | None = None) -> RoutingState:
+    """The rules and route that send replies from ``home``'s tunnel address back through the tunnel.
+
+    ``slot`` is which of the box's tunnels this is (vpnoffload.hometunnels): its
+    device, table, priority and mark; each tunnel's replies find their own."""
+    slot = slot or Slot()
     if home not in config.homes:
         raise ConfigError(f"no home named {home!r} in the config", field="home")
     address, address6 = config.homes[home].address, config.homes[home].address6
     # By source: replies of local servers. By mark: replies of whatever the
     # home box forwards a tunnel connection to (a container, a VM), which carry
     # another source until conntrack undoes the home's own DNAT.
-    rules = [Rule(IPv4Network(f"{address}/32")), Rule(ANY, fwmark=HOME_MARK, fwmask=HOME_MARK)]
-    routes = [Route(ANY, config.tunnel.device)]
+    own = {"table": slot.table, "priority": slot.priority}
+    marked = {**own, "fwmark": slot.mark, "fwmask": slot.mask}
+    rules = [Rule(IPv4Network(f"{address}/32"), **own), Rule(ANY, **marked)]
+    routes = [Route(ANY, slot.device, slot.table)]
     if address6 is not None:
-        rules += [Rule(IPv6Network(f"{address6}/128")), Rule(ANY6, fwmark=HOME_MARK, fwmask=HOME_MARK)]
-        routes.append(Route(ANY6, config.tunnel.device))
+        rules += [Rule(IPv6Network(f"{address6}/128"), **own), Rule(ANY6, **marked)]
+        routes.append(Route(ANY6, slot.device, slot.table))
     return RoutingState(rules=tuple(rules), routes=tuple(routes))
 
 
@@ -164,8 +171,8 @@ def vps_addresses(config: Config, interface: str) -> list[Address]:
     return [Address(a, interface, a.max_prefixlen) for a in config.dedicated_addresses()]
 
 
-def _owned(rule: Rule) -> bool:
-    return rule.priority == RULE_PRIORITY and rule.table == ROUTE_TABLE
+def _owned(rule: Rule, table: int = ROUTE_TABLE, priority: int = RULE_PRIORITY) -> bool:
+    return rule.priority == priority and rule.table == table
 
 
 # ------------------------------------------------------------------ backends
@@ -258,7 +265,7 @@ def wait_for_address(
 def _reason(code: int, device: str | None = None) -> str:
     """One readable phrase for a netlink errno."""
     if code == errno.ENODEV:
-        hint = " (is the tunnel up?)" if device == TUNNEL_DEVICE else ""
+        hint = " (is the tunnel up?)" if device and device.startswith(TUNNEL_DEVICE[:-1]) else ""
         return f"no such device {device or ''}".rstrip() + hint
     if code in (errno.EPERM, errno.EACCES):
         return "permission denied (run as root)"

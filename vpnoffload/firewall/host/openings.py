@@ -146,10 +146,11 @@ def vps_openings(config: Config, interface: str) -> list[Opening]:
     return _unique(out)
 
 
-def home_openings(config: Config, home: str) -> list[Opening]:
-    """What a home box needs: its services' target ports arriving on the tunnel,
-    and the OpenVPN client's own traffic to the VPS and back."""
-    dev, tun = config.tunnel.device, config.tunnel
+def home_openings(config: Config, home: str, device: str | None = None) -> list[Opening]:
+    """What a home box needs: its services' target ports arriving on the tunnel
+    (``device``: this tunnel's, see vpnoffload.hometunnels), and the OpenVPN
+    client's own traffic to the VPS and back."""
+    dev, tun = device or config.tunnel.device, config.tunnel
     box = config.homes[home]
     vps = str(config.vps.address)
     out = [Opening("input", 4, svc.proto, dport=svc.target_port, iif=dev, daddr=str(box.address),
