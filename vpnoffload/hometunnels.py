@@ -101,10 +101,19 @@ assert FIRST.mark == HOME_MARK
 # ------------------------------------------------------------------ the box's configs
 
 
+def _is_file(path: Path) -> bool:
+    """Path.is_file, but a path the kernel refuses (too long, no permission) is no file either:
+    the config's own reader then names the real problem in one line."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def is_further(config_path: Path) -> bool:
     """True when ``config_path`` sits in a directory below the box's first config
     (``ROOT/vps2/vpnoffload.toml`` next to ``ROOT/vpnoffload.toml``)."""
-    return (config_path.parent.parent / config_path.name).is_file()
+    return _is_file(config_path.parent.parent / config_path.name)
 
 
 def box_root(config_path: Path) -> Path:
@@ -114,8 +123,11 @@ def box_root(config_path: Path) -> Path:
 def box_configs(config_path: Path) -> list[Path]:
     """Every config on this home box, the first one first, ``config_path`` among them."""
     root, name = box_root(config_path), config_path.name
-    found = [root / name] if (root / name).is_file() else []
-    found += sorted(p for p in root.glob(f"*/{name}") if p.is_file())
+    found = [root / name] if _is_file(root / name) else []
+    try:
+        found += sorted(p for p in root.glob(f"*/{name}") if _is_file(p))
+    except OSError:  # an unreadable root: no further configs to be found
+        pass
     if config_path.absolute() not in [p.absolute() for p in found]:
         found.append(config_path)
     return [p.absolute() for p in found]
