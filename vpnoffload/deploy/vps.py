@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -169,8 +170,11 @@ def _vps_sysctls(config: Config, interface: str, backends: Backends) -> dict[str
 
     desired = sysctl.vps_sysctls()
     # Reply packet counts per connection: the watchdog's evidence that a service's visitors are
-    # still answered under load (watch/flows.py). Only where conntrack is loaded; down restores it.
-    if sysctl.key_path(CONNTRACK_ACCT, backends.proc_root).exists():
+    # still answered under load (watch/flows.py). Only where conntrack is loaded and the key can be
+    # written (a container's /proc/sys is often read-only: without the counts an answered
+    # connection counts once, which is weaker evidence, not a reason to refuse `up`); down restores it.
+    acct = sysctl.key_path(CONNTRACK_ACCT, backends.proc_root)
+    if acct.exists() and os.access(acct, os.W_OK):
         desired[CONNTRACK_ACCT] = "1"
     if config.ipv6_services:
         desired |= sysctl.vps_ipv6_sysctls(interface, proc_root=backends.proc_root)
