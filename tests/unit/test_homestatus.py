@@ -116,7 +116,9 @@ def test_status_and_doctor_on_a_home_box_know_which_end_they_run_on(box, monkeyp
     assert result.exit_code == 0  # the one set up is up; the other is listed as not set up here
     monkeypatch.setattr(doctor, "fatal_checks", lambda: [doctor.Finding("ok", "root", "running as root")])
     monkeypatch.setattr(doctor, "check_firewall_backend", lambda root: [])
-    monkeypatch.setattr(doctor, "check_host_firewall", lambda config: [])
+    previewed: list[str | None] = []
+    monkeypatch.setattr(doctor, "check_host_firewall", lambda config, device=None: previewed.append(device) or [])
     result = CliRunner().invoke(app, ["-c", str(two.config), "doctor"])
+    assert previewed == ["vpnoffload1"]  # the host-firewall preview names the second VPS's own device
     assert "as the home box" in result.stdout and "vps address" not in result.stdout, result.stdout
     assert "VPS 203.0.113.20" in result.stdout and "tunnel 1 (device vpnoffload1" in result.stdout

@@ -231,11 +231,13 @@ def check_ipv6(config: Config | None, if_inet6: Path = Path("/proc/net/if_inet6"
     return Finding("ok", "ipv6", detail)
 
 
-def check_host_firewall(config: Config | None) -> list[Finding]:
-    """The host's own firewall (Docker, ufw, nftables, firewalld) and what `up` opens in it."""
+def check_host_firewall(config: Config | None, home_device: str | None = None) -> list[Finding]:
+    """The host's own firewall (Docker, ufw, nftables, firewalld) and what `up` opens in it
+    (``home_device``: on a home box, the tunnel device of this config's slot)."""
     from vpnoffload.firewall.host.plan import doctor_findings
 
-    return [Finding(level, check, detail, hint) for level, check, detail, hint in doctor_findings(config)]  # type: ignore[arg-type]
+    return [Finding(level, check, detail, hint)  # type: ignore[arg-type]
+            for level, check, detail, hint in doctor_findings(config, home_device)]
 
 
 def check_vps_address(config: Config, backend: object = None) -> list[Finding]:
@@ -284,13 +286,22 @@ def check_home_box(config_path: Path) -> list[Finding]:
     return findings
 
 
+def _home_device(config: Config | None, config_path: Path | None) -> str | None:
+    """The tunnel device this config gets on a home box (a second VPS's is not vpnoffload0)."""
+    if config is None or config_path is None:
+        return None
+    from vpnoffload import hometunnels
+
+    return hometunnels.slot_of(config_path, config).device
+
+
 def all_checks(config: Config | None, end: str = "vps", config_path: Path | None = None) -> list[Finding]:
     """Every check for ``end``: a home box is not asked about the VPS's address, ports or web paths."""
     findings = fatal_checks()
     findings += check_firewall_backend(root=findings[0].level == "ok")
     if end == "home":
         if findings[0].level == "ok":
-            findings += check_host_firewall(config)
+            findings += check_host_firewall(config, _home_device(config, config_path))
         return findings + (check_home_box(config_path) if config_path is not None else [])
     findings.append(check_forwarding_config())
     findings.append(check_conntrack_tool())

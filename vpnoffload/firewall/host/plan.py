@@ -355,7 +355,7 @@ def _local_interface(address: str) -> str | None:
     return None
 
 
-def doctor_findings(config: Any) -> list[tuple[str, str, str, str]]:
+def doctor_findings(config: Any, home_device: str | None = None) -> list[tuple[str, str, str, str]]:
     """(level, check, detail, hint) lines for ``doctor``: the host's firewall and what ``up`` would open in it.
 
     The end is told by the address: the VPS holds ``vps.address``; anywhere
@@ -380,7 +380,8 @@ def doctor_findings(config: Any) -> list[tuple[str, str, str, str]]:
     if interface is not None:
         end, openings = "up vps", vps_openings(config, interface)
     else:
-        end, openings = f"up home ({config.default_home.name})", home_openings(config, config.default_home.name)
+        end, openings = (f"up home ({config.default_home.name})",
+                         home_openings(config, config.default_home.name, home_device))
     places = choose(openings, host)
     if places:
         out.append(("ok", "host firewall openings", f"{end} will open {len(places)}: "
