@@ -236,8 +236,20 @@ def shown(paths: Paths, as_json: bool) -> tuple[str, ExitStatus] | None:
         return None
     import json
 
+    from vpnoffload.firewall.host.plan import home_box_report, render_home_box
+
     data, code = home_report(paths)
-    return (json.dumps({"end": "home", "home": data}, indent=2) if as_json else "\n".join(render_text(data))), code
+    # The home keeper and what it put back in the host's firewall, per home set up with this config.
+    keepers = home_box_report(paths.run)
+    if as_json:
+        shown_json: dict[str, Any] = {"end": "home", "home": data}
+        if keepers is not None:
+            shown_json["homes"] = keepers["homes"]
+        return json.dumps(shown_json, indent=2), code
+    lines = render_text(data)
+    if keepers is not None:
+        lines += render_home_box(keepers, lambda at: _ago(time.time() - at) if at else "-")[1:]
+    return "\n".join(lines), code
 
 
 

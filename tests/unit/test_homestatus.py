@@ -122,3 +122,17 @@ def test_status_and_doctor_on_a_home_box_know_which_end_they_run_on(box, monkeyp
     assert previewed == ["vpnoffload1"]  # the host-firewall preview names the second VPS's own device
     assert "as the home box" in result.stdout and "vps address" not in result.stdout, result.stdout
     assert "VPS 203.0.113.20" in result.stdout and "tunnel 1 (device vpnoffload1" in result.stdout
+
+
+def test_status_on_a_home_box_shows_its_keeper_and_host_firewall(box, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tunnels' view and, per home set up here, the keeper and what it put back in the
+    host's firewall (the keeper's own report), in the text and in --json."""
+    (one, _two), _ = box
+    set_up(one, 0)
+    monkeypatch.setattr(homestatus, "_conntrack", lambda: CONNTRACK)
+    text, code = homestatus.shown(one, as_json=False)  # type: ignore[misc]
+    assert code == ExitStatus.OK
+    assert "keeper NOT running" in text and "VPS 203.0.113.10: tunnel up" in text, text
+    data = json.loads(homestatus.shown(one, as_json=True)[0])  # type: ignore[index]
+    assert data["end"] == "home" and [h["name"] for h in data["homes"]] == ["home"]
+    assert data["homes"][0]["keeper_pid"] is None and "host_firewall" in data["homes"][0]
