@@ -187,15 +187,8 @@ class Lab:
             if seg.host == "vps" and self.one_to_one_nat:
                 seg = NAT_VPS_SEGMENT
             host = ns[seg.host]
-            cmds += [
-                ["ip", "link", "add", seg.router_device, "netns", router, "type", "veth",
-                 "peer", "name", UPLINK_DEVICE, "netns", host],
-                ["ip", "-n", router, "addr", "add", f"{seg.router_address}/{seg.prefixlen}", "dev", seg.router_device],
-                ["ip", "-n", host, "addr", "add", f"{seg.host_address}/{seg.prefixlen}", "dev", UPLINK_DEVICE],
-                ["ip", "-n", router, "link", "set", seg.router_device, "up"],
-                ["ip", "-n", host, "link", "set", UPLINK_DEVICE, "up"],
-                ["ip", "-n", host, "route", "add", "default", "via", seg.router_address],
-            ]
+            cmds += _uplink_commands(seg, router, host, seg.prefixlen)
+            cmds.append(["ip", "-n", host, "route", "add", "default", "via", seg.router_address])
         if self.second_vps:
             cmds += self._second_vps_commands()
         cmds.append(["ip", "netns", "exec", router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
@@ -212,12 +205,7 @@ class Lab:
         """vps2 behind the router without a subnet of its own: a /32 each way, on-link."""
         seg, router, host = SECOND_VPS_SEGMENT, self.namespace(ROUTER), self.namespace(SECOND_VPS)
         return [
-            ["ip", "link", "add", seg.router_device, "netns", router, "type", "veth",
-             "peer", "name", UPLINK_DEVICE, "netns", host],
-            ["ip", "-n", router, "addr", "add", f"{seg.router_address}/32", "dev", seg.router_device],
-            ["ip", "-n", host, "addr", "add", f"{seg.host_address}/32", "dev", UPLINK_DEVICE],
-            ["ip", "-n", router, "link", "set", seg.router_device, "up"],
-            ["ip", "-n", host, "link", "set", UPLINK_DEVICE, "up"],
+            *_uplink_commands(seg, router, host, 32),
             ["ip", "-n", router, "route", "add", f"{seg.host_address}/32", "dev", seg.router_device],
             ["ip", "-n", host, "route", "add", "default", "via", seg.router_address, "dev", UPLINK_DEVICE, "onlink"],
         ]
@@ -432,3 +420,15 @@ def process_name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "(exited)"
+
+
+def _uplink_commands(seg: Segment, router: str, host: str, prefixlen: int) -> list[list[str]]:
+    """A host's uplink: the veth pair between the router and the host, addressed and up."""
+    return [
+        ["ip", "link", "add", seg.router_device, "netns", router, "type", "veth",
+         "peer", "name", UPLINK_DEVICE, "netns", host],
+        ["ip", "-n", router, "addr", "add", f"{seg.router_address}/{prefixlen}", "dev", seg.router_device],
+        ["ip", "-n", host, "addr", "add", f"{seg.host_address}/{prefixlen}", "dev", UPLINK_DEVICE],
+        ["ip", "-n", router, "link", "set", seg.router_device, "up"],
+        ["ip", "-n", host, "link", "set", UPLINK_DEVICE, "up"],
+    ]
