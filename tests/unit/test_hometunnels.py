@@ -3,13 +3,12 @@ table, priority, mark, chains), the clash checks, and up/down of two tunnels on 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
-from tests.fakes import FakeBackend, FakeRoutingBackend
+from tests.fakes import FakeBackend, FakeRoutingBackend, FakeTunnel, FakeUsers
 from tests.helpers import home_box_config as config_text
 from tests.helpers import write_home_box_config as write
 from vpnoffload import config as cfg
@@ -106,44 +105,6 @@ def test_a_broken_neighbour_config_does_not_block_this_one(tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------ up and down of two tunnels
-
-
-@dataclass
-class FakeTunnel:
-    name: str
-    config: Path
-    workdir: Path
-    run_dir: Path
-    up: bool = False
-    log: list[str] = field(default_factory=list)
-
-    def running(self) -> bool:
-        return self.up
-
-    def start(self) -> None:
-        self.up = True
-
-    def wait_ready(self, timeout: float) -> None:
-        return None
-
-    def stop(self) -> None:
-        self.up = False
-
-
-class FakeUsers:
-    def __init__(self) -> None:
-        self.names: set[str] = set()
-
-    def exists(self, name: str) -> bool:
-        return name in self.names
-
-    def create(self, name: str) -> None:
-        self.names.add(name)
-
-    def delete(self, name: str) -> None:
-        self.names.discard(name)
-
-
 @pytest.fixture
 def box(tmp_path: Path):
     first = write(tmp_path / "vpnoffload.toml", config_text("203.0.113.10", "198.51.100.0/24"))
