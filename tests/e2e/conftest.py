@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from tests.helpers import BEFORE_THE_SWITCH, judge_crowd
 from tests.nslib import unique
-from tests.prereq import missing
+from tests.prereq import missing, need, tool_problem
 from vpnoffload.errors import PrerequisiteError
 from vpnoffload.lab.netns import Lab, check_prerequisites, lab_session
 from vpnoffload.paths import CONFIG_ENV, STATE_ENV
@@ -225,3 +226,23 @@ def crowd(lab: Lab, want: str, since: float, limit: float = 15, before: str = BE
                     timeout=limit + 20)
     results = json.loads(proc.stdout)
     return judge_crowd(results, want, before, limit) - since
+
+
+#: ufw keeps its rules and defaults in global files, shared by every namespace.
+UFW_FILES = (Path("/etc/ufw"), Path("/etc/default/ufw"))
+
+
+@pytest.fixture
+def ufw_files(tmp_path: Path) -> Iterator[None]:
+    """ufw's rules and defaults are global files: save them, and put them back exactly afterwards."""
+    need(tool_problem("ufw", "apt-get install ufw"))
+    saved = tmp_path / "ufw-saved"
+    saved.mkdir()
+    shutil.copytree(UFW_FILES[0], saved / "etc-ufw", symlinks=True)
+    shutil.copy2(UFW_FILES[1], saved / "default-ufw")
+    try:
+        yield
+    finally:
+        shutil.rmtree(UFW_FILES[0])
+        shutil.copytree(saved / "etc-ufw", UFW_FILES[0], symlinks=True)
+        shutil.copy2(saved / "default-ufw", UFW_FILES[1])

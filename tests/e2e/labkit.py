@@ -222,7 +222,6 @@ def wait_http(lab: Lab, url: str, want: int, limit: float) -> tuple[float, str]:
     pytest.fail(f"no HTTP {want} from {url} within {limit} s; last: {last}", pytrace=False)
 
 
-UFW_FILES = (Path("/etc/ufw"), Path("/etc/default/ufw"))
 
 
 # -- a home box shaped as Docker makes it (a container behind a published port)

@@ -11,11 +11,9 @@ keeper puts its openings back within 5 s and ``status`` there says so.
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,31 +21,13 @@ import pytest
 from tests import hostshapes
 from tests.e2e.conftest import cli, configure
 from tests.e2e.labkit import HOSTNAME, start_watch, status, until
-from tests.prereq import need, tool_problem
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
-from tests.e2e.labkit import UFW_FILES
 
 pytestmark = pytest.mark.root
 
 #: The home keeper puts the home's openings back within this after the home's own reload.
 HOME_BACK_WITHIN = 5.0
-
-
-@pytest.fixture
-def ufw_files(tmp_path: Path) -> Iterator[None]:
-    """ufw's rules and defaults are global files: save them, and put them back exactly afterwards."""
-    need(tool_problem("ufw", "apt-get install ufw"))
-    saved = tmp_path / "ufw-saved"
-    saved.mkdir()
-    shutil.copytree(UFW_FILES[0], saved / "etc-ufw", symlinks=True)
-    shutil.copy2(UFW_FILES[1], saved / "default-ufw")
-    try:
-        yield
-    finally:
-        shutil.rmtree(UFW_FILES[0])
-        shutil.copytree(saved / "etc-ufw", UFW_FILES[0], symlinks=True)
-        shutil.copy2(saved / "default-ufw", UFW_FILES[1])
 
 
 def install(lab: Lab, shape: str, host: str, files: Path) -> None:

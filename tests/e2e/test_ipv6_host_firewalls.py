@@ -25,7 +25,6 @@ import pytest
 
 from tests import hostshapes
 from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv
-from tests.e2e.labkit import UFW_FILES
 from tests.e2e.labkit import TUNNEL_SUBNET6, wait_http
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
@@ -35,21 +34,6 @@ pytestmark = pytest.mark.root
 HOSTNAME = "blog.example.org"
 #: dockerd with "ipv6": true writes the same chains with ip6tables (its bridge gets a documentation /64).
 DOCKER6 = hostshapes.docker(subnet="2001:db8:d0c::/64").replace("127.0.0.0/8", "::1/128")
-
-
-@pytest.fixture
-def ufw_saved(tmp_path: Path):
-    if shutil.which("ufw") is None:
-        pytest.skip("ufw is not installed (apt-get install ufw)")
-    saved = tmp_path / "ufw-saved"
-    shutil.copytree(UFW_FILES[0], saved / "etc-ufw", symlinks=True)
-    shutil.copy2(UFW_FILES[1], saved / "default-ufw")
-    try:
-        yield
-    finally:
-        shutil.rmtree(UFW_FILES[0])
-        shutil.copytree(saved / "etc-ufw", UFW_FILES[0], symlinks=True)
-        shutil.copy2(saved / "default-ufw", UFW_FILES[1])
 
 
 def install(lab: Lab, shape: str, files: Path) -> None:
@@ -73,7 +57,7 @@ def test_ipv6_service_through_the_vps_firewall(shape: str, lab6: Lab, sites: tup
                                                request: pytest.FixtureRequest,
                                                capsys: pytest.CaptureFixture) -> None:
     if shape == "ufw":
-        request.getfixturevalue("ufw_saved")
+        request.getfixturevalue("ufw_files")
     lab, (vps_site, home_site) = lab6, sites
     blog = lab.vps_spare_addresses6[0]
     url = f"http://[{blog}]/whoami"
