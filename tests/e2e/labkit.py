@@ -251,3 +251,85 @@ def make_container_home(lab: Lab, container_ns: str) -> None:
     in_ns(container_ns, "ip", "route", "add", "default", "via", BRIDGE_ADDRESS.split("/")[0])
     lab.exec("home", "sysctl", "-qw", "net.ipv4.ip_forward=1")
     lab.exec("home", "iptables-nft-restore", input=DOCKER_RULES)
+
+
+# --------------------------------------------------------------------------
+# Several VPSes, and a fleet driven over SSH (the Ansible collection's e2e)
+
+
+def wait_served(lab: Lab, address: str, want: str, limit: float = 15, path: str = "/", port: int = 80) -> str:
+    """GET ``path`` on ``address:port`` from the visitor until the reply holds ``want``; the body."""
+    start, last = time.monotonic(), (0, "")
+    while time.monotonic() - start < limit:
+        last = lab.http_get("visitor", f"http://{address}:{port}{path}", timeout=2)
+        if want in f"{last[0]} {last[1]}":
+            return last[1]
+        time.sleep(0.2)
+    pytest.fail(f"{address}:{port}: no {want!r} within {limit} s; last reply {last[0]} {last[1][:200]!r}",
+                pytrace=False)
+
+
+#: The controller's link to the lab's router: a TEST-NET /26 no lab host uses.
+CONTROLLER_ADDRESS = "192.0.2.194"
+CONTROLLER_GATEWAY = "192.0.2.193"
+
+
+def attach_controller(lab: Lab, namespace: str) -> None:
+    """Give an existing namespace a link to the lab's router, like any other host of the internet."""
+    from tests.nslib import link
+
+    link(lab.namespace("internet"), f"{CONTROLLER_GATEWAY}/26", namespace, f"{CONTROLLER_ADDRESS}/26")
+    in_ns(namespace, "ip", "route", "add", "default", "via", CONTROLLER_GATEWAY)
+
+
+SSHD_CONFIG = """\
+Port 22
+ListenAddress {address}
+HostKey {directory}/host_ed25519
+PidFile {directory}/sshd-{host}.pid
+AuthorizedKeysFile {directory}/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+"""
+
+SSH_CONFIG = """\
+Host *
+  User root
+  IdentityFile {directory}/id_ed25519
+  IdentitiesOnly yes
+  StrictHostKeyChecking no
+  UserKnownHostsFile /dev/null
+  LogLevel ERROR
+  ControlMaster auto
+  ControlPersist 120s
+  ControlPath {directory}/cm-%C
+"""
+
+
+def ssh_keys(directory: Path) -> Path:
+    """A client key and a host key made for this test, the client key authorized; the ssh client config.
+
+    ``StrictHostKeyChecking no`` lives in this config only: the hosts' keys are born with the test.
+    """
+    for name in ("id_ed25519", "host_ed25519"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"vpnoffload-e2e-{name}",
+                        "-f", str(directory / name)], check=True, capture_output=True, timeout=30)
+    (directory / "authorized_keys").write_text((directory / "id_ed25519.pub").read_text())
+    os.chmod(directory / "authorized_keys", 0o600)
+    config = directory / "ssh_config"
+    config.write_text(SSH_CONFIG.format(directory=directory))
+    return config
+
+
+def start_sshd(lab: Lab, host: str, address: str, directory: Path) -> None:
+    """An sshd in ``host``'s namespace on ``address`` (the lab's teardown kills it)."""
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    config = directory / f"sshd-{host}.conf"
+    config.write_text(SSHD_CONFIG.format(address=address, directory=directory, host=host))
+    lab.popen(host, "/usr/sbin/sshd", "-D", "-e", "-f", str(config))
+    if not lab.wait_tcp(host, address, 22, timeout=10):
+        pytest.fail(f"sshd in {host} did not listen on {address}:22", pytrace=False)

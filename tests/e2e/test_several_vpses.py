@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv
+from tests.e2e.labkit import wait_served
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
@@ -39,17 +39,6 @@ def set_up_vps(lab: Lab, host: str, address: str, subnet: str, vps_site: Path, h
     shutil.copy(vps_site / "vpnoffload.toml", home_site / "vpnoffload.toml")
     cli(lab, host, vps_site, "up", "vps")
     lab.popen(host, *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "watch"))
-
-
-def wait_served(lab: Lab, address: str, want: str, limit: float = 15, path: str = "/") -> str:
-    """GET ``path`` on ``address`` from the visitor until the reply holds ``want``; the body."""
-    start, last = time.monotonic(), (0, "")
-    while time.monotonic() - start < limit:
-        last = lab.http_get("visitor", f"http://{address}{path}", timeout=2)
-        if want in f"{last[0]} {last[1]}":
-            return last[1]
-        time.sleep(0.2)
-    pytest.fail(f"{address}: no {want!r} within {limit} s; last reply {last[0]} {last[1][:200]!r}", pytrace=False)
 
 
 @pytest.fixture
