@@ -1,0 +1,75 @@
+"""The Ansible collection vpnoffload.fleet as Ansible itself checks it, in place.
+
+``ansible-test sanity`` runs on the collection where it lives (ansible/ansible_collections/
+vpnoffload/fleet) with this venv's Python. Only the sanity tests that need nothing from the
+network are selected: the others (OFFLINE_MISSING) make ansible-test download its pip bootstrap
+script and pinned linters into fresh virtualenvs (see docs/testing.md); ansible-doc's part of
+them is run here directly, against every module's DOCUMENTATION, EXAMPLES and RETURN.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.prereq import missing
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE = REPO / "ansible"
+COLLECTION = ANSIBLE / "ansible_collections" / "vpnoffload" / "fleet"
+BIN = Path(sys.executable).parent
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+#: ansible-test sanity tests that run offline.
+OFFLINE = ("action-plugin-docs", "changelog", "compile", "empty-init", "ignores", "line-endings", "no-assert",
+           "no-get-exception", "no-illegal-filenames", "no-smart-quotes", "pslint", "replace-urlopen", "shebang",
+           "shellcheck", "symlinks", "use-argspec-type-path", "use-compat-six")
+#: The ones that need the network (a pip bootstrap from ci-files.testing.ansible.com, pinned packages).
+OFFLINE_MISSING = ("ansible-doc", "import", "pep8", "pylint", "runtime-metadata", "validate-modules", "yamllint")
+MODULES = sorted(p.stem for p in (COLLECTION / "plugins" / "modules").glob("*.py"))
+
+
+def ansible(tool: str, *args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess:
+    exe = BIN / tool
+    if not exe.exists():
+        missing(f"{tool} is not in the venv: pip install -e '.[test]' (ansible-core)")
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(ANSIBLE), "ANSIBLE_NOCOLOR": "1"}
+    return subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def test_ansible_test_sanity_in_place() -> None:
+    selected = [arg for name in OFFLINE for arg in ("--test", name)]
+    done = ansible("ansible-test", "sanity", "--python", PYTHON, *selected, cwd=COLLECTION)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in OFFLINE:
+        assert f'Running sanity test "{name}"' in done.stdout + done.stderr, name
+
+
+def test_every_module_is_documented() -> None:
+    assert MODULES == ["vpnoffload_info", "vpnoffload_init", "vpnoffload_pki", "vpnoffload_service",
+                       "vpnoffload_units", "vpnoffload_up", "vpnoffload_watch"]
+    done = ansible("ansible-doc", "--json", *(f"vpnoffload.fleet.{name}" for name in MODULES))
+    assert done.returncode == 0, done.stderr
+    import json
+
+    docs = json.loads(done.stdout)
+    for name in MODULES:
+        doc = docs[f"vpnoffload.fleet.{name}"]
+        assert doc["doc"]["short_description"] and doc["examples"] and doc["return"], name
+        assert doc["doc"]["attributes"]["check_mode"]["support"] == "full", name
+
+
+def test_site_playbook_parses(tmp_path: Path) -> None:
+    inventory = tmp_path / "inventory.json"
+    inventory.write_text('{"vpnoffload_vps": {"hosts": {"vps1": {}}}, "vpnoffload_home": {"hosts": {"home": {}}}}')
+    done = ansible("ansible-playbook", "-i", str(inventory), "vpnoffload.fleet.site", "--syntax-check")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_collection_builds(tmp_path: Path) -> None:
+    done = ansible("ansible-galaxy", "collection", "build", str(COLLECTION), "--output-path", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["vpnoffload-fleet-0.1.0.tar.gz"]
