@@ -73,3 +73,43 @@ def test_collection_builds(tmp_path: Path) -> None:
     done = ansible("ansible-galaxy", "collection", "build", str(COLLECTION), "--output-path", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["vpnoffload-fleet-0.1.0.tar.gz"]
+
+
+def fleet_inventory() -> str:
+    """The inventory docs/fleet.md shows (the YAML block after its marker)."""
+    text = (REPO / "docs" / "fleet.md").read_text()
+    block = text.split("<!-- fleet: inventory -->", 1)[1]
+    return block.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_inventory_is_a_fleet(tmp_path: Path) -> None:
+    import json
+
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(fleet_inventory())
+    done = ansible("ansible-inventory", "-i", str(inventory), "--list")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["vpnoffload_vps"]["hosts"] == ["ams", "fra"]
+    assert found["vpnoffload_home"]["hosts"] == ["home", "attic"]
+    named = {home for vps in ("ams", "fra") for service in found["_meta"]["hostvars"][vps]["vpnoffload_services"]
+             for home in service["homes"]}
+    assert named == {"home", "attic"}
+    done = ansible("ansible-playbook", "-i", str(inventory), "vpnoffload.fleet.site", "--syntax-check")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_inventory_variable_is_documented() -> None:
+    import re
+
+    used: set[str] = set()
+    for path in [*(COLLECTION / "roles").rglob("*.yml"), *(COLLECTION / "playbooks").rglob("*.yml")]:
+        used |= set(re.findall(r"(?<![\w.])(vpnoffload_[a-z_]+)", path.read_text()))
+    modules = {f"vpnoffload_{name.removeprefix('vpnoffload_')}" for name in MODULES}
+    variables = used - modules
+    assert {"vpnoffload_bin", "vpnoffload_package", "vpnoffload_venv", "vpnoffload_config_dir", "vpnoffload_systemd",
+            "vpnoffload_public_address", "vpnoffload_tunnel_subnet", "vpnoffload_services", "vpnoffload_vps",
+            "vpnoffload_home"} <= variables
+    for doc in (COLLECTION / "README.md", REPO / "docs" / "fleet.md"):
+        text = doc.read_text()
+        assert not [name for name in sorted(variables) if name not in text], doc

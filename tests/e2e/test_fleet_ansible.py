@@ -100,7 +100,13 @@ def playbook(controller: str, root: Path, inv: Path, *extra: str) -> tuple[str, 
         pytest.fail(f"ansible-playbook {' '.join(extra)} exited {proc.returncode}:\n{out[-6000:]}", pytrace=False)
     recap = {m.group(1): {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
              for m in re.finditer(r"^(\S+)\s+:\s+(ok=.*)$", out, re.M)}
-    print(f"ansible-playbook {' '.join(extra)}: {time.monotonic() - started:.1f} s, {recap}")
+    changed, task = [], ""
+    for line in out.splitlines():
+        if line.startswith("TASK ["):
+            task = line[6:].split("]", 1)[0]
+        elif line.startswith("changed: ["):
+            changed.append(f"{line[10:].split(']', 1)[0]}: {task}")
+    print(f"ansible-playbook {' '.join(extra)}: {time.monotonic() - started:.1f} s, changed: {changed}")
     return out, recap
 
 
@@ -145,7 +151,9 @@ def test_fleet_from_one_inventory(lab2vps: Lab, root: Path) -> None:
             assert profile.stat().st_mode & 0o777 == 0o600
         # No profile was written on the controller, not even for a moment in a scratch dir left behind.
         assert not list(Path(tempfile.gettempdir()).glob("vpnoffload-profile-*"))
-        assert "BEGIN PRIVATE KEY" not in out
+        assert "PRIVATE KEY" not in out
+        # Nor in Ansible's own files on the controller (its temp dir, facts, retry files).
+        assert not [p for p in (root / "ansible-home").rglob("*") if p.is_file() and b"PRIVATE KEY" in p.read_bytes()]
 
         # A second run changes nothing.
         out, recap = playbook(controller, root, inv)
