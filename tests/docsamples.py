@@ -238,6 +238,92 @@ def error_unknown_key() -> str:
     return _error(VPS_CONFIG + '\n[services.a]\nlisten = 8000\ntarget = 8000\nbogus = 1\n', "service", "list")
 
 
+# ------------------------------------------------------------------ a home box behind two VPSes
+
+HOME_KEEPER_PID, HOME_CLIENT_PID = 812, 790
+SECOND_VPS_CONFIG = """\
+[vps]
+address = "203.0.113.20"
+
+[tunnel]
+subnet = "10.89.0.0/24"
+
+[homes.home]
+address = "10.89.0.2"
+
+[services.blog]
+listen = 80
+target = 8080
+check = "http:/"
+hostname = "blog.example.org"
+"""
+
+
+def _home_end(config: Path, text: str, slot: int, log: str, last_visitor: float) -> None:
+    """A config on the home box after its `up home`: the record (with the tunnel slot and the
+    host firewall it found), the OpenVPN client's log, the newest visitor an earlier status saw."""
+    from vpnoffload import record
+    from vpnoffload.firewall.host import openings
+    from vpnoffload.hometunnels import Slot
+
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(text)
+    run = config.parent / "state" / "run"
+    run.mkdir(parents=True)
+    found = openings.detect({"nftables": []}, legacy_tables=("nat", "filter")).found()
+    record.save(run / "home-home.json", record.Record(sysctl={"net.ipv4.conf.vpnoffload0.rp_filter": "1"},
+                                                      host_found=found, slot=slot))
+    (run / f"openvpn-{Slot(slot).tunnel_name('home')}.log").write_text(log)
+    (run / "last-visitor").write_text(f"{last_visitor:.0f}\n")
+
+
+def status_home() -> str:
+    """`status` on a home box that serves two VPSes: the first tunnel up, the second one's VPS
+    gone silent (its client is reconnecting), no visitor connected right now."""
+    from vpnoffload import homestatus, runfiles
+
+    connected = "2026-11-25 18:20:02 Initialization Sequence Completed\n"
+    for mp, tmp in _scratch():
+        root = tmp / "vpnoffload"
+        _home_end(root / "vpnoffload.toml", VPS_CONFIG, 0, connected, NOW - 20)
+        _home_end(root / "vps2" / "vpnoffload.toml", SECOND_VPS_CONFIG, 1,
+                  connected + "2026-11-25 18:36:58 [server] Inactivity timeout (--ping-restart), restarting\n"
+                  "2026-11-25 18:36:58 SIGUSR1[soft,ping-restart] received, process restarting\n"
+                  "2026-11-25 18:37:03 Restart pause, 5 second(s)\n", NOW - 14 * 60)
+        devices = {"vpnoffload0": "10.88.0.2", "vpnoffload1": "10.89.0.2"}  # persist-tun keeps it
+        mp.setattr(homestatus, "_device_address", devices.get)
+        mp.setattr(homestatus, "_conntrack", lambda: "")
+        mp.setattr(homestatus, "time", types.SimpleNamespace(time=lambda: NOW))
+        mp.setattr(runfiles, "pid_of", lambda pidfile, **_: HOME_KEEPER_PID if "keeper" in str(pidfile)
+                   else HOME_CLIENT_PID)
+        out = cli("-c", str(root / "vpnoffload.toml"), "status")
+        return shown(["status"], out.replace(str(root), "/etc/vpnoffload"))
+    raise AssertionError("unreachable")
+
+
+def render_nginx() -> str:
+    """What `render nginx` prints for a name on a shared :80 and :443 (deploying.md's example)."""
+    config = VPS_CONFIG.split("[services.")[0] + """
+[services.blog]
+listen = 80
+target = 8080
+check = "http:/"
+hostname = "blog.example.org"
+via = "proxy"
+
+[services.blog-tls]
+listen = 443
+target = 8443
+hostname = "blog.example.org"
+via = "proxy"
+"""
+    with tempfile.TemporaryDirectory(prefix="vpnoffload-sample-") as tmp:
+        cfg = Path(tmp) / "vpnoffload.toml"
+        cfg.write_text(config)
+        out = Path(tmp) / "nginx"
+        return cli("-c", str(cfg), "render", "nginx", "--out", str(out)).replace(str(out), "/etc/vpnoffload/nginx")
+
+
 SAMPLES: dict[str, Callable[[], str]] = {
     "doctor": doctor_fresh,
     "status-healthy": status_healthy,
@@ -245,6 +331,8 @@ SAMPLES: dict[str, Callable[[], str]] = {
     "status-json": status_json,
     "error-port": error_port,
     "error-unknown-key": error_unknown_key,
+    "status-home": status_home,
+    "render-nginx": render_nginx,
 }
 
 

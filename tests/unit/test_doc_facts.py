@@ -1,0 +1,168 @@
+"""Facts the docs state about the code, compared with the code: the config keys and their
+defaults (docs/configuration.md), the exit-status table, the module map
+(docs/architecture.md) and the code named in security.md and architecture.md. The sample
+outputs and the command table are checked by test_doc_samples.py."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vpnoffload.config.parse import _KEYS, parse
+from vpnoffload.errors import ExitStatus
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "vpnoffload"
+DOCS = REPO / "docs"
+
+
+def section(text: str, heading: str) -> str:
+    """The text under ``heading`` (a whole line) up to the next heading of the same or a higher level."""
+    level = heading.split(" ")[0]
+    start = text.index(heading + "\n") + len(heading) + 1
+    ends = [m.start() for m in re.finditer(rf"^#{{1,{len(level)}}} ", text[start:], re.M)]
+    return text[start:start + ends[0]] if ends else text[start:]
+
+
+def first_table(text: str) -> list[list[str]]:
+    """The body rows of the first Markdown table in ``text`` (a blank line ends a table), as cells."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+    return rows
+
+
+def ticked(cell: str) -> list[str]:
+    return re.findall(r"`([^`]+)`", cell)
+
+
+# ------------------------------------------------------------------ configuration.md
+
+CONFIGURATION = (DOCS / "configuration.md").read_text()
+#: Each key table's heading in configuration.md and the parser's name for that table.
+TABLES = {"## `[vps]`": "vps", "## `[tunnel]`": "tunnel", "## `[homes.NAME]`": "home",
+          "## `[services.NAME]`": "service", "## `[watch]`": "watch", "## `[proxy]`": "proxy"}
+#: A config with one home and one service that sets nothing optional: every default applies.
+MINIMAL = {"vps": {"address": "203.0.113.10"}, "homes": {"home": {"address": "10.88.0.2"}},
+           "services": {"s": {"listen": 2222, "target": 22}}}
+
+
+def documented_keys(heading: str) -> dict[str, str]:
+    """key -> its default cell, from the table under ``heading``."""
+    out = {}
+    for row in first_table(section(CONFIGURATION, heading)):
+        for key in ticked(row[0]):
+            out[key] = row[2]
+    return out
+
+
+@pytest.mark.parametrize("heading", TABLES)
+def test_each_config_table_lists_exactly_the_keys_the_parser_takes(heading: str) -> None:
+    assert set(documented_keys(heading)) == _KEYS[TABLES[heading]], \
+        f"docs/configuration.md {heading}: keys differ from vpnoffload/config/parse.py"
+
+
+def _actual(kind: str, key: str) -> Any:
+    config = parse(MINIMAL)
+    owner = {"tunnel": config.tunnel, "watch": config.watch, "proxy": config.proxy,
+             "service": config.services["s"], "vps": config.vps, "home": config.homes["home"]}[kind]
+    value = getattr(owner, key)
+    value = getattr(value, "kind", value)  # a check: "tcp" or "http"
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("heading", TABLES)
+def test_each_default_quoted_in_the_config_tables_is_the_parsers(heading: str) -> None:
+    kind, checked = TABLES[heading], 0
+    for key, cell in documented_keys(heading).items():
+        literal = ticked(cell)
+        if not cell.startswith("`") or "else" in cell or not literal:
+            continue  # "**required**", "none", "derived", a default that depends on other keys
+        documented = tomllib.loads(f"v = {literal[0]}")["v"]
+        actual = _actual(kind, key)
+        assert documented == (str(actual) if isinstance(documented, str) else actual), \
+            f"docs/configuration.md {heading} {key}: documented default {literal[0]}, the parser's is {actual!r}"
+        checked += 1
+    assert checked or kind in ("vps", "home")
+
+
+def test_the_exit_status_table_is_the_code_s() -> None:
+    rows = first_table(section(CONFIGURATION, "## Exit status"))
+    assert {int(r[0]) for r in rows} == {int(s) for s in ExitStatus}
+
+
+# ------------------------------------------------------------------ architecture.md's module map
+
+ARCHITECTURE = (DOCS / "architecture.md").read_text()
+MODULES_SECTION = section(ARCHITECTURE, "## Modules")
+
+
+def real_modules() -> set[str]:
+    return {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+
+
+def test_the_module_map_names_every_module_and_only_real_ones() -> None:
+    table = MODULES_SECTION[MODULES_SECTION.index("| concern | module |"):]
+    named = {m for row in first_table(table) for m in ticked(row[1]) if m.endswith(".py")}
+    assert real_modules() - named == set(), "docs/architecture.md's module table lacks these modules"
+    assert named - real_modules() == set(), "docs/architecture.md's module table names modules that do not exist"
+
+
+def test_the_package_tree_shows_every_package_and_top_level_module() -> None:
+    tree = MODULES_SECTION.split("```")[1]
+    packages = {str(p.parent.relative_to(PACKAGE)) + "/" for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE}
+    shown = set(re.findall(r"^ +([a-z/]+/) ", tree, re.M))
+    assert packages == shown, "docs/architecture.md's package tree and vpnoffload/'s packages differ"
+    top = {p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    assert top == set(re.findall(r"\b([a-z_]+\.py)\b", tree)), "the tree's top-level modules differ"
+
+
+@pytest.mark.parametrize("package", ["lean", "config"])
+def test_the_tree_lists_a_kit_package_s_modules_exactly(package: str) -> None:
+    """lean/ and config/ name all their modules in the tree ("spawn, say, ..."; "(checks, access, ...)")."""
+    tree = MODULES_SECTION.split("```")[1]
+    found = re.search(rf"^  {package}/ +(.*(?:\n {{16}}.*)*)", tree, re.M)
+    assert found is not None
+    words = re.sub(r"^[^:(]*[:(]", "", found.group(1).replace("\n", " ")).strip(" )")
+    listed = {w.strip() for w in words.split(",")}
+    real = {p.stem for p in (PACKAGE / package).glob("*.py") if p.name != "__init__.py"}
+    assert listed == real, f"docs/architecture.md's tree: {package}/ lists {sorted(listed)}, the package has {sorted(real)}"
+
+
+# ------------------------------------------------------------------ code named in the docs
+
+
+def _resolves(ref: str) -> bool | None:
+    """Whether ``mod.attr`` (or ``pkg/mod.py``, ``mod.Class.attr``) names real code; None: not code."""
+    parts = ref.removeprefix("vpnoffload.").removesuffix(".py").replace("/", ".").split(".")
+    for i in range(len(parts), 0, -1):
+        module = ".".join(parts[:i])
+        path = PACKAGE.joinpath(*parts[:i])
+        if path.with_suffix(".py").exists() or (path / "__init__.py").exists():
+            obj: Any = importlib.import_module(f"vpnoffload.{module}")
+            for attr in parts[i:]:
+                if not hasattr(obj, attr):
+                    return False
+                obj = getattr(obj, attr)
+            return True
+    return None
+
+
+CODE_REFS = sorted({(doc, ref) for doc in ("security.md", "architecture.md")
+                    for ref in re.findall(r"`([a-z_][\w./]*)`", (DOCS / doc).read_text())
+                    if "." in ref and not ref.endswith((".j2", ".json", ".conf", ".cfg", ".pem", ".crt", ".key"))
+                    and ref.split(".")[0] not in _KEYS[""]})  # config keys like watch.metrics
+
+
+@pytest.mark.parametrize("doc,ref", CODE_REFS, ids=[f"{d}:{r}" for d, r in CODE_REFS])
+def test_code_the_docs_name_exists(doc: str, ref: str) -> None:
+    assert _resolves(ref) is not False, f"docs/{doc} names {ref}, which is not in the code"
