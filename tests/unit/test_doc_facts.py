@@ -22,11 +22,18 @@ DOCS = REPO / "docs"
 
 
 def section(text: str, heading: str) -> str:
-    """The text under ``heading`` (a whole line) up to the next heading of the same or a higher level."""
-    level = heading.split(" ")[0]
-    start = text.index(heading + "\n") + len(heading) + 1
-    ends = [m.start() for m in re.finditer(rf"^#{{1,{len(level)}}} ", text[start:], re.M)]
-    return text[start:start + ends[0]] if ends else text[start:]
+    """The text under ``heading`` (a whole line) up to the next heading of the same or a higher
+    level; a ``#`` line inside a fenced block is no heading."""
+    level = len(heading.split(" ")[0])
+    lines = text[text.index(heading + "\n") + len(heading) + 1:].splitlines(keepends=True)
+    out, fenced = [], False
+    for line in lines:
+        fenced ^= line.startswith("```")
+        found = re.match(r"(#+) ", line)
+        if found and not fenced and len(found.group(1)) <= level:
+            break
+        out.append(line)
+    return "".join(out)
 
 
 def first_table(text: str) -> list[list[str]]:
@@ -166,3 +173,44 @@ CODE_REFS = sorted({(doc, ref) for doc in ("security.md", "architecture.md")
 @pytest.mark.parametrize("doc,ref", CODE_REFS, ids=[f"{d}:{r}" for d, r in CODE_REFS])
 def test_code_the_docs_name_exists(doc: str, ref: str) -> None:
     assert _resolves(ref) is not False, f"docs/{doc} names {ref}, which is not in the code"
+
+
+def test_the_complete_example_is_a_valid_config() -> None:
+    text = section(CONFIGURATION, "## A complete example")
+    example = tomllib.loads(text.split("```toml\n")[1].split("```")[0])
+    config = parse(example)
+    assert list(config.services) == ["blog", "shop", "shop6", "wiki", "git"]
+
+
+def test_the_metric_names_in_the_docs_are_the_ones_exported() -> None:
+    exported = {m for path in PACKAGE.rglob("*.py") for m in re.findall(r"\bvpnoffload_[a-z_]+_(?:total|seconds|pages|"
+                                                                          r"forwarding|healthy)\b", path.read_text())}
+    documented = set(re.findall(r"\bvpnoffload_[a-z_]+", CONFIGURATION))
+    assert documented == exported
+
+
+def test_troubleshooting_lists_every_failure_reason_the_checks_give() -> None:
+    from vpnoffload.watch import health
+
+    text = (DOCS / "troubleshooting.md").read_text()
+    rows = first_table(section(text, "## Why a service is failing: the reasons `status` gives"))
+    assert {ticked(r[0])[0] for r in rows} == set(health.REASONS) - {health.BUSY}
+    assert "`ok (busy)`" in text  # busy is no failure: explained below the table
+
+
+def test_how_often_the_docs_say_the_host_firewall_is_looked_at() -> None:
+    from vpnoffload.watch import hostfw
+
+    said = re.search(r"one `nft -s list ruleset` every\s+(\S+) s", (DOCS / "deploying.md").read_text())
+    assert said is not None and float(said.group(1)) == hostfw.EVERY
+
+
+def test_testing_md_names_every_shared_test_helper() -> None:
+    tests = REPO / "tests"
+    helpers = {str(p.relative_to(REPO)) for p in tests.rglob("*.py")
+               if not p.name.startswith("test_") and p.name != "__init__.py" and "golden" not in p.parts}
+    text = (DOCS / "testing.md").read_text()
+    rows = first_table(section(text, "## Helpers in one place"))
+    named = {m for row in rows for m in ticked(row[0])}
+    assert helpers - named == set(), "docs/testing.md's table of shared helpers lacks these"
+    assert named - helpers == set(), "docs/testing.md's table of shared helpers names files that do not exist"
