@@ -324,6 +324,57 @@ via = "proxy"
         return cli("-c", str(cfg), "render", "nginx", "--out", str(out)).replace(str(out), "/etc/vpnoffload/nginx")
 
 
+# ------------------------------------------------------------------ plans (--dry-run)
+
+LAB_CONFIG = """\
+[vps]
+address = "203.0.113.10"
+
+[tunnel]
+subnet = "198.51.100.0/24"
+
+[homes.home]
+address = "198.51.100.2"
+
+[services.blog]
+listen = 80
+target = 8080
+"""
+
+
+def _plan(end: str) -> str:
+    """The plan of a first `up END` with one service, on fake backends (the lab's tunnel subnet;
+    paths as with the default config): the lines `up END --dry-run` prints under "would change"."""
+    from tests.fakes import deploy_env
+    from vpnoffload import config as cfg
+    from vpnoffload import deploy, plan
+
+    for mp, tmp in _scratch():
+        with debian_vps(mp, tmp):
+            _, paths, backends, _, proc = deploy_env(tmp)
+            paths.config.write_text(LAB_CONFIG)
+            (proc / "net/netfilter").mkdir(parents=True)
+            (proc / "net/netfilter/nf_conntrack_acct").write_text("0\n")
+            config = cfg.load(paths.config)
+            if end == "vps":
+                actions = deploy.plan_up_vps(config, paths, backends)
+            else:
+                profile = paths.state / "home.ovpn"
+                profile.write_text("client\n")
+                actions = deploy.plan_up_home(config, paths, backends, "home", profile)
+            deploy.cleanup_scratch(paths)
+            return "\n".join(f"  - {line}" for line in plan.summaries(actions)).replace(str(tmp), "/etc/vpnoffload")
+    raise AssertionError("unreachable")
+
+
+def plan_up_vps() -> str:
+    return _plan("vps")
+
+
+def plan_up_home() -> str:
+    return _plan("home")
+
+
 SAMPLES: dict[str, Callable[[], str]] = {
     "doctor": doctor_fresh,
     "status-healthy": status_healthy,
@@ -333,6 +384,8 @@ SAMPLES: dict[str, Callable[[], str]] = {
     "error-unknown-key": error_unknown_key,
     "status-home": status_home,
     "render-nginx": render_nginx,
+    "plan-up-vps": plan_up_vps,
+    "plan-up-home": plan_up_home,
 }
 
 
