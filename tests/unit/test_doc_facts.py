@@ -214,3 +214,39 @@ def test_testing_md_names_every_shared_test_helper() -> None:
     named = {m for row in rows for m in ticked(row[0])}
     assert helpers - named == set(), "docs/testing.md's table of shared helpers lacks these"
     assert named - helpers == set(), "docs/testing.md's table of shared helpers names files that do not exist"
+
+
+def test_the_readme_command_table_names_every_command() -> None:
+    import typer.main
+
+    from vpnoffload.cli.app import app
+
+    leaves: set[str] = set()
+
+    def walk(cmd: Any, path: str) -> None:
+        subs = getattr(cmd, "commands", None)
+        if not subs:
+            leaves.add(path)
+        for name, sub in (subs or {}).items():
+            walk(sub, f"{path} {name}".strip())
+
+    walk(typer.main.get_command(app), "")
+    readme = (REPO / "README.md").read_text()
+    named: set[str] = set()
+    for row in first_table(section(readme, "## What you get")):
+        for usage in ticked(row[0]):
+            words = [w for w in usage.split() if not w.startswith(("[", "NAME"))]
+            alternatives = words[1].split("/") if len(words) > 1 else [""]
+            named |= {f"{words[0]} {alt}".strip() for alt in alternatives}
+    assert named == leaves, "README.md's 'What you get' table and the CLI's commands differ"
+
+
+def test_the_page_server_bounds_in_the_docs_are_the_code_s() -> None:
+    from vpnoffload.fallback import pageloop as p
+
+    bounds = re.sub(r"\s+", " ", section(ARCHITECTURE, "## The watchdog and the swap"))
+    assert f"At most {p.MAX_CONNECTIONS} connections ({p.MAX_TLS_CONNECTIONS} over TLS)" in bounds
+    assert (f"within {p.HANDSHAKE_TIMEOUT:g} s, the whole request head within {p.HEAD_TIMEOUT:g} s of that" in bounds
+            and f"the answer within {p.SEND_TIMEOUT:g} s; a head is read up to {p.MAX_HEAD // 1024} KiB" in bounds)
+    copies = re.sub(r"\s+", " ", CONFIGURATION)
+    assert f"{p.FILE_CHUNK // 1024} KiB at a time (a visitor who keeps reading has up to {p.STREAM_TIMEOUT:g} s)" in copies
