@@ -250,3 +250,31 @@ def test_the_page_server_bounds_in_the_docs_are_the_code_s() -> None:
             and f"the answer within {p.SEND_TIMEOUT:g} s; a head is read up to {p.MAX_HEAD // 1024} KiB" in bounds)
     copies = re.sub(r"\s+", " ", CONFIGURATION)
     assert f"{p.FILE_CHUNK // 1024} KiB at a time (a visitor who keeps reading has up to {p.STREAM_TIMEOUT:g} s)" in copies
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lowercased, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    fenced, out = False, set()
+    for line in path.read_text().splitlines():
+        fenced ^= line.startswith("```")
+        if not fenced and re.match(r"#+ ", line):
+            out.add(_slug(line.lstrip("#")))
+    return out
+
+
+LINKED = sorted({(doc, target) for doc in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+                 for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()) if "://" not in target})
+
+
+@pytest.mark.parametrize("doc,target", LINKED, ids=[f"{d.name}->{t}" for d, t in LINKED])
+def test_every_link_between_the_docs_resolves(doc: Path, target: str) -> None:
+    path, _, anchor = target.partition("#")
+    linked = (doc.parent / path).resolve() if path else doc
+    assert linked.exists(), f"{doc.name} links to {target}: no such file"
+    if anchor:
+        assert anchor in _anchors(linked), f"{doc.name} links to {target}: no such heading"
