@@ -278,3 +278,60 @@ def test_every_link_between_the_docs_resolves(doc: Path, target: str) -> None:
     assert linked.exists(), f"{doc.name} links to {target}: no such file"
     if anchor:
         assert anchor in _anchors(linked), f"{doc.name} links to {target}: no such heading"
+
+
+# ------------------------------------------------------------------ commands written out in the docs
+
+
+def _written_commands(text: str) -> list[str]:
+    """Every `vpnoffload ...` the docs show: inline code, and lines (or parts of lines joined by
+    && ; |) of fenced blocks, without a trailing # comment."""
+    found = re.findall(r"`(vpnoffload [^`]+)`", text)
+    fenced = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            for part in re.split(r"&&|;|\|\s", line.strip().removeprefix("$ ").split(" #")[0]):
+                if part.strip().startswith("vpnoffload "):
+                    found.append(part.strip())
+    return found
+
+
+def _unknown_options(command: str) -> tuple[str, list[str]]:
+    """(the command path, the options it is shown with that it does not have)."""
+    import typer.main
+
+    from vpnoffload.cli.app import app
+
+    root = cmd = typer.main.get_command(app)
+    globals_ = {o for p in root.params for o in p.opts}
+    words, i, path = command.split()[1:], 0, []
+    while i < len(words):
+        word = words[i].split("|")[0]  # `render nginx|haproxy`: either
+        subs = getattr(cmd, "commands", None)
+        if word in globals_:
+            i += 2 if word in ("-c", "--config", "--state-dir") else 1
+        elif subs and word in subs:
+            cmd, i = subs[word], i + 1
+            path.append(word)
+        else:
+            break
+    known = {o for p in cmd.params for o in p.opts} | globals_ | {"--help"}
+    shown = [w.split("=")[0].rstrip(".,)") for w in words[i:] if w.startswith("-")]
+    return " ".join(path), [o for o in shown if re.fullmatch(r"--?[a-z][a-z0-9-]*", o) and o not in known]
+
+
+WRITTEN = sorted({(doc.name, c) for doc in [REPO / "README.md", *sorted(DOCS.glob("*.md"))]
+                  for c in _written_commands(doc.read_text())})
+
+
+def test_the_docs_show_many_commands() -> None:
+    assert len(WRITTEN) > 60  # the parser above still finds them (88 when written)
+
+
+@pytest.mark.parametrize("doc,command", WRITTEN, ids=[f"{d}:{c}" for d, c in WRITTEN])
+def test_every_option_the_docs_show_with_a_command_is_that_command_s(doc: str, command: str) -> None:
+    path, unknown = _unknown_options(command)
+    assert not unknown, f"{doc}: `{command}`: '{path}' has no {unknown}"
