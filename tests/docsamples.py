@@ -301,6 +301,29 @@ def status_home() -> str:
     raise AssertionError("unreachable")
 
 
+def error_clash() -> str:
+    """What `up home` on a home box says for a third config whose tunnel subnet overlaps the second's:
+    the real check (hometunnels.check_box) and the one line a user reads (exits.error_line), with
+    the configs where the docs put them (the line is cut at a fixed length, so paths count)."""
+    from vpnoffload import config as cfg
+    from vpnoffload import hometunnels
+    from vpnoffload.errors import ConfigError
+    from vpnoffload.exits import error_line
+
+    with tempfile.TemporaryDirectory(prefix="vpnoffload-sample-") as tmp:
+        root = Path(tmp) / "vpnoffload"
+        third = SECOND_VPS_CONFIG.replace("203.0.113.20", "203.0.113.30")
+        for sub, text in (("", VPS_CONFIG), ("vps2", SECOND_VPS_CONFIG), ("vps3", third)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            (root / sub / "vpnoffload.toml").write_text(text)
+        config = root / "vps3" / "vpnoffload.toml"
+        try:
+            hometunnels.check_box(config, cfg.load(config))
+        except ConfigError as exc:
+            return error_line(str(exc).replace(str(root), "/etc/vpnoffload"))
+    raise AssertionError("the clash was not refused")
+
+
 def render_nginx() -> str:
     """What `render nginx` prints for a name on a shared :80 and :443 (deploying.md's example)."""
     config = VPS_CONFIG.split("[services.")[0] + """
@@ -384,6 +407,7 @@ SAMPLES: dict[str, Callable[[], str]] = {
     "error-unknown-key": error_unknown_key,
     "status-home": status_home,
     "render-nginx": render_nginx,
+    "error-clash": error_clash,
     "plan-up-vps": plan_up_vps,
     "plan-up-home": plan_up_home,
 }
