@@ -146,13 +146,13 @@ def scrape_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
 
 
 def firing_test(samples: list[tuple[str, dict[str, str], float]], firing: list[dict[str, str]],
-                now: float, instance: str = "vps-a") -> dict:
+                now: float, instance: str = "vps-a", up: int = 1) -> dict:
     """A ``promtool test rules`` file (JSON is YAML) for the shipped rules: ``samples`` (one scrape at
     wall time ``now``) as a target's series held for 10 minutes, and exactly the alerts ``firing``
     (their labels, ``alertname`` included) at 5 minutes. A ``*_timestamp_seconds`` sample moves
-    with the test's clock, as a live watchdog's does."""
+    with the test's clock, as a live watchdog's does. ``up``: 0 for a scrape that got no answer."""
     base = {"job": "vpnoffload", "instance": instance}
-    series = [{"series": _series("up", base), "values": "1x10"}]
+    series = [{"series": _series("up", base), "values": f"{up}x10"}]
     for name, labels, value in samples:
         moving = name.endswith("_timestamp_seconds")
         values = f"{value - now:g}+60x10" if moving else f"{value:g}x10"
