@@ -6,7 +6,7 @@ namespace of its own on the lab's internet. The inventory: vps1's service ``web`
 directory down) and attic behind vps1. One run of ``vpnoffload.fleet.site`` must serve the visitor
 through both VPSes with the visitor's own address; a second run changes nothing; a new service is
 reported by ``--check`` and not made, then made; a service removed from the inventory is removed,
-and the home box no service names any more is revoked.
+and the home box no service names any more is revoked and leaves (``down home`` there).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import openvpn_pids
 from tests.e2e.labkit import attach_controller, ssh_keys, start_sshd, wait_served
 from tests.nslib import namespaces, unique
 from tests.prereq import missing
@@ -189,6 +190,10 @@ def test_fleet_from_one_inventory(lab2vps: Lab, root: Path) -> None:
                        "pki", "list").stdout
         assert re.search(r"^attic\s+client\s+\S+\s+\S+\s+revoked", pki, re.M), pki
         assert lab.tcp_probe("visitor", lab.vps2_address, 8081, wait=3) != "open"
+        # attic left vps1: down home there, its config and profile gone.
+        assert not (root / "attic" / "vpnoffload.toml").exists()
+        assert not (root / "attic" / "state" / "attic.ovpn").exists()
+        assert not openvpn_pids(lab, "attic")
         for address in (lab.vps_address, lab.vps2_address):
             assert f"you are {lab.visitor_address}" in wait_served(lab, address, "served from home", 20)
         out, recap = playbook(controller, root, inv)

@@ -13,6 +13,7 @@ description:
   - Renders the units C(vpnoffload install-service END) would write (with C(--out) into a scratch
     directory) and compares them with O(unit_dir). When one differs or is missing, or one is not
     active, runs C(vpnoffload install-service END), which writes, enables and starts them.
+  - With O(state=absent) the units this config has are stopped, disabled and removed.
   - Check mode reports that without writing; diff mode shows each unit's change.
 version_added: 0.1.0
 author: vpnoffload contributors
@@ -22,6 +23,11 @@ options:
     type: str
     choices: [vps, home]
     required: true
+  state:
+    description: V(present) installs and starts the units, V(absent) stops and removes them.
+    type: str
+    choices: [present, absent]
+    default: present
   home:
     description: C(--home), the home box's name (O(end=home) only).
     type: str
@@ -86,9 +92,21 @@ def rendered(module, argv):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def remove(module, systemctl, names):
+    """Stop, disable and delete the units that exist (a stopped up unit runs down)."""
+    present = [name for name in names if os.path.exists(os.path.join(module.params['unit_dir'], name))]
+    if present and not module.check_mode:
+        module.run_command([systemctl, 'disable', '--now'] + present, check_rc=True)
+        for name in present:
+            os.unlink(os.path.join(module.params['unit_dir'], name))
+        module.run_command([systemctl, 'daemon-reload'], check_rc=True)
+    module.exit_json(changed=bool(present), units=present)
+
+
 def main():
     spec = dict(end=dict(type='str', choices=['vps', 'home'], required=True), home=dict(type='str'),
-                unit_dir=dict(type='path', default='/etc/systemd/system'))
+                unit_dir=dict(type='path', default='/etc/systemd/system'),
+                state=dict(type='str', choices=['present', 'absent'], default='present'))
     spec.update(COMMON_ARGS)
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     argv = ['install-service', module.params['end']]
@@ -98,6 +116,8 @@ def main():
     stale = [name for name, text in wanted.items()
              if read_text(os.path.join(module.params['unit_dir'], name)) != text]
     systemctl = module.get_bin_path('systemctl', required=True)
+    if module.params['state'] == 'absent':
+        remove(module, systemctl, sorted(wanted))
     inactive = [name for name in wanted
                 if module.run_command([systemctl, 'is-active', '--quiet', name])[0] != 0]
     if not stale and not inactive:

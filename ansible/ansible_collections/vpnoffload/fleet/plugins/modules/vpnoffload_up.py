@@ -8,11 +8,11 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 ---
 module: vpnoffload_up
-short_description: Bring a VPS or home box up with vpnoffload, from its own dry-run plan
+short_description: Bring a VPS or home box up (or down) with vpnoffload, from its own dry-run plan
 description:
-  - Runs C(vpnoffload up END --dry-run) first. When vpnoffload says there is nothing to do the task is
-    unchanged; otherwise it is changed, the plan is the task's diff, and (outside check mode) C(vpnoffload up END)
-    applies it.
+  - Runs C(vpnoffload up END --dry-run) (C(down) with O(state=absent)) first. When vpnoffload says there
+    is nothing to do the task is unchanged; otherwise it is changed, the plan is the task's diff, and
+    (outside check mode) C(vpnoffload up END) (or C(down END)) applies it.
   - So check mode reports exactly the steps vpnoffload would take and changes nothing.
 version_added: 0.1.0
 author: vpnoffload contributors
@@ -22,6 +22,11 @@ options:
     type: str
     choices: [vps, home]
     required: true
+  state:
+    description: V(present) runs C(up), V(absent) runs C(down) (which undoes exactly what C(up) did).
+    type: str
+    choices: [present, absent]
+    default: present
   home:
     description: C(--home), the home box's name (O(end=home) only).
     type: str
@@ -56,6 +61,12 @@ EXAMPLES = r'''
     end: home
     home: attic
     config: /etc/vpnoffload/vps2/vpnoffload.toml
+
+- name: The home box leaves a VPS
+  vpnoffload.fleet.vpnoffload_up:
+    end: home
+    state: absent
+    config: /etc/vpnoffload/old/vpnoffload.toml
 '''
 
 RETURN = r'''
@@ -66,7 +77,7 @@ plan:
   elements: str
   sample: ["start OpenVPN client vpnoffload0", "add rule fwmark 0x20000000/0xe0000000 lookup 7701"]
 stdout:
-  description: What C(vpnoffload up) printed (empty in check mode or when nothing was done).
+  description: What C(vpnoffload up) (or C(down)) printed (empty in check mode or when nothing was done).
   returned: always
   type: str
 '''
@@ -82,10 +93,10 @@ def plan_lines(out):
 
 def main():
     spec = dict(end=dict(type='str', choices=['vps', 'home'], required=True), home=dict(type='str'),
-                profile=dict(type='path'))
+                profile=dict(type='path'), state=dict(type='str', choices=['present', 'absent'], default='present'))
     spec.update(COMMON_ARGS)
     module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
-    argv = ['up', module.params['end']]
+    argv = ['up' if module.params['state'] == 'present' else 'down', module.params['end']]
     if module.params['home']:
         argv += ['--home', module.params['home']]
     if module.params['profile']:
