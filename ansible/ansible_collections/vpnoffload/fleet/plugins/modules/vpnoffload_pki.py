@@ -10,8 +10,9 @@ DOCUMENTATION = r'''
 module: vpnoffload_pki
 short_description: Issue or revoke a home box's certificate on a VPS
 description:
-  - V(present) runs C(vpnoffload pki issue NAME) unless a valid certificate for O(name) exists
-    (a revoked one is issued again, with a new key).
+  - V(present) runs C(vpnoffload pki issue NAME) unless a valid certificate for O(name) exists.
+    vpnoffload never issues a second certificate under a revoked name, so a revoked O(name) fails
+    (with check mode too) and says so; the home box needs another name.
   - V(absent) runs C(vpnoffload pki revoke NAME) when a valid certificate exists. vpnoffload refuses
     while a service still names the home box, so remove those services first.
   - Run M(vpnoffload.fleet.vpnoffload_up) for the VPS afterwards to publish the CRL.
@@ -78,6 +79,9 @@ def main():
     before = clients(module).get(name, 'missing')
     if (before == 'valid') == present:
         module.exit_json(changed=False, status=before)
+    if present and before == 'revoked':
+        module.fail_json(msg="home name: the certificate of %r was revoked on this VPS and vpnoffload issues no "
+                             "second one under that name; give the home box another name" % name, status=before)
     after = 'valid' if present else 'revoked'
     result = dict(changed=True, status=after)
     if module._diff:
