@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.prereq import missing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -113,3 +115,40 @@ def test_every_inventory_variable_is_documented() -> None:
     for doc in (COLLECTION / "README.md", REPO / "docs" / "fleet.md"):
         text = doc.read_text()
         assert not [name for name in sorted(variables) if name not in text], doc
+
+
+class _Spec(Exception):
+    """Carries a module's argument_spec out of its main()."""
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_documented_options_are_the_argument_spec(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What validate-modules checks first (it needs the network here): every option of the
+    argument_spec documented with its type, default and choices, and nothing documented that is not."""
+    import importlib
+    import json
+
+    try:
+        from ansible.module_utils import basic
+    except ImportError:
+        missing("ansible-core is not in the venv: pip install -e '.[test]'")
+
+    def capture(self: object, argument_spec: dict, **_: object) -> None:
+        raise _Spec(argument_spec)
+
+    monkeypatch.syspath_prepend(str(ANSIBLE))
+    monkeypatch.setattr(basic.AnsibleModule, "__init__", capture)
+    module = importlib.import_module(f"ansible_collections.vpnoffload.fleet.plugins.modules.{name}")
+    with pytest.raises(_Spec) as caught:
+        module.main()
+    spec = caught.value.args[0]
+    done = ansible("ansible-doc", "--json", f"vpnoffload.fleet.{name}")
+    options = json.loads(done.stdout)[f"vpnoffload.fleet.{name}"]["doc"]["options"]
+    assert sorted(options) == sorted(spec)
+    for option, want in spec.items():
+        doc = options[option]
+        assert doc.get("type", "str") == want.get("type", "str"), option
+        assert doc.get("default") == want.get("default"), option
+        assert doc.get("choices") == want.get("choices"), option
+        assert bool(doc.get("required")) == bool(want.get("required")), option
+        assert doc.get("elements") == want.get("elements"), option
