@@ -19,8 +19,8 @@ options:
     description: The container's name.
     type: str
     vars:
-      - name: ansible_host
       - name: inventory_hostname
+      - name: ansible_host
 """
 
 
