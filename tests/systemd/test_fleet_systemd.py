@@ -62,7 +62,7 @@ def test_the_fleet_under_systemd(systemd_lab: SystemdLab, tmp_path: Path) -> Non
     assert active(lab, "vps", VPS_UNIT, WATCH_UNIT) == {VPS_UNIT: "active", WATCH_UNIT: "active"}
     assert active(lab, "home", HOME_UNIT) == {HOME_UNIT: "active"}
     assert lab.systemctl("vps", "is-enabled", WATCH_UNIT).stdout.strip() == "enabled"
-    lab.wait_for("served from home after the play", served_from_home)
+    lab.wait_for("served from home after the play", served_from_home, "/whoami")
 
     recap = playbook(lab, tmp_path)
     assert all(host["changed"] == 0 for host in recap.values()), recap
@@ -72,7 +72,7 @@ def test_the_fleet_under_systemd(systemd_lab: SystemdLab, tmp_path: Path) -> Non
         assert docker("restart", lab.name(host), timeout=120).returncode == 0
     for host in ("vps", "home"):
         lab.wait_booted(host)
-    lab.wait_for("served from home after both reboots", served_from_home, timeout=RECOVERY_TIMEOUT)
+    lab.wait_for("served from home after both reboots", served_from_home, "/whoami", RECOVERY_TIMEOUT)
     assert active(lab, "vps", VPS_UNIT, WATCH_UNIT) == {VPS_UNIT: "active", WATCH_UNIT: "active"}
     assert active(lab, "home", HOME_UNIT) == {HOME_UNIT: "active"}
     recap = playbook(lab, tmp_path)
