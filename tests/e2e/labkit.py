@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from tests import hostshapes
-from tests.e2e.conftest import CROWD, cli, cli_argv, configure
+from tests.e2e.conftest import CROWD, cli, cli_argv, configure, openvpn_pids
+from tests.helpers import wait_until
 from tests.nslib import in_ns, unique
 from vpnoffload.lab.netns import Lab, namespace_pids
-from vpnoffload.lab.snapshot import snapshot
+from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 from vpnoffload.procs import alive
 
 HOSTNAME = "blog.example.org"
@@ -49,13 +50,8 @@ def visit(lab: Lab, port: int = 80, timeout: float = 1.0) -> dict:
 def until(lab: Lab, want: int, limit: float) -> tuple[float, dict]:
     """Visit on new connections several times a second until status ``want``; (seconds, last reply)."""
     start = time.monotonic()
-    last: dict = {}
-    while time.monotonic() - start < limit:
-        last = visit(lab)
-        if last["status"] == want:
-            return time.monotonic() - start, last
-        time.sleep(0.1)
-    pytest.fail(f"no HTTP {want} within {limit} s; last reply: {last}", pytrace=False)
+    last = wait_until(f"HTTP {want} for a visitor", lambda: ((r := visit(lab))["status"] == want, r), limit)
+    return time.monotonic() - start, last
 
 
 def status(lab: Lab, site: Path) -> tuple[int, dict]:
@@ -65,26 +61,30 @@ def status(lab: Lab, site: Path) -> tuple[int, dict]:
 
 
 def wait_status(lab: Lab, site: Path, want: int, limit: float = 6) -> tuple[int, dict]:
-    deadline = time.monotonic() + limit
-    while True:
-        code, data = status(lab, site)
-        if code == want or time.monotonic() > deadline:
-            assert code == want, data
-            return code, data
-        time.sleep(0.2)
+    return wait_until(f"status exit {want}", lambda: ((got := status(lab, site))[0] == want, got), limit, 0.2)
 
 
 def start_watch(lab: Lab, site: Path, log: Path) -> subprocess.Popen:
     out = open(log, "ab")
     proc = lab.popen("vps", *cli_argv("-c", str(site / "vpnoffload.toml"), "watch"), stdout=out, stderr=out)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        code, data = status(lab, site)
-        if data["watchdog"]["running"]:
-            return proc
+
+    def running() -> tuple[bool, str]:
         assert proc.poll() is None, log.read_text()
-        time.sleep(0.2)
-    pytest.fail(f"watchdog did not start:\n{log.read_text()}", pytrace=False)
+        return status(lab, site)[1]["watchdog"]["running"], log.read_text()[-2000:]
+    wait_until("the watchdog starts", running, 15, 0.2)
+    return proc
+
+
+def down_both(lab: Lab, vps_site: Path, home_site: Path, before: dict[str, dict], *, openvpn_gone: bool = True) -> None:
+    """`down` on home, then on the VPS: each host is then exactly as ``before`` (its snapshot
+    by host name) and, with ``openvpn_gone``, runs no OpenVPN."""
+    cli(lab, "home", home_site, "down", "home")
+    cli(lab, "vps", vps_site, "down", "vps")
+    for host in ("vps", "home"):
+        after = snapshot(lab, host)
+        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
+        if openvpn_gone:
+            assert openvpn_pids(lab, host) == []
 
 
 def report(capsys: pytest.CaptureFixture, text: str) -> None:
@@ -176,13 +176,12 @@ def wipe_like_a_reboot(lab: Lab, host: str) -> None:
 def wait_reply(lab: Lab, url: str, want: str, limit: float) -> tuple[int, str, float]:
     """Visit ``url`` from the visitor until the reply contains ``want``; (status, body, seconds)."""
     start = time.monotonic()
-    status, body = 0, ""
-    while time.monotonic() - start < limit:
+
+    def holds() -> tuple[bool, tuple[int, str]]:
         status, body = lab.http_get("visitor", url, timeout=2)
-        if want in f"{status} {body}":
-            return status, body, time.monotonic() - start
-        time.sleep(0.2)
-    pytest.fail(f"{url}: no {want!r} within {limit} s; last reply {status} {body[:200]!r}", pytrace=False)
+        return want in f"{status} {body}", (status, body)
+    status, body = wait_until(f"{url}: {want!r} in the reply", holds, limit, 0.2)
+    return status, body, time.monotonic() - start
 
 
 # ------------------------------------------------------------------ blocks on the VPS (forward path, truth, faults)
@@ -213,15 +212,9 @@ TUNNEL_SUBNET6 = "fd00:88::/64"
 def wait_http(lab: Lab, url: str, want: int, limit: float) -> tuple[float, str]:
     """GET ``url`` from the visitor on new connections until HTTP ``want``; (seconds, body)."""
     start = time.monotonic()
-    last: tuple[int, str] = (0, "")
-    while time.monotonic() - start < limit:
-        last = lab.http_get("visitor", url, timeout=1.0)
-        if last[0] == want:
-            return time.monotonic() - start, last[1]
-        time.sleep(0.1)
-    pytest.fail(f"no HTTP {want} from {url} within {limit} s; last: {last}", pytrace=False)
-
-
+    last = wait_until(f"HTTP {want} from {url}", lambda: ((r := lab.http_get("visitor", url, timeout=1.0))[0] == want, r),
+                      limit)
+    return time.monotonic() - start, last[1]
 
 
 # -- a home box shaped as Docker makes it (a container behind a published port)

@@ -15,6 +15,7 @@ import pytest
 
 from tests.budget import budget
 from tests.e2e.conftest import cli, cli_argv, crowd
+from tests.helpers import seconds_until
 from vpnoffload.lab.netns import Lab
 
 pytestmark = pytest.mark.root
@@ -41,15 +42,7 @@ def served_by(reply: dict) -> str | None:
 
 
 def wait_served_by(lab: Lab, who: str, limit: float = 10) -> float:
-    start = time.monotonic()
-    last: dict = {}
-    while time.monotonic() - start < limit:
-        last = visit(lab)
-        if served_by(last) == who:
-            return time.monotonic() - start
-        time.sleep(0.1)
-    pytest.fail(f"not served by {who} within {limit} s; last reply {last}", pytrace=False)
-
+    return seconds_until(f"served by {who}", lambda: (served_by(r := visit(lab)) == who, r), limit, 0.1)
 
 def test_first_healthy_home_serves_page_only_when_none(lab: Lab, sites: tuple[Path, Path], capsys) -> None:
     vps_site, home_site = sites

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv
+from tests.helpers import wait_until
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
@@ -43,14 +43,10 @@ def set_up_vps(lab: Lab, host: str, address: str, subnet: str, vps_site: Path, h
 
 def wait_served(lab: Lab, address: str, want: str, limit: float = 15, path: str = "/") -> str:
     """GET ``path`` on ``address`` from the visitor until the reply holds ``want``; the body."""
-    start, last = time.monotonic(), (0, "")
-    while time.monotonic() - start < limit:
-        last = lab.http_get("visitor", f"http://{address}{path}", timeout=2)
-        if want in f"{last[0]} {last[1]}":
-            return last[1]
-        time.sleep(0.2)
-    pytest.fail(f"{address}: no {want!r} within {limit} s; last reply {last[0]} {last[1][:200]!r}", pytrace=False)
-
+    def holds() -> tuple[bool, tuple[int, str]]:
+        status, body = lab.http_get("visitor", f"http://{address}{path}", timeout=2)
+        return want in f"{status} {body}", (status, body[:200])
+    return wait_until(f"{address}: {want!r} in the reply", holds, limit, 0.2)[1]
 
 @pytest.fixture
 def root() -> Path:
