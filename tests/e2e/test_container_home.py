@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import cli, cli_argv, configure
-from tests.e2e.labkit import CONTAINER, INSIDE, PUBLISHED, make_container_home, wait_reply
+from tests.e2e.labkit import CONTAINER, INSIDE, PUBLISHED, down_both, make_container_home, wait_reply
 from tests.nslib import namespaces, unique
 from vpnoffload.lab.netns import Lab, child_env
-from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from vpnoffload.lab.snapshot import snapshot
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
@@ -61,8 +61,4 @@ def test_container_behind_a_published_port_serves_visitors_with_their_address(
         _, body, took = wait_reply(lab, url, lab.visitor_address, 15)
         print(f"[container home] cable back -> container again after {took:.2f} s")
 
-        cli(lab, "home", home_site, "down", "home")
-        cli(lab, "vps", vps_site, "down", "vps")
-        for host in ("vps", "home"):
-            after = snapshot(lab, host)
-            assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
+        down_both(lab, vps_site, home_site, before, openvpn_gone=False)

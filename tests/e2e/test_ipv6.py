@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, TUNNEL_SUBNET, cli, cli_argv, openvpn_pids
+from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, TUNNEL_SUBNET, cli, cli_argv
 from vpnoffload.lab.netns import Lab
-from vpnoffload.lab.snapshot import snapshot, snapshot_diff
-from tests.e2e.labkit import TUNNEL_SUBNET6, wait_http
+from vpnoffload.lab.snapshot import snapshot
+from tests.e2e.labkit import TUNNEL_SUBNET6, down_both, wait_http
 
 pytestmark = pytest.mark.root
 
@@ -91,9 +91,4 @@ def test_dedicated_ipv6_address_real_visitor_page_and_clean_down(
     watch.wait(10)
 
     # down on both ends restores every table (ip6tables too), rule, route, address and sysctl.
-    cli(lab, "home", home_site, "down", "home")
-    cli(lab, "vps", vps_site, "down", "vps")
-    for host in ("vps", "home"):
-        after = snapshot(lab, host)
-        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
-        assert openvpn_pids(lab, host) == []
+    down_both(lab, vps_site, home_site, before)

@@ -25,9 +25,9 @@ import pytest
 
 from tests import hostshapes
 from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv
-from tests.e2e.labkit import TUNNEL_SUBNET6, wait_http
+from tests.e2e.labkit import TUNNEL_SUBNET6, down_both, wait_http
 from vpnoffload.lab.netns import Lab
-from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from vpnoffload.lab.snapshot import snapshot
 
 pytestmark = pytest.mark.root
 
@@ -100,10 +100,6 @@ def test_ipv6_service_through_the_vps_firewall(shape: str, lab6: Lab, sites: tup
     finally:
         watch.send_signal(signal.SIGTERM)
         watch.wait(10)
-    cli(lab, "home", home_site, "down", "home")
-    cli(lab, "vps", vps_site, "down", "vps")
-    for host in ("vps", "home"):
-        after = snapshot(lab, host)
-        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
+    down_both(lab, vps_site, home_site, before, openvpn_gone=False)
     if shape == "ufw":
         assert "vpnoffload" not in lab.exec("vps", "ufw", "show", "added").stdout

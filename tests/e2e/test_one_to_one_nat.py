@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv, openvpn_pids
-from tests.e2e.labkit import wait_reply
+from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv
+from tests.e2e.labkit import down_both, wait_reply
 from tests.nslib import unique
 from tests.prereq import missing
 from vpnoffload.errors import PrerequisiteError
 from vpnoffload.lab.netns import Lab, check_prerequisites, lab_session
-from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from vpnoffload.lab.snapshot import snapshot
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -109,12 +109,7 @@ def test_vps_behind_one_to_one_nat_needs_no_flag(nat_lab: Lab, sites: tuple[Path
     print(f"[1:1 NAT] cable back -> home again after {took:.2f} s")
 
     # --- down on both ends leaves both hosts as they were
-    cli(lab, "home", home_site, "down", "home")
-    cli(lab, "vps", vps_site, "down", "vps")
-    for host in ("vps", "home"):
-        after = snapshot(lab, host)
-        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
-        assert openvpn_pids(lab, host) == []
+    down_both(lab, vps_site, home_site, before)
 
 
 def test_up_vps_names_the_address_to_set_when_the_public_one_is_not_here(
