@@ -14,6 +14,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -23,6 +24,9 @@ from tests.prereq import missing, need, tool_problem
 from vpnoffload.errors import PrerequisiteError
 from vpnoffload.lab.netns import Lab, check_prerequisites, lab_session
 from vpnoffload.paths import CONFIG_ENV, STATE_ENV
+
+if TYPE_CHECKING:  # faultlab imports this module
+    from tests.e2e.faultlab import Deployment
 
 
 @contextlib.contextmanager
@@ -63,6 +67,23 @@ def lab2vps() -> Iterator[Lab]:
     """The lab with a second VPS, vps2 at 203.0.113.20 (its cable: to-vps2)."""
     with _test_lab("e2e2v", second_vps=True) as made:
         yield made
+
+
+@pytest.fixture
+def nat_lab() -> Iterator[Lab]:
+    """The e2e lab with the VPS behind the router's 1:1 NAT (see vpnoffload.lab.netns)."""
+    with _test_lab("nat", one_to_one_nat=True) as made:
+        yield made
+
+
+@pytest.fixture
+def healthy(dep: Deployment) -> Deployment:
+    """The module's ``dep`` fixture (a tests.e2e.faultlab Deployment), served from home with
+    status exit 0: each test undoes its fault; a fault that lasts shows up here, in the next test."""
+    from tests.e2e.faultlab import healthy_again
+
+    healthy_again(dep, limit=30)
+    return dep
 
 
 def cli_argv(*args: str) -> list[str]:
@@ -158,11 +179,12 @@ def cli(lab: Lab, host: str, site: Path, *args: str, check: bool = True, timeout
     return proc
 
 
-def configure(lab: Lab, vps_site: Path, home_site: Path, *services: list[str]) -> None:
-    """What a user does on the VPS (init, services, the home profile) and copies to home."""
+def configure(lab: Lab, vps_site: Path, home_site: Path, *services: list[str], init: tuple[str, ...] = ()) -> None:
+    """What a user does on the VPS (init with ``init``'s further options, services, the home
+    profile) and copies to home."""
     import shutil
 
-    cli(lab, "vps", vps_site, "init", "--vps-address", lab.vps_address, "--tunnel-subnet", TUNNEL_SUBNET)
+    cli(lab, "vps", vps_site, "init", "--vps-address", lab.vps_address, "--tunnel-subnet", TUNNEL_SUBNET, *init)
     for service in services:
         cli(lab, "vps", vps_site, "service", "add", *service)
     (home_site / "state").mkdir(mode=0o755)

@@ -19,7 +19,7 @@ from tests import hostshapes
 from tests.e2e.conftest import CROWD, cli, cli_argv, configure, openvpn_pids
 from tests.helpers import wait_until
 from tests.nslib import in_ns, unique
-from vpnoffload.lab.netns import Lab, namespace_pids
+from vpnoffload.lab.netns import Lab, child_env, namespace_pids
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 from vpnoffload.procs import alive
 
@@ -230,7 +230,8 @@ DOCKER_RULES = hostshapes.docker(BRIDGE, "198.18.5.0/24", published=((PUBLISHED,
 
 
 def make_container_home(lab: Lab, container_ns: str) -> None:
-    """docker0 in the home namespace, one container behind it, Docker's rules, forwarding on."""
+    """docker0 in the home namespace, one container behind it, Docker's rules, forwarding on,
+    and the container's web server (named "container") answering on INSIDE."""
     home = lab.namespace("home")
     lab.exec("home", "ip", "link", "add", BRIDGE, "type", "bridge")
     lab.exec("home", "ip", "addr", "add", BRIDGE_ADDRESS, "dev", BRIDGE)
@@ -244,3 +245,7 @@ def make_container_home(lab: Lab, container_ns: str) -> None:
     in_ns(container_ns, "ip", "route", "add", "default", "via", BRIDGE_ADDRESS.split("/")[0])
     lab.exec("home", "sysctl", "-qw", "net.ipv4.ip_forward=1")
     lab.exec("home", "iptables-nft-restore", input=DOCKER_RULES)
+    subprocess.Popen(["ip", "netns", "exec", container_ns, sys.executable, "-m", "vpnoffload.lab.web",
+                      "--port", str(INSIDE), "--name", "container"], env=child_env(),
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert lab.wait_tcp("home", CONTAINER, INSIDE)
