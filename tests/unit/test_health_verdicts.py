@@ -366,3 +366,9 @@ def test_the_given_sockets_are_the_ones_used(server) -> None:
     assert r is not None and verdict(r) == ("up", "connected", "", False)
     assert first.fileno() == -1 and second.fileno() == -1
 
+
+
+def test_a_reply_longer_than_the_request_still_counts() -> None:
+    """Only the request's payload is compared: bytes after it (padding) do not spoil a reply."""
+    packet, src = icmp(0, 0x8001)
+    assert answered((packet + b"\x00pad", src))
