@@ -186,3 +186,14 @@ def test_a_reading_exactly_max_gap_old_is_still_compared() -> None:
     assert ev.replies_flowing(0x100000, 0x0FF00000, "10.88.0.2") is True
     r.now += 0.5
     assert ev.replies_flowing(0x100000, 0x0FF00000, "10.88.0.2") is False
+
+
+def test_the_conntrack_tool_is_looked_for_in_the_system_directories_in_order(monkeypatch) -> None:
+    import os
+
+    present: set[str] = set()
+    monkeypatch.setattr(flows.os, "access", lambda path, mode: mode == os.X_OK and path in present)
+    assert flows.conntrack_binary() is None
+    for where in ("/bin", "/usr/bin", "/sbin", "/usr/sbin"):  # each one found, then preferred over the last
+        present.add(f"{where}/conntrack")
+        assert flows.conntrack_binary() == f"{where}/conntrack"
