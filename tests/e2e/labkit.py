@@ -25,14 +25,14 @@ from vpnoffload.procs import alive
 
 HOSTNAME = "blog.example.org"
 
-# Runs in the visitor's namespace: one GET on a new connection, as JSON.
+# Runs in the visitor's namespace: one request on a new connection, as JSON.
 VISIT = r"""
 import http.client, json, sys, time
-host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+host, port, timeout, path, method = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
 start = time.monotonic()
 try:
     c = http.client.HTTPConnection(host, port, timeout=timeout)
-    c.request("GET", "/whoami", headers={"Host": "blog.example.org"})
+    c.request(method, path, headers={"Host": "blog.example.org"})
     r = c.getresponse()
     out = {"status": r.status, "headers": dict(r.getheaders()), "body": r.read().decode("utf-8", "replace")}
 except Exception as e:
@@ -42,8 +42,11 @@ print(json.dumps(out))
 """
 
 
-def visit(lab: Lab, port: int = 80, timeout: float = 1.0) -> dict:
-    proc = lab.exec("visitor", sys.executable, "-c", VISIT, lab.vps_address, str(port), str(timeout), timeout=timeout + 10)
+def visit(lab: Lab, port: int = 80, timeout: float = 1.0, path: str = "/whoami", method: str = "GET") -> dict:
+    """One visitor's request (Host: blog.example.org) to the VPS on a new connection:
+    {"status" (0: none), "headers", "body" or "error", "seconds"}."""
+    proc = lab.exec("visitor", sys.executable, "-c", VISIT, lab.vps_address, str(port), str(timeout), path, method,
+                    timeout=timeout + 10)
     return json.loads(proc.stdout)
 
 

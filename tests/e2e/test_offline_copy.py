@@ -4,7 +4,6 @@ private/no-store page is never kept, and home's live pages are back after."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from tests.budget import budget
 from tests.e2e.conftest import cli, configure, crowd
+from tests.e2e import labkit
 from tests.e2e.labkit import report, start_watch, status
 from tests.e2e.vpsmem import describe, footprint
 from tests.helpers import wait_until
@@ -24,23 +24,8 @@ HOSTNAME = "blog.example.org"
 #: Issue 16: serving copies during an outage, every vpnoffload process together (RSS).
 OUTAGE_MB = 32
 
-VISIT = r"""
-import http.client, json, sys
-host, port, method, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-try:
-    c = http.client.HTTPConnection(host, port, timeout=3)
-    c.request(method, path, headers={"Host": "blog.example.org"})
-    r = c.getresponse()
-    out = {"status": r.status, "headers": dict(r.getheaders()), "body": r.read().decode("utf-8", "replace")}
-except Exception as e:
-    out = {"status": 0, "error": f"{type(e).__name__}: {e}"}
-print(json.dumps(out))
-"""
-
-
 def visit(lab: Lab, path: str, method: str = "GET") -> dict:
-    proc = lab.exec("visitor", sys.executable, "-c", VISIT, lab.vps_address, "80", method, path, timeout=15)
-    return json.loads(proc.stdout)
+    return labkit.visit(lab, timeout=3, path=path, method=method)
 
 
 def kept(lab: Lab, site: Path, limit: float) -> dict:
