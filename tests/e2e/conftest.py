@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from bench import crowd as crowd_script
 from tests.helpers import BEFORE_THE_SWITCH, judge_crowd
 from tests.nslib import unique
 from tests.prereq import missing, need, tool_problem
@@ -207,46 +208,12 @@ def openvpn_pids(lab: Lab, host: str) -> list[str]:
     return found
 
 
-# Runs in the visitor's namespace: a new connection every INTERVAL s (each in its
-# own thread, 5 s timeout), until STREAK started-in-a-row replies matched WANT (a
-# regex over "STATUS BODY") or LIMIT s passed. Prints [started, finished, reply]
-# for every request, on the wall clock (shared with the test process).
-CROWD = r"""
-import http.client, json, re, sys, threading, time
-host, want, interval, limit, streak = sys.argv[1], re.compile(sys.argv[2], re.S), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-results, threads = [], []
-def one():
-    t0 = time.time()
-    try:
-        c = http.client.HTTPConnection(host, 80, timeout=5)
-        c.request("GET", "/", headers={"Host": "blog.example.org"})
-        r = c.getresponse(); reply = f"{r.status} {r.read().decode('utf-8', 'replace')}"
-    except Exception as e:
-        reply = f"0 {type(e).__name__}"
-    results.append([t0, time.time(), reply])
-start = time.time()
-while time.time() - start < limit:
-    t = threading.Thread(target=one); t.start(); threads.append(t)
-    time.sleep(interval)
-    done = sorted(results)
-    if len(done) >= streak and all(want.search(r[2]) for r in done[-streak:]):
-        break
-for t in threads:
-    t.join(6)
-print(json.dumps(sorted(results)))
-"""
-
-
 def crowd(lab: Lab, want: str, since: float, limit: float = 15, before: str = BEFORE_THE_SWITCH) -> float:
     """Visitors asking 5x a second on new connections: seconds from ``since`` until the
     first reply matching ``want`` (regex over "STATUS BODY") reached a visitor; the
     replies are judged by :func:`tests.helpers.judge_crowd` (nothing else after it, no
     second-long reply, nothing but ``before`` or ``want`` before it)."""
-    import json
-
-    proc = lab.exec("visitor", sys.executable, "-c", CROWD, lab.vps_address, want, "0.2", str(limit), "5",
-                    timeout=limit + 20)
-    results = json.loads(proc.stdout)
+    results = crowd_script.run(lab, want, 0.2, limit, 5, host_header="blog.example.org")
     return judge_crowd(results, want, before, limit) - since
 
 

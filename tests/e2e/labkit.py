@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from bench import crowd as crowd_script
 from tests import hostshapes
-from tests.e2e.conftest import CROWD, cli, cli_argv, configure, openvpn_pids
+from tests.e2e.conftest import cli, cli_argv, configure, openvpn_pids
 from tests.helpers import wait_until
 from tests.nslib import in_ns, unique
 from vpnoffload.lab.netns import Lab, child_env, namespace_pids
@@ -145,9 +146,7 @@ def through_outage(lab: Lab, since: float, limit: float = 40,
 
     Without ``page_required`` an outage shorter than the watchdog's detection may show no
     page: then every visitor must have got the site (late, by TCP's SYN retry), none a failure."""
-    proc = lab.exec("visitor", sys.executable, "-c", CROWD, lab.vps_address, "^200 ", "0.2", str(limit), "5",
-                    timeout=limit + 20)
-    results = json.loads(proc.stdout)
+    results = crowd_script.run(lab, "^200 ", 0.2, limit, 5, host_header=HOSTNAME)
     pages = [done for _, done, reply in results if reply.startswith("503 ")]
     if not pages and not page_required:
         assert results and all(r[2].startswith("200 ") for r in results), [r[2][:30] for r in results]
