@@ -294,6 +294,29 @@ def test_flows_are_read_twice_only_in_the_start_round(monkeypatch: pytest.Monkey
     assert len(flows.reads) == 2 and dog.status["web"].active == "home"  # read again: load, stays
     dog.tick()
     assert len(flows.reads) == 3  # later rounds compare with the round before: one reading
+    assert flows.reads == [(0x100000, 0x0FF00000, "198.51.100.2")] * 3  # each one this service's, to this home
+    fresh = Flows([None, True])
+    Watchdog(one_home(), Swapper(), prober=lambda *a: BLOCKED, flows=fresh).tick()  # a round without start()
+    assert len(fresh.reads) == 1
+
+
+def test_a_visitor_path_check_that_did_not_finish_is_a_blocked_path() -> None:
+    import time
+
+    def forward(svc, home, cfg, visitor):
+        time.sleep(1.5)  # past the round's deadline (watch.timeout 0.5 s + ROUND_GRACE)
+        return Result("up", 1.5, "connected")
+
+    got = Watchdog(one_home(), Swapper(), prober=lambda *a: Result("up", 0.1, "http 200"), forward=forward)._probe_all()
+    web = got["web"]["home"]
+    assert (web.verdict, web.reason, web.timed_out) == ("down", health.PATH_BLOCKED, True)
+    assert web.detail == "http 200; along the visitors' path: check did not finish within 0.5 s"
+
+
+def test_a_new_watchdog_has_nothing_to_commit() -> None:
+    dog = Watchdog(config(), Swapper(), prober=prober({}))
+    dog.committed()
+    assert (dog.status["web"].active, dog.status["web"].swaps) == ("home", 0)
 
 
 def test_the_other_homes_of_a_blocked_service_start_their_flows_afresh() -> None:
