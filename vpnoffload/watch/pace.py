@@ -1,0 +1,128 @@
+"""When the next round of checks starts, and what the tunnel's silence adds to a lost check.
+
+Periodic checks alone find a dead home no sooner than ``interval + fall × timeout``. The
+visitors find it first: their packets go into the tunnel and nothing comes back. So, between
+rounds, the watchdog reads the tunnel device's packet counters every :data:`POLL` s (two
+sysfs reads; no packet is sent, no child is spawned) and:
+
+- **doubt starts a round at once**: packets went into the tunnel for :data:`SILENCE` s with
+  not one coming back (:class:`Silence`), or the device vanished (OpenVPN died): the next
+  round starts now instead of after the interval; if its checks are still unanswered
+  :data:`PREPARE_AFTER` s later, the swap child is forked (so it has loaded its libraries by
+  the time a swap is decided) and the page server started;
+- **checks speed up while there is doubt** (:func:`delay`): while any home is failing, or
+  answering again after a failure, or not healthy (a service on the page, so its return is
+  seen fast), rounds follow each other every :data:`DOUBT_INTERVAL` s; while all is well they
+  stay ``watch.interval`` apart;
+- **a silent tunnel confirms a lost check** (:func:`confirms`): a check that got no answer in a
+  round during which nothing at all came from the tunnel, after the visitors' packets had
+  already gone unanswered for :data:`SILENCE` s, is taken as ``fall`` lost checks. Home has then
+  been silent for at least ``SILENCE + timeout`` s towards visitors and checks alike.
+
+None of this can make a home fail over that answers anything: a slow home's kernel still
+answers the SYNs, and a saturated tunnel still carries data (or ACKs) back, so the tunnel is
+never silent; a lost check is still excused only as before (``decide``, ``watch.flows``). The
+counters are the whole tunnel's, so all of it applies only with a single home box
+(``Watchdog._activity``); with several, rounds still speed up while there is doubt.
+
+Lean like the rest of the watchdog: stdlib only, and nothing imported here.
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing costs ~1 MB resident: annotations stay strings here
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    #: () -> (packets sent into the tunnel, packets received from it); None: no such device.
+    Counters = Callable[[], "tuple[int, int] | None"]
+
+#: Seconds between rounds while there is doubt (at most ``watch.interval``).
+DOUBT_INTERVAL = 0.1
+#: Seconds between two readings of the tunnel's counters while waiting for the next round.
+POLL = 0.05
+#: Packets into the tunnel and none back for this long (seconds) is doubt.
+SILENCE = 0.1
+#: ... and at least this many packets sent meanwhile (one lost packet is not).
+MIN_SENT = 2
+#: In a round begun in doubt, checks still unanswered this long (seconds) fork the swap child
+#: and start the page server (a home that answers at all answers sooner).
+PREPARE_AFTER = 0.1
+
+
+def tunnel_counters(device: str) -> tuple[int, int] | None:
+    """(tx, rx) packets of the tunnel device so far; None when there is no such device."""
+    out = []
+    for which in ("tx_packets", "rx_packets"):
+        try:
+            with open(f"/sys/class/net/{device}/statistics/{which}") as fh:
+                out.append(int(fh.read()))
+        except (OSError, ValueError):
+            return None
+    return out[0], out[1]
+
+
+class Silence:
+    """Reads the counters; says when packets have gone into the tunnel unanswered for long enough."""
+
+    def __init__(self, read: "Counters", clock: "Callable[[], float]", silence: float = SILENCE,
+                 min_sent: int = MIN_SENT) -> None:
+        self.read, self.clock, self.silence, self.min_sent = read, clock, silence, min_sent
+        self._last: tuple[int, int] | None = None
+        self._since: float | None = None  # when packets first went out with none back since
+        self._sent_from = 0  # tx then
+
+    def sample(self) -> bool:
+        """One reading: True when there is doubt (unanswered long enough, or the device vanished)."""
+        now, counters = self.clock(), self.read()
+        last, self._last = self._last, counters
+        if counters is None:
+            self._since = None
+            return last is not None  # it was there a moment ago: OpenVPN went
+        if last is None or counters[1] != last[1]:
+            self._since = None  # something came back (or a first reading): no doubt
+            return False
+        if self._since is None:
+            if counters[0] == last[0]:
+                return False  # nothing sent, nothing to answer
+            self._since, self._sent_from = now, last[0]
+        return now - self._since >= self.silence and counters[0] - self._sent_from >= self.min_sent
+
+    def reset(self) -> None:
+        """A round just ran: the next doubt starts from a new reading."""
+        self._last, self._since = None, None
+
+
+def doubtful(status: "Iterable[object]") -> bool:
+    """Is there doubt about any home (``decide.ServiceStatus`` values): failing now, answering
+    again after failing, or not healthy at all?"""
+    return any(h.fails or not h.healthy for s in status for h in s.homes.values())  # type: ignore[attr-defined]
+
+
+def delay(interval: float, doubt: bool) -> float:
+    """Seconds from one round's start to the next one's."""
+    return min(interval, DOUBT_INTERVAL) if doubt else interval
+
+
+def wait(stop: object, seconds: float, silence: "Silence | None") -> bool:
+    """Wait up to ``seconds`` (``stop``: a threading.Event ends it early), reading the tunnel's
+    counters every POLL s; True as soon as they say there is doubt."""
+    if silence is None:
+        stop.wait(seconds)  # type: ignore[attr-defined]
+        return False
+    left = seconds
+    clock = silence.clock
+    end = clock() + seconds
+    while left > 0:
+        if stop.wait(min(POLL, left)):  # type: ignore[attr-defined]
+            return False
+        if silence.sample():
+            return True
+        left = end - clock()
+    return False
+
+
+def confirms(lost: bool, silent_before: bool, quiet_round: bool) -> bool:
+    """A lost check counts as ``fall`` of them when the visitors' packets were already unanswered
+    before the round (``silent_before``) and nothing came from the tunnel during it."""
+    return lost and silent_before and quiet_round
