@@ -166,13 +166,13 @@ class Watchdog:
         #: Packets received from the tunnel so far (None: unknown). Used only with a
         #: single home box, where any traffic from the tunnel proves that home alive.
         self.activity = activity
-        #: Set by the loop when the tunnel was silent towards visitors before this round
-        #: (``watch.pace``); a round reads and clears it.
-        self.silent = False
-        #: Nothing came from the tunnel during the last round (single home, counter read).
-        self.quiet_round = False
-        #: Called once in a round that began in doubt, when its checks are still unanswered after
-        #: ``pace.PREPARE_AFTER`` s: the loop forks the swap child and starts the page server.
+        #: The tunnel's silence (``watch.pace.Silence``; the loop's, read between rounds too).
+        #: None: rounds are not watched, no lost check is confirmed.
+        self.silence: pace.Silence | None = None
+        #: The last round ended with the tunnel silent for ``pace.confirm_after`` s (single home).
+        self.confirmed = False
+        #: Called once in a round while the tunnel is silent: the loop forks the swap child and
+        #: starts the page server, so a swap decided at the end of the round is one step.
         self.on_doubt: Callable[[], None] = lambda: getattr(self.swap, "prepare", lambda: None)()
         self.status: dict[str, ServiceStatus] = status if status is not None else {}
         self.reconfigure(self.config)
@@ -235,13 +235,10 @@ class Watchdog:
     def tick(self) -> frozenset[str]:
         """One round of checks; returns the services whose target changed (already swapped)."""
         now = self.clock()
-        silent = self.silent
-        checked = self._checked()
-        self.silent = False
-        for name, results in checked.items():
+        for name, results in self._checked().items():
             st = self.status[name]
             for home, result in results.items():
-                self._confirm(st.homes[home], result, silent)
+                self._confirm(st.homes[home], result)
                 self._count(st.homes[home], result, now)
             self._summarise(st, now)
         wanted = {n: self._choice(n) for n in self.status}
@@ -254,9 +251,9 @@ class Watchdog:
             getattr(self.swap, "cancel", lambda: None)()
         return changed
 
-    def _confirm(self, hh: HomeHealth, result: health.Result, silent: bool) -> None:
-        """A lost check of a healthy home in a silent tunnel is ``fall`` lost checks (``pace.confirms``)."""
-        if hh.healthy and pace.confirms(result.timed_out and not result.alive, silent, self.quiet_round):
+    def _confirm(self, hh: HomeHealth, result: health.Result) -> None:
+        """A lost check of a healthy home in a silent tunnel is ``fall`` lost checks (``watch.pace``)."""
+        if hh.healthy and self.confirmed and result.timed_out and not result.alive:
             hh.fails = max(hh.fails, self.config.watch.fall - 1)
 
     def _checked(self) -> dict[str, dict[str, health.Result]]:
@@ -264,7 +261,6 @@ class Watchdog:
         before = self._activity()
         probed = self._probe_all()
         sent = (self._activity() or 0) - before if before is not None else 0
-        self.quiet_round = before is not None and sent == 0
         for name, results in probed.items():
             for home, result in results.items():
                 if result.reason == health.PATH_BLOCKED:
@@ -411,15 +407,19 @@ class Watchdog:
             except Exception as exc:  # a check that breaks must not stop the watchdog: count it as failed
                 found[(name, home, kind)] = health.Result("down", 0.0, f"check error: {exc}", reason=health.CHECK_ERROR)
 
-        if len(jobs) == 1 and not self.silent:
+        self.confirmed = False
+        if len(jobs) == 1 and self.silence is None:
             run(*jobs[0])
         else:
             threads = [threading.Thread(target=run, args=job, daemon=True) for job in jobs]
             for t in threads:
                 t.start()
             deadline = time.monotonic() + timeout + ROUND_GRACE
-            if self.silent:
-                self._doubt_on(threads, min(deadline, time.monotonic() + pace.PREPARE_AFTER))
+            if self.silence is not None and any(s.active is not None for s in self.status.values()):
+                self.confirmed = pace.watch_round(self.silence, threads, deadline, pace.confirm_after(timeout),
+                                                  self.on_doubt)
+                if self.confirmed:
+                    deadline = time.monotonic()  # what is still unanswered is lost: no need to wait for it
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
         results: dict[str, dict[str, health.Result]] = {svc.name: {} for svc in self.config.services.values()}
@@ -432,13 +432,6 @@ class Watchdog:
                 direct = health.combine(direct, forward)
             results[name][home] = direct
         return results
-
-    def _doubt_on(self, threads: list[threading.Thread], until: float) -> None:
-        """In a round begun in doubt: checks still unanswered at ``until`` call ``on_doubt``."""
-        for t in threads:
-            t.join(max(0.0, until - time.monotonic()))
-        if any(t.is_alive() for t in threads):
-            self.on_doubt()
 
     def page_needed(self) -> bool:
         """Should the friendly-page server run? While a page service is on fallback,

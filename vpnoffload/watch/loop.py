@@ -247,6 +247,7 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
     # The tunnel's counters mean one home's traffic only when there is one home (pace.py).
     silence = pace.Silence(lambda: pace.tunnel_counters(dog.config.tunnel.device) if len(dog.config.homes) == 1
                            else None, time.monotonic)
+    dog.silence = silence
     while not stop.is_set():
         started = time.monotonic()
         for line in host_firewall.tick(started):
@@ -274,13 +275,12 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
         if not changed:  # a swap published already, in the same step
             _publish(where["watch_state"], dog)
         sdnotify.notify("WATCHDOG=1")
-        silence.reset()
         wanted = pace.delay(dog.config.watch.interval, pace.doubtful(dog.status.values()))
-        dog.silent = pace.wait(stop, max(0.0, wanted - (time.monotonic() - started)), silence)
+        pace.wait(stop, max(0.0, wanted - (time.monotonic() - started)), silence)  # doubt: the next round now
 
 
 def _doubt(swapper: SubprocessSwapper, pages: PageKeeper) -> None:
-    """A round begun in doubt is still unanswered: get the swap child loading and the page server
+    """The tunnel went silent during a round: get the swap child loading and the page server
     listening now, so that a swap decided at the end of the round is one step."""
     try:
         swapper.prepare()

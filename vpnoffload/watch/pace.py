@@ -7,17 +7,18 @@ sysfs reads; no packet is sent, no child is spawned) and:
 
 - **doubt starts a round at once**: packets went into the tunnel for :data:`SILENCE` s with
   not one coming back (:class:`Silence`), or the device vanished (OpenVPN died): the next
-  round starts now instead of after the interval; if its checks are still unanswered
-  :data:`PREPARE_AFTER` s later, the swap child is forked (so it has loaded its libraries by
-  the time a swap is decided) and the page server started;
+  round starts now instead of after the interval. The counters are read during rounds too
+  (:func:`watch_round`); while the tunnel is silent, the swap child is forked (so it has
+  loaded its libraries by the time a swap is decided) and the page server started;
 - **checks speed up while there is doubt** (:func:`delay`): while any home is failing, or
   answering again after a failure, or not healthy (a service on the page, so its return is
   seen fast), rounds follow each other every :data:`DOUBT_INTERVAL` s; while all is well they
   stay ``watch.interval`` apart;
-- **a silent tunnel confirms a lost check** (:func:`confirms`): a check that got no answer in a
-  round during which nothing at all came from the tunnel, after the visitors' packets had
-  already gone unanswered for :data:`SILENCE` s, is taken as ``fall`` lost checks. Home has then
-  been silent for at least ``SILENCE + timeout`` s towards visitors and checks alike.
+- **a silent tunnel confirms a lost check** (:func:`watch_round`): once nothing at all has come
+  from the tunnel for ``SILENCE + timeout`` s (:func:`confirm_after`; 0.6 s by default) while at
+  least :data:`MIN_SENT` packets went in (visitors' or the checks' own) and a check of the round
+  is still unanswered, the round ends and its unanswered checks count as ``fall`` lost checks.
+  A round that began just before the cable was pulled no longer costs a second timeout.
 
 None of this can make a home fail over that answers anything: a slow home's kernel still
 answers the SYNs, and a saturated tunnel still carries data (or ACKs) back, so the tunnel is
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing costs ~1 MB resident: annotations stay strings here
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
 
     #: () -> (packets sent into the tunnel, packets received from it); None: no such device.
     Counters = Callable[[], "tuple[int, int] | None"]
@@ -45,9 +46,6 @@ POLL = 0.05
 SILENCE = 0.1
 #: ... and at least this many packets sent meanwhile (one lost packet is not).
 MIN_SENT = 2
-#: In a round begun in doubt, checks still unanswered this long (seconds) fork the swap child
-#: and start the page server (a home that answers at all answers sooner).
-PREPARE_AFTER = 0.1
 
 
 def tunnel_counters(device: str) -> tuple[int, int] | None:
@@ -63,7 +61,7 @@ def tunnel_counters(device: str) -> tuple[int, int] | None:
 
 
 class Silence:
-    """Reads the counters; says when packets have gone into the tunnel unanswered for long enough."""
+    """Reads the counters; says how long packets have gone into the tunnel with none coming back."""
 
     def __init__(self, read: "Counters", clock: "Callable[[], float]", silence: float = SILENCE,
                  min_sent: int = MIN_SENT) -> None:
@@ -71,14 +69,16 @@ class Silence:
         self._last: tuple[int, int] | None = None
         self._since: float | None = None  # when packets first went out with none back since
         self._sent_from = 0  # tx then
+        self._vanished = False
 
     def sample(self) -> bool:
-        """One reading: True when there is doubt (unanswered long enough, or the device vanished)."""
+        """One reading: True when there is doubt (unanswered for SILENCE s, or the device vanished)."""
         now, counters = self.clock(), self.read()
         last, self._last = self._last, counters
         if counters is None:
             self._since = None
-            return last is not None  # it was there a moment ago: OpenVPN went
+            self._vanished = last is not None
+            return self._vanished  # it was there a moment ago: OpenVPN went
         if last is None or counters[1] != last[1]:
             self._since = None  # something came back (or a first reading): no doubt
             return False
@@ -86,11 +86,14 @@ class Silence:
             if counters[0] == last[0]:
                 return False  # nothing sent, nothing to answer
             self._since, self._sent_from = now, last[0]
-        return now - self._since >= self.silence and counters[0] - self._sent_from >= self.min_sent
+        return self.silent_for(now) >= self.silence
 
-    def reset(self) -> None:
-        """A round just ran: the next doubt starts from a new reading."""
-        self._last, self._since = None, None
+    def silent_for(self, now: float | None = None) -> float:
+        """Seconds the tunnel has been silent towards at least MIN_SENT packets (0: it is not),
+        as of the last reading."""
+        if self._since is None or self._last is None or self._last[0] - self._sent_from < self.min_sent:
+            return 0.0
+        return (self.clock() if now is None else now) - self._since
 
 
 def doubtful(status: "Iterable[object]") -> bool:
@@ -102,6 +105,32 @@ def doubtful(status: "Iterable[object]") -> bool:
 def delay(interval: float, doubt: bool) -> float:
     """Seconds from one round's start to the next one's."""
     return min(interval, DOUBT_INTERVAL) if doubt else interval
+
+
+def confirm_after(timeout: float) -> float:
+    """Seconds of a silent tunnel that confirm a lost check: as long as the trigger plus one check."""
+    return SILENCE + timeout
+
+
+def watch_round(silence: Silence, threads: "Sequence[object]", deadline: float, confirm: float,
+                on_doubt: "Callable[[], None]") -> bool:
+    """While a round's checks run (until ``deadline``, on ``silence.clock``), read the counters
+    every POLL s; call ``on_doubt`` once when they say there is doubt. True, at once, when the
+    tunnel has been silent for ``confirm`` s while a check is still unanswered, or at the end
+    if it was silent that long: the round's lost checks are then confirmed."""
+    doubted = False
+    while True:
+        alive = [t for t in threads if t.is_alive()]  # type: ignore[attr-defined]
+        left = deadline - silence.clock()
+        if not alive or left <= 0:
+            silence.sample()
+            return silence.silent_for() >= confirm
+        alive[0].join(min(POLL, left))  # type: ignore[attr-defined]
+        if silence.sample() and not doubted:
+            doubted = True
+            on_doubt()
+        if silence.silent_for() >= confirm and any(t.is_alive() for t in threads):  # type: ignore[attr-defined]
+            return True
 
 
 def wait(stop: object, seconds: float, silence: "Silence | None") -> bool:
@@ -120,9 +149,3 @@ def wait(stop: object, seconds: float, silence: "Silence | None") -> bool:
             return True
         left = end - clock()
     return False
-
-
-def confirms(lost: bool, silent_before: bool, quiet_round: bool) -> bool:
-    """A lost check counts as ``fall`` of them when the visitors' packets were already unanswered
-    before the round (``silent_before``) and nothing came from the tunnel during it."""
-    return lost and silent_before and quiet_round
