@@ -3,7 +3,6 @@ lost check (with decide.Watchdog); fake clock and fake counters, exact values.""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
@@ -66,12 +65,22 @@ def test_a_vanished_device_is_doubt_once_and_no_device_never() -> None:
     assert samples(never, clock, 0.05, 3) == [False, False, False]
 
 
-def test_reset_takes_a_new_baseline() -> None:
-    clock = Clock()
-    s = pace.Silence(readings((10, 50), (12, 50), (14, 50), (16, 50)), clock, 0.1, 2)
-    assert samples(s, clock, 0.06, 2) == [False, False]
-    s.reset()
-    assert samples(s, clock, 0.06, 2) == [False, False]  # baseline again, then 0.06 s of silence only
+def test_silent_for_counts_from_the_first_unanswered_packet_once_enough_went_in() -> None:
+    clock = Clock(0.0)
+    s = pace.Silence(readings((10, 50), (11, 50), (11, 50), (13, 50), (14, 51)), clock, 0.1, 2)
+    s.sample()
+    assert s.silent_for() == 0.0
+    clock.now = 0.25
+    s.sample()  # one sent, since 0.25
+    clock.now = 0.5
+    s.sample()
+    assert s.silent_for() == 0.0  # only one packet so far
+    clock.now = 0.75
+    s.sample()  # three sent
+    assert s.silent_for() == 0.5 and s.silent_for(1.0) == 0.75
+    clock.now = 1.0
+    s.sample()  # an answer
+    assert s.silent_for() == 0.0
 
 
 def test_the_counters_are_the_devices_tx_and_rx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,13 +100,24 @@ def test_rounds_speed_up_only_while_there_is_doubt() -> None:
     assert pace.delay(0.5, False) == 0.5
     assert pace.delay(0.5, True) == pace.DOUBT_INTERVAL == 0.1
     assert pace.delay(0.05, True) == 0.05  # never slower than configured
-    dog = Watchdog(config(), Swapper(), prober=prober({}))
+    dog = Watchdog(config(backups=("attic",)), Swapper(), prober=prober({}))
+    web, git = dog.status["web"], dog.status["git"]
     assert pace.doubtful(dog.status.values()) is False
-    dog.status["git"].homes["home"].fails = 1
+    git.homes["home"].fails = 1  # a healthy home failing
     assert pace.doubtful(dog.status.values()) is True
-    dog.status["git"].homes["home"].fails = 0
-    dog.status["web"].homes["home"].healthy = False  # on the page: its return is watched closely
+    git.homes["home"].fails = 0
+    web.homes["attic"].healthy, web.homes["attic"].fails = False, 7  # a backup away, its service home: no doubt
+    assert pace.doubtful(dog.status.values()) is False
+    web.homes["attic"].passes = 1  # ... answering again: doubt
     assert pace.doubtful(dog.status.values()) is True
+    web.homes["attic"].passes = 0
+    web.homes["home"].healthy, web.homes["home"].fails, web.active = False, 3, "attic"  # waits for its first home
+    assert pace.doubtful(dog.status.values()) is True
+    web.active = None  # on the page: its return is watched closely
+    web.homes["home"].fails = 0
+    assert pace.doubtful(dog.status.values()) is True
+    web.homes["home"].healthy, web.homes["attic"].healthy, web.homes["attic"].fails, web.active = True, True, 0, "home"
+    assert pace.doubtful(dog.status.values()) is False
 
 
 def test_the_wait_ends_early_on_doubt_or_stop() -> None:
@@ -128,10 +148,60 @@ def test_the_wait_ends_early_on_doubt_or_stop() -> None:
     assert pace.wait(plain, 0.5, None) is False and plain.calls == [0.5]
 
 
-def test_confirms_needs_all_three() -> None:
-    assert pace.confirms(True, True, True) is True
-    for args in ((False, True, True), (True, False, True), (True, True, False)):
-        assert pace.confirms(*args) is False
+def test_a_silent_tunnel_confirms_after_the_trigger_and_one_timeout() -> None:
+    assert pace.confirm_after(0.5) == pace.SILENCE + 0.5 == 0.6
+
+
+class Thread:
+    """A check's thread on a fake clock: alive until ``ends``; join advances the clock."""
+
+    def __init__(self, clock: Clock, ends: float) -> None:
+        self.clock, self.ends = clock, ends
+        self.joins: list[float] = []
+
+    def is_alive(self) -> bool:
+        return self.clock.now < self.ends
+
+    def join(self, timeout: float) -> None:
+        self.joins.append(round(timeout, 3))
+        self.clock.now = min(self.ends, self.clock.now + timeout) if self.is_alive() else self.clock.now
+
+
+def test_a_round_in_a_silent_tunnel_ends_once_silence_confirms() -> None:
+    clock = Clock(0.0)
+    sent = iter(range(10, 100))
+    s = pace.Silence(lambda: (next(sent), 50), clock, 0.1, 2)
+    s.sample()  # before the round: a baseline
+    check = Thread(clock, ends=0.7)
+    doubts: list[float] = []
+    assert pace.watch_round(s, [check], deadline=0.7, confirm=0.6, on_doubt=lambda: doubts.append(round(clock.now, 3))) is True
+    # silent since the first reading at 0.05; doubt at 0.15 (once); confirmed at 0.65, the check still out
+    assert doubts == [0.15] and round(clock.now, 3) == 0.65 and len(check.joins) == 13
+
+
+def test_a_round_that_is_answered_or_quiet_confirms_nothing() -> None:
+    clock = Clock(0.0)
+    answered = iter([(10, 50), (11, 50), (12, 51), (13, 52), (14, 53)] + [(15 + i, 54 + i) for i in range(30)])
+    s = pace.Silence(lambda: next(answered), clock, 0.1, 2)
+    s.sample()
+    doubts: list[float] = []
+    assert pace.watch_round(s, [Thread(clock, 0.5)], 0.7, 0.6, lambda: doubts.append(clock.now)) is False
+    assert doubts == [] and clock.now == 0.5  # the check ended: the round too
+    idle = pace.Silence(readings((10, 50)), clock, 0.1, 2)  # nothing sent, nothing to answer
+    clock.now = 0.0
+    assert pace.watch_round(idle, [Thread(clock, 5.0)], 0.7, 0.6, lambda: doubts.append(clock.now)) is False
+    assert doubts == [] and round(clock.now, 3) == 0.7  # up to the deadline
+
+
+def test_silence_that_lasts_past_finished_checks_still_confirms_them() -> None:
+    clock = Clock(0.0)
+    sent = iter(range(10, 100))
+    s = pace.Silence(lambda: (next(sent), 50), clock, 0.1, 2)
+    s.sample()
+    clock.now = 0.5
+    s.sample()  # silent since 0.5 ...
+    clock.now = 1.2
+    assert pace.watch_round(s, [Thread(clock, 1.0)], 2.0, 0.6, lambda: None) is True  # ... 0.7 s by the end
 
 
 LOST = Result("down", 0.5, "connect: timed out", timed_out=True, reason=health.HOME_UNREACHABLE)
@@ -156,64 +226,60 @@ def dog_of(result: Result, packets: list[int], fall: int = 2) -> tuple[Watchdog,
     return Watchdog(single(fall), swap, prober=lambda *a: result, activity=lambda: next(counter)), swap
 
 
-def test_a_lost_check_in_a_silent_tunnel_after_silent_visitors_is_fall_lost_checks() -> None:
+class Confirmed:
+    """A Silence whose every round confirms (or not): ``watch_round`` is what is tested above."""
+
+    def __init__(self, confirmed: bool) -> None:
+        self.confirmed = confirmed
+
+
+def silenced(dog: Watchdog, confirmed: bool, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    seen: list[float] = []
+
+    def fake_round(silence, threads, deadline, confirm, on_doubt):
+        seen.append(confirm)
+        for t in threads:
+            t.join(2)
+        return silence.confirmed
+
+    monkeypatch.setattr(pace, "watch_round", fake_round)
+    dog.silence = Confirmed(confirmed)  # type: ignore[assignment]
+    return seen
+
+
+def test_a_lost_check_in_a_silent_tunnel_is_fall_lost_checks(monkeypatch: pytest.MonkeyPatch) -> None:
     dog, swap = dog_of(LOST, [100, 100], fall=3)
-    dog.silent = True
+    seen = silenced(dog, True, monkeypatch)
     assert dog.tick() == frozenset({"web"})
     assert swap.calls == [({"web": None}, frozenset({"web"}))]
-    assert dog.silent is False and dog.quiet_round is True and dog.status["web"].homes["home"].fails == 3
+    assert seen == [0.6] and dog.confirmed is True and dog.status["web"].homes["home"].fails == 3
 
 
-def test_no_confirmation_without_silent_visitors_a_quiet_round_or_a_lost_check() -> None:
-    # The visitors were answered before the round: one lost check is one.
+def test_no_confirmation_without_silence_or_a_lost_check(monkeypatch: pytest.MonkeyPatch) -> None:
     dog, swap = dog_of(LOST, [100, 100])
+    silenced(dog, False, monkeypatch)
     assert dog.tick() == frozenset() and dog.status["web"].homes["home"].fails == 1 and swap.calls == []
+    # A refusal is an answer: counted once, whatever the counters said.
+    dog, swap = dog_of(REFUSED, [100, 100])
+    silenced(dog, True, monkeypatch)
+    assert dog.tick() == frozenset() and dog.status["web"].homes["home"].fails == 1
     # Home kept sending during the round (a busy tunnel): excused as before, never confirmed.
     dog, swap = dog_of(LOST, [100, 140])
-    dog.silent = True
-    assert dog.tick() == frozenset() and dog.quiet_round is False
-    assert dog.status["web"].homes["home"].fails == 0 and dog.status["web"].homes["home"].reason == health.BUSY
-    # A refusal is an answer, not silence: counted once.
-    dog, swap = dog_of(REFUSED, [100, 100])
-    dog.silent = True
-    assert dog.tick() == frozenset() and dog.status["web"].homes["home"].fails == 1
-    # No counter (several homes, no device): no confirmation either.
-    swap = Swapper()
-    several = Watchdog(config(), swap, prober=lambda *a: LOST, activity=lambda: 5)
-    several.silent = True
-    assert several.tick() == frozenset() and several.quiet_round is False
-    assert several.status["web"].homes["home"].fails == 1
+    silenced(dog, True, monkeypatch)
+    assert dog.tick() == frozenset() and dog.status["web"].homes["home"].reason == health.BUSY
+    assert dog.status["web"].homes["home"].fails == 0
+    # No silence watched (the loop gives none): no confirmation, and one check runs inline.
+    dog, swap = dog_of(LOST, [100, 100])
+    assert dog.silence is None and dog.tick() == frozenset() and dog.confirmed is False
 
 
-def test_an_unhealthy_home_is_not_confirmed_back_or_further() -> None:
+def test_only_a_round_with_a_service_to_move_away_is_watched(monkeypatch: pytest.MonkeyPatch) -> None:
     dog, swap = dog_of(LOST, [100, 100, 100, 100])
+    seen = silenced(dog, True, monkeypatch)
     dog.status["web"].homes["home"].healthy = False
-    dog.status["web"].active = None
-    dog.silent = True
+    dog.status["web"].active = None  # on the page: nothing to confirm
     dog.tick()
-    assert dog.status["web"].homes["home"].fails == 1  # counted as it is, nothing added
-
-
-def test_a_round_begun_in_doubt_prepares_once_when_its_checks_hang() -> None:
-    release = threading.Event()
-    called: list[str] = []
-
-    def slow(*a) -> Result:
-        release.wait(2)
-        return Result("up", 0.3, "connected")
-
-    dog = Watchdog(single(), Swapper(), prober=slow)
-    dog.on_doubt = lambda: (called.append("doubt"), release.set())
-    dog.silent = True
-    dog.tick()
-    assert called == ["doubt"]
-    called.clear()
-    dog2 = Watchdog(single(), Swapper(), prober=lambda *a: Result("up", 0.0, "connected"))
-    dog2.on_doubt = lambda: called.append("doubt")
-    dog2.silent = True
-    dog2.tick()
-    dog2.tick()  # not begun in doubt: inline, no call
-    assert called == []
+    assert seen == [] and dog.confirmed is False and dog.status["web"].homes["home"].fails == 1
 
 
 def test_by_default_doubt_warms_the_swapper() -> None:

@@ -10,10 +10,10 @@ sysfs reads; no packet is sent, no child is spawned) and:
   round starts now instead of after the interval. The counters are read during rounds too
   (:func:`watch_round`); while the tunnel is silent, the swap child is forked (so it has
   loaded its libraries by the time a swap is decided) and the page server started;
-- **checks speed up while there is doubt** (:func:`delay`): while any home is failing, or
-  answering again after a failure, or not healthy (a service on the page, so its return is
-  seen fast), rounds follow each other every :data:`DOUBT_INTERVAL` s; while all is well they
-  stay ``watch.interval`` apart;
+- **checks speed up while there is doubt** (:func:`doubtful`, :func:`delay`): while a home is
+  failing, or answering again after a failure, or away while its service waits for it (on the
+  page, or on a backup), rounds follow each other every :data:`DOUBT_INTERVAL` s, so a return
+  is seen fast too; while all is well they stay ``watch.interval`` apart;
 - **a silent tunnel confirms a lost check** (:func:`watch_round`): once nothing at all has come
   from the tunnel for ``SILENCE + timeout`` s (:func:`confirm_after`; 0.6 s by default) while at
   least :data:`MIN_SENT` packets went in (visitors' or the checks' own) and a check of the round
@@ -97,9 +97,17 @@ class Silence:
 
 
 def doubtful(status: "Iterable[object]") -> bool:
-    """Is there doubt about any home (``decide.ServiceStatus`` values): failing now, answering
-    again after failing, or not healthy at all?"""
-    return any(h.fails or not h.healthy for s in status for h in s.homes.values())  # type: ignore[attr-defined]
+    """Is there doubt (``decide.ServiceStatus`` values): a healthy home failing, an unhealthy one
+    answering again, or a service kept from a home it prefers (on the page, or on a backup) by
+    that home being unhealthy? A backup that is away while its service is home is no doubt."""
+    for st in status:
+        before_active = True
+        for name, h in st.homes.items():  # type: ignore[attr-defined]
+            if name == st.active:  # type: ignore[attr-defined]
+                before_active = False
+            if h.fails if h.healthy else (h.passes or before_active):
+                return True
+    return False
 
 
 def delay(interval: float, doubt: bool) -> float:
