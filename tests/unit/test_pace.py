@@ -83,6 +83,27 @@ def test_silent_for_counts_from_the_first_unanswered_packet_once_enough_went_in(
     assert s.silent_for() == 0.0
 
 
+def test_silence_counts_from_the_first_packet_sent_not_from_the_idle_time_before() -> None:
+    clock = Clock(0.0)
+    s = pace.Silence(readings((10, 50), (10, 50), (10, 50), (11, 50), (13, 50)), clock, 0.125, 2)
+    assert samples(s, clock, 0.25, 4) == [False, False, False, False]  # idle, idle, then sent at 0.75
+    assert s.sample() is True and s.silent_for() == 0.25  # at 1.0: 3 sent, silent since 0.75 (not 0)
+
+
+def test_doubt_and_confirmation_begin_exactly_at_their_thresholds() -> None:
+    clock = Clock(0.0)
+    s = pace.Silence(readings((10, 50), (11, 50), (12, 50)), clock, 0.125, 1)
+    assert samples(s, clock, 0.125, 3) == [False, False, True]  # since 0.125, at 0.25: exactly 0.125
+    clock.now = 0.0
+    sent = iter(range(10, 100))
+    quiet = pace.Silence(lambda: (next(sent), 50), clock, 0.125, 1)
+    quiet.sample()
+    clock.now = 0.25
+    quiet.sample()  # silent since 0.25
+    clock.now = 0.75
+    assert pace.watch_round(quiet, [], 1.0, 0.5, lambda: None) is True  # exactly 0.5 s at the end
+
+
 def test_the_counters_are_the_devices_tx_and_rx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stats = tmp_path / "tun9" / "statistics"
     stats.mkdir(parents=True)

@@ -69,7 +69,6 @@ class Silence:
         self._last: tuple[int, int] | None = None
         self._since: float | None = None  # when packets first went out with none back since
         self._sent_from = 0  # tx then
-        self._vanished = False
 
     def sample(self) -> bool:
         """One reading: True when there is doubt (unanswered for SILENCE s, or the device vanished)."""
@@ -77,8 +76,7 @@ class Silence:
         last, self._last = self._last, counters
         if counters is None:
             self._since = None
-            self._vanished = last is not None
-            return self._vanished  # it was there a moment ago: OpenVPN went
+            return last is not None  # it was there a moment ago: OpenVPN went
         if last is None or counters[1] != last[1]:
             self._since = None  # something came back (or a first reading): no doubt
             return False
