@@ -14,6 +14,7 @@ from tests.helpers import write_home_box_config as write
 from vpnoffload import config as cfg
 from vpnoffload import deploy, firewall, hometunnels, plan, record
 from vpnoffload.errors import ConfigError, ExitStatus
+from vpnoffload.exits import error_line
 from vpnoffload.hometunnels import Slot
 from vpnoffload.model import HOME_MARK, ROUTE_TABLE, RULE_PRIORITY, TUNNEL_DEVICE
 from vpnoffload.paths import Paths
@@ -90,6 +91,10 @@ def test_clashes_are_refused_naming_both_configs_and_the_fix(tmp_path: Path, sec
     else:  # the fix names a subnet that clashes with nothing here
         fix = IPv4Network(message.split("--tunnel-subnet ")[1].split()[0])
         assert fix == IPv4Network("10.90.0.0/24")
+    # The one line a user reads (cut at exits.MAX_LINE) still holds the whole fix, with the
+    # configs where the docs put them.
+    shown = error_line(message.replace(str(tmp_path), "/etc/vpnoffload"))
+    assert not shown.endswith("...") and shown.endswith(("here again", "on this home box"))
 
 
 def test_same_target_port_and_same_openvpn_port_simply_work(tmp_path: Path) -> None:
