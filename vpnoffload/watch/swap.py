@@ -62,8 +62,8 @@ def _swap(config_path: Path, text: str | None) -> int:
     config = cfg.load(config_path)
     backend = None
     if text is None:
-        # Warm start: the watchdog forks us at the first failed check (or when a round begun in
-        # doubt is still unanswered: watch/pace.py), so the time it takes to load python-iptables
+        # Warm start: the watchdog forks us at the first failed check, or as soon as the tunnel
+        # goes silent during a round (watch/pace.py), so the time it takes to load python-iptables
         # is spent while the checks run, not after the decision. EOF: no swap after all.
         from vpnoffload import firewall
 
