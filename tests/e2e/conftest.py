@@ -11,6 +11,7 @@ import contextlib
 import functools
 import os
 import shutil
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -215,6 +216,20 @@ def crowd(lab: Lab, want: str, since: float, limit: float = 15, before: str = BE
     second-long reply, nothing but ``before`` or ``want`` before it)."""
     results = crowd_script.run(lab, want, 0.2, limit, 5, host_header="blog.example.org")
     return judge_crowd(results, want, before, limit) - since
+
+
+def prompt_crowd(lab: Lab, want: str, since: float, limit: float, prompt: float, every: float = 0.05) -> float | None:
+    """A crowd (a new connection every ``every`` s) until 5 in a row match ``want``: seconds from
+    ``since`` to the first matching reply that came within ``prompt`` s of its visitor's connect
+    (None: no prompt one)."""
+    import json
+
+    proc = lab.exec("visitor", sys.executable, "-c", CROWD, lab.vps_address, want, str(every), str(limit), "5",
+                    timeout=limit + 20)
+    pattern = re.compile(want, re.S)
+    prompt_ones = [done for started, done, reply in json.loads(proc.stdout)
+                   if pattern.search(reply) and done - started <= prompt]
+    return min(prompt_ones) - since if prompt_ones else None
 
 
 #: ufw keeps its rules and defaults in global files, shared by every namespace.

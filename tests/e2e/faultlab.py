@@ -5,8 +5,8 @@ that visitor just got.
 
 The home app (:data:`APP`) serves each configured target port; per connection it reads
 its mode from a file: ``ok`` (answers at once with the visitor's address), ``slow``
-(answers after 2 s) or ``trickle`` (sends its status line one byte per 0.3 s, for at
-most 20 s). A test that stops it (``Deployment.stop_app``) gets a refused port, with
+(answers after 2 s), ``trickle`` (sends its status line one byte per 0.3 s, for at
+most 20 s) or ``bulk`` (a 200 head, then as many bytes as the path takes, for 15 s). A test that stops it (``Deployment.stop_app``) gets a refused port, with
 the tunnel up.
 
 "Agrees" is judged on a *moment*: a visit, then ``status --json`` until it agrees with
@@ -71,6 +71,12 @@ def serve(conn, client):
                     return
                 conn.sendall(TRICKLE[i:i + 1])
                 time.sleep(0.3)
+            return
+        if how == "bulk":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")
+            chunk, end = b"x" * 65536, time.monotonic() + 15
+            while time.monotonic() < end:
+                conn.sendall(chunk)
             return
         if how == "slow":
             time.sleep(2.0)
