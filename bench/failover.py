@@ -41,10 +41,12 @@ class Cycle:
     failed_during_outage: int  # requests that got nothing at all while the cable was out
 
 
-def crowd(stage: Stage, want: int, marker: str, since: float, limit: float) -> tuple[float | None, list[list]]:
-    """Seconds from ``since`` (wall clock) to the first matching reply, and every request."""
+def crowd(stage: Stage, want: int, marker: str, since: float, limit: float,
+          every: float = CROWD_EVERY) -> tuple[float | None, list[list]]:
+    """Seconds from ``since`` (wall clock) to the first matching reply, and every request (a new
+    connection every ``every`` s)."""
     pattern = re.compile(f"^{want} .*{re.escape(marker)}", re.S)
-    replies = crowd_script.run(stage.lab, pattern.pattern, CROWD_EVERY, limit, STREAK, port=VISIT_PORT)
+    replies = crowd_script.run(stage.lab, pattern.pattern, every, limit, STREAK, port=VISIT_PORT)
     # [started, finished, status, matched]: what the cycles and the report read.
     results = [[t0, t1, int(reply.split(" ", 1)[0]), bool(pattern.search(reply))] for t0, t1, reply in replies]
     firsts = [done for _, done, _, matched in results if matched]

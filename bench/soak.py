@@ -127,10 +127,7 @@ def crowd_times(stage: Stage, want: int, marker: str, since: float, limit: float
     """A crowd (a new connection every :data:`CROWD_EVERY` s) until it is served as wanted: seconds
     from ``since`` to the first *prompt* wanted answer (arrived within :data:`PROMPT` s of its
     connect), how many visitors got neither the page nor the site, and every request."""
-    out = stage.lab.exec("visitor", sys.executable, "-c", failover._CROWD, stage.lab.vps_address,
-                         str(failover.VISIT_PORT), str(want), marker, str(CROWD_EVERY), str(limit),
-                         str(failover.STREAK), timeout=limit + 30)
-    results = json.loads(out.stdout)
+    _, results = failover.crowd(stage, want, marker, since, limit, every=CROWD_EVERY)
     return prompt_after(results, since), neither(results), results
 
 

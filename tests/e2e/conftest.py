@@ -222,12 +222,9 @@ def prompt_crowd(lab: Lab, want: str, since: float, limit: float, prompt: float,
     """A crowd (a new connection every ``every`` s) until 5 in a row match ``want``: seconds from
     ``since`` to the first matching reply that came within ``prompt`` s of its visitor's connect
     (None: no prompt one)."""
-    import json
-
-    proc = lab.exec("visitor", sys.executable, "-c", CROWD, lab.vps_address, want, str(every), str(limit), "5",
-                    timeout=limit + 20)
     pattern = re.compile(want, re.S)
-    prompt_ones = [done for started, done, reply in json.loads(proc.stdout)
+    prompt_ones = [done for started, done, reply in crowd_script.run(lab, want, every, limit, 5,
+                                                                    host_header="blog.example.org")
                    if pattern.search(reply) and done - started <= prompt]
     return min(prompt_ones) - since if prompt_ones else None
 
