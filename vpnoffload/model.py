@@ -119,7 +119,7 @@ class Service:
     offline_copy: tuple[str, ...] = ()
     #: A small "a copy from 14:02" banner on kept HTML pages.
     offline_banner: bool = True
-    #: Allow/deny lists and per-source limits (issue 28).
+    #: Allow/deny lists and per-source limits.
     access: Access = field(default_factory=Access)
 
     @property

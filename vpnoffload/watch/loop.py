@@ -176,7 +176,7 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     config = ConfigView(data)
-    # The page's ports are ours from now until we exit, or we do not start (issue 23).
+    # The page's ports are ours from now until we exit, or we do not start.
     held = listeners.Held()
     held.hold(config)
     daemon = PageDaemon(where["config"], where["state"], where["run"], where["pages"])
