@@ -117,10 +117,8 @@ def test_container_at_home_behind_two_vpses(lab2vps: Lab, root: Path) -> None:
     """The target in a container behind Docker's published port (rules written by hand as
     dockerd writes them): its replies carry the container's address, so only each tunnel's
     own connection mark brings them back through the tunnel they came in on."""
-    from tests.e2e.labkit import CONTAINER, INSIDE, PUBLISHED, make_container_home
+    from tests.e2e.labkit import CONTAINER, PUBLISHED, make_container_home
     from tests.nslib import namespaces, unique
-    from vpnoffload.lab.netns import child_env
-    import subprocess
 
     lab = lab2vps
     vps1, vps2, home = root / "vps1", root / "vps2", root / "home"
@@ -129,10 +127,6 @@ def test_container_at_home_behind_two_vpses(lab2vps: Lab, root: Path) -> None:
     service = ["web", "--listen", "80", "--target", str(PUBLISHED), "--check", "http:/"]
     with namespaces(unique("ctr")) as (container,):
         make_container_home(lab, container)
-        subprocess.Popen(["ip", "netns", "exec", container, sys.executable, "-m", "vpnoffload.lab.web",
-                          "--port", str(INSIDE), "--name", "container"], env=child_env(),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert lab.wait_tcp("home", CONTAINER, INSIDE)
         before = snapshot(lab, "home")
 
         set_up_vps(lab, "vps", lab.vps_address, TUNNEL_SUBNET, vps1, home, service=service)

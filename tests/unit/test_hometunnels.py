@@ -207,7 +207,8 @@ def test_each_tunnel_has_its_own_systemd_units(tmp_path: Path) -> None:
     second = write(tmp_path / "vps2" / "vpnoffload.toml", config_text("203.0.113.20", "10.89.0.0/24"))
     one = units.units(Paths(first, first.parent / "state"), "home", "home")
     two = units.units(Paths(second, second.parent / "state"), "home", "home")
-    assert list(one) == ["vpnoffload-home.service"] and list(two) == ["vpnoffload-home-t1.service"]
+    assert list(one) == ["vpnoffload-home.service", "vpnoffload-home-keeper.service"]
+    assert list(two) == ["vpnoffload-home-t1.service", "vpnoffload-home-keeper-t1.service"]
     assert "openvpn-client@vpnoffload-home.service" in one["vpnoffload-home.service"]
     assert "openvpn-client@vpnoffload-home-t1.service" in two["vpnoffload-home-t1.service"]
     assert str(second) in two["vpnoffload-home-t1.service"]
