@@ -204,7 +204,8 @@ class UnitRestarter:
         wait = self._load()  # 0 for the first ask; after an ask, its backoff step
         if now < self.dead_since + wait:
             return []
-        self._save(min(MAX_BACKOFF, wait * 2) if wait else FIRST_BACKOFF)  # before the restart stops us
+        backoff = min(MAX_BACKOFF, wait * 2) if wait else FIRST_BACKOFF
+        self._save(backoff)  # before the restart stops us
         self.dead_since = now
         from vpnoffload.errors import VpnOffloadError
 
@@ -215,7 +216,7 @@ class UnitRestarter:
             return [f"the OpenVPN client ({self.client_unit}) is not running; systemctl {' '.join(argv)} "
                     f"failed: {exc}"]
         return [f"the OpenVPN client ({self.client_unit}) is not running: asked systemd to restart "
-                f"{self.home_unit} (down home, then up home; the next ask after {wait:g}s)"]
+                f"{self.home_unit} (down home, then up home; if it is still gone, asked again in {backoff:g}s)"]
 
     def _load(self) -> float:
         try:

@@ -43,7 +43,7 @@ def test_install_service_home_writes_the_keeper_beside_the_end(tmp_path: Path) -
     # Stopped and restarted with the end, started with it, and restarted by systemd if it dies or hangs.
     for line in ("PartOf=vpnoffload-home.service", "After=network-online.target vpnoffload-home.service",
                  "WantedBy=multi-user.target vpnoffload-home.service", "Type=notify", "WatchdogSec=10",
-                 "Restart=on-failure"):
+                 "Restart=on-failure", "KillMode=mixed"):
         assert f"\n{line}\n" in text, line
 
 
