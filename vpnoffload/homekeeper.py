@@ -75,6 +75,18 @@ def watch_only(pid: int) -> bool:
         return False
 
 
+def restart_unit_of(pid: int) -> str | None:
+    """The unit the systemd unit's keeper ``pid`` restarts when the client is gone (None: it does not)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            words = fh.read().split(b"\0")
+    except OSError:
+        return None
+    if b"--restart-unit" not in words[:-1]:
+        return None
+    return words[words.index(b"--restart-unit") + 1].decode(errors="replace") or None
+
+
 def watch_only_argv(python: str, pidfile: str, end: str, restart: "tuple[str, str, str] | None" = None) -> list[str]:
     """What the systemd unit runs: the lean keeper, host firewall (``end``: "home-NAME") and, with
     ``restart`` = (tun device, client unit, home unit), the home unit restarted when the client is gone."""

@@ -89,6 +89,8 @@ def test_a_killed_home_client_comes_back_with_its_routes(installed: SystemdLab,
     data = json.loads(lab.exec("home", "vpnoffload", "status", "--json", timeout=60).stdout)
     assert all(t["up"] for t in data["home"]["tunnels"] if t["set_up"]), data
     assert data["homes"][0]["keeper_pid"] == int(new_keeper), data
+    assert data["homes"][0]["keeper_restarts_unit"] == HOME_UNIT, data
+    assert f"has systemd restart {HOME_UNIT} when the OpenVPN client is gone" in done.stdout, done.stdout
     # The policy routing is back exactly as `up home` made it.
     after = lab.snapshot("home")
     for key in ("rules", "routes", "addresses"):

@@ -161,6 +161,7 @@ def test_status_and_down_home_know_the_units_keeper(tmp_path: Path) -> None:
         assert home["keeper_pid"] == keeper.pid and home["keeper_mode"] == "firewall", home
         lines = host_plan.render_home_box(report, lambda at: "-")
         assert any(f"keeper running (pid {keeper.pid}, under systemd)" in ln for ln in lines), lines
+        assert home["keeper_restarts_unit"] is None  # an older unit's keeper: the firewall only
         actions = _stop_keeper_actions(paths, "home")
         assert [a.summary for a in actions] == [
             f"stop the home keeper for home (pid {keeper.pid}; under systemd: systemctl stop vpnoffload-home-keeper)"]
@@ -267,3 +268,32 @@ def test_stopping_and_starting_the_vps_end_brings_the_watchdog_back(tmp_path: Pa
     text = units(_paths(tmp_path), "vps")["vpnoffload-watch.service"]
     assert "\nPartOf=vpnoffload-vps.service\n" in text
     assert "\nWantedBy=multi-user.target vpnoffload-vps.service\n" in text
+
+
+def test_status_says_the_units_keeper_restarts_the_end(tmp_path: Path) -> None:
+    from vpnoffload import record as record_mod
+    from vpnoffload.firewall.host import plan as host_plan
+
+    paths = _paths(tmp_path)
+    paths.run.mkdir(parents=True, exist_ok=True)
+    rec = record_mod.Record()
+    rec.host_found = ["nftables (tables inet filter)"]
+    record_mod.save(paths.run / runfiles.record("home-home"), rec)
+    pidfile = paths.run / runfiles.home_keeper_pid("home")
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    # "lo" always exists: the keeper takes the client for alive and never runs systemctl here.
+    argv = homekeeper.watch_only_argv(sys.executable, str(pidfile), "home-home",
+                                      ("lo", "openvpn-client@vpnoffload-home.service", "vpnoffload-home.service"))
+    keeper = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while homekeeper.keeper_pid(str(paths.run), "home") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        report = host_plan.home_box_report(paths.run)
+        assert report is not None and report["homes"][0]["keeper_restarts_unit"] == "vpnoffload-home.service"
+        lines = host_plan.render_home_box(report, lambda at: "-")
+        assert any("has systemd restart vpnoffload-home.service when the OpenVPN client is gone" in ln
+                   for ln in lines), lines
+    finally:
+        keeper.terminate()
+        keeper.wait(10)
