@@ -700,7 +700,9 @@ def _reproduce(results: Results) -> list[str]:
         "As root on Debian 12, from the repository's top directory:",
         "",
         "```sh",
-        "apt-get update && apt-get install -y openvpn iptables iproute2 wrk nginx-light haproxy iperf3 conntrack \\",
+        # iperf3 asks a debconf question at priority high: without this, apt stops at a dialog.
+        "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \\",
+        "    openvpn iptables iproute2 wrk nginx-light haproxy iperf3 conntrack \\",
         "    python3-venv python3-dev gcc",
         "python3 -m venv .venv && .venv/bin/pip install -e '.[bench]'   # matplotlib draws the plots",
         results.command or ".venv/bin/python -m bench.run",

@@ -35,7 +35,7 @@ REQUIRED = ("ip", "openvpn", "wrk", "nginx", "haproxy", "iperf3", "conntrack")
 
 @dataclass(frozen=True)
 class Profile:
-    """How long and how often: the full run aims at ~10 minutes, --quick at ~3."""
+    """How long and how often: the full run takes ~25 minutes (the soak up to 14 of them), --quick ~7."""
 
     name: str
     wrk_seconds: int
@@ -181,7 +181,7 @@ def _missing_tools() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter runs, 5 cable pulls (about 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="shorter runs, 5 cable pulls, an 8-pull soak (about 7 minutes)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="the Markdown report to write")
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
     parser.add_argument("--verbose", "-v", action="store_true", help="show every vpnoffload command and its output")

@@ -238,6 +238,166 @@ def error_unknown_key() -> str:
     return _error(VPS_CONFIG + '\n[services.a]\nlisten = 8000\ntarget = 8000\nbogus = 1\n', "service", "list")
 
 
+# ------------------------------------------------------------------ a home box behind two VPSes
+
+HOME_KEEPER_PID, HOME_CLIENT_PID = 812, 790
+SECOND_VPS_CONFIG = """\
+[vps]
+address = "203.0.113.20"
+
+[tunnel]
+subnet = "10.89.0.0/24"
+
+[homes.home]
+address = "10.89.0.2"
+
+[services.blog]
+listen = 80
+target = 8080
+check = "http:/"
+hostname = "blog.example.org"
+"""
+
+
+def _home_end(config: Path, text: str, slot: int, log: str, last_visitor: float) -> None:
+    """A config on the home box after its `up home`: the record (with the tunnel slot and the
+    host firewall it found), the OpenVPN client's log, the newest visitor an earlier status saw."""
+    from vpnoffload import record
+    from vpnoffload.firewall.host import openings
+    from vpnoffload.hometunnels import Slot
+
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(text)
+    run = config.parent / "state" / "run"
+    run.mkdir(parents=True)
+    found = openings.detect({"nftables": []}, legacy_tables=("nat", "filter")).found()
+    record.save(run / "home-home.json", record.Record(sysctl={"net.ipv4.conf.vpnoffload0.rp_filter": "1"},
+                                                      host_found=found, slot=slot))
+    (run / f"openvpn-{Slot(slot).tunnel_name('home')}.log").write_text(log)
+    (run / "last-visitor").write_text(f"{last_visitor:.0f}\n")
+
+
+def status_home() -> str:
+    """`status` on a home box that serves two VPSes: the first tunnel up, the second one's VPS
+    gone silent (its client is reconnecting), no visitor connected right now."""
+    from vpnoffload import homestatus, runfiles
+
+    connected = "2026-11-25 18:20:02 Initialization Sequence Completed\n"
+    for mp, tmp in _scratch():
+        root = tmp / "vpnoffload"
+        _home_end(root / "vpnoffload.toml", VPS_CONFIG, 0, connected, NOW - 20)
+        _home_end(root / "vps2" / "vpnoffload.toml", SECOND_VPS_CONFIG, 1,
+                  connected + "2026-11-25 18:36:58 [server] Inactivity timeout (--ping-restart), restarting\n"
+                  "2026-11-25 18:36:58 SIGUSR1[soft,ping-restart] received, process restarting\n"
+                  "2026-11-25 18:37:03 Restart pause, 5 second(s)\n", NOW - 14 * 60)
+        devices = {"vpnoffload0": "10.88.0.2", "vpnoffload1": "10.89.0.2"}  # persist-tun keeps it
+        mp.setattr(homestatus, "_device_address", devices.get)
+        mp.setattr(homestatus, "_conntrack", lambda: "")
+        mp.setattr(homestatus, "time", types.SimpleNamespace(time=lambda: NOW))
+        mp.setattr(runfiles, "pid_of", lambda pidfile, **_: HOME_KEEPER_PID if "keeper" in str(pidfile)
+                   else HOME_CLIENT_PID)
+        out = cli("-c", str(root / "vpnoffload.toml"), "status")
+        return shown(["status"], out.replace(str(root), "/etc/vpnoffload"))
+    raise AssertionError("unreachable")
+
+
+def error_clash() -> str:
+    """What `up home` on a home box says for a third config whose tunnel subnet overlaps the second's:
+    the real check (hometunnels.check_box) and the one line a user reads (exits.error_line), with
+    the configs where the docs put them (the line is cut at a fixed length, so paths count)."""
+    from vpnoffload import config as cfg
+    from vpnoffload import hometunnels
+    from vpnoffload.errors import ConfigError
+    from vpnoffload.exits import error_line
+
+    with tempfile.TemporaryDirectory(prefix="vpnoffload-sample-") as tmp:
+        root = Path(tmp) / "vpnoffload"
+        third = SECOND_VPS_CONFIG.replace("203.0.113.20", "203.0.113.30")
+        for sub, text in (("", VPS_CONFIG), ("vps2", SECOND_VPS_CONFIG), ("vps3", third)):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            (root / sub / "vpnoffload.toml").write_text(text)
+        config = root / "vps3" / "vpnoffload.toml"
+        try:
+            hometunnels.check_box(config, cfg.load(config))
+        except ConfigError as exc:
+            return error_line(str(exc).replace(str(root), "/etc/vpnoffload"))
+    raise AssertionError("the clash was not refused")
+
+
+def render_nginx() -> str:
+    """What `render nginx` prints for a name on a shared :80 and :443 (deploying.md's example)."""
+    config = VPS_CONFIG.split("[services.")[0] + """
+[services.blog]
+listen = 80
+target = 8080
+check = "http:/"
+hostname = "blog.example.org"
+via = "proxy"
+
+[services.blog-tls]
+listen = 443
+target = 8443
+hostname = "blog.example.org"
+via = "proxy"
+"""
+    with tempfile.TemporaryDirectory(prefix="vpnoffload-sample-") as tmp:
+        cfg = Path(tmp) / "vpnoffload.toml"
+        cfg.write_text(config)
+        out = Path(tmp) / "nginx"
+        return cli("-c", str(cfg), "render", "nginx", "--out", str(out)).replace(str(out), "/etc/vpnoffload/nginx")
+
+
+# ------------------------------------------------------------------ plans (--dry-run)
+
+LAB_CONFIG = """\
+[vps]
+address = "203.0.113.10"
+
+[tunnel]
+subnet = "198.51.100.0/24"
+
+[homes.home]
+address = "198.51.100.2"
+
+[services.blog]
+listen = 80
+target = 8080
+"""
+
+
+def _plan(end: str) -> str:
+    """The plan of a first `up END` with one service, on fake backends (the lab's tunnel subnet;
+    paths as with the default config): the lines `up END --dry-run` prints under "would change"."""
+    from tests.fakes import deploy_env
+    from vpnoffload import config as cfg
+    from vpnoffload import deploy, plan
+
+    for mp, tmp in _scratch():
+        with debian_vps(mp, tmp):
+            _, paths, backends, _, proc = deploy_env(tmp)
+            paths.config.write_text(LAB_CONFIG)
+            (proc / "net/netfilter").mkdir(parents=True)
+            (proc / "net/netfilter/nf_conntrack_acct").write_text("0\n")
+            config = cfg.load(paths.config)
+            if end == "vps":
+                actions = deploy.plan_up_vps(config, paths, backends)
+            else:
+                profile = paths.state / "home.ovpn"
+                profile.write_text("client\n")
+                actions = deploy.plan_up_home(config, paths, backends, "home", profile)
+            deploy.cleanup_scratch(paths)
+            return "\n".join(f"  - {line}" for line in plan.summaries(actions)).replace(str(tmp), "/etc/vpnoffload")
+    raise AssertionError("unreachable")
+
+
+def plan_up_vps() -> str:
+    return _plan("vps")
+
+
+def plan_up_home() -> str:
+    return _plan("home")
+
+
 SAMPLES: dict[str, Callable[[], str]] = {
     "doctor": doctor_fresh,
     "status-healthy": status_healthy,
@@ -245,6 +405,11 @@ SAMPLES: dict[str, Callable[[], str]] = {
     "status-json": status_json,
     "error-port": error_port,
     "error-unknown-key": error_unknown_key,
+    "status-home": status_home,
+    "render-nginx": render_nginx,
+    "error-clash": error_clash,
+    "plan-up-vps": plan_up_vps,
+    "plan-up-home": plan_up_home,
 }
 
 

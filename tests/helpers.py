@@ -120,3 +120,68 @@ def write_home_box_config(path: Path, text: str) -> Path:
     (path.parent / "state").mkdir(exist_ok=True)
     (path.parent / "state" / "home.ovpn").write_text("client\n")
     return path
+
+
+# ------------------------------------------------------------------ Prometheus rules and scrapes
+
+#: The alert rules and the Grafana dashboard the fleet collection ships.
+MONITORING = Path(__file__).resolve().parent.parent / "ansible/ansible_collections/vpnoffload/fleet/files/monitoring"
+RULES = MONITORING / "vpnoffload.rules.yml"
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def scrape_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every sample of a Prometheus text exposition; a line that is
+    neither a comment nor a sample fails the test (the server must emit only valid lines)."""
+    found = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        assert match, f"not a Prometheus sample line: {line!r}"
+        name, labels, value = match.groups()
+        found.append((name, dict(_LABEL.findall(labels or "")), float(value)))
+    return found
+
+
+def firing_test(samples: list[tuple[str, dict[str, str], float]], firing: list[dict[str, str]],
+                now: float, instance: str = "vps-a", up: int = 1) -> dict:
+    """A ``promtool test rules`` file (JSON is YAML) for the shipped rules: ``samples`` (one scrape at
+    wall time ``now``) as a target's series held for 10 minutes, and exactly the alerts ``firing``
+    (their labels, ``alertname`` included) at 5 minutes. A ``*_timestamp_seconds`` sample moves
+    with the test's clock, as a live watchdog's does. ``up``: 0 for a scrape that got no answer."""
+    base = {"job": "vpnoffload", "instance": instance}
+    series = [{"series": _series("up", base), "values": f"{up}x10"}]
+    for name, labels, value in samples:
+        moving = name.endswith("_timestamp_seconds")
+        values = f"{value - now:g}+60x10" if moving else f"{value:g}x10"
+        series.append({"series": _series(name, {**labels, **base}), "values": values})
+    expect = [{"labels": _series("ALERTS", {**labels, **base, "alertstate": "firing"}), "value": 1}
+              for labels in firing]
+    return {"rule_files": [str(RULES)], "evaluation_interval": "1m",
+            "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": [
+                {"eval_time": "5m", "expr": 'ALERTS{alertstate="firing"}', "exp_samples": expect}]}]}
+
+
+def _series(name: str, labels: dict[str, str]) -> str:
+    return name + "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+
+
+def promtool(*args: str, cwd: Path | None = None) -> tuple[int, str]:
+    """Run ``promtool ARGS``: (exit status, its output). A missing promtool is a missing prerequisite."""
+    import subprocess
+
+    from tests.prereq import need, tool_problem
+
+    need(tool_problem("promtool", "apt-get install --no-install-recommends prometheus"))
+    proc = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def run_rule_test(path: Path, test: dict) -> tuple[int, str]:
+    """Write ``test`` (see :func:`firing_test`) to ``path`` and run ``promtool test rules`` on it."""
+    import json
+
+    path.write_text(json.dumps(test, indent=1))
+    return promtool("test", "rules", str(path))

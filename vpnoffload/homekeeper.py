@@ -19,6 +19,14 @@ within seconds, as the VPS's watchdog does there (:mod:`vpnoffload.watch.hostfw`
 
 ``down home`` stops the keeper first (SIGTERM: it stops a running ``up home``
 child, which rolls back, and exits), then the client as before.
+
+Under systemd there is no daemon keeper: ``install-service home`` installs
+``vpnoffload-home-keeper.service`` (:mod:`vpnoffload.deploy.units`), which runs
+this module with ``--watch-only``: the host-firewall watch alone
+(:func:`watch_firewall`). It never looks at the client and never runs ``up
+home``: the client is systemd's (``openvpn-client@``), and a second restarter
+would fight it. It speaks systemd's notify protocol (ready after the first
+look, then a ``WATCHDOG=1`` each round) and logs to the journal.
 """
 
 from __future__ import annotations
@@ -47,6 +55,26 @@ MODULE = "vpnoffload.homekeeper"
 openvpn_alive = runfiles.openvpn_runs
 
 
+def keeper_pid(run_dir: str, home: str) -> int | None:
+    """The running keeper of ``home`` (either mode: the daemon's or the systemd unit's), or None."""
+    pidfile = os.path.join(run_dir, runfiles.home_keeper_pid(home))
+    return runfiles.pid_of(pidfile, contains=(MODULE.encode(), pidfile.encode()))
+
+
+def watch_only(pid: int) -> bool:
+    """The keeper ``pid`` runs in the systemd unit's mode (the host firewall only)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"--watch-only" in fh.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def watch_only_argv(python: str, pidfile: str, end: str) -> list[str]:
+    """What the systemd unit runs: the lean keeper, host firewall only (``end``: "home-NAME")."""
+    return spawn.lean_argv(MODULE, "--watch-only", "--pidfile", pidfile, "--firewall", end, python=python)
+
+
 class HomeKeeper:
     """Control of the keeper from ``up home``/``down home`` (the Tunnel-like running/start/stop)."""
 
@@ -63,7 +91,7 @@ class HomeKeeper:
         return os.path.join(self.run_dir, runfiles.home_keeper_log(self.home))
 
     def pid(self) -> int | None:
-        return runfiles.pid_of(self.pidfile, contains=(MODULE.encode(), self.pidfile.encode()))
+        return keeper_pid(self.run_dir, self.home)
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -166,9 +194,29 @@ def keep(client_pidfile: str, profile: str, up_argv: list[str], stopping: "list[
                 child.kill()
 
 
+def watch_firewall(firewall: "Callable[[float], list[str]]", stopping: "list[bool]",
+                   clock: "Callable[[], float]" = time.monotonic, sleep: "Callable[[float], None]" = time.sleep,
+                   notify: "Callable[[str], object] | None" = None) -> None:
+    """The ``--watch-only`` loop: ``firewall(now)`` each round (its lines logged), until ``stopping[0]``.
+    Nothing here starts a process but the firewall look's own children: no ``up home`` ever."""
+    from vpnoffload.lean import sdnotify
+
+    tell = notify or sdnotify.notify
+    ready = False
+    while not stopping[0]:
+        for line in firewall(clock()):
+            _say(f"host firewall: {line}")
+        if not ready:  # after the first look: a wiped opening found at start is already back
+            tell("READY=1")
+            ready = True
+        tell("WATCHDOG=1")  # WatchdogSec= in the unit: a hung keeper is restarted
+        sleep(EVERY)
+    tell("STOPPING=1")
+
+
 def main(argv: list[str]) -> int:
     """``python -I -S ... vpnoffload.homekeeper --pidfile P --client-pidfile C --profile F [--firewall home-NAME]
-    -- UP-ARGV``."""
+    -- UP-ARGV``, or under systemd ``... --watch-only --pidfile P --firewall home-NAME``."""
     from vpnoffload.exits import run_main
 
     return run_main(lambda: _main(argv), prog="vpnoffload-home-keeper")
@@ -177,8 +225,13 @@ def main(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     from vpnoffload.lean import options
 
-    opts = options.parse(argv, values=("--pidfile", "--client-pidfile", "--profile", "--firewall"),
-                         required=("--pidfile", "--client-pidfile", "--profile"), rest=True)
+    if "--watch-only" in argv:
+        # No client options and no command: this mode cannot be told to run `up home`.
+        opts = options.parse(argv, values=("--pidfile", "--firewall"), flags=("--watch-only",),
+                             required=("--pidfile", "--firewall"))
+    else:
+        opts = options.parse(argv, values=("--pidfile", "--client-pidfile", "--profile", "--firewall"),
+                             required=("--pidfile", "--client-pidfile", "--profile"), rest=True)
     stopping = [False]
 
     def stop(*_: object) -> None:
@@ -186,19 +239,40 @@ def _main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    pidfile, client_pidfile, profile = (str(opts[name]) for name in ("--pidfile", "--client-pidfile", "--profile"))
-    up_argv = [str(word) for word in opts["--"]]  # type: ignore[attr-defined]
-    with open(pidfile + ".tmp", "w") as fh:
-        fh.write(f"{os.getpid()}\n")
-    os.replace(pidfile + ".tmp", pidfile)
-    _say(f"keeping the OpenVPN client running ({client_pidfile})")
+    pidfile = str(opts["--pidfile"])
+    _write_pidfile(pidfile)
     end = opts.get("--firewall")
     firewall = firewall_watch(os.path.dirname(os.path.abspath(pidfile)), str(end)) if end else None
     try:
-        keep(client_pidfile, profile, up_argv, stopping, firewall=firewall)
+        if firewall is not None and opts.get("--watch-only"):
+            _say(f"keeping the host firewall's openings of {end} in place (systemd runs the OpenVPN client)")
+            watch_firewall(firewall, stopping)
+        else:
+            client_pidfile, profile = str(opts["--client-pidfile"]), str(opts["--profile"])
+            up_argv = [str(word) for word in opts["--"]]  # type: ignore[attr-defined]
+            _say(f"keeping the OpenVPN client running ({client_pidfile})")
+            keep(client_pidfile, profile, up_argv, stopping, firewall=firewall)
     finally:
         _say("stopped")
+        _remove_pidfile(pidfile)
     return 0
+
+
+def _write_pidfile(pidfile: str) -> None:
+    with open(pidfile + ".tmp", "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    os.replace(pidfile + ".tmp", pidfile)
+
+
+def _remove_pidfile(pidfile: str) -> None:
+    """A stopped keeper leaves no pidfile (status reads it; a reused pid is ruled out anyway)."""
+    try:
+        with open(pidfile) as fh:
+            if fh.read().strip() != str(os.getpid()):
+                return  # a newer keeper's
+        os.unlink(pidfile)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -189,9 +189,9 @@ def check_box(config_path: Path, config: Config) -> Slot:
             raise ConfigError(f"{mine.path} and {other.path} {problem}: keep one of the two configs on this home box")
         if problem:
             fix = suggest_subnet(mine, rest)
-            raise ConfigError(f"{mine.path} and {other.path} {problem} on this home box: give one VPS another "
-                              f"tunnel subnet (there: vpnoffload init --tunnel-subnet {fix} --force, then copy "
-                              f"its config and profile here again)")
+            # Short enough that the fix survives exits.MAX_LINE with configs under /etc/vpnoffload.
+            raise ConfigError(f"{mine.path} and {other.path} {problem}: on one of their VPSes run 'vpnoffload "
+                              f"init --tunnel-subnet {fix} --force', then copy its config and profile here again")
     return mine.slot
 
 
@@ -209,7 +209,7 @@ def clash(mine: Joined, other: Joined) -> str:
     if a.tunnel.subnet6 is not None and b.tunnel.subnet6 is not None and a.tunnel.subnet6.overlaps(b.tunnel.subnet6):
         return f"have overlapping IPv6 tunnel subnets ({a.tunnel.subnet6}, {b.tunnel.subnet6})"
     if mine.slot == other.slot:
-        return f"would both use {mine.slot}"
+        return f"would both use tunnel {mine.slot.index} (device {mine.slot.device})"
     return ""
 
 

@@ -294,3 +294,23 @@ def home_up(lab: SystemdLab) -> None:
 
 
 HOME_UNIT, VPS_UNIT, WATCH_UNIT = "vpnoffload-home.service", "vpnoffload-vps.service", "vpnoffload-watch.service"
+KEEPER_UNIT = "vpnoffload-home-keeper.service"
+
+
+def wait_firewalld(lab: SystemdLab, host: str = "vps", timeout: float = 60.0) -> None:
+    """Until firewalld in ``host`` answers "running" (after a start, restart or reload)."""
+    deadline = time.monotonic() + timeout
+    while lab.exec(host, "firewall-cmd", "--state", timeout=30).stdout.strip() != "running":
+        if time.monotonic() > deadline:
+            pytest.fail(f"firewalld in {host} did not run within {timeout:g} s:\n{lab.journal(host, 'firewalld')}",
+                        pytrace=False)
+        time.sleep(0.3)
+
+
+def install_services(lab: SystemdLab) -> None:
+    """``install-service`` on the VPS, then on home; fails with the diagnostics."""
+    for host, argv in (("vps", ("vps",)), ("home", ("home", "--home", HOME))):
+        done = lab.exec(host, "vpnoffload", "install-service", *argv, timeout=180)
+        if done.returncode != 0:
+            pytest.fail(f"install-service {' '.join(argv)} failed:\n{done.stdout}{done.stderr}\n{lab.diagnostics()}",
+                        pytrace=False)

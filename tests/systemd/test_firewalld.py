@@ -21,7 +21,7 @@ import pytest
 
 from tests.systemd.conftest import HOME, VPS_ADDRESS, SystemdLab, snapshot_diff
 from tests.systemd.conftest import (FAILOVER_TIMEOUT, RECOVERY_TIMEOUT, VPS_UNIT, WATCH_UNIT, home_down,
-                                        home_up, on_the_page, served_from_home)
+                                        home_up, on_the_page, served_from_home, wait_firewalld)
 
 pytestmark = [pytest.mark.root, pytest.mark.docker, pytest.mark.timeout(600)]
 
@@ -54,15 +54,6 @@ def query(lab: SystemdLab, *args: str) -> bool:
 def ours_in_place(lab: SystemdLab) -> bool:
     return (query(lab, "--zone=public", f"--query-rich-rule={OPENVPN_RULE}")
             and query(lab, "--zone=trusted", f"--query-interface={PROBE_DEVICE}"))
-
-
-def wait_firewalld(lab: SystemdLab, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while lab.exec("vps", "firewall-cmd", "--state", timeout=30).stdout.strip() != "running":
-        if time.monotonic() > deadline:
-            pytest.fail(f"firewalld did not run within {timeout:g} s:\n{lab.journal('vps', 'firewalld')}",
-                        pytrace=False)
-        time.sleep(0.3)
 
 
 def back_within(lab: SystemdLab, started: float, what: str) -> float:

@@ -14,6 +14,7 @@ from tests.helpers import write_home_box_config as write
 from vpnoffload import config as cfg
 from vpnoffload import deploy, firewall, hometunnels, plan, record
 from vpnoffload.errors import ConfigError, ExitStatus
+from vpnoffload.exits import error_line
 from vpnoffload.hometunnels import Slot
 from vpnoffload.model import HOME_MARK, ROUTE_TABLE, RULE_PRIORITY, TUNNEL_DEVICE
 from vpnoffload.paths import Paths
@@ -90,6 +91,10 @@ def test_clashes_are_refused_naming_both_configs_and_the_fix(tmp_path: Path, sec
     else:  # the fix names a subnet that clashes with nothing here
         fix = IPv4Network(message.split("--tunnel-subnet ")[1].split()[0])
         assert fix == IPv4Network("10.90.0.0/24")
+    # The one line a user reads (cut at exits.MAX_LINE) still holds the whole fix, with the
+    # configs where the docs put them.
+    shown = error_line(message.replace(str(tmp_path), "/etc/vpnoffload"))
+    assert not shown.endswith("...") and shown.endswith(("here again", "on this home box"))
 
 
 def test_same_target_port_and_same_openvpn_port_simply_work(tmp_path: Path) -> None:
@@ -202,7 +207,8 @@ def test_each_tunnel_has_its_own_systemd_units(tmp_path: Path) -> None:
     second = write(tmp_path / "vps2" / "vpnoffload.toml", config_text("203.0.113.20", "10.89.0.0/24"))
     one = units.units(Paths(first, first.parent / "state"), "home", "home")
     two = units.units(Paths(second, second.parent / "state"), "home", "home")
-    assert list(one) == ["vpnoffload-home.service"] and list(two) == ["vpnoffload-home-t1.service"]
+    assert list(one) == ["vpnoffload-home.service", "vpnoffload-home-keeper.service"]
+    assert list(two) == ["vpnoffload-home-t1.service", "vpnoffload-home-keeper-t1.service"]
     assert "openvpn-client@vpnoffload-home.service" in one["vpnoffload-home.service"]
     assert "openvpn-client@vpnoffload-home-t1.service" in two["vpnoffload-home-t1.service"]
     assert str(second) in two["vpnoffload-home-t1.service"]

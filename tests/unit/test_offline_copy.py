@@ -271,7 +271,7 @@ class _Svc:
 
 class _Cfg:
     class watch:  # noqa: N801
-        offline_copy_every, offline_copy_max_bytes, timeout = 600.0, 1000, 0.6
+        offline_copy_every, offline_copy_max_bytes, timeout, interval = 600.0, 1000, 0.6, 0.5
 
     class _Home:
         address = "10.88.0.2"
@@ -490,7 +490,14 @@ def test_metrics_and_status_show_the_copies(tmp_path: Path) -> None:
     class Dog:
         class config:  # noqa: N801
             services = {"blog": _Svc("blog", ("/",)), "git": _Svc("git", ())}
+            homes: dict = {}
+            watch = _Cfg.watch
         status: dict = {}
+        openvpn = None
+
+        @staticmethod
+        def homes_seen() -> dict:
+            return {}
 
     text = metrics.exposition(Dog, run)  # type: ignore[arg-type]
     assert 'vpnoffload_offline_copy_pages{service="blog"} 1' in text

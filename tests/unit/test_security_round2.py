@@ -288,7 +288,12 @@ class _Dog:
     from types import SimpleNamespace
 
     status: dict = {}
-    config = SimpleNamespace(services={})
+    openvpn = None
+    config = SimpleNamespace(services={}, homes={}, watch=SimpleNamespace(interval=0.5))
+
+    @staticmethod
+    def homes_seen() -> dict:
+        return {}
 
 
 def test_metrics_take_no_thread_per_connection_and_cut_tricklers(monkeypatch) -> None:

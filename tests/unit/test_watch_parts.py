@@ -136,7 +136,7 @@ def test_boot_units_verify_and_run_up_and_down(tmp_path: Path, end: str, home: s
     paths = Paths(config=Path("/etc/vpnoffload/vpnoffload.toml"), state=Path("/etc/vpnoffload/state"))
     found = units(paths, end, home)
     assert set(found) == ({"vpnoffload-vps.service", "vpnoffload-watch.service"} if end == "vps"
-                          else {"vpnoffload-home.service"})
+                          else {"vpnoffload-home.service", "vpnoffload-home-keeper.service"})
     text = found[f"vpnoffload-{end}.service"]
     assert f" up {end}" in text and f" down {end}" in text and "Type=oneshot" in text
     if home:

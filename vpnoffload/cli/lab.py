@@ -15,7 +15,7 @@ from vpnoffload.lab.netns import DEFAULT_PREFIX
 
 lab_app = typer.Typer(
     no_args_is_help=True,
-    help="A throw-away lab in network namespaces (visitor, internet, VPS, home) to try vpnoffload. Needs root.",
+    help="A throw-away lab in network namespaces (visitor, internet, VPS, home, attic) to try vpnoffload. Needs root.",
 )
 
 PrefixOpt = Annotated[str, typer.Option("--prefix", help="Names the lab's namespaces PREFIX-vps, PREFIX-home, ...")]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from vpnoffload import hometunnels
 from vpnoffload import record as record_mod
-from vpnoffload import users
+from vpnoffload import runfiles, users
 from vpnoffload.errors import ConfigError, NotSetUpError
 from vpnoffload.hometunnels import FIRST, Slot
 from vpnoffload.model import Config
@@ -112,15 +112,36 @@ def plan_down_home(paths: Paths, backends: Backends, home: str, profile: Path) -
     slot = _slot_for_down(paths, rec)
     actions: list[Action] = []
     tunnel = home_tunnel(paths, backends, home, profile, slot)
-    keeper = home_keeper(paths, tunnel, home, profile)
-    if keeper is not None and keeper.running():  # first, or it would start the client again
-        actions.append(Action(f"stop the OpenVPN client keeper for {home}", keeper.stop, None))
+    actions += _stop_keeper_actions(paths, home)
     actions += routing.plan_routing_down(backends.routing, slot.table, slot.priority)
     # Restore sysctls while the tun device (and so its rp_filter) still exists.
     actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
     if tunnel.running():
         actions.append(Action(f"stop OpenVPN client for {home}", tunnel.stop, None))
     return actions + closing_actions(backends, rec, rec_path, slot.owns_chain, _user_handover(paths, backends, rec))
+
+
+def _stop_keeper_actions(paths: Paths, home: str) -> list[Action]:
+    """`down home` stops a running keeper first, or it would start the client again or put an
+    opening back: the daemon's, or the systemd unit's (as `down vps` stops the watchdog)."""
+    from vpnoffload.homekeeper import keeper_pid, watch_only
+    from vpnoffload.procs import terminate
+
+    pid = keeper_pid(str(paths.run), home)
+    if pid is None:
+        return []
+    pidfile = paths.run / runfiles.home_keeper_pid(home)
+    # The daemon's may be waiting for an `up home` child to roll back; a unit's SIGKILLed
+    # keeper would count as failed and be restarted by systemd, so that one is only asked.
+    unit = watch_only(pid)
+
+    def stop() -> None:
+        terminate(pid, 20.0, kill=not unit)
+        pidfile.unlink(missing_ok=True)
+
+    what = (f"stop the home keeper for {home} (pid {pid}; under systemd: systemctl stop vpnoffload-home-keeper)"
+            if unit else f"stop the OpenVPN client keeper for {home} (pid {pid})")
+    return [Action(what, stop, None)]
 
 
 def _slot_for_down(paths: Paths, rec: record_mod.Record) -> Slot:

@@ -1,5 +1,6 @@
 """The systemd units: ``vpnoffload-vps``/``vpnoffload-home`` bring an end up at
-boot (and down when stopped); ``vpnoffload-watch`` runs the watchdog.
+boot (and down when stopped); ``vpnoffload-watch`` runs the watchdog, and
+``vpnoffload-home-keeper`` keeps the home box's own firewall open for the tunnel.
 
 Every value a unit gets is quoted by systemd's own rules (systemd.syntax,
 systemd.service "Command lines"): one double-quoted word with ``\\`` and ``"``
@@ -62,13 +63,28 @@ def up_unit_text(paths: Paths, end: str, home: str | None = None, python: str = 
                      end=end, extra=extra, openvpn_unit=openvpn_unit)
 
 
+def keeper_unit_text(paths: Paths, home: str, up_unit: str, python: str = sys.executable) -> str:
+    """The home keeper's unit: the host-firewall watch of ``home``'s tunnel, never ``up home``."""
+    from vpnoffload.homekeeper import watch_only_argv
+
+    client = _home_slot(paths).tunnel_name(home).removeprefix("home-")
+    argv = watch_only_argv(python, str(paths.run / runfiles.home_keeper_pid(home)), f"home-{home}")
+    return _template("vpnoffload-home-keeper.service.j2", argv=argv, state=paths.state, home=home,
+                     up_unit=up_unit, openvpn_unit=f"openvpn-client@vpnoffload-{client}.service")
+
+
 def units(paths: Paths, end: str, home: str | None = None) -> dict[str, str]:
-    """File name -> text of the units for one end: the VPS also gets the watchdog."""
-    # A home box's further VPS configs (vpnoffload.hometunnels) get units of their own.
+    """File name -> text of the units for one end: the VPS also gets the watchdog, a home box its keeper."""
+    # A home box's further VPS configs (vpnoffload.hometunnels) get units of their own:
+    # one keeper per tunnel too (see the keeper's template for why).
     index = _home_slot(paths).index if end == "home" else 0
-    found = {f"vpnoffload-{end}{f'-t{index}' if index else ''}.service": up_unit_text(paths, end, home)}
+    suffix = f"-t{index}" if index else ""
+    up_unit = f"vpnoffload-{end}{suffix}.service"
+    found = {up_unit: up_unit_text(paths, end, home)}
     if end == "vps":
         found[UNIT] = unit_text(paths)
+    else:
+        found[f"vpnoffload-home-keeper{suffix}.service"] = keeper_unit_text(paths, home or "home", up_unit)
     return found
 
 

@@ -176,4 +176,9 @@ def restricted(config: object) -> dict[int, str]:
     """{mark number: name} of ``config``'s services with access rules (kernel-forwarded ones)."""
     services = getattr(config, "services", {})
     return {i + 1: name for i, (name, svc) in enumerate(services.items())
-            if getattr(svc, "via", "dnat") == "dnat" and getattr(getattr(svc, "access", None), "restricts", False)}
+            if getattr(svc, "via", "dnat") == "dnat" and _restricts(svc)}
+
+
+def _restricts(svc: object) -> bool:
+    """A model service says so in its ``access``; the watchdog's snapshot view (lean.snapshot) in ``restricts``."""
+    return bool(getattr(svc, "restricts", False) or getattr(getattr(svc, "access", None), "restricts", False))

@@ -83,6 +83,8 @@ def config_data(config: Config) -> dict[str, Any]:
             "tls_cert": str(svc.tls_cert) if svc.tls_cert else None, "tls_key": str(svc.tls_key) if svc.tls_key else None,
             # Kept pages only where the VPS itself keeps them: proxy services are nginx's.
             "offline_copy": list(svc.offline_copy) if svc.via == "dnat" else [], "offline_banner": svc.offline_banner,
+            # The metrics read the drop counters of services with access rules (lean/accessdrops.py).
+            "restricts": svc.access.restricts,
         })
     w = config.watch
     return {
@@ -148,7 +150,7 @@ class ServiceView:
 
     __slots__ = ("name", "homes", "home", "backups", "target_port", "check", "hostname", "fallback", "serves_page",
                  "page_over_tls", "ipv6", "listen_address", "listen_port", "via", "tls_cert", "tls_key",
-                 "offline_copy", "offline_banner", "local_address", "proto")
+                 "offline_copy", "offline_banner", "local_address", "proto", "restricts")
 
     def __init__(self, d: dict[str, Any]) -> None:
         self.name, self.homes = d["name"], tuple(d["homes"])
@@ -162,6 +164,7 @@ class ServiceView:
         self.offline_copy, self.offline_banner = tuple(d.get("offline_copy", ())), d.get("offline_banner", True)
         self.local_address = d.get("local_address", self.listen_address)
         self.proto = d.get("proto", "tcp")  # the visitor-path check is a TCP connect: TCP services only
+        self.restricts = bool(d.get("restricts", False))  # has access rules: the metrics count their drops
 
 
 class HomeView:

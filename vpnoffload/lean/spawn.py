@@ -31,9 +31,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 _BOOT = "import sys;sys.path.insert(0,sys.argv.pop(1));import {module} as m;sys.exit(m.main(sys.argv[1:]))"
 
 
-def lean_argv(module: str, *args: str) -> list[str]:
+def lean_argv(module: str, *args: str, python: str = sys.executable) -> list[str]:
     """``python -I -S -c BOOT ROOT ARGS``: runs ``module.main(ARGS)``; only stdlib and vpnoffload importable."""
-    return [sys.executable, "-I", "-S", "-c", _BOOT.format(module=module), ROOT, *args]
+    return [python, "-I", "-S", "-c", _BOOT.format(module=module), ROOT, *args]
 
 
 def full_argv(module: str, *args: str) -> list[str]:

@@ -25,9 +25,53 @@ def exposition(dog: Watchdog, run: str | None = None) -> str:
     lines += [f'vpnoffload_check_latency_seconds{{service="{s.name}"}} {s.latency or 0:.6f}' for s in statuses]
     lines += ["# HELP vpnoffload_swaps_total Swaps between home and fallback.", "# TYPE vpnoffload_swaps_total counter"]
     lines += [f'vpnoffload_swaps_total{{service="{s.name}"}} {s.swaps}' for s in statuses]
+    lines += _tunnels(dog)
+    lines += _rounds(dog)
     lines += _copies(dog, run)
     lines += _access_drops(dog)
     return "\n".join(lines) + "\n"
+
+
+def _tunnels(dog: Watchdog) -> list[str]:
+    """Per home box, is its tunnel up: OpenVPN's client list when the watchdog read it this round;
+    when it could not (no management socket), whether the home answered a check through the tunnel."""
+    listed = (dog.openvpn or {}).get("clients")
+    seen = dog.homes_seen()
+    lines = ["# HELP vpnoffload_home_tunnel_up 1 while the home box's OpenVPN client is connected.",
+             "# TYPE vpnoffload_home_tunnel_up gauge"]
+    for home in dog.config.homes:
+        up = home in listed if isinstance(listed, dict) else bool(seen.get(home, {}).get("answered"))
+        lines.append(f'vpnoffload_home_tunnel_up{{home="{home}"}} {int(up)}')
+    return lines
+
+
+def _rounds(dog: Watchdog) -> list[str]:
+    """The watchdog's heartbeat (a loop that hangs while this thread still answers shows here) and
+    its own memory: the metrics server lives in the lean watchdog, so this is what it costs."""
+    lines = ["# HELP vpnoffload_watch_interval_seconds How often every service is checked (watch.interval).",
+             "# TYPE vpnoffload_watch_interval_seconds gauge",
+             f"vpnoffload_watch_interval_seconds {float(dog.config.watch.interval):g}"]
+    last = max((s.last_check for s in dog.status.values()), default=0.0)
+    if last:
+        lines += ["# HELP vpnoffload_watch_last_round_timestamp_seconds When the last round of checks ended.",
+                  "# TYPE vpnoffload_watch_last_round_timestamp_seconds gauge",
+                  f"vpnoffload_watch_last_round_timestamp_seconds {last:.3f}"]
+    rss = _resident_bytes()
+    if rss is not None:
+        lines += ["# HELP process_resident_memory_bytes Resident memory of the watchdog process.",
+                  "# TYPE process_resident_memory_bytes gauge", f"process_resident_memory_bytes {rss}"]
+    return lines
+
+
+def _resident_bytes() -> int | None:
+    """This process's resident memory from /proc (no psutil, no resource module); None off Linux."""
+    import os
+
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _access_drops(dog: Watchdog) -> list[str]:
@@ -46,7 +90,11 @@ def _copies(dog: Watchdog, run: str | None) -> list[str]:
     from vpnoffload.fallback.copies import summary
 
     found = {name: summary(run, name) for name in kept}
-    lines = ["# HELP vpnoffload_offline_copy_pages Pages kept for the service while home is down.",
+    lines = ["# HELP vpnoffload_offline_copy_interval_seconds How often kept pages are refreshed "
+             "(watch.offline_copy_every).",
+             "# TYPE vpnoffload_offline_copy_interval_seconds gauge",
+             f"vpnoffload_offline_copy_interval_seconds {float(dog.config.watch.offline_copy_every):g}"]
+    lines += ["# HELP vpnoffload_offline_copy_pages Pages kept for the service while home is down.",
              "# TYPE vpnoffload_offline_copy_pages gauge"]
     lines += [f'vpnoffload_offline_copy_pages{{service="{n}"}} {s["kept"]}' for n, s in found.items()]
     lines += ["# HELP vpnoffload_offline_copy_age_seconds Age of the oldest kept page.",

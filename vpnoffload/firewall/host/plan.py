@@ -319,24 +319,31 @@ def home_box_report(run_dir: Path) -> dict[str, Any] | None:
     homes = sorted(p.stem for p in run_dir.glob("home-*.json"))
     if not homes:
         return None
-    keepers = {}
+    from vpnoffload.homekeeper import keeper_pid, watch_only
+
+    found = []
     for end in homes:
-        name = end.removeprefix("home-")
-        pidfile = run_dir / runfiles.home_keeper_pid(name)
-        keepers[name] = runfiles.pid_of(pidfile, contains=(b"vpnoffload.homekeeper", str(pidfile).encode()))
-    return {"end": "home", "homes": [{"name": end.removeprefix("home-"), "keeper_pid": keepers[end.removeprefix("home-")],
-                                      "host_firewall": status_report(run_dir, end)} for end in homes]}
+        pid = keeper_pid(str(run_dir), end.removeprefix("home-"))
+        # "firewall": the systemd unit's keeper (systemd runs the client); "client and firewall": the daemon's.
+        mode = None if pid is None else "firewall" if watch_only(pid) else "client and firewall"
+        found.append({"name": end.removeprefix("home-"), "keeper_pid": pid, "keeper_mode": mode,
+                      "host_firewall": status_report(run_dir, end)})
+    return {"end": "home", "homes": found}
 
 
 def render_home_box(report: dict[str, Any], ago: Any) -> list[str]:
     lines = ["home box: the VPS's tunnel and services are shown by 'vpnoffload status' on the VPS"]
     for home in report["homes"]:
         pid = home["keeper_pid"]
-        lines.append(f"home {home['name']}: keeper " + (f"running (pid {pid}): it keeps the OpenVPN client and the "
-                                                        "host firewall's openings in place" if pid else
-                                                        "NOT running: nothing puts the openings back after a "
-                                                        "host firewall reload (systemd runs the client, or "
-                                                        "run 'vpnoffload up home')"))
+        if pid is None:
+            state = ("NOT running: nothing puts the openings back after a host firewall reload (under systemd: "
+                     "'vpnoffload install-service home' runs it; without: 'vpnoffload up home')")
+        elif home.get("keeper_mode") == "firewall":
+            state = (f"running (pid {pid}, under systemd): it keeps the host firewall's openings in place "
+                     "(systemd runs the OpenVPN client)")
+        else:
+            state = f"running (pid {pid}): it keeps the OpenVPN client and the host firewall's openings in place"
+        lines.append(f"home {home['name']}: keeper {state}")
         lines += render_status(home["host_firewall"], ago)
     return lines
 

@@ -1,0 +1,167 @@
+"""The home keeper under systemd: its unit's text and its ``--watch-only`` mode, which keeps the
+host firewall's openings and never runs ``up home`` (systemd runs the OpenVPN client)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import home_box_config, write_home_box_config
+from tests.prereq import need, tool_problem
+from vpnoffload import homekeeper, runfiles
+from vpnoffload.deploy.units import keeper_unit_text, systemd_word, units
+from vpnoffload.errors import ConfigError
+from vpnoffload.paths import Paths
+
+HARDENING = ("NoNewPrivileges=yes", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW", "ProtectSystem=strict",
+             "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes", "ProtectKernelModules=yes",
+             "RestrictNamespaces=yes", "SystemCallFilter=@system-service", "RestrictSUIDSGID=yes")
+
+
+def _paths(root: Path) -> Paths:
+    config = write_home_box_config(root / "vpnoffload.toml", home_box_config("203.0.113.10", "198.51.100.0/24"))
+    return Paths(config, config.parent / "state")
+
+
+def _exec_start(text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith("ExecStart="))
+
+
+def test_install_service_home_writes_the_keeper_beside_the_end(tmp_path: Path) -> None:
+    found = units(_paths(tmp_path), "home", "home")
+    assert list(found) == ["vpnoffload-home.service", "vpnoffload-home-keeper.service"]
+    text = found["vpnoffload-home-keeper.service"]
+    for line in HARDENING:
+        assert f"\n{line}\n" in text, line
+    assert "CAP_SYS_ADMIN" not in text and "CAP_SETUID" not in text
+    # Stopped and restarted with the end, started with it, and restarted by systemd if it dies or hangs.
+    for line in ("PartOf=vpnoffload-home.service", "After=network-online.target vpnoffload-home.service",
+                 "WantedBy=multi-user.target vpnoffload-home.service", "Type=notify", "WatchdogSec=10",
+                 "Restart=on-failure"):
+        assert f"\n{line}\n" in text, line
+
+
+def test_the_keeper_unit_runs_the_watch_only_mode_and_never_up_home(tmp_path: Path) -> None:
+    paths = _paths(tmp_path)
+    line = _exec_start(keeper_unit_text(paths, "home", "vpnoffload-home.service", python="/usr/bin/python3"))
+    pidfile = str(paths.run / runfiles.home_keeper_pid("home"))
+    assert line == "ExecStart=" + " ".join(
+        systemd_word(w) for w in homekeeper.watch_only_argv("/usr/bin/python3", pidfile, "home-home"))
+    assert " --watch-only " in line and line.endswith(f"--pidfile {pidfile} --firewall home-home")
+    assert " -- " not in line and " up " not in line and "--client-pidfile" not in line
+
+
+def test_the_keeper_units_exec_line_is_quoted_by_systemds_rules(tmp_path: Path) -> None:
+    odd = tmp_path / "my etc" / "100%$HOME"
+    text = units(_paths(odd), "home", "home")["vpnoffload-home-keeper.service"]
+    line = _exec_start(text)
+    pidfile = str(odd / "state" / "run" / runfiles.home_keeper_pid("home"))
+    assert systemd_word(pidfile) in line and '"' in line and "%%" in line and "$$HOME" in line
+    assert f"ReadWritePaths={systemd_word(odd / 'state', exec_line=False)} /run -/etc/ufw" in text
+    need(tool_problem("systemd-analyze", "apt-get install systemd"))
+    unit = tmp_path / "vpnoffload-home-keeper.service"
+    unit.write_text(text.replace(sys.executable, "/usr/bin/python3"))
+    # PartOf/Wants name the end's unit, which is not installed here: only the keeper's own lines count.
+    done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert [ln for ln in (done.stdout + done.stderr).splitlines() if "vpnoffload-home.service" not in ln] == []
+
+
+def test_each_tunnel_of_the_box_has_its_own_keeper(tmp_path: Path) -> None:
+    _paths(tmp_path)
+    second = write_home_box_config(tmp_path / "vps2" / "vpnoffload.toml",
+                                   home_box_config("203.0.113.20", "198.18.9.0/24"))
+    found = units(Paths(second, second.parent / "state"), "home", "home")
+    assert list(found) == ["vpnoffload-home-t1.service", "vpnoffload-home-keeper-t1.service"]
+    text = found["vpnoffload-home-keeper-t1.service"]
+    assert "PartOf=vpnoffload-home-t1.service" in text and str(second.parent / "state" / "run") in text
+    assert "openvpn-client@vpnoffload-home-t1.service" in text
+
+
+def test_watch_only_looks_at_the_firewall_and_tells_systemd() -> None:
+    told: list[str] = []
+    looks: list[float] = []
+    stopping = [False]
+
+    def firewall(now: float) -> list[str]:
+        looks.append(now)
+        stopping[0] = len(looks) >= 3
+        return ["reopened in firewalld zone public (runtime rich rule)"] if len(looks) == 2 else []
+
+    homekeeper.watch_firewall(firewall, stopping, clock=lambda: float(len(looks)), sleep=lambda _: None,
+                              notify=told.append)
+    assert looks == [0.0, 1.0, 2.0]
+    assert told == ["READY=1", "WATCHDOG=1", "WATCHDOG=1", "WATCHDOG=1", "STOPPING=1"]
+
+
+def test_watch_only_mode_never_runs_up_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even with the client dead: the unit's keeper never looks at it (systemd's), so never starts anything."""
+    monkeypatch.setattr(homekeeper, "openvpn_alive", lambda *_: False)
+    monkeypatch.setattr(homekeeper, "keep", lambda *a, **k: pytest.fail("the client keeper ran in --watch-only"))
+    monkeypatch.setattr(homekeeper.spawn, "spawn", lambda *a, **k: pytest.fail(f"started {a}"))
+    monkeypatch.setattr(homekeeper.signal, "signal", lambda *_: None)
+    seen: list[str] = []
+
+    def fake_watch(run_dir: str, end: str):
+        seen.append(end)
+        return lambda now: []
+
+    def once(firewall, stopping, **_: object) -> None:
+        firewall(0.0)
+
+    monkeypatch.setattr(homekeeper, "firewall_watch", fake_watch)
+    monkeypatch.setattr(homekeeper, "watch_firewall", once)
+    pidfile = tmp_path / "home-keeper-home.pid"
+    assert homekeeper._main(["--watch-only", "--pidfile", str(pidfile), "--firewall", "home-home"]) == 0
+    assert seen == ["home-home"] and not pidfile.exists()  # a stopped keeper leaves no pidfile
+
+
+@pytest.mark.parametrize("argv", [
+    ["--watch-only", "--pidfile", "/p", "--firewall", "home-x", "--", "up", "home"],
+    ["--watch-only", "--pidfile", "/p", "--client-pidfile", "/c", "--firewall", "home-x"],
+    ["--watch-only", "--pidfile", "/p"],
+])
+def test_watch_only_mode_takes_no_command_and_needs_its_end(argv: list[str]) -> None:
+    with pytest.raises(ConfigError):
+        homekeeper._main(argv)
+
+
+def test_status_and_down_home_know_the_units_keeper(tmp_path: Path) -> None:
+    """A real keeper in --watch-only: status names it as systemd's, and down home stops it (SIGTERM)."""
+    from vpnoffload.deploy.home import _stop_keeper_actions
+    from vpnoffload.firewall.host import plan as host_plan
+    from vpnoffload import record as record_mod
+
+    paths = _paths(tmp_path)
+    paths.run.mkdir(parents=True, exist_ok=True)
+    rec = record_mod.Record()
+    rec.host_found = ["nftables (tables inet filter)"]
+    record_mod.save(paths.run / runfiles.record("home-home"), rec)
+    pidfile = paths.run / runfiles.home_keeper_pid("home")
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    keeper = subprocess.Popen(homekeeper.watch_only_argv(sys.executable, str(pidfile), "home-home"), env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while homekeeper.keeper_pid(str(paths.run), "home") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        report = host_plan.home_box_report(paths.run)
+        assert report is not None
+        home = report["homes"][0]
+        assert home["keeper_pid"] == keeper.pid and home["keeper_mode"] == "firewall", home
+        lines = host_plan.render_home_box(report, lambda at: "-")
+        assert any(f"keeper running (pid {keeper.pid}, under systemd)" in ln for ln in lines), lines
+        actions = _stop_keeper_actions(paths, "home")
+        assert [a.summary for a in actions] == [
+            f"stop the home keeper for home (pid {keeper.pid}; under systemd: systemctl stop vpnoffload-home-keeper)"]
+        actions[0].do()
+        assert keeper.wait(10) == 0 and not pidfile.exists()
+        assert _stop_keeper_actions(paths, "home") == []
+    finally:
+        if keeper.poll() is None:
+            keeper.kill()
+            keeper.wait(10)
