@@ -139,8 +139,12 @@ class DaemonTunnel:
         from vpnoffload.procs import terminate
 
         pid = self.pid()
-        if pid is not None:
-            terminate(pid, timeout)
+        # A start interrupted (SIGTERM, Ctrl-C) after OpenVPN forked but before it wrote its
+        # pidfile leaves a daemon that only its command line names: find it by its pidfile argument.
+        pids = [pid] if pid is not None else runfiles.scan(
+            program=b"openvpn", args=(b"--writepid", os.fsencode(self.pidfile)))
+        for each in pids:
+            terminate(each, timeout)
         self.pidfile.unlink(missing_ok=True)
 
     def _log(self) -> str:

@@ -22,7 +22,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import cli, configure
-from tests.e2e.test_failover import start_watch
+from tests.e2e.labkit import start_watch
+from tests.helpers import seconds_until
 from vpnoffload.lab.netns import Lab
 
 HOSTNAME = "blog.example.org"
@@ -344,18 +345,6 @@ def wait_for(dep: Deployment, kind: str, limit: float, port: int = WEB[1], since
     pytest.fail(f"visitors on :{port} got no {kind} within {limit:g} s; last: {last}", pytrace=False)
 
 
-def until(what: str, check: Callable[[], tuple[bool, object]], limit: float) -> float:
-    """Seconds until ``check()`` says ok; fails after ``limit`` s, showing its last word."""
-    start = time.monotonic()
-    last: object = None
-    while time.monotonic() - start < limit:
-        ok, last = check()
-        if ok:
-            return time.monotonic() - start
-        time.sleep(0.2)
-    pytest.fail(f"{what}: not within {limit:g} s; last: {last}", pytrace=False)
-
-
 def healthy_again(dep: Deployment, limit: float = 15.0) -> None:
     """Every service served from home and status exit 0 (how each test finds and leaves the lab)."""
     def ok() -> tuple[bool, object]:
@@ -364,7 +353,7 @@ def healthy_again(dep: Deployment, limit: float = 15.0) -> None:
 
     for _, port, _ in dep.services:
         wait_for(dep, "home", limit, port)
-    until("status exit 0", ok, limit)
+    seconds_until("status exit 0", ok, limit)
 
 
 def report(capsys: pytest.CaptureFixture, tag: str, text: str) -> None:

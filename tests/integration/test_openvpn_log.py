@@ -11,13 +11,13 @@ With no watchdog at all, the log is bounded by construction: vpnoffload's own da
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.integration.ovpnkit import (HOME_ADDR, READY, VPS_ADDR, lab, make_config, openvpn,
                                            system_user)
+from tests.helpers import wait_until
 from tests.nslib import in_ns, needs_openvpn, needs_root
 from vpnoffload import runfiles
 from vpnoffload.lean import logcap
@@ -53,6 +53,18 @@ print(i + 1)
 """
 
 
+def settled(log: Path):
+    """A wait_until check: has ``log`` grown past LIMIT and stopped growing since the last poll?"""
+    last: list[int] = []
+
+    def check() -> tuple[bool, int]:
+        size = log.stat().st_size
+        done = size > LIMIT and last == [size]
+        last[:] = [size]
+        return done, size
+    return check
+
+
 def test_a_flood_of_unauthenticated_packets_cannot_fill_the_log(tmp_path: Path) -> None:
     config = make_config("udp")
     pki = Pki.create(tmp_path / "pki")
@@ -73,8 +85,9 @@ def test_a_flood_of_unauthenticated_packets_cannot_fill_the_log(tmp_path: Path) 
                 sent = int(in_ns(home, sys.executable, "-c", FLOOD_SENDER, VPS_ADDR, str(FLOOD), HOME_ADDR,
                                  timeout=60).stdout)
                 assert sent >= FLOOD // 2
-                time.sleep(1.0)  # let OpenVPN read what is queued
-                flooded = log.stat().st_size
+                # OpenVPN reads what is queued and logs every packet it refuses: until it has
+                # read it all (the log stops growing), which is more than LIMIT.
+                flooded = wait_until("the flood read into OpenVPN's log", settled(log), 10, 0.3)
                 assert flooded > LIMIT, f"the flood wrote only {flooded} bytes: nothing to bound"
                 assert logcap.cap(str(log), LIMIT)
                 kept = Path(f"{log}.1")
@@ -82,8 +95,8 @@ def test_a_flood_of_unauthenticated_packets_cannot_fill_the_log(tmp_path: Path) 
                 assert kept.stat().st_mode & 0o777 == 0o600
             # OpenVPN appends to the cut file (no hole where the old lines were) and still logs.
             in_ns(home, sys.executable, "-c", FLOOD_SENDER, VPS_ADDR, "10", HOME_ADDR, timeout=60)
-            time.sleep(0.5)
-            text = log.read_bytes()
+            text = wait_until("OpenVPN logging into the cut file",
+                              lambda: (b"tls-crypt" in (got := log.read_bytes()), got), 10)
             assert b"\0" not in text and text.startswith(b"vpnoffload: log cut at") and b"tls-crypt" in text
             # A real home still gets in after the flood.
             with openvpn(home, tmp_path / "home.log", "--config", str(profiles / "home.ovpn")) as client:

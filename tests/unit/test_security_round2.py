@@ -312,7 +312,7 @@ def test_metrics_take_no_thread_per_connection_and_cut_tricklers(monkeypatch) ->
         before = threading.active_count()
         for _ in range(12):  # connections that never send a byte (within the listen queue)
             idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        time.sleep(0.5)
+        time.sleep(0.5)  # a bound held over a while: time for a server without the cap to start more threads
         assert threading.active_count() <= before + metrics.MetricsServer.MAX_CLIENTS
         for sock in idle:  # the ones that got a slot are cut by the deadline; the others at once
             sock.settimeout(10)
