@@ -113,6 +113,18 @@ DaemonTunnel("server", conf, conf.parent, run, log_limit=limit).start()
 """
 
 
+def stopped(log: Path):
+    """A wait_until check: has ``log`` stopped growing since the last poll (near the bound)?"""
+    last: list[int] = []
+
+    def check() -> tuple[bool, int]:
+        size = log.stat().st_size
+        done = size > LIMIT - 4096 and last == [size]
+        last[:] = [size]
+        return done, size
+    return check
+
+
 def test_without_the_watchdog_the_log_stops_at_its_bound(tmp_path: Path) -> None:
     """No keeper, no watchdog, nothing cuts the log: a flood several times the bound leaves
     a log of at most the bound, OpenVPN keeps running and a real home still connects."""
@@ -134,19 +146,16 @@ def test_without_the_watchdog_the_log_stops_at_its_bound(tmp_path: Path) -> None
         pid = int((run / runfiles.openvpn_pid(runfiles.SERVER)).read_text())
         log = run / runfiles.openvpn_log(runfiles.SERVER)
         try:
-            deadline = time.monotonic() + 15
-            while READY not in log.read_text(errors="replace") and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert READY in log.read_text(errors="replace")
+            wait_until("OpenVPN ready", lambda: (READY in (got := log.read_text(errors="replace")), got), 15)
             limits = Path(f"/proc/{pid}/limits").read_text()
             assert re.search(rf"Max file size\s+{LIMIT}\s+{LIMIT}\s+bytes", limits), limits
             sent = 0
             for _ in range(3):  # each flood writes ~640 KB of log lines: 30 times the bound
                 sent += int(in_ns(home, sys.executable, "-c", FLOOD_SENDER, VPS_ADDR, str(FLOOD), HOME_ADDR,
                                   timeout=60).stdout)
-            time.sleep(1.0)  # let OpenVPN read what is queued
             assert sent * 150 > 8 * LIMIT, f"only {sent} packets: nothing to bound"
-            size = log.stat().st_size
+            # OpenVPN reads what is queued: until the log stops growing, which it does at the bound.
+            size = wait_until("the flood read into OpenVPN's log", stopped(log), 10, 0.3)
             assert LIMIT - 4096 < size <= LIMIT, f"{size} bytes after {sent} bad packets (bound {LIMIT})"
             assert not Path(f"{log}.1").exists()  # nothing cut it: the bound alone held
             os.kill(pid, 0)  # OpenVPN lives on (SIGXFSZ ignored: a write past the bound just fails)
@@ -156,8 +165,8 @@ def test_without_the_watchdog_the_log_stops_at_its_bound(tmp_path: Path) -> None
             # When a watchdog does run, its cut makes room and OpenVPN's next lines land again.
             assert logcap.cap(str(log), LIMIT // 2)
             in_ns(home, sys.executable, "-c", FLOOD_SENDER, VPS_ADDR, "10", HOME_ADDR, timeout=60)
-            time.sleep(0.5)
-            assert b"tls-crypt" in log.read_bytes() and log.stat().st_size < LIMIT // 2
+            wait_until("OpenVPN logging again after the cut", lambda: (b"tls-crypt" in log.read_bytes(), None), 10)
+            assert log.stat().st_size < LIMIT // 2
         finally:
             try:
                 os.kill(pid, signal.SIGTERM)
