@@ -16,12 +16,12 @@ cutime+cstime) over a window, at idle and during an outage.
 
 from __future__ import annotations
 
-import json
-import sys
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import crowd as crowd_script
 from bench import measure, watchstate
 from bench.servers import HOME_MARKER
 from bench.stage import VISIT_PORT, Stage
@@ -33,40 +33,6 @@ RECOVERY_LIMIT = 30.0
 PAUSE = 1.0  # between a recovery and the next pull
 SETTLE_WAIT = 20.0
 
-# Runs in the visitor's namespace: a new connection every INTERVAL s, each in its
-# own thread with a 5 s timeout, until STREAK requests in a row (by start time)
-# got WANT (and MARKER in the body) or LIMIT s passed. Prints every request as
-# [started, finished, status, matched] in wall-clock seconds.
-_CROWD = r"""
-import http.client, json, sys, threading, time
-host, port, want, marker = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].encode()
-interval, limit, streak = float(sys.argv[5]), float(sys.argv[6]), int(sys.argv[7])
-results, threads, lock = [], [], threading.Lock()
-def one():
-    t0 = time.time()
-    try:
-        c = http.client.HTTPConnection(host, port, timeout=5)
-        c.request("GET", "/")
-        r = c.getresponse(); body = r.read(); status = r.status
-    except Exception:
-        status, body = 0, b""
-    with lock:
-        results.append([t0, time.time(), status, status == want and marker in body])
-start = time.time()
-while time.time() - start < limit:
-    t = threading.Thread(target=one, daemon=True); t.start(); threads.append(t)
-    time.sleep(interval)
-    with lock:
-        done = sorted(results)
-    if len(done) >= streak and all(r[3] for r in done[-streak:]):
-        break
-for t in threads:
-    t.join(6)
-with lock:
-    print(json.dumps(sorted(results)))
-"""
-
-
 @dataclass
 class Cycle:
     failover_s: float | None  # cable pulled -> first friendly page
@@ -75,11 +41,14 @@ class Cycle:
     failed_during_outage: int  # requests that got nothing at all while the cable was out
 
 
-def crowd(stage: Stage, want: int, marker: str, since: float, limit: float) -> tuple[float | None, list[list]]:
-    """Seconds from ``since`` (wall clock) to the first matching reply, and every request."""
-    out = stage.lab.exec("visitor", sys.executable, "-c", _CROWD, stage.lab.vps_address, str(VISIT_PORT), str(want),
-                         marker, str(CROWD_EVERY), str(limit), str(STREAK), timeout=limit + 30)
-    results = json.loads(out.stdout)
+def crowd(stage: Stage, want: int, marker: str, since: float, limit: float,
+          every: float = CROWD_EVERY) -> tuple[float | None, list[list]]:
+    """Seconds from ``since`` (wall clock) to the first matching reply, and every request (a new
+    connection every ``every`` s)."""
+    pattern = re.compile(f"^{want} .*{re.escape(marker)}", re.S)
+    replies = crowd_script.run(stage.lab, pattern.pattern, every, limit, STREAK, port=VISIT_PORT)
+    # [started, finished, status, matched]: what the cycles and the report read.
+    results = [[t0, t1, int(reply.split(" ", 1)[0]), bool(pattern.search(reply))] for t0, t1, reply in replies]
     firsts = [done for _, done, _, matched in results if matched]
     return (min(firsts) - since if firsts else None), results
 

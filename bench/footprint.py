@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import measure, memory
+from bench import flood, measure, memory
 from bench.stage import Narrator, Stage, staged
 
 OUTAGE_WAIT = 20.0
@@ -35,52 +35,6 @@ STEADY_WAIT = 30.0  # bounded wait for the helpers of an earlier outage to be go
 FLOOD_CONNECTIONS = 1000
 FLOOD_SECONDS = 25.0
 GOALS_MB = {"steady": 16, "outage": 24, "flood": 32}  # what tests/e2e (test_failover, test_page_flood) assert
-
-# Runs in the visitor's namespace (the same flooder as tests/e2e/test_page_flood.py): keep COUNT
-# slow connections to HOST:80 for LIMIT s, a byte of a never-ending head every 2 s on each,
-# reopen what the server closed. Prints "open N", then one JSON summary at the end.
-FLOODER = r"""
-import json, resource, select, socket, sys, time
-host, count, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-resource.setrlimit(resource.RLIMIT_NOFILE, (count + 256, count + 256))
-head = b"GET / HTTP/1.1\r\nHost: blog.example.org\r\nX-Slow: " + b"a" * 100000
-socks, opened, dropped, lifetimes = {}, 0, 0, []
-def open_one():
-    global opened
-    s = socket.socket(); s.setblocking(False)
-    s.connect_ex((host, 80))
-    socks[s] = [time.monotonic(), 0]
-    opened += 1
-start = time.monotonic()
-for _ in range(count):
-    open_one()
-print(f"open {len(socks)}", flush=True)
-next_byte = time.monotonic()
-while time.monotonic() - start < limit:
-    now = time.monotonic()
-    if now >= next_byte:
-        for s, st in list(socks.items()):
-            try:
-                s.send(head[st[1]:st[1] + 1]); st[1] += 1
-            except OSError:
-                pass
-        next_byte = now + 2.0
-    r, _, _ = select.select(list(socks), [], [], 0.2)
-    for s in r:
-        try:
-            data = s.recv(65536)
-        except BlockingIOError:
-            continue
-        except OSError:
-            data = b""
-        if not data:
-            lifetimes.append(time.monotonic() - socks.pop(s)[0]); dropped += 1; s.close()
-            if time.monotonic() - start < limit - 1:
-                open_one()
-print(json.dumps({"opened": opened, "dropped": dropped, "open_at_end": len(socks),
-                  "longest_drop": max(lifetimes or [0]), "shortest_drop": min(lifetimes or [0])}), flush=True)
-"""
-
 
 def outage_parts(stage: Stage) -> dict[str, tuple[int, int]]:
     """(RSS, PSS) KiB per vpnoffload component while home is down and the page is served."""
@@ -107,18 +61,12 @@ def _page_visit(stage: Stage) -> tuple[int, float]:
 
 def _flood(stage: Stage, connections: int, seconds: float) -> dict[str, object]:
     """The flood (in an outage that already serves the page): the worst sum and the visitors."""
-    import json
-    import subprocess
-    import sys
-
-    flooder = stage.lab.popen("visitor", sys.executable, "-P", "-c", FLOODER, stage.lab.vps_address,
-                              str(connections), str(seconds), stdout=subprocess.PIPE, text=True)
+    flooder = flood.start(stage.lab, 80, connections, seconds, (stage.lab.visitor_address,), trickle=True)
     worst: dict[str, object] = {"rss_kb": 0}
     visits: list[list[float]] = []
     try:
-        assert flooder.stdout is not None
-        opened = flooder.stdout.readline().strip()
-        time.sleep(3)  # a round of trickled bytes, and the server's first drops
+        opened = flood.next_line(flooder)
+        flood.first_drop(flooder)  # the server's first drop (below its cap: at the head deadline)
         deadline = time.monotonic() + max(0.0, seconds - 6)
         while time.monotonic() < deadline and flooder.poll() is None:
             status, took = _page_visit(stage)
@@ -126,8 +74,8 @@ def _flood(stage: Stage, connections: int, seconds: float) -> dict[str, object]:
             now = own_sum(_now(stage))
             if now["rss_kb"] > worst["rss_kb"]:  # type: ignore[operator]
                 worst = now
-            time.sleep(0.5)
-        summary = json.loads(flooder.stdout.readline() or "{}")
+            time.sleep(0.5)  # pacing: one visitor every half second
+        summary = flood.summary(flooder)
         flooder.wait(15)
     finally:
         if flooder.poll() is None:

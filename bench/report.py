@@ -520,6 +520,47 @@ def _footprint_section(results: Results) -> list[str]:
     return out
 
 
+#: Issue 26's goal: p90 seconds to the prompt page after a pull, and to the site after the return.
+CROWD_GOAL = 1.0
+_KIND_LABELS = (("cable", "cable pulled"), ("server", "OpenVPN killed at the VPS"),
+                ("client", "OpenVPN killed at home"), ("home-stopped", "home web server stopped"),
+                ("home-reboot", "home rebooted"))
+
+
+def _crowd_table(sk: dict) -> list[str]:
+    """Issue 26's view: a crowd (a new connection every 50 ms) per fault kind, beside the peers' defaults."""
+    crowd = sk.get("crowd")
+    if not crowd:
+        return []
+    every, prompt = sk.get("crowd_every", 0.05), sk.get("prompt", 0.3)
+    out = [f"As a crowd sees it (a new connection every {every * 1000:g} ms during each fault and each return): "
+           f"seconds to the first *prompt* friendly page (a 503 that arrived within {prompt:g} s of that "
+           "visitor's connect) and to the first prompt page from home, from the return (cable back, web server "
+           "started) or, for faults that come back by themselves, from the fault; and the visitors who got "
+           f"neither. Goal (cable): both p90 ≤ {CROWD_GOAL:g} s. For comparison, the defaults of the others "
+           "(section 4): HAProxy ~6 s, cloudflared ~5 s, newt 3–5 s, frp ≥ 10 s.", ""]
+    rows = []
+    for kind, label in _KIND_LABELS:
+        c = crowd.get(kind)
+        if not c:
+            continue
+        page, back = c["page_s"], c["back_s"]
+
+        def three(s: dict) -> str:
+            if not s.get("n"):
+                return "never"
+            text = f"{_n(s.get('p50'), 2)} / {_n(s.get('p90'), 2)} / {_n(s.get('max'), 2)}"
+            return text + (f" ({s['missed']} never)" if s.get("missed") else "")
+
+        met = ""
+        if kind == "cable":
+            met = "yes" if all(s.get("n") and not s.get("missed") and s["p90"] <= CROWD_GOAL
+                               for s in (page, back)) else "**no**"
+        rows.append((label, str(c["count"]), three(page), three(back), str(c["neither"]), met))
+    return out + _table(("fault", "count", "prompt page (p50 / p90 / max s)", "site back (p50 / p90 / max s)",
+                         "got neither", "goal met"), rows, "lrrrrc")
+
+
 def _soak_section(results: Results) -> list[str]:
     out = ["### Soak: cable pulls with faults mixed in", ""]
     sk = results.soak
@@ -531,7 +572,8 @@ def _soak_section(results: Results) -> list[str]:
         f"{p.soak_minutes:g} minutes), measured as in item 4; one pull in every {sk['every']} also injects a fault, in "
         "turn: the watchdog SIGKILLed mid-outage and started again; after the pull, the VPS's OpenVPN server "
         "SIGKILLed (the watchdog restarts it); home's OpenVPN client SIGKILLed (the home keeper runs `up home` "
-        "again); a home reboot (its OpenVPN and keeper SIGKILLed, policy rules, table 7701 and chains wiped, "
+        "again); home's web server stopped with the tunnel up (started again once the page shows); a home reboot "
+        "(its OpenVPN and keeper SIGKILLed, policy rules, table 7701 and chains wiped, "
         "`up home` again). After every fault `status` is asked until it exits 0 with every service forwarding.",
         "",
     ]
@@ -545,7 +587,8 @@ def _soak_section(results: Results) -> list[str]:
     out += [f"Requests that got no answer at all during the outages: {sk['failed_during_outage']}.", ""]
     rows = []
     for kind, label in (("watchdog", "watchdog killed mid-outage"), ("server", "OpenVPN server killed"),
-                        ("client", "OpenVPN client killed"), ("home-reboot", "home reboot")):
+                        ("client", "OpenVPN client killed"), ("home-stopped", "home web server stopped"),
+                        ("home-reboot", "home reboot")):
         f = sk["faults"].get(kind) or {}
         if not f.get("count"):
             continue
@@ -558,6 +601,7 @@ def _soak_section(results: Results) -> list[str]:
     if rows:
         out += _table(("fault", "count", "page after (p50 / max s)", "site back after (p50 / max s)",
                        "status true after", "failed requests"), rows, "lrrrrr")
+    out += _crowd_table(sk)
     return out
 
 

@@ -51,9 +51,9 @@ class Profile:
     tunnel_variants: tuple[str, ...] | None  # None: all
     flood_connections: int = footprint.FLOOD_CONNECTIONS
     flood_seconds: float = footprint.FLOOD_SECONDS
-    soak_pulls: int = 100
-    soak_minutes: float = 14.0  # the soak stops after this long even with pulls left
-    soak_every: int = 4  # a fault every N-th pull, in turn
+    soak_pulls: int = 24  # issue 26: >= 20 cable pulls, and a few of each other fault
+    soak_minutes: float = 8.0  # the soak stops after this long even with pulls left
+    soak_every: int = 2  # a fault every N-th pull, in turn
 
 
 FULL = Profile("full", wrk_seconds=5, web_reps=2, concurrencies=(64, 1000), bulk_seconds=4, bulk_reps=3,
@@ -61,7 +61,7 @@ FULL = Profile("full", wrk_seconds=5, web_reps=2, concurrencies=(64, 1000), bulk
                tunnel_variants=None)
 QUICK = Profile("quick", wrk_seconds=3, web_reps=1, concurrencies=(64, 1000), bulk_seconds=3, bulk_reps=1,
                 memory_levels=(1, 100, 1000), pulls=5, watch_window=5.0, tunnel_seconds=3, tunnel_reps=1,
-                tunnel_variants=tunnel.QUICK_VARIANTS, flood_seconds=12.0, soak_pulls=8, soak_minutes=3.0,
+                tunnel_variants=tunnel.QUICK_VARIANTS, flood_seconds=12.0, soak_pulls=10, soak_minutes=3.0,
                 soak_every=2)
 
 

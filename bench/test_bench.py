@@ -170,3 +170,31 @@ def test_the_reproduce_block_runs_on_stock_debian_as_root() -> None:
     # Nothing stops at a question: iperf3's debconf question is asked at priority high.
     assert block.splitlines()[1].startswith("apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ")
     assert ".venv/bin/pip install" in block and "python3-dev gcc" in block
+
+
+def test_the_crowd_table_shows_each_kind_and_the_cable_goal() -> None:
+    from bench import soak
+
+    cycles = [{"prompt_page_s": 0.7 + i / 100, "prompt_back_s": 0.5, "neither": 0} for i in range(10)]
+    cycles[3]["neither"] = 2
+    faults = [{"kind": "home-stopped", "page_s": 0.8, "back_s": 0.3, "neither": 15},
+              {"kind": "client", "page_s": None, "back_s": 2.4, "neither": 0},
+              {"kind": "watchdog", "page_s": None, "back_s": 0.9}]
+    crowd = soak.by_kind(cycles, faults)
+    assert set(crowd) == {"cable", "home-stopped", "client"}
+    assert crowd["cable"]["count"] == 10 and crowd["cable"]["neither"] == 2
+    assert crowd["cable"]["page_s"]["p90"] <= 0.79 and crowd["client"]["page_s"] == {"n": 0, "missed": 1}
+    lines = report._crowd_table({"crowd": crowd, "crowd_every": 0.05, "prompt": 0.3})
+    assert any("HAProxy ~6 s" in line for line in lines)
+    cable = next(line for line in lines if line.startswith("| cable pulled"))
+    assert cable.endswith("| 2 | yes |") and "0.50 / 0.50 / 0.50" in cable
+    assert next(line for line in lines if line.startswith("| OpenVPN killed at home")).startswith(
+        "| OpenVPN killed at home | 1 | never |")
+    slow = {"crowd": {"cable": {**crowd["cable"], "back_s": {"n": 10, "missed": 0, "p50": 1.0, "p90": 1.2,
+                                                             "p95": 1.3, "max": 1.4}}}}
+    assert next(line for line in report._crowd_table(slow) if line.startswith("| cable")).endswith("| **no** |")
+    assert report._crowd_table({}) == []
+    assert soak.prompt_after([[10.0, 10.5, 503, True], [10.2, 10.4, 503, True], [10.3, 10.35, 200, False]],
+                             9.0) == 1.4
+    assert soak.prompt_after([[10.0, 10.5, 503, True]], 9.0) is None
+    assert soak.neither([[0, 0, 200, True], [0, 0, 503, True], [0, 0, 0, False], [0, 0, 502, False]]) == 2

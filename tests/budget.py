@@ -37,6 +37,7 @@ class Budget:
     flood_reply: float = 1.0  # one visitor's page during a slow-connection flood
     closed_at_once: float = 1.0  # a connection the VPS cannot serve (TLS without a certificate)
     refused_at_once: float = 0.2  # a RST from the VPS itself, not a connect timeout
+    prompt: float = 0.3  # a visitor's connect -> the page (or the site) it got: "promptly" (issue 26)
     offline_copy_run: float = 60.0  # the offline-copy test from up to down
 
 

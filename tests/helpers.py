@@ -39,6 +39,13 @@ def wait_until(what: str, check: Callable[[], tuple[bool, T]], limit: float, int
         time.sleep(interval)
 
 
+def seconds_until(what: str, check: Callable[[], tuple[bool, object]], limit: float, interval: float = 0.2) -> float:
+    """Like :func:`wait_until`, but returns how many seconds it took (for a test's report)."""
+    start = time.monotonic()
+    wait_until(what, check, limit, interval)
+    return time.monotonic() - start
+
+
 #: What a visitor may get before the change a crowd waits for: no reply (a connection that
 #: hung or was reset while the switch happened) or the friendly page (the state a recovery
 #: leaves). Never an error page, another site, or a reply from somewhere else.

@@ -112,6 +112,16 @@ def pid_of(pidfile: "str | os.PathLike[str]", *, program: bytes = b"", args: tup
     return ours(read_pid(pidfile), program=program, args=args, contains=contains)
 
 
+def scan(*, program: bytes, args: tuple[bytes, ...]) -> list[int]:
+    """Every live process of ours (see :func:`ours`) with ``args`` among its arguments, found
+    without a pidfile: for a daemon interrupted before it wrote one."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and ours(int(entry), program=program, args=args) is not None:
+            found.append(int(entry))
+    return found
+
+
 def openvpn_runs(pidfile: "str | os.PathLike[str]", config: "str | os.PathLike[str]") -> bool:
     """``pidfile`` names a live openvpn running ``config`` (the check of DaemonTunnel and both keepers)."""
     return pid_of(pidfile, program=b"openvpn", args=(os.fsencode(config),)) is not None

@@ -215,7 +215,7 @@ def _connected_at(client: dict[str, Any]) -> float:
 
 def add_access_drops(config: Config, services: list[ServiceReport]) -> None:
     """Each restricted service's ``access_dropped``: {rule: new connections dropped}, read
-    from the kernel now (None: unreadable). Issue 28; see lean/accessdrops.py."""
+    from the kernel now (None: unreadable). See lean/accessdrops.py."""
     from vpnoffload.lean import accessdrops
 
     numbers = accessdrops.restricted(config)
@@ -321,7 +321,7 @@ def _ago(ts: float | None) -> str:
 
 
 def _home_box(paths: Paths) -> Report | None:
-    """On a home box: its host firewall and keeper (issue 29)."""
+    """On a home box: its host firewall and keeper."""
     from vpnoffload.firewall.host.plan import home_box_report
 
     data = home_box_report(paths.run)

@@ -11,18 +11,24 @@ import contextlib
 import functools
 import os
 import shutil
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from bench import crowd as crowd_script
 from tests.helpers import BEFORE_THE_SWITCH, judge_crowd
 from tests.nslib import unique
 from tests.prereq import missing, need, tool_problem
 from vpnoffload.errors import PrerequisiteError
 from vpnoffload.lab.netns import Lab, check_prerequisites, lab_session
 from vpnoffload.paths import CONFIG_ENV, STATE_ENV
+
+if TYPE_CHECKING:  # faultlab imports this module
+    from tests.e2e.faultlab import Deployment
 
 
 @contextlib.contextmanager
@@ -63,6 +69,23 @@ def lab2vps() -> Iterator[Lab]:
     """The lab with a second VPS, vps2 at 203.0.113.20 (its cable: to-vps2)."""
     with _test_lab("e2e2v", second_vps=True) as made:
         yield made
+
+
+@pytest.fixture
+def nat_lab() -> Iterator[Lab]:
+    """The e2e lab with the VPS behind the router's 1:1 NAT (see vpnoffload.lab.netns)."""
+    with _test_lab("nat", one_to_one_nat=True) as made:
+        yield made
+
+
+@pytest.fixture
+def healthy(dep: Deployment) -> Deployment:
+    """The module's ``dep`` fixture (a tests.e2e.faultlab Deployment), served from home with
+    status exit 0: each test undoes its fault; a fault that lasts shows up here, in the next test."""
+    from tests.e2e.faultlab import healthy_again
+
+    healthy_again(dep, limit=30)
+    return dep
 
 
 def cli_argv(*args: str) -> list[str]:
@@ -158,11 +181,12 @@ def cli(lab: Lab, host: str, site: Path, *args: str, check: bool = True, timeout
     return proc
 
 
-def configure(lab: Lab, vps_site: Path, home_site: Path, *services: list[str]) -> None:
-    """What a user does on the VPS (init, services, the home profile) and copies to home."""
+def configure(lab: Lab, vps_site: Path, home_site: Path, *services: list[str], init: tuple[str, ...] = ()) -> None:
+    """What a user does on the VPS (init with ``init``'s further options, services, the home
+    profile) and copies to home."""
     import shutil
 
-    cli(lab, "vps", vps_site, "init", "--vps-address", lab.vps_address, "--tunnel-subnet", TUNNEL_SUBNET)
+    cli(lab, "vps", vps_site, "init", "--vps-address", lab.vps_address, "--tunnel-subnet", TUNNEL_SUBNET, *init)
     for service in services:
         cli(lab, "vps", vps_site, "service", "add", *service)
     (home_site / "state").mkdir(mode=0o755)
@@ -185,47 +209,24 @@ def openvpn_pids(lab: Lab, host: str) -> list[str]:
     return found
 
 
-# Runs in the visitor's namespace: a new connection every INTERVAL s (each in its
-# own thread, 5 s timeout), until STREAK started-in-a-row replies matched WANT (a
-# regex over "STATUS BODY") or LIMIT s passed. Prints [started, finished, reply]
-# for every request, on the wall clock (shared with the test process).
-CROWD = r"""
-import http.client, json, re, sys, threading, time
-host, want, interval, limit, streak = sys.argv[1], re.compile(sys.argv[2], re.S), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-results, threads = [], []
-def one():
-    t0 = time.time()
-    try:
-        c = http.client.HTTPConnection(host, 80, timeout=5)
-        c.request("GET", "/", headers={"Host": "blog.example.org"})
-        r = c.getresponse(); reply = f"{r.status} {r.read().decode('utf-8', 'replace')}"
-    except Exception as e:
-        reply = f"0 {type(e).__name__}"
-    results.append([t0, time.time(), reply])
-start = time.time()
-while time.time() - start < limit:
-    t = threading.Thread(target=one); t.start(); threads.append(t)
-    time.sleep(interval)
-    done = sorted(results)
-    if len(done) >= streak and all(want.search(r[2]) for r in done[-streak:]):
-        break
-for t in threads:
-    t.join(6)
-print(json.dumps(sorted(results)))
-"""
-
-
 def crowd(lab: Lab, want: str, since: float, limit: float = 15, before: str = BEFORE_THE_SWITCH) -> float:
     """Visitors asking 5x a second on new connections: seconds from ``since`` until the
     first reply matching ``want`` (regex over "STATUS BODY") reached a visitor; the
     replies are judged by :func:`tests.helpers.judge_crowd` (nothing else after it, no
     second-long reply, nothing but ``before`` or ``want`` before it)."""
-    import json
-
-    proc = lab.exec("visitor", sys.executable, "-c", CROWD, lab.vps_address, want, "0.2", str(limit), "5",
-                    timeout=limit + 20)
-    results = json.loads(proc.stdout)
+    results = crowd_script.run(lab, want, 0.2, limit, 5, host_header="blog.example.org")
     return judge_crowd(results, want, before, limit) - since
+
+
+def prompt_crowd(lab: Lab, want: str, since: float, limit: float, prompt: float, every: float = 0.05) -> float | None:
+    """A crowd (a new connection every ``every`` s) until 5 in a row match ``want``: seconds from
+    ``since`` to the first matching reply that came within ``prompt`` s of its visitor's connect
+    (None: no prompt one)."""
+    pattern = re.compile(want, re.S)
+    prompt_ones = [done for started, done, reply in crowd_script.run(lab, want, every, limit, 5,
+                                                                    host_header="blog.example.org")
+                   if pattern.search(reply) and done - started <= prompt]
+    return min(prompt_ones) - since if prompt_ones else None
 
 
 #: ufw keeps its rules and defaults in global files, shared by every namespace.

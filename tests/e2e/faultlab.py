@@ -5,8 +5,8 @@ that visitor just got.
 
 The home app (:data:`APP`) serves each configured target port; per connection it reads
 its mode from a file: ``ok`` (answers at once with the visitor's address), ``slow``
-(answers after 2 s) or ``trickle`` (sends its status line one byte per 0.3 s, for at
-most 20 s). A test that stops it (``Deployment.stop_app``) gets a refused port, with
+(answers after 2 s), ``trickle`` (sends its status line one byte per 0.3 s, for at
+most 20 s) or ``bulk`` (a 200 head, then as many bytes as the path takes, for 15 s). A test that stops it (``Deployment.stop_app``) gets a refused port, with
 the tunnel up.
 
 "Agrees" is judged on a *moment*: a visit, then ``status --json`` until it agrees with
@@ -22,7 +22,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import cli, configure
-from tests.e2e.test_failover import start_watch
+from tests.e2e.labkit import start_watch
+from tests.helpers import seconds_until
 from vpnoffload.lab.netns import Lab
 
 HOSTNAME = "blog.example.org"
@@ -70,6 +71,12 @@ def serve(conn, client):
                     return
                 conn.sendall(TRICKLE[i:i + 1])
                 time.sleep(0.3)
+            return
+        if how == "bulk":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n")
+            chunk, end = b"x" * 65536, time.monotonic() + 15
+            while time.monotonic() < end:
+                conn.sendall(chunk)
             return
         if how == "slow":
             time.sleep(2.0)
@@ -344,18 +351,6 @@ def wait_for(dep: Deployment, kind: str, limit: float, port: int = WEB[1], since
     pytest.fail(f"visitors on :{port} got no {kind} within {limit:g} s; last: {last}", pytrace=False)
 
 
-def until(what: str, check: Callable[[], tuple[bool, object]], limit: float) -> float:
-    """Seconds until ``check()`` says ok; fails after ``limit`` s, showing its last word."""
-    start = time.monotonic()
-    last: object = None
-    while time.monotonic() - start < limit:
-        ok, last = check()
-        if ok:
-            return time.monotonic() - start
-        time.sleep(0.2)
-    pytest.fail(f"{what}: not within {limit:g} s; last: {last}", pytrace=False)
-
-
 def healthy_again(dep: Deployment, limit: float = 15.0) -> None:
     """Every service served from home and status exit 0 (how each test finds and leaves the lab)."""
     def ok() -> tuple[bool, object]:
@@ -364,7 +359,7 @@ def healthy_again(dep: Deployment, limit: float = 15.0) -> None:
 
     for _, port, _ in dep.services:
         wait_for(dep, "home", limit, port)
-    until("status exit 0", ok, limit)
+    seconds_until("status exit 0", ok, limit)
 
 
 def report(capsys: pytest.CaptureFixture, tag: str, text: str) -> None:

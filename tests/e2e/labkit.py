@@ -15,23 +15,25 @@ from pathlib import Path
 
 import pytest
 
+from bench import crowd as crowd_script
 from tests import hostshapes
-from tests.e2e.conftest import CROWD, cli, cli_argv, configure
+from tests.e2e.conftest import cli, cli_argv, configure, openvpn_pids
+from tests.helpers import wait_until
 from tests.nslib import in_ns, unique
-from vpnoffload.lab.netns import Lab, namespace_pids
-from vpnoffload.lab.snapshot import snapshot
+from vpnoffload.lab.netns import Lab, child_env, namespace_pids
+from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 from vpnoffload.procs import alive
 
 HOSTNAME = "blog.example.org"
 
-# Runs in the visitor's namespace: one GET on a new connection, as JSON.
+# Runs in the visitor's namespace: one request on a new connection, as JSON.
 VISIT = r"""
 import http.client, json, sys, time
-host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+host, port, timeout, path, method = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], sys.argv[5]
 start = time.monotonic()
 try:
     c = http.client.HTTPConnection(host, port, timeout=timeout)
-    c.request("GET", "/whoami", headers={"Host": "blog.example.org"})
+    c.request(method, path, headers={"Host": "blog.example.org"})
     r = c.getresponse()
     out = {"status": r.status, "headers": dict(r.getheaders()), "body": r.read().decode("utf-8", "replace")}
 except Exception as e:
@@ -41,21 +43,19 @@ print(json.dumps(out))
 """
 
 
-def visit(lab: Lab, port: int = 80, timeout: float = 1.0) -> dict:
-    proc = lab.exec("visitor", sys.executable, "-c", VISIT, lab.vps_address, str(port), str(timeout), timeout=timeout + 10)
+def visit(lab: Lab, port: int = 80, timeout: float = 1.0, path: str = "/whoami", method: str = "GET") -> dict:
+    """One visitor's request (Host: blog.example.org) to the VPS on a new connection:
+    {"status" (0: none), "headers", "body" or "error", "seconds"}."""
+    proc = lab.exec("visitor", sys.executable, "-c", VISIT, lab.vps_address, str(port), str(timeout), path, method,
+                    timeout=timeout + 10)
     return json.loads(proc.stdout)
 
 
 def until(lab: Lab, want: int, limit: float) -> tuple[float, dict]:
     """Visit on new connections several times a second until status ``want``; (seconds, last reply)."""
     start = time.monotonic()
-    last: dict = {}
-    while time.monotonic() - start < limit:
-        last = visit(lab)
-        if last["status"] == want:
-            return time.monotonic() - start, last
-        time.sleep(0.1)
-    pytest.fail(f"no HTTP {want} within {limit} s; last reply: {last}", pytrace=False)
+    last = wait_until(f"HTTP {want} for a visitor", lambda: ((r := visit(lab))["status"] == want, r), limit)
+    return time.monotonic() - start, last
 
 
 def status(lab: Lab, site: Path) -> tuple[int, dict]:
@@ -65,26 +65,30 @@ def status(lab: Lab, site: Path) -> tuple[int, dict]:
 
 
 def wait_status(lab: Lab, site: Path, want: int, limit: float = 6) -> tuple[int, dict]:
-    deadline = time.monotonic() + limit
-    while True:
-        code, data = status(lab, site)
-        if code == want or time.monotonic() > deadline:
-            assert code == want, data
-            return code, data
-        time.sleep(0.2)
+    return wait_until(f"status exit {want}", lambda: ((got := status(lab, site))[0] == want, got), limit, 0.2)
 
 
 def start_watch(lab: Lab, site: Path, log: Path) -> subprocess.Popen:
     out = open(log, "ab")
     proc = lab.popen("vps", *cli_argv("-c", str(site / "vpnoffload.toml"), "watch"), stdout=out, stderr=out)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        code, data = status(lab, site)
-        if data["watchdog"]["running"]:
-            return proc
+
+    def running() -> tuple[bool, str]:
         assert proc.poll() is None, log.read_text()
-        time.sleep(0.2)
-    pytest.fail(f"watchdog did not start:\n{log.read_text()}", pytrace=False)
+        return status(lab, site)[1]["watchdog"]["running"], log.read_text()[-2000:]
+    wait_until("the watchdog starts", running, 15, 0.2)
+    return proc
+
+
+def down_both(lab: Lab, vps_site: Path, home_site: Path, before: dict[str, dict], *, openvpn_gone: bool = True) -> None:
+    """`down` on home, then on the VPS: each host is then exactly as ``before`` (its snapshot
+    by host name) and, with ``openvpn_gone``, runs no OpenVPN."""
+    cli(lab, "home", home_site, "down", "home")
+    cli(lab, "vps", vps_site, "down", "vps")
+    for host in ("vps", "home"):
+        after = snapshot(lab, host)
+        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
+        if openvpn_gone:
+            assert openvpn_pids(lab, host) == []
 
 
 def report(capsys: pytest.CaptureFixture, text: str) -> None:
@@ -142,9 +146,7 @@ def through_outage(lab: Lab, since: float, limit: float = 40,
 
     Without ``page_required`` an outage shorter than the watchdog's detection may show no
     page: then every visitor must have got the site (late, by TCP's SYN retry), none a failure."""
-    proc = lab.exec("visitor", sys.executable, "-c", CROWD, lab.vps_address, "^200 ", "0.2", str(limit), "5",
-                    timeout=limit + 20)
-    results = json.loads(proc.stdout)
+    results = crowd_script.run(lab, "^200 ", 0.2, limit, 5, host_header=HOSTNAME)
     pages = [done for _, done, reply in results if reply.startswith("503 ")]
     if not pages and not page_required:
         assert results and all(r[2].startswith("200 ") for r in results), [r[2][:30] for r in results]
@@ -176,13 +178,12 @@ def wipe_like_a_reboot(lab: Lab, host: str) -> None:
 def wait_reply(lab: Lab, url: str, want: str, limit: float) -> tuple[int, str, float]:
     """Visit ``url`` from the visitor until the reply contains ``want``; (status, body, seconds)."""
     start = time.monotonic()
-    status, body = 0, ""
-    while time.monotonic() - start < limit:
+
+    def holds() -> tuple[bool, tuple[int, str]]:
         status, body = lab.http_get("visitor", url, timeout=2)
-        if want in f"{status} {body}":
-            return status, body, time.monotonic() - start
-        time.sleep(0.2)
-    pytest.fail(f"{url}: no {want!r} within {limit} s; last reply {status} {body[:200]!r}", pytrace=False)
+        return want in f"{status} {body}", (status, body)
+    status, body = wait_until(f"{url}: {want!r} in the reply", holds, limit, 0.2)
+    return status, body, time.monotonic() - start
 
 
 # ------------------------------------------------------------------ blocks on the VPS (forward path, truth, faults)
@@ -213,15 +214,9 @@ TUNNEL_SUBNET6 = "fd00:88::/64"
 def wait_http(lab: Lab, url: str, want: int, limit: float) -> tuple[float, str]:
     """GET ``url`` from the visitor on new connections until HTTP ``want``; (seconds, body)."""
     start = time.monotonic()
-    last: tuple[int, str] = (0, "")
-    while time.monotonic() - start < limit:
-        last = lab.http_get("visitor", url, timeout=1.0)
-        if last[0] == want:
-            return time.monotonic() - start, last[1]
-        time.sleep(0.1)
-    pytest.fail(f"no HTTP {want} from {url} within {limit} s; last: {last}", pytrace=False)
-
-
+    last = wait_until(f"HTTP {want} from {url}", lambda: ((r := lab.http_get("visitor", url, timeout=1.0))[0] == want, r),
+                      limit)
+    return time.monotonic() - start, last[1]
 
 
 # -- a home box shaped as Docker makes it (a container behind a published port)
@@ -237,7 +232,8 @@ DOCKER_RULES = hostshapes.docker(BRIDGE, "198.18.5.0/24", published=((PUBLISHED,
 
 
 def make_container_home(lab: Lab, container_ns: str) -> None:
-    """docker0 in the home namespace, one container behind it, Docker's rules, forwarding on."""
+    """docker0 in the home namespace, one container behind it, Docker's rules, forwarding on,
+    and the container's web server (named "container") answering on INSIDE."""
     home = lab.namespace("home")
     lab.exec("home", "ip", "link", "add", BRIDGE, "type", "bridge")
     lab.exec("home", "ip", "addr", "add", BRIDGE_ADDRESS, "dev", BRIDGE)
@@ -251,3 +247,7 @@ def make_container_home(lab: Lab, container_ns: str) -> None:
     in_ns(container_ns, "ip", "route", "add", "default", "via", BRIDGE_ADDRESS.split("/")[0])
     lab.exec("home", "sysctl", "-qw", "net.ipv4.ip_forward=1")
     lab.exec("home", "iptables-nft-restore", input=DOCKER_RULES)
+    subprocess.Popen(["ip", "netns", "exec", container_ns, sys.executable, "-m", "vpnoffload.lab.web",
+                      "--port", str(INSIDE), "--name", "container"], env=child_env(),
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert lab.wait_tcp("home", CONTAINER, INSIDE)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import cli, configure, openvpn_pids
-from tests.e2e.labkit import HOSTNAME, start_watch
+from tests.e2e.conftest import cli, configure
+from tests.e2e.labkit import HOSTNAME, down_both, start_watch
 from vpnoffload.lab.netns import Lab
-from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from vpnoffload.lab.snapshot import snapshot
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
@@ -171,12 +171,7 @@ def test_lists_and_limits_per_service(lab: Lab, sites: tuple[Path, Path], tmp_pa
         watch.terminate()
         watch.wait(10)
 
-    cli(lab, "home", home_site, "down", "home")
-    cli(lab, "vps", vps_site, "down", "vps")
-    for host in ("vps", "home"):
-        after = snapshot(lab, host)
-        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
-        assert openvpn_pids(lab, host) == []
+    down_both(lab, vps_site, home_site, before)
     web.terminate()
 
 

@@ -12,17 +12,15 @@ and ``down`` must leave both hosts exactly as they were.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import cli, cli_argv, configure
-from tests.e2e.labkit import CONTAINER, INSIDE, PUBLISHED, make_container_home, wait_reply
+from tests.e2e.labkit import CONTAINER, PUBLISHED, down_both, make_container_home, wait_reply
 from tests.nslib import namespaces, unique
-from vpnoffload.lab.netns import Lab, child_env
-from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from vpnoffload.lab.netns import Lab
+from vpnoffload.lab.snapshot import snapshot
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 
@@ -32,10 +30,6 @@ def test_container_behind_a_published_port_serves_visitors_with_their_address(
     configure(lab, vps_site, home_site, ["web", "--listen", "80", "--target", str(PUBLISHED), "--check", "http:/"])
     with namespaces(unique("ctr")) as (container,):
         make_container_home(lab, container)
-        subprocess.Popen(["ip", "netns", "exec", container, sys.executable, "-m", "vpnoffload.lab.web",
-                          "--port", str(INSIDE), "--name", "container"], env=child_env(),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert lab.wait_tcp("home", CONTAINER, INSIDE)
         before = {host: snapshot(lab, host) for host in ("vps", "home")}
 
         cli(lab, "vps", vps_site, "up", "vps")
@@ -61,8 +55,4 @@ def test_container_behind_a_published_port_serves_visitors_with_their_address(
         _, body, took = wait_reply(lab, url, lab.visitor_address, 15)
         print(f"[container home] cable back -> container again after {took:.2f} s")
 
-        cli(lab, "home", home_site, "down", "home")
-        cli(lab, "vps", vps_site, "down", "vps")
-        for host in ("vps", "home"):
-            after = snapshot(lab, host)
-            assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
+        down_both(lab, vps_site, home_site, before, openvpn_gone=False)

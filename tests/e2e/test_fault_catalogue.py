@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.faultlab import WEB, Deployment, deployment, healthy_again, moment, report, visit, wait_for
+from tests.e2e.faultlab import WEB, Deployment, deployment, moment, report, visit, wait_for
 from tests.e2e.labkit import BLOCK as WHOLE_TUNNEL_BLOCK
 from tests.e2e.labkit import kill
 from vpnoffload.lab.netns import Lab
@@ -54,14 +54,6 @@ def dep(module_lab: Lab, module_sites: tuple[Path, Path],
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     with deployment(module_lab, module_sites, tmp_path_factory.mktemp("faults")) as made:
         yield made
-
-
-@pytest.fixture
-def healthy(dep: Deployment) -> Deployment:
-    """Served from home with status exit 0 (each test undoes its fault; a fault that lasts
-    shows up here, in the next test)."""
-    healthy_again(dep, limit=30)
-    return dep
 
 
 #: Makes a fault and returns how to undo it (None: vpnoffload repairs this one itself).

@@ -6,7 +6,6 @@ watchdog (stopped or killed); `down` leaves the VPS as it was."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import cli, cli_argv, configure
-from tests.e2e.labkit import BLOCK, IPTABLES_BLOCK, IPTABLES_UNBLOCK, PORT_BLOCK, PORT_UNBLOCK, UNBLOCK
+from tests.e2e.labkit import BLOCK, IPTABLES_BLOCK, IPTABLES_UNBLOCK, PORT_BLOCK, PORT_UNBLOCK, UNBLOCK, status
+from tests.helpers import seconds_until
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
@@ -22,23 +22,6 @@ pytestmark = pytest.mark.root
 
 BLOCKS = {"all-into-tunnel": (BLOCK, UNBLOCK), "nft-port-8080": (PORT_BLOCK, PORT_UNBLOCK),
           "iptables-forward-8080": (IPTABLES_BLOCK, IPTABLES_UNBLOCK)}
-
-
-def status(lab: Lab, site: Path) -> tuple[int, dict]:
-    proc = cli(lab, "vps", site, "status", "--json", check=False)
-    assert proc.returncode in (0, 1), proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
-
-
-def until(what: str, check, limit: float) -> float:
-    start = time.monotonic()
-    last = None
-    while time.monotonic() - start < limit:
-        ok, last = check()
-        if ok:
-            return time.monotonic() - start
-        time.sleep(0.2)
-    pytest.fail(f"{what}: not within {limit} s; last: {last}", pytrace=False)
 
 
 def probe_link(lab: Lab) -> bool:
@@ -69,10 +52,10 @@ def _gone_with_a_killed_watchdog(lab: Lab, vps_site: Path, tmp_path: Path) -> No
     """SIGKILL leaves nothing: the kernel frees the namespace, and the veth pair with it."""
     with open(tmp_path / "watch2.log", "ab") as out:
         watch = lab.popen("vps", *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "watch"), stdout=out, stderr=out)
-    until("the probe link is made", lambda: (probe_link(lab), None), 10)
+    seconds_until("the probe link is made", lambda: (probe_link(lab), None), 10)
     watch.kill()
     watch.wait(10)
-    until("the probe link goes with the killed watchdog", lambda: (not probe_link(lab), None), 5)
+    seconds_until("the probe link goes with the killed watchdog", lambda: (not probe_link(lab), None), 5)
 
 
 def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Path, capsys,
@@ -91,7 +74,7 @@ def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Pat
         code, data = status(lab, vps_site)
         return code == 0 and data["watchdog"]["running"], data["services"]
 
-    until("served from home and status ok", lambda: (served()[0] and healthy()[0], None), 20)
+    seconds_until("served from home and status ok", lambda: (served()[0] and healthy()[0], None), 20)
     assert probe_link(lab), (tmp_path / "watch.log").read_text()
 
     blocked_at = time.monotonic()
@@ -105,8 +88,8 @@ def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Pat
             svc = data["services"][0]
             return code != 0 and svc.get("reason") == "path blocked on the VPS", svc
 
-        took_status = until("status names the blocked path", blocked, 10)
-        took_page = until("visitors get the page", lambda: ((r := lab.http_get("visitor", url, timeout=1))[0] == 503, r[0]),
+        took_status = seconds_until("status names the blocked path", blocked, 10)
+        took_page = seconds_until("visitors get the page", lambda: ((r := lab.http_get("visitor", url, timeout=1))[0] == 503, r[0]),
                           max(0.5, 10 - (time.monotonic() - blocked_at)))
         text = cli(lab, "vps", vps_site, "status", check=False).stdout
         assert "path blocked on the VPS" in text and "drops forwarded traffic" in text, text
@@ -119,8 +102,8 @@ def _blocked_then_fixed(lab: Lab, vps_site: Path, home_site: Path, tmp_path: Pat
         if not had_filter:
             lab.exec("vps", "nft", "delete", "table", "ip", "filter", check=False)
     fixed_at = time.monotonic()
-    took_back = until("the site is back", served, 10)
-    until("status ok again", healthy, max(1.0, 10 - (time.monotonic() - fixed_at)))
+    took_back = seconds_until("the site is back", served, 10)
+    seconds_until("status ok again", healthy, max(1.0, 10 - (time.monotonic() - fixed_at)))
     with capsys.disabled():
         print(f"\n[forward path] blocked -> status {took_status:.1f} s, page {took_page:.1f} s; "
               f"fixed -> site back {took_back:.1f} s", flush=True)

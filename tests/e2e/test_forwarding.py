@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, cli, configure, openvpn_pids
+from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, cli, configure
+from tests.e2e.labkit import down_both
 from vpnoffload.lab.netns import Lab
-from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from vpnoffload.lab.snapshot import snapshot
 
 pytestmark = pytest.mark.root
 
@@ -58,11 +59,6 @@ def test_visitor_is_served_from_home_and_down_restores_everything(lab: Lab, site
     assert "nothing to do" in again_home.stdout, again_home.stdout
 
     # (5): down on both ends restores every table, rule, route, address and sysctl
-    cli(lab, "home", home_site, "down", "home")
-    cli(lab, "vps", vps_site, "down", "vps")
-    for host in ("vps", "home"):
-        after = snapshot(lab, host)
-        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
-        assert openvpn_pids(lab, host) == []
+    down_both(lab, vps_site, home_site, before)
     web.terminate()
     secret.terminate()

@@ -20,9 +20,9 @@ import pytest
 
 from tests import hostshapes
 from tests.e2e.conftest import cli, configure
-from tests.e2e.labkit import HOSTNAME, start_watch, status, until
+from tests.e2e.labkit import HOSTNAME, down_both, start_watch, status, until
 from vpnoffload.lab.netns import Lab
-from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from vpnoffload.lab.snapshot import snapshot
 
 pytestmark = pytest.mark.root
 
@@ -141,11 +141,7 @@ def test_host_firewall_shape(shape: str, where: str, lab: Lab, sites: tuple[Path
 
     watch.send_signal(signal.SIGTERM)
     assert watch.wait(10) == 0
-    cli(lab, "home", home_site, "down", "home")
-    cli(lab, "vps", vps_site, "down", "vps")
-    for host in ("vps", "home"):
-        after = snapshot(lab, host)
-        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
+    down_both(lab, vps_site, home_site, before, openvpn_gone=False)
     if shape == "ufw":
         added = lab.exec(hosts[0], "ufw", "show", "added").stdout
         assert "vpnoffload" not in added, added

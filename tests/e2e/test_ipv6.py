@@ -11,17 +11,16 @@ restores both hosts exactly.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, TUNNEL_SUBNET, cli, cli_argv, openvpn_pids
+from tests.e2e.conftest import HOME_TUNNEL_ADDRESS, cli, cli_argv, configure
 from vpnoffload.lab.netns import Lab
-from vpnoffload.lab.snapshot import snapshot, snapshot_diff
-from tests.e2e.labkit import TUNNEL_SUBNET6, wait_http
+from vpnoffload.lab.snapshot import snapshot
+from tests.e2e.labkit import TUNNEL_SUBNET6, down_both, wait_http
 
 pytestmark = pytest.mark.root
 
@@ -36,14 +35,9 @@ def test_dedicated_ipv6_address_real_visitor_page_and_clean_down(
     blog_url = f"http://[{blog}]/whoami"
 
     # --- on the VPS: a tunnel with an IPv6 subnet, one IPv6 and one IPv4 service
-    cli(lab, "vps", vps_site, "init", "--vps-address", lab.vps_address,
-        "--tunnel-subnet", TUNNEL_SUBNET, "--tunnel-subnet6", TUNNEL_SUBNET6)
-    cli(lab, "vps", vps_site, "service", "add", "blog", "--listen", f"[{blog}]:80", "--target", "8080",
-        "--check", "http:/", "--hostname", HOSTNAME)
-    cli(lab, "vps", vps_site, "service", "add", "web", "--listen", "80", "--target", "8081")
-    (home_site / "state").mkdir(mode=0o755)
-    cli(lab, "vps", vps_site, "render", "home", "--out", str(home_site / "state"))
-    shutil.copy(vps_site / "vpnoffload.toml", home_site / "vpnoffload.toml")
+    configure(lab, vps_site, home_site,
+              ["blog", "--listen", f"[{blog}]:80", "--target", "8080", "--check", "http:/", "--hostname", HOSTNAME],
+              ["web", "--listen", "80", "--target", "8081"], init=("--tunnel-subnet6", TUNNEL_SUBNET6))
     doctor = cli(lab, "vps", vps_site, "doctor", check=False)
     assert "2001:db8:1::/64" in doctor.stdout, doctor.stdout
 
@@ -91,9 +85,4 @@ def test_dedicated_ipv6_address_real_visitor_page_and_clean_down(
     watch.wait(10)
 
     # down on both ends restores every table (ip6tables too), rule, route, address and sysctl.
-    cli(lab, "home", home_site, "down", "home")
-    cli(lab, "vps", vps_site, "down", "vps")
-    for host in ("vps", "home"):
-        after = snapshot(lab, host)
-        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
-        assert openvpn_pids(lab, host) == []
+    down_both(lab, vps_site, home_site, before)

@@ -16,7 +16,6 @@ opening there; the firewalld-shaped table here (no daemon) gets them as native n
 
 from __future__ import annotations
 
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -24,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from tests import hostshapes
-from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv
-from tests.e2e.labkit import TUNNEL_SUBNET6, wait_http
+from tests.e2e.conftest import cli, cli_argv, configure
+from tests.e2e.labkit import TUNNEL_SUBNET6, down_both, wait_http
 from vpnoffload.lab.netns import Lab
-from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from vpnoffload.lab.snapshot import snapshot
 
 pytestmark = pytest.mark.root
 
@@ -61,13 +60,9 @@ def test_ipv6_service_through_the_vps_firewall(shape: str, lab6: Lab, sites: tup
     lab, (vps_site, home_site) = lab6, sites
     blog = lab.vps_spare_addresses6[0]
     url = f"http://[{blog}]/whoami"
-    cli(lab, "vps", vps_site, "init", "--vps-address", lab.vps_address,
-        "--tunnel-subnet", TUNNEL_SUBNET, "--tunnel-subnet6", TUNNEL_SUBNET6)
-    cli(lab, "vps", vps_site, "service", "add", "blog", "--listen", f"[{blog}]:80", "--target", "8080",
-        "--check", "http:/", "--hostname", HOSTNAME)
-    (home_site / "state").mkdir(mode=0o755)
-    cli(lab, "vps", vps_site, "render", "home", "--out", str(home_site / "state"))
-    shutil.copy(vps_site / "vpnoffload.toml", home_site / "vpnoffload.toml")
+    configure(lab, vps_site, home_site,
+              ["blog", "--listen", f"[{blog}]:80", "--target", "8080", "--check", "http:/", "--hostname", HOSTNAME],
+              init=("--tunnel-subnet6", TUNNEL_SUBNET6))
     lab.popen("home", sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080", "--bind", "::")
     assert lab.wait_tcp("home", "::1", 8080)
     install(lab, shape, tmp_path)
@@ -100,10 +95,6 @@ def test_ipv6_service_through_the_vps_firewall(shape: str, lab6: Lab, sites: tup
     finally:
         watch.send_signal(signal.SIGTERM)
         watch.wait(10)
-    cli(lab, "home", home_site, "down", "home")
-    cli(lab, "vps", vps_site, "down", "vps")
-    for host in ("vps", "home"):
-        after = snapshot(lab, host)
-        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
+    down_both(lab, vps_site, home_site, before, openvpn_gone=False)
     if shape == "ufw":
         assert "vpnoffload" not in lab.exec("vps", "ufw", "show", "added").stdout

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.budget import budget
-from tests.e2e.conftest import cli, configure, crowd, openvpn_pids
-from tests.e2e.labkit import HOSTNAME, start_watch, visit
+from tests.e2e.conftest import cli, configure, crowd
+from tests.e2e.labkit import HOSTNAME, down_both, start_watch, visit
 from vpnoffload.lab.netns import Lab
-from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from vpnoffload.lab.snapshot import snapshot
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
@@ -71,10 +71,5 @@ def test_served_from_home_failover_and_back_with_the_nft_backend(
         watch.terminate()
         watch.wait(10)
 
-    cli(lab, "home", home_site, "down", "home")
-    cli(lab, "vps", vps_site, "down", "vps")
-    for host in ("vps", "home"):
-        after = snapshot(lab, host)
-        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
-        assert openvpn_pids(lab, host) == []
+    down_both(lab, vps_site, home_site, before)
     web.terminate()

@@ -4,7 +4,6 @@ private/no-store page is never kept, and home's live pages are back after."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -13,8 +12,10 @@ import pytest
 
 from tests.budget import budget
 from tests.e2e.conftest import cli, configure, crowd
+from tests.e2e import labkit
 from tests.e2e.labkit import report, start_watch, status
 from tests.e2e.vpsmem import describe, footprint
+from tests.helpers import wait_until
 from vpnoffload.lab.netns import Lab
 
 pytestmark = pytest.mark.root
@@ -23,34 +24,21 @@ HOSTNAME = "blog.example.org"
 #: Issue 16: serving copies during an outage, every vpnoffload process together (RSS).
 OUTAGE_MB = 32
 
-VISIT = r"""
-import http.client, json, sys
-host, port, method, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-try:
-    c = http.client.HTTPConnection(host, port, timeout=3)
-    c.request(method, path, headers={"Host": "blog.example.org"})
-    r = c.getresponse()
-    out = {"status": r.status, "headers": dict(r.getheaders()), "body": r.read().decode("utf-8", "replace")}
-except Exception as e:
-    out = {"status": 0, "error": f"{type(e).__name__}: {e}"}
-print(json.dumps(out))
-"""
-
-
 def visit(lab: Lab, path: str, method: str = "GET") -> dict:
-    proc = lab.exec("visitor", sys.executable, "-c", VISIT, lab.vps_address, "80", method, path, timeout=15)
-    return json.loads(proc.stdout)
+    return labkit.visit(lab, timeout=3, path=path, method=method)
 
 
 def kept(lab: Lab, site: Path, limit: float) -> dict:
     """The service's offline_copy status once its first fetch is done (within ``limit`` s)."""
-    deadline = time.monotonic() + limit
-    while True:
-        _, data = status(lab, site)
-        entry = data["services"][0].get("offline_copy") or {}
-        if entry.get("last_fetch") or time.monotonic() > deadline:
-            return entry
-        time.sleep(0.3)
+    def fetched() -> tuple[bool, dict]:
+        entry = status(lab, site)[1]["services"][0].get("offline_copy") or {}
+        return bool(entry.get("last_fetch")), entry
+    return wait_until("the first offline-copy fetch", fetched, limit, interval=0.3)
+
+
+def _served_copy(reply: dict) -> tuple[bool, dict]:
+    """Is ``reply`` the kept copy (the page server has taken over the port and read its index)?"""
+    return reply["status"] == 200 and "X-Offline-Copy" in reply.get("headers", {}), reply
 
 
 def test_kept_pages_served_while_the_cable_is_out(lab: Lab, sites: tuple[Path, Path], capsys,
@@ -79,8 +67,7 @@ def test_kept_pages_served_while_the_cable_is_out(lab: Lab, sites: tuple[Path, P
 
         lab.pull_cable()
         crowd(lab, "^503 ", since=time.time())
-        time.sleep(1.0)
-        copy = visit(lab, "/about.html")
+        copy = wait_until("the kept copy is served", lambda: _served_copy(visit(lab, "/about.html")), 10)
         assert copy["status"] == 200, copy
         assert "written at home" in copy["body"] and "the live site is back soon" in copy["body"]
         assert copy["headers"]["Content-Type"] == "text/html; charset=utf-8" and copy["headers"].get("X-Offline-Copy")

@@ -13,40 +13,18 @@ from __future__ import annotations
 
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv, openvpn_pids
-from tests.e2e.labkit import wait_reply
-from tests.nslib import unique
-from tests.prereq import missing
-from vpnoffload.errors import PrerequisiteError
-from vpnoffload.lab.netns import Lab, check_prerequisites, lab_session
-from vpnoffload.lab.snapshot import snapshot, snapshot_diff
+from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv
+from tests.e2e.labkit import down_both, wait_reply
+from vpnoffload.lab.netns import Lab
+from vpnoffload.lab.snapshot import snapshot
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 DEDICATED = "203.0.113.11"
-
-
-@pytest.fixture
-def nat_lab() -> Iterator[Lab]:
-    """The e2e lab with the VPS behind the router's 1:1 NAT (see vpnoffload.lab.netns)."""
-    try:
-        check_prerequisites()
-    except PrerequisiteError as exc:
-        missing(str(exc))
-    from vpnoffload import users
-
-    user_existed = users.exists()
-    try:
-        with lab_session(unique("nat"), one_to_one_nat=True) as made:
-            yield made
-    finally:
-        if not user_existed and users.exists():  # `up` made OpenVPN's user outside the namespaces
-            users.delete()
 
 
 def test_vps_behind_one_to_one_nat_needs_no_flag(nat_lab: Lab, sites: tuple[Path, Path]) -> None:
@@ -109,12 +87,7 @@ def test_vps_behind_one_to_one_nat_needs_no_flag(nat_lab: Lab, sites: tuple[Path
     print(f"[1:1 NAT] cable back -> home again after {took:.2f} s")
 
     # --- down on both ends leaves both hosts as they were
-    cli(lab, "home", home_site, "down", "home")
-    cli(lab, "vps", vps_site, "down", "vps")
-    for host in ("vps", "home"):
-        after = snapshot(lab, host)
-        assert after == before[host], f"{host} differs after down:\n{snapshot_diff(before[host], after)}"
-        assert openvpn_pids(lab, host) == []
+    down_both(lab, vps_site, home_site, before)
 
 
 def test_up_vps_names_the_address_to_set_when_the_public_one_is_not_here(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import flood as flooder
 from tests.budget import budget
 from tests.e2e.conftest import cli, configure, crowd
 from tests.e2e.labkit import HOSTNAME, report, start_watch, visit
@@ -36,62 +37,6 @@ TLS_CONNECTIONS = MAX_TLS_CONNECTIONS + 72  # 200
 FLOOD_SECONDS = 25.0
 #: The visitor's own address and three more on its link: the flood comes from several sources.
 SOURCES = ("192.0.2.2", "192.0.2.3", "192.0.2.4", "192.0.2.5")
-
-# Runs in the visitor's namespace: keep COUNT slow connections to HOST:PORT for LIMIT s,
-# from the SOURCES (comma-separated) in turn; with TRICKLE one byte of a never-ending head
-# every 2 s on each, without it nothing at all (a TLS handshake that never starts).
-# Reopens what the server closed. Prints "open N" once N are open, then a JSON summary.
-FLOODER = r"""
-import json, resource, select, socket, sys, time
-host, port, count, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-sources, trickle = sys.argv[5].split(","), sys.argv[6] == "1"
-resource.setrlimit(resource.RLIMIT_NOFILE, (count + 256, count + 256))
-head = b"GET / HTTP/1.1\r\nHost: blog.example.org\r\nX-Slow: " + b"a" * 100000
-socks, byfd, opened, dropped, lifetimes, pending = {}, {}, 0, 0, [], 0
-poller = select.poll()  # select() cannot watch descriptors above 1023
-def open_one():
-    global opened
-    s = socket.socket(); s.bind((sources[opened % len(sources)], 0)); s.setblocking(False)
-    s.connect_ex((host, port))
-    socks[s] = [time.monotonic(), 0]; byfd[s.fileno()] = s; poller.register(s, select.POLLIN)
-    opened += 1
-start = time.monotonic()
-for _ in range(count):
-    open_one()
-print(f"open {len(socks)}", flush=True)
-next_byte = time.monotonic()
-while time.monotonic() - start < limit:
-    now = time.monotonic()
-    if trickle and now >= next_byte:
-        for s, st in list(socks.items()):
-            try:
-                s.send(head[st[1]:st[1] + 1]); st[1] += 1
-            except OSError:
-                pass
-        next_byte = now + 2.0
-    for fd, _ in poller.poll(200):
-        s = byfd.get(fd)
-        if s is None:
-            continue
-        try:
-            data = s.recv(65536)
-        except BlockingIOError:
-            continue
-        except OSError:
-            data = b""
-        if not data:  # the server dropped it: reopen, the flood goes on
-            lifetimes.append(time.monotonic() - socks.pop(s)[0]); dropped += 1
-            poller.unregister(fd); del byfd[fd]; s.close(); pending += 1
-    # Reopen what was dropped, at most 50 every 20 ms: a flood, but a bounded one.
-    if pending and time.monotonic() - start < limit - 1:
-        for _ in range(min(pending, 50)):
-            open_one()
-        pending -= min(pending, 50)
-        time.sleep(0.02)
-print(json.dumps({"opened": opened, "dropped": dropped, "open_at_end": len(socks), "sources": len(sources),
-                  "longest_drop": max(lifetimes or [0]), "shortest_drop": min(lifetimes or [0])}), flush=True)
-"""
-
 
 # Runs in the visitor's namespace: one GET over TLS (not verified: the lab's certificate is
 # self-signed) on a new connection: {"status", "seconds"}, status 0 when nothing came.
@@ -119,9 +64,7 @@ def visit_tls(lab: Lab, timeout: float = 2.0) -> dict:
 
 
 def flood(lab: Lab, port: int, count: int, trickle: bool) -> subprocess.Popen:
-    return lab.popen("visitor", sys.executable, "-c", FLOODER, lab.vps_address, str(port), str(count),
-                     str(FLOOD_SECONDS), ",".join(SOURCES), "1" if trickle else "0", stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE, text=True)
+    return flooder.start(lab, port, count, FLOOD_SECONDS, SOURCES, trickle)
 
 
 def with_tls_page(site: Path) -> None:
@@ -162,9 +105,10 @@ def test_page_server_holds_a_slow_flood(lab: Lab, sites: tuple[Path, Path], caps
                 "tls": flood(lab, 443, TLS_CONNECTIONS, trickle=False)}
     try:
         for name, count in (("plain", CONNECTIONS), ("tls", TLS_CONNECTIONS)):
-            line = flooders[name].stdout.readline().strip()  # type: ignore[union-attr]
+            line = flooder.next_line(flooders[name])
             assert line == f"open {count}", (name, line)
-        time.sleep(3)  # a round of trickled bytes, and the server's first drops
+        for name, f in flooders.items():  # above its caps: the server drops the oldest at once
+            assert flooder.first_drop(f), f"the server dropped none of the {name} flood's connections"
         worst = footprint(lab)
         visits, tls_visits = [], []
         for _ in range(10):  # new visitors while the flood goes on
@@ -173,10 +117,10 @@ def test_page_server_holds_a_slow_flood(lab: Lab, sites: tuple[Path, Path], caps
             fp = footprint(lab)
             if fp["rss_kb"] > worst["rss_kb"]:  # type: ignore[operator]
                 worst = fp
-            time.sleep(0.5)
+            time.sleep(0.5)  # pacing: the visitors come one by one over the flood's seconds
         ended = {name: f.stderr.read()[-2000:] for name, f in flooders.items() if f.poll() is not None}  # type: ignore[union-attr]
         assert not ended, f"the flood ended before it was measured: {ended}"
-        summary = {name: json.loads(f.stdout.readline() or "{}") for name, f in flooders.items()}  # type: ignore[union-attr]
+        summary = {name: flooder.summary(f) for name, f in flooders.items()}
         for f in flooders.values():
             f.wait(10)
     finally:

@@ -15,41 +15,23 @@ import pytest
 
 from tests.budget import budget
 from tests.e2e.conftest import cli, cli_argv, crowd
+from tests.e2e import labkit
+from tests.helpers import seconds_until
 from vpnoffload.lab.netns import Lab
 
 pytestmark = pytest.mark.root
 
-VISIT = r"""
-import http.client, json, sys
-try:
-    c = http.client.HTTPConnection(sys.argv[1], 80, timeout=1.0)
-    c.request("GET", "/")
-    r = c.getresponse()
-    print(json.dumps({"status": r.status, "body": r.read().decode()}))
-except Exception as e:
-    print(json.dumps({"status": 0, "body": str(e)}))
-"""
-
-
 def visit(lab: Lab) -> dict:
-    return json.loads(lab.exec("visitor", sys.executable, "-c", VISIT, lab.vps_address, timeout=15).stdout)
+    return labkit.visit(lab, path="/")
 
 
 def served_by(reply: dict) -> str | None:
-    found = re.search(r"served from (\w+)", reply["body"])
+    found = re.search(r"served from (\w+)", reply.get("body", ""))
     return found.group(1) if reply["status"] == 200 and found else ("page" if reply["status"] == 503 else None)
 
 
 def wait_served_by(lab: Lab, who: str, limit: float = 10) -> float:
-    start = time.monotonic()
-    last: dict = {}
-    while time.monotonic() - start < limit:
-        last = visit(lab)
-        if served_by(last) == who:
-            return time.monotonic() - start
-        time.sleep(0.1)
-    pytest.fail(f"not served by {who} within {limit} s; last reply {last}", pytrace=False)
-
+    return seconds_until(f"served by {who}", lambda: (served_by(r := visit(lab)) == who, r), limit, 0.1)
 
 def test_first_healthy_home_serves_page_only_when_none(lab: Lab, sites: tuple[Path, Path], capsys) -> None:
     vps_site, home_site = sites

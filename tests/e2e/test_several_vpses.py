@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import TUNNEL_SUBNET, cli, cli_argv
+from tests.helpers import wait_until
 from vpnoffload.lab.netns import Lab
 from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
@@ -43,14 +43,10 @@ def set_up_vps(lab: Lab, host: str, address: str, subnet: str, vps_site: Path, h
 
 def wait_served(lab: Lab, address: str, want: str, limit: float = 15, path: str = "/") -> str:
     """GET ``path`` on ``address`` from the visitor until the reply holds ``want``; the body."""
-    start, last = time.monotonic(), (0, "")
-    while time.monotonic() - start < limit:
-        last = lab.http_get("visitor", f"http://{address}{path}", timeout=2)
-        if want in f"{last[0]} {last[1]}":
-            return last[1]
-        time.sleep(0.2)
-    pytest.fail(f"{address}: no {want!r} within {limit} s; last reply {last[0]} {last[1][:200]!r}", pytrace=False)
-
+    def holds() -> tuple[bool, tuple[int, str]]:
+        status, body = lab.http_get("visitor", f"http://{address}{path}", timeout=2)
+        return want in f"{status} {body}", (status, body[:200])
+    return wait_until(f"{address}: {want!r} in the reply", holds, limit, 0.2)[1]
 
 @pytest.fixture
 def root() -> Path:
@@ -128,10 +124,8 @@ def test_container_at_home_behind_two_vpses(lab2vps: Lab, root: Path) -> None:
     """The target in a container behind Docker's published port (rules written by hand as
     dockerd writes them): its replies carry the container's address, so only each tunnel's
     own connection mark brings them back through the tunnel they came in on."""
-    from tests.e2e.labkit import CONTAINER, INSIDE, PUBLISHED, make_container_home
+    from tests.e2e.labkit import CONTAINER, PUBLISHED, make_container_home
     from tests.nslib import namespaces, unique
-    from vpnoffload.lab.netns import child_env
-    import subprocess
 
     lab = lab2vps
     vps1, vps2, home = root / "vps1", root / "vps2", root / "home"
@@ -140,10 +134,6 @@ def test_container_at_home_behind_two_vpses(lab2vps: Lab, root: Path) -> None:
     service = ["web", "--listen", "80", "--target", str(PUBLISHED), "--check", "http:/"]
     with namespaces(unique("ctr")) as (container,):
         make_container_home(lab, container)
-        subprocess.Popen(["ip", "netns", "exec", container, sys.executable, "-m", "vpnoffload.lab.web",
-                          "--port", str(INSIDE), "--name", "container"], env=child_env(),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        assert lab.wait_tcp("home", CONTAINER, INSIDE)
         before = snapshot(lab, "home")
 
         set_up_vps(lab, "vps", lab.vps_address, TUNNEL_SUBNET, vps1, home, service=service)

@@ -20,6 +20,7 @@ from tests.budget import budget
 from tests.e2e.conftest import cli, cli_argv, configure, crowd
 from tests.helpers import self_signed
 from tests.prereq import missing
+from tests.helpers import wait_until
 from vpnoffload.lab.netns import Lab
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -118,14 +119,8 @@ def visit(lab: Lab, *specs: str) -> list[list]:
 
 
 def wait_for(lab: Lab, spec: str, want: str, limit: float = 20) -> list:
-    deadline = time.monotonic() + limit
-    last: list = []
-    while time.monotonic() < deadline:
-        last = visit(lab, spec)[0]
-        if want in f"{last[0]} {last[1]}":
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"{spec}: no {want!r} within {limit} s; last reply {last}", pytrace=False)
+    return wait_until(f"{spec}: {want!r} in the reply",
+                      lambda: (want in f"{(r := visit(lab, spec)[0])[0]} {r[1]}", r), limit, 0.2)
 
 
 

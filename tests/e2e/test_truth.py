@@ -32,7 +32,6 @@ from tests.e2e.faultlab import (
     WEB,
     Deployment,
     deployment,
-    healthy_again,
     moment,
     report,
     visit,
@@ -117,14 +116,6 @@ def dep(module_lab: Lab, module_sites: tuple[Path, Path],
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     with deployment(module_lab, module_sites, tmp_path_factory.mktemp("truth"), (WEB, API)) as made:
         yield made
-
-
-@pytest.fixture
-def healthy(dep: Deployment) -> Deployment:
-    """Served from home with status exit 0 (each test undoes its fault; a fault that lasts
-    shows up here, in the next test)."""
-    healthy_again(dep, limit=30)
-    return dep
 
 
 def agree(dep: Deployment, what: str, wrong: list[str] | None = None, **kw) -> None:

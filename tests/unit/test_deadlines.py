@@ -206,3 +206,62 @@ def test_visitor_path_check_on_loopback() -> None:
         srv.close()
     refused = health.forward_probe(made, "127.0.0.1", port, 0.5)
     assert (refused.verdict, refused.reason) == ("down", health.TARGET_REFUSED)
+
+
+# --- the visitor-path check's exact verdicts (written against mutmut's survivors)
+
+class AnsweredSock(SynSock):
+    """A connect answered by a refusal (``code``) after 10 ms; records how it was set up."""
+
+    def __init__(self, code: int = 0, at_once: int | None = None) -> None:
+        super().__init__(0.01)
+        self.code, self.at_once, self.blocking = code, at_once, None
+
+    def setblocking(self, flag: bool) -> None:
+        self.blocking = flag
+
+    def connect_ex(self, where) -> int:
+        super().connect_ex(where)
+        return self.at_once if self.at_once is not None else 115  # EINPROGRESS
+
+    def getsockopt(self, level, option) -> int:
+        return self.code
+
+
+def test_a_port_that_drops_every_syn_is_a_lost_connect_of_the_whole_timeout(monkeypatch) -> None:
+    import select
+
+    fake_select(monkeypatch)
+    waits = []
+    real = select.select
+    monkeypatch.setattr(select, "select", lambda r, w, x, t: waits.append(t) or real(r, w, x, t))
+    result = health.forward_probe(lambda specs: [SynSock(None), SynSock(None)], "203.0.113.10", 80, 0.5)
+    assert (result.verdict, result.detail, result.timed_out, result.reason) == (
+        "down", "connect: timed out", True, health.HOME_UNREACHABLE)
+    assert 0.5 <= result.latency < 5  # the whole timeout, measured (not how fast this machine is)
+    # It sleeps until the second connect, then until the deadline: no busy loop in between.
+    assert len(waits) <= 4, waits
+
+
+def test_the_visitor_path_connects_are_non_blocking_and_a_refusal_is_named(monkeypatch) -> None:
+    import errno
+
+    fake_select(monkeypatch)
+    first = AnsweredSock(code=errno.ECONNREFUSED)
+    result = health.forward_probe(lambda specs: [first, SynSock(None)], "203.0.113.10", 80, 0.5)
+    assert first.blocking is False
+    assert (result.verdict, result.detail, result.timed_out, result.reason) == (
+        "down", "connect: Connection refused", False, health.TARGET_REFUSED)
+    assert 0.0 < result.latency < 5
+
+
+def test_a_connect_answered_at_once_decides_at_once(monkeypatch) -> None:
+    import errno
+
+    fake_select(monkeypatch)
+    up = health.forward_probe(lambda specs: [AnsweredSock(at_once=0), SynSock(None)], "203.0.113.10", 80, 0.5)
+    assert (up.verdict, up.detail) == ("up", "connected") and 0.0 <= up.latency < 5
+    refused = health.forward_probe(lambda specs: [AnsweredSock(at_once=errno.ECONNREFUSED), SynSock(None)],
+                                   "203.0.113.10", 80, 0.5)
+    assert (refused.verdict, refused.detail, refused.reason) == ("down", "connect: Connection refused",
+                                                                 health.TARGET_REFUSED)

@@ -11,6 +11,7 @@ import pytest
 
 from tests.fakes import Swapper, prober
 from tests.fakes import watchdog_config as config
+from vpnoffload.errors import BackendError
 from vpnoffload.lean.snapshot import ConfigView
 from vpnoffload.model import Check, Config, Home, Service, Tunnel, Vps, Watch
 from vpnoffload.watch import decide, health
@@ -244,3 +245,170 @@ def test_a_tick_shows_when_it_checked_and_warms_or_cools_the_swapper() -> None:
     dog.tick()
     dog.tick()
     assert dog.status["web"].homes["home"].healthy is False
+
+
+# --- the exact values a round carries (written against mutmut's survivors after issue 21's rewrite)
+
+class Flows:
+    """watch.flows.FlowEvidence's interface: scripted readings, every call recorded."""
+
+    def __init__(self, readings: list[bool | None]) -> None:
+        self.readings = readings
+        self.reads: list[tuple[int, int, str]] = []
+        self.forgotten: list[tuple[int, str]] = []
+
+    def replies_flowing(self, mark: int, mask: int, home: str) -> bool | None:
+        self.reads.append((mark, mask, home))
+        return self.readings.pop(0) if self.readings else None
+
+    def forget(self, mark: int, home: str) -> None:
+        self.forgotten.append((mark, home))
+
+
+def test_a_check_that_did_not_finish_is_a_lost_one_of_the_whole_timeout() -> None:
+    got = decide._unfinished(0.5)
+    assert (got.verdict, got.latency, got.detail, got.timed_out, got.reason) == (
+        "down", 0.5, "check did not finish within 0.5 s", True, health.HOME_UNREACHABLE)
+
+
+def test_the_busy_tunnel_verdict_keeps_the_checks_latency() -> None:
+    got = rounds(one_home(), {"web": LOST}, [100, 101])._checked()["web"]["home"]
+    assert got.latency == 0.5
+
+
+def test_own_visitors_answered_excuse_a_blocked_path_as_load_with_the_checks_numbers() -> None:
+    flows = Flows([True])
+    dog = Watchdog(one_home(), Swapper(), prober=lambda *a: BLOCKED, flows=flows)
+    got = dog._checked()["web"]["home"]
+    assert (got.verdict, got.latency, got.detail, got.timed_out, got.reason) == (
+        "slow", 0.5, "connect: timed out (its visitors are still answered)", False, health.BUSY)
+    # The first service's connmark, under the mark mask, to this home's tunnel address.
+    assert flows.reads == [(0x100000, 0x0FF00000, "198.51.100.2")]
+
+
+def test_flows_are_read_twice_only_in_the_start_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decide, "START_SETTLE", 0.0)
+    flows = Flows([None, True])  # no evidence at first, the visitors answered a moment later
+    dog = Watchdog(one_home(), Swapper(), prober=lambda *a: BLOCKED, flows=flows)
+    dog.start()
+    assert len(flows.reads) == 2 and dog.status["web"].active == "home"  # read again: load, stays
+    dog.tick()
+    assert len(flows.reads) == 3  # later rounds compare with the round before: one reading
+    assert flows.reads == [(0x100000, 0x0FF00000, "198.51.100.2")] * 3  # each one this service's, to this home
+    fresh = Flows([None, True])
+    Watchdog(one_home(), Swapper(), prober=lambda *a: BLOCKED, flows=fresh).tick()  # a round without start()
+    assert len(fresh.reads) == 1
+
+
+def test_a_visitor_path_check_that_did_not_finish_is_a_blocked_path() -> None:
+    import time
+
+    def forward(svc, home, cfg, visitor):
+        time.sleep(1.5)  # past the round's deadline (watch.timeout 0.5 s + ROUND_GRACE)
+        return Result("up", 1.5, "connected")
+
+    got = Watchdog(one_home(), Swapper(), prober=lambda *a: Result("up", 0.1, "http 200"), forward=forward)._probe_all()
+    web = got["web"]["home"]
+    assert (web.verdict, web.reason, web.timed_out) == ("down", health.PATH_BLOCKED, True)
+    assert web.detail == "http 200; along the visitors' path: check did not finish within 0.5 s"
+
+
+def test_a_new_watchdog_has_nothing_to_commit() -> None:
+    dog = Watchdog(config(), Swapper(), prober=prober({}))
+    dog.committed()
+    assert (dog.status["web"].active, dog.status["web"].swaps) == ("home", 0)
+
+
+def test_the_other_homes_of_a_blocked_service_start_their_flows_afresh() -> None:
+    flows = Flows([])
+    results = {"home": BLOCKED, "attic": Result("up", 0.1, "connected")}
+    dog = Watchdog(config(backups=("attic",)), Swapper(), prober=lambda svc, home, cfg: results[home], flows=flows)
+    dog._checked()
+    assert (0x100000, "198.51.100.3") in flows.forgotten  # web's attic, after web's blocked home
+
+
+def test_start_asks_each_home_as_the_believed_rules_imply() -> None:
+    asked = []
+
+    def forward(svc, home, cfg, visitor):
+        asked.append((svc.name, home, visitor))
+        return None
+
+    c = config(backups=("attic",))
+    Watchdog(c, Swapper(), prober=prober({}), forward=forward).start({"web": "attic"})
+    assert sorted(asked) == [("git", "home", True), ("web", "attic", True), ("web", "home", False)]
+    asked.clear()
+    Watchdog(c, Swapper(), prober=prober({}), forward=forward).start({"web": "gone"})  # not one of its homes
+    assert sorted(asked) == [("git", "home", True), ("web", "attic", False), ("web", "home", True)]
+
+
+def test_an_answer_is_timestamped_by_the_round_that_got_it() -> None:
+    dog = Watchdog(config(), Swapper(), prober=prober({}), clock=lambda: 9.0)
+    dog.tick()
+    assert dog.status["web"].homes["home"].last_answer == 9.0
+
+
+def test_a_swap_that_failed_before_its_commit_leaves_nothing_to_commit() -> None:
+    swap = Swapper()
+    swap.fail = True
+    dog = Watchdog(config(fall=1, rise=1), swap, prober=prober({"web": "down"}))
+    with pytest.raises(BackendError, match="^iptables: locked$"):
+        dog.tick()
+    dog.committed()  # a late call (the swapper's) finds nothing decided
+    assert (dog.status["web"].active, dog.status["web"].swaps) == ("home", 0)
+
+
+def test_a_decision_committed_by_the_swapper_is_taken_once() -> None:
+    published = []
+
+    class Committing(Swapper):
+        def __call__(self, active, flush) -> None:
+            super().__call__(active, flush)
+            dog.committed()  # as the swap child reports the rules in
+
+    dog = Watchdog(config(fall=1, rise=1), Committing(), prober=prober({"web": "down"}))
+    dog.publish = lambda: published.append(dog.status["web"].active)
+    assert dog.tick() == frozenset({"web"})
+    assert dog.status["web"].swaps == 1 and published == [None]
+
+
+def test_the_checks_get_the_config_and_run_in_daemon_threads() -> None:
+    import threading
+
+    seen = []
+
+    def probe(svc, home, cfg):
+        seen.append(("direct", cfg, threading.current_thread().daemon))
+        return Result("up", 0.1, "connected")
+
+    def forward(svc, home, cfg, visitor):
+        seen.append(("forward", cfg, threading.current_thread().daemon))
+        return None
+
+    dog = Watchdog(config(), Swapper(), prober=probe, forward=forward)
+    dog._probe_all()
+    # Daemon threads: a check that hangs past the round's deadline cannot keep the process alive.
+    assert seen and all(cfg is dog.config and daemon for _, cfg, daemon in seen), seen
+
+
+def test_a_broken_check_took_no_time() -> None:
+    got = Watchdog(config(), Swapper(), prober=lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))._probe_all()
+    assert got["web"]["home"] == Result("down", 0.0, "check error: boom")
+
+
+def test_the_page_is_needed_for_a_page_service_listed_after_another() -> None:
+    c = config()
+    git_first = replace(c, services={"git": c.services["git"], "web": c.services["web"]})
+    dog = Watchdog(git_first, Swapper(), prober=prober({}))
+    dog.status["web"].active = None
+    assert dog.page_needed()
+
+
+def test_a_home_answered_if_any_of_its_services_got_an_answer_and_shows_the_latest() -> None:
+    dog = Watchdog(config(), Swapper(), prober=prober({}))
+    web, git = dog.status["web"].homes["home"], dog.status["git"].homes["home"]
+    web.answered, web.last_answer = True, 7.0
+    git.answered, git.last_answer = False, 5.0
+    assert dog.homes_seen()["home"] == {"answered": True, "last_answer": 7.0}
+    web.last_answer, git.last_answer = 5.0, 7.0
+    assert dog.homes_seen()["home"] == {"answered": True, "last_answer": 7.0}

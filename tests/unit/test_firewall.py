@@ -455,3 +455,17 @@ def test_the_page_of_an_https_service_is_the_next_port() -> None:
     assert policy.fallback_address(c, web) == "203.0.113.10:8503"
     tls = replace(web, listen_port=443, tls_cert=Path("/c.pem"), tls_key=Path("/k.pem"))
     assert tls.page_over_tls and policy.fallback_address(c, tls) == "203.0.113.10:8504"
+
+
+def test_a_scoped_plan_refuses_desired_rules_outside_its_scope() -> None:
+    """The home box's tunnel slots plan only their own chains: desired rules of another
+    chain are a programming error, said as such (mutmut's survivors of ``_within``)."""
+    from vpnoffload.firewall import planner
+    from vpnoffload.firewall.rules import Rule, Ruleset
+
+    mine = lambda name: name.startswith("VPNOFFLOAD-HOME")  # noqa: E731
+    inside = Ruleset(frozenset({("filter", "VPNOFFLOAD-HOME")}), (Rule("filter", "VPNOFFLOAD-HOME", ("-j", "ACCEPT")),))
+    assert planner._within(Ruleset(), inside, mine) == inside
+    outside = Ruleset(frozenset({("filter", "VPNOFFLOAD-HOME"), ("filter", "VPNOFFLOAD-VPS")}), inside.rules)
+    with pytest.raises(ValueError, match="^the desired rules reach outside their scope$"):
+        planner._within(Ruleset(), outside, mine)

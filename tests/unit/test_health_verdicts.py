@@ -366,3 +366,54 @@ def test_the_given_sockets_are_the_ones_used(server) -> None:
     assert r is not None and verdict(r) == ("up", "connected", "", False)
     assert first.fileno() == -1 and second.fileno() == -1
 
+
+
+def test_a_reply_longer_than_the_request_still_counts() -> None:
+    """Only the request's payload is compared: bytes after it (padding) do not spoil a reply."""
+    packet, src = icmp(0, 0x8001)
+    assert answered((packet + b"\x00pad", src))
+
+
+class FakeEcho:
+    """What Echo.send returns: records how long ``answered`` was asked to wait."""
+
+    def __init__(self, answers: bool) -> None:
+        self.answers, self.waits, self.closed = answers, [], False
+
+    def answered(self, wait: float) -> bool:
+        self.waits.append(wait)
+        return self.answers
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_check_pings_on_the_raw_socket_it_is_given_and_connects_as_asked(monkeypatch) -> None:
+    sent, connects = [], []
+    echo = FakeEcho(answers=True)
+    monkeypatch.setattr(health.Echo, "send", staticmethod(lambda address, sock=None: sent.append((address, sock))
+                                                           or echo))
+
+    def connect(address, port, timeout, sock=None):
+        connects.append((address, port, timeout, sock))
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(health, "connect", connect)
+    raw, tcp = object(), object()
+    r = health._probe("198.51.100.2", 8080, "tcp", "/", 0.3, None, None, raw, "198.51.100.9")
+    assert sent == [("198.51.100.9", raw)] and connects == [("198.51.100.2", 8080, 0.3, None)]
+    # The ping had the whole connect timeout to come back: it is not waited for any longer.
+    assert echo.waits == [0.0] and echo.closed
+    assert verdict(r) == ("slow", "connect: timed out (home answers ping)", health.BUSY, True)
+    sent.clear()
+    connects.clear()
+    health._probe("198.51.100.2", 8080, "tcp", "/", 0.3, None, tcp, None, "198.51.100.9")
+    assert sent == [] and connects == [("198.51.100.2", 8080, 0.3, tcp)]  # a socket made elsewhere: no ping
+
+
+def test_the_time_left_to_a_deadline() -> None:
+    import time
+
+    assert 4.9 < health._left(time.monotonic() + 5) <= 5
+    with pytest.raises(TimeoutError, match="^deadline passed$"):
+        health._left(time.monotonic() - 1)

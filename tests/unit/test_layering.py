@@ -114,3 +114,13 @@ def test_only_cli_and_narrator_print() -> None:
         if any(isinstance(n, ast.Call) and getattr(n.func, "id", None) == "print" for n in ast.walk(tree)):
             printers.add(module)
     assert not printers, f"these modules print (only the CLI may): {sorted(printers)}"
+
+
+def test_the_code_explains_itself_without_issue_numbers() -> None:
+    """Comments and docstrings say why; an issue number says where to look instead, and goes stale."""
+    import re
+
+    cited = [f"{path.relative_to(PACKAGE)}:{n}" for path in sorted(PACKAGE.rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"\b[Ii]ssue \d+", line)]
+    assert cited == []

@@ -312,7 +312,7 @@ def test_metrics_take_no_thread_per_connection_and_cut_tricklers(monkeypatch) ->
         before = threading.active_count()
         for _ in range(12):  # connections that never send a byte (within the listen queue)
             idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-        time.sleep(0.5)
+        time.sleep(0.5)  # a bound held over a while: time for a server without the cap to start more threads
         assert threading.active_count() <= before + metrics.MetricsServer.MAX_CLIENTS
         for sock in idle:  # the ones that got a slot are cut by the deadline; the others at once
             sock.settimeout(10)
@@ -686,3 +686,24 @@ def test_openvpn_logs_by_appending_and_the_cut_keeps_it_bounded(tmp_path: Path, 
         assert not logcap.cap(str(log), 64 * 1024)
     finally:
         os.close(writer)
+
+
+def test_openvpn_runs_with_a_file_size_bound_that_needs_no_watchdog(tmp_path: Path, monkeypatch) -> None:
+    """vpnoffload's own OpenVPN daemon gets the log's bound as its file size limit, and a
+    command run that way can grow no file past it without being killed (SIGXFSZ ignored)."""
+    from vpnoffload import proc, tunnel
+    from vpnoffload.lean import logcap
+
+    seen: list[dict] = []
+    monkeypatch.setattr(tunnel, "openvpn_binary", lambda: "/usr/sbin/openvpn")
+    monkeypatch.setattr(tunnel.DaemonTunnel, "_wait_for_pid", lambda self, timeout: None)
+    monkeypatch.setattr(proc, "run", lambda argv, **kw: seen.append(kw) or proc.Result(tuple(argv), 0, "", ""))
+    tunnel.DaemonTunnel("server", tmp_path / "server.conf", tmp_path, tmp_path / "run").start()
+    assert seen[0]["max_file_size"] == logcap.LIMIT
+
+    monkeypatch.undo()
+    out = tmp_path / "big"
+    script = f'head -c 100000 /dev/zero > {out}; echo "went on: $?"'
+    result = proc.run(["sh", "-c", script], check=False, max_file_size=4096)
+    assert result.returncode == 0 and result.stdout.startswith("went on: "), result
+    assert out.stat().st_size == 4096

@@ -70,8 +70,40 @@ def test_test_modules_never_import_from_each_other() -> None:
 
     tests = Path(__file__).resolve().parents[1]
     crossing = re.compile(r"^\s*from tests\.\w+\.test_\w+ import|^\s*import tests\.\w+\.test_", re.M)
-    found = [str(p.relative_to(tests)) for p in tests.rglob("test_*.py") if crossing.search(p.read_text())]
+    # Helper modules too (a helper importing a test module drags it into every importer).
+    found = [str(p.relative_to(tests)) for p in tests.rglob("*.py") if crossing.search(p.read_text())]
     assert found == []
+
+
+def test_strict_mode_fails_a_missing_prerequisite_and_keeps_by_design_skips(tmp_path) -> None:
+    """What scripts/test (the README's test command) relies on: with VPNOFFLOAD_TEST_STRICT=1
+    a missing prerequisite, from tests.prereq or a bare pytest.skip, fails the run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "test_prereqs.py").write_text(
+        "import pytest\n"
+        "from tests.prereq import missing\n"
+        "def test_needs_a_tool():\n    missing('no frobnicator')\n"
+        "def test_bare_skip():\n    pytest.skip('no widget')\n"
+        "def test_by_design():\n    pytest.skip('by design: never here')\n")
+    repo = Path(__file__).resolve().parents[2]
+
+    def run(strict: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "VPNOFFLOAD_TEST_STRICT": strict}
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider",
+                               "-q", "-rA", str(tmp_path / "test_prereqs.py")], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    strict = run("1")
+    assert strict.returncode == 1, strict.stdout
+    assert "2 failed, 1 skipped" in strict.stdout, strict.stdout
+    assert "missing prerequisite (VPNOFFLOAD_TEST_STRICT=1): no frobnicator" in strict.stdout
+    assert "missing prerequisite (VPNOFFLOAD_TEST_STRICT=1): no widget" in strict.stdout
+    plain = run("")
+    assert plain.returncode == 0 and "3 skipped" in plain.stdout, plain.stdout
 
 
 def test_footprint_fails_instead_of_reading_nothing_as_0_kb(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from vpnoffload.cli.common import context, table
 
 service_app = typer.Typer(no_args_is_help=True, help="Add, list and remove offloaded services.")
 
-# The access flags (issue 28), shared by `service add` and `service set`; each writes the TOML key of its name.
+# The access flags, shared by `service add` and `service set`; each writes the TOML key of its name.
 AllowOpt = Annotated[Optional[list[str]], typer.Option("--allow", help="Only these sources (CIDR, IPv4 or IPv6) reach the service; repeat for more.")]
 DenyOpt = Annotated[Optional[list[str]], typer.Option("--deny", help="These sources (CIDR) never reach the service; repeat for more.")]
 AllowFileOpt = Annotated[Optional[str], typer.Option("--allow-file", help="A file of allowed prefixes, one a line, # comments (read by 'up vps').")]

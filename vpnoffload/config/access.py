@@ -1,4 +1,4 @@
-"""The access keys of a service (issue 28): ``allow``, ``deny``, ``allow_file``,
+"""The access keys of a service: ``allow``, ``deny``, ``allow_file``,
 ``deny_file``, ``rate`` and ``max_conns``, checked into a :class:`~vpnoffload.model.Access`.
 
 The same checks serve the TOML keys and the flags of ``service add``/``service

@@ -42,7 +42,7 @@ class ServiceSpec:
     via: str = "dnat"
     #: Paths whose copy the VPS keeps and serves while home is down (``offline_copy``).
     offline_copy: tuple[str, ...] = ()
-    #: The access keys (issue 28), as :func:`access_values` makes them from the flags.
+    #: The access keys, as :func:`access_values` makes them from the flags.
     access: dict[str, Any] | None = None
 
 

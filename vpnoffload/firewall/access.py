@@ -1,4 +1,4 @@
-"""Per-service access control on the VPS (issue 28), as data: address sets and the rules of
+"""Per-service access control on the VPS, as data: address sets and the rules of
 each service's access chain.
 
 A restricted service gets its own chain ``VPNOFFLOAD-ACL<n>`` in filter (``n`` is

@@ -148,7 +148,7 @@ def _probe_rules(b: "_Builder", config: Config, fam: Family) -> None:
 
 
 def _restricted(config: Config, fam: Family) -> list[Service]:
-    """The DNATed services of ``fam`` with access rules (issue 28)."""
+    """The DNATed services of ``fam`` with access rules."""
     return [s for s in config.services.values()
             if s.via == "dnat" and s.access.restricts and s.listen_address.version == fam.version]
 

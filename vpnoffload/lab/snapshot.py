@@ -34,7 +34,7 @@ def snapshot(lab: Lab, host: str) -> dict[str, str]:
     snap: dict[str, str] = {}
     for key, argv in _SNAPSHOT_COMMANDS.items():
         snap[key] = lab.exec(host, *argv, timeout=10).stdout
-    if shutil.which("ipset"):  # the legacy backend's access-control sets (issue 28)
+    if shutil.which("ipset"):  # the legacy backend's access-control sets
         snap["ipsets"] = lab.exec(host, "ipset", "save", timeout=10).stdout
     # Counters are traffic, not state: "counter packets 13 bytes 620" reads as "counter".
     snap["nftables"] = re.sub(r"counter packets \d+ bytes \d+", "counter", snap["nftables"])

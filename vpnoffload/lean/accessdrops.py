@@ -1,4 +1,4 @@
-"""How many first packets each service's access rules dropped (issue 28), read from the kernel.
+"""How many first packets each service's access rules dropped, read from the kernel.
 
 For ``status`` and the watchdog's metrics, so lean like the rest of the watchdog:
 stdlib and :mod:`.spawn` only, one short-lived command per look. The counters

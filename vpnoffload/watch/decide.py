@@ -26,7 +26,9 @@ A lost visitor-path check is excused as load only by the service's own visitors 
 being answered (``watch.flows``), never by a ping or by other traffic.
 
 Each round ends by ``watch.timeout`` (+ :data:`ROUND_GRACE`), whatever one check does, and
-its result is published (``publish``) in the same step as any swap it decides.
+its result is published (``publish``) in the same step as any swap it decides. With one home
+box, a round also ends once the tunnel has been silent long enough, and its lost checks then
+count as ``fall`` of them (``watch.pace``: :attr:`Watchdog.silence`, :meth:`Watchdog._confirm`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from __future__ import annotations
 import threading
 import time
 
-from vpnoffload.watch import health
+from vpnoffload.watch import health, pace
 from vpnoffload.lean.say import Log
 from vpnoffload.watchfile import believed_targets, read_state, write_state  # noqa: F401  (re-exported)
 
@@ -166,6 +168,14 @@ class Watchdog:
         #: Packets received from the tunnel so far (None: unknown). Used only with a
         #: single home box, where any traffic from the tunnel proves that home alive.
         self.activity = activity
+        #: The tunnel's silence (``watch.pace.Silence``; the loop's, read between rounds too).
+        #: None: rounds are not watched, no lost check is confirmed.
+        self.silence: pace.Silence | None = None
+        #: The last round ended with the tunnel silent for ``pace.confirm_after`` s (single home).
+        self.confirmed = False
+        #: Called once in a round while the tunnel is silent: the loop forks the swap child and
+        #: starts the page server, so a swap decided at the end of the round is one step.
+        self.on_doubt: Callable[[], None] = lambda: getattr(self.swap, "prepare", lambda: None)()
         self.status: dict[str, ServiceStatus] = status if status is not None else {}
         self.reconfigure(self.config)
 
@@ -230,6 +240,7 @@ class Watchdog:
         for name, results in self._checked().items():
             st = self.status[name]
             for home, result in results.items():
+                self._confirm(st.homes[home], result)
                 self._count(st.homes[home], result, now)
             self._summarise(st, now)
         wanted = {n: self._choice(n) for n in self.status}
@@ -241,6 +252,11 @@ class Watchdog:
         else:
             getattr(self.swap, "cancel", lambda: None)()
         return changed
+
+    def _confirm(self, hh: HomeHealth, result: health.Result) -> None:
+        """A lost check of a healthy home in a silent tunnel is ``fall`` lost checks (``watch.pace``)."""
+        if hh.healthy and self.confirmed and result.timed_out and not result.alive:
+            hh.fails = max(hh.fails, self.config.watch.fall - 1)
 
     def _checked(self) -> dict[str, dict[str, health.Result]]:
         """One round of checks, read together with the tunnel's traffic and the visitors' flows."""
@@ -393,13 +409,19 @@ class Watchdog:
             except Exception as exc:  # a check that breaks must not stop the watchdog: count it as failed
                 found[(name, home, kind)] = health.Result("down", 0.0, f"check error: {exc}", reason=health.CHECK_ERROR)
 
-        if len(jobs) == 1:
+        self.confirmed = False
+        if len(jobs) == 1 and self.silence is None:
             run(*jobs[0])
         else:
             threads = [threading.Thread(target=run, args=job, daemon=True) for job in jobs]
             for t in threads:
                 t.start()
             deadline = time.monotonic() + timeout + ROUND_GRACE
+            if self.silence is not None and any(s.active is not None for s in self.status.values()):
+                self.confirmed = pace.watch_round(self.silence, threads, deadline, pace.confirm_after(timeout),
+                                                  self.on_doubt)
+                if self.confirmed:
+                    deadline = time.monotonic()  # what is still unanswered is lost: no need to wait for it
             for t in threads:
                 t.join(max(0.0, deadline - time.monotonic()))
         results: dict[str, dict[str, health.Result]] = {svc.name: {} for svc in self.config.services.values()}

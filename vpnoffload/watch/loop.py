@@ -29,7 +29,7 @@ from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
 from vpnoffload.fallback import copies, listeners
 from vpnoffload import runfiles
 from vpnoffload.lean import logcap, options, ovpn, say, sdnotify, spawn
-from vpnoffload.watch import supervise
+from vpnoffload.watch import pace, supervise
 from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import tunnel_rx_packets
 from vpnoffload.watch.hostfw import HostFirewallWatch
@@ -176,7 +176,7 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     config = ConfigView(data)
-    # The page's ports are ours from now until we exit, or we do not start (issue 23).
+    # The page's ports are ours from now until we exit, or we do not start.
     held = listeners.Held()
     held.hold(config)
     daemon = PageDaemon(where["config"], where["state"], where["run"], where["pages"])
@@ -191,6 +191,7 @@ def serve(config_path: str, state_dir: str | None = None) -> int:
     swapper.page_services = lambda: {n for n, s in dog.config.services.items() if s.serves_page}
     dog.publish = lambda: _publish(where["watch_state"], dog)
     swapper.committed = dog.committed
+    dog.on_doubt = lambda: _doubt(swapper, pages)
     metrics = None
     management = ovpn.Management(os.path.join(where["run"], ovpn.SOCKET_NAME))
     try:
@@ -243,6 +244,10 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
     # finishes on its own (each fetch is bounded by its timeouts).
     kept = copies.CopySchedule(where["run"], _start_copier)
     seen = _mtime(where["config"])
+    # The tunnel's counters mean one home's traffic only when there is one home (pace.py).
+    silence = pace.Silence(lambda: pace.tunnel_counters(dog.config.tunnel.device) if len(dog.config.homes) == 1
+                           else None, time.monotonic)
+    dog.silence = silence
     while not stop.is_set():
         started = time.monotonic()
         for line in host_firewall.tick(started):
@@ -270,7 +275,19 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
         if not changed:  # a swap published already, in the same step
             _publish(where["watch_state"], dog)
         sdnotify.notify("WATCHDOG=1")
-        stop.wait(max(0.0, dog.config.watch.interval - (time.monotonic() - started)))
+        wanted = pace.delay(dog.config.watch.interval, pace.doubtful(dog.status.values()))
+        pace.wait(stop, max(0.0, wanted - (time.monotonic() - started)), silence)  # doubt: the next round now
+
+
+def _doubt(swapper: SubprocessSwapper, pages: PageKeeper) -> None:
+    """The tunnel went silent during a round: get the swap child loading and the page server
+    listening now, so that a swap decided at the end of the round is one step."""
+    try:
+        swapper.prepare()
+    except OSError as exc:
+        log.error("cannot fork the swap child ahead: %s", exc)
+    if swapper.page_services():
+        pages.update(True)
 
 
 def _private_dir(path: str) -> None:

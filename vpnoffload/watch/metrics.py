@@ -75,7 +75,7 @@ def _resident_bytes() -> int | None:
 
 
 def _access_drops(dog: Watchdog) -> list[str]:
-    """What each service's access rules dropped (issue 28), read from the kernel at each scrape."""
+    """What each service's access rules dropped, read from the kernel at each scrape."""
     from vpnoffload.lean import accessdrops
 
     numbers = accessdrops.restricted(dog.config)
