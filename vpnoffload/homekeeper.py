@@ -22,11 +22,16 @@ child, which rolls back, and exits), then the client as before.
 
 Under systemd there is no daemon keeper: ``install-service home`` installs
 ``vpnoffload-home-keeper.service`` (:mod:`vpnoffload.deploy.units`), which runs
-this module with ``--watch-only``: the host-firewall watch alone
-(:func:`watch_firewall`). It never looks at the client and never runs ``up
-home``: the client is systemd's (``openvpn-client@``), and a second restarter
-would fight it. It speaks systemd's notify protocol (ready after the first
-look, then a ``WATCHDOG=1`` each round) and logs to the journal.
+this module with ``--watch-only``: the host-firewall watch (:func:`watch_firewall`)
+and, with ``--restart-unit``, :class:`UnitRestarter`. Debian's ``openvpn-client@``
+has no ``Restart=``, and a restarted client alone would not bring back the policy
+routes (they went with its tun device). So when the client's tun device is gone
+and systemd says its unit is not running, the keeper asks systemd to restart the
+home's own unit (``systemctl restart --no-block vpnoffload-home``): its ``down
+home`` then ``up home`` put the client, routes and rules back exactly, under
+systemd's job queue and the run lock. The keeper never runs ``up home`` itself.
+It speaks systemd's notify protocol (ready after the first look, then a
+``WATCHDOG=1`` each round) and logs to the journal.
 """
 
 from __future__ import annotations
@@ -70,9 +75,23 @@ def watch_only(pid: int) -> bool:
         return False
 
 
-def watch_only_argv(python: str, pidfile: str, end: str) -> list[str]:
-    """What the systemd unit runs: the lean keeper, host firewall only (``end``: "home-NAME")."""
-    return spawn.lean_argv(MODULE, "--watch-only", "--pidfile", pidfile, "--firewall", end, python=python)
+def restart_unit_of(pid: int) -> str | None:
+    """The unit the systemd unit's keeper ``pid`` restarts when the client is gone (None: it does not)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            words = fh.read().split(b"\0")
+    except OSError:
+        return None
+    if b"--restart-unit" not in words[:-1]:
+        return None
+    return words[words.index(b"--restart-unit") + 1].decode(errors="replace") or None
+
+
+def watch_only_argv(python: str, pidfile: str, end: str, restart: "tuple[str, str, str] | None" = None) -> list[str]:
+    """What the systemd unit runs: the lean keeper, host firewall (``end``: "home-NAME") and, with
+    ``restart`` = (tun device, client unit, home unit), the home unit restarted when the client is gone."""
+    extra = ("--device", restart[0], "--client-unit", restart[1], "--restart-unit", restart[2]) if restart else ()
+    return spawn.lean_argv(MODULE, "--watch-only", "--pidfile", pidfile, "--firewall", end, *extra, python=python)
 
 
 class HomeKeeper:
@@ -142,6 +161,105 @@ def firewall_watch(run_dir: str, end: str) -> "Callable[[float], list[str]]":
     return HostFirewallWatch(run_dir, time.monotonic(), end).tick
 
 
+#: ``systemctl is-active`` states in which the client is (still) systemd's to run: starting,
+#: running, or being stopped by someone (``down home``): never a reason to restart.
+CLIENT_ALIVE = frozenset({"active", "activating", "reloading", "deactivating"})
+
+
+class UnitRestarter:
+    """Under systemd: the home unit restarted (by systemd) when the OpenVPN client is gone.
+
+    Why the home unit, not the client's: a killed client takes its tun device and so the
+    policy routes with it; the home unit's stop (``down home``) and start (``up home``) put
+    client, routes, rules and sysctls back exactly, as the daemon keeper's ``up home`` does.
+    A ``Restart=`` drop-in on ``openvpn-client@`` would bring the tunnel back without its routes.
+
+    ``PartOf=`` on the keeper's unit means that restart stops and starts this keeper too, so
+    the ask is ``--no-block`` (the job is queued in systemd before we are stopped, and
+    nothing of ours waits for it), and the backoff (1 s doubling to 30 s, as the daemon
+    keeper's) is kept in ``state_file``: the next keeper, started after a failed ``up home``,
+    waits the next step instead of asking again at once. The file goes once the client runs.
+
+    Cheap when all is well: a look at ``/sys/class/net/DEVICE`` each round (the client keeps
+    its device across reconnects: ``persist-tun``); ``systemctl is-active`` only when it is gone.
+    """
+
+    def __init__(self, device: str, client_unit: str, home_unit: str, state_file: str,
+                 run: "Callable[[list[str]], str] | None" = None,
+                 device_exists: "Callable[[str], bool] | None" = None) -> None:
+        self.device, self.client_unit, self.home_unit, self.state_file = device, client_unit, home_unit, state_file
+        self.run = run or _systemctl
+        self.device_exists = device_exists or (lambda dev: os.path.exists(f"/sys/class/net/{dev}"))
+        self.dead_since: float | None = None
+
+    def client_alive(self) -> bool:
+        if self.device_exists(self.device):
+            return True
+        from vpnoffload.errors import VpnOffloadError
+
+        try:
+            state = self.run(["is-active", self.client_unit]).strip()
+        except (OSError, VpnOffloadError) as exc:  # cannot tell: do not restart on a guess
+            _say(f"cannot ask systemd about {self.client_unit}: {exc}")
+            return True
+        return state in CLIENT_ALIVE
+
+    def tick(self, now: float) -> list[str]:
+        """One look (each round); the lines to log."""
+        if self.client_alive():
+            self.dead_since = None
+            if self._forget():
+                return [f"the OpenVPN client ({self.client_unit}) runs again"]
+            return []
+        if self.dead_since is None:
+            self.dead_since = now
+        wait = self._load()  # 0 for the first ask; after an ask, its backoff step
+        if now < self.dead_since + wait:
+            return []
+        backoff = min(MAX_BACKOFF, wait * 2) if wait else FIRST_BACKOFF
+        self._save(backoff)  # before the restart stops us
+        self.dead_since = now
+        from vpnoffload.errors import VpnOffloadError
+
+        argv = ["restart", "--no-block", self.home_unit]
+        try:
+            self.run(argv)
+        except (OSError, VpnOffloadError) as exc:
+            return [f"the OpenVPN client ({self.client_unit}) is not running; systemctl {' '.join(argv)} "
+                    f"failed: {exc}"]
+        return [f"the OpenVPN client ({self.client_unit}) is not running: asked systemd to restart "
+                f"{self.home_unit} (down home, then up home; if it is still gone, asked again in {backoff:g}s)"]
+
+    def _load(self) -> float:
+        try:
+            with open(self.state_file) as fh:
+                return min(MAX_BACKOFF, max(FIRST_BACKOFF, float(fh.read().strip())))
+        except (OSError, ValueError):
+            return 0.0
+
+    def _save(self, backoff: float) -> None:
+        try:
+            with open(self.state_file + ".tmp", "w") as fh:
+                fh.write(f"{backoff:g}\n")
+            os.replace(self.state_file + ".tmp", self.state_file)
+        except OSError as exc:
+            _say(f"cannot keep the restart backoff in {self.state_file}: {exc}")
+
+    def _forget(self) -> bool:
+        try:
+            os.unlink(self.state_file)
+            return True
+        except OSError:
+            return False
+
+
+def _systemctl(args: list[str]) -> str:
+    """``systemctl ARGS`` with the lean spawn; its stdout. ``is-active`` exits 3 for a unit not running."""
+    systemctl = next((p for p in ("/usr/bin/systemctl", "/bin/systemctl") if os.path.exists(p)), "systemctl")
+    out = spawn.run([systemctl, *args], f"systemctl {' '.join(args)}", 30.0, ok=(0, 3, 4))
+    return out.decode(errors="replace")
+
+
 def keep(client_pidfile: str, profile: str, up_argv: list[str], stopping: "list[bool]",
          clock: "Callable[[], float]" = time.monotonic, sleep: "Callable[[float], None]" = time.sleep,
          start: "Callable[[list[str]], spawn.Child] | None" = None,
@@ -196,15 +314,20 @@ def keep(client_pidfile: str, profile: str, up_argv: list[str], stopping: "list[
 
 def watch_firewall(firewall: "Callable[[float], list[str]]", stopping: "list[bool]",
                    clock: "Callable[[], float]" = time.monotonic, sleep: "Callable[[float], None]" = time.sleep,
-                   notify: "Callable[[str], object] | None" = None) -> None:
-    """The ``--watch-only`` loop: ``firewall(now)`` each round (its lines logged), until ``stopping[0]``.
-    Nothing here starts a process but the firewall look's own children: no ``up home`` ever."""
+                   notify: "Callable[[str], object] | None" = None,
+                   restarter: "Callable[[float], list[str]] | None" = None) -> None:
+    """The ``--watch-only`` loop: ``firewall(now)`` and ``restarter(now)`` (:meth:`UnitRestarter.tick`)
+    each round (their lines logged), until ``stopping[0]``. Nothing here starts a process but
+    their own children (the firewall look's, ``systemctl``): no ``up home`` ever."""
     from vpnoffload.lean import sdnotify
 
     tell = notify or sdnotify.notify
     ready = False
     while not stopping[0]:
-        for line in firewall(clock()):
+        now = clock()
+        for line in restarter(now) if restarter is not None else ():
+            _say(line)
+        for line in firewall(now):
             _say(f"host firewall: {line}")
         if not ready:  # after the first look: a wiped opening found at start is already back
             tell("READY=1")
@@ -227,8 +350,8 @@ def _main(argv: list[str]) -> int:
 
     if "--watch-only" in argv:
         # No client options and no command: this mode cannot be told to run `up home`.
-        opts = options.parse(argv, values=("--pidfile", "--firewall"), flags=("--watch-only",),
-                             required=("--pidfile", "--firewall"))
+        opts = options.parse(argv, values=("--pidfile", "--firewall", "--device", "--client-unit", "--restart-unit"),
+                             flags=("--watch-only",), required=("--pidfile", "--firewall"))
     else:
         opts = options.parse(argv, values=("--pidfile", "--client-pidfile", "--profile", "--firewall"),
                              required=("--pidfile", "--client-pidfile", "--profile"), rest=True)
@@ -246,7 +369,8 @@ def _main(argv: list[str]) -> int:
     try:
         if firewall is not None and opts.get("--watch-only"):
             _say(f"keeping the host firewall's openings of {end} in place (systemd runs the OpenVPN client)")
-            watch_firewall(firewall, stopping)
+            restarter = _restarter(opts, pidfile)
+            watch_firewall(firewall, stopping, restarter=restarter.tick if restarter else None)
         else:
             client_pidfile, profile = str(opts["--client-pidfile"]), str(opts["--profile"])
             up_argv = [str(word) for word in opts["--"]]  # type: ignore[attr-defined]
@@ -256,6 +380,17 @@ def _main(argv: list[str]) -> int:
         _say("stopped")
         _remove_pidfile(pidfile)
     return 0
+
+
+def _restarter(opts: dict[str, object], pidfile: str) -> UnitRestarter | None:
+    """The ``--watch-only`` keeper's restart of the home unit, when its unit gave the three names."""
+    names = [opts.get(name) for name in ("--device", "--client-unit", "--restart-unit")]
+    if not all(names):
+        return None
+    device, client, home_unit = (str(name) for name in names)
+    _say(f"asking systemd to restart {home_unit} whenever {client} is gone")
+    return UnitRestarter(device, client, home_unit, pidfile[: -len(".pid")] + ".restart"
+                         if pidfile.endswith(".pid") else pidfile + ".restart")
 
 
 def _write_pidfile(pidfile: str) -> None:

@@ -8,6 +8,8 @@ else on disk is written, so tests run entirely in a temp directory.
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,13 @@ class Paths:
         cfg = Path(config or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG).absolute()
         st = state or os.environ.get(STATE_ENV) or cfg.parent / "state"
         return cls(config=cfg, state=Path(st).absolute())
+
+    def check(self) -> None:
+        """``-c`` names a regular file or nothing, ``--state-dir`` a directory or nothing;
+        ConfigError naming the option otherwise (a FIFO, a device, a symlink loop, a name
+        too long), before a command reads, locks or creates anything there."""
+        _kind_of(self.state, "--state-dir", stat.S_ISDIR, "not a directory")
+        file_or_nothing(self.config, "--config")
 
     @property
     def pki(self) -> Path:
@@ -81,3 +90,23 @@ class Paths:
     def profile(self, home: str) -> Path:
         """Where ``up home`` looks for the client profile when ``--profile`` is not given."""
         return self.state / f"{home}.ovpn"
+
+
+def file_or_nothing(path: Path, field: str) -> None:
+    """ConfigError naming ``field`` unless ``path`` is a regular file or missing."""
+    _kind_of(path, field, stat.S_ISREG, "not a regular file")
+
+
+def _kind_of(path: Path, field: str, right: "Callable[[int], bool]", wrong: str) -> None:
+    """``path`` is missing (fine: nothing there yet, or any more) or of the right kind."""
+    from vpnoffload.errors import ConfigError
+    from vpnoffload.names import shown
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"{shown(str(path))}: {exc.strerror or exc}", field=field) from None
+    if not right(mode):
+        raise ConfigError(f"{shown(str(path))}: {wrong}", field=field)

@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +54,8 @@ DEVNULL, STDOUT = subprocess.DEVNULL, subprocess.STDOUT
 
 def run(argv: Sequence[str], *, input: str | None = None, timeout: float = DEFAULT_TIMEOUT,
         check: bool = True, hint: str | None = None, env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None, detached_output: bool = False) -> Result:
+        cwd: str | os.PathLike[str] | None = None, detached_output: bool = False,
+        max_file_size: int | None = None) -> Result:
     """Run ``argv`` to completion and return its output.
 
     Raises PrerequisiteError when the program is missing (``hint`` says how to
@@ -63,19 +64,23 @@ def run(argv: Sequence[str], *, input: str | None = None, timeout: float = DEFAU
     exits non-zero. ``detached_output``: collect the output through temp files,
     not pipes, so a daemon the command leaves behind (``ip netns exec NS openvpn
     --daemon``) cannot keep this call waiting for the pipe to close.
+    ``max_file_size``: the command, and any daemon it leaves behind, can grow no file past
+    that many bytes (``RLIMIT_FSIZE``, with ``SIGXFSZ`` ignored so a write past it fails
+    with ``EFBIG`` instead of killing the writer).
     """
     argv = [str(a) for a in argv]
+    preexec = None if max_file_size is None else _file_size_limit(max_file_size)
     program = shutil.which(argv[0], path=safe_path())
     if program is None:
         raise PrerequisiteError(f"{argv[0]} is missing" + (f": {hint}" if hint else ""))
     try:
         if detached_output:
-            result = _run_into_files(argv, input, timeout, env, cwd, program)
+            result = _run_into_files(argv, input, timeout, env, cwd, program, preexec)
         else:
             proc = subprocess.run(argv, executable=program, input=input, capture_output=True, text=True,
                                   timeout=timeout, check=False,
                                   stdin=None if input is not None else subprocess.DEVNULL,
-                                  env=dict(env) if env is not None else None, cwd=cwd)
+                                  env=dict(env) if env is not None else None, cwd=cwd, preexec_fn=preexec)
             result = Result(tuple(argv), proc.returncode, proc.stdout, proc.stderr)
     except subprocess.TimeoutExpired:
         raise BackendError(f"{_shown(argv)} did not finish within {timeout:g} s") from None
@@ -93,12 +98,27 @@ def safe_path() -> str:
     return os.pathsep.join(e for e in entries if os.path.isabs(e)) or "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def _file_size_limit(limit: int) -> Callable[[], None]:
+    """What the child runs before exec: the file size limit, and SIGXFSZ ignored (an
+    ignored signal stays ignored across exec; subprocess resets it to the default first).
+    Only async-signal-safe system calls, on modules imported here, before the fork."""
+    import resource
+    import signal
+
+    def child() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    return child
+
+
 def _run_into_files(argv: list[str], input: str | None, timeout: float, env: Mapping[str, str] | None,
-                    cwd: str | os.PathLike[str] | None, program: str) -> Result:
+                    cwd: str | os.PathLike[str] | None, program: str,
+                    preexec: Callable[[], None] | None = None) -> Result:
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.run(argv, executable=program, input=input.encode() if input is not None else None, stdout=out, stderr=err,
                               stdin=None if input is not None else subprocess.DEVNULL, timeout=timeout, check=False,
-                              env=dict(env) if env is not None else None, cwd=cwd)
+                              env=dict(env) if env is not None else None, cwd=cwd, preexec_fn=preexec)
         out.seek(0)
         err.seek(0)
         return Result(tuple(argv), proc.returncode, out.read().decode(errors="replace"),

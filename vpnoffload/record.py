@@ -8,13 +8,15 @@ remembered so ``down`` restores exactly that and nothing else.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vpnoffload.fsio import make_dir, write_atomic
+from vpnoffload.fsio import make_dir, read_regular, write_atomic
 from vpnoffload.errors import ConfigError
 from vpnoffload.hometunnels import MAX_SLOTS
+from vpnoffload.names import shown
 
 
 @dataclass
@@ -45,27 +47,74 @@ class Record:
 
 
 def load(path: Path) -> Record:
+    """The record at ``path`` (an empty one when there is none).
+
+    Read as one regular file (a FIFO or device there cannot hang ``down``) and checked
+    field by field: a damaged record is one ConfigError naming the file, never a traceback
+    halfway through undoing ``up``.
+    """
     try:
-        data = json.loads(path.read_text())
+        text = read_regular(path, str(path), limit=MAX_RECORD)
     except FileNotFoundError:
         return Record()
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read state file: {exc}", field=str(path)) from None
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ConfigError("state file is not valid JSON; restore or remove it", field=str(path)) from None
+    if not isinstance(data, dict):
+        raise _damaged(path, "not an object")
     return Record(
-        sysctl=dict(data.get("sysctl", {})),
-        addresses=[list(a) for a in data.get("addresses", [])],
-        created_user=data.get("created_user"),
-        host_found=[str(line) for line in data.get("host_found", [])],
-        host_openings=[dict(e) for e in data.get("host_openings", [])],
-        slot=_slot(data.get("slot")),
+        sysctl=_strings_by_string(path, data.get("sysctl", {})),
+        addresses=_address_pairs(path, data.get("addresses", [])),
+        created_user=_optional_string(path, "created_user", data.get("created_user")),
+        host_found=[str(line) for line in _list_of(path, "host_found", data.get("host_found", []), str)],
+        host_openings=[dict(e) for e in _list_of(path, "host_openings", data.get("host_openings", []), dict)],
+        slot=_slot(path, data.get("slot")),
     )
 
 
-def _slot(value: Any) -> int | None:
+#: A record holds a few sysctls, addresses and firewall openings: kilobytes, never a megabyte.
+MAX_RECORD = 1 << 20
+#: A sysctl key as ``up`` records it (``net.ipv4.conf.vpnoffload0.rp_filter``).
+_SYSCTL_KEY = re.compile(r"[A-Za-z0-9_.:/@+-]{1,200}")
+
+
+def _damaged(path: Path, why: str) -> ConfigError:
+    return ConfigError(f"state file is damaged ({why}); restore or remove it", field=str(path))
+
+
+def _list_of(path: Path, key: str, value: Any, kind: type) -> list[Any]:
+    if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
+        raise _damaged(path, f"{key} is not a list of {kind.__name__}")
+    return value
+
+
+def _strings_by_string(path: Path, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise _damaged(path, "sysctl is not a table of strings")
+    if not all(_SYSCTL_KEY.fullmatch(k) and len(v) <= 4096 for k, v in value.items()):
+        raise _damaged(path, "sysctl names a key or value no kernel has")
+    return dict(value)
+
+
+def _address_pairs(path: Path, value: Any) -> list[list[str]]:
+    pairs = _list_of(path, "addresses", value, list)
+    if not all(len(p) == 2 and all(isinstance(v, str) for v in p) for p in pairs):
+        raise _damaged(path, "addresses are not [interface, address] pairs")
+    return [list(p) for p in pairs]
+
+
+def _optional_string(path: Path, key: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise _damaged(path, f"{key} is not a string")
+    return value
+
+
+def _slot(path: Path, value: Any) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < MAX_SLOTS:
-        raise ConfigError(f"state file: bad tunnel slot {value!r}", field="slot")
+        raise _damaged(path, f"bad tunnel slot {shown(value)}")
     return value
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from vpnoffload import fsio, proc, runfiles
+from vpnoffload.lean.logcap import LIMIT as LOG_LIMIT  # stdlib only
 from vpnoffload.errors import BackendError, PrerequisiteError
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class DaemonTunnel:
     workdir: Path  # openvpn runs with --cd here, so relative file names in the config work
     run_dir: Path
     extra_args: tuple[str, ...] = ()  # e.g. --user/--group for a profile that does not drop privileges itself
+    log_limit: int = LOG_LIMIT  # no file OpenVPN writes (its log above all) grows past this
 
     @property
     def pidfile(self) -> Path:
@@ -100,13 +102,16 @@ class DaemonTunnel:
         self.pidfile.unlink(missing_ok=True)
         # Appended, so the watchdog can cut it while OpenVPN writes (lean/logcap.py: packets
         # without the tls-crypt key each log two lines); the last run's log is kept as .1.
+        # Bounded without the watchdog too: OpenVPN can grow no file past logcap.LIMIT
+        # (RLIMIT_FSIZE; a write past it fails, OpenVPN goes on), so the log and its .1
+        # hold at most 2 x LIMIT whether or not anything ever cuts them.
         logcap.rotate(str(self.logfile))
         argv = [
             openvpn_binary(), "--cd", str(self.workdir), "--config", str(self.config),
             "--daemon", f"vpnoffload-{self.name}", "--writepid", str(self.pidfile),
             "--log-append", str(self.logfile), *self.extra_args,
         ]
-        result = proc.run(argv, timeout=30, check=False)
+        result = proc.run(argv, timeout=30, check=False, max_file_size=self.log_limit)
         if not result.ok:
             raise BackendError(f"openvpn did not start: {self._last_error(result.stderr)}")
         self._wait_for_pid(timeout=5)

@@ -47,6 +47,8 @@ CASES: dict[str, tuple[dict[str, str], list[tuple[str, str]], bool | None]] = {
     "/sets-cookie-second": ({}, [("X-Other", "1"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")], False),
     "/varies-on-cookie": ({}, [("Vary", "Cookie")], False),
     "/varies-on-cookie-second": ({}, [("Vary", "Accept-Encoding"), ("Vary", "cookie")], None),
+    "/varies-on-language": ({}, [("Vary", "Accept-Language")], False),
+    "/varies-on-encoding": ({}, [("Vary", "accept-encoding")], True),
     "/varies-in-list": ({}, [("Vary", "Accept-Encoding, Cookie")], False),
     "/varies-on-everything": ({}, [("Vary", "*")], False),
 }
@@ -184,3 +186,64 @@ def test_nginx_keeps_no_personalised_answer_whatever_the_header_order(tmp_path: 
         assert offline[path]["status"] != 200 and "alice" not in offline[path]["body"], (path, offline[path])
     # One copy per kept path, however many query strings were asked (no flood of variants).
     assert copies <= sum(keep is not False for _, _, keep in CASES.values()), copies
+
+
+# Home's answers on the paths of the next test: the body names the request's credentials.
+LATER_VARY = {
+    "/cookie-later": [("Vary", "Accept-Encoding"), ("Vary", "Cookie")],
+    "/key-first": [("Vary", "X-Api-Key"), ("Vary", "Accept-Encoding")],
+    "/key-later": [("Vary", "Accept-Encoding"), ("Vary", "X-Api-Key")],
+}
+LATER_HOME = HOME_SERVER.replace(
+    "for cookie={self.headers.get('Cookie')}", "for cookie={self.headers.get('Cookie')} key={self.headers.get('X-Api-Key')}")
+
+
+def test_a_later_vary_line_gives_no_visitor_another_visitors_page(tmp_path: Path) -> None:
+    """nginx 1.22 shows only the first Vary line in $upstream_http_vary (and keys its own
+    variants on the last): a ``Vary: Cookie`` on a later line is kept. That leaks nothing: a
+    request with a cookie is never kept and never answered from the copy, so the copy is the
+    answer for a request without one. A request header that is no credential (``X-Api-Key``)
+    is refused on the first line and, on the last, nginx's own variants keep it apart."""
+    import json
+
+    out, run = tmp_path / "web", tmp_path / "run"
+    run.mkdir()
+    config = CONFIG.replace(f"offline_copy = {sorted(CASES) + ['/query']!r}", f"offline_copy = {sorted(LATER_VARY)!r}")
+    webserver.render_nginx(parse_text(config), out)
+    (run / "nginx.conf").write_text(NGINX_CONF.format(run=run, out=out))
+    alice, key = {"Cookie": "session=alice"}, {"X-Api-Key": "alice-secret"}
+    with namespaces(unique("ngx")) as (ns,):
+        in_ns(ns, "ip", "addr", "add", f"{HOME}/32", "dev", "lo")
+        home = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", LATER_HOME, HOME,
+                                 json.dumps(LATER_VARY)])
+        nginx = subprocess.Popen(["ip", "netns", "exec", ns, NGINX, "-p", str(run), "-c", str(run / "nginx.conf"),
+                                  "-e", str(run / "error.log")])
+        try:
+            wait_tcp(ns, HOME, 8080)
+            wait_tcp(ns, "127.0.0.1", 80)
+            # Alice first (cookie; API key), then anonymous, then Alice again, all within 1 s.
+            live = visit(ns, [("/cookie-later", alice), ("/cookie-later", {}), ("/cookie-later", alice),
+                              ("/cookie-later", {}),
+                              ("/key-first", key), ("/key-first", {}), ("/key-later", key), ("/key-later", {})])
+            home.kill()
+            home.wait(timeout=10)
+            time.sleep(2.5)  # past proxy_cache_valid: only the kept copy answers now
+            offline = visit(ns, [("/cookie-later", alice), ("/cookie-later", {}), ("/key-first", {}),
+                                 ("/key-later", {}), ("/key-later", key)])
+        finally:
+            for proc in (nginx, home):
+                proc.kill()
+                proc.wait(timeout=10)
+    # Home up: Alice always gets her own page from home, never a copy; anonymous gets the anonymous one.
+    assert [a["cache"] for a in live[:4]] == ["BYPASS", "MISS", "BYPASS", "HIT"], live[:4]
+    assert "alice" in live[0]["body"] and "alice" in live[2]["body"], live[:4]
+    assert "cookie=None" in live[3]["body"], live[3]
+    # A custom header on the first line: never kept; on the last: nginx's variant keeps it apart.
+    assert all("alice" not in a["body"] for a in (live[5], live[7])), live[4:]
+    # Home down: the copy is the anonymous page, and Alice gets no copy at all.
+    assert offline[0]["cache"] != "STALE" and "alice" not in offline[0]["body"], offline[0]
+    assert offline[1]["status"] == 200 and offline[1]["cache"] == "STALE", offline[1]
+    assert "cookie=None key=None" in offline[1]["body"], offline[1]
+    assert offline[2]["cache"] != "STALE" and "alice" not in offline[2]["body"], offline[2]
+    assert "key=None" in offline[3]["body"], offline[3]  # the anonymous variant, not Alice's
+    assert offline[4]["status"] != 200 or "key=alice-secret" in offline[4]["body"], offline[4]  # hers, if any

@@ -4,6 +4,8 @@ and ``mute`` cannot stop it (the two lines are of different kinds). OpenVPN runs
 runs it (``--log-append``), a bounded flood of such packets comes from a namespace this test
 makes, and the watchdog's cut (lean/logcap.py, every round) keeps the log and its ``.1``
 bounded while OpenVPN goes on writing into the cut file; a real home still connects after.
+With no watchdog at all, the log is bounded by construction: vpnoffload's own daemon start
+(tunnel.DaemonTunnel) gives OpenVPN a file size limit, so the log stops growing at it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tests.integration.ovpnkit import (HOME_ADDR, READY, VPS_ADDR, lab, make_con
                                            system_user)
 from tests.helpers import wait_until
 from tests.nslib import in_ns, needs_openvpn, needs_root
+from vpnoffload import runfiles
 from vpnoffload.lean import logcap
 from vpnoffload.pki import Pki
 from vpnoffload.render.openvpn import render_home, render_vps
@@ -98,3 +101,74 @@ def test_a_flood_of_unauthenticated_packets_cannot_fill_the_log(tmp_path: Path) 
             # A real home still gets in after the flood.
             with openvpn(home, tmp_path / "home.log", "--config", str(profiles / "home.ovpn")) as client:
                 assert client.wait_for(READY), client.text()[-2000:]
+
+
+# Starts OpenVPN exactly as ``up vps`` does without systemd, inside the namespace it runs in.
+DAEMON_START = """
+import sys
+from pathlib import Path
+from vpnoffload.tunnel import DaemonTunnel
+conf, run, limit = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+DaemonTunnel("server", conf, conf.parent, run, log_limit=limit).start()
+"""
+
+
+def stopped(log: Path):
+    """A wait_until check: has ``log`` stopped growing since the last poll (near the bound)?"""
+    last: list[int] = []
+
+    def check() -> tuple[bool, int]:
+        size = log.stat().st_size
+        done = size > LIMIT - 4096 and last == [size]
+        last[:] = [size]
+        return done, size
+    return check
+
+
+def test_without_the_watchdog_the_log_stops_at_its_bound(tmp_path: Path) -> None:
+    """No keeper, no watchdog, nothing cuts the log: a flood several times the bound leaves
+    a log of at most the bound, OpenVPN keeps running and a real home still connects."""
+    import os
+    import re
+    import signal
+
+    config = make_config("udp")
+    pki = Pki.create(tmp_path / "pki")
+    pki.issue("home")
+    profiles = tmp_path / "profiles"
+    render_home(config, pki, "home", profiles)
+    run = tmp_path / "run"
+    with system_user() as user, lab() as (vps, home):
+        server_dir = tmp_path / "server"
+        render_vps(config, pki, server_dir, run_as=user)
+        in_ns(vps, sys.executable, "-c", DAEMON_START, str(server_dir / "server.conf"), str(run), str(LIMIT),
+              timeout=60)
+        pid = int((run / runfiles.openvpn_pid(runfiles.SERVER)).read_text())
+        log = run / runfiles.openvpn_log(runfiles.SERVER)
+        try:
+            wait_until("OpenVPN ready", lambda: (READY in (got := log.read_text(errors="replace")), got), 15)
+            limits = Path(f"/proc/{pid}/limits").read_text()
+            assert re.search(rf"Max file size\s+{LIMIT}\s+{LIMIT}\s+bytes", limits), limits
+            sent = 0
+            for _ in range(3):  # each flood writes ~640 KB of log lines: 30 times the bound
+                sent += int(in_ns(home, sys.executable, "-c", FLOOD_SENDER, VPS_ADDR, str(FLOOD), HOME_ADDR,
+                                  timeout=60).stdout)
+            assert sent * 150 > 8 * LIMIT, f"only {sent} packets: nothing to bound"
+            # OpenVPN reads what is queued: until the log stops growing, which it does at the bound.
+            size = wait_until("the flood read into OpenVPN's log", stopped(log), 10, 0.3)
+            assert LIMIT - 4096 < size <= LIMIT, f"{size} bytes after {sent} bad packets (bound {LIMIT})"
+            assert not Path(f"{log}.1").exists()  # nothing cut it: the bound alone held
+            os.kill(pid, 0)  # OpenVPN lives on (SIGXFSZ ignored: a write past the bound just fails)
+            with openvpn(home, tmp_path / "home.log", "--config", str(profiles / "home.ovpn")) as client:
+                assert client.wait_for(READY), client.text()[-2000:]
+            assert log.stat().st_size <= LIMIT
+            # When a watchdog does run, its cut makes room and OpenVPN's next lines land again.
+            assert logcap.cap(str(log), LIMIT // 2)
+            in_ns(home, sys.executable, "-c", FLOOD_SENDER, VPS_ADDR, "10", HOME_ADDR, timeout=60)
+            wait_until("OpenVPN logging again after the cut", lambda: (b"tls-crypt" in log.read_bytes(), None), 10)
+            assert log.stat().st_size < LIMIT // 2
+        finally:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass

@@ -10,7 +10,6 @@ status for bad input (2, or the documented one), no hang, and nothing changed on
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -129,6 +128,35 @@ for command in (["render", "vps"], ["render", "home"], ["render", "nginx"], ["re
 case("render-home-unknown", ["render", "home", "--home", HUGE_TEXT, "--out", "{tmp}/p"])
 case("install-service-end-huge", ["install-service", HUGE_TEXT, "--out", "{tmp}/u"])
 case("up-home-profile-empty", ["up", "home", "--dry-run", "--profile", ""], names="--profile")
+# The options every subcommand's --help lists that the rows above did not reach.
+ADD = ["service", "add", "web", "--listen", "81", "--target", "8080"]
+case("service-add-proto-huge", [*ADD, "--proto", HUGE_TEXT], names="proto")
+case("service-add-proto-empty", [*ADD, "--proto", ""], names="proto")
+case("service-add-fallback-huge", [*ADD, "--fallback", HUGE_TEXT], names="fallback")
+case("service-add-via-huge", [*ADD, "--via", HUGE_TEXT], names="via")
+case("service-add-deny-odd", [*ADD, "--deny", "١٩٢.0.2.0/24"], names="deny")
+case("service-add-deny-huge", [*ADD, "--deny", HUGE_TEXT], names="deny")
+case("service-add-max-conns-huge", [*ADD, "--max-conns", HUGE_NUMBER], names="max")
+for option in ("--allow-file", "--deny-file"):
+    for command in (ADD, ["service", "set", "blog"]):
+        label = f"{command[1]}{option}"
+        case(f"service-{label}-empty", [*command, option, ""], names=option.strip("-").replace("-", "_"))
+        case(f"service-{label}-huge", [*command, option, "/" + HUGE_TEXT], names=option.strip("-").replace("-", "_"))
+case("service-set-deny-odd", ["service", "set", "blog", "--deny", "８.8.8.8"], names="deny")
+case("init-subnet6-huge", ["init", "--force", "--vps-address", "203.0.113.10", "--tunnel-subnet6", HUGE_TEXT],
+     names="subnet6")
+case("init-subnet6-odd", ["init", "--force", "--vps-address", "203.0.113.10", "--tunnel-subnet6", "fd00:٨٨::/64"],
+     names="subnet6")
+case("init-local-address-huge", ["init", "--force", "--vps-address", "203.0.113.10", "--local-address", HUGE_TEXT],
+     names="local")
+case("init-local-address-odd", ["init", "--force", "--vps-address", "203.0.113.10", "--local-address", "١٠.0.0.1"],
+     names="local")
+case("install-service-home-huge", ["install-service", "home", "--home", HUGE_TEXT, "--out", "{tmp}/u"], names="--home")
+case("install-service-home-empty", ["install-service", "home", "--home", "", "--out", "{tmp}/u"], names="--home")
+case("up-home-home-huge", ["up", "home", "--dry-run", "--home", HUGE_TEXT], names="--home")
+case("up-home-home-odd", ["up", "home", "--dry-run", "--home", "ｈｏｍｅ"], names="--home")
+for where in ("{odd}/fifo", "{odd}/loop", "/dev/zero", "/" + HUGE_TEXT):
+    case(f"state-dir-{where.split('/')[-1][:8]}-pki-issue", ["--state-dir", where, "pki", "issue", "h2"])
 
 
 @pytest.mark.parametrize(("name", "argv", "code", "names"), CASES, ids=[c[0] for c in CASES])
@@ -198,6 +226,159 @@ def test_an_unreadable_config_is_one_line(site: Path, tmp_path: Path) -> None:
     expect_one_line(result, BAD_INPUT)
 
 
+# ------------------------------------------------------------------ commands that need root or a lab
+# doctor, down, lab and watch must refuse bad input before they touch anything: the OS layer
+# (backends, prerequisite probes, every external command) is replaced by one that fails the
+# test if it is reached, so a row passes only when the refusal comes first.
+
+
+class Touched(BaseException):
+    """Raised by the faked OS layer; a BaseException so no ``except Exception`` hides it."""
+
+
+@pytest.fixture
+def os_faked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vpnoffload import deploy, proc
+    from vpnoffload.deploy import doctor
+    from vpnoffload.lab import steps
+
+    def touched(*args: object, **kwargs: object) -> None:
+        raise Touched(f"the OS layer was reached: {args[:1]!r}")
+
+    monkeypatch.setattr(deploy.Backends, "real", staticmethod(touched))
+    monkeypatch.setattr(doctor, "require_prerequisites", touched)
+    monkeypatch.setattr(doctor, "all_checks", touched)
+    monkeypatch.setattr(steps, "check_prerequisites", touched)
+    monkeypatch.setattr(proc, "run", touched)
+    monkeypatch.setattr(proc, "start", touched)
+
+
+ODD_PATHS = {"directory": "{odd}/dir", "fifo": "{odd}/fifo", "symlink-loop": "{odd}/loop", "proc": "/proc/self/status",
+             "dev-zero": "/dev/zero", "huge": "/" + HUGE_TEXT}
+ROOT_CASES: list[tuple[str, list[str], str]] = []
+for kind, where in ODD_PATHS.items():
+    if kind != "proc":  # a /proc file is a regular file: doctor reads it and refuses it as TOML (a CONFIG_PATHS row)
+        ROOT_CASES.append((f"doctor-config-{kind}", ["-c", where, "doctor"], "--config"))
+        ROOT_CASES.append((f"down-vps-config-{kind}", ["-c", where, "down", "vps"], "--config"))
+        ROOT_CASES.append((f"down-home-profile-{kind}", ["-c", "{cfg}", "down", "home", "--profile", where], "--profile"))
+    if kind != "directory":  # an empty directory is a state dir with nothing in it yet
+        for command in (["doctor"], ["down", "vps"], ["down", "vps", "--dry-run"], ["down", "home"],
+                        ["down", "home", "--home", "home"]):
+            ROOT_CASES.append((f"{'-'.join(command)}-state-dir-{kind}", ["-c", "{cfg}", "--state-dir", where, *command],
+                               "--state-dir"))
+for kind, name in {**ODD_DIGITS, "huge": HUGE_TEXT, "empty": "", "newline": "home\n", "wide": "ｈｏｍｅ"}.items():
+    ROOT_CASES.append((f"down-home-home-{kind}", ["-c", "{cfg}", "down", "home", "--home", name], "--home"))
+    for sub in ("up", "demo", "down"):
+        ROOT_CASES.append((f"lab-{sub}-prefix-{kind}", ["lab", sub, "--prefix", name], "--prefix"))
+for sub in ("up", "demo", "down"):
+    ROOT_CASES.append((f"lab-{sub}-prefix-dash", ["lab", sub, "--prefix", "-x"], "--prefix"))
+    ROOT_CASES.append((f"lab-{sub}-prefix-41", ["lab", sub, "--prefix", "a" * 41], "--prefix"))
+DAMAGED_RECORDS = {"empty": "", "list": "[]", "sysctl-list": '{"sysctl": [1, 2]}', "address-int": '{"addresses": [5]}',
+                   "address-short": '{"addresses": [["eth0"]]}', "user-int": '{"created_user": 7}',
+                   "sysctl-huge": '{"sysctl": {"' + HUGE_TEXT + '": "1"}}', "deep": "[" * 5000 + "]" * 5000,
+                   "slot": '{"slot": 99}', "openings": '{"host_openings": ["x"]}'}
+
+
+@pytest.mark.parametrize(("name", "argv", "names"), ROOT_CASES, ids=[c[0] for c in ROOT_CASES])
+def test_root_commands_refuse_bad_input_first(site: Path, tmp_path: Path, os_faked: None, name: str,
+                                              argv: list[str], names: str) -> None:
+    args = [a.replace("{odd}", str(tmp_path / "odd")).replace("{cfg}", str(site)) for a in argv]
+    before = snapshot(tmp_path)
+    line = expect_one_line(CliRunner().invoke(app, args), BAD_INPUT)
+    assert names in line, line
+    assert snapshot(tmp_path) == before
+
+
+def _damage(path: Path, how: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if how == "directory":
+        path.mkdir()
+    elif how == "fifo":
+        os.mkfifo(path)
+    elif how == "loop":
+        path.symlink_to(path)
+    else:
+        path.write_text(DAMAGED_RECORDS[how])
+
+
+@pytest.mark.parametrize("how", ["directory", "fifo", "loop", *DAMAGED_RECORDS])
+@pytest.mark.parametrize("end", ["vps", "home"])
+def test_down_refuses_a_damaged_record_before_touching_anything(site: Path, tmp_path: Path, os_faked: None,
+                                                                 end: str, how: str) -> None:
+    """What ``up`` recorded is what ``down`` restores: a damaged record (or a FIFO there,
+    which used to hang) is one line naming the file, before any lock or backend."""
+    record = site.parent / "state" / "run" / ("vps.json" if end == "vps" else "home-home.json")
+    _damage(record, how)
+    before = snapshot(tmp_path)
+    line = expect_one_line(CliRunner().invoke(app, ["-c", str(site), "down", end]), BAD_INPUT)
+    assert record.name in line, line
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("how", ["empty", "directory", "missing", "garbage"])
+def test_doctor_refuses_a_damaged_pki(site: Path, tmp_path: Path, os_faked: None, how: str) -> None:
+    """doctor said "all ok" over a PKI that ``up vps`` then refused."""
+    _break_index(site.parent / "state" / "pki", how)
+    before = snapshot(tmp_path)
+    line = expect_one_line(CliRunner().invoke(app, ["-c", str(site), "doctor"]), BAD_INPUT)
+    assert "pki" in line, line
+    assert snapshot(tmp_path) == before
+
+
+def test_down_with_nothing_recorded_writes_nothing(site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``down`` that finds nothing to undo creates no run directory and no lock file."""
+    from tests.fakes import deploy_env
+    from vpnoffload import deploy
+    from vpnoffload.deploy import doctor
+
+    (tmp_path / "fake").mkdir()
+    backends = deploy_env(tmp_path / "fake")[2]
+    monkeypatch.setattr(deploy.Backends, "real", staticmethod(lambda: backends))
+    monkeypatch.setattr(doctor, "require_prerequisites", lambda: None)
+    before = snapshot(site.parent)
+    for end in ("vps", "home"):
+        result = CliRunner().invoke(app, ["-c", str(site), "down", end])
+        assert result.exit_code == 0 and "nothing to do" in result.output, result.output
+    assert snapshot(site.parent) == before
+
+
+@pytest.mark.parametrize(("name", "argv", "names"), [
+    ("config-fifo", ["-c", "{odd}/fifo", "watch"], "--config"),
+    ("config-loop", ["-c", "{odd}/loop", "watch"], "--config"),
+    ("config-directory", ["-c", "{odd}/dir", "watch"], "--config"),
+    ("config-dev-zero", ["-c", "/dev/zero", "watch"], "/dev/zero"),
+    ("config-proc", ["-c", "/proc/self/status", "watch"], "TOML"),
+    ("config-huge", ["-c", "/" + HUGE_TEXT, "watch"], "long"),
+    ("config-empty", ["-c", "", "watch"], "-c"),
+    ("state-dir-fifo", ["-c", "{cfg}", "--state-dir", "{odd}/fifo", "watch"], "--state-dir"),
+    ("state-dir-loop", ["-c", "{cfg}", "--state-dir", "{odd}/loop", "watch"], "--state-dir"),
+    ("state-dir-dev-zero", ["-c", "{cfg}", "--state-dir", "/dev/zero", "watch"], "--state-dir"),
+    ("state-dir-empty", ["-c", "{cfg}", "--state-dir", "", "watch"], "--state-dir"),
+    ("extra-huge", ["-c", "{cfg}", "watch", HUGE_TEXT], "unexpected"),
+    ("config-deep", ["-c", "{deep}", "watch"], "nested"),
+    ("config-huge-number", ["-c", "{number}", "watch"], "digits"),
+])
+def test_watch_refuses_bad_input_before_it_starts(site: Path, tmp_path: Path, name: str, argv: list[str],
+                                                  names: str) -> None:
+    """The real entry point (typer skipped, the lean watchdog exec'd), in a throw-away config
+    dir: every refusal comes from reading the config, before a port is held or a rule read."""
+    import subprocess
+    import sys
+
+    (tmp_path / "deep.toml").write_text("x = " + "[" * 5000 + "]" * 5000)
+    (tmp_path / "number.toml").write_text("x = " + HUGE_NUMBER)
+    args = [a.replace("{odd}", str(tmp_path / "odd")).replace("{cfg}", str(site))
+            .replace("{deep}", str(tmp_path / "deep.toml")).replace("{number}", str(tmp_path / "number.toml"))
+            for a in argv]
+    before = snapshot(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "vpnoffload", *args], capture_output=True, text=True, timeout=20,
+                          cwd=tmp_path)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == BAD_INPUT and len(lines) == 1, (done.returncode, lines[:5])
+    assert len(lines[0]) <= MAX_LINE and "Traceback" not in lines[0] and names in lines[0], lines[0][:400]
+    assert snapshot(tmp_path) == before
+
+
 def test_the_table_covers_every_command() -> None:
     """A new command gets rows here too."""
     import typer.main
@@ -205,12 +386,15 @@ def test_the_table_covers_every_command() -> None:
     group = typer.main.get_command(app)
     covered = {" ".join(argv[:2]) for _, argv, _, _ in CASES} | {" ".join(argv[:1]) for _, argv, _, _ in CASES}
     covered |= {" ".join(c[:2]) for c in COMMANDS} | {"status", "service list", "pki list"}
+    for _, argv, _ in ROOT_CASES:
+        words = [a for a in argv if not a.startswith(("-", "{", "/"))]
+        covered |= {" ".join(words[:2]), words[0]}
+    covered.add("watch")  # test_watch_refuses_bad_input_before_it_starts
     missing = []
     for name, command in group.commands.items():  # type: ignore[attr-defined]
         subs = getattr(command, "commands", None)
         for sub in (subs or {None: None}):
             full = f"{name} {sub}" if sub else name
-            if full not in covered and name not in ("lab", "doctor", "watch", "down"):
+            if full not in covered:
                 missing.append(full)
     assert not missing, missing
-    assert shutil.which("true")  # nothing else to check: lab/doctor/watch/down need root and a real host

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ def test_install_service_home_writes_the_keeper_beside_the_end(tmp_path: Path) -
     # Stopped and restarted with the end, started with it, and restarted by systemd if it dies or hangs.
     for line in ("PartOf=vpnoffload-home.service", "After=network-online.target vpnoffload-home.service",
                  "WantedBy=multi-user.target vpnoffload-home.service", "Type=notify", "WatchdogSec=10",
-                 "Restart=on-failure"):
+                 "Restart=on-failure", "KillMode=mixed"):
         assert f"\n{line}\n" in text, line
 
 
@@ -51,8 +52,13 @@ def test_the_keeper_unit_runs_the_watch_only_mode_and_never_up_home(tmp_path: Pa
     line = _exec_start(keeper_unit_text(paths, "home", "vpnoffload-home.service", python="/usr/bin/python3"))
     pidfile = str(paths.run / runfiles.home_keeper_pid("home"))
     assert line == "ExecStart=" + " ".join(
-        systemd_word(w) for w in homekeeper.watch_only_argv("/usr/bin/python3", pidfile, "home-home"))
-    assert " --watch-only " in line and line.endswith(f"--pidfile {pidfile} --firewall home-home")
+        systemd_word(w) for w in homekeeper.watch_only_argv(
+            "/usr/bin/python3", pidfile, "home-home",
+            ("vpnoffload0", "openvpn-client@vpnoffload-home.service", "vpnoffload-home.service")))
+    assert " --watch-only " in line and f"--pidfile {pidfile} --firewall home-home " in line
+    # The client gone: the end's own unit is restarted (its down home + up home), by systemd.
+    assert line.endswith("--device vpnoffload0 --client-unit openvpn-client@vpnoffload-home.service "
+                         "--restart-unit vpnoffload-home.service"), line
     assert " -- " not in line and " up " not in line and "--client-pidfile" not in line
 
 
@@ -155,6 +161,7 @@ def test_status_and_down_home_know_the_units_keeper(tmp_path: Path) -> None:
         assert home["keeper_pid"] == keeper.pid and home["keeper_mode"] == "firewall", home
         lines = host_plan.render_home_box(report, lambda at: "-")
         assert any(f"keeper running (pid {keeper.pid}, under systemd)" in ln for ln in lines), lines
+        assert home["keeper_restarts_unit"] is None  # an older unit's keeper: the firewall only
         actions = _stop_keeper_actions(paths, "home")
         assert [a.summary for a in actions] == [
             f"stop the home keeper for home (pid {keeper.pid}; under systemd: systemctl stop vpnoffload-home-keeper)"]
@@ -165,3 +172,128 @@ def test_status_and_down_home_know_the_units_keeper(tmp_path: Path) -> None:
         if keeper.poll() is None:
             keeper.kill()
             keeper.wait(10)
+
+
+class FakeSystemctl:
+    """``systemctl ARGS`` -> stdout, recorded; the client unit's state is ``state``."""
+
+    def __init__(self, state: str = "failed") -> None:
+        self.state = state
+        self.calls: list[list[str]] = []
+
+    def __call__(self, args: list[str]) -> str:
+        self.calls.append(args)
+        return f"{self.state}\n" if args[0] == "is-active" else ""
+
+    def restarts(self) -> list[list[str]]:
+        return [c for c in self.calls if c[0] != "is-active"]
+
+
+def _restarter(tmp_path: Path, systemctl: FakeSystemctl, device: list[bool]) -> homekeeper.UnitRestarter:
+    return homekeeper.UnitRestarter("vpnoff0", "openvpn-client@vpnoffload-home.service", "vpnoffload-home.service",
+                                    str(tmp_path / "home-keeper-home.restart"), run=systemctl,
+                                    device_exists=lambda dev: device[0])
+
+
+def test_the_unit_keeper_restarts_the_end_once_per_backoff_step(tmp_path: Path) -> None:
+    systemctl, device = FakeSystemctl(), [False]
+    keeper = _restarter(tmp_path, systemctl, device)
+    asked_at = [now / 2 for now in range(0, 200) if keeper.tick(now / 2) and systemctl.restarts()[-1:]]
+    # At once, then 1 s, 2 s, 4 s ... 30 s after each ask (the restart did not bring it back).
+    assert asked_at == [0.0, 1.0, 3.0, 7.0, 15.0, 31.0, 61.0, 91.0], asked_at
+    assert set(map(tuple, systemctl.restarts())) == {("restart", "--no-block", "vpnoffload-home.service")}
+    assert not any("up" in call for call in systemctl.calls)  # never `up home`: systemd's unit does that
+
+
+def test_the_unit_keeper_never_restarts_a_live_client(tmp_path: Path) -> None:
+    device = [True]
+    systemctl = FakeSystemctl("active")
+    keeper = _restarter(tmp_path, systemctl, device)
+    assert all(keeper.tick(float(now)) == [] for now in range(60))
+    assert systemctl.calls == []  # the tun device is there: not even a question to systemd
+    device[0] = False  # the device gone but OpenVPN (re)starting or being stopped: not ours to restart
+    for state in ("active", "activating", "deactivating", "reloading"):
+        systemctl.state = state
+        assert keeper.tick(100.0) == []
+    assert systemctl.restarts() == []
+
+
+def test_the_backoff_survives_the_keeper_being_restarted_with_the_end(tmp_path: Path) -> None:
+    """PartOf=: each restart of the end restarts the keeper; the next one waits the next step."""
+    systemctl, device = FakeSystemctl(), [False]
+    first = _restarter(tmp_path, systemctl, device)
+    assert first.tick(0.0) and len(systemctl.restarts()) == 1
+    second = _restarter(tmp_path, systemctl, device)  # started after `up home` failed
+    assert second.tick(40.0) == [] and second.tick(40.9) == [] and len(systemctl.restarts()) == 1
+    assert second.tick(41.0) and len(systemctl.restarts()) == 2
+    third = _restarter(tmp_path, systemctl, device)
+    assert third.tick(80.0) == [] and third.tick(81.9) == [] and third.tick(82.0)
+    device[0] = True  # back: said once, and the backoff starts over
+    fourth = _restarter(tmp_path, systemctl, device)
+    assert fourth.tick(90.0) == ["the OpenVPN client (openvpn-client@vpnoffload-home.service) runs again"]
+    assert fourth.tick(91.0) == [] and not (tmp_path / "home-keeper-home.restart").exists()
+    device[0] = False
+    assert fourth.tick(92.0) and len(systemctl.restarts()) == 4  # at once again
+
+
+def test_the_unit_keeper_does_not_restart_when_systemd_cannot_say(tmp_path: Path) -> None:
+    from vpnoffload.errors import BackendError
+
+    def broken(args: list[str]) -> str:
+        raise BackendError("systemctl is-active did not finish within 30 s")
+
+    keeper = homekeeper.UnitRestarter("vpnoff0", "c.service", "h.service", str(tmp_path / "r"), run=broken,
+                                      device_exists=lambda dev: False)
+    assert keeper.tick(0.0) == [] and keeper.tick(100.0) == []
+
+
+def test_watch_only_mode_builds_the_restarter_from_its_units_options(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(homekeeper.signal, "signal", lambda *_: None)
+    monkeypatch.setattr(homekeeper, "firewall_watch", lambda run_dir, end: lambda now: [])
+    got: list[Any] = []
+    monkeypatch.setattr(homekeeper, "watch_firewall", lambda firewall, stopping, **kw: got.append(kw["restarter"]))
+    pidfile = tmp_path / "home-keeper-home.pid"
+    homekeeper._main(homekeeper.watch_only_argv("py", str(pidfile), "home-home",
+                                                ("vpnoff0", "c.service", "h.service"))[6:])
+    keeper = got[0].__self__
+    assert isinstance(keeper, homekeeper.UnitRestarter)
+    assert (keeper.device, keeper.client_unit, keeper.home_unit) == ("vpnoff0", "c.service", "h.service")
+    assert keeper.state_file == str(tmp_path / "home-keeper-home.restart")
+    homekeeper._main(["--watch-only", "--pidfile", str(pidfile), "--firewall", "home-home"])
+    assert got[1] is None  # an older unit without the names: the firewall only
+
+
+def test_stopping_and_starting_the_vps_end_brings_the_watchdog_back(tmp_path: Path) -> None:
+    text = units(_paths(tmp_path), "vps")["vpnoffload-watch.service"]
+    assert "\nPartOf=vpnoffload-vps.service\n" in text
+    assert "\nWantedBy=multi-user.target vpnoffload-vps.service\n" in text
+
+
+def test_status_says_the_units_keeper_restarts_the_end(tmp_path: Path) -> None:
+    from vpnoffload import record as record_mod
+    from vpnoffload.firewall.host import plan as host_plan
+
+    paths = _paths(tmp_path)
+    paths.run.mkdir(parents=True, exist_ok=True)
+    rec = record_mod.Record()
+    rec.host_found = ["nftables (tables inet filter)"]
+    record_mod.save(paths.run / runfiles.record("home-home"), rec)
+    pidfile = paths.run / runfiles.home_keeper_pid("home")
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    # "lo" always exists: the keeper takes the client for alive and never runs systemctl here.
+    argv = homekeeper.watch_only_argv(sys.executable, str(pidfile), "home-home",
+                                      ("lo", "openvpn-client@vpnoffload-home.service", "vpnoffload-home.service"))
+    keeper = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while homekeeper.keeper_pid(str(paths.run), "home") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        report = host_plan.home_box_report(paths.run)
+        assert report is not None and report["homes"][0]["keeper_restarts_unit"] == "vpnoffload-home.service"
+        lines = host_plan.render_home_box(report, lambda at: "-")
+        assert any("has systemd restart vpnoffload-home.service when the OpenVPN client is gone" in ln
+                   for ln in lines), lines
+    finally:
+        keeper.terminate()
+        keeper.wait(10)

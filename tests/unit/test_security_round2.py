@@ -686,3 +686,24 @@ def test_openvpn_logs_by_appending_and_the_cut_keeps_it_bounded(tmp_path: Path, 
         assert not logcap.cap(str(log), 64 * 1024)
     finally:
         os.close(writer)
+
+
+def test_openvpn_runs_with_a_file_size_bound_that_needs_no_watchdog(tmp_path: Path, monkeypatch) -> None:
+    """vpnoffload's own OpenVPN daemon gets the log's bound as its file size limit, and a
+    command run that way can grow no file past it without being killed (SIGXFSZ ignored)."""
+    from vpnoffload import proc, tunnel
+    from vpnoffload.lean import logcap
+
+    seen: list[dict] = []
+    monkeypatch.setattr(tunnel, "openvpn_binary", lambda: "/usr/sbin/openvpn")
+    monkeypatch.setattr(tunnel.DaemonTunnel, "_wait_for_pid", lambda self, timeout: None)
+    monkeypatch.setattr(proc, "run", lambda argv, **kw: seen.append(kw) or proc.Result(tuple(argv), 0, "", ""))
+    tunnel.DaemonTunnel("server", tmp_path / "server.conf", tmp_path, tmp_path / "run").start()
+    assert seen[0]["max_file_size"] == logcap.LIMIT
+
+    monkeypatch.undo()
+    out = tmp_path / "big"
+    script = f'head -c 100000 /dev/zero > {out}; echo "went on: $?"'
+    result = proc.run(["sh", "-c", script], check=False, max_file_size=4096)
+    assert result.returncode == 0 and result.stdout.startswith("went on: "), result
+    assert out.stat().st_size == 4096

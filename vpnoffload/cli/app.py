@@ -8,6 +8,7 @@ small.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from collections.abc import Sequence
@@ -247,8 +248,13 @@ def doctor(ctx: typer.Context) -> None:
     from vpnoffload.homestatus import is_home_end
 
     paths = context(ctx).paths
+    paths.check()  # a FIFO, directory or symlink loop is bad input, not "no config yet"
     config = cfg.load(paths.config) if paths.config.exists() else None
     end = "home" if is_home_end(paths) else "vps"
+    if end == "vps" and config is not None and os.path.lexists(paths.pki):
+        from vpnoffload.pki import Pki
+
+        Pki.open(paths.pki)  # a damaged index is one line (exit 2), not a clean report up vps then contradicts
     typer.echo(f"checking this machine as the {'home box' if end == 'home' else 'VPS'}")
     findings = doc.all_checks(config, end, paths.config)
     for f in findings:

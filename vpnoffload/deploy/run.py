@@ -19,7 +19,7 @@ from vpnoffload.deploy import (
 from vpnoffload.errors import ConfigError
 from vpnoffload.names import shown
 from vpnoffload.model import Config
-from vpnoffload.paths import Paths
+from vpnoffload.paths import Paths, file_or_nothing
 from vpnoffload.plan import Action
 
 Verb = Literal["up", "down"]
@@ -73,8 +73,19 @@ def execute(request: Request, paths: Paths, *, backends: Backends | None = None,
     from vpnoffload.deploy import doctor
 
     config, what, name = _subject(request, paths)
+    _check_state(request, paths, name)
     (require or doctor.require_prerequisites)()
     real = backends if backends is not None else Backends.real()
+    if request.verb == "down" and not paths.run.is_dir():
+        # Nothing of ours was ever recorded here: plan first, and take the lock (which
+        # makes the run dir) only when there is something to undo. A "nothing to do"
+        # or a dry run then writes nothing, not even the lock file.
+        try:
+            actions = _plan(request, config, paths, real, name)
+        finally:
+            cleanup_scratch(paths)
+        if not actions or request.dry_run:
+            return Outcome(what, plan.summaries(actions))
     with exclusive(paths):
         try:
             actions = _plan(request, config, paths, real, name)
@@ -104,6 +115,19 @@ def _subject(request: Request, paths: Paths) -> tuple[Config | None, str, str | 
     config = cfg.load(paths.config)
     name = home_name(config, request.home)
     return config, f"home box {name}", name
+
+
+def _check_state(request: Request, paths: Paths, home: str | None) -> None:
+    """Refuse unusable paths and a damaged record before anything is touched (no lock,
+    no prerequisite probe, no backend): ``--state-dir`` that is not a directory, ``-c`` or
+    ``--profile`` that name something other than a file, a record ``down`` cannot read."""
+    from vpnoffload import record as record_mod
+
+    paths.check()
+    if request.profile is not None:
+        file_or_nothing(request.profile, "--profile")
+    if request.verb == "down":
+        record_mod.load(paths.record("vps" if request.end == "vps" else f"home-{home}"))
 
 
 def _plan(request: Request, config: Config | None, paths: Paths, backends: Backends, home: str | None) -> list[Action]:

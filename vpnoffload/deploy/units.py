@@ -64,13 +64,17 @@ def up_unit_text(paths: Paths, end: str, home: str | None = None, python: str = 
 
 
 def keeper_unit_text(paths: Paths, home: str, up_unit: str, python: str = sys.executable) -> str:
-    """The home keeper's unit: the host-firewall watch of ``home``'s tunnel, never ``up home``."""
+    """The home keeper's unit: the host-firewall watch of ``home``'s tunnel, and the end's unit
+    restarted when its OpenVPN client is gone; never ``up home`` itself."""
     from vpnoffload.homekeeper import watch_only_argv
 
-    client = _home_slot(paths).tunnel_name(home).removeprefix("home-")
-    argv = watch_only_argv(python, str(paths.run / runfiles.home_keeper_pid(home)), f"home-{home}")
+    slot = _home_slot(paths)
+    openvpn_unit = f"openvpn-client@vpnoffload-{slot.tunnel_name(home).removeprefix('home-')}.service"
+    # The client has no Restart=: the keeper asks systemd to restart the end (homekeeper.UnitRestarter).
+    argv = watch_only_argv(python, str(paths.run / runfiles.home_keeper_pid(home)), f"home-{home}",
+                           restart=(slot.device, openvpn_unit, up_unit))
     return _template("vpnoffload-home-keeper.service.j2", argv=argv, state=paths.state, home=home,
-                     up_unit=up_unit, openvpn_unit=f"openvpn-client@vpnoffload-{client}.service")
+                     up_unit=up_unit, openvpn_unit=openvpn_unit)
 
 
 def units(paths: Paths, end: str, home: str | None = None) -> dict[str, str]:

@@ -57,6 +57,7 @@ from typing import Any, ClassVar
 from vpnoffload import proc
 from vpnoffload.lab import probes
 from vpnoffload.errors import BackendError, ConfigError, PrerequisiteError
+from vpnoffload.names import shown
 
 DEFAULT_PREFIX = "vpnolab"
 ROUTER = "internet"
@@ -152,7 +153,8 @@ class Lab:
 
     def __post_init__(self) -> None:
         if not _PREFIX_RE.fullmatch(self.prefix):
-            raise ConfigError(f"{self.prefix!r} is not a usable lab prefix (letters, digits, '_.-')", field="prefix")
+            raise ConfigError(f"{shown(self.prefix)} is not a usable lab prefix (1-40 letters, digits, '_.-')",
+                              field="--prefix")
 
     # -- names -------------------------------------------------------------
 

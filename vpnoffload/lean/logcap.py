@@ -3,12 +3,14 @@
 Every packet that reaches OpenVPN without the tls-crypt key writes two lines
 (~160 bytes), and ``mute`` does not help: the two lines are of different
 kinds, so they are never "the same message in a row". Without systemd (whose
-journal is bounded) that is a disk anyone on the internet can fill. So OpenVPN
-appends (``--log-append``: every write goes to the current end) and the
-watchdog calls :func:`cap` every round: a log past ``limit`` bytes has its
-last quarter kept in ``LOG.1`` and is emptied, so the two files together stay
-under about 1.25 x ``limit`` plus what arrives within one round. Stdlib only,
-for the lean processes.
+journal is bounded) that is a disk anyone on the internet can fill. So
+vpnoffload's own OpenVPN daemon runs with :data:`LIMIT` as its file size limit
+(``tunnel.DaemonTunnel``): the log can never outgrow it, whatever else runs.
+And OpenVPN appends (``--log-append``: every write goes to the current end), so
+the watchdog and the home keeper call :func:`cap` every round: a log past
+``limit`` bytes has its last quarter kept in ``LOG.1`` and is emptied, which
+keeps the newest lines rather than the first 4 MiB. Stdlib only, for the lean
+processes.
 """
 
 from __future__ import annotations

@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         given = options.parse(argv, values=("--config", "--state-dir"), flags=("--pages",), required=("--config",))
         paths = Paths.resolve(str(given["--config"]), str(given.get("--state-dir") or ""))
+        paths.check()  # --state-dir on a FIFO or a device is bad input, not "the VPS end is not up"
         blob = marshal.dumps(build(cfg.load(paths.config), paths, with_pages=bool(given.get("--pages"))))
         sys.stdout.buffer.write(blob)
         return 0

@@ -319,15 +319,17 @@ def home_box_report(run_dir: Path) -> dict[str, Any] | None:
     homes = sorted(p.stem for p in run_dir.glob("home-*.json"))
     if not homes:
         return None
-    from vpnoffload.homekeeper import keeper_pid, watch_only
+    from vpnoffload.homekeeper import keeper_pid, restart_unit_of, watch_only
 
     found = []
     for end in homes:
         pid = keeper_pid(str(run_dir), end.removeprefix("home-"))
         # "firewall": the systemd unit's keeper (systemd runs the client); "client and firewall": the daemon's.
         mode = None if pid is None else "firewall" if watch_only(pid) else "client and firewall"
+        # The unit's keeper has systemd restart this end when the client is gone (an older unit's does not).
+        restarts = restart_unit_of(pid) if mode == "firewall" and pid is not None else None
         found.append({"name": end.removeprefix("home-"), "keeper_pid": pid, "keeper_mode": mode,
-                      "host_firewall": status_report(run_dir, end)})
+                      "keeper_restarts_unit": restarts, "host_firewall": status_report(run_dir, end)})
     return {"end": "home", "homes": found}
 
 
@@ -338,6 +340,9 @@ def render_home_box(report: dict[str, Any], ago: Any) -> list[str]:
         if pid is None:
             state = ("NOT running: nothing puts the openings back after a host firewall reload (under systemd: "
                      "'vpnoffload install-service home' runs it; without: 'vpnoffload up home')")
+        elif home.get("keeper_mode") == "firewall" and home.get("keeper_restarts_unit"):
+            state = (f"running (pid {pid}, under systemd): it keeps the host firewall's openings in place "
+                     f"and has systemd restart {home['keeper_restarts_unit']} when the OpenVPN client is gone")
         elif home.get("keeper_mode") == "firewall":
             state = (f"running (pid {pid}, under systemd): it keeps the host firewall's openings in place "
                      "(systemd runs the OpenVPN client)")
