@@ -65,14 +65,38 @@ def apply(actions: Sequence[Action]) -> None:
             raise ApplyError(f"{action.summary} failed: {reason}; {_rolled(done)}") from exc
         except BaseException:
             # Ctrl-C, SIGTERM or a bug: still leave the system as we found it.
+            _Interrupt.pending = False
             _rollback(_with_partial(done, action))
             raise
         done.append(action)
+        if _Interrupt.pending:  # the SIGTERM came inside the action, and its exception was lost there
+            _Interrupt.pending = False
+            _rollback(done)
+            raise KeyboardInterrupt("SIGTERM")
 
 
 def _with_partial(done: Sequence[Action], failed: Action) -> list[Action]:
     """What to unwind: the done actions, and the failed one if it may have half happened."""
     return [*done, failed] if failed.undo_if_partial else list(done)
+
+
+class _Interrupt:
+    """A SIGTERM taken by :func:`sigterm_as_interrupt` that :func:`apply` has not acted on yet.
+
+    Python drops an exception that a signal handler raises while an at-fork callback runs
+    (logging registers one, and every subprocess forks): such a SIGTERM would be lost, and a
+    single ``systemctl stop`` then waits out the whole action instead of rolling back. The flag
+    keeps it: :func:`apply` rolls back after the action, and long waits ask
+    :func:`raise_if_interrupted` at each turn.
+    """
+
+    pending = False
+
+
+def raise_if_interrupted() -> None:
+    """Raise the SIGTERM that its handler could not (see :class:`_Interrupt`); for wait loops."""
+    if _Interrupt.pending:
+        raise KeyboardInterrupt("SIGTERM")
 
 
 @contextlib.contextmanager
@@ -93,13 +117,16 @@ def sigterm_as_interrupt() -> Iterator[None]:
         nonlocal fired
         if not fired:
             fired = True
+            _Interrupt.pending = True
             raise KeyboardInterrupt("SIGTERM")
 
+    _Interrupt.pending = False
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _Interrupt.pending = False
 
 
 def _rolled(done: Sequence[Action]) -> str:

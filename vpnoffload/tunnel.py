@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from vpnoffload import fsio, proc, runfiles
+from vpnoffload import fsio, plan, proc, runfiles
 from vpnoffload.lean.logcap import LIMIT as LOG_LIMIT  # stdlib only
 from vpnoffload.errors import BackendError, PrerequisiteError
 
@@ -121,6 +121,7 @@ class DaemonTunnel:
         while time.monotonic() < deadline:
             if self.running():
                 return
+            plan.raise_if_interrupted()
             time.sleep(0.05)
         raise BackendError(f"openvpn exited right after starting: {self._last_error('')}")
 
@@ -132,6 +133,7 @@ class DaemonTunnel:
                 return
             if not self.running():
                 raise BackendError(f"openvpn stopped: {self._last_error('')}")
+            plan.raise_if_interrupted()
             time.sleep(0.1)
         raise BackendError(f"openvpn was not ready after {timeout:g} s (see {self.logfile})")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vpnoffload.errors import ApplyError, BackendError
+from vpnoffload import plan
 from vpnoffload.plan import Action, apply, summaries
 
 
@@ -87,3 +88,42 @@ def test_an_os_error_without_strerror_still_says_what_it_was() -> None:
 
     with pytest.raises(ApplyError, match=r"^boom failed: no such table; nothing else had been changed$"):
         apply([Action("boom", fail)])
+
+
+def test_a_sigterm_whose_exception_was_lost_still_rolls_back_after_the_action() -> None:
+    """Python drops a signal handler's exception inside an at-fork callback: the SIGTERM is kept."""
+    import os
+    import signal as _signal
+
+    undone: list[str] = []
+
+    def lost_sigterm() -> None:
+        try:
+            os.kill(os.getpid(), _signal.SIGTERM)
+            for _ in range(1000):  # the handler runs at a bytecode boundary, here
+                pass
+        except KeyboardInterrupt:
+            pass  # as if swallowed by an at-fork callback
+
+    actions = [Action("first", lambda: None, lambda: undone.append("first")),
+               Action("second", lost_sigterm, lambda: undone.append("second")),
+               Action("third", lambda: undone.append("third ran"), None)]
+    with plan.sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        plan.apply(actions)
+    assert undone == ["second", "first"]
+
+
+def test_a_wait_loop_raises_the_lost_sigterm_and_nothing_is_pending_afterwards() -> None:
+    import os
+    import signal as _signal
+
+    with plan.sigterm_as_interrupt():
+        try:
+            os.kill(os.getpid(), _signal.SIGTERM)
+            for _ in range(1000):
+                pass
+        except KeyboardInterrupt:
+            pass
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            plan.raise_if_interrupted()
+    plan.raise_if_interrupted()  # outside the block: nothing pending

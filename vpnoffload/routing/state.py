@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_interface
 from typing import Any, Protocol
 
+from vpnoffload import plan
 from vpnoffload.errors import BackendError, ConfigError
 from vpnoffload.hometunnels import Slot
 from vpnoffload.model import RULE_PRIORITY, ROUTE_TABLE, TUNNEL_DEVICE, Config
@@ -253,6 +254,7 @@ def wait_for_address(
             return
         if clock() >= deadline:
             break
+        plan.raise_if_interrupted()
         sleep(interval)
     if backend.has_device(device):
         raise BackendError(f"{device} exists but did not get {address} within {timeout:g} s (is this the right home?)")
