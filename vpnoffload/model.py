@@ -233,8 +233,9 @@ class Watch:
     fall: int = 2
     rise: int = 2
     #: The friendly-page server listens here on the VPS address (and +1 for TLS);
-    #: only connections DNATed to it by vpnoffload are accepted.
-    fallback_port: int = 8503
+    #: only connections DNATed to it by vpnoffload are accepted. Below 1024 so that
+    #: only root can bind it, also while the watchdog (which holds it) is not running.
+    fallback_port: int = 503
     retry_after: int = 30
     #: Optional Prometheus text metrics, loopback only (e.g. "127.0.0.1:9477").
     metrics: str | None = None

@@ -113,7 +113,7 @@ def test_ip6tables_rules_apply_read_back_and_go_away(tmp_path: Path) -> None:
 
         # Swaps to the page and back, and the home rules, in new processes.
         fallback = firewall(ns, tmp_path, "vps-fallback", "vps")
-        assert fallback["read_equal"] and "[2001:db8:1::80]:8503" in "\n".join(fallback["applied"][0])
+        assert fallback["read_equal"] and "[2001:db8:1::80]:503" in "\n".join(fallback["applied"][0])
         home = firewall(ns, tmp_path, "home")
         assert home["read_equal"] and "-A VPNOFFLOAD-IN -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT" in save6(ns)
 

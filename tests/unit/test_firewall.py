@@ -59,10 +59,10 @@ VPS_FILTER_TAIL = [
 VPS_INPUT = [
     ":VPNOFFLOAD-IN",
     "-A INPUT -j VPNOFFLOAD-IN",
-    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 8503 -m conntrack --ctstate DNAT -j ACCEPT",
-    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 8504 -m conntrack --ctstate DNAT -j ACCEPT",
-    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 8503 -j DROP",
-    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 8504 -j DROP",
+    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 503 -m conntrack --ctstate DNAT -j ACCEPT",
+    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 504 -m conntrack --ctstate DNAT -j ACCEPT",
+    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 503 -j DROP",
+    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 504 -j DROP",
     "-A VPNOFFLOAD-IN -i vpnoffload0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
     "-A VPNOFFLOAD-IN -i vpnoffload0 -j DROP",
     "-A VPNOFFLOAD-IN -j RETURN",
@@ -117,12 +117,12 @@ def test_vps_ruleset_is_exactly_this() -> None:
 def test_vps_ruleset_fallback_page_for_web_fast_refusal_for_others() -> None:
     lines = fw.vps_ruleset(config(), fallback=frozenset({"web", "dns", "git"})).lines()
     # web: new connections go to the friendly-page server on the VPS
-    page = "-A VPNOFFLOAD-DNAT -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 203.0.113.10:8503"
+    page = "-A VPNOFFLOAD-DNAT -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 203.0.113.10:503"
     assert page in lines and VPS_NAT[4] not in lines
     # others: refused at once instead of hanging on a dead home
     assert DNS_FWD + " -j REJECT --reject-with icmp-port-unreachable" in lines
     assert GIT_FWD + " -j REJECT --reject-with tcp-reset" in lines
-    assert [x for x in lines if x.startswith("-A VPNOFFLOAD-DNAT") and "203.0.113.10:8503" not in x] == \
+    assert [x for x in lines if x.startswith("-A VPNOFFLOAD-DNAT") and "203.0.113.10:503" not in x] == \
         [x for x in VPS_NAT[3:] if x != VPS_NAT[4]]
 
 
@@ -283,7 +283,7 @@ def test_changing_one_service_changes_only_its_rules() -> None:
     lines = summaries(fw.plan(backend, fw.vps_ruleset(config(), fallback=frozenset({"web"}))))
     assert lines == [
         "iptables nat VPNOFFLOAD-DNAT: delete -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 198.51.100.2:8080",
-        "iptables nat VPNOFFLOAD-DNAT: -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 203.0.113.10:8503",
+        "iptables nat VPNOFFLOAD-DNAT: -d 203.0.113.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 203.0.113.10:503",
         "iptables nat: commit the 2 change(s) above in one step",
     ]
 
@@ -452,9 +452,9 @@ def test_the_page_of_an_https_service_is_the_next_port() -> None:
 
     c = config()
     web = c.services["web"]
-    assert policy.fallback_address(c, web) == "203.0.113.10:8503"
+    assert policy.fallback_address(c, web) == "203.0.113.10:503"
     tls = replace(web, listen_port=443, tls_cert=Path("/c.pem"), tls_key=Path("/k.pem"))
-    assert tls.page_over_tls and policy.fallback_address(c, tls) == "203.0.113.10:8504"
+    assert tls.page_over_tls and policy.fallback_address(c, tls) == "203.0.113.10:504"
 
 
 def test_a_scoped_plan_refuses_desired_rules_outside_its_scope() -> None:

@@ -50,7 +50,7 @@ def test_vps_openings_are_exactly_what_the_vps_needs(config) -> None:
          "the watchdog's visitor-path check"),
         ("forward", 'iifname "vpnoffload0" oifname "vpnoffload-pb" ip daddr 198.18.255.254 '
          "ct state established,related accept", "replies to the watchdog's visitor-path check"),
-        ("input", 'iifname "eth0" ip daddr 203.0.113.10 tcp dport 8503 ct status dnat accept',
+        ("input", 'iifname "eth0" ip daddr 203.0.113.10 tcp dport 503 ct status dnat accept',
          "friendly-page server (only DNATed connections)"),
         ("input", 'iifname "vpnoffload0" ct state established,related accept', "replies to the health checks"),
         ("output", "ct state established,related accept", "replies of the OpenVPN and page servers"),
@@ -126,7 +126,7 @@ def test_ufw_gets_its_own_rules_once_for_both_families(config) -> None:
         "ufw route allow in on eth0 out on vpnoffload0 to 198.51.100.2 port 8080 proto tcp comment 'vpnoffload'",
         "ufw route allow in on eth0 out on vpnoffload0 to 198.51.100.2 port 2222 proto tcp comment 'vpnoffload'",
         "ufw route allow in on vpnoffload-pb out on vpnoffload0 from 198.18.255.254 comment 'vpnoffload'",
-        "ufw allow in on eth0 to 203.0.113.10 port 8503 proto tcp comment 'vpnoffload'",
+        "ufw allow in on eth0 to 203.0.113.10 port 503 proto tcp comment 'vpnoffload'",
     ]
 
 

@@ -184,10 +184,10 @@ FILTER6 = [
     "-A VPNOFFLOAD-FWD -o vpnoffload0 -j DROP",
     "-A VPNOFFLOAD-FWD -i vpnoffload0 -j DROP",
     "-A VPNOFFLOAD-FWD -j RETURN",
-    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 8503 -m conntrack --ctstate DNAT -j ACCEPT",
-    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 8504 -m conntrack --ctstate DNAT -j ACCEPT",
-    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 8503 -j DROP",
-    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 8504 -j DROP",
+    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 503 -m conntrack --ctstate DNAT -j ACCEPT",
+    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 504 -m conntrack --ctstate DNAT -j ACCEPT",
+    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 503 -j DROP",
+    "-A VPNOFFLOAD-IN -p tcp -m tcp --dport 504 -j DROP",
     "-A VPNOFFLOAD-IN -i vpnoffload0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
     "-A VPNOFFLOAD-IN -i vpnoffload0 -j DROP",
     "-A VPNOFFLOAD-IN -j RETURN",
@@ -240,7 +240,7 @@ def test_subnet6_without_ipv6_services_still_guards_the_tunnel() -> None:
 def test_ipv6_fallback_page_goes_to_the_listen_address_udp_is_refused() -> None:
     lines = fw.vps_ruleset(parse(), fallback=frozenset({"blog", "dns6"})).lines()
     assert ("-A VPNOFFLOAD-DNAT -d 2001:db8:1::80/128 -p tcp -m tcp --dport 80 -j DNAT"
-            " --to-destination [2001:db8:1::80]:8503") in lines
+            " --to-destination [2001:db8:1::80]:503") in lines
     assert FILTER6[8] not in lines
     assert FILTER6[8].replace("-j ACCEPT", "-j REJECT --reject-with icmp6-port-unreachable") in lines
 
@@ -452,7 +452,7 @@ def test_up_vps_with_ipv6_service_then_nothing_then_down(env6) -> None:
     plan.apply(actions)
     assert "server-ipv6 fd00:88::/64" in (paths.server_dir / "server.conf").read_text()
     assert "ifconfig-ipv6-push fd00:88::2/64 fd00:88::1" in (paths.server_dir / "ccd" / "home").read_text()
-    assert "[::]:8503" in (paths.pages / "listen.txt").read_text()
+    assert "[::]:503" in (paths.pages / "listen.txt").read_text()
     assert deploy.plan_up_vps(config, paths, b) == []
     plan.apply(deploy.plan_down_vps(paths, b))
     assert b.firewall.dump() == fw_before

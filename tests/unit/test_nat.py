@@ -110,10 +110,10 @@ def test_dnat_and_page_match_and_target_the_local_addresses() -> None:
     assert "-d 198.18.0.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.88.0.2:8080" in normal
     assert "-d 198.18.0.11/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.88.0.2:8081" in normal
     down = {" ".join(r.args) for r in firewall.vps_ruleset(config, fallback=frozenset({"web"})).rules}
-    assert "-d 198.18.0.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 198.18.0.10:8503" in down
+    assert "-d 198.18.0.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 198.18.0.10:503" in down
     every = " ".join(" ".join(r.args) for r in firewall.vps_ruleset(config, fallback=frozenset({"web"})).rules)
     assert "203.0.113." not in every  # no packet carries the public addresses here
-    assert firewall.fallback_address(config, config.services["web"]) == "198.18.0.10:8503"
+    assert firewall.fallback_address(config, config.services["web"]) == "198.18.0.10:503"
 
 
 def test_page_server_maps_original_destinations_by_the_local_address(tmp_path: Path) -> None:
@@ -217,7 +217,7 @@ def test_up_vps_adds_the_private_address_of_a_mapped_one_and_binds_the_local_one
     assert "add address 198.18.0.11/32 dev eth0" in text and "203.0.113.11" not in text, text
     plan.apply(actions)
     assert "\nlocal 198.18.0.10\n" in (paths.server_dir / "server.conf").read_text()
-    assert (paths.pages / "listen.txt").read_text().startswith("198.18.0.10:8503 ")
+    assert (paths.pages / "listen.txt").read_text().startswith("198.18.0.10:503 ")
     plan.apply(deploy.plan_down_vps(paths, b))
     assert [str(a.address) for a in b.routing.address_list] == ["198.18.0.10"]
 

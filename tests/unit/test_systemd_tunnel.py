@@ -48,6 +48,8 @@ def test_units_have_what_real_systemd_needed() -> None:
     assert not [ln for ln in up.splitlines() if ln.startswith("Before=")]  # `up` starts OpenVPN and waits for it
     watch = unit_text(PATHS, python="/usr/bin/python3")
     for line in ("KillMode=process", "PartOf=vpnoffload-vps.service",
-                 "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_SETUID CAP_SETGID CAP_KILL CAP_SYS_ADMIN",
+                 # NET_BIND_SERVICE: the friendly page's ports are below 1024 (root needs it too)
+                 "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_NET_BIND_SERVICE CAP_SETUID CAP_SETGID "
+                 "CAP_KILL CAP_SYS_ADMIN",
                  "RestrictNamespaces=net"):  # the probe namespace (unshare/setns of a network namespace)
         assert line in watch.splitlines(), line

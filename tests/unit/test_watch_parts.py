@@ -125,7 +125,7 @@ def test_swap_rewrites_rules_and_forgets_changed_flows(monkeypatch: pytest.Monke
     monkeypatch.setattr(conntrack, "flush_marked", flushed.append)
     fw = FakeBackend()
     swap.apply_swap(config(), {"blog": None, "git": "home"}, frozenset({"blog"}), firewall_backend=fw)
-    assert "--to-destination 203.0.113.10:8503" in "\n".join(fw.read().lines())
+    assert "--to-destination 203.0.113.10:503" in "\n".join(fw.read().lines())
     assert flushed == [[(0x100000, 0xFF00000)]]
 
 

@@ -192,6 +192,33 @@ def check_web_paths(config: Config, proc_net: Path = Path("/proc/net")) -> list[
     return out
 
 
+def unprivileged_port_start(path: Path = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")) -> int:
+    """The lowest port any user may bind here (1024 unless lowered, as in Docker's containers)."""
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 1024
+
+
+def check_page_port(config: Config, start: int | None = None) -> list[Finding]:
+    """The watchdog holds the friendly page's ports while it runs; between its lives (a crash,
+    a restart) only a privileged port keeps a local user from binding them first."""
+    pages = [s for s in config.services.values() if s.serves_page]
+    if not pages:
+        return []
+    port = config.watch.fallback_port
+    top = port + 1 if any(s.page_over_tls for s in pages) else port
+    start = unprivileged_port_start() if start is None else start
+    if top < start:
+        return []
+    shown = "/".join(str(p) for p in sorted({port, top}) if p >= start)
+    lowered = "" if top >= 1024 else f" (net.ipv4.ip_unprivileged_port_start is {start} here)"
+    return [Finding("warn", "page port", f"the friendly page's port {shown} is unprivileged{lowered}: while the "
+                    "watchdog is not running any local user can bind it and receive the page's visitors",
+                    "set watch.fallback_port below 1023 (the default is 503; TLS takes the next port)"
+                    if top >= 1024 else "set net.ipv4.ip_unprivileged_port_start back to 1024")]
+
+
 def global_ipv6_networks(if_inet6: Path = Path("/proc/net/if_inet6")) -> list[tuple[str, str]]:
     """(network, interface) of each global IPv6 address here whose prefix is a /64
     or shorter (so it has room for dedicated addresses); ULAs are not global."""
@@ -311,5 +338,6 @@ def all_checks(config: Config | None, end: str = "vps", config_path: Path | None
     if config is not None:
         findings += check_vps_address(config)
         findings += check_port_conflicts(config)
+        findings += check_page_port(config)
         findings += check_web_paths(config)
     return findings

@@ -1,11 +1,14 @@
 """The friendly page's listening ports, held by the watchdog for its whole life.
 
-The page server runs only during outages, on an unprivileged port (8503): if
-nobody held that port in between, any local user could bind it first and
-receive every visitor of the outage under the site's real name. So the
-watchdog binds every page listener when it starts (and refuses to start when
-one is taken) and keeps them until it exits; it hands them to each page server
-it starts (fds 3, 4, ... and ``--listen-fds 4:8503=3,...``).
+The page server runs only during outages: if nobody held its port in between,
+a local user could bind it first and receive every visitor of the outage under
+the site's real name. So the watchdog binds every page listener when it starts
+(and refuses to start when one is taken) and keeps them until it exits; it
+hands them to each page server it starts (fds 3, 4, ... and
+``--listen-fds 4:503=3,...``). Between the watchdog's lives (a crash, a
+restart) only the port itself protects it: the default, 503, is below 1024,
+where only root (CAP_NET_BIND_SERVICE) can bind; ``doctor`` warns about a
+configured port that is not.
 
 A held socket is bound but not listening (costs nothing, queues nothing), with
 ``SO_REUSEPORT`` and without ``SO_REUSEADDR``: Linux then refuses the port to
@@ -122,7 +125,7 @@ def format_fds(passed: list[tuple[str, int]]) -> str:
 
 
 def parse_fds(text: str) -> dict[str, int]:
-    """``4:8503=3,6:8503=4`` -> {"4:8503": 3, "6:8503": 4}; BackendError on anything else."""
+    """``4:503=3,6:503=4`` -> {"4:503": 3, "6:503": 4}; BackendError on anything else."""
     found: dict[str, int] = {}
     for item in filter(None, text.split(",")):
         name, _, fd = item.partition("=")
