@@ -38,17 +38,8 @@ options:
   local_address:
     description: C(--local-address), for 1:1-NAT clouds.
     type: str
-  bin:
-    description: The vpnoffload executable on the managed host.
-    type: path
-    default: vpnoffload
-  config:
-    description: The config file (C(-c)).
-    type: path
-    default: /etc/vpnoffload/vpnoffload.toml
-  state_dir:
-    description: C(--state-dir), when not the default state/ beside the config.
-    type: path
+extends_documentation_fragment:
+  - vpnoffload.fleet.common
 attributes:
   check_mode:
     support: full
