@@ -165,16 +165,21 @@ class Flows:
         self.forgotten.append((mark, home))
 
 
+def _one_home_watchdog(forward: Forward, swap: Swapper, flows: Flows) -> Watchdog:
+    """One home, fall = rise = 2, and a tunnel always busy (5000 packets a round, none of them evidence)."""
+    packets = iter(range(0, 10_000_000, 5_000))
+    one_home = Config(vps=config().vps, tunnel=config().tunnel, homes={"home": config().homes["home"]},
+                      services=config().services, watch=Watch(fall=2, rise=2))
+    return Watchdog(ConfigView.of(one_home), swap, up, forward=forward, activity=lambda: next(packets), flows=flows)
+
+
 def test_a_loaded_tunnel_is_not_a_blocked_path() -> None:
     """1000 visitors: the forward check's SYN gets lost in the tunnel while the service's own
     visitors are still answered (conntrack, its connmark). That is load, not a block: no failover.
     The tunnel's total traffic no longer counts. A refusal (a reject rule answers) is still a
     block, whatever the flows."""
     forward, swap, flows = Forward(), Swapper(), Flows()
-    packets = iter(range(0, 10_000_000, 5_000))
-    one_home = Config(vps=config().vps, tunnel=config().tunnel, homes={"home": config().homes["home"]},
-                      services=config().services, watch=Watch(fall=2, rise=2))
-    dog = Watchdog(ConfigView.of(one_home), swap, up, forward=forward, activity=lambda: next(packets), flows=flows)
+    dog = _one_home_watchdog(forward, swap, flows)
     dog.start({})
     forward.blocked = True
     flows.flowing[(0x100000, "198.51.100.2")] = True
@@ -195,10 +200,7 @@ def test_a_lost_check_with_unanswered_visitors_is_a_block(evidence) -> None:
     """Home answers the direct check (and would answer ping), the tunnel is busy with other
     traffic, but this service's visitors get no answers (or there is no reading yet): blocked."""
     forward, swap, flows = Forward(), Swapper(), Flows()
-    packets = iter(range(0, 10_000_000, 5_000))
-    one_home = Config(vps=config().vps, tunnel=config().tunnel, homes={"home": config().homes["home"]},
-                      services=config().services, watch=Watch(fall=2, rise=2))
-    dog = Watchdog(ConfigView.of(one_home), swap, up, forward=forward, activity=lambda: next(packets), flows=flows)
+    dog = _one_home_watchdog(forward, swap, flows)
     dog.start({})
     forward.blocked = True
     flows.flowing[(0x100000, "198.51.100.2")] = evidence

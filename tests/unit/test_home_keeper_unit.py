@@ -3,10 +3,12 @@ host firewall's openings and never runs ``up home`` (systemd runs the OpenVPN cl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +138,11 @@ def test_watch_only_mode_takes_no_command_and_needs_its_end(argv: list[str]) -> 
         homekeeper._main(argv)
 
 
-def test_status_and_down_home_know_the_units_keeper(tmp_path: Path) -> None:
-    """A real keeper in --watch-only: status names it as systemd's, and down home stops it (SIGTERM)."""
-    from vpnoffload.deploy.home import _stop_keeper_actions
-    from vpnoffload.firewall.host import plan as host_plan
+@contextlib.contextmanager
+def _running_keeper(tmp_path: Path, restart: tuple[str, str, str] | None = None
+                    ) -> Iterator[tuple[Paths, Path, subprocess.Popen[bytes]]]:
+    """A real --watch-only keeper for home "home" (its record names an nftables host firewall),
+    running once its pidfile names it; stopped afterwards if it still runs."""
     from vpnoffload import record as record_mod
 
     paths = _paths(tmp_path)
@@ -149,12 +152,24 @@ def test_status_and_down_home_know_the_units_keeper(tmp_path: Path) -> None:
     record_mod.save(paths.run / runfiles.record("home-home"), rec)
     pidfile = paths.run / runfiles.home_keeper_pid("home")
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    keeper = subprocess.Popen(homekeeper.watch_only_argv(sys.executable, str(pidfile), "home-home"), env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    keeper = subprocess.Popen(homekeeper.watch_only_argv(sys.executable, str(pidfile), "home-home", restart), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
         while homekeeper.keeper_pid(str(paths.run), "home") is None and time.monotonic() < deadline:
             time.sleep(0.05)
+        yield paths, pidfile, keeper
+    finally:
+        if keeper.poll() is None:
+            keeper.terminate()
+            keeper.wait(10)
+
+
+def test_status_and_down_home_know_the_units_keeper(tmp_path: Path) -> None:
+    """A real keeper in --watch-only: status names it as systemd's, and down home stops it (SIGTERM)."""
+    from vpnoffload.deploy.home import _stop_keeper_actions
+    from vpnoffload.firewall.host import plan as host_plan
+
+    with _running_keeper(tmp_path) as (paths, pidfile, keeper):
         report = host_plan.home_box_report(paths.run)
         assert report is not None
         home = report["homes"][0]
@@ -168,10 +183,6 @@ def test_status_and_down_home_know_the_units_keeper(tmp_path: Path) -> None:
         actions[0].do()
         assert keeper.wait(10) == 0 and not pidfile.exists()
         assert _stop_keeper_actions(paths, "home") == []
-    finally:
-        if keeper.poll() is None:
-            keeper.kill()
-            keeper.wait(10)
 
 
 class FakeSystemctl:
@@ -271,29 +282,12 @@ def test_stopping_and_starting_the_vps_end_brings_the_watchdog_back(tmp_path: Pa
 
 
 def test_status_says_the_units_keeper_restarts_the_end(tmp_path: Path) -> None:
-    from vpnoffload import record as record_mod
     from vpnoffload.firewall.host import plan as host_plan
 
-    paths = _paths(tmp_path)
-    paths.run.mkdir(parents=True, exist_ok=True)
-    rec = record_mod.Record()
-    rec.host_found = ["nftables (tables inet filter)"]
-    record_mod.save(paths.run / runfiles.record("home-home"), rec)
-    pidfile = paths.run / runfiles.home_keeper_pid("home")
-    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
     # "lo" always exists: the keeper takes the client for alive and never runs systemctl here.
-    argv = homekeeper.watch_only_argv(sys.executable, str(pidfile), "home-home",
-                                      ("lo", "openvpn-client@vpnoffload-home.service", "vpnoffload-home.service"))
-    keeper = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while homekeeper.keeper_pid(str(paths.run), "home") is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+    with _running_keeper(tmp_path, ("lo", "openvpn-client@vpnoffload-home.service", "vpnoffload-home.service")) as (paths, _, _):
         report = host_plan.home_box_report(paths.run)
         assert report is not None and report["homes"][0]["keeper_restarts_unit"] == "vpnoffload-home.service"
         lines = host_plan.render_home_box(report, lambda at: "-")
         assert any("has systemd restart vpnoffload-home.service when the OpenVPN client is gone" in ln
                    for ln in lines), lines
-    finally:
-        keeper.terminate()
-        keeper.wait(10)
