@@ -167,3 +167,19 @@ def test_one_option_parser_for_the_children() -> None:
                           ([], "--config is required")):
         with pytest.raises(ConfigError, match=message):
             options.parse(argv, values=("--config",), required=("--config",))
+
+
+def test_the_swap_child_starts_without_setuptools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its warm start (python-iptables loaded) pulls in neither setuptools' distutils nor pkg_resources:
+    they were half of the CPU every pre-forked child cost, also the ones a passing doubt lets go."""
+    started: list[dict[str, object]] = []
+    monkeypatch.setattr(loop.spawn, "spawn", lambda argv, **kw: started.append({"argv": argv, **kw}) or "child")
+    loop.SubprocessSwapper("/c").prepare()
+    assert started[0]["argv"] == spawn.full_argv("vpnoffload.watch.swap", "--config", "/c")
+    env = started[0]["env"]
+    assert isinstance(env, dict) and env["SETUPTOOLS_USE_DISTUTILS"] == "stdlib" and env["PATH"]
+    code = ("import sys; from vpnoffload.firewall import iptc; iptc._iptc(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'setuptools', 'pkg_resources', 'iptc'}))")
+    out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         env=env).stdout
+    assert out.split("\n")[-2] == "['iptc']"

@@ -150,11 +150,13 @@ def run(argv: list[str], what: str, timeout: float, *, ok: tuple[int, ...] = (0,
 
 
 def spawn(argv: list[str], *, stdin: bool = False, stdout: bool = False, stderr: bool = False,
-          log: str | None = None, detach: bool = False, fds: "list[int] | tuple[int, ...]" = ()) -> Child:
+          log: str | None = None, detach: bool = False, fds: "list[int] | tuple[int, ...]" = (),
+          env: "dict[str, str] | None" = None) -> Child:
     """Start ``argv``. ``stdin``/``stdout``/``stderr``: give the parent a pipe to that stream;
     otherwise stdin is /dev/null and output goes to ``log`` (appended) or /dev/null.
     ``detach``: a new session, so the child outlives us and a terminal's signals miss it.
-    ``fds`` (ascending): given to the child as its fds 3, 4, ... (the page server's listeners)."""
+    ``fds`` (ascending): given to the child as its fds 3, 4, ... (the page server's listeners).
+    ``env``: the child's environment (default: ours)."""
     actions: list[tuple[int, int, int]] = []
     ours: dict[str, int] = {}
     theirs: list[int] = []
@@ -184,7 +186,7 @@ def spawn(argv: list[str], *, stdin: bool = False, stdout: bool = False, stderr:
         # is >= its target and every later source is above it, so no dup2 overwrites a source
         # still to come (and posix_spawn's dup2(n, n) clears close-on-exec).
         actions.extend((os.POSIX_SPAWN_DUP2, fd, 3 + i) for i, fd in enumerate(sorted(fds)))
-        pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions, setsid=detach)
+        pid = os.posix_spawn(argv[0], argv, os.environ if env is None else env, file_actions=actions, setsid=detach)
     except BaseException:
         for fd in ours.values():
             os.close(fd)
