@@ -183,3 +183,33 @@ def test_the_swap_child_starts_without_setuptools(monkeypatch: pytest.MonkeyPatc
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60, check=True,
                          env=env).stdout
     assert out.split("\n")[-2] == "['iptc']"
+
+
+def test_unshare_without_the_ctypes_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Python < 3.12 the probe thread's unshare goes through ``_ctypes`` alone (ctypes: ~0.2 MB more)."""
+    import errno
+
+    from vpnoffload.watch import probe
+
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); from vpnoffload.watch import probe; "
+            "print(probe._libc_call('getpid')() == os.getpid(), 'ctypes' in sys.modules)")
+    out = subprocess.run([*spawn.lean_argv("json", "")[:4], code, spawn.ROOT], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    assert out.split() == ["True", "False"]
+    if hasattr(probe.os, "unshare"):
+        monkeypatch.delattr(probe.os, "unshare")
+    called: list[tuple[str, int]] = []
+
+    def refused(name: str):  # what libc does without CAP_SYS_ADMIN: -1, errno EPERM
+        def call(flags: int) -> int:
+            import _ctypes
+
+            called.append((name, flags))
+            _ctypes.set_errno(errno.EPERM)
+            return -1
+        return call
+
+    monkeypatch.setattr(probe, "_libc_call", refused)
+    with pytest.raises(OSError, match=r"unshare\(CLONE_NEWNET\)") as err:
+        probe.unshare_net()
+    assert err.value.errno == errno.EPERM and called == [("unshare", 0x40000000)]

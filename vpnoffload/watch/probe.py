@@ -24,7 +24,7 @@ says so and runs without the forward check, trying again every :data:`RETRY` s
 (as after any failure, or when its link disappears).
 
 Lean like the rest of the watchdog: os, socket, threading, ``watch.spawn`` for
-``ip``; ``ctypes`` (~0.5 MB) only on Python < 3.12, which has no ``os.unshare``.
+``ip``; ``_ctypes`` (~0.2 MB) only on Python < 3.12, which has no ``os.unshare``.
 """
 
 from __future__ import annotations
@@ -59,12 +59,26 @@ def unshare_net() -> None:
     if hasattr(os, "unshare"):  # Python >= 3.12
         os.unshare(_CLONE_NEWNET)
         return
-    import ctypes  # lazy: paid only by a watchdog that makes a probe namespace
+    import _ctypes  # lazy: paid only by a watchdog that makes a probe namespace
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(_CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
+    if _libc_call("unshare")(_CLONE_NEWNET) != 0:
+        err = _ctypes.get_errno()
         raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+
+
+def _libc_call(name: str) -> "Callable[[int], int]":
+    """libc's ``int name(int)``, called through ``_ctypes`` alone: the ``ctypes`` package on top of
+    it costs the watchdog another ~0.2 MB resident for the whole of its life, for one call."""
+    import _ctypes
+
+    class CInt(_ctypes._SimpleCData):  # type: ignore[type-arg]  # ctypes.c_int: calls return a Python int
+        _type_ = "i"
+
+    class Call(_ctypes.CFuncPtr):  # ctypes.CDLL(None, use_errno=True)'s function type
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = CInt
+
+    return Call(_ctypes.dlsym(_ctypes.dlopen(None, os.RTLD_NOW), name))  # type: ignore[no-any-return]
 
 
 def ip_binary() -> str:
