@@ -8,10 +8,8 @@ sysfs reads; no packet is sent, no child is spawned) and:
 - **doubt starts a round at once**: packets went into the tunnel for :data:`SILENCE` s with
   not one coming back (:class:`Silence`), or the device vanished (OpenVPN died): the next
   round starts now instead of after the interval. The counters are read during rounds too
-  (:func:`watch_round`); once the tunnel has been silent for :func:`warm_after` s, the swap
-  child is forked (so it has loaded its libraries by the time a swap is decided) and the page
-  server started. Not at the first doubt: a tunnel that answers late for a moment (a busy
-  machine, a stalled OpenVPN) would cost a discarded child each time;
+  (:func:`watch_round`); while the tunnel is silent, the swap child is forked (so it has
+  loaded its libraries by the time a swap is decided) and the page server started;
 - **checks speed up while there is doubt** (:func:`doubtful`, :func:`delay`): while a home is
   failing, or answering again after a failure, or away while its service waits for it (on the
   page, or on a backup), rounds follow each other every :data:`DOUBT_INTERVAL` s, so a return
@@ -48,9 +46,6 @@ POLL = 0.05
 SILENCE = 0.1
 #: ... and at least this many packets sent meanwhile (one lost packet is not).
 MIN_SENT = 2
-#: Seconds a swap child forked ahead needs to load python-iptables (~0.2 s on an idle small VPS):
-#: it is forked this long before the silence would confirm a lost check (:func:`warm_after`).
-WARM_UP = 0.3
 
 
 def tunnel_counters(device: str) -> tuple[int, int] | None:
@@ -91,11 +86,6 @@ class Silence:
             self._since, self._sent_from = now, last[0]
         return self.silent_for(now) >= self.silence
 
-    @property
-    def gone(self) -> bool:
-        """No device at the last reading (a doubt then means OpenVPN just went)."""
-        return self._last is None
-
     def silent_for(self, now: float | None = None) -> float:
         """Seconds the tunnel has been silent towards at least MIN_SENT packets (0: it is not),
         as of the last reading."""
@@ -128,21 +118,13 @@ def confirm_after(timeout: float) -> float:
     return SILENCE + timeout
 
 
-def warm_after(confirm: float, silence: float = SILENCE) -> float:
-    """Seconds of a silent tunnel after which ``watch_round`` warms the swap (``on_doubt``):
-    :data:`WARM_UP` before the silence confirms a lost check (``confirm``), never before doubt."""
-    return max(silence, confirm - WARM_UP)
-
-
 def watch_round(silence: Silence, threads: "Sequence[object]", deadline: float, confirm: float,
                 on_doubt: "Callable[[], None]") -> bool:
     """While a round's checks run (until ``deadline``, on ``silence.clock``), read the counters
-    every POLL s; call ``on_doubt`` once when the tunnel has been silent for :func:`warm_after`
-    s, or its device vanished. True, at once, when the tunnel has been silent for ``confirm`` s
-    while a check is still unanswered, or at the end if it was silent that long: the round's
-    lost checks are then confirmed."""
+    every POLL s; call ``on_doubt`` once when they say there is doubt. True, at once, when the
+    tunnel has been silent for ``confirm`` s while a check is still unanswered, or at the end
+    if it was silent that long: the round's lost checks are then confirmed."""
     doubted = False
-    warm = warm_after(confirm, silence.silence)
     while True:
         alive = [t for t in threads if t.is_alive()]  # type: ignore[attr-defined]
         left = deadline - silence.clock()
@@ -150,7 +132,7 @@ def watch_round(silence: Silence, threads: "Sequence[object]", deadline: float, 
             silence.sample()
             return silence.silent_for() >= confirm
         alive[0].join(min(POLL, left))  # type: ignore[attr-defined]
-        if silence.sample() and not doubted and (silence.gone or silence.silent_for() >= warm):
+        if silence.sample() and not doubted:
             doubted = True
             on_doubt()
         if silence.silent_for() >= confirm and any(t.is_alive() for t in threads):  # type: ignore[attr-defined]
