@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import sys
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
 _VALUE_OPTIONS = {"-c": "config", "--config": "config", "--state-dir": "state"}
 _FLAGS = {"-v": "verbose", "--verbose": "verbose", "--debug": "debug"}
 
@@ -79,18 +75,7 @@ def exec_lean_watch(options: dict[str, str | bool]) -> None:
     argv = lean_argv("vpnoffload.watch.loop", "--config", str(paths.config), "--state-dir", str(paths.state), *flags)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(argv[0], argv, lean_watch_env(os.environ))
-
-
-#: glibc gives each thread that allocates an arena of its own (up to 8 per core), and the
-#: watchdog's checks run in threads every round: one arena keeps their freed memory for the next
-#: round instead of holding pages in several. The few threads hardly ever allocate at once.
-MALLOC_ARENAS = "1"
-
-
-def lean_watch_env(environ: "Mapping[str, str]") -> dict[str, str]:
-    """The lean watchdog's environment: ours, with ``MALLOC_ARENA_MAX`` unless it is set already."""
-    return {"MALLOC_ARENA_MAX": MALLOC_ARENAS, **environ}
+    os.execv(argv[0], argv)
 
 
 def run_lean(options: dict[str, str | bool]) -> int:

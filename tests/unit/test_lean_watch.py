@@ -213,19 +213,3 @@ def test_unshare_without_the_ctypes_package(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(OSError, match=r"unshare\(CLONE_NEWNET\)") as err:
         probe.unshare_net()
     assert err.value.errno == errno.EPERM and called == [("unshare", 0x40000000)]
-
-
-def test_the_lean_watchdog_runs_with_one_malloc_arena(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import os
-
-    from vpnoffload import entry
-
-    assert entry.lean_watch_env({"PATH": "/bin"}) == {"MALLOC_ARENA_MAX": "1", "PATH": "/bin"}
-    assert entry.lean_watch_env({"MALLOC_ARENA_MAX": "4"}) == {"MALLOC_ARENA_MAX": "4"}  # the admin's own
-    execs: list[tuple[str, list[str], dict[str, str]]] = []
-    monkeypatch.setattr(os, "execve", lambda path, argv, env: execs.append((path, argv, env)))
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    entry.exec_lean_watch({"config": str(tmp_path / "c.toml"), "state": str(tmp_path)})
-    (path, argv, env), = execs
-    assert argv[:3] == [path, "-I", "-S"] and "vpnoffload.watch.loop" in argv[4]
-    assert env["MALLOC_ARENA_MAX"] == "1" and env["PATH"] == os.environ["PATH"]
