@@ -21,6 +21,7 @@ where the tunnel dropped packets.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -67,6 +68,12 @@ class Variant:
     edits: tuple[Edit, ...] = ()
     stock: bool = False  # the installer-style config instead of the generated one
     safe: bool = True  # fit for any internet path (for the report)
+    env: tuple[tuple[str, str], ...] = ()  # for both OpenVPN processes
+
+
+#: OpenSSL's CPU capability mask without AES-NI and PCLMULQDQ (bits 57 and 33): this CPU's OpenSSL
+#: then computes AES-GCM as on a CPU without AES instructions (many small ARM boards, old Atoms).
+NO_AES = (("OPENSSL_ia32cap", "~0x200000200000000"),)
 
 
 VARIANTS = (
@@ -86,6 +93,10 @@ VARIANTS = (
             (("fast-io", None),)),
     Variant("buffers+txqueuelen", "generated + the socket buffer and queue tunings together",
             (("sndbuf", "1048576"), ("rcvbuf", "1048576"), ("txqueuelen", "1000"))),
+    Variant("no AES-NI: AES-256-GCM", "generated (AES-256-GCM), OpenSSL told the CPU has no AES instructions "
+            "(OPENSSL_ia32cap)", env=NO_AES),
+    Variant("no AES-NI: CHACHA20-POLY1305", "CHACHA20-POLY1305 first, OpenSSL told the CPU has no AES "
+            "instructions (OPENSSL_ia32cap)", (("data-ciphers", "CHACHA20-POLY1305:AES-256-GCM"),), env=NO_AES),
 )
 QUICK_VARIANTS = ("generated", "stock", "CHACHA20-POLY1305", "buffers 1 MiB")
 
@@ -275,13 +286,14 @@ def _start(tl: TunnelLab, variant: Variant) -> tuple[subprocess.Popen, subproces
     logs = tl.directory / "logs"
     logs.mkdir(exist_ok=True)
     tag = re.sub(r"[^A-Za-z0-9]+", "-", variant.name)
+    env = {**os.environ, **dict(variant.env)} if variant.env else None
     with open(logs / f"{tag}-server.log", "wb") as out:
         server = tl.lab.popen("vps", *_pinned("vps", "openvpn", "--cd", str(server_dir), "--config", "variant.conf"),
-                              stdout=out, stderr=subprocess.STDOUT)
+                              stdout=out, stderr=subprocess.STDOUT, env=env)
     client_log = logs / f"{tag}-client.log"
     with open(client_log, "wb") as out:
         client = tl.lab.popen("home", *_pinned("home", "openvpn", "--config", str(client_path)),
-                              stdout=out, stderr=subprocess.STDOUT)
+                              stdout=out, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + READY_WAIT
     while READY not in client_log.read_text(errors="replace"):
         if time.monotonic() > deadline or client.poll() is not None or server.poll() is not None:
