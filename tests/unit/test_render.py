@@ -113,6 +113,20 @@ def test_data_path_is_ready_for_the_kernels_data_channel(proto: str) -> None:
     assert "topology subnet" in directives(server_config(make_config(proto), status_path=None, run_as=None))
 
 
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_data_path_options_are_the_measured_ones(proto: str) -> None:
+    """Each kept because bench item 6 showed it helps, each left out because it did not
+    (docs/architecture.md, "The tunnel's data path")."""
+    for text in (server_config(make_config(proto), status_path=None, run_as=None),
+                 client_profile(make_config(proto), FakePki(), "home")):  # type: ignore[arg-type]
+        lines = directives(text)
+        assert "tun-mtu 1500" in lines and "mssfix 1400 mtu" in lines
+        assert ("fast-io" in lines) == (proto == "udp")  # writes without polling first: UDP only
+        # Measured and left out: bigger socket buffers (slower bulk towards home), a longer tun
+        # queue (no drops to prevent, no gain); OpenVPN's defaults apply.
+        assert not [line for line in lines if line.split()[0] in ("sndbuf", "rcvbuf", "txqueuelen", "fragment")]
+
+
 def test_the_vps_cpu_orders_the_ciphers(tmp_path: Path) -> None:
     """The server takes the first of its own list that the home offers: its CPU decides."""
     def ciphers(**kw: bool) -> str:
