@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs, 5 cable pulls, an 8-pull soak (about 7 minutes)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="the Markdown report to write")
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
+    parser.add_argument("--tunnel-web", type=int, metavar="SECONDS", choices=range(0, 31),
+                        help="item 6's new-connection run per variant and repetition, 0: none "
+                             "(full profile: 3, about 2.5 minutes in all; --quick: 0)")
     parser.add_argument("--verbose", "-v", action="store_true", help="show every vpnoffload command and its output")
     parser.add_argument("--from-json", type=Path, metavar="FILE",
                         help="measure nothing: rewrite the report from the raw results of an earlier --json")
@@ -211,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     profile = QUICK if args.quick else FULL
+    if args.tunnel_web is not None:
+        profile = dataclasses.replace(profile, tunnel_web_seconds=args.tunnel_web)
     # A SIGTERM tears the labs down like Ctrl-C does (the finally blocks run).
     signal.signal(signal.SIGTERM, _interrupt)
     scratch = Path(tempfile.mkdtemp(prefix="vpnoffload-bench-"))
@@ -222,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     results.total_seconds = time.monotonic() - start
     results.command = ".venv/bin/python -m bench.run" + (" --quick" if args.quick else "") + \
+        (f" --tunnel-web {args.tunnel_web}" if args.tunnel_web is not None else "") + \
         (f" --out {args.out}" if args.out != Path("docs/benchmarks.md") else "")
 
     if args.json:
