@@ -6,8 +6,10 @@ tests/e2e/conftest.py for the namespace lab), never from each other.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Network
@@ -192,3 +194,21 @@ def run_rule_test(path: Path, test: dict) -> tuple[int, str]:
 
     path.write_text(json.dumps(test, indent=1))
     return promtool("test", "rules", str(path))
+
+
+#: The wheelhouse the Docker labs' images install vpnoffload from (compose/build-wheels).
+BUILD_WHEELS = Path(__file__).resolve().parent.parent / "compose" / "build-wheels"
+
+
+@functools.cache
+def wheelhouse() -> Path:
+    """Run compose/build-wheels once per pytest session and return compose/wheels.
+
+    The compose lab, each systemd module and the quickstart image all need this checkout's
+    wheel; the tree does not change during a run, so one build serves them all (each build
+    is a pip wheel of the project, ~6-10 s on the CI machine). Fails the test when it fails.
+    """
+    proc = subprocess.run([str(BUILD_WHEELS)], capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"compose/build-wheels failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+    return BUILD_WHEELS.parent / "wheels"

@@ -29,8 +29,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests import quickstart
+from tests.helpers import wheelhouse
 from tests.prereq import need
-from tests.systemd.conftest import (BASE_IMAGE, BUILD_WHEELS, CONTEXT, REPO, SYSTEMD_OPTIONS, _checked, docker,
+from tests.systemd.conftest import (BASE_IMAGE, CONTEXT, REPO, SYSTEMD_OPTIONS, _checked, docker,
                                     engine_problem)
 
 pytestmark = [pytest.mark.root, pytest.mark.docker, pytest.mark.timeout(900)]
@@ -62,9 +63,7 @@ def run(host: str, *argv: str, timeout: float = 60, stdin: str | bytes | None = 
 
 def _wheelhouse() -> None:
     """compose/wheels: vpnoffload's dependencies (compose/build-wheels) plus the build tools."""
-    _checked(subprocess.run([str(BUILD_WHEELS)], capture_output=True, text=True, timeout=600, check=False),
-             "compose/build-wheels")
-    wheels = CONTEXT / "wheels"
+    wheels = wheelhouse()  # once per session (tests.helpers)
     if not list(wheels.glob("setuptools-*.whl")) or not list(wheels.glob("wheel-*.whl")):
         python = os.environ.get("PYTHON") or str(REPO / ".venv" / "bin" / "python")
         _checked(subprocess.run([python, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest",
