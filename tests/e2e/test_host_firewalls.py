@@ -98,14 +98,10 @@ def test_host_firewall_shape(shape: str, where: str, lab: Lab, sites: tuple[Path
         assert "host firewall:" in text and "opened in" in text, text
 
     # Home down: the friendly page (the page server's port is open in the host's firewall too).
-    # Only where the VPS has the shape: with the shape at home alone the VPS is the plain one of
-    # test_failover.py, whose pulled cable proves the same, and home's own firewall is not on
-    # the page's path (the client reconnects outward, as at `up home`).
-    if "vps" in hosts:
-        lab.pull_cable()
-        until(lab, 503, 10)
-        lab.plug_cable()
-        until(lab, 200, 20)
+    lab.pull_cable()
+    until(lab, 503, 10)
+    lab.plug_cable()
+    until(lab, 200, 20)
 
     # The host rewrites its own rules: served again within 15 s, and status says what was put back.
     if "vps" in hosts:
