@@ -57,7 +57,7 @@ def budget() -> Budget:
 
 #: Resident memory (RSS, KiB) of every vpnoffload process on the VPS together, OpenVPN aside, with
 #: home up and the watchdog alone: a fact of the product, the same in every environment (so not
-#: in :class:`Budget`). Issue 26 asks for <= 12 MB (11,719 KiB); the watchdog measures 11.4-11.9 MiB
-#: here (the floor of a Python 3.11 process with socket and select is ~9.7 MiB), so the bound sits
-#: a little above what it reaches, and a module or table that creeps back in fails it.
+#: in :class:`Budget`). Issue 26 asks for <= 12 MB (11,719 KiB); the bench lab's watchdog measured
+#: 11.3-12.0 MiB in runs minutes apart (the floor of a Python 3.11 process with socket and select
+#: is ~9.7 MiB), so the bound sits a little above that, and a module that creeps back in fails it.
 STEADY_RSS_KB = 12_800
