@@ -130,8 +130,19 @@ def test_a_dead_backup_s_silence_is_no_doubt_and_a_vanished_count_none() -> None
     for _ in range(5):
         seen.append(ev.sample())
         clock.now += 0.05
-    assert seen == [False] * 5  # attic silent (unwatched), then every count gone (rules rewritten)
+    assert seen == [False, False, False, False, False]  # attic silent but unwatched, then every count gone
     assert ev.silent("attic") == 0.0  # the counts went: no reading, no silence
+
+
+def test_an_unwatched_home_s_silence_ends_no_round() -> None:
+    clock = Clock()
+    cfg = config(backups=("attic",))
+    ev = evidence.Evidence(counts([two_homes(10, 10, 10, 5), two_homes(11, 11, 11, 5), two_homes(12, 12, 12, 5)]),
+                           clock, lambda: cfg, watched=lambda home: home != "attic")
+    for _ in range(3):
+        ev.sample()
+        clock.now += 0.05
+    assert ev.silent("attic") == pytest.approx(0.1) and ev.silent("home") == 0.0 and ev.silent_for() == 0.0
 
 
 def test_a_reset_on_a_service_s_connections_is_doubt_once() -> None:

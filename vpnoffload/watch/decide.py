@@ -26,9 +26,9 @@ A lost visitor-path check is excused as load only by the service's own visitors 
 being answered (``watch.flows``), never by a ping or by other traffic.
 
 Each round ends by ``watch.timeout`` (+ :data:`ROUND_GRACE`), whatever one check does, and
-its result is published (``publish``) in the same step as any swap it decides. With one home
-box, a round also ends once the tunnel has been silent long enough, and its lost checks then
-count as ``fall`` of them (``watch.pace``: :attr:`Watchdog.silence`, :meth:`Watchdog._confirm`).
+its result is published (``publish``) in the same step as any swap it decides. A round also
+ends once a home has been silent long enough, and that home's lost checks then count as
+``fall`` of them (``watch.pace``, ``watch.evidence``: :attr:`Watchdog.silence`, :meth:`Watchdog._confirm`).
 """
 
 from __future__ import annotations

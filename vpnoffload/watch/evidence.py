@@ -128,8 +128,9 @@ class Evidence:
         return seconds
 
     def silent_for(self, now: float | None = None) -> float:
-        """The longest any home has been silent (what ``pace.watch_round`` confirms on)."""
-        return max((self.silent(h) for h in self._homes), default=0.0)
+        """The longest any watched home has been silent (what ``pace.watch_round`` ends a round
+        on): a dead backup, silent all along, must not cut the others' checks short."""
+        return max((self.silent(h) for h in self._homes if self.watched(h)), default=0.0)
 
 
 def tunnel_presence(device: "Callable[[], str]") -> "Callable[[], tuple[int, int] | None]":
