@@ -64,6 +64,8 @@ class Evidence:
                  tunnel: "pace.Silence | None" = None, watched: "Callable[[str], bool]" = lambda home: True) -> None:
         self.read, self.clock, self.config = read, clock, config
         self.tunnel = tunnel
+        #: As :attr:`pace.Silence.silence`: how long unanswered packets take to be doubt.
+        self.silence = pace.SILENCE
         #: Is this home's silence news (a home believed healthy)? A dead backup's checks go
         #: unanswered every round: that must not start the next one at once.
         self.watched = watched
@@ -117,6 +119,11 @@ class Evidence:
                 if before is not None and now > before:
                     self.refused.add((service, home))
         return doubt or bool(self.refused)
+
+    @property
+    def gone(self) -> bool:
+        """The tunnel device was not there at the last reading (OpenVPN just went)."""
+        return self.tunnel is not None and self.tunnel._last is None
 
     def silent(self, home: str) -> float:
         """Seconds ``home`` has left packets unanswered, as of the last reading (the tunnel's
