@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from bench import crowd as crowd_script
+from bench import measure
 from tests.budget import budget
 from tests.e2e.conftest import cli
 from tests.e2e.faultlab import API, WEB, Deployment, deployment, healthy_again, report, visit
@@ -118,7 +119,7 @@ print(home, other)
 
 
 @pytest.fixture
-def two_homes(lab: Lab, sites: tuple[Path, Path], tmp_path: Path) -> Iterator[tuple[Lab, Path]]:
+def two_homes(lab: Lab, sites: tuple[Path, Path], tmp_path: Path) -> Iterator[tuple[Lab, Path, int]]:
     """``web`` (:80) on home only and ``blog`` (:81) on attic only, both up and watched."""
     vps_site, home_site = sites
     attic_site = vps_site.parent / "attic"
@@ -140,7 +141,7 @@ def two_homes(lab: Lab, sites: tuple[Path, Path], tmp_path: Path) -> Iterator[tu
     cli(lab, "attic", attic_site, "up", "home", "--home", "attic")
     watch = start_watch(lab, vps_site, tmp_path / "watch.log")
     try:
-        yield lab, vps_site
+        yield lab, vps_site, watch.pid  # (ip netns exec and the lean start both exec: the watchdog's pid)
     finally:
         watch.terminate()
         watch.wait(10)
@@ -155,12 +156,20 @@ def status_of(lab: Lab, site: Path) -> dict[str, dict]:
     return {s["name"]: s for s in data["services"]}
 
 
+def both_served(lab: Lab, site: Path) -> None:
+    def served() -> tuple[bool, object]:
+        st = status_of(lab, site)
+        return all(s["state"] == "forwarding" and s["healthy"] for s in st.values()), st
+
+    seconds_until("both served", served, 15, 0.2)
+
+
 def recent_lists(lab: Lab) -> list[str]:
     return lab.exec("vps", "ls", "/proc/net/xt_recent").stdout.split()
 
 
 def test_one_of_two_homes_pulled_its_service_alone_gets_the_page_within_a_second(two_homes, capsys) -> None:
-    lab, site = two_homes
+    lab, site, _ = two_homes
     def both_served() -> tuple[bool, object]:
         st = status_of(lab, site)
         return all(s["state"] == "forwarding" and s["healthy"] for s in st.values()), st
@@ -190,8 +199,25 @@ def test_one_of_two_homes_pulled_its_service_alone_gets_the_page_within_a_second
     assert after["web"] == before["web"] + 1
 
 
+#: Seconds of the idle window, and the issue's bound on the watchdog's CPU then (children included).
+IDLE_SECONDS, IDLE_CPU_PERCENT = 10.0, 2.0
+
+
+def test_reading_the_evidence_costs_little_at_idle(two_homes, capsys) -> None:
+    lab, site, pid = two_homes
+    both_served(lab, site)
+    time.sleep(2.0)
+    before, start = measure.cpu_times(pid), time.monotonic()
+    time.sleep(IDLE_SECONDS)
+    after, took = measure.cpu_times(pid), time.monotonic() - start
+    percent = 100 * ((after.own - before.own) + (after.children - before.children)) / took
+    report(capsys, "evidence", f"two homes idle: the watchdog used {percent:.2f} % of one core over {took:.0f} s "
+                               "(children included)")
+    assert percent <= IDLE_CPU_PERCENT
+
+
 def test_down_removes_the_counting_rules_and_their_lists(two_homes) -> None:
-    lab, site = two_homes
+    lab, site, _ = two_homes
     assert sorted(recent_lists(lab)) == ["vpnoffload-in1", "vpnoffload-in2", "vpnoffload-out1", "vpnoffload-out2",
                                          "vpnoffload-rst1-1", "vpnoffload-rst2-2"]
     cli(lab, "vps", site, "down", "vps")
