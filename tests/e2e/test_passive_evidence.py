@@ -93,6 +93,48 @@ def test_one_request_reset_by_the_home_app_swaps_nothing(dep: Deployment, capsys
     report(capsys, "evidence", f"one request reset by the app ({first.kind}): 0 swaps")
 
 
+# Runs in the VPS's namespace: what the watchdog's reader gets from the kernel for NAMES.
+READ_COUNTS = r"""
+import json, sys
+from vpnoffload.lean import counters
+print(json.dumps(counters.Counters().read(sys.argv[1:])))
+"""
+NAMES = ("vpnoffload-in1", "vpnoffload-out1", "vpnoffload-rst1-1")
+
+
+def kernel_counts(lab: Lab) -> dict[str, int]:
+    return json.loads(lab.exec("vps", sys.executable, "-c", READ_COUNTS, *NAMES).stdout)
+
+
+def test_with_nftables_the_counts_are_read_over_netlink_and_a_stopped_server_shows_the_page(
+        lab: Lab, sites: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("VPNOFFLOAD_FIREWALL", "nft")  # every CLI run, the watchdog and its swap child inherit it
+    with deployment(lab, sites, tmp_path, services=(WEB,)) as made:
+        healthy_again(made)
+        listed = lab.exec("vps", "nft", "list", "counters", "table", "ip", "vpnoffload").stdout
+        assert all(f"counter {n} " in listed for n in NAMES), listed
+        assert lab.exec("vps", "ls", "/proc/net/xt_recent").stdout.split() == []  # nothing in the legacy tables
+        first = kernel_counts(lab)
+        assert visit(lab, WEB[1]).kind == "home"
+        second = kernel_counts(lab)
+        assert sorted(first) == sorted(NAMES) and second["vpnoffload-in1"] > first["vpnoffload-in1"] \
+            and second["vpnoffload-out1"] > first["vpnoffload-out1"], (first, second)
+        stopped = time.time()
+        made.stop_app(WEB[2])
+        try:
+            results = crowd_script.run(lab, "^503 ", EVERY, budget().nft_failover + 10, 5, port=WEB[1],
+                                       host_header="blog.example.org")
+        finally:
+            made.start_app(WEB[2])
+        page, refused = prompt_page(results, stopped)
+        assert kernel_counts(lab)["vpnoffload-rst1-1"] > second["vpnoffload-rst1-1"]
+        healthy_again(made)
+    report(capsys, "evidence", f"nft: home web server stopped: prompt page {page if page is None else round(page, 2)}"
+                               f" s after the stop, {refused} visitor(s) got neither")
+    assert page is not None and page <= 1.0, f"no prompt page within 1 s of the stop: {page}"
+    assert "vpnoffload" not in lab.exec("vps", "nft", "list", "tables").stdout  # down took the counters too
+
+
 # -- two homes, each with its own service -------------------------------------------
 
 # Runs in the visitor's namespace: a new connection to HOST:PORT every 0.1 s for SECONDS;
