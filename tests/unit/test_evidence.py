@@ -71,7 +71,7 @@ def nft_counter_message(name: str, packets: int, table: str = "vpnoffload") -> b
     body = struct.pack("=BBH", socket.AF_INET, 0, 0) + attr(counters.NFTA_OBJ_TABLE, table.encode() + b"\0") \
         + attr(counters.NFTA_OBJ_NAME, name.encode() + b"\0") + attr(counters.NFTA_OBJ_TYPE, struct.pack("!I", 1)) \
         + attr(counters.NFTA_OBJ_DATA | counters.NLA_F_NESTED, data)
-    kind = (counters.NFNL_SUBSYS_NFTABLES << 8) | counters.NFT_MSG_GETOBJ
+    kind = (counters.NFNL_SUBSYS_NFTABLES << 8) | counters.NFT_MSG_NEWOBJ  # as the kernel answers a dump
     return struct.pack("=IHHII", 16 + len(body), kind, 2, 1, 0) + body
 
 

@@ -130,7 +130,7 @@ def parse_recent(data: bytes) -> list[int]:
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_GETOBJ = 19
+NFT_MSG_NEWOBJ, NFT_MSG_GETOBJ = 18, 19  # a dump answers each object as a NEWOBJ message
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
@@ -175,7 +175,7 @@ def parse_getobj(data: bytes, counts: dict[str, int]) -> bool:
             return True
         if kind in (NLMSG_DONE, NLMSG_ERROR):
             return True
-        if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ:
+        if kind in ((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWOBJ, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ):
             attrs = _attrs(data[i + 20:i + length])
             name = attrs.get(NFTA_OBJ_NAME, b"").rstrip(b"\0").decode("ascii", "replace")
             table = attrs.get(NFTA_OBJ_TABLE, b"").rstrip(b"\0").decode("ascii", "replace")
