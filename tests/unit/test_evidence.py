@@ -43,7 +43,7 @@ def test_names_and_what_is_one() -> None:
                                              "someone-in1", "vpnoffload-1-a4-ff")] == [False] * 6
 
 
-def test_xt_recent_stamps_become_a_packet_count(tmp_path: Path) -> None:
+def test_xt_recent_stamps_become_a_packet_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reader = counters.RecentReader(str(tmp_path))
     lst = tmp_path / "vpnoffload-in1"
     assert reader.read(["vpnoffload-in1"]) == {}  # no list (no rule): no count at all
@@ -56,8 +56,16 @@ def test_xt_recent_stamps_become_a_packet_count(tmp_path: Path) -> None:
     # The ring wrapped: only the newest 20 stamps are listed, all after the last reading.
     lst.write_text(recent_line("198.51.100.2", *range(2000, 2020)))
     assert reader.read(["vpnoffload-in1"]) == {"vpnoffload-in1": 25}
-    lst.unlink()  # the rule went: the count starts afresh when it comes back
-    assert reader.read(["vpnoffload-in1"]) == {}
+    # The rule went: the kernel removed the list, and reading its open file fails (EIO).
+    lst.unlink()
+    def removed(fd: int, size: int, offset: int) -> bytes:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(counters.os, "pread", removed)
+    assert reader.read(["vpnoffload-in1"]) == {}  # opened afresh: no such list any more
+    monkeypatch.undo()
+    assert reader._fds == {}
+    # ... and its count starts afresh when it comes back.
     lst.write_text(recent_line("198.51.100.2", 3000))
     assert reader.read(["vpnoffload-in1"]) == {"vpnoffload-in1": 1}
     assert counters.parse_recent(b"garbage\n" + recent_line("10.0.0.1", 7, 9).encode()) == [7, 9]

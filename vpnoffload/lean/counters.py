@@ -75,6 +75,7 @@ class RecentReader:
         self.root = root
         #: name -> (packets so far, newest stamp seen, how many stamps had it)
         self._state: dict[str, tuple[int, int, int]] = {}
+        self._fds: dict[str, int] = {}
 
     def read(self, names: "Iterable[str]") -> dict[str, int]:
         out: dict[str, int] = {}
@@ -87,17 +88,29 @@ class RecentReader:
         return out
 
     def _stamps(self, name: str) -> list[int] | None:
-        try:
-            fd = os.open(os.path.join(self.root, name), os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            data = os.read(fd, 65536)
-        except OSError:
-            return None
-        finally:
+        """The list's stamps; None when there is no such list. Each file stays open and is read
+        again from its start (a removed list's file then fails with EIO: opened afresh)."""
+        for _attempt in (0, 1):  # the kept file, then once afresh
+            fd = self._fds.get(name)
+            if fd is None:
+                try:
+                    fd = self._fds[name] = os.open(os.path.join(self.root, name), os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    return None
+            try:
+                return parse_recent(os.pread(fd, 65536, 0))
+            except OSError:
+                self._close(name)
+        return None
+
+    def _close(self, name: str) -> None:
+        fd = self._fds.pop(name, None)
+        if fd is not None:
             os.close(fd)
-        return parse_recent(data)
+
+    def close(self) -> None:
+        for name in list(self._fds):
+            self._close(name)
 
     def _count(self, name: str, stamps: list[int]) -> int:
         newest = max(stamps, default=0)
@@ -115,14 +128,11 @@ class RecentReader:
 def parse_recent(data: bytes) -> list[int]:
     """Every packet stamp (jiffies) in an xt_recent list's text, all addresses together."""
     stamps: list[int] = []
-    for line in data.decode("ascii", "replace").splitlines():
-        _, found, tail = line.partition("oldest_pkt:")
-        if not found:
-            continue
-        words = tail.replace(",", " ").split()
-        for word in words[1:]:  # the first is the ring's index, not a stamp
-            if word.isdigit():
-                stamps.append(int(word))
+    for line in data.splitlines():
+        at = line.find(b"oldest_pkt:")
+        if at >= 0:
+            # After the ring's index, the stamps: " 4295001, 4295002, ..."
+            stamps += [int(w) for w in line[at + 11:].replace(b",", b" ").split()[1:] if w.isdigit()]
     return stamps
 
 
@@ -231,10 +241,14 @@ class Counters:
     def __init__(self, recent: RecentReader | None = None, nft: NftCounterReader | None = None) -> None:
         self.recent = recent or RecentReader()
         self.nft = nft or NftCounterReader()
+        self._nft_only = False  # the last reading found nft counters and no xt_recent lists
 
     def read(self, names: "Iterable[str]") -> dict[str, int]:
         names = list(names)
-        found = self.recent.read(names) if os.path.isdir(self.recent.root) else {}
-        if found:
-            return found
-        return self.nft.read(names)
+        if self._nft_only:
+            found = self.nft.read(names)
+            if found:
+                return found
+        found = self.recent.read(names)
+        self._nft_only = not found
+        return found or self.nft.read(names)
