@@ -6,8 +6,10 @@ tests/e2e/conftest.py for the namespace lab), never from each other.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Network
@@ -192,3 +194,35 @@ def run_rule_test(path: Path, test: dict) -> tuple[int, str]:
 
     path.write_text(json.dumps(test, indent=1))
     return promtool("test", "rules", str(path))
+
+
+#: The wheelhouse the Docker labs' images install vpnoffload from (compose/build-wheels).
+BUILD_WHEELS = Path(__file__).resolve().parent.parent / "compose" / "build-wheels"
+#: The build tools pip needs to build vpnoffload from its source (pyproject's build-system):
+#: the quickstart image installs from the source tarball, offline.
+BUILD_TOOLS = ("setuptools>=77", "wheel")
+
+
+@functools.cache
+def wheelhouse() -> Path:
+    """Run compose/build-wheels once per pytest session, add the build tools, return compose/wheels.
+
+    The compose lab, each systemd module and the quickstart image all need this checkout's
+    wheel; the tree does not change during a run, so one build serves them all (each build
+    is a pip wheel of the project, ~6-10 s on the CI machine). The build tools are in it from
+    the start, so the directory (and with it the systemd image's tag, a hash of its wheels)
+    is the same for every module: the image is built once per run, not again after the
+    quickstart added them. Fails the test when either step fails.
+    """
+    proc = subprocess.run([str(BUILD_WHEELS)], capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"compose/build-wheels failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}", pytrace=False)
+    wheels = BUILD_WHEELS.parent / "wheels"
+    if not list(wheels.glob("setuptools-*.whl")) or not list(wheels.glob("wheel-*.whl")):
+        python = os.environ.get("PYTHON") or str(BUILD_WHEELS.parent.parent / ".venv" / "bin" / "python")
+        proc = subprocess.run([python, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest",
+                               str(wheels), *BUILD_TOOLS], capture_output=True, text=True, timeout=300, check=False)
+        if proc.returncode != 0:
+            pytest.fail(f"pip download of {' '.join(BUILD_TOOLS)} failed:\n{proc.stdout}\n{proc.stderr}",
+                        pytrace=False)
+    return wheels

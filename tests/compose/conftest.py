@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wheelhouse
 from tests.prereq import missing
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "compose" / "docker-compose.yml"
-BUILD_WHEELS = REPO / "compose" / "build-wheels"
 #: Fixed, so scripts/docker-down can remove what a cut-short run left behind.
 PROJECT = "vpnoffloadtest"
 
@@ -128,11 +128,9 @@ def docker_compose_project_name() -> str:
 
 @pytest.fixture(scope="session")
 def lab_wheelhouse() -> Path:
-    """Rebuild compose/wheels so the image runs this checkout's code, not a stale wheel."""
-    proc = subprocess.run([str(BUILD_WHEELS)], capture_output=True, text=True, timeout=600, check=False)
-    if proc.returncode != 0:
-        pytest.fail(f"compose/build-wheels failed:\n{proc.stdout}\n{proc.stderr}", pytrace=False)
-    return BUILD_WHEELS.parent / "wheels"
+    """Rebuild compose/wheels so the image runs this checkout's code, not a stale wheel
+    (once per session: tests.helpers.wheelhouse)."""
+    return wheelhouse()
 
 
 @pytest.fixture(scope="session")

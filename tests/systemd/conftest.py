@@ -31,13 +31,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wheelhouse
 from tests.prereq import missing
 from vpnoffload.lab.snapshot import normalize_xtables_save, snapshot_diff
 
 REPO = Path(__file__).resolve().parents[2]
 CONTEXT = REPO / "compose"  # the build context: systemd/ and the wheelhouse
 DOCKERFILE = CONTEXT / "systemd" / "Dockerfile"
-BUILD_WHEELS = CONTEXT / "build-wheels"
 BASE_IMAGE = "debian:bookworm-slim"  # made by scripts/docker-up with debootstrap
 IMAGE = "vpnoffload-systemd"
 #: Every container and the network carry this label, so leftovers of a cut-short run are found.
@@ -94,8 +94,7 @@ def _checked(proc: subprocess.CompletedProcess[str], what: str) -> str:
 
 def image_tag() -> str:
     """Build the image unless one made from exactly these inputs exists (tag = their hash)."""
-    _checked(subprocess.run([str(BUILD_WHEELS)], capture_output=True, text=True, timeout=600, check=False),
-             "compose/build-wheels")
+    wheelhouse()  # once per session, shared with the compose lab and the quickstart image
     digest = hashlib.sha256()
     inputs = sorted([*(CONTEXT / "systemd").iterdir(), *(CONTEXT / "wheels").glob("*.whl")])
     for path in inputs:

@@ -29,8 +29,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests import quickstart
+from tests.helpers import wheelhouse
 from tests.prereq import need
-from tests.systemd.conftest import (BASE_IMAGE, BUILD_WHEELS, CONTEXT, REPO, SYSTEMD_OPTIONS, _checked, docker,
+from tests.systemd.conftest import (BASE_IMAGE, CONTEXT, REPO, SYSTEMD_OPTIONS, _checked, docker,
                                     engine_problem)
 
 pytestmark = [pytest.mark.root, pytest.mark.docker, pytest.mark.timeout(900)]
@@ -46,8 +47,6 @@ ADDRESSES = {"vps": "198.51.100.130", "home": "198.51.100.140", "visitor": "198.
 BOOT_TIMEOUT = 60.0
 STEP_TIMEOUT = 300.0
 SERVED_TIMEOUT = 60.0
-#: The build tools pip needs to build vpnoffload from its source (pyproject's build-system).
-BUILD_TOOLS = ("setuptools>=77", "wheel")
 
 
 def name(host: str) -> str:
@@ -60,21 +59,9 @@ def run(host: str, *argv: str, timeout: float = 60, stdin: str | bytes | None = 
                           input=stdin, capture_output=True, text=text, timeout=timeout, check=False)
 
 
-def _wheelhouse() -> None:
-    """compose/wheels: vpnoffload's dependencies (compose/build-wheels) plus the build tools."""
-    _checked(subprocess.run([str(BUILD_WHEELS)], capture_output=True, text=True, timeout=600, check=False),
-             "compose/build-wheels")
-    wheels = CONTEXT / "wheels"
-    if not list(wheels.glob("setuptools-*.whl")) or not list(wheels.glob("wheel-*.whl")):
-        python = os.environ.get("PYTHON") or str(REPO / ".venv" / "bin" / "python")
-        _checked(subprocess.run([python, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest",
-                                 str(wheels), *BUILD_TOOLS], capture_output=True, text=True, timeout=300,
-                                check=False), "pip download of setuptools and wheel")
-
-
 def image_tag() -> str:
     """Build the fresh-server image unless one made from exactly these inputs exists."""
-    _wheelhouse()
+    wheelhouse()  # with the build tools (tests.helpers)
     digest = hashlib.sha256()
     for path in sorted([DOCKERFILE, CONTEXT / "systemd" / "lab-web.service", *(CONTEXT / "wheels").glob("*.whl")]):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
