@@ -229,6 +229,9 @@ class FakeNft:
         if kind in ("set", "element"):
             self._set(table, verb, kind, obj)
             return
+        if kind == "counter":
+            self._counter(table, verb, obj["name"])
+            return
         if kind == "chain" and verb == "add":
             table["chains"].setdefault(name, dict(obj))
             table["rules"].setdefault(name, [])
@@ -248,9 +251,26 @@ class FakeNft:
                         raise BackendError("nft -j -f - failed: Error: No such file or directory (jump)")
                 if _set_used(expr) and _set_used(expr) not in table["sets"]:
                     raise BackendError("nft -j -f - failed: Error: No such file or directory (set)")
+                if isinstance(expr.get("counter"), str) and expr["counter"] not in table.get("counters", {}):
+                    raise BackendError("nft -j -f - failed: Error: No such file or directory (counter)")
             table["rules"][name].append(obj["expr"])
         else:
             raise AssertionError(f"FakeNft does not know {command}")
+
+    @staticmethod
+    def _counter(table: dict, verb: str, name: str) -> None:
+        """Named counter objects (the VPS's counts): add (kept if there), delete (not while a rule names it)."""
+        named = table.setdefault("counters", {})
+        if verb == "add":
+            named.setdefault(name, {"packets": 0, "bytes": 0})
+        elif name not in named:
+            raise BackendError(f"nft -j -f - failed: Error: No such file or directory (counter {name})")
+        elif verb == "delete":
+            if any(e.get("counter") == name for rs in table["rules"].values() for r in rs for e in r):
+                raise BackendError("nft -j -f - failed: Error: Device or resource busy (counter)")
+            del named[name]
+        else:
+            raise AssertionError(f"FakeNft does not know {verb} counter")
 
     @staticmethod
     def _set(table: dict, verb: str, kind: str, obj: dict) -> None:
@@ -272,6 +292,8 @@ class FakeNft:
         table = self.tables[(family, name)]
         out: list[dict] = [{"metainfo": {"json_schema_version": 1}}, {"table": {"family": family, "name": name}}]
         out += [{"set": s["set"]} for s in table.get("sets", {}).values()]
+        out += [{"counter": {"family": family, "table": name, "name": n, **c}}
+                for n, c in table.get("counters", {}).items()]
         out += [{"chain": chain} for chain in table["chains"].values()]
         for chain, rules in table["rules"].items():
             out += [{"rule": {"family": family, "table": name, "chain": chain, "expr": [_as_printed(e) for e in r]}}

@@ -6,7 +6,8 @@ that visitor just got.
 The home app (:data:`APP`) serves each configured target port; per connection it reads
 its mode from a file: ``ok`` (answers at once with the visitor's address), ``slow``
 (answers after 2 s), ``trickle`` (sends its status line one byte per 0.3 s, for at
-most 20 s) or ``bulk`` (a 200 head, then as many bytes as the path takes, for 15 s). A test that stops it (``Deployment.stop_app``) gets a refused port, with
+most 20 s), ``bulk`` (a 200 head, then as many bytes as the path takes, for 15 s) or
+``reset-once`` (this one request is answered with a TCP reset, and the mode is ``ok`` again). A test that stops it (``Deployment.stop_app``) gets a refused port, with
 the tunnel up.
 
 "Agrees" is judged on a *moment*: a visit, then ``status --json`` until it agrees with
@@ -64,6 +65,11 @@ def serve(conn, client):
                 return
             data += chunk
         how = mode()
+        if how == "reset-once":
+            with open(mode_file, "w") as fh:
+                fh.write("ok")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            return  # closed with linger 0: a reset
         if how == "trickle":
             end = time.monotonic() + 20
             for i in range(len(TRICKLE)):

@@ -198,7 +198,10 @@ def test_rules_of_an_access_chain_round_trip_through_nft(tmp_path: Path) -> None
         exprs = to_nft(rule)
         if access.chain_number(rule.chain) and rule.target == "DROP":
             assert {"counter": None} in exprs
-        assert from_nft(rule.table, rule.chain, [e for e in exprs if "counter" not in e]) == rule
+        # An anonymous counter is ignored when read (it comes back with its numbers); a named
+        # one is one of the VPS's counts and reads back as the rule's -m recent.
+        kept = [e for e in exprs if "counter" not in e or isinstance(e["counter"], str)]
+        assert from_nft(rule.table, rule.chain, kept) == rule
 
 
 def test_nft_translations_of_the_access_rules() -> None:

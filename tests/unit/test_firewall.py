@@ -98,10 +98,32 @@ def foreign_firewall() -> FakeBackend:
 # Desired state
 
 
+RECENT = "--mask 255.255.255.255"
+#: The watchdog's counts (lean/counters.py): from and to each home on every path, and the
+#: resets from a home on each DNATed TCP service's connections (web: mark 1, git: mark 3).
+VPS_EVIDENCE = [
+    ":VPNOFFLOAD-EVIN",
+    ":VPNOFFLOAD-EVOUT",
+    "-A FORWARD -i vpnoffload0 -j VPNOFFLOAD-EVIN",
+    "-A FORWARD -o vpnoffload0 -j VPNOFFLOAD-EVOUT",
+    "-A INPUT -i vpnoffload0 -j VPNOFFLOAD-EVIN",
+    "-A OUTPUT -o vpnoffload0 -j VPNOFFLOAD-EVOUT",
+    f"-A VPNOFFLOAD-EVIN -s 198.51.100.2/32 -m recent --set --name vpnoffload-in1 {RECENT} --rsource",
+    "-A VPNOFFLOAD-EVIN -s 198.51.100.2/32 -p tcp -m tcp --tcp-flags RST RST -m connmark --mark 0x100000/0xff00000"
+    f" -m recent --set --name vpnoffload-rst1-1 {RECENT} --rsource",
+    f"-A VPNOFFLOAD-EVIN -s 198.51.100.3/32 -m recent --set --name vpnoffload-in2 {RECENT} --rsource",
+    "-A VPNOFFLOAD-EVIN -s 198.51.100.3/32 -p tcp -m tcp --tcp-flags RST RST -m connmark --mark 0x300000/0xff00000"
+    f" -m recent --set --name vpnoffload-rst3-2 {RECENT} --rsource",
+    f"-A VPNOFFLOAD-EVOUT -d 198.51.100.2/32 -m recent --set --name vpnoffload-out1 {RECENT} --rdest",
+    f"-A VPNOFFLOAD-EVOUT -d 198.51.100.3/32 -m recent --set --name vpnoffload-out2 {RECENT} --rdest",
+]
+
+
 def test_vps_ruleset_is_exactly_this() -> None:
     lines = fw.vps_ruleset(config()).lines()
     assert [x for x in lines if "VPNOFFLOAD-IN" in x] == VPS_INPUT
-    assert [x for x in lines if "VPNOFFLOAD-IN" not in x] == [
+    assert [x for x in lines if "VPNOFFLOAD-EV" in x] == VPS_EVIDENCE
+    assert [x for x in lines if "VPNOFFLOAD-IN" not in x and "VPNOFFLOAD-EV" not in x] == [
         "*filter",
         ":VPNOFFLOAD-FWD",
         "-A FORWARD -j VPNOFFLOAD-FWD",
@@ -250,7 +272,9 @@ def test_apply_then_plan_again_is_empty() -> None:
 def test_jumps_go_first_and_foreign_rules_stay() -> None:
     backend = foreign_firewall()
     apply(fw.plan(backend, fw.vps_ruleset(config())))
-    assert backend.tables["filter"]["FORWARD"] == [("-j", "VPNOFFLOAD-FWD"), ("-s", "192.0.2.0/24", "-j", "ACCEPT")]
+    assert backend.tables["filter"]["FORWARD"] == [
+        ("-i", "vpnoffload0", "-j", "VPNOFFLOAD-EVIN"), ("-o", "vpnoffload0", "-j", "VPNOFFLOAD-EVOUT"),
+        ("-j", "VPNOFFLOAD-FWD"), ("-s", "192.0.2.0/24", "-j", "ACCEPT")]
     assert backend.tables["filter"]["FOREIGN"] == foreign_firewall().tables["filter"]["FOREIGN"]
     assert backend.tables["nat"]["POSTROUTING"] == [("-s", "192.0.2.0/24", "-j", "MASQUERADE")]
 
@@ -262,7 +286,7 @@ def test_plan_to_empty_removes_only_ours() -> None:
     actions = fw.plan(backend, fw.empty_ruleset())
     assert [a.summary for a in actions if "commit" in a.summary] == [
         "iptables nat: commit the 2 change(s) above in one step",  # the DNAT goes first
-        "iptables filter: commit the 4 change(s) above in one step",
+        "iptables filter: commit the 10 change(s) above in one step",
     ]
     assert "iptables nat: delete chain VPNOFFLOAD-DNAT and its 6 rule(s)" in summaries(actions)
     apply(actions)
@@ -294,8 +318,10 @@ def test_plan_repairs_what_someone_else_removed() -> None:
     apply(fw.plan(backend, desired))
     backend.tables["filter"]["FORWARD"].clear()
     assert summaries(fw.plan(backend, desired)) == [
+        "iptables filter FORWARD: -i vpnoffload0 -j VPNOFFLOAD-EVIN",
+        "iptables filter FORWARD: -o vpnoffload0 -j VPNOFFLOAD-EVOUT",
         "iptables filter FORWARD: -j VPNOFFLOAD-FWD",
-        "iptables filter: commit the 1 change(s) above in one step",
+        "iptables filter: commit the 3 change(s) above in one step",
     ]
 
 

@@ -213,6 +213,10 @@ def _parse_args(iptc: Any, rule: Rule) -> Any:
         else:
             raise ValueError(f"cannot write {token!r} in: {rule.text}")
         invert = False
+    if out.target is None:
+        # A rule without -j (the VPS's counting rules) falls through: libiptc's empty target
+        # name. python-iptables refuses a rule with no target at all ("invalid rule").
+        out.target = iptc.Target(out, "")
     return out
 
 

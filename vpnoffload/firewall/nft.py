@@ -39,6 +39,7 @@ from vpnoffload.errors import BackendError
 from vpnoffload.firewall import access, nftlock
 from vpnoffload.firewall.nftexpr import meter_set, to_nft
 from vpnoffload.firewall.nftread import from_nft
+from vpnoffload.lean import counters
 from vpnoffload.firewall.rules import BUILTIN_CHAINS, TABLES, Rule, Ruleset, is_owned, table_content, table_label
 
 TABLE = "vpnoffload"
@@ -102,6 +103,7 @@ class Snapshot:
     owner: dict[str, str] = field(default_factory=dict)  # nft chain name -> our table name
     ruleset: Ruleset = field(default_factory=Ruleset)
     sets: set[str] = field(default_factory=set)  # names of the sets in our table (access control)
+    counters: set[str] = field(default_factory=set)  # names of its counter objects (the VPS's counts)
 
 
 def parse_table(family: str, listing: dict[str, Any]) -> Snapshot:
@@ -117,6 +119,10 @@ def parse_table(family: str, listing: dict[str, Any]) -> Snapshot:
     for name in sets:
         if not access.is_our_set(name):
             raise BackendError(f"nftables table {family} {TABLE}: set {name} is not vpnoffload's")
+    named = {c["name"] for c in ours("counter")}
+    for name in named:
+        if not counters.is_counter(name):
+            raise BackendError(f"nftables table {family} {TABLE}: counter {name} is not vpnoffload's")
     builtin = {base_chain_name(t, c): (t, c) for t in TABLES if family_of(t) == family for c in BUILTIN_CHAINS[t]}
     owner: dict[str, str] = {}
     for chain in chains:
@@ -155,7 +161,7 @@ def parse_table(family: str, listing: dict[str, Any]) -> Snapshot:
         ruleset = Ruleset(owned, tuple(rules))
     except ValueError as exc:
         raise BackendError(f"nftables table {family} {TABLE}: {exc}") from None
-    return Snapshot(family, True, owner, ruleset, sets)
+    return Snapshot(family, True, owner, ruleset, sets, named)
 
 
 # --------------------------------------------------------------------------
@@ -219,6 +225,7 @@ def batch(snapshot: Snapshot, table: str, content: Ruleset) -> list[dict[str, An
     cmds += [{"add": {"chain": _chain_ref(family, n)}} for n in content.chain_names(table) if n not in mine]
     if _kind(table) == "filter":
         cmds += _set_commands(snapshot, content, table, [e for _, e in exprs])
+        cmds += _counter_commands(snapshot, [e for _, e in exprs])
     for rule, expr in exprs:
         chain = rule.chain if is_owned(rule.chain) else base_chain_name(table, rule.chain)
         cmds.append({"add": {"rule": {"family": family, "table": TABLE, "chain": chain, "expr": expr}}})
@@ -254,6 +261,19 @@ def _set_commands(snapshot: Snapshot, content: Ruleset, table: str, exprs: list[
             # them with the set and takes ~1/3 less CPU for 100 000 (bench/access.py).
             body["elem"] = RawJSON(elements_json(spec.version, intervals))
         cmds.append({"add": {"set": body}})
+    return cmds
+
+
+def _counter_commands(snapshot: Snapshot, exprs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Declare the named counters the rules count into (the VPS's counts, ``lean.counters``)
+    that our table lacks, and delete those no rule names any more (after the flushes above).
+    One that stays keeps its count: the watchdog reads it across swaps."""
+    family = snapshot.family
+    wanted = dict.fromkeys(stmt["counter"] for expr in exprs for stmt in expr
+                           if isinstance(stmt.get("counter"), str))
+    cmds: list[dict[str, Any]] = [{"delete": {"counter": _chain_ref(family, n)}}
+                                  for n in sorted(snapshot.counters - set(wanted))]
+    cmds += [{"add": {"counter": _chain_ref(family, n)}} for n in wanted if n not in snapshot.counters]
     return cmds
 
 

@@ -30,6 +30,8 @@ iptables-save                                      nftables
 ``-m set [!] --match-set S src``                   ``ip[6] saddr [!=] @S`` (an interval set)
 ``-m hashlimit --hashlimit-above 10/sec`` ...      ``update @vpnoffload-3r { ip saddr limit rate over 10/second burst 5 packets }``
 ``-m connlimit --connlimit-above 20`` ...          ``add @vpnoffload-3c { ip saddr ct count over 20 }``
+``-p tcp -m tcp --tcp-flags RST RST``               ``tcp flags & rst == rst``
+``-m recent --set --name vpnoffload-in1 ...``        ``counter name "vpnoffload-in1"`` (the VPS's counts)
 =================================================  ==============================================
 
 The last three appear only in an access chain (``VPNOFFLOAD-ACL<n>``, see
@@ -47,6 +49,7 @@ from typing import Any
 from vpnoffload.errors import BackendError
 from vpnoffload.firewall import access
 from vpnoffload.firewall.rules import Rule, is_owned, table_label
+from vpnoffload.lean import counters
 
 Expr = dict[str, Any]
 ALL_ONES = 0xFFFFFFFF
@@ -75,6 +78,18 @@ REJECTS = {
     "icmp6-port-unreachable": {"type": "icmpv6", "expr": "port-unreachable"},
     "icmp6-adm-prohibited": {"type": "icmpv6", "expr": "admin-prohibited"},
 }
+
+
+#: The TCP flags a ``--tcp-flags`` match may name (vpnoffload writes ``RST RST`` only).
+TCP_FLAGS = ("RST",)
+#: ``-m recent`` as ``firewall.policy`` writes it: the options after ``--name NAME``.
+RECENT_TAIL = ("--mask", "255.255.255.255")
+
+
+def recent_side(name: str) -> str:
+    """Which address a count's ``-m recent`` keys on: a home's packets and resets by their
+    source, the packets to it by their destination (``lean.counters``)."""
+    return "--rdest" if name.startswith(counters.home_out(0)[:-1]) else "--rsource"
 
 
 class Untranslatable(ValueError):
@@ -203,6 +218,12 @@ class _Writer:
                 if name is None:
                     raise Untranslatable(f"{option} {number}")
                 self.out.append(_match(_payload(nft_proto, "type"), name, negate))
+            elif proto == "tcp" and option == "--tcp-flags" and not negate:
+                self.i += 1
+                mask, flags = self.take(), self.take()
+                if mask != flags or mask not in TCP_FLAGS:
+                    raise Untranslatable(f"--tcp-flags {mask} {flags}")
+                self.out.append(_match({"&": [_payload("tcp", "flags"), mask.lower()]}, mask.lower()))
             elif proto not in _ICMP and option in ("--dport", "--sport"):
                 self.i += 1
                 port = self.take()
@@ -222,6 +243,9 @@ class _Writer:
             return
         if name in ("hashlimit", "connlimit"):
             self.meter(name)
+            return
+        if name == "recent":
+            self.recent()
             return
         negate = self.negation()
         option = self.take()
@@ -262,6 +286,16 @@ class _Writer:
             found += 1
         if not found or self.peek() not in (None, "!", "-m", "-j", "-g"):
             raise Untranslatable(f"-m conntrack with options vpnoffload does not write ({self.peek()})")
+
+    def recent(self) -> None:
+        """``-m recent --set --name NAME --mask 255.255.255.255 --rsource`` of a VPS count: a named counter."""
+        options: list[str] = []
+        while self.peek() not in (None, "!", "-m", "-j", "-g"):
+            options.append(self.take())
+        if len(options) != 6 or options[:2] != ["--set", "--name"] or not counters.is_counter(options[2]) \
+                or tuple(options[3:5]) != RECENT_TAIL or options[5] != recent_side(options[2]) or self.version != 4:
+            raise Untranslatable(f"-m recent {' '.join(options)} (only the VPS's counts)")
+        self.out.append({"counter": options[2]})
 
     def saddr(self) -> Expr:
         return _payload("ip" if self.version == 4 else "ip6", "saddr")

@@ -17,8 +17,9 @@ from vpnoffload.errors import BackendError
 from vpnoffload.firewall import access
 from vpnoffload.firewall.nftexpr import (
     ALL_ONES, CT_OPTIONS, CT_STATES, CT_STATUSES, ICMP_TYPES, PROTOCOLS, REJECTS, VERDICTS, Expr, Untranslatable,
-    ip_version, mark_text,
+    RECENT_TAIL, TCP_FLAGS, ip_version, mark_text, recent_side,
 )
+from vpnoffload.lean import counters
 from vpnoffload.firewall.rules import Rule, is_owned
 
 def from_nft(table: str, chain: str, exprs: list[Expr]) -> Rule:
@@ -68,7 +69,10 @@ class _Reader:
 
     def add(self, expr: Expr) -> None:
         if "counter" in expr:
-            return  # someone's `nft add counter`: no effect on what the rule does
+            name = expr["counter"]
+            if isinstance(name, str) and counters.is_counter(name):  # one of the VPS's counts
+                self.args += ["-m", "recent", "--set", "--name", name, *RECENT_TAIL, recent_side(name)]
+            return  # else someone's `nft add counter`: no effect on what the rule does
         header, self.header = self.header, None
         if "match" in expr:
             self.match(expr["match"], header)
@@ -80,6 +84,8 @@ class _Reader:
         if op not in ("==", "!=", "in"):
             raise Untranslatable(f"operator {op}")
         bang = ["!"] if op == "!=" else []
+        if self.tcp_flags(left, right, op, header):
+            return
         if "payload" in left:
             self.payload(left["payload"], right, bang, header)
             return
@@ -111,6 +117,22 @@ class _Reader:
             self.args += ["-m", module, *bang, "--mark", mark_text(int(right), mask)]
         else:
             raise Untranslatable("unknown match")
+
+    def tcp_flags(self, left: Expr, right: Any, op: str, header: str | None) -> bool:
+        """``tcp flags & rst == rst`` (as written, or as nft may print it back: ``tcp flags rst``)."""
+        flags = {"payload": {"protocol": "tcp", "field": "flags"}}
+        key, mask = left["&"] if "&" in left else (left, right)
+        if key != flags:
+            return False
+        words, masks = _flags(right), _flags(mask)
+        if op == "!=" or len(words) != 1 or masks != words or words[0].upper() not in TCP_FLAGS:
+            raise Untranslatable(f"tcp flags {left} {op} {right}")
+        if header != "tcp":
+            self.args += ["-p", "tcp", "-m", "tcp"]
+        flag = words[0].upper()
+        self.args += ["--tcp-flags", flag, flag]
+        self.header = "tcp"
+        return True
 
     def ct_option(self, option: str, value: str, bang: list[str], header: str | None) -> None:
         """One conntrack option: joins the last ``-m conntrack`` if it comes later in

@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from vpnoffload.errors import ConfigError
 from vpnoffload.firewall import access
 from vpnoffload.firewall.rules import (
-    DNAT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, IPV4, IPV6, MARK_MASK, MARK_SHIFT, MAX_SERVICES, OUTPUT_CHAIN, Family,
+    DNAT_CHAIN, EVIDENCE_IN_CHAIN, EVIDENCE_OUT_CHAIN, FORWARD_CHAIN, INPUT_CHAIN, IPV4, IPV6, MARK_MASK, MARK_SHIFT, MAX_SERVICES, OUTPUT_CHAIN, Family,
     Rule, Ruleset,
 )
 from vpnoffload.hometunnels import FIRST, Slot
+from vpnoffload.lean import counters
 from vpnoffload.model import HEALTH_MARK, Config, Service
 
 def service_mark(config: Config, service: str) -> tuple[int, int]:
@@ -77,6 +78,7 @@ def vps_ruleset(config: Config, fallback: frozenset[str] = frozenset(),
         if home is not None and home not in config.services[name].homes:
             raise ConfigError(f"{home!r} is not one of {name}'s home boxes", field=f"services.{name}.homes")
     b = _Builder()
+    _evidence(b, config)  # first: its jumps come before any rule that accepts or drops
     _vps_family(b, config, IPV4, fallback, active)
     _vps_output(b, config, fallback, active)
     # With an IPv6 tunnel the same guard goes into ip6tables, whether or not a
@@ -132,6 +134,42 @@ def _vps_family(b: "_Builder", config: Config, fam: Family, fallback: frozenset[
     # The VPS is not the home box's way out to the internet.
     b.add(fam.filter, FORWARD_CHAIN, "-i", dev, "-j", "DROP")
     b.add(fam.filter, FORWARD_CHAIN, "-j", "RETURN")
+
+
+def _evidence(b: "_Builder", config: Config) -> None:
+    """Counting rules for the watchdog's passive evidence (``vpnoffload.lean.counters``,
+    ``vpnoffload.watch.evidence``), IPv4 like its checks: every packet from each home's
+    tunnel address and to it, on every path (INPUT and OUTPUT: the checks; FORWARD: the
+    visitors), and each TCP reset from a home on a DNATed TCP service's connections (its
+    connmark). No verdict: they only count, then everything goes on as before.
+
+    Written as ``-m recent --set --name NAME``, which the legacy tables keep readable in
+    /proc/net/xt_recent/NAME; the nftables backend writes the same rule as a named counter."""
+    dev = config.tunnel.device
+    fam = IPV4
+    b.chain(fam.filter, EVIDENCE_IN_CHAIN)
+    b.chain(fam.filter, EVIDENCE_OUT_CHAIN)
+    for chain in ("INPUT", "FORWARD"):
+        b.add(fam.filter, chain, "-i", dev, "-j", EVIDENCE_IN_CHAIN)
+    for chain in ("FORWARD", "OUTPUT"):
+        b.add(fam.filter, chain, "-o", dev, "-j", EVIDENCE_OUT_CHAIN)
+    numbers = {name: i for i, name in enumerate(config.homes, 1)}
+    for home, number in numbers.items():
+        address = fam.host(config.homes[home].address)
+        b.add(fam.filter, EVIDENCE_IN_CHAIN, "-s", address, *_recent(counters.home_in(number), "--rsource"))
+        for svc in config.services.values():
+            if svc.via != "dnat" or svc.proto != "tcp" or svc.ipv6 or home not in svc.homes:
+                continue
+            mark = _mark_text(service_mark(config, svc.name)[0])
+            name = counters.refusals(service_mark(config, svc.name)[0] >> MARK_SHIFT, number)
+            b.add(fam.filter, EVIDENCE_IN_CHAIN, "-s", address, "-p", "tcp", "-m", "tcp", "--tcp-flags", "RST", "RST",
+                  "-m", "connmark", "--mark", mark, *_recent(name, "--rsource"))
+        b.add(fam.filter, EVIDENCE_OUT_CHAIN, "-d", address, *_recent(counters.home_out(number), "--rdest"))
+
+
+def _recent(name: str, side: str) -> tuple[str, ...]:
+    """A counting match, as iptables-save prints it."""
+    return ("-m", "recent", "--set", "--name", name, "--mask", "255.255.255.255", side)
 
 
 def _probe_rules(b: "_Builder", config: Config, fam: Family) -> None:

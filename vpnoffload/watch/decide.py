@@ -26,9 +26,9 @@ A lost visitor-path check is excused as load only by the service's own visitors 
 being answered (``watch.flows``), never by a ping or by other traffic.
 
 Each round ends by ``watch.timeout`` (+ :data:`ROUND_GRACE`), whatever one check does, and
-its result is published (``publish``) in the same step as any swap it decides. With one home
-box, a round also ends once the tunnel has been silent long enough, and its lost checks then
-count as ``fall`` of them (``watch.pace``: :attr:`Watchdog.silence`, :meth:`Watchdog._confirm`).
+its result is published (``publish``) in the same step as any swap it decides. A round also
+ends once a home has been silent long enough, and that home's lost checks then count as
+``fall`` of them (``watch.pace``, ``watch.evidence``: :attr:`Watchdog.silence`, :meth:`Watchdog._confirm`).
 """
 
 from __future__ import annotations
@@ -169,8 +169,9 @@ class Watchdog:
         #: single home box, where any traffic from the tunnel proves that home alive.
         self.activity = activity
         #: The tunnel's silence (``watch.pace.Silence``; the loop's, read between rounds too).
-        #: None: rounds are not watched, no lost check is confirmed.
-        self.silence: pace.Silence | None = None
+        #: None: rounds are not watched, no lost check is confirmed. ``watch.evidence.Evidence``
+        #: in the loop: every home's own counts and the services' refusals.
+        self.silence: Any = None
         #: The last round ended with the tunnel silent for ``pace.confirm_after`` s (single home).
         self.confirmed = False
         #: Called once in a round while the tunnel is silent: the loop forks the swap child and
@@ -240,7 +241,7 @@ class Watchdog:
         for name, results in self._checked().items():
             st = self.status[name]
             for home, result in results.items():
-                self._confirm(st.homes[home], result)
+                self._confirm(home, st.homes[home], result)
                 self._count(st.homes[home], result, now)
             self._summarise(st, now)
         wanted = {n: self._choice(n) for n in self.status}
@@ -253,10 +254,15 @@ class Watchdog:
             getattr(self.swap, "cancel", lambda: None)()
         return changed
 
-    def _confirm(self, hh: HomeHealth, result: health.Result) -> None:
-        """A lost check of a healthy home in a silent tunnel is ``fall`` lost checks (``watch.pace``)."""
-        if hh.healthy and self.confirmed and result.timed_out and not result.alive:
+    def _confirm(self, home: str, hh: HomeHealth, result: health.Result) -> None:
+        """A lost check of a healthy home in a silent tunnel is ``fall`` lost checks (``watch.pace``);
+        with per-home evidence (``watch.evidence``), only of a home that was itself silent that long."""
+        if hh.healthy and self.confirmed and result.timed_out and not result.alive and self._was_silent(home):
             hh.fails = max(hh.fails, self.config.watch.fall - 1)
+
+    def _was_silent(self, home: str) -> bool:
+        silent = getattr(self.silence, "silent", None)
+        return silent is None or silent(home) >= pace.confirm_after(float(self.config.watch.timeout))
 
     def _checked(self) -> dict[str, dict[str, health.Result]]:
         """One round of checks, read together with the tunnel's traffic and the visitors' flows."""

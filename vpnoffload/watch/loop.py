@@ -29,7 +29,7 @@ from vpnoffload.errors import BackendError, NotSetUpError, VpnOffloadError
 from vpnoffload.fallback import copies, listeners
 from vpnoffload import runfiles
 from vpnoffload.lean import logcap, options, ovpn, say, sdnotify, spawn
-from vpnoffload.watch import pace, supervise
+from vpnoffload.watch import evidence, pace, supervise
 from vpnoffload.watch.decide import Watchdog, probe_namespace_prober
 from vpnoffload.watch.health import tunnel_rx_packets
 from vpnoffload.watch.hostfw import HostFirewallWatch
@@ -250,9 +250,9 @@ def _loop(where: dict[str, str], dog: Watchdog, pages: PageKeeper, stop: threadi
     # finishes on its own (each fetch is bounded by its timeouts).
     kept = copies.CopySchedule(where["run"], _start_copier)
     seen = _mtime(where["config"])
-    # The tunnel's counters mean one home's traffic only when there is one home (pace.py).
-    silence = pace.Silence(lambda: pace.tunnel_counters(dog.config.tunnel.device) if len(dog.config.homes) == 1
-                           else None, time.monotonic)
+    # Each home's own counts and each service's refusals (watch/evidence.py); the tunnel
+    # device's counters too, which mean one home's traffic only when there is one home.
+    silence = evidence.make(dog, lambda: dog.config.tunnel.device, time.monotonic)
     dog.silence = silence
     while not stop.is_set():
         started = time.monotonic()

@@ -23,8 +23,9 @@ sysfs reads; no packet is sent, no child is spawned) and:
 None of this can make a home fail over that answers anything: a slow home's kernel still
 answers the SYNs, and a saturated tunnel still carries data (or ACKs) back, so the tunnel is
 never silent; a lost check is still excused only as before (``decide``, ``watch.flows``). The
-counters are the whole tunnel's, so all of it applies only with a single home box
-(``Watchdog._activity``); with several, rounds still speed up while there is doubt.
+device's counters are the whole tunnel's, so they speak for a home only when there is one;
+``watch.evidence`` applies the same :class:`Silence` to each home's own counts, and adds a
+service's refusals as doubt.
 
 Lean like the rest of the watchdog: stdlib only, and nothing imported here.
 """
