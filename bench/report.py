@@ -314,7 +314,25 @@ def _web_section(results: Results, image: str | None) -> list[str]:
             "swap is a false failover, home was up all along); *tunnel drops*: packets the kernel dropped on the tunnel's path "
             "(UDP receive-buffer overflows and tun queue drops, both ends).", ""]
     out += _web_findings(results.web)
+    out += _drop_places(results.web_runs or [])
     return out
+
+
+def _drop_places(runs: Sequence[web.Run]) -> list[str]:
+    """Where each cell's drops were, summed over its runs (runs from before the breakdown have none)."""
+    totals: dict[tuple[str, str, int], dict[str, int]] = {}
+    for r in runs:
+        cell = totals.setdefault((r.system, r.mode, r.connections), {})
+        for place, count in r.drops_at.items():
+            cell[place] = cell.get(place, 0) + count
+    lines = [f"{system}, {'new' if mode == 'new' else 'keep-alive'} @{conns}: "
+             + ", ".join(f"{place} {_n(count)}" for place, count in sorted(places.items(), key=lambda kv: -kv[1]))
+             for (system, mode, conns), places in totals.items() if places]
+    if not lines:
+        return []
+    return ["Where packets were dropped (all runs of a cell; *tun tx*: the tun device's queue was full, "
+            "*udp rcvbuf*: OpenVPN's socket receive buffer was full, *listen drops*: a listening socket dropped a "
+            "SYN or handshake, not counted in *tunnel drops*):", "", *(f"- {line}" for line in lines), ""]
 
 
 def _web_findings(cells: Sequence[web.Cell]) -> list[str]:
@@ -673,7 +691,30 @@ def _tunnel_section(results: Results, image: str | None) -> list[str]:
                    "Mbit per CPU-s", "TCP retransmits", "runs (Mbit/s)"), rows, "llrrrrrrrr")
     out += _image(image, "tunnel throughput per config variant")
     out += _tunnel_findings(results.tunnel)
+    out += _tunnel_web(results)
     return out
+
+
+def _tunnel_web(results: Results) -> list[str]:
+    """Item 1's new-connection case over each variant's tunnel (when the profile measured it)."""
+    if not results.tunnel_web:
+        return []
+    ratios = tunnel.web_ratios(results.tunnel_web_runs or [])
+    rows = []
+    for c in results.tunnel_web:
+        drops = ", ".join(f"{place} {_n(n)}" for place, n in sorted(c.drops_at.items(), key=lambda kv: -kv[1]))
+        rows.append((f"**{c.variant}**" if c.variant == "generated" else c.variant, _n(c.rps),
+                     _x(measure.median(ratios.get(c.variant, []))), _n(c.p99_ms, 1), _n(c.vps_cpu_ms_per_1k, 0),
+                     _n(c.home_cpu_ms_per_1k, 0), _n(c.errors), drops or "0", " / ".join(_n(v) for v in c.runs)))
+    p = results.profile
+    return ["### New connections through DNAT, per tunnel variant", "",
+            f"After each variant's iperf3 runs, wrk from the visitor (`-c {tunnel.WEB_CONNECTIONS}`, "
+            f"`-d {p.tunnel_web_seconds}s`, `Connection: close`) to the VPS's address, DNATed in the VPS's kernel to "
+            "an nginx at home's tunnel address, home answering through the tunnel: item 1's new-connection case, "
+            "per config. *×*: against the generated config in the same repetition (median). *OpenVPN CPU*: each "
+            "end's OpenVPN per 1000 requests. *drops*: where the kernel dropped packets, all repetitions.", "",
+            *_table(("variant", "req/s", "×", "p99 ms", "VPS OpenVPN CPU ms / 1k req", "home OpenVPN CPU ms / 1k req",
+                     "socket errors", "drops", "runs (req/s)"), rows, "lrrrrrrlr"), ""]
 
 
 def _tunnel_cell(cells: Sequence[tunnel.Cell], variant: str, direction: str) -> tunnel.Cell | None:
@@ -728,7 +769,27 @@ def _tunnel_findings(cells: Sequence[tunnel.Cell]) -> list[str]:
         rtx = sum(c.retransmits for c in cells if c.variant == name)
         out.append(f"- {name}{unsafe}: throughput **{throughput[name]}**, CPU efficiency **{efficiency[name]}**; "
                    f"retransmits {rtx:,} vs {base_rtx:,}")
-    return out + [""]
+    return out + _cipher_order(cells) + [""]
+
+
+def _cipher_order(cells: Sequence[tunnel.Cell]) -> list[str]:
+    """The two ciphers against each other, with and without AES instructions: what orders data-ciphers."""
+    pairs = (("with AES instructions", "CHACHA20-POLY1305", "generated"),
+             ("without (OpenSSL's capability mask)", "no AES-NI: CHACHA20-POLY1305", "no AES-NI: AES-256-GCM"))
+    said = []
+    for where, chacha, aes in pairs:
+        ratios = []
+        for direction in tunnel.DIRECTIONS:
+            a, b = _tunnel_cell(cells, chacha, direction), _tunnel_cell(cells, aes, direction)
+            if a is not None and b is not None:
+                ratios.append(measure.ratio(a.mbit_per_cpu_s, b.mbit_per_cpu_s))
+        if ratios:
+            said.append(f"{where} {' / '.join(_x(r) for r in ratios)}")
+    if not said:
+        return []
+    return [f"- Cipher order: CHACHA20-POLY1305 carried, per VPS CPU-second, {'; '.join(said)} the data of "
+            f"AES-256-GCM ({' / '.join(tunnel.DIRECTIONS)}). vpnoffload puts AES-256-GCM first on a VPS whose CPU "
+            "has AES instructions and CHACHA20-POLY1305 first on one without."]
 
 
 def _failed(results: Results, key: str) -> str:

@@ -49,6 +49,8 @@ class Profile:
     tunnel_seconds: int
     tunnel_reps: int
     tunnel_variants: tuple[str, ...] | None  # None: all
+    #: Item 6's new connections through DNAT per variant (one wrk run of this long per variant and rep); 0: off.
+    tunnel_web_seconds: int = 0
     flood_connections: int = footprint.FLOOD_CONNECTIONS
     flood_seconds: float = footprint.FLOOD_SECONDS
     soak_pulls: int = 24  # issue 26: >= 20 cable pulls, and a few of each other fault
@@ -58,7 +60,7 @@ class Profile:
 
 FULL = Profile("full", wrk_seconds=5, web_reps=2, concurrencies=(64, 1000), bulk_seconds=4, bulk_reps=3,
                memory_levels=(1, 100, 1000), pulls=20, watch_window=10.0, tunnel_seconds=3, tunnel_reps=3,
-               tunnel_variants=None)
+               tunnel_variants=None, tunnel_web_seconds=3)
 QUICK = Profile("quick", wrk_seconds=3, web_reps=1, concurrencies=(64, 1000), bulk_seconds=3, bulk_reps=1,
                 memory_levels=(1, 100, 1000), pulls=5, watch_window=5.0, tunnel_seconds=3, tunnel_reps=1,
                 tunnel_variants=tunnel.QUICK_VARIANTS, flood_seconds=12.0, soak_pulls=10, soak_minutes=3.0,
@@ -87,6 +89,8 @@ class Results:
     tunnel: list[tunnel.Cell] | None = None
     tunnel_runs: list[tunnel.Run] | None = None
     tunnel_facts: tunnel.Facts | None = None
+    tunnel_web: list[tunnel.WebCell] | None = None
+    tunnel_web_runs: list[tunnel.WebRun] | None = None
     errors: dict[str, str] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
     steal: dict[str, float] = field(default_factory=dict)  # % of CPU time the hypervisor took, per item
@@ -128,10 +132,13 @@ def measure_all(profile: Profile, scratch: Path, narrator: Narrator) -> Results:
                 results.errors["items 1-5 (lab setup)"] = str(exc)
 
     def item6() -> None:
-        runs, found = tunnel.run(scratch, narrator, seconds=profile.tunnel_seconds, reps=profile.tunnel_reps,
-                                 names=profile.tunnel_variants)
+        runs, found, web_runs = tunnel.run(scratch, narrator, seconds=profile.tunnel_seconds,
+                                           reps=profile.tunnel_reps, names=profile.tunnel_variants,
+                                           web_seconds=profile.tunnel_web_seconds)
         results.tunnel, results.tunnel_runs = tunnel.cells(runs, profile.tunnel_seconds), runs
         results.tunnel_facts = found
+        if web_runs:
+            results.tunnel_web, results.tunnel_web_runs = tunnel.web_cells(web_runs), web_runs
 
     _item(results, "item 6 (tunnel configs)", narrator, item6)
     return results
@@ -184,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs, 5 cable pulls, an 8-pull soak (about 7 minutes)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"), help="the Markdown report to write")
     parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
+    parser.add_argument("--tunnel-web", type=int, metavar="SECONDS", choices=range(0, 31),
+                        help="item 6's new-connection run per variant and repetition, 0: none "
+                             "(full profile: 3, about 2.5 minutes in all; --quick: 0)")
     parser.add_argument("--verbose", "-v", action="store_true", help="show every vpnoffload command and its output")
     parser.add_argument("--from-json", type=Path, metavar="FILE",
                         help="measure nothing: rewrite the report from the raw results of an earlier --json")
@@ -204,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     profile = QUICK if args.quick else FULL
+    if args.tunnel_web is not None:
+        profile = dataclasses.replace(profile, tunnel_web_seconds=args.tunnel_web)
     # A SIGTERM tears the labs down like Ctrl-C does (the finally blocks run).
     signal.signal(signal.SIGTERM, _interrupt)
     scratch = Path(tempfile.mkdtemp(prefix="vpnoffload-bench-"))
@@ -215,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     results.total_seconds = time.monotonic() - start
     results.command = ".venv/bin/python -m bench.run" + (" --quick" if args.quick else "") + \
+        (f" --tunnel-web {args.tunnel_web}" if args.tunnel_web is not None else "") + \
         (f" --out {args.out}" if args.out != Path("docs/benchmarks.md") else "")
 
     if args.json:
@@ -256,6 +269,8 @@ def load_results(path: Path) -> Results:
     results.failover, results.watchdog = many(failover.Cycle, "failover"), many(failover.WatchdogCost, "watchdog")
     results.tunnel, results.tunnel_runs = many(tunnel.Cell, "tunnel"), many(tunnel.Run, "tunnel_runs")
     results.tunnel_facts = tunnel.Facts(**data["tunnel_facts"]) if data.get("tunnel_facts") else None
+    if data.get("tunnel_web") is not None:  # runs from before it have none
+        results.tunnel_web, results.tunnel_web_runs = many(tunnel.WebCell, "tunnel_web"), many(tunnel.WebRun, "tunnel_web_runs")
     for key in ("time_wait_entries", "conntrack_object_size", "watchdog_steady_rss_kb", "errors", "durations",
                 "steal", "total_seconds"):
         setattr(results, key, data[key])

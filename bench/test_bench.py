@@ -198,3 +198,64 @@ def test_the_crowd_table_shows_each_kind_and_the_cable_goal() -> None:
                              9.0) == 1.4
     assert soak.prompt_after([[10.0, 10.5, 503, True]], 9.0) is None
     assert soak.neither([[0, 0, 200, True], [0, 0, 503, True], [0, 0, 0, False], [0, 0, 502, False]]) == 2
+
+
+def test_drop_counters_name_each_end_and_place(tmp_path, monkeypatch) -> None:
+    from pathlib import Path
+
+    from bench import watchstate
+
+    snmp = ("Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n"
+            "Udp: 100 0 7 90 7 2\n")
+    dev = ("Inter-|   Receive |  Transmit\n face |bytes packets errs drop fifo frame compressed multicast|bytes "
+           "packets errs drop fifo colls carrier compressed\n"
+           "vpnoffload0: 10 1 0 3 0 0 0 0 20 2 0 11 0 0 0 0\n")
+    netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 4 5\n"
+    files = {"snmp": snmp, "dev": dev, "netstat": netstat}
+    real = Path.read_text
+
+    def fake(self: Path, *a: object, **k: object) -> str:
+        if self.parts[:2] == ("/", "proc") and self.name in files:
+            return files[self.name]
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "read_text", fake)
+    counters = watchstate.drop_counters({"vps": 1}, "vpnoffload0")
+    assert counters == {"vps udp rcvbuf": 7, "vps udp sndbuf": 2, "vps tun rx": 3, "vps tun tx": 11}
+    assert watchstate.tunnel_drops([1], "vpnoffload0") == 23
+    assert watchstate.listen_drops(1) == 5
+    assert watchstate.counter_delta({"a": 1, "b": 2}, {"a": 1, "b": 5, "c": 1}) == {"b": 3, "c": 1}
+
+
+def test_item6_new_connections_are_reported_and_survive_json(tmp_path) -> None:
+    results = _results()
+    web_runs = [tunnel.WebRun(v, rep, rps, 20.0, 0, 100.0, 90.0, {"vps tun tx": 5} if v == "generated" else {})
+                for rep in range(2) for v, rps in (("generated", 4000.0), ("txqueuelen 1000", 4400.0))]
+    results.tunnel_web, results.tunnel_web_runs = tunnel.web_cells(web_runs), web_runs
+    assert tunnel.web_ratios(web_runs)["txqueuelen 1000"] == [1.1, 1.1]
+    text = report.render(results, {})
+    assert "### New connections through DNAT, per tunnel variant" in text
+    assert "| **generated** | 4,000 | 1.00× |" in text and "vps tun tx 10" in text
+    assert "| txqueuelen 1000 | 4,400 | 1.10× |" in text
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(run._jsonable(results)))
+    assert report.render(run.load_results(path), {}) == text
+
+
+def test_item1_says_where_drops_were() -> None:
+    results = _results()
+    results.web_runs = [web.Run("vpnoffload", "new", 64, rep, 4000, 5, 80, 0, 0, 0, 3, 120,
+                                {"vps tun tx": 2, "home udp rcvbuf": 1}) for rep in range(2)]
+    text = report.render(results, {})
+    assert "- vpnoffload, new @64: vps tun tx 4, home udp rcvbuf 2" in text
+
+
+def test_item6_says_which_cipher_goes_first() -> None:
+    results = _results()
+    results.tunnel = [tunnel.Cell(v, d, 500, 10, 50.0, eff, [500, 500], [eff, eff])
+                      for v, eff in (("generated", 1000.0), ("CHACHA20-POLY1305", 900.0),
+                                     ("no AES-NI: AES-256-GCM", 600.0), ("no AES-NI: CHACHA20-POLY1305", 840.0))
+                      for d in tunnel.DIRECTIONS]
+    text = report.render(results, {})
+    assert ("- Cipher order: CHACHA20-POLY1305 carried, per VPS CPU-second, with AES instructions 0.90× / 0.90×; "
+            "without (OpenSSL's capability mask) 1.40× / 1.40× the data of AES-256-GCM") in text

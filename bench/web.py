@@ -62,6 +62,9 @@ class Run:
     false_failovers: int  # watchdog swaps of the web service during the run
     tunnel_drops: int
     vps_cpu_ms_per_1k: float  # CPU of all processes on the VPS (OpenVPN, proxy...) per 1000 requests
+    #: Where the tunnel drops were ("vps tun tx", "home udp rcvbuf"... as watchstate.drop_counters names
+    #: them; "<end> listen drops": SYNs a listening socket dropped), only the counters that moved.
+    drops_at: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,8 +104,8 @@ def _one(stage: Stage, system: System, mode: str, connections: int, seconds: int
     if not watchstate.wait_state(config, "web", "forwarding", FORWARDING_WAIT):
         stage.narrator.warn("the watchdog still has the web service on the friendly page; measuring anyway")
     swaps = watchstate.swaps(config, "web")
-    ovpn = watchstate.openvpn_pids([stage.lab.namespace("vps"), stage.lab.namespace("home")])
-    drops = watchstate.tunnel_drops(ovpn, "vpnoffload0")
+    ovpn = watchstate.openvpn_pid_by_end({end: stage.lab.namespace(end) for end in ("vps", "home")})
+    drops = _drop_counters(ovpn)
     header = ["-H", "Connection: close"] if mode == "new" else []
     url = f"http://{stage.lab.vps_address}:{system.port}/"
     vps_cpu = measure.namespace_cpu_seconds(stage.vps_ns)
@@ -110,10 +113,21 @@ def _one(stage: Stage, system: System, mode: str, connections: int, seconds: int
                          "--timeout", WRK_TIMEOUT, *header, url, timeout=seconds + 60)
     vps_cpu = measure.namespace_cpu_seconds(stage.vps_ns) - vps_cpu
     result = measure.parse_wrk(out.stdout)
+    moved = watchstate.counter_delta(drops, _drop_counters(ovpn))
     return Run(system.name, mode, connections, rep, result.rps, result.p50_ms, result.p99_ms, result.errors,
                result.non_2xx, watchstate.swaps(config, "web") - swaps,
-               watchstate.tunnel_drops(ovpn, "vpnoffload0") - drops,
-               1e6 * vps_cpu / result.requests if result.requests else float("nan"))
+               sum(v for k, v in moved.items() if not k.endswith(LISTEN)),
+               1e6 * vps_cpu / result.requests if result.requests else float("nan"), moved)
+
+
+LISTEN = "listen drops"
+
+
+def _drop_counters(ovpn: dict[str, int]) -> dict[str, int]:
+    """The tunnel's drop counters per end, and each end's listen-queue drops (a lost SYN costs 1 s too)."""
+    counters = watchstate.drop_counters(ovpn, "vpnoffload0")
+    counters.update({f"{end} {LISTEN}": watchstate.listen_drops(pid) for end, pid in ovpn.items()})
+    return counters
 
 
 def cells(runs: Sequence[Run]) -> list[Cell]:

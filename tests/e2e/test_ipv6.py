@@ -65,6 +65,14 @@ def test_dedicated_ipv6_address_real_visitor_page_and_clean_down(
     # Home's own IPv6 traffic keeps its own uplink.
     route = lab.exec("home", "ip", "-6", "route", "get", lab.visitor_address6).stdout
     assert "eth0" in route and "vpnoffload0" not in route, route
+    # doctor on both ends knows who carries the data channel: the tun device OpenVPN made
+    # (this kernel's DCO module, if any, must then have been refused: a warning), or the kernel's ovpn.
+    dco_loaded = any(Path("/sys/module", name).exists() for name in ("ovpn", "ovpn_dco_v2"))
+    for end, site in (("vps", vps_site), ("home", home_site)):
+        line = next(ln for ln in cli(lab, end, site, "doctor", check=False).stdout.splitlines() if "] dco: " in ln)
+        tun = "dco: not in use: vpnoffload0 is a tun device"
+        assert (tun in line and line.startswith("[warn]" if dco_loaded else "[  ok]")) or \
+            "data channel offload in use: vpnoffload0" in line, line
     # A second up changes nothing.
     assert "nothing to do" in cli(lab, "vps", vps_site, "up", "vps").stdout
     assert "nothing to do" in cli(lab, "home", home_site, "up", "home").stdout

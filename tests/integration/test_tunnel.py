@@ -41,7 +41,7 @@ def test_udp_tunnel_privilege_drop_fixed_address_and_crl(tmp_path: Path) -> None
     render_home(config, pki, "other", profiles)  # before its revocation, as an old copy would be
 
     with system_user() as user, lab() as (vps, home):
-        render_vps(config, pki, server_dir, status_path=status, run_as=user)
+        render_vps(config, pki, server_dir, status_path=status, run_as=user, aes=True)
         # A hostile or misconfigured server: the home must ignore all of this.
         with (server_dir / "server.conf").open("a") as conf:
             conf.write('push "redirect-gateway def1"\npush "route 192.0.2.0 255.255.255.0"\n')
@@ -87,12 +87,14 @@ def test_tcp_tunnel_comes_up(tmp_path: Path) -> None:
     pki.issue("home")
     render_home(config, pki, "home", tmp_path)
     with lab() as (vps, home):
-        render_vps(config, pki, tmp_path / "server", run_as=None)
+        # A VPS without AES instructions: its order, not the home's, picks ChaCha20-Poly1305.
+        render_vps(config, pki, tmp_path / "server", run_as=None, aes=False)
         with openvpn(vps, tmp_path / "server.log", "--cd", str(tmp_path / "server"), "--config", "server.conf") as server:
             assert server.wait_for(READY), server.text()
             with openvpn(home, tmp_path / "home.log", "--config", str(tmp_path / "home.ovpn")) as client:
                 assert client.wait_for(READY), client.text() + server.text()
                 assert tunnel_echo(vps, home) == "198.51.100.10"
+                assert re.search(r"Data Channel: cipher 'CHACHA20-POLY1305'", client.text()), client.text()
 
 
 _NOBODY_ASKS = """

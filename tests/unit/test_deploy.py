@@ -178,3 +178,64 @@ def test_doctor_warns_when_the_conntrack_tool_is_missing(monkeypatch: pytest.Mon
     monkeypatch.setattr(flows, "conntrack_binary", lambda: "/usr/sbin/conntrack")
     found = doctor.check_conntrack_tool()
     assert (found.level, found.detail) == ("ok", "conntrack tool at /usr/sbin/conntrack")
+
+
+def _sysfs(tmp_path: Path, device: dict[str, str] | None = None, loaded: str | None = None,
+           modules_dep: str = "") -> tuple[Path, Path, Path]:
+    """A fake /sys/class/net (one device with these files), /sys/module and /lib/modules/<release>."""
+    import os
+
+    net, modules, lib = tmp_path / "net", tmp_path / "module", tmp_path / "lib-modules"
+    for where in (net, modules, lib / os.uname().release):
+        where.mkdir(parents=True)
+    if device is not None:
+        (net / "vpnoffload0").mkdir()
+        for name, text in device.items():
+            (net / "vpnoffload0" / name).write_text(text)
+    if loaded:
+        (modules / loaded).mkdir()
+    (lib / os.uname().release / "modules.dep").write_text(modules_dep)
+    return net, modules, lib
+
+
+TUN = {"tun_flags": "0x1001\n", "uevent": "INTERFACE=vpnoffload0\nIFINDEX=7\n"}
+
+
+@pytest.mark.parametrize("device, loaded, dep, level, says", [
+    (TUN, None, "kernel/net/ipv4/udp_tunnel.ko:\n", "ok",
+     "not in use: vpnoffload0 is a tun device, OpenVPN's own data channel; this kernel has no ovpn module"),
+    ({"uevent": "DEVTYPE=ovpn\nINTERFACE=vpnoffload0\n"}, "ovpn", "", "ok",
+     "data channel offload in use: vpnoffload0 is an ovpn device"),
+    ({"uevent": "DEVTYPE=ovpn-dco\nINTERFACE=vpnoffload0\n"}, "ovpn_dco_v2", "", "ok",
+     "data channel offload in use: vpnoffload0 is an ovpn-dco device"),
+    (TUN, "ovpn_dco_v2", "", "warn", "not in use: vpnoffload0 is a tun device although this kernel has the "
+     "ovpn_dco_v2 module"),
+    (TUN, None, "kernel/drivers/net/ovpn/ovpn.ko.xz: kernel/net/ipv4/udp_tunnel.ko.xz\n", "warn",
+     "although this kernel has the ovpn module"),
+    (None, None, "updates/dkms/ovpn-dco-v2.ko: kernel/net/ipv4/udp_tunnel.ko\n", "ok",
+     "tunnel vpnoffload0 is not up; this kernel has the ovpn_dco_v2 module"),
+    (None, None, "", "ok", "tunnel vpnoffload0 is not up; this kernel has no ovpn module"),
+])
+def test_doctor_says_whether_the_kernel_carries_the_data_channel(tmp_path: Path, device: dict[str, str] | None,
+                                                                 loaded: str | None, dep: str, level: str,
+                                                                 says: str) -> None:
+    from vpnoffload.deploy import doctor
+
+    found = doctor.check_dco("vpnoffload0", *_sysfs(tmp_path, device, loaded, dep))
+    assert (found.check, found.level) == ("dco", level) and says in found.detail, found
+    assert ("disabling data channel offload" in found.hint) == (level == "warn")
+
+
+def test_doctor_asks_about_dco_on_both_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vpnoffload.deploy import doctor
+
+    asked: list[str] = []
+    monkeypatch.setattr(doctor, "check_dco", lambda device: asked.append(device) or doctor.Finding("ok", "dco", "x"))
+    monkeypatch.setattr(doctor, "fatal_checks", lambda: [doctor.Finding("fail", "root", "not root")])
+    monkeypatch.setattr(doctor, "check_firewall_backend", lambda root: [])
+    for name in ("check_forwarding_config", "check_conntrack_tool"):
+        monkeypatch.setattr(doctor, name, lambda: doctor.Finding("ok", "other", ""))
+    monkeypatch.setattr(doctor, "check_ipv6", lambda config: doctor.Finding("ok", "ipv6", ""))
+    checks = doctor.all_checks(None, "vps")
+    assert asked == ["vpnoffload0"] and any(f.check == "dco" for f in checks)
+    assert any(f.check == "dco" for f in doctor.all_checks(None, "home"))

@@ -24,6 +24,7 @@ from vpnoffload.render.openvpn import (
     client_profile,
     ovpn_quote,
     render_home,
+    cpu_has_aes,
     render_vps,
     server_config,
 )
@@ -96,6 +97,57 @@ def test_server_hardening(proto: str) -> None:
     for directive in ("ca", "cert", "key", "crl-verify", "tls-crypt", "client-config-dir"):
         (arg,) = [line.split()[1] for line in lines if line.split()[0] == directive]
         assert not arg.startswith("/"), f"{directive} must be relative to --cd"
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_data_path_is_ready_for_the_kernels_data_channel(proto: str) -> None:
+    """OpenVPN turns DCO off for compression, --fragment, non-AEAD ciphers, non-subnet topology, tap."""
+    for text in (server_config(make_config(proto), status_path=None, run_as="vpnoffload"),
+                 client_profile(make_config(proto), FakePki(), "home")):  # type: ignore[arg-type]
+        lines = directives(text)
+        assert "allow-compression no" in lines and "dev-type tun" in lines
+        assert not [line for line in lines if re.match(r"(comp-lzo|compress|fragment|cipher|ncp-ciphers|"
+                                                       r"data-ciphers-fallback|auth|secret|tun-mtu-extra)(\s|$)", line)]
+        (ciphers,) = [line.split()[1] for line in lines if line.startswith("data-ciphers ")]
+        assert sorted(ciphers.split(":")) == ["AES-256-GCM", "CHACHA20-POLY1305"]
+    assert "topology subnet" in directives(server_config(make_config(proto), status_path=None, run_as=None))
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_data_path_options_are_the_measured_ones(proto: str) -> None:
+    """Each kept because bench item 6 showed it helps, each left out because it did not
+    (docs/architecture.md, "The tunnel's data path")."""
+    for text in (server_config(make_config(proto), status_path=None, run_as=None),
+                 client_profile(make_config(proto), FakePki(), "home")):  # type: ignore[arg-type]
+        lines = directives(text)
+        assert "tun-mtu 1500" in lines and "mssfix 1400 mtu" in lines
+        assert ("fast-io" in lines) == (proto == "udp")  # writes without polling first: UDP only
+        # Measured and left out: bigger socket buffers (slower bulk towards home), a longer tun
+        # queue (no drops to prevent, no gain); OpenVPN's defaults apply.
+        assert not [line for line in lines if line.split()[0] in ("sndbuf", "rcvbuf", "txqueuelen", "fragment")]
+
+
+def test_the_vps_cpu_orders_the_ciphers(tmp_path: Path) -> None:
+    """The server takes the first of its own list that the home offers: its CPU decides."""
+    def ciphers(**kw: bool) -> str:
+        lines = directives(server_config(make_config(), status_path=None, run_as=None, **kw))
+        return next(line for line in lines if line.startswith("data-ciphers "))
+
+    assert ciphers() == ciphers(aes=True) == "data-ciphers AES-256-GCM:CHACHA20-POLY1305"
+    assert ciphers(aes=False) == "data-ciphers CHACHA20-POLY1305:AES-256-GCM"
+    cpuinfo = tmp_path / "cpuinfo"
+    for text, aes in (("processor\t: 0\nflags\t\t: fpu sse2 aes avx2 vaes\n", True),
+                      ("processor\t: 0\nflags\t\t: fpu sse2 avx2\n", False),
+                      ("processor\t: 0\nFeatures\t: fp asimd evtstrm crc32 cpuid\n", False),  # a Raspberry Pi 4
+                      ("processor\t: 0\nFeatures\t: fp asimd aes pmull sha1 sha2 crc32\n", True),
+                      ("processor\t: 0\n", True)):
+        cpuinfo.write_text(text)
+        assert cpu_has_aes(cpuinfo) is aes, text
+    assert cpu_has_aes(tmp_path / "missing") is True
+    pki = Pki.create(tmp_path / "pki")
+    for aes, first in ((False, "CHACHA20-POLY1305"), (True, "AES-256-GCM")):
+        render_vps(make_config(), pki, tmp_path / f"server-{aes}", run_as=None, aes=aes)
+        assert f"data-ciphers {first}:" in (tmp_path / f"server-{aes}" / "server.conf").read_text()
 
 
 def test_server_without_status_or_user() -> None:

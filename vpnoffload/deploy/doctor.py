@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Literal
 
 from vpnoffload import proc
 from vpnoffload.errors import PrerequisiteError, VpnOffloadError
-from vpnoffload.model import Config, Service
+from vpnoffload.model import TUNNEL_DEVICE, Config, Service
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -48,6 +49,68 @@ def check_openvpn() -> Finding:
     if not version.startswith(("2.5", "2.6", "2.7", "2.8", "3")):
         return Finding("warn", "openvpn", f"openvpn {version}", "vpnoffload is tested with OpenVPN 2.6")
     return Finding("ok", "openvpn", f"openvpn {version} at {path}")
+
+
+#: The kernel's OpenVPN data channel: Linux 6.16+'s own ``ovpn`` (used by OpenVPN 2.7) or the
+#: ``ovpn-dco-v2`` backport (used by OpenVPN 2.6). The file names modules.dep lists them under.
+_DCO_FILES = re.compile(r"(?:^|/)(ovpn|ovpn-dco-v2)\.ko(?:\.[a-z]+)?(?::|$)", re.MULTILINE)
+_DCO_LOADED = ("ovpn", "ovpn_dco_v2")
+#: Link kinds of a device whose packets the kernel encrypts itself (``ip -d link`` shows them too).
+_DCO_KINDS = ("ovpn", "ovpn-dco")
+
+
+def tunnel_kind(device: str, net: Path = Path("/sys/class/net")) -> str | None:
+    """``"tun"``, the DCO device type (``"ovpn"``, ``"ovpn-dco"``), another type, or None if absent."""
+    where = net / device
+    if not where.exists():
+        return None
+    if (where / "tun_flags").exists():  # the tun driver's own attribute
+        return "tun"
+    try:
+        uevent = (where / "uevent").read_text()
+    except OSError:
+        uevent = ""
+    found = re.search(r"^DEVTYPE=(\S+)", uevent, re.MULTILINE)
+    return found.group(1) if found else "unknown"
+
+
+def dco_module(modules: Path = Path("/sys/module"), lib_modules: Path = Path("/lib/modules")) -> str | None:
+    """The DCO module this kernel has loaded or can load (``ovpn``, ``ovpn_dco_v2``), else None."""
+    for name in _DCO_LOADED:
+        if (modules / name).exists():
+            return name
+    release = os.uname().release
+    for listing in ("modules.builtin", "modules.dep"):
+        try:
+            text = (lib_modules / release / listing).read_text()
+        except OSError:
+            continue
+        found = _DCO_FILES.search(text)
+        if found:
+            return found.group(1).replace("-", "_")
+    return None
+
+
+def check_dco(device: str, net: Path = Path("/sys/class/net"), modules: Path = Path("/sys/module"),
+              lib_modules: Path = Path("/lib/modules")) -> Finding:
+    """Whether OpenVPN's data channel runs in the kernel (DCO) for ``device``, and if not, why not.
+
+    The generated config allows it (AEAD ciphers only, no compression, no fragment,
+    topology subnet); OpenVPN uses it by itself where the kernel has the module.
+    """
+    kind, module = tunnel_kind(device, net), dco_module(modules, lib_modules)
+    if kind in _DCO_KINDS:
+        return Finding("ok", "dco", f"data channel offload in use: {device} is an {kind} device "
+                       "(the kernel encrypts and forwards tunnel packets; OpenVPN only keeps the session)")
+    have = (f"this kernel has the {module} module" if module else
+            "this kernel has no ovpn module (Linux 6.16+ with OpenVPN 2.7, or ovpn-dco-v2 with OpenVPN 2.6)")
+    if kind is None:
+        return Finding("ok", "dco", f"tunnel {device} is not up; {have}")
+    if module is None:
+        return Finding("ok", "dco", f"not in use: {device} is a {kind} device, OpenVPN's own data channel; {have}")
+    return Finding("warn", "dco", f"not in use: {device} is a {kind} device although {have}",
+                   "OpenVPN's log says why ('... disabling data channel offload'); OpenVPN 2.6 uses ovpn_dco_v2 "
+                   "only, 2.7 the kernel's ovpn")
 
 
 def check_conntrack_tool() -> Finding:
@@ -329,10 +392,12 @@ def all_checks(config: Config | None, end: str = "vps", config_path: Path | None
     if end == "home":
         if findings[0].level == "ok":
             findings += check_host_firewall(config, _home_device(config, config_path))
+        findings.append(check_dco(_home_device(config, config_path) or TUNNEL_DEVICE))
         return findings + (check_home_box(config_path) if config_path is not None else [])
     findings.append(check_forwarding_config())
     findings.append(check_conntrack_tool())
     findings.append(check_ipv6(config))
+    findings.append(check_dco(config.tunnel.device if config is not None else TUNNEL_DEVICE))
     if findings[0].level == "ok":  # reading nft needs root
         findings += check_host_firewall(config)
     if config is not None:

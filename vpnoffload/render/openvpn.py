@@ -43,6 +43,29 @@ PROFILE_DIR_MODE = 0o700
 
 _SAFE_WORD = re.compile(r"[A-Za-z0-9_./:@+=,-]+")
 
+#: The data ciphers both ends offer: AEAD only, both carried by the kernel's data channel (DCO).
+#: OpenVPN's server takes the first of *its* list that the home also offers, so the VPS's order
+#: decides: AES-GCM first on a CPU with AES instructions, ChaCha20-Poly1305 first on one without
+#: (docs/benchmarks.md, item 6: without them AES-GCM costs the VPS several times more CPU).
+AES_FIRST = ("AES-256-GCM", "CHACHA20-POLY1305")
+CHACHA_FIRST = ("CHACHA20-POLY1305", "AES-256-GCM")
+
+
+def cpu_has_aes(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True if this CPU has AES instructions (x86 ``flags``, ARM ``Features``: ``aes``); True if unknown."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return True
+    flags = [line.partition(":")[2].split() for line in text.splitlines()
+             if line.split(":")[0].strip() in ("flags", "Features")]
+    return not flags or "aes" in flags[0]
+
+
+def data_ciphers(aes: bool) -> str:
+    """The ``data-ciphers`` value for a VPS whose CPU has (``aes``) or lacks AES instructions."""
+    return ":".join(AES_FIRST if aes else CHACHA_FIRST)
+
 
 def ovpn_quote(value: object, field: str | None = None) -> str:
     """Make ``value`` one OpenVPN config argument: bare if safe, else double-quoted.
@@ -72,8 +95,9 @@ def _render(template: str, **values: object) -> str:
 
 
 def server_config(config: Config, *, status_path: Path | None = None, run_as: str | None = None,
-                  management_path: Path | None = None) -> str:
-    """The text of ``server.conf`` (files referenced relative to its directory)."""
+                  management_path: Path | None = None, aes: bool = True) -> str:
+    """The text of ``server.conf`` (files referenced relative to its directory); ``aes``: the
+    VPS's CPU has AES instructions (see AES_FIRST)."""
     tunnel = config.tunnel
     return _render(
         "server.conf.j2",
@@ -87,6 +111,7 @@ def server_config(config: Config, *, status_path: Path | None = None, run_as: st
         run_as=run_as,
         status_path=status_path,
         management_path=management_path,
+        data_ciphers=data_ciphers(aes),
     )
 
 
@@ -145,6 +170,7 @@ def render_vps(
     run_as: str | None = "vpnoffload",
     set_mode: bool = False,
     management_path: Path | None = None,
+    aes: bool | None = None,
 ) -> list[Path]:
     """Write the server directory ``out`` (see the module docstring for modes).
 
@@ -153,13 +179,15 @@ def render_vps(
     ``up vps``). ``ccd/`` must not be a symlink. It ends up holding one file
     per configured home; ccd files vpnoffload wrote for homes no longer in the
     config are deleted (with ``ccd-exclusive`` a ccd file is what lets a
-    certificate in); files it did not write are left alone.
+    certificate in); files it did not write are left alone. ``aes`` None: this
+    machine's CPU decides the cipher order (the VPS renders its own server.conf).
     """
     out = Path(out).absolute()
     ccd = out / "ccd"
     files: dict[Path, tuple[str, int]] = {
         out / "server.conf": (server_config(config, status_path=status_path, run_as=run_as,
-                                            management_path=management_path), PUBLIC),
+                                            management_path=management_path,
+                                            aes=cpu_has_aes() if aes is None else aes), PUBLIC),
         out / "ca.crt": (pki.ca_cert(), PUBLIC),
         out / "server.crt": (pki.cert(pki.server_name), PUBLIC),
         out / "server.key": (pki.key(pki.server_name), SECRET),
