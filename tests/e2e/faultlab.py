@@ -34,6 +34,7 @@ from tests.e2e.conftest import cli, configure
 from tests.e2e.labkit import start_watch
 from tests.helpers import seconds_until
 from vpnoffload.lab.netns import Lab
+from vpnoffload.lab.snapshot import snapshot
 
 HOSTNAME = "blog.example.org"
 #: (name, listen port on the VPS, target port at home) of the deployment's services.
@@ -194,6 +195,8 @@ class Deployment:
     services: tuple[tuple[str, int, int], ...] = (WEB,)
     apps: dict[int, subprocess.Popen] = field(default_factory=dict)
     watch: subprocess.Popen | None = None
+    #: home's snapshot just before ``up home``: what ``down home`` must give back.
+    home_before: dict[str, str] = field(default_factory=dict)
 
     def status(self) -> Status:
         start = time.time()
@@ -235,6 +238,7 @@ def deployment(lab: Lab, sites: tuple[Path, Path], logs: Path,
         dep.set_mode(target, "ok")
         dep.start_app(target)
     cli(lab, "vps", vps_site, "up", "vps")
+    dep.home_before = snapshot(lab, "home")
     cli(lab, "home", home_site, "up", "home")
     dep.watch = start_watch(lab, vps_site, logs / "watch.log")
     try:

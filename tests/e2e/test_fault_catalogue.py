@@ -10,7 +10,9 @@ back, status exit 0. The shapes, and where each one's test is:
 cable pulled                                    test_truth.py::test_five_outage_cycles_status_agrees_with_visitors
                                                 (and test_failover.py, with memory and a watchdog kill)
 OpenVPN killed on the VPS / at home             here: ``openvpn-server-killed``, ``openvpn-client-killed``
-                                                (test_reboots.py: the restarts and their counts)
+                                                (restarted by the watchdog, counted in status / by
+                                                home's keeper, which logs it; then ``down home`` at the
+                                                end restores home exactly)
 only the home web server stopped (tunnel up)    here: ``home-app-stopped``
 home app slow (answers after 2 s: no failover)  here: ``home-app-slow``
 home app trickling                              here: ``home-app-trickling``
@@ -35,10 +37,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.faultlab import WEB, Deployment, deployment, moment, report, visit, wait_for
+from tests.e2e.conftest import cli, openvpn_pids
+from tests.e2e.faultlab import WEB, Deployment, deployment, moment, report, stop, visit, wait_for
 from tests.e2e.labkit import BLOCK as WHOLE_TUNNEL_BLOCK
 from tests.e2e.labkit import kill
 from vpnoffload.lab.netns import Lab
+from vpnoffload.lab.snapshot import snapshot, snapshot_diff
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
 
@@ -70,6 +74,8 @@ class Fault:
     get, whatever that is; a page while home answers again counts as a recovery under way).
     ``tunnel``: what the tunnel line must say while visitors get the page.
     ``reason``: a word the service's reason must contain then.
+    ``restarted``: which end's OpenVPN vpnoffload itself must have started again ("server": the
+    watchdog, counted once more in status; "client": home's keeper, logged again).
     """
 
     make: Make
@@ -79,6 +85,7 @@ class Fault:
     within: float = 10.0
     back_within: float = 10.0
     visit_limit: float = 1.0
+    restarted: str = ""
 
 
 def _on_vps(argvs: list[list[str]], undo: list[str]) -> Make:
@@ -140,8 +147,10 @@ INGRESS_BLOCK = [
 ]
 
 FAULTS: dict[str, Fault] = {
-    "openvpn-server-killed": Fault(_kill_openvpn("vps"), "page", tunnel=False, within=3.0, back_within=30.0),
-    "openvpn-client-killed": Fault(_kill_openvpn("home"), "any", tunnel=None, within=4.0, back_within=30.0),
+    "openvpn-server-killed": Fault(_kill_openvpn("vps"), "page", tunnel=False, within=3.0, back_within=30.0,
+                                   restarted="server"),
+    "openvpn-client-killed": Fault(_kill_openvpn("home"), "any", tunnel=None, within=4.0, back_within=30.0,
+                                   restarted="client"),
     "home-app-stopped": Fault(_stop_app, "page", tunnel=True, reason="refused", within=3.0),
     "home-app-slow": Fault(_app_mode("slow"), "home", tunnel=True, within=6.0, visit_limit=3.5),
     "home-app-trickling": Fault(_app_mode("trickle"), "any", tunnel=True, within=6.0, visit_limit=1.5),
@@ -158,6 +167,7 @@ FAULTS: dict[str, Fault] = {
 def test_fault_shape(shape: str, healthy: Deployment, capsys) -> None:
     dep, fault = healthy, FAULTS[shape]
     watchdog = dep.watch.pid
+    restarts = _restarts(dep, fault.restarted)
     began = time.time()
     undo = fault.make(dep)
     try:
@@ -170,8 +180,57 @@ def test_fault_shape(shape: str, healthy: Deployment, capsys) -> None:
     m = moment(dep, tunnel=True)
     assert not m.problems, f"fault undone, visitors served again: {m.explain()}"
     assert dep.watch.poll() is None and dep.watch.pid == watchdog, "the watchdog did not live through it"
+    if fault.restarted:
+        _restarted_once_more(dep, fault.restarted, restarts)
     report(capsys, "faults", f"{shape}: {seen}; served again {back:.1f} s after "
                              f"{'undoing it' if undo else 'the fault'}")
+
+
+def test_down_after_every_fault_restores_both_ends(dep: Deployment) -> None:
+    """Last in the module: after every shape above (OpenVPN restarted at both ends by vpnoffload,
+    routes and sysctls put back by hand), ``down home`` leaves home exactly as before ``up home``,
+    and no OpenVPN is left at either end after ``down vps``."""
+    cli(dep.lab, "home", dep.home_site, "down", "home")
+    after = snapshot(dep.lab, "home")
+    assert after == dep.home_before, snapshot_diff(dep.home_before, after)
+    assert dep.watch is not None
+    assert stop(dep.watch) is not None, "the watchdog did not exit on SIGTERM"
+    cli(dep.lab, "vps", dep.vps_site, "down", "vps")
+    assert openvpn_pids(dep.lab, "vps") == [] and openvpn_pids(dep.lab, "home") == []
+
+
+KEEPER_BACK = "back (up home)"  # what home's keeper logs once its `up home` after a dead client has run
+
+
+def _keeper_log(dep: Deployment) -> str:
+    path = dep.home_site / "state" / "run" / "home-keeper-home.log"
+    return path.read_text() if path.exists() else ""
+
+
+def _restarts(dep: Deployment, end: str) -> int:
+    """How often ``end``'s OpenVPN has been started again so far (0 for no end)."""
+    if end == "server":
+        counted = dep.status().data["tunnel"]["server_restarts"]  # None until the first restart
+        return 0 if counted is None else int(counted["restarts"])
+    if end == "client":
+        return _keeper_log(dep).count(KEEPER_BACK)
+    return 0
+
+
+def _restarted_once_more(dep: Deployment, end: str, before: int) -> None:
+    """The server: status (JSON and text) counts exactly one more restart by the watchdog. The
+    client: home's keeper logs another ``up home`` (it logs once that child has exited, which can
+    be a moment after the site is back)."""
+    if end == "server":
+        tunnel = dep.status().data["tunnel"]
+        assert tunnel["server_running"] and tunnel["server_restarts"]["restarts"] == before + 1, tunnel
+        text = cli(dep.lab, "vps", dep.vps_site, "status", check=False).stdout
+        assert f"restarted {before + 1}x by the watchdog" in text, text
+        return
+    deadline = time.monotonic() + 10
+    while _keeper_log(dep).count(KEEPER_BACK) <= before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _keeper_log(dep).count(KEEPER_BACK) > before, _keeper_log(dep)
 
 
 def _while_it_lasts(dep: Deployment, fault: Fault, began: float) -> str:
