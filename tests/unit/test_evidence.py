@@ -235,6 +235,7 @@ def test_the_counting_rules_round_trip_through_nft_and_go_with_down() -> None:
     desired = fw.vps_ruleset(config())
     apply(fw.plan(backend, desired))
     assert backend.read() == desired and fw.plan(backend, desired) == []
+    first = len(fake.batches)
     table = fake.tables[("ip", "vpnoffload")]
     assert sorted(table["counters"]) == ["vpnoffload-in1", "vpnoffload-in2", "vpnoffload-out1", "vpnoffload-out2",
                                          "vpnoffload-rst1-1", "vpnoffload-rst2-1"]
@@ -242,6 +243,40 @@ def test_the_counting_rules_round_trip_through_nft_and_go_with_down() -> None:
                                                     if {"counter": "vpnoffload-rst1-1"} in r)
     # A swap rewrites the table: the counts stay (declared once, never deleted while named).
     apply(fw.plan(backend, fw.vps_ruleset(config(), fallback=frozenset({"web"}))))
-    assert not any("counter" in next(iter(c.values())) for b in fake.batches[1:] for c in b)
+    assert not any("counter" in next(iter(c.values())) for b in fake.batches[first:] for c in b)
+    assert len(table["counters"]) == 6 and backend.read() == fw.vps_ruleset(config(), fallback=frozenset({"web"}))
     apply(fw.plan(backend, fw.empty_ruleset()))
     assert fake.tables == {}
+
+
+def test_packets_to_home_are_counted_after_every_verdict() -> None:
+    """Only mangle POSTROUTING leads to the "out" counts: a packet the VPS drops or rejects
+    (an access list, a down service's refusal, the final DROP) was never sent to home."""
+    rules = fw.vps_ruleset(config()).rules
+    jumps = [(r.table, r.chain) for r in rules if r.target == "VPNOFFLOAD-EVOUT"]
+    assert jumps == [("mangle", "POSTROUTING")]
+    outs = [r for r in rules if any(a.startswith(counters.home_out(0)[:-1]) for a in r.args)]
+    assert outs and all((r.table, r.chain) == ("mangle", "VPNOFFLOAD-EVOUT") for r in outs)
+    assert sorted(r.chain for r in rules if r.target == "VPNOFFLOAD-EVIN") == ["FORWARD", "INPUT"]
+
+
+def test_a_write_of_one_table_keeps_the_counters_another_tables_rules_name() -> None:
+    """Named counters belong to the whole nft table: rewriting filter alone must not delete
+    the "out" counters mangle's rules count into, nor mangle alone filter's."""
+    fake = FakeNft()
+    backend = NftBackend(run=fake)
+    desired = fw.vps_ruleset(config())
+    apply(fw.plan(backend, desired))
+    def named() -> list[str]:
+        return sorted(fake.tables[("ip", "vpnoffload")]["counters"])
+
+    before = named()
+    empty = fw.empty_ruleset()
+    backend.write("filter", empty)
+    assert named() == [counters.home_out(1), counters.home_out(2)]
+    backend.write("filter", desired.table("filter"))
+    assert named() == before
+    backend.write("mangle", empty)
+    assert counters.home_out(1) not in named() and counters.home_in(1) in named()
+    backend.write("mangle", desired.table("mangle"))
+    assert named() == before and backend.read() == desired
