@@ -71,13 +71,28 @@ def test_xt_recent_stamps_become_a_packet_count(tmp_path: Path, monkeypatch: pyt
     assert counters.parse_recent(b"garbage\n" + recent_line("10.0.0.1", 7, 9).encode()) == [7, 9]
 
 
-def nft_counter_message(name: str, packets: int, table: str = "vpnoffload") -> bytes:
+def test_a_name_no_longer_read_loses_its_file_and_state(tmp_path: Path) -> None:
+    """A reload that drops a home or service stops reading its lists: nothing of them stays open."""
+    reader = counters.RecentReader(str(tmp_path))
+    for name in ("vpnoffload-in1", "vpnoffload-in2"):
+        (tmp_path / name).write_text(recent_line("198.51.100.2", 1000, 1001))
+    assert reader.read(["vpnoffload-in1", "vpnoffload-in2"]) == {"vpnoffload-in1": 2, "vpnoffload-in2": 2}
+    assert reader.read(["vpnoffload-in1"]) == {"vpnoffload-in1": 2}
+    assert set(reader._fds) == set(reader._state) == {"vpnoffload-in1"}
+    # Read again later, it starts afresh: what the list holds then, not counted from stale state.
+    (tmp_path / "vpnoffload-in2").write_text(recent_line("198.51.100.2", 5000))
+    assert reader.read(["vpnoffload-in2"]) == {"vpnoffload-in2": 1}
+    assert set(reader._fds) == {"vpnoffload-in2"}
+    reader.close()
+
+
+def nft_counter_message(name: str, packets: int, table: str = "vpnoffload", flags: int = 0) -> bytes:
     def attr(kind: int, payload: bytes) -> bytes:
         return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
     data = attr(counters.NFTA_COUNTER_PACKETS, struct.pack("!Q", packets)) + attr(1, struct.pack("!Q", 99))
     body = struct.pack("=BBH", socket.AF_INET, 0, 0) + attr(counters.NFTA_OBJ_TABLE, table.encode() + b"\0") \
-        + attr(counters.NFTA_OBJ_NAME, name.encode() + b"\0") + attr(counters.NFTA_OBJ_TYPE, struct.pack("!I", 1)) \
+        + attr(counters.NFTA_OBJ_NAME | flags, name.encode() + b"\0") + attr(counters.NFTA_OBJ_TYPE, struct.pack("!I", 1)) \
         + attr(counters.NFTA_OBJ_DATA | counters.NLA_F_NESTED, data)
     kind = (counters.NFNL_SUBSYS_NFTABLES << 8) | counters.NFT_MSG_NEWOBJ  # as the kernel answers a dump
     return struct.pack("=IHHII", 16 + len(body), kind, 2, 1, 0) + body
@@ -95,6 +110,9 @@ def test_nft_counters_request_and_reply_bytes() -> None:
     assert counters.parse_getobj(reply, found) is False  # more may follow
     assert counters.parse_getobj(done, found) is True
     assert found == {"vpnoffload-in1": 12, "vpnoffload-rst1-1": 3}
+    # An attribute with NLA_F_NET_BYTEORDER set (0x4000) is still the same attribute.
+    counters.parse_getobj(nft_counter_message("vpnoffload-in2", 4, flags=0x4000), found)
+    assert found["vpnoffload-in2"] == 4
 
 
 def counts(seq: list[dict[str, int]]):
