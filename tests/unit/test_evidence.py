@@ -171,7 +171,7 @@ def test_an_unwatched_home_s_silence_ends_no_round() -> None:
     assert ev.silent("attic") == pytest.approx(0.1) and ev.silent("home") == 0.0 and ev.silent_for() == 0.0
 
 
-def test_a_reset_on_a_service_s_connections_is_doubt_once() -> None:
+def test_a_reset_on_a_service_s_connections_hurries_once_and_is_no_doubt() -> None:
     clock = Clock()
     cfg = config()
     both = {"vpnoffload-out1": 5, "vpnoffload-in1": 5}
@@ -179,12 +179,66 @@ def test_a_reset_on_a_service_s_connections_is_doubt_once() -> None:
                                    {**both, "vpnoffload-rst1-1": 6}, {**both, "vpnoffload-rst1-1": 6}]),
                            clock, lambda: cfg)
     assert [ev.sample(), ev.sample()] == [False, False]  # the first reading is the baseline
-    assert ev.sample() is True and ev.refused == {("web", "home")}
-    assert ev.sample() is False and ev.refused == set()
+    assert ev.sample() is False and ev.refused == {("web", "home")}  # no doubt: no swap child, no page
+    assert ev.hurry() is True and ev.hurry() is False  # it ends the wait, once
+    assert ev.sample() is False and ev.refused == set() and ev.hurry() is False
     # Which counts it reads: each home's in/out and the resets of each DNATed TCP service on it.
     assert evidence.layout(cfg) == ({"home": 1, "attic": 2},
                                     {"home": [("web", "vpnoffload-rst1-1"), ("git", "vpnoffload-rst2-1")],
                                      "attic": []})
+
+
+def resets(clock: Clock, per_reading: int = 1):
+    """Counts of a healthy home that resets ``per_reading`` more web connections at each reading."""
+    def read(names) -> dict[str, int]:
+        read.n += per_reading  # type: ignore[attr-defined]
+        return {"vpnoffload-out1": 5, "vpnoffload-in1": 5, "vpnoffload-rst1-1": read.n}  # type: ignore[attr-defined]
+    read.n = 0  # type: ignore[attr-defined]
+    return read
+
+
+def test_resets_hurry_one_round_per_service_per_interval_unless_its_last_check_failed() -> None:
+    clock = Clock()
+    cfg = config()  # watch.interval 0.5 s
+    failed: set[tuple[str, str]] = set()
+    ev = evidence.Evidence(resets(clock), clock, lambda: cfg, failing=lambda svc, home: (svc, home) in failed)
+    hurried = []
+    for _ in range(20):  # a reset at every reading, every 1/16 s, for 1.25 s
+        assert ev.sample() is False  # never doubt
+        if ev.hurry():
+            hurried.append(clock.now)
+        clock.now += 0.0625
+    assert hurried == [0.0625, 0.5625, 1.0625]  # (the first reading is the baseline)
+    failed.add(("web", "home"))  # its last check failed: each reset hurries the next round
+    assert all(ev.sample() is False and ev.hurry() for _ in range(5))
+
+
+def test_resets_end_the_wait_but_never_call_on_doubt() -> None:
+    """A reset during a round forks no swap child and starts no page server; between rounds
+    it ends the wait at once (the "web server stopped" case stays fast)."""
+    clock = Clock()
+    cfg = config()
+    ev = evidence.Evidence(resets(clock), clock, lambda: cfg)
+
+    class Thread:
+        def is_alive(self) -> bool:
+            return clock.now < 0.4
+
+        def join(self, seconds: float) -> None:
+            clock.now += seconds
+
+    doubts: list[int] = []
+    assert pace.watch_round(ev, [Thread()], 0.5, 0.6, lambda: doubts.append(1)) is False
+    assert doubts == [] and ev.refused  # refused all along, and no doubt
+
+    class Stop:
+        def wait(self, seconds: float) -> bool:
+            clock.now += seconds
+            return False
+
+    clock.now = 10.0  # an interval later
+    started = clock.now
+    assert pace.wait(Stop(), 5.0, ev) is True and clock.now - started == pytest.approx(pace.POLL)
 
 
 def test_the_tunnel_device_still_speaks_for_a_single_home_and_its_going() -> None:
