@@ -24,8 +24,8 @@ None of this can make a home fail over that answers anything: a slow home's kern
 answers the SYNs, and a saturated tunnel still carries data (or ACKs) back, so the tunnel is
 never silent; a lost check is still excused only as before (``decide``, ``watch.flows``). The
 device's counters are the whole tunnel's, so they speak for a home only when there is one;
-``watch.evidence`` applies the same :class:`Silence` to each home's own counts, and adds a
-service's refusals as doubt.
+``watch.evidence`` applies the same :class:`Silence` to each home's own counts, and lets a
+service's refusals hurry the next round (``hurry``: no doubt, so no swap child, no page server).
 
 Lean like the rest of the watchdog: stdlib only, and nothing imported here.
 """
