@@ -1,6 +1,7 @@
 """Item 2: bulk TCP throughput to and from home, through the VPS and over the bare tunnel.
 
-iperf3's server runs at home. "via vpnoffload" is a client in the visitor's
+iperf3's server runs at home, in place of the listener that holds the port
+the rest of the time (:meth:`Stage.iperf3_serving`). "via vpnoffload" is a client in the visitor's
 namespace connecting to the VPS's public address, DNATed by vpnoffload's
 ``bulk`` service; "via HAProxy" the same client through HAProxy (TCP mode) on
 the VPS; "raw tunnel" is a client on the VPS itself connecting to the home
@@ -44,12 +45,13 @@ class Cell:
 
 def run(stage: Stage, *, seconds: int, reps: int) -> list[Run]:
     runs: list[Run] = []
-    for direction in DIRECTIONS:
-        for rep in range(reps):
-            order = PATHS[rep % len(PATHS):] + PATHS[:rep % len(PATHS)]
-            for path in order:
-                stage.narrator.step(f"item 2: {path}, {direction}, run {rep + 1}/{reps}")
-                runs.append(_one(stage, path, direction, seconds, rep))
+    with stage.iperf3_serving():
+        for direction in DIRECTIONS:
+            for rep in range(reps):
+                order = PATHS[rep % len(PATHS):] + PATHS[:rep % len(PATHS)]
+                for path in order:
+                    stage.narrator.step(f"item 2: {path}, {direction}, run {rep + 1}/{reps}")
+                    runs.append(_one(stage, path, direction, seconds, rep))
     return runs
 
 

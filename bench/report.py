@@ -258,7 +258,10 @@ def _method(results: Results) -> list[str]:
         "",
         "vpnoffload is set up exactly as a user does it, with its own CLI (`init`, `service add`, `render home`, "
         "`up vps`, `up home`, `watch`; the step functions of `vpnoffload lab up`). The home box runs nginx serving "
-        "one small static page, so the *path* is what gets measured. On the VPS, next to vpnoffload's DNAT on port 80, "
+        "one small static page, so the *path* is what gets measured, and on the port of a second service (`bulk`) "
+        "iperf3 during item 2 and otherwise a listener that accepts and closes every connection (iperf3 serves one "
+        "client at a time and closes its listener between tests, so the watchdog's checks would fail now and then "
+        "and swap a healthy service out). On the VPS, next to vpnoffload's DNAT on port 80, "
         "run an nginx reverse proxy (port 8081: `proxy_pass` as tutorials write it; port 8083: the same with upstream "
         "keep-alive) and HAProxy in TCP mode (port 8082), all to the home box's tunnel address over the same tunnel. "
         "Load comes from `wrk` in the visitor's namespace.",
@@ -376,7 +379,8 @@ def _bulk_section(results: Results, image: str | None) -> list[str]:
         return out + [_failed(results, "item 2 (bulk)"), ""]
     p = results.profile
     out += [
-        f"iperf3 (`-t {p.bulk_seconds}`, one TCP stream, median of {p.bulk_reps}) with its server at home. *via "
+        f"iperf3 (`-t {p.bulk_seconds}`, one TCP stream, median of {p.bulk_reps}) with its server at home (started "
+        "for this item in place of the port's listener). *via "
         "vpnoffload*: client in the visitor's namespace to the VPS's public address, forwarded by a vpnoffload "
         "service; *via HAProxy*: the same client through HAProxy (TCP mode) on the VPS; *raw tunnel*: client on "
         "the VPS itself to the home box's tunnel address (no forwarding at all). upload = towards home, download = "

@@ -4,7 +4,9 @@
   path is what gets measured, not the backend);
 * the alternatives on the VPS: an nginx reverse proxy and HAProxy in TCP mode,
   both sending to the home box's tunnel address;
-* iperf3 servers.
+* iperf3 servers, and the port listener that holds the bulk port at home
+  between item 2's iperf3 runs (iperf3 serves one client at a time and closes
+  its listener between tests, so the watchdog's checks would fail now and then).
 
 Each runs in the foreground under ``Lab.popen`` (so the lab's teardown kills it
 whatever happens) with its config and files in a directory of its own under
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +60,7 @@ def _start(lab: Lab, host: str, name: str, directory: Path, argv: list[str], add
         proc = lab.popen(host, *argv, stdout=out, stderr=subprocess.STDOUT)
     running = Running(name, proc, directory, address, port)
     if not lab.wait_tcp(host, address, port, timeout=START_WAIT):
+        stop(running)  # not left holding the port for whatever the caller starts instead
         raise RuntimeError(f"{name} did not start listening on {address}:{port}: {running.log_tail()}")
     return running
 
@@ -210,3 +214,48 @@ def start_iperf3(lab: Lab, root: Path, host: str, port: int, bind: str | None = 
     directory = _workdir(root, "iperf3")
     argv = ["iperf3", "-s", "-p", str(port), *(["-B", bind] if bind else [])]
     return _start(lab, host, "iperf3 server", directory, argv, bind or "127.0.0.1", port)
+
+
+# ------------------------------------------------------------------ a port listener
+
+#: How long the port listener lives at most: longer than a full run's items 1-5 (~25 minutes).
+LISTEN_LIMIT = 7200.0
+#: How many connections it accepts at most (the watchdog checks twice every few seconds).
+LISTEN_ACCEPTS = 1_000_000
+
+# Accepts and closes every connection until LIMIT s or ACCEPTS connections, whichever comes
+# first. One blocking accept at a time with the time left as its timeout: idle, it costs
+# nothing (no polling). The backlog keeps simultaneous checks from ever being refused.
+LISTENER = r"""
+import socket, sys, time
+address, port, limit, accepts = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+deadline = time.monotonic() + limit
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((address, port))
+s.listen(128)
+for _ in range(accepts):
+    left = deadline - time.monotonic()
+    if left <= 0:
+        break
+    s.settimeout(left)
+    try:
+        conn, _ = s.accept()
+    except TimeoutError:
+        break
+    except OSError:
+        continue
+    conn.close()
+s.close()
+"""
+
+
+def listener_argv(port: int, address: str = "0.0.0.0", limit: float = LISTEN_LIMIT,
+                  accepts: int = LISTEN_ACCEPTS) -> list[str]:
+    return [sys.executable, "-c", LISTENER, address, str(port), str(limit), str(accepts)]
+
+
+def start_listener(lab: Lab, root: Path, host: str, port: int) -> Running:
+    """A listener that accepts and closes every connection on ``port`` (bounded: LISTEN_LIMIT s,
+    LISTEN_ACCEPTS connections), for a forwarded service whose real server is not needed now."""
+    return _start(lab, host, "port listener", _workdir(root, "listener"), listener_argv(port), "127.0.0.1", port)

@@ -7,6 +7,12 @@ is nginx (fast, so the path is measured, not the backend), and an extra
 service forwards the iperf3 port. Next to vpnoffload the VPS runs an nginx
 reverse proxy and HAProxy to the home box's tunnel address.
 
+iperf3 holds that port only while item 2 runs (:meth:`Stage.iperf3_serving`);
+the rest of the time a listener that accepts every connection does. iperf3
+serves one client at a time and closes its listener between tests, so the
+watchdog's two simultaneous checks of the service were refused now and then:
+swaps of a healthy service that no real server would cause.
+
 :func:`staged` always tears everything down again (processes, namespaces,
 files, the system user ``up`` may have created), also on errors and Ctrl-C.
 """
@@ -32,7 +38,7 @@ VISIT_PORT = 80  # vpnoffload's "web" service on the VPS
 NGINX_PORT = 8081  # the nginx reverse proxy on the VPS (new upstream connection per request)
 NGINX_KEEPALIVE_PORT = 8083  # the same nginx, with upstream keep-alive
 HAPROXY_PORT = 8082  # HAProxy, TCP mode
-BULK_PORT = 5201  # iperf3 at home; vpnoffload's "bulk" service forwards it
+BULK_PORT = 5201  # at home (iperf3 during item 2, a listener otherwise); vpnoffload's "bulk" service forwards it
 BULK_SERVICE = "bulk"
 HAPROXY_BULK_PORT = 5202  # HAProxy, TCP mode, to the iperf3 port at home
 SERVED_WAIT = 30.0  # after setup, until the visitor gets the page from home
@@ -104,6 +110,7 @@ class Stage:
     home_tunnel: str  # the home box's address inside the tunnel
     watchdog_pid: int
     site: servers.Running
+    bulk_server: servers.Running  # what holds BULK_PORT at home now: the listener, or iperf3 in item 2
     others: list[servers.Running] = field(default_factory=list)
 
     @property
@@ -140,6 +147,18 @@ class Stage:
         self.others += [nginx, haproxy]
         return nginx, haproxy
 
+    @contextlib.contextmanager
+    def iperf3_serving(self) -> Iterator[servers.Running]:
+        """iperf3 instead of the listener on the bulk port at home, and the listener back after,
+        also when the runs fail."""
+        servers.stop(self.bulk_server)
+        try:
+            self.bulk_server = servers.start_iperf3(self.lab, self.scratch, "home", BULK_PORT)
+            yield self.bulk_server
+        finally:
+            servers.stop(self.bulk_server)
+            self.bulk_server = servers.start_listener(self.lab, self.scratch, "home", BULK_PORT)
+
     def home_served(self, port: int = VISIT_PORT) -> bool:
         status, body = self.lab.http_get("visitor", f"http://{self.lab.vps_address}:{port}/", timeout=5)
         return status == 200 and servers.HOME_MARKER in body
@@ -158,7 +177,8 @@ def _sysctls(lab: Lab) -> None:
 
 @contextlib.contextmanager
 def staged(scratch: Path, narrator: Narrator, prefix: str | None = None) -> Iterator[Stage]:
-    """Build the lab, set vpnoffload up on both ends, start the home site and iperf3; always tear down."""
+    """Build the lab, set vpnoffload up on both ends, start the home site and the bulk port's
+    listener; always tear down."""
     check_prerequisites()
     lab, sites = labsteps.open_lab(prefix or unique_prefix())
     n = narrator
@@ -176,7 +196,7 @@ def staged(scratch: Path, narrator: Narrator, prefix: str | None = None) -> Iter
 
 
 def _set_up(lab: Lab, sites: labsites.Sites, scratch: Path, n: Narrator) -> Stage:
-    """Everything ``lab up`` does, with nginx as the home site, an iperf3 service and this bench's sysctls."""
+    """Everything ``lab up`` does, with nginx as the home site, a bulk (iperf3) service and this bench's sysctls."""
     n.step(f"building lab {lab.prefix} and setting vpnoffload up with its own CLI")
     labsteps.build(lab, sites, n)
     _sysctls(lab)
@@ -185,12 +205,12 @@ def _set_up(lab: Lab, sites: labsites.Sites, scratch: Path, n: Narrator) -> Stag
                        "--target", str(BULK_PORT), "--check", "tcp", narrator=n)
     labsteps.copy_to_home(sites, n)
     site = servers.start_nginx_site(lab, scratch, "home", WEB_PORT)
-    servers.start_iperf3(lab, scratch, "home", BULK_PORT)
+    bulk_server = servers.start_listener(lab, scratch, "home", BULK_PORT)
     labsteps.bring_up(lab, sites, n)
     labsteps.start_watchdog(lab, sites, n, available=True)
     config = vpn_config.load(sites.config("vps"))
     stage = Stage(lab, sites, n, scratch, str(config.homes[next(iter(config.homes))].address),
-                  _background_pid(sites, "watch"), site)
+                  _background_pid(sites, "watch"), site, bulk_server)
     if not _wait(stage.home_served, SERVED_WAIT):
         status = lab.exec("vps", sys.executable, "-m", "vpnoffload", "-c", str(sites.config("vps")), "status",
                           check=False, timeout=30)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import socket
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 
-from bench import bulk, failover, measure, memory, report, run, tunnel, web
+import bench as bench_pkg
+from bench import bulk, failover, measure, memory, report, run, servers, stage, tunnel, web
+from bench.stage import BULK_PORT
 
 WRK_OUTPUT = """\
 Running 5s test @ http://203.0.113.10:80/
@@ -259,3 +265,114 @@ def test_item6_says_which_cipher_goes_first() -> None:
     text = report.render(results, {})
     assert ("- Cipher order: CHACHA20-POLY1305 carried, per VPS CPU-second, with AES instructions 0.90× / 0.90×; "
             "without (OpenSSL's capability mask) 1.40× / 1.40× the data of AES-256-GCM") in text
+
+
+# ------------------------------------------------------------------ the bulk port's listener
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_listener_accepts_simultaneous_connections_and_stops_by_itself() -> None:
+    port = _free_port()
+    proc = subprocess.Popen(servers.listener_argv(port, "127.0.0.1", limit=20, accepts=40))
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until it listens
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        refused = 0
+        for _ in range(19):  # what iperf3 failed at: two checks at the same moment, round after round
+            pair = [socket.socket(), socket.socket()]
+            for s in pair:
+                s.settimeout(2)
+                refused += s.connect_ex(("127.0.0.1", port)) != 0
+            for s in pair:
+                s.close()
+        assert refused == 0
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+        assert proc.wait(timeout=10) == 0  # the probe's, 38 and this one: the count bound (40) ends it
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_listener_ends_at_its_time_limit() -> None:
+    proc = subprocess.Popen(servers.listener_argv(_free_port(), "127.0.0.1", limit=0.5, accepts=10))
+    try:
+        assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+class _FakeServers:
+    """Stands in for bench.servers' start/stop: records what holds the port, in order."""
+
+    def __init__(self, fail_iperf3: bool = False) -> None:
+        self.events: list[str] = []
+        self.fail_iperf3 = fail_iperf3
+
+    def _running(self, name: str) -> servers.Running:
+        return servers.Running(name, None, Path("/nonexistent"), "127.0.0.1", BULK_PORT)  # type: ignore[arg-type]
+
+    def start_iperf3(self, lab: object, root: Path, host: str, port: int) -> servers.Running:
+        self.events.append(f"start iperf3 {host}:{port}")
+        if self.fail_iperf3:
+            raise RuntimeError("iperf3 server did not start listening")
+        return self._running("iperf3 server")
+
+    def start_listener(self, lab: object, root: Path, host: str, port: int) -> servers.Running:
+        self.events.append(f"start listener {host}:{port}")
+        return self._running("port listener")
+
+    def stop(self, running: servers.Running) -> None:
+        self.events.append(f"stop {running.name}")
+
+
+def _fake_stage(monkeypatch: pytest.MonkeyPatch, fake: _FakeServers) -> stage.Stage:
+    for name in ("start_iperf3", "start_listener", "stop"):
+        monkeypatch.setattr(servers, name, getattr(fake, name))
+    listener = fake._running("port listener")
+    return stage.Stage(None, None, stage.Narrator(), Path("/nonexistent"), "198.18.0.2", 0,  # type: ignore[arg-type]
+                       fake._running("nginx"), listener)
+
+
+def test_iperf3_holds_the_bulk_port_only_while_item_2_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeServers()
+    st = _fake_stage(monkeypatch, fake)
+    with st.iperf3_serving() as iperf3:
+        assert iperf3.name == "iperf3 server" and st.bulk_server is iperf3
+    assert st.bulk_server.name == "port listener"
+    assert fake.events == ["stop port listener", f"start iperf3 home:{BULK_PORT}", "stop iperf3 server",
+                           f"start listener home:{BULK_PORT}"]
+
+
+def test_the_listener_comes_back_when_the_runs_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeServers()
+    st = _fake_stage(monkeypatch, fake)
+    with pytest.raises(RuntimeError, match="failed twice"), st.iperf3_serving():
+        raise RuntimeError("iperf3 via vpnoffload upload failed twice")
+    assert fake.events[-2:] == ["stop iperf3 server", f"start listener home:{BULK_PORT}"]
+    assert st.bulk_server.name == "port listener"
+
+
+def test_the_listener_comes_back_when_iperf3_does_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _FakeServers(fail_iperf3=True)
+    st = _fake_stage(monkeypatch, fake)
+    with pytest.raises(RuntimeError, match="did not start"), st.iperf3_serving():
+        pass
+    assert fake.events[-1] == f"start listener home:{BULK_PORT}" and st.bulk_server.name == "port listener"
+
+
+def test_only_item_2_runs_iperf3_against_the_bulk_port() -> None:
+    # Items 3/3b/4/4b/5 must not touch the port (the stage's listener holds it); item 6 has a lab of its own.
+    for name in ("failover", "memory", "footprint", "soak", "web", "watchstate"):
+        text = (Path(bench_pkg.__file__).parent / f"{name}.py").read_text()
+        assert "iperf3" not in text and "BULK_PORT" not in text, name

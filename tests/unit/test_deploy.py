@@ -221,9 +221,31 @@ def test_doctor_says_whether_the_kernel_carries_the_data_channel(tmp_path: Path,
                                                                  says: str) -> None:
     from vpnoffload.deploy import doctor
 
-    found = doctor.check_dco("vpnoffload0", *_sysfs(tmp_path, device, loaded, dep))
+    # OpenVPN 2.6 drives ovpn_dco_v2, 2.7 the kernel's ovpn: each warn row with the version that uses its module.
+    version = "2.6.14" if loaded == "ovpn_dco_v2" or "ovpn-dco" in dep else "2.7.0"
+    found = doctor.check_dco("vpnoffload0", *_sysfs(tmp_path, device, loaded, dep), openvpn=version)
     assert (found.check, found.level) == ("dco", level) and says in found.detail, found
     assert ("disabling data channel offload" in found.hint) == (level == "warn")
+
+
+@pytest.mark.parametrize("loaded, version, level", [
+    ("ovpn", "2.6.14", "ok"),  # Linux 6.16+ with OpenVPN 2.6: nothing the user can fix but upgrading OpenVPN
+    ("ovpn_dco_v2", "2.7.1", "ok"),
+    ("ovpn", "2.7.1", "warn"),
+    ("ovpn_dco_v2", "2.6.3", "warn"),
+    ("ovpn", "2.5.9", "ok"),  # no DCO before 2.6
+    ("ovpn", "unknown", "ok"),
+])
+def test_doctor_warns_only_about_the_module_the_installed_openvpn_drives(tmp_path: Path, loaded: str, version: str,
+                                                                        level: str) -> None:
+    from vpnoffload.deploy import doctor
+
+    found = doctor.check_dco("vpnoffload0", *_sysfs(tmp_path, TUN, loaded, ""), openvpn=version)
+    assert found.level == level, found
+    if level == "ok":
+        assert found.detail == (f"not in use: vpnoffload0 is a tun device; this kernel has the {loaded} module, "
+                                f"which OpenVPN {version} does not drive")
+        assert found.hint == "OpenVPN 2.6 uses ovpn_dco_v2 only, 2.7 and later the kernel's ovpn"
 
 
 def test_doctor_asks_about_dco_on_both_ends(monkeypatch: pytest.MonkeyPatch) -> None:

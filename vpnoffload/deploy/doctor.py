@@ -37,15 +37,26 @@ def check_tun(path: Path = Path("/dev/net/tun")) -> Finding:
     return Finding("fail", "tun", f"{path} is missing", "modprobe tun (in a container: --device /dev/net/tun)")
 
 
-def check_openvpn() -> Finding:
-    path = shutil.which("openvpn") or ("/usr/sbin/openvpn" if os.path.exists("/usr/sbin/openvpn") else None)
+def _openvpn() -> str | None:
+    return shutil.which("openvpn") or ("/usr/sbin/openvpn" if os.path.exists("/usr/sbin/openvpn") else None)
+
+
+def openvpn_version(path: str | None) -> str:
+    """The installed OpenVPN's version (\"2.6.14\"), or \"unknown\"."""
     if path is None:
-        return Finding("fail", "openvpn", "openvpn is not installed", "apt-get install openvpn")
+        return "unknown"
     try:
         out = proc.run([path, "--version"], timeout=10, check=False).stdout
     except VpnOffloadError:  # hung or unrunnable: say "unknown", the tunnel test will tell more
         out = ""
-    version = out.split()[1] if len(out.split()) > 1 else "unknown"
+    return out.split()[1] if len(out.split()) > 1 else "unknown"
+
+
+def check_openvpn() -> Finding:
+    path = _openvpn()
+    if path is None:
+        return Finding("fail", "openvpn", "openvpn is not installed", "apt-get install openvpn")
+    version = openvpn_version(path)
     if not version.startswith(("2.5", "2.6", "2.7", "2.8", "3")):
         return Finding("warn", "openvpn", f"openvpn {version}", "vpnoffload is tested with OpenVPN 2.6")
     return Finding("ok", "openvpn", f"openvpn {version} at {path}")
@@ -74,40 +85,56 @@ def tunnel_kind(device: str, net: Path = Path("/sys/class/net")) -> str | None:
     return found.group(1) if found else "unknown"
 
 
-def dco_module(modules: Path = Path("/sys/module"), lib_modules: Path = Path("/lib/modules")) -> str | None:
-    """The DCO module this kernel has loaded or can load (``ovpn``, ``ovpn_dco_v2``), else None."""
-    for name in _DCO_LOADED:
-        if (modules / name).exists():
-            return name
+def dco_modules(modules: Path = Path("/sys/module"), lib_modules: Path = Path("/lib/modules")) -> list[str]:
+    """The DCO modules this kernel has loaded or can load (``ovpn``, ``ovpn_dco_v2``)."""
+    found = [name for name in _DCO_LOADED if (modules / name).exists()]
     release = os.uname().release
     for listing in ("modules.builtin", "modules.dep"):
         try:
             text = (lib_modules / release / listing).read_text()
         except OSError:
             continue
-        found = _DCO_FILES.search(text)
-        if found:
-            return found.group(1).replace("-", "_")
-    return None
+        found += [m.group(1).replace("-", "_") for m in _DCO_FILES.finditer(text)]
+    return list(dict.fromkeys(found))
+
+
+def dco_module_for(version: str) -> str | None:
+    """The module an OpenVPN of ``version`` drives: 2.6 only the ovpn-dco-v2 backport, 2.7 and
+    later only the kernel's own ovpn; None for older ones or an unknown version."""
+    parts = version.split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
+    if (major, minor) == (2, 6):
+        return "ovpn_dco_v2"
+    return "ovpn" if (major, minor) >= (2, 7) else None
 
 
 def check_dco(device: str, net: Path = Path("/sys/class/net"), modules: Path = Path("/sys/module"),
-              lib_modules: Path = Path("/lib/modules")) -> Finding:
+              lib_modules: Path = Path("/lib/modules"), *, openvpn: str | None = None) -> Finding:
     """Whether OpenVPN's data channel runs in the kernel (DCO) for ``device``, and if not, why not.
 
     The generated config allows it (AEAD ciphers only, no compression, no fragment,
-    topology subnet); OpenVPN uses it by itself where the kernel has the module.
+    topology subnet); OpenVPN uses it by itself where the kernel has the module it drives.
+    ``openvpn``: the installed OpenVPN's version (asked for when None and it matters).
     """
-    kind, module = tunnel_kind(device, net), dco_module(modules, lib_modules)
+    kind, found = tunnel_kind(device, net), dco_modules(modules, lib_modules)
     if kind in _DCO_KINDS:
         return Finding("ok", "dco", f"data channel offload in use: {device} is an {kind} device "
                        "(the kernel encrypts and forwards tunnel packets; OpenVPN only keeps the session)")
-    have = (f"this kernel has the {module} module" if module else
+    have = (f"this kernel has the {' and '.join(found)} module" if found else
             "this kernel has no ovpn module (Linux 6.16+ with OpenVPN 2.7, or ovpn-dco-v2 with OpenVPN 2.6)")
     if kind is None:
         return Finding("ok", "dco", f"tunnel {device} is not up; {have}")
-    if module is None:
+    if not found:
         return Finding("ok", "dco", f"not in use: {device} is a {kind} device, OpenVPN's own data channel; {have}")
+    # Asked only now: most kernels have no module, and then the version does not matter.
+    version = openvpn_version(_openvpn()) if openvpn is None else openvpn
+    wanted = dco_module_for(version)
+    if wanted not in found:  # e.g. Linux 6.16+'s ovpn with OpenVPN 2.6: nothing to fix here
+        return Finding("ok", "dco", f"not in use: {device} is a {kind} device; {have}, which OpenVPN {version} "
+                       "does not drive", "OpenVPN 2.6 uses ovpn_dco_v2 only, 2.7 and later the kernel's ovpn")
     return Finding("warn", "dco", f"not in use: {device} is a {kind} device although {have}",
                    "OpenVPN's log says why ('... disabling data channel offload'); OpenVPN 2.6 uses ovpn_dco_v2 "
                    "only, 2.7 the kernel's ovpn")
