@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -100,11 +101,30 @@ def connect(ns: str, host: str, port: int, timeout: float = 1.0) -> str:
     return in_ns(ns, sys.executable, "-c", CLIENT, host, str(port), str(timeout)).stdout.strip()
 
 
+def legacy_sent_to_home(ns: str) -> int:
+    """Packets the VPS's legacy counting rule counted as sent to home 1 (mangle POSTROUTING)."""
+    saved = in_ns(ns, "iptables-legacy-save", "-c", "-t", "mangle").stdout
+    found = re.search(r"^\[(\d+):\d+\] -A VPNOFFLOAD-EVOUT .*--name vpnoffload-out1 ", saved, re.M)
+    assert found, saved
+    return int(found[1])
+
+
+def nft_sent_to_home(ns: str) -> int:
+    """Packets the VPS's nft counter ``vpnoffload-out1`` counted as sent to home 1."""
+    listed = in_ns(ns, "nft", "list", "counter", "ip", "vpnoffload", "vpnoffload-out1").stdout
+    found = re.search(r"packets (\d+)", listed)
+    assert found, listed
+    return int(found[1])
+
+
 def check_forwarding(apply_rules: Callable[[str, str, Path], dict], tmp_path: Path,
-                     emptied: Callable[[str, str], None] = lambda vps, home: None) -> None:
+                     emptied: Callable[[str, str], None] = lambda vps, home: None,
+                     sent: Callable[[str], int] = legacy_sent_to_home) -> None:
     """The forwarding checks of a firewall backend: ``apply_rules(ns, which, tmp_path)``
     writes one of FIREWALL's rulesets in ``ns``; ``emptied(vps, home)`` may check more
-    once both ends are empty again (the nft backend: nothing of ours is left)."""
+    once both ends are empty again (the nft backend: nothing of ours is left); ``sent(vps)``
+    reads the count of packets sent to home (the watchdog's evidence), which only packets
+    that really leave by the tunnel may grow."""
     visitor, vps, home = unique("v"), unique("s"), unique("h")
     with namespaces(visitor, vps, home):
         link(visitor, "203.0.113.50/24", vps, "203.0.113.10/24")
@@ -125,13 +145,18 @@ def check_forwarding(apply_rules: Callable[[str, str, Path], dict], tmp_path: Pa
             apply_rules(vps, "vps", tmp_path)
             apply_rules(home, "home", tmp_path)
             assert connect(visitor, "203.0.113.10", 80) == "ok hello 203.0.113.50"
+            counted = sent(vps)
+            assert counted > 0
             assert connect(visitor, "198.51.100.2", 9090) == "timeout"  # not DNATed: VPS drops it
             assert connect(visitor, "198.51.100.2", 8080) == "timeout"
+            assert sent(vps) == counted  # what the VPS dropped was never sent to home
             assert connect(vps, "198.51.100.2", 8080) == "ok hello 198.51.100.1"  # the watchdog's path
             assert connect(vps, "198.51.100.2", 9090) == "timeout"  # home opens only service ports
 
             apply_rules(vps, "vps-fallback", tmp_path)
+            counted = sent(vps)
             assert connect(visitor, "203.0.113.10", 80) == "refused"
+            assert sent(vps) == counted  # nor what it refused
 
             apply_rules(vps, "empty", tmp_path)
             apply_rules(home, "empty", tmp_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.nslib import check_forwarding, in_ns, namespaces, needs_root, unique
+from tests.nslib import check_forwarding, in_ns, namespaces, needs_root, nft_sent_to_home, unique
 from tests.prereq import requires, tool_problem
 from vpnoffload.firewall import nft
 
@@ -156,7 +156,7 @@ def test_forwarding_through_the_rules(tmp_path: Path) -> None:
     def nothing_left(vps: str, home: str) -> None:
         assert ruleset(vps) == "" and ruleset(home) == ""
 
-    check_forwarding(firewall, tmp_path, nothing_left)
+    check_forwarding(firewall, tmp_path, nothing_left, nft_sent_to_home)
 
 
 # A deny list of adjacent, nested and overlapping prefixes, applied as `up vps` applies it;

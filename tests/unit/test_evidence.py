@@ -71,13 +71,28 @@ def test_xt_recent_stamps_become_a_packet_count(tmp_path: Path, monkeypatch: pyt
     assert counters.parse_recent(b"garbage\n" + recent_line("10.0.0.1", 7, 9).encode()) == [7, 9]
 
 
-def nft_counter_message(name: str, packets: int, table: str = "vpnoffload") -> bytes:
+def test_a_name_no_longer_read_loses_its_file_and_state(tmp_path: Path) -> None:
+    """A reload that drops a home or service stops reading its lists: nothing of them stays open."""
+    reader = counters.RecentReader(str(tmp_path))
+    for name in ("vpnoffload-in1", "vpnoffload-in2"):
+        (tmp_path / name).write_text(recent_line("198.51.100.2", 1000, 1001))
+    assert reader.read(["vpnoffload-in1", "vpnoffload-in2"]) == {"vpnoffload-in1": 2, "vpnoffload-in2": 2}
+    assert reader.read(["vpnoffload-in1"]) == {"vpnoffload-in1": 2}
+    assert set(reader._fds) == set(reader._state) == {"vpnoffload-in1"}
+    # Read again later, it starts afresh: what the list holds then, not counted from stale state.
+    (tmp_path / "vpnoffload-in2").write_text(recent_line("198.51.100.2", 5000))
+    assert reader.read(["vpnoffload-in2"]) == {"vpnoffload-in2": 1}
+    assert set(reader._fds) == {"vpnoffload-in2"}
+    reader.close()
+
+
+def nft_counter_message(name: str, packets: int, table: str = "vpnoffload", flags: int = 0) -> bytes:
     def attr(kind: int, payload: bytes) -> bytes:
         return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
 
     data = attr(counters.NFTA_COUNTER_PACKETS, struct.pack("!Q", packets)) + attr(1, struct.pack("!Q", 99))
     body = struct.pack("=BBH", socket.AF_INET, 0, 0) + attr(counters.NFTA_OBJ_TABLE, table.encode() + b"\0") \
-        + attr(counters.NFTA_OBJ_NAME, name.encode() + b"\0") + attr(counters.NFTA_OBJ_TYPE, struct.pack("!I", 1)) \
+        + attr(counters.NFTA_OBJ_NAME | flags, name.encode() + b"\0") + attr(counters.NFTA_OBJ_TYPE, struct.pack("!I", 1)) \
         + attr(counters.NFTA_OBJ_DATA | counters.NLA_F_NESTED, data)
     kind = (counters.NFNL_SUBSYS_NFTABLES << 8) | counters.NFT_MSG_NEWOBJ  # as the kernel answers a dump
     return struct.pack("=IHHII", 16 + len(body), kind, 2, 1, 0) + body
@@ -95,6 +110,9 @@ def test_nft_counters_request_and_reply_bytes() -> None:
     assert counters.parse_getobj(reply, found) is False  # more may follow
     assert counters.parse_getobj(done, found) is True
     assert found == {"vpnoffload-in1": 12, "vpnoffload-rst1-1": 3}
+    # An attribute with NLA_F_NET_BYTEORDER set (0x4000) is still the same attribute.
+    counters.parse_getobj(nft_counter_message("vpnoffload-in2", 4, flags=0x4000), found)
+    assert found["vpnoffload-in2"] == 4
 
 
 def counts(seq: list[dict[str, int]]):
@@ -153,7 +171,7 @@ def test_an_unwatched_home_s_silence_ends_no_round() -> None:
     assert ev.silent("attic") == pytest.approx(0.1) and ev.silent("home") == 0.0 and ev.silent_for() == 0.0
 
 
-def test_a_reset_on_a_service_s_connections_is_doubt_once() -> None:
+def test_a_reset_on_a_service_s_connections_hurries_once_and_is_no_doubt() -> None:
     clock = Clock()
     cfg = config()
     both = {"vpnoffload-out1": 5, "vpnoffload-in1": 5}
@@ -161,12 +179,66 @@ def test_a_reset_on_a_service_s_connections_is_doubt_once() -> None:
                                    {**both, "vpnoffload-rst1-1": 6}, {**both, "vpnoffload-rst1-1": 6}]),
                            clock, lambda: cfg)
     assert [ev.sample(), ev.sample()] == [False, False]  # the first reading is the baseline
-    assert ev.sample() is True and ev.refused == {("web", "home")}
-    assert ev.sample() is False and ev.refused == set()
+    assert ev.sample() is False and ev.refused == {("web", "home")}  # no doubt: no swap child, no page
+    assert ev.hurry() is True and ev.hurry() is False  # it ends the wait, once
+    assert ev.sample() is False and ev.refused == set() and ev.hurry() is False
     # Which counts it reads: each home's in/out and the resets of each DNATed TCP service on it.
     assert evidence.layout(cfg) == ({"home": 1, "attic": 2},
                                     {"home": [("web", "vpnoffload-rst1-1"), ("git", "vpnoffload-rst2-1")],
                                      "attic": []})
+
+
+def resets(clock: Clock, per_reading: int = 1):
+    """Counts of a healthy home that resets ``per_reading`` more web connections at each reading."""
+    def read(names) -> dict[str, int]:
+        read.n += per_reading  # type: ignore[attr-defined]
+        return {"vpnoffload-out1": 5, "vpnoffload-in1": 5, "vpnoffload-rst1-1": read.n}  # type: ignore[attr-defined]
+    read.n = 0  # type: ignore[attr-defined]
+    return read
+
+
+def test_resets_hurry_one_round_per_service_per_interval_unless_its_last_check_failed() -> None:
+    clock = Clock()
+    cfg = config()  # watch.interval 0.5 s
+    failed: set[tuple[str, str]] = set()
+    ev = evidence.Evidence(resets(clock), clock, lambda: cfg, failing=lambda svc, home: (svc, home) in failed)
+    hurried = []
+    for _ in range(20):  # a reset at every reading, every 1/16 s, for 1.25 s
+        assert ev.sample() is False  # never doubt
+        if ev.hurry():
+            hurried.append(clock.now)
+        clock.now += 0.0625
+    assert hurried == [0.0625, 0.5625, 1.0625]  # (the first reading is the baseline)
+    failed.add(("web", "home"))  # its last check failed: each reset hurries the next round
+    assert all(ev.sample() is False and ev.hurry() for _ in range(5))
+
+
+def test_resets_end_the_wait_but_never_call_on_doubt() -> None:
+    """A reset during a round forks no swap child and starts no page server; between rounds
+    it ends the wait at once (the "web server stopped" case stays fast)."""
+    clock = Clock()
+    cfg = config()
+    ev = evidence.Evidence(resets(clock), clock, lambda: cfg)
+
+    class Thread:
+        def is_alive(self) -> bool:
+            return clock.now < 0.4
+
+        def join(self, seconds: float) -> None:
+            clock.now += seconds
+
+    doubts: list[int] = []
+    assert pace.watch_round(ev, [Thread()], 0.5, 0.6, lambda: doubts.append(1)) is False
+    assert doubts == [] and ev.refused  # refused all along, and no doubt
+
+    class Stop:
+        def wait(self, seconds: float) -> bool:
+            clock.now += seconds
+            return False
+
+    clock.now = 10.0  # an interval later
+    started = clock.now
+    assert pace.wait(Stop(), 5.0, ev) is True and clock.now - started == pytest.approx(pace.POLL)
 
 
 def test_the_tunnel_device_still_speaks_for_a_single_home_and_its_going() -> None:
@@ -235,6 +307,7 @@ def test_the_counting_rules_round_trip_through_nft_and_go_with_down() -> None:
     desired = fw.vps_ruleset(config())
     apply(fw.plan(backend, desired))
     assert backend.read() == desired and fw.plan(backend, desired) == []
+    first = len(fake.batches)
     table = fake.tables[("ip", "vpnoffload")]
     assert sorted(table["counters"]) == ["vpnoffload-in1", "vpnoffload-in2", "vpnoffload-out1", "vpnoffload-out2",
                                          "vpnoffload-rst1-1", "vpnoffload-rst2-1"]
@@ -242,6 +315,40 @@ def test_the_counting_rules_round_trip_through_nft_and_go_with_down() -> None:
                                                     if {"counter": "vpnoffload-rst1-1"} in r)
     # A swap rewrites the table: the counts stay (declared once, never deleted while named).
     apply(fw.plan(backend, fw.vps_ruleset(config(), fallback=frozenset({"web"}))))
-    assert not any("counter" in next(iter(c.values())) for b in fake.batches[1:] for c in b)
+    assert not any("counter" in next(iter(c.values())) for b in fake.batches[first:] for c in b)
+    assert len(table["counters"]) == 6 and backend.read() == fw.vps_ruleset(config(), fallback=frozenset({"web"}))
     apply(fw.plan(backend, fw.empty_ruleset()))
     assert fake.tables == {}
+
+
+def test_packets_to_home_are_counted_after_every_verdict() -> None:
+    """Only mangle POSTROUTING leads to the "out" counts: a packet the VPS drops or rejects
+    (an access list, a down service's refusal, the final DROP) was never sent to home."""
+    rules = fw.vps_ruleset(config()).rules
+    jumps = [(r.table, r.chain) for r in rules if r.target == "VPNOFFLOAD-EVOUT"]
+    assert jumps == [("mangle", "POSTROUTING")]
+    outs = [r for r in rules if any(a.startswith(counters.home_out(0)[:-1]) for a in r.args)]
+    assert outs and all((r.table, r.chain) == ("mangle", "VPNOFFLOAD-EVOUT") for r in outs)
+    assert sorted(r.chain for r in rules if r.target == "VPNOFFLOAD-EVIN") == ["FORWARD", "INPUT"]
+
+
+def test_a_write_of_one_table_keeps_the_counters_another_tables_rules_name() -> None:
+    """Named counters belong to the whole nft table: rewriting filter alone must not delete
+    the "out" counters mangle's rules count into, nor mangle alone filter's."""
+    fake = FakeNft()
+    backend = NftBackend(run=fake)
+    desired = fw.vps_ruleset(config())
+    apply(fw.plan(backend, desired))
+    def named() -> list[str]:
+        return sorted(fake.tables[("ip", "vpnoffload")]["counters"])
+
+    before = named()
+    empty = fw.empty_ruleset()
+    backend.write("filter", empty)
+    assert named() == [counters.home_out(1), counters.home_out(2)]
+    backend.write("filter", desired.table("filter"))
+    assert named() == before
+    backend.write("mangle", empty)
+    assert counters.home_out(1) not in named() and counters.home_in(1) in named()
+    backend.write("mangle", desired.table("mangle"))
+    assert named() == before and backend.read() == desired

@@ -99,21 +99,21 @@ def foreign_firewall() -> FakeBackend:
 
 
 RECENT = "--mask 255.255.255.255"
-#: The watchdog's counts (lean/counters.py): from and to each home on every path, and the
+#: The watchdog's counts (lean/counters.py): from each home (filter), to it (mangle POSTROUTING), and the
 #: resets from a home on each DNATed TCP service's connections (web: mark 1, git: mark 3).
 VPS_EVIDENCE = [
     ":VPNOFFLOAD-EVIN",
-    ":VPNOFFLOAD-EVOUT",
     "-A FORWARD -i vpnoffload0 -j VPNOFFLOAD-EVIN",
-    "-A FORWARD -o vpnoffload0 -j VPNOFFLOAD-EVOUT",
     "-A INPUT -i vpnoffload0 -j VPNOFFLOAD-EVIN",
-    "-A OUTPUT -o vpnoffload0 -j VPNOFFLOAD-EVOUT",
     f"-A VPNOFFLOAD-EVIN -s 198.51.100.2/32 -m recent --set --name vpnoffload-in1 {RECENT} --rsource",
     "-A VPNOFFLOAD-EVIN -s 198.51.100.2/32 -p tcp -m tcp --tcp-flags RST RST -m connmark --mark 0x100000/0xff00000"
     f" -m recent --set --name vpnoffload-rst1-1 {RECENT} --rsource",
     f"-A VPNOFFLOAD-EVIN -s 198.51.100.3/32 -m recent --set --name vpnoffload-in2 {RECENT} --rsource",
     "-A VPNOFFLOAD-EVIN -s 198.51.100.3/32 -p tcp -m tcp --tcp-flags RST RST -m connmark --mark 0x300000/0xff00000"
     f" -m recent --set --name vpnoffload-rst3-2 {RECENT} --rsource",
+    # mangle: what really leaves for home, after every verdict
+    ":VPNOFFLOAD-EVOUT",
+    "-A POSTROUTING -o vpnoffload0 -j VPNOFFLOAD-EVOUT",
     f"-A VPNOFFLOAD-EVOUT -d 198.51.100.2/32 -m recent --set --name vpnoffload-out1 {RECENT} --rdest",
     f"-A VPNOFFLOAD-EVOUT -d 198.51.100.3/32 -m recent --set --name vpnoffload-out2 {RECENT} --rdest",
 ]
@@ -132,6 +132,7 @@ def test_vps_ruleset_is_exactly_this() -> None:
         DNS_FWD + " -j ACCEPT",
         GIT_FWD + " -j ACCEPT",
         *VPS_FILTER_TAIL,
+        "*mangle",
         *VPS_NAT,
     ]
 
@@ -155,7 +156,10 @@ def test_vps_ruleset_refuses_unknown_fallback_names() -> None:
 
 def test_vps_ruleset_never_masquerades() -> None:
     text = "\n".join(fw.vps_ruleset(config()).lines())
-    assert "MASQUERADE" not in text and "SNAT" not in text and "POSTROUTING" not in text
+    assert "MASQUERADE" not in text and "SNAT" not in text
+    # POSTROUTING only counts (mangle, the passive evidence): no nat rule there
+    nat = fw.vps_ruleset(config()).table("nat")
+    assert not any(r.chain == "POSTROUTING" for r in nat.rules)
 
 
 def test_home_ruleset_is_exactly_this() -> None:
@@ -262,9 +266,9 @@ def test_apply_then_plan_again_is_empty() -> None:
     backend = foreign_firewall()
     desired = fw.vps_ruleset(config())
     actions = fw.plan(backend, desired)
-    assert actions[-1].summary == "iptables nat: commit the 8 change(s) above in one step"
+    assert actions[-1].summary == "iptables mangle: commit the 4 change(s) above in one step"
     apply(actions)
-    assert backend.writes == ["filter", "nat"]  # the FORWARD guard before the DNAT
+    assert backend.writes == ["filter", "nat", "mangle"]  # the FORWARD guard before the DNAT
     assert backend.read() == desired
     assert fw.plan(backend, desired) == []
 
@@ -273,8 +277,7 @@ def test_jumps_go_first_and_foreign_rules_stay() -> None:
     backend = foreign_firewall()
     apply(fw.plan(backend, fw.vps_ruleset(config())))
     assert backend.tables["filter"]["FORWARD"] == [
-        ("-i", "vpnoffload0", "-j", "VPNOFFLOAD-EVIN"), ("-o", "vpnoffload0", "-j", "VPNOFFLOAD-EVOUT"),
-        ("-j", "VPNOFFLOAD-FWD"), ("-s", "192.0.2.0/24", "-j", "ACCEPT")]
+        ("-i", "vpnoffload0", "-j", "VPNOFFLOAD-EVIN"), ("-j", "VPNOFFLOAD-FWD"), ("-s", "192.0.2.0/24", "-j", "ACCEPT")]
     assert backend.tables["filter"]["FOREIGN"] == foreign_firewall().tables["filter"]["FOREIGN"]
     assert backend.tables["nat"]["POSTROUTING"] == [("-s", "192.0.2.0/24", "-j", "MASQUERADE")]
 
@@ -285,8 +288,9 @@ def test_plan_to_empty_removes_only_ours() -> None:
     apply(fw.plan(backend, fw.vps_ruleset(config())))
     actions = fw.plan(backend, fw.empty_ruleset())
     assert [a.summary for a in actions if "commit" in a.summary] == [
-        "iptables nat: commit the 2 change(s) above in one step",  # the DNAT goes first
-        "iptables filter: commit the 10 change(s) above in one step",
+        "iptables mangle: commit the 2 change(s) above in one step",  # the count of what leaves
+        "iptables nat: commit the 2 change(s) above in one step",  # the DNAT before its guard
+        "iptables filter: commit the 7 change(s) above in one step",
     ]
     assert "iptables nat: delete chain VPNOFFLOAD-DNAT and its 6 rule(s)" in summaries(actions)
     apply(actions)
@@ -319,9 +323,8 @@ def test_plan_repairs_what_someone_else_removed() -> None:
     backend.tables["filter"]["FORWARD"].clear()
     assert summaries(fw.plan(backend, desired)) == [
         "iptables filter FORWARD: -i vpnoffload0 -j VPNOFFLOAD-EVIN",
-        "iptables filter FORWARD: -o vpnoffload0 -j VPNOFFLOAD-EVOUT",
         "iptables filter FORWARD: -j VPNOFFLOAD-FWD",
-        "iptables filter: commit the 3 change(s) above in one step",
+        "iptables filter: commit the 2 change(s) above in one step",
     ]
 
 

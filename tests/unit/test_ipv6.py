@@ -205,7 +205,7 @@ NAT6 = [
 
 def v6_part(ruleset: fw.Ruleset) -> list[str]:
     lines = ruleset.lines()
-    return lines[lines.index("*filter6"):lines.index("*nat")] + lines[lines.index("*nat6"):]
+    return lines[lines.index("*filter6"):lines.index("*mangle")] + lines[lines.index("*nat6"):]
 
 
 def test_vps_ipv6_rules_are_exactly_these() -> None:
@@ -226,7 +226,7 @@ def test_ipv4_part_only_has_the_ipv4_service() -> None:
 def test_no_subnet6_no_ip6tables_at_all() -> None:
     text = BASE.replace('subnet6 = "fd00:88::/64"\n', "").replace('address6 = "fd00:88::33"\n', "")
     config = parse(text + '[services.web]\nlisten = "80"\ntarget = "8081"\n')
-    assert fw.vps_ruleset(config).tables() == {"filter", "nat"}
+    assert fw.vps_ruleset(config).tables() == {"filter", "mangle", "nat"}
     assert fw.home_ruleset(config, "home").tables() == {"filter", "mangle"}
 
 
@@ -280,14 +280,15 @@ def test_plan_writes_both_families_in_order_then_nothing_then_down() -> None:
     desired = fw.vps_ruleset(parse())
     actions = fw.plan(backend, desired)
     commits = [a.summary for a in actions if "commit" in a.summary]
-    assert [c.split(":")[0] for c in commits] == ["iptables filter", "iptables nat", "ip6tables filter", "ip6tables nat"]
+    assert [c.split(":")[0] for c in commits] == ["iptables filter", "iptables nat", "iptables mangle",
+                                                  "ip6tables filter", "ip6tables nat"]
     assert any(a.summary.startswith("ip6tables nat VPNOFFLOAD-DNAT: -d 2001:db8:1::80/128") for a in actions)
     plan.apply(actions)
     assert backend.read() == desired
-    assert backend.writes == ["filter", "nat", "filter6", "nat6"]
+    assert backend.writes == ["filter", "nat", "mangle", "filter6", "nat6"]
     assert fw.plan(backend, desired) == []
     plan.apply(fw.plan(backend, fw.empty_ruleset()))
-    assert backend.writes[4:] == ["nat6", "filter6", "nat", "filter"]  # DNAT out before its guard
+    assert backend.writes[5:] == ["nat6", "filter6", "mangle", "nat", "filter"]  # DNAT out before its guard
     assert backend.read().is_empty()
 
 

@@ -225,7 +225,7 @@ def batch(snapshot: Snapshot, table: str, content: Ruleset) -> list[dict[str, An
     cmds += [{"add": {"chain": _chain_ref(family, n)}} for n in content.chain_names(table) if n not in mine]
     if _kind(table) == "filter":
         cmds += _set_commands(snapshot, content, table, [e for _, e in exprs])
-        cmds += _counter_commands(snapshot, [e for _, e in exprs])
+    cmds += _counter_commands(snapshot, table, [e for _, e in exprs])
     for rule, expr in exprs:
         chain = rule.chain if is_owned(rule.chain) else base_chain_name(table, rule.chain)
         cmds.append({"add": {"rule": {"family": family, "table": TABLE, "chain": chain, "expr": expr}}})
@@ -264,17 +264,25 @@ def _set_commands(snapshot: Snapshot, content: Ruleset, table: str, exprs: list[
     return cmds
 
 
-def _counter_commands(snapshot: Snapshot, exprs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Declare the named counters the rules count into (the VPS's counts, ``lean.counters``)
-    that our table lacks, and delete those no rule names any more (after the flushes above).
-    One that stays keeps its count: the watchdog reads it across swaps."""
+def _counter_commands(snapshot: Snapshot, table: str, exprs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Declare the named counters ``table``'s rules count into (the VPS's counts,
+    ``lean.counters``) that our nft table lacks, and delete those no rule names any more
+    (after the flushes above). Counters belong to the whole nft table, and filter and mangle
+    both count: the other tables' rules (as the snapshot read them) keep theirs. One that
+    stays keeps its count: the watchdog reads it across swaps."""
     family = snapshot.family
-    wanted = dict.fromkeys(stmt["counter"] for expr in exprs for stmt in expr
-                           if isinstance(stmt.get("counter"), str))
+    wanted = dict.fromkeys(_counter_names(exprs))
+    others = [to_nft(r) for r in snapshot.ruleset.rules if r.table != table]
+    kept = set(wanted) | set(_counter_names(others))
     cmds: list[dict[str, Any]] = [{"delete": {"counter": _chain_ref(family, n)}}
-                                  for n in sorted(snapshot.counters - set(wanted))]
+                                  for n in sorted(snapshot.counters - kept)]
     cmds += [{"add": {"counter": _chain_ref(family, n)}} for n in wanted if n not in snapshot.counters]
     return cmds
+
+
+def _counter_names(exprs: list[list[dict[str, Any]]]) -> list[str]:
+    """The named counters these rules count into, in order."""
+    return [stmt["counter"] for expr in exprs for stmt in expr if isinstance(stmt.get("counter"), str)]
 
 
 @dataclass(frozen=True)

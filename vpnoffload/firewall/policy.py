@@ -139,20 +139,22 @@ def _vps_family(b: "_Builder", config: Config, fam: Family, fallback: frozenset[
 def _evidence(b: "_Builder", config: Config) -> None:
     """Counting rules for the watchdog's passive evidence (``vpnoffload.lean.counters``,
     ``vpnoffload.watch.evidence``), IPv4 like its checks: every packet from each home's
-    tunnel address and to it, on every path (INPUT and OUTPUT: the checks; FORWARD: the
-    visitors), and each TCP reset from a home on a DNATed TCP service's connections (its
-    connmark). No verdict: they only count, then everything goes on as before.
+    tunnel address (filter INPUT: the checks' replies; FORWARD: the visitors'), each TCP
+    reset from a home on a DNATed TCP service's connections (its connmark), and every
+    packet to it that really leaves by the tunnel: counted in mangle POSTROUTING, after
+    every verdict, so what the VPS itself drops or rejects (an access list, a down service's
+    refusal, our final DROP, another table's rules) is never "sent to home" and cannot make
+    a healthy home look silent. No verdict: they only count, then everything goes on as before.
 
     Written as ``-m recent --set --name NAME``, which the legacy tables keep readable in
     /proc/net/xt_recent/NAME; the nftables backend writes the same rule as a named counter."""
     dev = config.tunnel.device
     fam = IPV4
     b.chain(fam.filter, EVIDENCE_IN_CHAIN)
-    b.chain(fam.filter, EVIDENCE_OUT_CHAIN)
+    b.chain(fam.mangle, EVIDENCE_OUT_CHAIN)
     for chain in ("INPUT", "FORWARD"):
         b.add(fam.filter, chain, "-i", dev, "-j", EVIDENCE_IN_CHAIN)
-    for chain in ("FORWARD", "OUTPUT"):
-        b.add(fam.filter, chain, "-o", dev, "-j", EVIDENCE_OUT_CHAIN)
+    b.add(fam.mangle, "POSTROUTING", "-o", dev, "-j", EVIDENCE_OUT_CHAIN)
     numbers = {name: i for i, name in enumerate(config.homes, 1)}
     for home, number in numbers.items():
         address = fam.host(config.homes[home].address)
@@ -164,7 +166,7 @@ def _evidence(b: "_Builder", config: Config) -> None:
             name = counters.refusals(service_mark(config, svc.name)[0] >> MARK_SHIFT, number)
             b.add(fam.filter, EVIDENCE_IN_CHAIN, "-s", address, "-p", "tcp", "-m", "tcp", "--tcp-flags", "RST", "RST",
                   "-m", "connmark", "--mark", mark, *_recent(name, "--rsource"))
-        b.add(fam.filter, EVIDENCE_OUT_CHAIN, "-d", address, *_recent(counters.home_out(number), "--rdest"))
+        b.add(fam.mangle, EVIDENCE_OUT_CHAIN, "-d", address, *_recent(counters.home_out(number), "--rdest"))
 
 
 def _recent(name: str, side: str) -> tuple[str, ...]:

@@ -78,6 +78,12 @@ class RecentReader:
         self._fds: dict[str, int] = {}
 
     def read(self, names: "Iterable[str]") -> dict[str, int]:
+        names = list(names)
+        # A name no longer read (a reload dropped its home or service): its file and state go.
+        for name in set(self._fds) - set(names):
+            self._close(name)
+        for name in set(self._state) - set(names):
+            del self._state[name]
         out: dict[str, int] = {}
         for name in names:
             stamps = self._stamps(name)
@@ -147,6 +153,8 @@ NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 1, 2, 3, 4
 NFT_OBJECT_COUNTER = 1
 NFTA_COUNTER_PACKETS = 2
 NLA_F_NESTED = 0x8000
+#: An attribute's type without its flags (NLA_F_NESTED 0x8000, NLA_F_NET_BYTEORDER 0x4000).
+NLA_TYPE_MASK = 0x3FFF
 TABLE = "vpnoffload"
 
 
@@ -162,7 +170,7 @@ def _attrs(data: bytes) -> dict[int, bytes]:
         length, kind = struct.unpack_from("=HH", data, i)
         if length < 4:
             break
-        out[kind & ~NLA_F_NESTED & 0x7FFF] = data[i + 4:i + length]
+        out[kind & NLA_TYPE_MASK] = data[i + 4:i + length]
         i += (length + 3) & ~3
     return out
 

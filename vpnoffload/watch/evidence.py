@@ -11,12 +11,17 @@ is never silent (its kernel answers every SYN with a reset). This reads, every
   one of several homes starts a round at once, and a round ends early (its lost checks
   confirmed) only for the homes silent that long (:meth:`Evidence.silent`);
 - **refusals**: a TCP reset from a home on the connections of a service it serves (the
-  service's connmark) is doubt: the next round starts at once, and a refused check fails
-  at once, so ``fall`` is reached within rounds ``pace.DOUBT_INTERVAL`` s apart.
+  service's connmark) only hurries the next round (:meth:`Evidence.hurry`): it ends the
+  wait, but it is no doubt (no swap child is forked, no page server started: home servers
+  reset connections in normal operation, bots and keep-alive races). At most one such
+  early round per service per ``watch.interval``, unless that service's last check on that
+  home failed: then a refused check fails at once and ``fall`` is reached within rounds
+  ``pace.DOUBT_INTERVAL`` s apart.
 
-Evidence only starts rounds sooner (and, for silence, confirms a check that got no
-answer): it never fails a home by itself. A home that resets one bad request makes one
-round that passes; a slow one still answers SYNs, so it is neither silent nor refusing.
+Only silence (or the tunnel device going) is doubt. Evidence only starts rounds sooner
+(and, for silence, confirms a check that got no answer): it never fails a home by itself.
+A home that resets one bad request makes one round that passes; a slow one still answers
+SYNs, so it is neither silent nor refusing.
 
 The tunnel device's own reading stays (:attr:`Evidence.tunnel`): with one home it is
 that home's silence as before, and with any number it says when the device went (OpenVPN
@@ -60,10 +65,11 @@ def refusal_counted(svc: "Any") -> bool:
 
 class Evidence:
     """Reads every count in one go per :meth:`sample`; quacks like :class:`pace.Silence`
-    (``sample``, ``silent_for``, ``clock``) for ``pace.wait`` and ``pace.watch_round``."""
+    (``sample``, ``hurry``, ``silent_for``, ``clock``) for ``pace.wait`` and ``pace.watch_round``."""
 
     def __init__(self, read: "Reader", clock: "Callable[[], float]", config: "Callable[[], Any]",
-                 tunnel: "pace.Silence | None" = None, watched: "Callable[[str], bool]" = lambda home: True) -> None:
+                 tunnel: "pace.Silence | None" = None, watched: "Callable[[str], bool]" = lambda home: True,
+                 failing: "Callable[[str, str], bool]" = lambda service, home: False) -> None:
         self.read, self.clock, self.config = read, clock, config
         self.tunnel = tunnel
         #: As :attr:`pace.Silence.silence`: how long unanswered packets take to be doubt.
@@ -71,6 +77,9 @@ class Evidence:
         #: Is this home's silence news (a home believed healthy)? A dead backup's checks go
         #: unanswered every round: that must not start the next one at once.
         self.watched = watched
+        #: Did the last check of (service, home) fail? Its resets then hurry every round.
+        self.failing = failing
+        self._hurried: dict[str, float] = {}  # service -> when its resets last hurried a round
         self._config: object = None
         self._homes: dict[str, int] = {}
         self._served: dict[str, list[tuple[str, str]]] = {}
@@ -102,7 +111,8 @@ class Evidence:
         return read
 
     def sample(self) -> bool:
-        """One reading of every count: True when there is doubt (see the module's docstring)."""
+        """One reading of every count: True when there is doubt, a silent home or the tunnel
+        device gone (see the module's docstring); refusals are kept for :meth:`hurry`."""
         self._follow()
         self._counts = self.read(self._names)
         doubt = self.tunnel.sample() if self.tunnel is not None else False
@@ -120,7 +130,20 @@ class Evidence:
                 self._refusals[name] = now
                 if before is not None and now > before:
                     self.refused.add((service, home))
-        return doubt or bool(self.refused)
+        return doubt
+
+    def hurry(self) -> bool:
+        """Do the refusals of the last :meth:`sample` start the next round now? For a service
+        once per ``watch.interval``, or each time while its last check on that home failed."""
+        now, interval = self.clock(), float(self.config().watch.interval)
+        hurry = False
+        for service, home in sorted(self.refused):
+            last = self._hurried.get(service)
+            if self.failing(service, home) or last is None or now - last >= interval:
+                self._hurried[service] = now
+                hurry = True
+        self.refused = set()  # each refusal hurries at most once
+        return hurry
 
     @property
     def gone(self) -> bool:
@@ -168,6 +191,10 @@ def make(dog: "Any", device: "Callable[[], str]", clock: "Callable[[], float]",
     def healthy(home: str) -> bool:
         return any(st.homes[home].healthy for st in dog.status.values() if home in st.homes)
 
+    def failing(service: str, home: str) -> bool:
+        st = dog.status.get(service)
+        return st is not None and home in st.homes and st.homes[home].fails > 0
+
     presence = tunnel_presence(device)
     return Evidence(read or counters.Counters().read, clock, lambda: dog.config, pace.Silence(tunnel, clock),
-                    healthy)
+                    healthy, failing)

@@ -24,8 +24,8 @@ None of this can make a home fail over that answers anything: a slow home's kern
 answers the SYNs, and a saturated tunnel still carries data (or ACKs) back, so the tunnel is
 never silent; a lost check is still excused only as before (``decide``, ``watch.flows``). The
 device's counters are the whole tunnel's, so they speak for a home only when there is one;
-``watch.evidence`` applies the same :class:`Silence` to each home's own counts, and adds a
-service's refusals as doubt.
+``watch.evidence`` applies the same :class:`Silence` to each home's own counts, and lets a
+service's refusals hurry the next round (``hurry``: no doubt, so no swap child, no page server).
 
 Lean like the rest of the watchdog: stdlib only, and nothing imported here.
 """
@@ -70,6 +70,12 @@ class Silence:
         self._last: tuple[int, int] | None = None
         self._since: float | None = None  # when packets first went out with none back since
         self._sent_from = 0  # tx then
+
+    def hurry(self) -> bool:
+        """A reason, after :meth:`sample`, to start the next round now that is not doubt (no
+        swap child, no page server): the tunnel's own counters never give one (see
+        ``watch.evidence``'s refusals)."""
+        return False
 
     def sample(self) -> bool:
         """One reading: True when there is doubt (unanswered for SILENCE s, or the device vanished)."""
@@ -142,7 +148,7 @@ def watch_round(silence: Silence, threads: "Sequence[object]", deadline: float, 
 
 def wait(stop: object, seconds: float, silence: "Silence | None") -> bool:
     """Wait up to ``seconds`` (``stop``: a threading.Event ends it early), reading the tunnel's
-    counters every POLL s; True as soon as they say there is doubt."""
+    counters every POLL s; True as soon as they say there is doubt, or a reason to hurry."""
     if silence is None:
         stop.wait(seconds)  # type: ignore[attr-defined]
         return False
@@ -152,7 +158,7 @@ def wait(stop: object, seconds: float, silence: "Silence | None") -> bool:
     while left > 0:
         if stop.wait(min(POLL, left)):  # type: ignore[attr-defined]
             return False
-        if silence.sample():
+        if silence.sample() or silence.hurry():
             return True
         left = end - clock()
     return False
