@@ -90,6 +90,18 @@ def save6(ns: str) -> list[str]:
     return [re.sub(r"\[\d+:\d+\]", "[0:0]", line) for line in text.splitlines() if not line.startswith("#")]
 
 
+def _sections(lines: list[str], *tables: str) -> list[str]:
+    """The lines of the named tables' sections (``*filter6`` ...) of a ruleset's ``lines()``."""
+    out: list[str] = []
+    keep = False
+    for line in lines:
+        if line.startswith("*"):
+            keep = line[1:] in tables
+        elif keep:
+            out.append(line)
+    return out
+
+
 def test_ip6tables_rules_apply_read_back_and_go_away(tmp_path: Path) -> None:
     with namespaces(unique("fw6")) as (ns,):
         # Somebody else's IPv6 rules, which must survive.
@@ -102,7 +114,7 @@ def test_ip6tables_rules_apply_read_back_and_go_away(tmp_path: Path) -> None:
         assert up["read_equal"] and up["replan"] == [], up["read"]
         saved = save6(ns)
         lines = up["desired"]
-        v6_lines = lines[lines.index("*filter6"):lines.index("*nat")] + lines[lines.index("*nat6"):]
+        v6_lines = _sections(lines, "filter6", "nat6")
         for line in v6_lines:
             if line.startswith("-A"):
                 assert line in saved, line  # read back exactly as ip6tables-save prints it
