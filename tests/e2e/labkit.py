@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -331,3 +332,49 @@ def start_sshd(lab: Lab, host: str, address: str, directory: Path) -> None:
     lab.popen(host, "/usr/sbin/sshd", "-D", "-e", "-f", str(config))
     if not lab.wait_tcp(host, address, 22, timeout=10):
         pytest.fail(f"sshd in {host} did not listen on {address}:22", pytrace=False)
+
+
+# Runs in the visitor's namespace: one request every PAUSE s on a new connection for SECONDS
+# (each waiting at most TIMEOUT s); prints how many got a 200 from home (MARKER in the body)
+# and how many got anything else.
+STEADY_VISITORS = r"""
+import http.client, sys, time
+host, port, seconds, marker, pause, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4], \
+    float(sys.argv[5]), float(sys.argv[6])
+home = other = 0
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    try:
+        c = http.client.HTTPConnection(host, port, timeout=timeout)
+        c.request("GET", "/", headers={"Host": "blog.example.org"})
+        r = c.getresponse()
+        if r.status == 200 and marker in r.read().decode("utf-8", "replace"):
+            home += 1
+        else:
+            other += 1
+    except Exception:
+        other += 1
+    time.sleep(pause)
+print(home, other)
+"""
+
+
+def steady_visitors_argv(lab: Lab, port: int, seconds: float, *, marker: str = "served from", pause: float = 0.5,
+                         timeout: float = 5.0) -> list[str]:
+    """The command line of :data:`STEADY_VISITORS` towards the VPS's public address."""
+    return [sys.executable, "-c", STEADY_VISITORS, lab.vps_address, str(port), f"{seconds:g}", marker,
+            f"{pause:g}", f"{timeout:g}"]
+
+
+def up_homes(lab: Lab, vps_site: Path, homes: dict[str, Path]) -> None:
+    """Each home box (namespace name -> its site) gets its profile from the VPS and a web
+    server on 8080; then ``up vps`` and each ``up home`` (``--home NAME`` but for "home")."""
+    for name, site in homes.items():
+        (site / "state").mkdir(mode=0o755)
+        cli(lab, "vps", vps_site, "render", "home", "--home", name, "--out", str(site / "state"))
+        shutil.copy(vps_site / "vpnoffload.toml", site / "vpnoffload.toml")
+        lab.popen(name, sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080", "--name", name)
+        assert lab.wait_tcp(name, "127.0.0.1", 8080)
+    cli(lab, "vps", vps_site, "up", "vps")
+    for name, site in homes.items():
+        cli(lab, name, site, "up", "home", *(() if name == "home" else ("--home", name)))

@@ -20,6 +20,7 @@ import pytest
 from tests.budget import budget
 from tests.e2e.conftest import prompt_crowd
 from tests.e2e.faultlab import API, WEB, Deployment, deployment, healthy_again, report
+from tests.e2e.labkit import steady_visitors_argv
 from vpnoffload.lab.netns import Lab
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
@@ -52,29 +53,6 @@ for t in threads: t.start()
 for t in threads: t.join(seconds + 10)
 print(sum(got))
 """
-
-# Runs in the visitor's namespace: one request every 0.5 s on a new connection for SECONDS;
-# prints how many got a reply from home and how many got anything else.
-VISITORS = r"""
-import http.client, sys, time
-host, port, seconds, marker = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-home = other = 0
-end = time.monotonic() + seconds
-while time.monotonic() < end:
-    try:
-        c = http.client.HTTPConnection(host, port, timeout=5)
-        c.request("GET", "/", headers={"Host": "blog.example.org"})
-        r = c.getresponse()
-        if marker in r.read().decode("utf-8", "replace"):
-            home += 1
-        else:
-            other += 1
-    except Exception:
-        other += 1
-    time.sleep(0.5)
-print(home, other)
-"""
-
 
 @pytest.fixture(scope="module")
 def dep(module_lab: Lab, module_sites: tuple[Path, Path],
@@ -117,8 +95,8 @@ def test_a_crowd_gets_the_page_promptly_after_a_pull_and_the_site_after_the_retu
 def test_a_home_that_answers_after_two_seconds_is_not_swapped_out(healthy: Deployment, capsys) -> None:
     before = swaps(healthy)
     healthy.set_mode(WEB[2], "slow")
-    out = healthy.lab.exec("visitor", sys.executable, "-c", VISITORS, healthy.lab.vps_address, str(WEB[1]),
-                           str(LOAD_SECONDS), "served from home", timeout=LOAD_SECONDS + 30)
+    out = healthy.lab.exec("visitor", *steady_visitors_argv(healthy.lab, WEB[1], LOAD_SECONDS, marker="served from home"),
+                           timeout=LOAD_SECONDS + 30)
     home, other = (int(n) for n in out.stdout.split())
     assert swaps(healthy) == before, "a slow home was swapped out"
     assert home > 0 and other == 0, f"visitors served from home: {home}, otherwise: {other}"

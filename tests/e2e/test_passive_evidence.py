@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from bench import measure
 from tests.budget import budget
 from tests.e2e.conftest import cli
 from tests.e2e.faultlab import API, WEB, Deployment, deployment, healthy_again, report, visit
-from tests.e2e.labkit import start_watch
+from tests.e2e.labkit import start_watch, steady_visitors_argv, up_homes
 from tests.helpers import seconds_until
 from vpnoffload.lab.netns import Lab
 
@@ -146,29 +145,6 @@ def test_with_nftables_the_counts_are_read_over_netlink_and_a_stopped_server_sho
 
 # -- two homes, each with its own service -------------------------------------------
 
-# Runs in the visitor's namespace: a new connection to HOST:PORT every 0.1 s for SECONDS;
-# prints how many were served from home and how many got anything else.
-STEADY = r"""
-import http.client, sys, time
-host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-home = other = 0
-end = time.monotonic() + seconds
-while time.monotonic() < end:
-    try:
-        c = http.client.HTTPConnection(host, port, timeout=3)
-        c.request("GET", "/", headers={"Host": "blog.example.org"})
-        r = c.getresponse()
-        if r.status == 200 and b"served from" in r.read():
-            home += 1
-        else:
-            other += 1
-    except Exception:
-        other += 1
-    time.sleep(0.1)
-print(home, other)
-"""
-
-
 @pytest.fixture
 def two_homes(lab: Lab, sites: tuple[Path, Path], tmp_path: Path) -> Iterator[tuple[Lab, Path, int]]:
     """``web`` (:80) on home only and ``blog`` (:81) on attic only, both up and watched."""
@@ -181,15 +157,7 @@ def two_homes(lab: Lab, sites: tuple[Path, Path], tmp_path: Path) -> Iterator[tu
         "--homes", "home")
     cli(lab, "vps", vps_site, "service", "add", "blog", "--listen", "81", "--target", "8080", "--check", "http:/",
         "--homes", "attic")
-    for name, site in (("home", home_site), ("attic", attic_site)):
-        (site / "state").mkdir(mode=0o755)
-        cli(lab, "vps", vps_site, "render", "home", "--home", name, "--out", str(site / "state"))
-        shutil.copy(vps_site / "vpnoffload.toml", site / "vpnoffload.toml")
-        lab.popen(name, sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080", "--name", name)
-        assert lab.wait_tcp(name, "127.0.0.1", 8080)
-    cli(lab, "vps", vps_site, "up", "vps")
-    cli(lab, "home", home_site, "up", "home")
-    cli(lab, "attic", attic_site, "up", "home", "--home", "attic")
+    up_homes(lab, vps_site, {"home": home_site, "attic": attic_site})
     watch = start_watch(lab, vps_site, tmp_path / "watch.log")
     try:
         yield lab, vps_site, watch.pid  # (ip netns exec and the lean start both exec: the watchdog's pid)
@@ -225,7 +193,7 @@ def test_one_of_two_homes_pulled_its_service_alone_gets_the_page_within_a_second
     time.sleep(3.0)  # a few quiet rounds at the normal pace
     before = {n: s["swaps"] for n, s in status_of(lab, site).items()}
     # Visitors to attic all along: the tunnel as a whole is never silent.
-    steady = lab.popen("visitor", sys.executable, "-c", STEADY, lab.vps_address, "81", "8", stdout=subprocess.PIPE)
+    steady = lab.popen("visitor", *steady_visitors_argv(lab, 81, 8, pause=0.1, timeout=3), stdout=subprocess.PIPE)
     time.sleep(1.0)
     pulled = time.time()
     lab.pull_cable("home")

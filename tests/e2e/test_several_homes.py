@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -42,15 +40,7 @@ def test_first_healthy_home_serves_page_only_when_none(lab: Lab, sites: tuple[Pa
     cli(lab, "vps", vps_site, "pki", "issue", "attic")
     configure_rest = ["web", "--listen", "80", "--target", "8080", "--check", "http:/", "--homes", "home,attic"]
     cli(lab, "vps", vps_site, "service", "add", *configure_rest)
-    for name, site in (("home", home_site), ("attic", attic_site)):
-        (site / "state").mkdir(mode=0o755)
-        cli(lab, "vps", vps_site, "render", "home", "--home", name, "--out", str(site / "state"))
-        shutil.copy(vps_site / "vpnoffload.toml", site / "vpnoffload.toml")
-        lab.popen(name, sys.executable, "-m", "vpnoffload.lab.web", "--port", "8080", "--name", name)
-        assert lab.wait_tcp(name, "127.0.0.1", 8080)
-    cli(lab, "vps", vps_site, "up", "vps")
-    cli(lab, "home", home_site, "up", "home")
-    cli(lab, "attic", attic_site, "up", "home", "--home", "attic")
+    labkit.up_homes(lab, vps_site, {"home": home_site, "attic": attic_site})
     lab.popen("vps", *cli_argv("-c", str(vps_site / "vpnoffload.toml"), "watch"))
 
     wait_served_by(lab, "home")
