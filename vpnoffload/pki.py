@@ -32,17 +32,21 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
-from vpnoffload import certs, fsio, names
-from vpnoffload.certs import Kind, tls_crypt_key_text  # noqa: F401 (tls_crypt_key_text: part of the PKI's API)
+from vpnoffload import fsio, names
 from vpnoffload.errors import ConfigError, NotSetUpError, VpnOffloadError
 from vpnoffload.fsio import write_atomic
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from vpnoffload.certs import Kind
+
+# cryptography (~15 MB, ~0.1 s to import) is imported by the methods that make, sign or parse
+# certificates, not by those that only read the files: `up vps` and `doctor` open the PKI
+# and read its PEM files, and the CLI's start-up stays without it.
 
 
 _INDEX = "index.json"
@@ -172,6 +176,8 @@ class Pki:
         return old
 
     def _build(self, server_name: str) -> None:
+        from vpnoffload import certs
+
         for sub in ("certs", "keys"):
             (self.directory / sub).mkdir(mode=0o700)
         ca_key = certs.new_key()
@@ -222,6 +228,8 @@ class Pki:
 
     def revoke(self, name: str) -> None:
         """Add ``name``'s certificate to the CRL and re-sign it; the record stays, marked revoked."""
+        from vpnoffload import certs
+
         record = self._record(name)
         if record["kind"] != "client":
             raise ConfigError(f"{name!r} is the server certificate; re-create the PKI instead of revoking it")
@@ -232,6 +240,8 @@ class Pki:
         self._write_crl()
 
     def _issue(self, name: str, kind: Kind) -> None:
+        from vpnoffload import certs
+
         ca_key, ca_cert = self._ca()
         key = certs.new_key()
         cert = certs.leaf_certificate(name, kind, ca_key, ca_cert, key)
@@ -241,6 +251,8 @@ class Pki:
         self._save_index()
 
     def _write_crl(self) -> None:
+        from vpnoffload import certs
+
         ca_key, ca_cert = self._ca()
         self._index["crl_number"] += 1
         revoked = [(e["serial"], dt.datetime.fromisoformat(e["revoked_at"])) for e in self._index["revoked"]]
@@ -275,12 +287,17 @@ class Pki:
         return name in self._index["certs"]
 
     def info(self, name: str) -> CertInfo:
+        from cryptography import x509
+
         record = self._record(name)
         cert = x509.load_pem_x509_certificate(self.cert(name).encode())
         return CertInfo(name, record["kind"], record["serial"], cert.not_valid_after_utc, record["revoked"])
 
     def list(self) -> list[CertInfo]:
         """The CA, the server, then clients in issue order."""
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
         ca = x509.load_pem_x509_certificate(self.ca_cert().encode())
         ca_name = ca.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         infos = [CertInfo(str(ca_name), "ca", ca.serial_number, ca.not_valid_after_utc, False)]
@@ -321,6 +338,10 @@ class Pki:
         return self.directory / "keys" / f"{check_name(name, allow_reserved=True)}.key"
 
     def _ca(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         key = serialization.load_pem_private_key((self.directory / "ca.key").read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise VpnOffloadError(f"{self.directory / 'ca.key'} is not an ECDSA key")
@@ -337,3 +358,8 @@ class Pki:
             raise NotSetUpError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def tls_crypt_key_text(raw: bytes) -> str:
+    """OpenVPN's static-key text of ``raw`` (:func:`vpnoffload.certs.tls_crypt_key_text`)."""
+    from vpnoffload import certs
+
+    return certs.tls_crypt_key_text(raw)

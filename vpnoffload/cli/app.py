@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 
 from vpnoffload import __version__
 from vpnoffload.errors import ConfigError, ExitStatus
+from vpnoffload.cli import values
 from vpnoffload.cli.common import Context, context, home_name, path_option
 from vpnoffload.exits import error_line, run_main
 from vpnoffload.cli.lab import lab_app
@@ -115,6 +116,7 @@ def _flags_shown_as_flags() -> None:
 
 
 _flags_shown_as_flags()
+values.install()  # no pydantic for plain option values: ~50 ms of every command
 
 
 def _debug(ctx: typer.Context) -> bool:

@@ -64,7 +64,7 @@ _ANY = ("0.0.0.0/0.0.0.0", "::/0")
 def _iptc() -> Any:
     """Import python-iptables on first use, and keep it to the tables we use."""
     try:
-        import iptc  # noqa: PLC0415 - deliberately lazy, see module docstring
+        iptc = _import_without_distutils_shim()
     except (ImportError, OSError) as exc:  # the module, or libiptc/libxtables missing
         raise BackendError(f"cannot load python-iptables: {exc}") from exc
     global _kept
@@ -76,6 +76,37 @@ def _iptc() -> Any:
 
 
 _kept = False
+
+
+def _import_without_distutils_shim() -> Any:
+    """``import iptc`` with setuptools' distutils shim set aside for that one import.
+
+    python-iptables does ``from distutils.sysconfig import get_python_lib``. In a venv,
+    setuptools' ``distutils-precedence.pth`` puts a finder first on ``sys.meta_path`` that
+    answers it with setuptools' own distutils, which loads pkg_resources: ~110 ms of every
+    ``up``, ``down`` and ``doctor``, more than python-iptables itself. Without the finder the
+    standard library's distutils answers (~3 ms, the same directory), and from Python 3.12,
+    which has none, python-iptables falls back to ``sysconfig`` on its own. The watchdog's swap
+    child gets the same with ``SETUPTOOLS_USE_DISTUTILS=stdlib`` (``watch.loop.SWAP_ENV``), but
+    that variable is read when ``site`` starts: too late for a process that is already running.
+    """
+    import sys
+    import warnings
+
+    if "iptc" in sys.modules:
+        return sys.modules["iptc"]
+    shims = [(i, f) for i, f in enumerate(sys.meta_path) if type(f).__module__ == "_distutils_hack"]
+    for _, finder in reversed(shims):
+        sys.meta_path.remove(finder)
+    try:
+        with warnings.catch_warnings():
+            # Python 3.11's distutils warns that it is deprecated, on the import we cannot change.
+            warnings.filterwarnings("ignore", "The distutils package is deprecated", DeprecationWarning)
+            import iptc  # noqa: PLC0415 - deliberately lazy, see module docstring
+    finally:
+        for index, finder in shims:
+            sys.meta_path.insert(index, finder)
+    return iptc
 
 
 def _clean(exc: BaseException) -> str:
