@@ -134,7 +134,7 @@ class DaemonTunnel:
             if not self.running():
                 raise BackendError(f"openvpn stopped: {self._last_error('')}")
             plan.raise_if_interrupted()
-            time.sleep(0.1)
+            time.sleep(0.05)  # the log is small; a finer look saves ~50 ms of each up on average
         raise BackendError(f"openvpn was not ready after {timeout:g} s (see {self.logfile})")
 
     def stop(self, timeout: float = 10) -> None:

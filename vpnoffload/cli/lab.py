@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from vpnoffload.lab.netns import DEFAULT_PREFIX
+from vpnoffload.lab import DEFAULT_PREFIX
 
 lab_app = typer.Typer(
     no_args_is_help=True,

@@ -55,11 +55,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from vpnoffload import proc
-from vpnoffload.lab import probes
+from vpnoffload.lab import DEFAULT_PREFIX, probes
 from vpnoffload.errors import BackendError, ConfigError, PrerequisiteError
 from vpnoffload.names import shown
 
-DEFAULT_PREFIX = "vpnolab"
 ROUTER = "internet"
 HOSTS = (ROUTER, "vps", "home", "visitor", "attic")
 #: The host a lab made with ``second_vps=True`` has as well.

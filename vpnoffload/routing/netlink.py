@@ -193,7 +193,7 @@ class Pyroute2Backend(_Queries):
             if time.monotonic() >= deadline:
                 raise BackendError(f"address {addr} is still tentative after {timeout:g} s "
                                    "(duplicate address detection did not finish)")
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     def _address_flags(self, addr: Address) -> int | None:
         msgs = self._call("list addresses", lambda: self._ipr().get_addr(family=socket.AF_INET6))
