@@ -385,6 +385,9 @@ class FakePki:
     def info(self, name: str) -> CertInfo:
         return CertInfo(name, "client", 1, dt.datetime(2036, 1, 1, tzinfo=dt.timezone.utc), name in self.revoked)
 
+    def is_revoked(self, name: str) -> bool:
+        return name in self.revoked
+
     def ca_cert(self) -> str:
         return pem("CERTIFICATE", "FAKE-CA-CERT")
 

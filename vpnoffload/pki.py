@@ -286,7 +286,7 @@ class Pki:
         """True when a server or client certificate (revoked or not) is recorded under ``name``."""
         return name in self._index["certs"]
 
-    def revoked(self, name: str) -> bool:
+    def is_revoked(self, name: str) -> bool:
         """Whether ``name``'s certificate is revoked (from the index: no certificate parsed)."""
         return bool(self._record(name)["revoked"])
 

@@ -154,7 +154,7 @@ def _usable_home(config: Config, pki: Pki, home: str) -> None:
         raise ConfigError(f"no home named {home!r} in the config")
     if not pki.exists(home):
         raise NotSetUpError(f"home {home!r} has no certificate yet: issue one first")
-    if pki.revoked(home):
+    if pki.is_revoked(home):
         raise ConfigError(f"the certificate of home {home!r} is revoked: issue a new one first")
 
 
