@@ -79,18 +79,36 @@ def test_render_home_reads_the_pki_without_cryptography(site: Path, tmp_path: Pa
     assert (out / "home.ovpn").is_file()
 
 
-def test_python_iptables_is_imported_without_setuptools() -> None:
+_IPTC_PROBE = (
+    "import os, sys; before = [type(f).__name__ for f in sys.meta_path]; "
+    "from vpnoffload.firewall import iptc; m = iptc._iptc(); "
+    "print(sorted({m.split('.')[0] for m in sys.modules} & {'setuptools', 'pkg_resources', 'iptc'}), "
+    "before == [type(f).__name__ for f in sys.meta_path], os.environ.get('IPTABLES_LIBDIR'), "
+    "m.xtables._lib_xtwrapper._name)")
+
+
+def _iptc_probe(**env: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("SETUPTOOLS_USE_DISTUTILS", "IPTABLES_LIBDIR")}
+    return subprocess.run([sys.executable, "-c", _IPTC_PROBE], capture_output=True, text=True, timeout=60, check=True,
+                          env={**clean, **env}, cwd="/").stdout.strip().splitlines()[-1].split(" ")
+
+
+def test_python_iptables_is_imported_without_setuptools_and_its_library_search() -> None:
     """setuptools' distutils shim (a venv's distutils-precedence.pth) is set aside for that one import:
-    with it, python-iptables' ``distutils.sysconfig`` pulled in setuptools and pkg_resources. The shim's
-    finder is back afterwards, in its place."""
-    code = ("import sys; before = [type(f).__name__ for f in sys.meta_path]; "
-            "from vpnoffload.firewall import iptc; iptc._iptc(); "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'setuptools', 'pkg_resources', 'iptc'}), "
-            "before == [type(f).__name__ for f in sys.meta_path])")
-    env = {k: v for k, v in os.environ.items() if k != "SETUPTOOLS_USE_DISTUTILS"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
-                         env=env, cwd="/").stdout
-    assert out.strip().splitlines()[-1] == "['iptc'] True"
+    with it, python-iptables' ``distutils.sysconfig`` pulled in setuptools and pkg_resources. Its C helper
+    is looked for where it is installed first (IPTABLES_LIBDIR during the import only), not by ~50
+    ldconfig/gcc/ld runs. The shim's finder is back afterwards, in its place."""
+    from vpnoffload.firewall.iptc import _installed_beside_iptc
+
+    loaded_, restored, libdir, xtwrapper = _iptc_probe()
+    assert (loaded_, restored, libdir) == ("['iptc']", "True", "None")
+    beside = _installed_beside_iptc()
+    assert beside is not None and xtwrapper.startswith(beside + "/libxtwrapper")
+
+
+def test_a_users_iptables_libdir_is_left_alone(tmp_path: Path) -> None:
+    _, _, libdir, xtwrapper = _iptc_probe(IPTABLES_LIBDIR=str(tmp_path))
+    assert libdir == str(tmp_path) and "libxtwrapper" in xtwrapper  # found python-iptables' own way
 
 
 # ------------------------------------------------------------------ option values without pydantic

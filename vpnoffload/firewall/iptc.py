@@ -64,7 +64,7 @@ _ANY = ("0.0.0.0/0.0.0.0", "::/0")
 def _iptc() -> Any:
     """Import python-iptables on first use, and keep it to the tables we use."""
     try:
-        iptc = _import_without_distutils_shim()
+        iptc = _import_python_iptables()
     except (ImportError, OSError) as exc:  # the module, or libiptc/libxtables missing
         raise BackendError(f"cannot load python-iptables: {exc}") from exc
     global _kept
@@ -78,18 +78,24 @@ def _iptc() -> Any:
 _kept = False
 
 
-def _import_without_distutils_shim() -> Any:
-    """``import iptc`` with setuptools' distutils shim set aside for that one import.
+def _import_python_iptables() -> Any:
+    """``import iptc``, without two detours that cost more than python-iptables itself.
 
-    python-iptables does ``from distutils.sysconfig import get_python_lib``. In a venv,
-    setuptools' ``distutils-precedence.pth`` puts a finder first on ``sys.meta_path`` that
-    answers it with setuptools' own distutils, which loads pkg_resources: ~110 ms of every
-    ``up``, ``down`` and ``doctor``, more than python-iptables itself. Without the finder the
-    standard library's distutils answers (~3 ms, the same directory), and from Python 3.12,
-    which has none, python-iptables falls back to ``sysconfig`` on its own. The watchdog's swap
-    child gets the same with ``SETUPTOOLS_USE_DISTUTILS=stdlib`` (``watch.loop.SWAP_ENV``), but
-    that variable is read when ``site`` starts: too late for a process that is already running.
+    * python-iptables does ``from distutils.sysconfig import get_python_lib``. In a venv,
+      setuptools' ``distutils-precedence.pth`` puts a finder first on ``sys.meta_path`` that
+      answers it with setuptools' own distutils, which loads pkg_resources: ~110 ms. Without the
+      finder the standard library's distutils answers (~3 ms, the same directory); Python 3.12+,
+      which has none, makes python-iptables fall back to ``sysconfig`` on its own. (The watchdog's
+      swap child also sets ``SETUPTOOLS_USE_DISTUTILS=stdlib``; that variable is read when ``site``
+      starts, too late for a process already running.)
+    * It looks for its own C helper, ``libxtwrapper``, with ``ctypes.util.find_library`` under
+      four names before it tries the directory it is installed in; each miss runs ``ldconfig``,
+      ``gcc`` and ``ld`` (~50 processes, ~50 ms). ``IPTABLES_LIBDIR``, python-iptables' own
+      setting, makes it try that directory first; the system's libxtables and libiptc are still
+      found as before (after the same names in that directory, which holds none of them).
+      A value the user set is left as it is.
     """
+    import os
     import sys
     import warnings
 
@@ -98,6 +104,9 @@ def _import_without_distutils_shim() -> Any:
     shims = [(i, f) for i, f in enumerate(sys.meta_path) if type(f).__module__ == "_distutils_hack"]
     for _, finder in reversed(shims):
         sys.meta_path.remove(finder)
+    libdir = None if "IPTABLES_LIBDIR" in os.environ else _installed_beside_iptc()
+    if libdir is not None:
+        os.environ["IPTABLES_LIBDIR"] = libdir
     try:
         with warnings.catch_warnings():
             # Python 3.11's distutils warns that it is deprecated, on the import we cannot change.
@@ -106,7 +115,22 @@ def _import_without_distutils_shim() -> Any:
     finally:
         for index, finder in shims:
             sys.meta_path.insert(index, finder)
+        if libdir is not None:
+            del os.environ["IPTABLES_LIBDIR"]
     return iptc
+
+
+def _installed_beside_iptc() -> str | None:
+    """The directory python-iptables is installed in, when its libxtwrapper is there too."""
+    import glob
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("iptc")
+    if spec is None or spec.origin is None:
+        return None
+    directory = os.path.dirname(os.path.dirname(spec.origin))
+    return directory if glob.glob(os.path.join(glob.escape(directory), "libxtwrapper*.so")) else None
 
 
 def _clean(exc: BaseException) -> str:
