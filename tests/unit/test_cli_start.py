@@ -167,3 +167,19 @@ def test_bad_values_keep_typers_message(tmp_path: Path) -> None:
                                       "--port", "abc"])
     assert result.exit_code == 2
     assert "Invalid value for '--port'" in result.output and "valid integer" in result.output
+
+
+# ------------------------------------------------------------------ the lab's commands
+
+
+def test_detached_output_run_keeps_its_contract() -> None:
+    """The lab's way to run a command (output through files, woken by the child's exit through a pidfd):
+    the output, the exit status, the timeout and the input as before."""
+    from vpnoffload import proc
+    from vpnoffload.errors import BackendError
+
+    done = proc.run(["sh", "-c", "echo out; echo err >&2; exit 3"], detached_output=True, check=False)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")
+    assert proc.run(["cat"], input="abc", detached_output=True).stdout == "abc"
+    with pytest.raises(BackendError, match="did not finish within 0.2 s"):
+        proc.run(["sleep", "30"], detached_output=True, timeout=0.2)
