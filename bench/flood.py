@@ -7,6 +7,7 @@ connections, LIMIT seconds, what the server drops reopened at most 50 every 20 m
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -17,9 +18,10 @@ from vpnoffload.lab.netns import Lab
 # from the SOURCES (comma-separated) in turn; with TRICKLE one byte of a never-ending head
 # every 2 s on each, without it nothing at all (a TLS handshake that never starts).
 # Reopens what the server closed. Prints "open N" once N are open, "dropped" at the
-# server's first drop, then a JSON summary at the end.
+# server's first drop, then a JSON summary at the end (LIMIT, or SIGINT: see stop()).
 FLOODER = r"""
-import json, resource, select, socket, sys, time
+import json, resource, select, signal, socket, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent ignores SIGINT
 host, port, count, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 sources, trickle = sys.argv[5].split(","), sys.argv[6] == "1"
 resource.setrlimit(resource.RLIMIT_NOFILE, (count + 256, count + 256))
@@ -37,36 +39,42 @@ for _ in range(count):
     open_one()
 print(f"open {len(socks)}", flush=True)
 next_byte = time.monotonic()
-while time.monotonic() - start < limit:
-    now = time.monotonic()
-    if trickle and now >= next_byte:
-        for s, st in list(socks.items()):
+def flood():
+    global next_byte, dropped, pending
+    while time.monotonic() - start < limit:
+        now = time.monotonic()
+        if trickle and now >= next_byte:
+            for s, st in list(socks.items()):
+                try:
+                    s.send(head[st[1]:st[1] + 1]); st[1] += 1
+                except OSError:
+                    pass
+            next_byte = now + 2.0
+        for fd, _ in poller.poll(200):
+            s = byfd.get(fd)
+            if s is None:
+                continue
             try:
-                s.send(head[st[1]:st[1] + 1]); st[1] += 1
+                data = s.recv(65536)
+            except BlockingIOError:
+                continue
             except OSError:
-                pass
-        next_byte = now + 2.0
-    for fd, _ in poller.poll(200):
-        s = byfd.get(fd)
-        if s is None:
-            continue
-        try:
-            data = s.recv(65536)
-        except BlockingIOError:
-            continue
-        except OSError:
-            data = b""
-        if not data:  # the server dropped it: reopen, the flood goes on
-            lifetimes.append(time.monotonic() - socks.pop(s)[0]); dropped += 1
-            poller.unregister(fd); del byfd[fd]; s.close(); pending += 1
-            if dropped == 1:
-                print("dropped", flush=True)
-    # Reopen what was dropped, at most 50 every 20 ms: a flood, but a bounded one.
-    if pending and time.monotonic() - start < limit - 1:
-        for _ in range(min(pending, 50)):
-            open_one()
-        pending -= min(pending, 50)
-        time.sleep(0.02)
+                data = b""
+            if not data:  # the server dropped it: reopen, the flood goes on
+                lifetimes.append(time.monotonic() - socks.pop(s)[0]); dropped += 1
+                poller.unregister(fd); del byfd[fd]; s.close(); pending += 1
+                if dropped == 1:
+                    print("dropped", flush=True)
+        # Reopen what was dropped, at most 50 every 20 ms: a flood, but a bounded one.
+        if pending and time.monotonic() - start < limit - 1:
+            for _ in range(min(pending, 50)):
+                open_one()
+            pending -= min(pending, 50)
+            time.sleep(0.02)
+try:
+    flood()
+except KeyboardInterrupt:  # asked to end early: the summary all the same
+    pass
 print(json.dumps({"opened": opened, "dropped": dropped, "open_at_end": len(socks), "sources": len(sources),
                   "longest_drop": max(lifetimes or [0]), "shortest_drop": min(lifetimes or [0])}), flush=True)
 """
@@ -96,3 +104,10 @@ def first_drop(flooder: subprocess.Popen) -> bool:
 def summary(flooder: subprocess.Popen) -> dict:
     """The flooder's JSON summary (``{}`` if it printed none)."""
     return json.loads(next_line(flooder) or "{}")
+
+
+def stop(flooder: subprocess.Popen) -> dict:
+    """End the flood now (SIGINT; it still ends by itself at its LIMIT) and return its summary."""
+    if flooder.poll() is None:
+        flooder.send_signal(signal.SIGINT)
+    return summary(flooder)

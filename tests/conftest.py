@@ -61,3 +61,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
         return
     report.outcome = "failed"
     report.longrepr = f"missing prerequisite ({STRICT_ENV}=1): {reason}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Where the suite's time goes, per layer and per module (setup, call and teardown, module
+    fixtures included), printed at the end of every run: ``--durations`` names single tests, but a
+    slow module is often many medium tests or a lab built per test."""
+    per_module: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                module = report.nodeid.split("::", 1)[0]
+                per_module[module] = per_module.get(module, 0.0) + report.duration
+    if len(per_module) < 2:
+        return
+    per_layer: dict[str, float] = {}
+    for module, seconds in per_module.items():
+        layer = "/".join(module.split("/")[:2]) if module.startswith("tests/") else module.split("/")[0]
+        per_layer[layer] = per_layer.get(layer, 0.0) + seconds
+    write = terminalreporter.write_line
+    terminalreporter.section("time per layer and slowest modules")
+    write("  ".join(f"{layer} {seconds:.0f} s" for layer, seconds in sorted(per_layer.items(), key=lambda x: -x[1])))
+    for module, seconds in sorted(per_module.items(), key=lambda x: -x[1])[:20]:
+        write(f"{seconds:8.1f} s  {module}")

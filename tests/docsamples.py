@@ -294,7 +294,7 @@ def status_home() -> str:
                   "2026-11-25 18:37:03 Restart pause, 5 second(s)\n", NOW - 14 * 60)
         devices = {"vpnoffload0": "10.88.0.2", "vpnoffload1": "10.89.0.2"}  # persist-tun keeps it
         mp.setattr(homestatus, "_device_address", devices.get)
-        mp.setattr(homestatus, "_conntrack", lambda: "")
+        mp.setattr(homestatus, "_conntrack", lambda: ("", None))
         mp.setattr(homestatus, "time", types.SimpleNamespace(time=lambda: NOW))
         mp.setattr(runfiles, "pid_of", lambda pidfile, **_: HOME_KEEPER_PID if "keeper" in str(pidfile)
                    else HOME_CLIENT_PID)

@@ -335,9 +335,13 @@ class FakeTunnel:
     fail: bool = False
     up: bool = False
     log: list[str] = field(default_factory=list)
+    leftover: bool = False  # died, leaving its pidfile or unit wrapper behind
 
     def running(self) -> bool:
         return self.up
+
+    def left_behind(self) -> bool:
+        return self.leftover
 
     def start(self) -> None:
         if self.fail:
@@ -349,7 +353,7 @@ class FakeTunnel:
         self.log.append("ready")
 
     def stop(self) -> None:
-        self.up = False
+        self.up = self.leftover = False
         self.log.append("stop")
 
 

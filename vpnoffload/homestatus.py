@@ -102,14 +102,15 @@ def home_report(paths: Paths, *, now: float | None = None, conntrack: str | None
     """
     now = time.time() if now is None else now
     boxes = joined(paths)
-    table = _conntrack() if conntrack is None else conntrack
-    tunnels = [_tunnel(j, table, now) for j in boxes]
+    table, unread = _conntrack() if conntrack is None else (conntrack, None)
+    tunnels = [_tunnel(j, table, unread, now) for j in boxes]
     up = [t for t in tunnels if t["set_up"]]
     status = ExitStatus.BAD_INPUT if not up else ExitStatus.OK if all(t["up"] for t in up) else ExitStatus.UNHEALTHY
     return {"checked_at": now, "tunnels": tunnels}, status
 
 
-def _tunnel(j: Joined, conntrack_text: str, now: float) -> dict[str, Any]:
+def _tunnel(j: Joined, conntrack_text: str | None, unread: str | None, now: float) -> dict[str, Any]:
+    """One VPS's tunnel; ``conntrack_text`` None (``unread`` says why): visitors unknown, never 0."""
     own = _paths(j.path)
     home = j.config.homes[j.home] if j.home else j.config.default_home
     device_address = _device_address(j.slot.device)
@@ -118,7 +119,7 @@ def _tunnel(j: Joined, conntrack_text: str, now: float) -> dict[str, Any]:
     has_address = device_address == str(home.address)
     # Under systemd the client logs to the journal: the device is then the evidence.
     connected = log_says == "connected" or (log_says is None and pid is None and has_address)
-    now_visitors, newest = _visitors(conntrack_text, j.slot, j.config, now)
+    now_visitors, newest = (None, None) if conntrack_text is None else _visitors(conntrack_text, j.slot, j.config, now)
     last, source = _remember(own.run / LAST_VISITOR, newest, now)
     return {
         "config": str(j.path),
@@ -135,6 +136,7 @@ def _tunnel(j: Joined, conntrack_text: str, now: float) -> dict[str, Any]:
         "openvpn_log": log_says,
         "device_address": device_address,
         "visitors_now": now_visitors,
+        "visitors_unknown": unread,
         "last_visitor": last,
         "last_visitor_from": source,
     }
@@ -168,13 +170,19 @@ def _log_state(log: Path) -> str | None:
     return "connected" if ready > restart else "not connected"
 
 
-def _conntrack() -> str:
+def _conntrack() -> tuple[str | None, str | None]:
+    """(``conntrack -L``'s table, None), or (None, why it could not be read): a table that could
+    not be read is not an empty one, and "0 visitors" would then be a guess."""
     from vpnoffload import proc
 
     try:
-        return proc.run(["conntrack", "-L"], timeout=5, check=False).stdout
-    except VpnOffloadError:
-        return ""
+        result = proc.run(["conntrack", "-L"], timeout=5, check=False, hint="apt-get install conntrack")
+    except VpnOffloadError as exc:
+        return None, str(exc)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+        return None, f"conntrack -L failed: {last[:200]}"
+    return result.stdout, None
 
 
 def _visitors(text: str, slot: Slot, config: Config, now: float) -> tuple[int, float | None]:
@@ -264,8 +272,10 @@ def render_text(data: dict[str, Any], now: float | None = None) -> list[str]:
         why = "" if t["up"] else f" ({_why_down(t)})"
         visitor = ("no visitor seen" if t["last_visitor"] is None
                    else f"last visitor {_ago(now - t['last_visitor'])}")
+        now_text = (f"{t['visitors_now']} visitor connection(s) now" if t["visitors_now"] is not None
+                    else f"visitor connections unknown ({t.get('visitors_unknown')})")
         lines.append(f"  VPS {t['vps']}: tunnel {state}{why} on {t['device']} as {t['home']} {t['address']}; "
-                     f"{t['visitors_now']} visitor connection(s) now, {visitor} ({t['config']})")
+                     f"{now_text}, {visitor} ({t['config']})")
     return lines
 
 

@@ -31,6 +31,9 @@ RULE_PRIORITY = 7701
 #: Packet mark (SO_MARK) of the watchdog's health checks: the fail-fast rule
 #: that refuses a dead home to the VPS's web server lets these through.
 HEALTH_MARK = 0x10000000
+#: Services one VPS serves: each gets its own 8-bit value in the conntrack mark
+#: (0 is "no service"), so a config with more is refused when it is read.
+MAX_SERVICES = 0xFF
 #: Home box: the connection mark of every connection that arrived through the
 #: tunnel, copied onto its reply packets so they are routed back into the tunnel
 #: by mark (``ip rule fwmark``), whatever their source address: a container's or

@@ -31,6 +31,7 @@ class Tunnel(Protocol):
     name: str
 
     def running(self) -> bool: ...
+    def left_behind(self) -> bool: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def wait_ready(self, timeout: float) -> None: ...
@@ -94,6 +95,10 @@ class DaemonTunnel:
 
     def running(self) -> bool:
         return self.pid() is not None
+
+    def left_behind(self) -> bool:
+        """A pidfile of an OpenVPN that died (killed, crashed): ``stop`` removes it."""
+        return self.pidfile.exists()
 
     def start(self) -> None:
         from vpnoffload.lean import logcap
@@ -201,6 +206,11 @@ class SystemdTunnel:
 
     def running(self) -> bool:
         return self._systemctl("is-active", "--quiet", self.unit, check=False).returncode == 0
+
+    def left_behind(self) -> bool:
+        """The wrapper config of a unit whose OpenVPN died (a failed unit is not active):
+        ``stop`` removes it and resets the unit."""
+        return self.wrapper is not None and self.wrapper.exists()
 
     def start(self) -> None:
         if self.wrapper is not None:

@@ -51,8 +51,9 @@ def test_ansible_test_sanity_in_place() -> None:
 
 
 def test_every_module_is_documented() -> None:
-    assert MODULES == ["vpnoffload_info", "vpnoffload_init", "vpnoffload_pki", "vpnoffload_service",
-                       "vpnoffload_units", "vpnoffload_up", "vpnoffload_watch"]
+    assert MODULES == ["vpnoffload_export", "vpnoffload_import", "vpnoffload_info", "vpnoffload_init",
+                       "vpnoffload_pki", "vpnoffload_service", "vpnoffload_units", "vpnoffload_up",
+                       "vpnoffload_watch"]
     done = ansible("ansible-doc", "--json", *(f"vpnoffload.fleet.{name}" for name in MODULES))
     assert done.returncode == 0, done.stderr
     import json

@@ -26,8 +26,9 @@ def module(which: str, config: Path, check_mode: bool = False, **args: object) -
         import ansible  # noqa: F401
     except ImportError:
         missing("ansible-core is not in the venv: pip install -e '.[test]'")
-    payload = {"ANSIBLE_MODULE_ARGS": {"bin": VPNOFFLOAD, "config": str(config), "_ansible_check_mode": check_mode,
-                                       "_ansible_diff": True, **args}}
+    common = {} if which == "import" else {"bin": VPNOFFLOAD, "config": str(config)}  # import runs no vpnoffload
+    payload = {"ANSIBLE_MODULE_ARGS": {**common, "_ansible_check_mode": check_mode, "_ansible_diff": True, **args}}
+    config.parent.mkdir(parents=True, exist_ok=True)
     argfile = config.parent / f"args-{which}.json"
     argfile.write_text(json.dumps(payload))
     env = {**os.environ, "PYTHONPATH": str(REPO / "ansible")}
@@ -115,3 +116,47 @@ def test_pki_issue_and_revoke_follow_the_state(config: Path) -> None:
     # vpnoffload issues no second certificate under a revoked name: said before anything is tried.
     again = module("pki", config, check_mode=True, name="attic")
     assert again["failed"] and again["msg"].startswith("home name: "), again
+
+
+def test_export_reads_the_config_and_renders_the_profile_leaving_no_scratch(config: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    done = module("export", config, check_mode=True, home="home")
+    assert not done["changed"] and done["exists"], done
+    assert done["config"] == config.read_text()
+    assert "PRIVATE KEY" in done["profile"] and "<ca>" in done["profile"], sorted(done)
+    assert list(scratch.iterdir()) == []  # the scratch directory went
+    # A home box without a certificate: render fails, named, and still no scratch left.
+    refused = module("export", config, home="attic")
+    assert refused["failed"] and "render home" in refused["msg"], refused
+    assert list(scratch.iterdir()) == []
+    nothing = module("export", tmp_path / "none" / "vpnoffload.toml", home="home")
+    assert (nothing["changed"], nothing["exists"], nothing["config"], nothing["profile"]) == (False, False, "", ""), \
+        nothing
+
+
+def test_import_writes_config_and_profile_once_with_their_modes(tmp_path: Path) -> None:
+    dest = tmp_path / "home" / "vps2"
+    args = dict(dest=str(dest), home="home", content="[vps]\naddress = '203.0.113.10'\n",
+                profile="<key>\n-----BEGIN PRIVATE KEY-----\nsecret\n</key>\n")
+    checked = module("import", tmp_path / "unused.toml", check_mode=True, **args)
+    assert checked["changed"] and not dest.exists(), checked
+    assert "[vps]" in checked["diff"][0]["after"] and "secret" not in json.dumps(checked), checked
+    done = module("import", tmp_path / "unused.toml", **args)
+    assert done["changed"] and "secret" not in json.dumps(done), done
+    assert (dest / "vpnoffload.toml").read_text() == args["content"]
+    assert (dest / "state" / "home.ovpn").read_text() == args["profile"]
+    modes = {path: oct(path.stat().st_mode & 0o777) for path in (dest, dest / "state", dest / "vpnoffload.toml",
+                                                                  dest / "state" / "home.ovpn")}
+    assert list(modes.values()) == ["0o755", "0o700", "0o644", "0o600"], modes
+    assert not module("import", tmp_path / "unused.toml", **args)["changed"]
+    # A new profile (a new certificate) or a mode changed by hand: changed, the rest untouched.
+    (dest / "vpnoffload.toml").chmod(0o600)
+    again = module("import", tmp_path / "unused.toml", **{**args, "profile": args["profile"] + "# new\n"})
+    assert again["changed"] and sorted(again["changed_paths"]) == sorted(
+        [str(dest / "vpnoffload.toml"), str(dest / "state" / "home.ovpn")]), again
+    assert oct((dest / "vpnoffload.toml").stat().st_mode & 0o777) == "0o644"
+    assert (dest / "state" / "home.ovpn").read_text().endswith("# new\n")
+    assert sorted(p.name for p in (dest / "state").iterdir()) == ["home.ovpn"]  # no temporary file left

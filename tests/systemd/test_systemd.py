@@ -9,7 +9,7 @@ One lab for the module, the tests in order, each setting up the state it needs
 2. the watchdog (Type=notify) is "started" only after its first round of
    checks has put the page in place;
 3. ``systemctl restart vpnoffload-watch`` during an outage: every visitor gets the page;
-4. a hung watchdog (SIGSTOP) is killed by WatchdogSec= and restarted, the page staying up;
+4. a hung watchdog (SIGSTOP) is killed by WatchdogSec= (3 s from a runtime drop-in here) and restarted, the page staying up;
 5. ``systemctl stop`` of the boot units runs ``down``: rules, routes,
    addresses, sysctls, the OpenVPN user and processes as before install-service.
 """
@@ -31,6 +31,10 @@ pytestmark = [pytest.mark.root, pytest.mark.docker, pytest.mark.timeout(600)]
 SERVER_UNIT, CLIENT_UNIT = "openvpn-server@vpnoffload.service", f"openvpn-client@vpnoffload-{HOME}.service"
 #: WatchdogSec=10 in the unit, SIGABRT, RestartSec=2 and the watchdog's own start.
 HANG_RESTART_TIMEOUT = 30.0
+#: The hung-watchdog test lowers WatchdogSec= to this with a runtime drop-in (its rounds take well
+#: under a second and each one pings systemd), so the hang is noticed in 3 s instead of the unit's 10.
+HANG_WATCHDOG_SEC = 3
+HANG_DROP_IN = f"/run/systemd/system/{WATCH_UNIT}.d/50-test-hang.conf"
 
 #: Snapshots taken before install-service, for the last test.
 BEFORE: dict[str, dict[str, str]] = {}
@@ -150,6 +154,25 @@ def test_restarting_the_watchdog_during_an_outage_keeps_visitors_on_the_page(ins
 
 def test_a_hung_watchdog_is_killed_and_restarted_by_systemd(installed: SystemdLab) -> None:
     lab = installed
+    assert lab.show("vps", WATCH_UNIT, "WatchdogUSec") == "10s"  # the unit as install-service wrote it
+    lab.exec("vps", "sh", "-c", f"mkdir -p /run/systemd/system/{WATCH_UNIT}.d && printf '[Service]\\nWatchdogSec="
+             f"{HANG_WATCHDOG_SEC}\\n' > {HANG_DROP_IN}", check=True)
+    try:
+        # A running service keeps the WatchdogSec= it started with: restart it with the drop-in's.
+        assert lab.systemctl("vps", "daemon-reload").returncode == 0
+        assert lab.systemctl("vps", "restart", WATCH_UNIT).returncode == 0, lab.diagnostics()
+        assert lab.show("vps", WATCH_UNIT, "WatchdogUSec") == f"{HANG_WATCHDOG_SEC}s"
+        hung_watchdog_restarted(lab)
+    finally:
+        lab.exec("vps", "rm", "-f", HANG_DROP_IN)
+        lab.systemctl("vps", "daemon-reload")
+    # The unit is the product's again (the running watchdog keeps 3 s until its next start).
+    assert "WatchdogSec=3" not in lab.systemctl("vps", "cat", WATCH_UNIT).stdout
+
+
+def hung_watchdog_restarted(lab: SystemdLab) -> None:
+    """SIGSTOP to the running watchdog during an outage: systemd kills it and starts another, the page
+    staying up all along; the new one sends visitors home when home returns."""
     home_down(lab)
     lab.wait_for("the friendly page while home is down", on_the_page, "/", FAILOVER_TIMEOUT)
     pid = lab.show("vps", WATCH_UNIT, "MainPID")

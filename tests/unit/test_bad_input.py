@@ -398,3 +398,25 @@ def test_the_table_covers_every_command() -> None:
             if full not in covered:
                 missing.append(full)
     assert not missing, missing
+
+
+def test_a_service_past_the_marks_room_is_refused_when_added_and_when_read(site: Path, tmp_path: Path) -> None:
+    """Each service gets 8 bits of the conntrack mark: the 256th is refused by ``service add``
+    (nothing written), and a config edited by hand to hold it by every command that reads it,
+    not first by ``up vps``."""
+    from vpnoffload.model import MAX_SERVICES
+
+    more = "".join(f'\n[services.s{i}]\nlisten = "{1000 + i}"\ntarget = "8080"\n' for i in range(MAX_SERVICES - 1))
+    site.write_text(site.read_text() + more)  # blog and these: exactly MAX_SERVICES
+    before = snapshot(tmp_path)
+    result = CliRunner().invoke(app, ["-c", str(site), "service", "add", "one-more", "--listen", "81",
+                                      "--target", "8080"])
+    line = expect_one_line(result, BAD_INPUT)
+    assert line == f"vpnoffload: error: services: at most {MAX_SERVICES} services are supported, not {MAX_SERVICES + 1}"
+    assert snapshot(tmp_path) == before
+    site.write_text(site.read_text() + '\n[services.one-more]\nlisten = "81"\ntarget = "8080"\n')
+    for command in (["render", "vps", "--out", str(tmp_path / "r")], ["up", "vps", "--dry-run"]):
+        result = CliRunner().invoke(app, ["-c", str(site), *command])
+        assert expect_one_line(result, BAD_INPUT).endswith(f"services: at most {MAX_SERVICES} services are supported, "
+                                                          f"not {MAX_SERVICES + 1}"), command
+        assert not (tmp_path / "r").exists()

@@ -80,3 +80,40 @@ def test_an_action_that_half_happened_is_undone_too_when_it_says_so() -> None:
         plan.apply([Action("atomic", lambda: (_ for _ in ()).throw(OSError(28, "No space left on device")),
                            lambda: log.append("undo atomic"))])
     assert log == []
+
+
+@pytest.mark.parametrize("end", ["vps", "home"])
+def test_down_takes_away_what_a_dead_openvpn_left_behind(env, end: str) -> None:  # noqa: F811
+    """OpenVPN died (killed, crashed, its unit failed): not running, but its pidfile or the unit's
+    wrapper config in /etc/openvpn is still there, and ``down`` must remove it all the same."""
+    from pathlib import Path
+
+    from tests.fakes import FakeTunnel
+
+    config, paths, backends, tunnels, proc = env
+    (paths.state / "home.ovpn").write_text("client\n")
+    name = "server" if end == "vps" else "home-home"
+    tunnel = tunnels[name] = FakeTunnel(name, Path(), Path(), Path(), leftover=True)
+    down, _ = _run(env, Request("down", end))
+    assert any(step.startswith("stop OpenVPN") for step in down.steps), down.steps
+    assert tunnel.log[-1] == "stop" and not tunnel.left_behind()
+
+
+def test_what_each_kind_of_openvpn_leaves_behind(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vpnoffload import proc, tunnel
+
+    daemon = tunnel.DaemonTunnel("home-home", tmp_path / "c.conf", tmp_path, tmp_path / "run")
+    assert not daemon.left_behind()
+    daemon.pidfile.parent.mkdir()
+    daemon.pidfile.write_text("999999999\n")  # no such process: not running, but left behind
+    assert not daemon.running() and daemon.left_behind()
+    wrapper = tmp_path / "etc-openvpn-client" / "vpnoffload-home.conf"
+    unit = tunnel.SystemdTunnel("home-home", "openvpn-client@vpnoffload-home", wrapper, "cd /x\n")
+    assert not unit.left_behind()
+    wrapper.parent.mkdir()
+    wrapper.write_text("cd /x\n")
+    systemctl: list[list[str]] = []
+    monkeypatch.setattr(proc, "run", lambda argv, **kw: systemctl.append(list(argv)) or proc.Result(tuple(argv), 3, "", ""))
+    assert not unit.running() and unit.left_behind()
+    unit.stop()
+    assert not wrapper.exists() and ["systemctl", "disable", "--now", "openvpn-client@vpnoffload-home"] in systemctl

@@ -108,7 +108,7 @@ def test_status_and_doctor_on_a_home_box_know_which_end_they_run_on(box, monkeyp
 
     (one, two), _ = box
     set_up(one, 0)
-    monkeypatch.setattr(homestatus, "_conntrack", lambda: CONNTRACK)
+    monkeypatch.setattr(homestatus, "_conntrack", lambda: (CONNTRACK, None))
     result = CliRunner().invoke(app, ["-c", str(two.config), "status", "--json"])
     assert result.stdout.strip(), (result.exit_code, result.output, result.exception)
     data = json.loads(result.stdout)
@@ -129,10 +129,37 @@ def test_status_on_a_home_box_shows_its_keeper_and_host_firewall(box, monkeypatc
     host's firewall (the keeper's own report), in the text and in --json."""
     (one, _two), _ = box
     set_up(one, 0)
-    monkeypatch.setattr(homestatus, "_conntrack", lambda: CONNTRACK)
+    monkeypatch.setattr(homestatus, "_conntrack", lambda: (CONNTRACK, None))
     text, code = homestatus.shown(one, as_json=False)  # type: ignore[misc]
     assert code == ExitStatus.OK
     assert "keeper NOT running" in text and "VPS 203.0.113.10: tunnel up" in text, text
     data = json.loads(homestatus.shown(one, as_json=True)[0])  # type: ignore[index]
     assert data["end"] == "home" and [h["name"] for h in data["homes"]] == ["home"]
     assert data["homes"][0]["keeper_pid"] is None and "host_firewall" in data["homes"][0]
+
+
+@pytest.mark.parametrize(("fails", "why"), [
+    ("missing", "conntrack is missing: apt-get install conntrack"),
+    ("refused", "conntrack -L failed: conntrack v1.4.7 (conntrack-tools): Operation not permitted"),
+])
+def test_visitors_are_unknown_not_zero_when_conntrack_cannot_be_read(box, monkeypatch: pytest.MonkeyPatch,
+                                                                      fails: str, why: str) -> None:
+    from vpnoffload import proc
+    from vpnoffload.errors import PrerequisiteError
+
+    (one, _two), _ = box
+    set_up(one, 0)
+
+    def run(argv, **kwargs):
+        assert list(argv) == ["conntrack", "-L"]
+        if fails == "missing":
+            raise PrerequisiteError(f"conntrack is missing: {kwargs['hint']}")
+        return proc.Result(tuple(argv), 1, "", "conntrack v1.4.7 (conntrack-tools): Operation not permitted\n")
+
+    monkeypatch.setattr(proc, "run", run)
+    data, code = homestatus.home_report(one, now=NOW)
+    tunnel = data["tunnels"][0]
+    assert code == ExitStatus.OK  # the tunnel is up; only the visitor count is not known
+    assert tunnel["visitors_now"] is None and tunnel["visitors_unknown"] == why
+    line = homestatus.render_text(data, now=NOW)[1]
+    assert f"visitor connections unknown ({why})" in line and "0 visitor" not in line, line

@@ -100,7 +100,7 @@ def test_lean_watch_entry_parses_only_plain_watch(argv: list[str], expected) -> 
 def test_systemd_unit_is_hardened_and_verifies(tmp_path: Path) -> None:
     text = unit_text(Paths(config=Path("/etc/vpnoffload/vpnoffload.toml"), state=Path("/etc/vpnoffload/state")),
                      python="/usr/bin/python3")
-    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "NoNewPrivileges=yes",
+    for line in ("Type=notify", "WatchdogSec=10\n", "Restart=on-failure", "NoNewPrivileges=yes",
                  "ProtectSystem=strict", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW",
                  "ExecStart=/usr/bin/python3 -I -m vpnoffload --config /etc/vpnoffload/vpnoffload.toml"):
         assert line in text

@@ -14,7 +14,7 @@ from typing import Any
 from vpnoffload.config import checks
 from vpnoffload.config.access import ACCESS_KEYS, parse_access
 from vpnoffload.errors import ConfigError
-from vpnoffload.model import Config, Home, Proxy, Service, Tunnel, Vps, Watch
+from vpnoffload.model import MAX_SERVICES, Config, Home, Proxy, Service, Tunnel, Vps, Watch
 from vpnoffload.names import shown
 
 _KEYS: dict[str, set[str]] = {
@@ -167,6 +167,8 @@ def _home_address6(body: dict[str, Any], address: IPv4Address, tunnel: Tunnel, f
 
 
 def _parse_services(raw: dict[str, Any], vps: Vps, tunnel: Tunnel, homes: dict[str, Home]) -> dict[str, Service]:
+    if len(raw) > MAX_SERVICES:  # the conntrack mark has room for this many
+        raise ConfigError(f"at most {MAX_SERVICES} services are supported, not {len(raw)}", field="services")
     services: dict[str, Service] = {}
     listens: dict[tuple[IPv4Address, int, str], list[str]] = {}
     for name, body in raw.items():

@@ -48,6 +48,12 @@ class Daemon(Protocol):
     def stop(self) -> None: ...
 
 
+class TunnelDaemon(Daemon, Protocol):
+    """OpenVPN on either end: ``down`` also stops one that died and left something behind."""
+
+    def left_behind(self) -> bool: ...
+
+
 class HostOpenings(Protocol):
     """Openings in the host's own firewall (vpnoffload.firewall.host.plan.HostFirewall)."""
 
@@ -63,7 +69,7 @@ class Backends:
     routing: RoutingBackend
     proc_root: Path = Path("/proc/sys")
     users: Users = users  # the module itself is the real implementation
-    tunnel_factory: Callable[..., Daemon] | None = None
+    tunnel_factory: Callable[..., TunnelDaemon] | None = None
     page_factory: Callable[[Paths], Daemon] | None = None
     #: The host's own firewall (Docker, ufw, nftables; firewall/host/plan.py); None: leave it alone.
     host: HostOpenings | None = None
@@ -95,7 +101,7 @@ def exclusive(paths: Paths, timeout: float = 10.0) -> Iterator[None]:
 
 
 def tunnel_for(backends: Backends, name: str, conf: Path, workdir: Path, paths: Paths,
-            extra_args: tuple[str, ...] = ()) -> Daemon:
+            extra_args: tuple[str, ...] = ()) -> TunnelDaemon:
     """OpenVPN under systemd when systemd runs this network namespace, else a daemon we track."""
     if backends.tunnel_factory is not None:
         return backends.tunnel_factory(name=name, config=conf, workdir=workdir, run_dir=paths.run)

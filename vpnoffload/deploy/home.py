@@ -16,7 +16,7 @@ from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
 
 from vpnoffload.deploy.common import (
-    Daemon,
+    Daemon, TunnelDaemon,
     CONNECT_TIMEOUT, Backends, closing_actions, record_path, save_record_action, start_action, sysctl_actions,
     tunnel_for, user_actions,
 )
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------ home
 
 
-def home_tunnel(paths: Paths, backends: Backends, home: str, profile: Path, slot: Slot = FIRST) -> Daemon:
+def home_tunnel(paths: Paths, backends: Backends, home: str, profile: Path, slot: Slot = FIRST) -> TunnelDaemon:
     # The profile is portable (it names no local user); drop privileges from the command line.
     # A further tunnel of the box gets its own device the same way (the last --dev wins).
     own_dev = () if slot.index == 0 else ("--dev", slot.device)
@@ -116,7 +116,7 @@ def plan_down_home(paths: Paths, backends: Backends, home: str, profile: Path) -
     actions += routing.plan_routing_down(backends.routing, slot.table, slot.priority)
     # Restore sysctls while the tun device (and so its rp_filter) still exists.
     actions += sysctl.restore_actions(rec.sysctl, proc_root=backends.proc_root)
-    if tunnel.running():
+    if tunnel.running() or tunnel.left_behind():  # a dead client's unit wrapper or pidfile goes too
         actions.append(Action(f"stop OpenVPN client for {home}", tunnel.stop, None))
     return actions + closing_actions(backends, rec, rec_path, slot.owns_chain, _user_handover(paths, backends, rec))
 

@@ -15,7 +15,7 @@ from vpnoffload.paths import Paths
 from vpnoffload.plan import Action
 
 from vpnoffload.deploy.common import (
-    Daemon,
+    Daemon, TunnelDaemon,
     SERVER_READY_TIMEOUT, Backends, closing_actions, record_path, save_record_action, scratch_dir, start_action,
     sysctl_actions, tunnel_for, user_actions,
 )
@@ -117,7 +117,7 @@ def _install_actions(scratch: Path, target: Path, daemon: Daemon, what: str, who
     return [Action(f"{summary} and restart {who}", install_and_restart, restore_and_restart)]
 
 
-def server_tunnel(paths: Paths, backends: Backends) -> Daemon:
+def server_tunnel(paths: Paths, backends: Backends) -> TunnelDaemon:
     return tunnel_for(backends, runfiles.SERVER, paths.server_conf, paths.server_dir, paths)
 
 
@@ -231,7 +231,7 @@ def plan_down_vps(paths: Paths, backends: Backends) -> list[Action]:
     rec = record_mod.load(rec_path)
     actions: list[Action] = _stop_watchdog_actions(paths)
     tunnel = server_tunnel(paths, backends)
-    if tunnel.running():
+    if tunnel.running() or tunnel.left_behind():  # a dead server's unit wrapper or pidfile goes too
         actions.append(Action("stop OpenVPN server", tunnel.stop, None))
     if paths.server_management.is_socket():
         # OpenVPN removes it when it stops, unless it no longer may (it dropped root) or was killed.

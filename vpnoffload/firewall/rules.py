@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from vpnoffload.model import CHAIN_PREFIX
+from vpnoffload.model import MAX_SERVICES as MAX_SERVICES  # the firewall package names it too
 
 #: Every chain whose name starts with this is vpnoffload's; nothing else is.
 OWNED_PREFIX = f"{CHAIN_PREFIX}-"
@@ -52,7 +53,6 @@ EVIDENCE_OUT_CHAIN = f"{OWNED_PREFIX}EVOUT"
 
 MARK_SHIFT = 20
 MARK_MASK = 0xFF << MARK_SHIFT
-MAX_SERVICES = 0xFF
 
 
 @dataclass(frozen=True)
