@@ -183,3 +183,30 @@ def test_detached_output_run_keeps_its_contract() -> None:
     assert proc.run(["cat"], input="abc", detached_output=True).stdout == "abc"
     with pytest.raises(BackendError, match="did not finish within 0.2 s"):
         proc.run(["sleep", "30"], detached_output=True, timeout=0.2)
+
+
+def test_plain_values_stay_out_of_a_typer_whose_internals_differ() -> None:
+    """cli/values.py subclasses a private typer class: only when it has exactly the shape known."""
+    import dataclasses
+
+    from typer import _coercion
+
+    from vpnoffload.cli import values
+
+    assert values._shaped_as_expected(_coercion.RuntimeParam)
+
+    class NotADataclass:
+        def _coerce_value(self, value, param, ctx):
+            return value
+
+    @dataclasses.dataclass(frozen=True)
+    class MoreFields:
+        parameter_info: object
+        annotation: object
+        adapter: object
+
+        def _coerce_value(self, value, param, ctx):
+            return value
+
+    assert not values._shaped_as_expected(NotADataclass)
+    assert not values._shaped_as_expected(MoreFields)

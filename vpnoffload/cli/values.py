@@ -50,6 +50,16 @@ def _plain_path(parameter_info: Any, value: Any, param: Any, ctx: Any) -> Any:
     return coerce_cli_path(Path(value), parameter_info, path_type=Path, param=param, ctx=ctx)
 
 
+def _shaped_as_expected(base: Any) -> bool:
+    """Whether typer's ``RuntimeParam`` is the dataclass this module subclasses: a typer whose
+    internals differ keeps all of its own coercion (a private API: checked, not trusted)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(base) or not callable(getattr(base, "_coerce_value", None)):
+        return False
+    return {f.name for f in dataclasses.fields(base)} == {"parameter_info", "annotation"}
+
+
 def install() -> None:
     """Give typer's parameters the plain coercion first (once; a no-op on typers without it)."""
     try:
@@ -61,24 +71,32 @@ def install() -> None:
     base = getattr(_coercion, "RuntimeParam", None)
     if parameter is None or original is None or base is None or getattr(original, "plain_first", False):
         return
+    if not _shaped_as_expected(base):  # another typer's internals: leave its coercion alone
+        return
     typer_own: Callable[[Any], Any] = original
 
     class PlainFirst(base):  # type: ignore[misc, valid-type]  # typer's frozen dataclass
         """Plain values here; anything else through the parameter's own typer coercion."""
 
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
-            if self.annotation is Path:
-                done = _plain_path(self.parameter_info, value, param, ctx)
-            else:
-                done = plain_value(self.annotation, self.parameter_info, value)
+            try:
+                if self.annotation is Path:
+                    done = _plain_path(self.parameter_info, value, param, ctx)
+                else:
+                    done = plain_value(self.annotation, self.parameter_info, value)
+            except (AttributeError, TypeError, ImportError):  # typer's internals moved: its own way
+                done = _NOT_PLAIN
             if done is not _NOT_PLAIN:
                 return done
             return typer_own(param)._coerce_value(value, param=param, ctx=ctx)
 
     def get_runtime_param(self: Any) -> Any:
-        descriptor = self.type_descriptor
-        if self._runtime_param is None and descriptor.file_annotation is None and not descriptor.is_choice:
-            return PlainFirst(parameter_info=descriptor.parameter_info, annotation=descriptor.annotation)
+        try:
+            descriptor = self.type_descriptor
+            if self._runtime_param is None and descriptor.file_annotation is None and not descriptor.is_choice:
+                return PlainFirst(parameter_info=descriptor.parameter_info, annotation=descriptor.annotation)
+        except (AttributeError, TypeError):  # typer's internals moved: its own way
+            pass
         return typer_own(self)
 
     get_runtime_param.plain_first = True  # type: ignore[attr-defined]
