@@ -362,7 +362,11 @@ def _main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    nap = _nap_until_signalled()
+    with _SignalledNap() as nap:
+        return _keep_until_stopped(opts, stopping, nap)
+
+
+def _keep_until_stopped(opts: dict[str, object], stopping: list[bool], nap: "Callable[[float], None]") -> int:
     pidfile = str(opts["--pidfile"])
     _write_pidfile(pidfile)
     end = opts.get("--firewall")
@@ -383,21 +387,30 @@ def _main(argv: list[str]) -> int:
     return 0
 
 
-def _nap_until_signalled() -> "Callable[[float], None]":
+class _SignalledNap:
     """A sleep that SIGTERM and SIGINT cut short. ``down home`` waits for this keeper to be gone,
     and a ``time.sleep(EVERY)`` resumes after the signal handler ran (PEP 475): up to a second,
     half a second on average, of every ``down home``. The handler's signal also writes a byte
-    to a pipe (``signal.set_wakeup_fd``) that the sleep waits on."""
-    import select
+    to a pipe (``signal.set_wakeup_fd``) that the sleep waits on; the byte is read, so a later
+    nap sleeps again. On leaving, the process's wakeup fd is what it was and the pipe is closed.
+    (A class, not contextlib: the keeper stays a small process.)"""
 
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    signal.set_wakeup_fd(write_end)
+    def __enter__(self) -> "Callable[[float], None]":
+        self.read_end, self.write_end = os.pipe()
+        os.set_blocking(self.write_end, False)
+        self.before = signal.set_wakeup_fd(self.write_end)
+        return self.nap
 
-    def nap(seconds: float) -> None:
-        select.select([read_end], [], [], seconds)
+    def nap(self, seconds: float) -> None:
+        import select
 
-    return nap
+        if select.select([self.read_end], [], [], seconds)[0]:
+            os.read(self.read_end, 512)
+
+    def __exit__(self, *_: object) -> None:
+        signal.set_wakeup_fd(self.before)
+        os.close(self.read_end)
+        os.close(self.write_end)
 
 
 def _restarter(opts: dict[str, object], pidfile: str) -> UnitRestarter | None:

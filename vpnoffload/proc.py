@@ -147,7 +147,8 @@ def _wait(child: subprocess.Popen[bytes], timeout: float) -> int:
     try:
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
-        if not poller.poll(max(0.0, timeout) * 1000):  # EINTR: retried with the time left (PEP 475)
+        # poll() takes a C int of ms (~24.8 days at most); EINTR is retried with the time left (PEP 475).
+        if not poller.poll(min(max(0.0, timeout) * 1000, 2**31 - 1)):
             raise subprocess.TimeoutExpired(child.args, timeout)
     finally:
         os.close(pidfd)

@@ -223,6 +223,9 @@ class SystemdTunnel:
 
     def stop(self) -> None:
         self._systemctl("disable", "--now", self.unit, check=False)
+        # A unit whose OpenVPN died stays "failed" (systemctl --failed, a degraded system) after
+        # stopping: down leaves no trace of it.
+        self._systemctl("reset-failed", self.unit, check=False)
         if self.wrapper is not None:
             self.wrapper.unlink(missing_ok=True)
 

@@ -153,3 +153,41 @@ def test_documented_options_are_the_argument_spec(name: str, monkeypatch: pytest
         assert doc.get("choices") == want.get("choices"), option
         assert bool(doc.get("required")) == bool(want.get("required")), option
         assert doc.get("elements") == want.get("elements"), option
+
+
+def test_a_failed_export_says_why_and_shows_no_key(tmp_path: Path) -> None:
+    """The role's export task hides its result (the profile holds a private key); when it fails,
+    the play still says why, in vpnoffload's own words. Both hosts are this machine (local)."""
+    vps, attic = tmp_path / "vps", tmp_path / "attic"
+    vps.mkdir()
+    init = subprocess.run([str(BIN / "vpnoffload"), "-c", str(vps / "vpnoffload.toml"), "init", "--vps-address",
+                           "203.0.113.10", "--tunnel-subnet", "198.51.100.0/24"], capture_output=True, text=True,
+                          check=False)
+    assert init.returncode == 0, init.stderr
+    inventory = tmp_path / "inventory.yml"
+    common = f'ansible_connection: local\n      ansible_python_interpreter: "{sys.executable}"'
+    inventory.write_text(f"""all:
+  hosts:
+    vps:
+      {common}
+      _vpnoffload_bin: "{BIN / 'vpnoffload'}"
+      vpnoffload_config_dir: "{vps}"
+    attic:
+      {common}
+      vpnoffload_config_dir: "{attic}"
+""")
+    playbook = tmp_path / "join.yml"
+    playbook.write_text("""- hosts: attic
+  gather_facts: false
+  tasks:
+    - ansible.builtin.include_role:
+        name: vpnoffload.fleet.home
+        tasks_from: join
+      vars:
+        _vpnoffload_vps: vps
+        _vpnoffload_index: 0
+""")
+    done = ansible("ansible-playbook", "-i", str(inventory), str(playbook), timeout=120)
+    assert done.returncode != 0, done.stdout
+    assert "unknown home box 'attic'" in done.stdout and "censored" not in done.stdout, done.stdout[-3000:]
+    assert "PRIVATE KEY" not in done.stdout + done.stderr and not attic.exists()

@@ -210,3 +210,22 @@ def test_plain_values_stay_out_of_a_typer_whose_internals_differ() -> None:
 
     assert not values._shaped_as_expected(NotADataclass)
     assert not values._shaped_as_expected(MoreFields)
+
+
+def test_python_iptables_failing_while_it_is_imported_is_one_backend_error(monkeypatch) -> None:
+    """python-iptables raises its own XTablesError at import time when libxtables finds no
+    extensions directory: a BackendError (one line), not a traceback."""
+    from vpnoffload.errors import BackendError
+    from vpnoffload.firewall import iptc as backend
+
+    class XTablesError(Exception):
+        pass
+
+    def failing() -> None:
+        raise XTablesError("can't find directory with extensions; please set XTABLES_LIBDIR")
+
+    monkeypatch.setattr(backend, "_import_python_iptables", failing)
+    with pytest.raises(BackendError) as caught:
+        backend._iptc()
+    assert str(caught.value) == ("cannot load python-iptables: can't find directory with extensions; "
+                                 "please set XTABLES_LIBDIR")

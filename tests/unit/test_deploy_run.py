@@ -116,4 +116,5 @@ def test_what_each_kind_of_openvpn_leaves_behind(tmp_path, monkeypatch: pytest.M
     monkeypatch.setattr(proc, "run", lambda argv, **kw: systemctl.append(list(argv)) or proc.Result(tuple(argv), 3, "", ""))
     assert not unit.running() and unit.left_behind()
     unit.stop()
-    assert not wrapper.exists() and ["systemctl", "disable", "--now", "openvpn-client@vpnoffload-home"] in systemctl
+    assert not wrapper.exists() and systemctl[-2:] == [["systemctl", "disable", "--now", "openvpn-client@vpnoffload-home"],
+                                                       ["systemctl", "reset-failed", "openvpn-client@vpnoffload-home"]]

@@ -291,3 +291,33 @@ def test_status_says_the_units_keeper_restarts_the_end(tmp_path: Path) -> None:
         lines = host_plan.render_home_box(report, lambda at: "-")
         assert any("has systemd restart vpnoffload-home.service when the OpenVPN client is gone" in ln
                    for ln in lines), lines
+
+
+def test_the_keepers_nap_ends_at_a_signal_sleeps_again_after_and_leaves_no_wakeup_fd(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    """SIGTERM cuts the keeper's sleep short (down home waits for it), a later nap sleeps again
+    (the byte is read), and leaving the keeper restores the process's wakeup fd and closes the pipe."""
+    import signal
+    import threading
+
+    before = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(before)
+    old = signal.signal(signal.SIGUSR1, lambda *_: None)
+    try:
+        with homekeeper._SignalledNap() as nap:
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+            started = time.monotonic()
+            nap(30)
+            assert time.monotonic() - started < 10  # woken by the signal, not the 30 s
+            started = time.monotonic()
+            nap(0.3)
+            assert time.monotonic() - started >= 0.25  # the signal's byte was read: this one sleeps
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    assert signal.set_wakeup_fd(before) == before
+    monkeypatch.setattr(homekeeper.signal, "signal", lambda *_: None)
+    monkeypatch.setattr(homekeeper, "firewall_watch", lambda run_dir, end: lambda now: [])
+    monkeypatch.setattr(homekeeper, "watch_firewall", lambda *a, **k: None)
+    fds = len(os.listdir("/proc/self/fd"))
+    homekeeper._main(["--watch-only", "--pidfile", str(tmp_path / "k.pid"), "--firewall", "home-home"])
+    assert signal.set_wakeup_fd(before) == before and len(os.listdir("/proc/self/fd")) == fds

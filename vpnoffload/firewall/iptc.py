@@ -65,8 +65,9 @@ def _iptc() -> Any:
     """Import python-iptables on first use, and keep it to the tables we use."""
     try:
         iptc = _import_python_iptables()
-    except (ImportError, OSError) as exc:  # the module, or libiptc/libxtables missing
-        raise BackendError(f"cannot load python-iptables: {exc}") from exc
+    except Exception as exc:  # the module, libiptc/libxtables missing, or its XTablesError
+        # ("can't find directory with extensions"), raised while importing: no class to name yet
+        raise BackendError(f"cannot load python-iptables: {_clean(exc)}") from exc
     global _kept
     if not _kept:  # once: write() widens it for the table it writes
         _kept = True
