@@ -1,6 +1,6 @@
 """The OpenVPN process on either end: start, wait until usable, stop.
 
-Two supervisors share one small interface. :class:`DaemonTunnel` starts
+Two supervisors share one small interface (``deploy.common.TunnelDaemon``). :class:`DaemonTunnel` starts
 ``openvpn --daemon`` itself and tracks it by pidfile in the state dir; that is
 what network namespaces and containers (no systemd) get. :class:`SystemdTunnel`
 hands the same rendered config to Debian's ``openvpn-server@``/``openvpn-client@``
@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from vpnoffload import fsio, plan, proc, runfiles
 from vpnoffload.lean.logcap import LIMIT as LOG_LIMIT  # stdlib only
@@ -25,16 +25,6 @@ if TYPE_CHECKING:
 
 #: OpenVPN prints this once the tunnel is usable (server: listening; client: connected).
 READY_MARK = "Initialization Sequence Completed"
-
-
-class Tunnel(Protocol):
-    name: str
-
-    def running(self) -> bool: ...
-    def left_behind(self) -> bool: ...
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def wait_ready(self, timeout: float) -> None: ...
 
 
 def connected_clients(status_file: Path, max_age: float = 30.0) -> dict[str, dict[str, str]]:
