@@ -183,7 +183,7 @@ def test_a_reset_on_a_service_s_connections_hurries_once_and_is_no_doubt() -> No
     assert ev.hurry() is True and ev.hurry() is False  # it ends the wait, once
     assert ev.sample() is False and ev.refused == set() and ev.hurry() is False
     # Which counts it reads: each home's in/out and the resets of each DNATed TCP service on it.
-    assert evidence.layout(cfg) == ({"home": 1, "attic": 2},
+    assert counters.layout(cfg) == ({"home": 1, "attic": 2},
                                     {"home": [("web", "vpnoffload-rst1-1"), ("git", "vpnoffload-rst2-1")],
                                      "attic": []})
 

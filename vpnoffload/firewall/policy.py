@@ -155,15 +155,12 @@ def _evidence(b: "_Builder", config: Config) -> None:
     for chain in ("INPUT", "FORWARD"):
         b.add(fam.filter, chain, "-i", dev, "-j", EVIDENCE_IN_CHAIN)
     b.add(fam.mangle, "POSTROUTING", "-o", dev, "-j", EVIDENCE_OUT_CHAIN)
-    numbers = {name: i for i, name in enumerate(config.homes, 1)}
+    numbers, served = counters.layout(config)  # the names watch.evidence reads
     for home, number in numbers.items():
         address = fam.host(config.homes[home].address)
         b.add(fam.filter, EVIDENCE_IN_CHAIN, "-s", address, *_recent(counters.home_in(number), "--rsource"))
-        for svc in config.services.values():
-            if svc.via != "dnat" or svc.proto != "tcp" or svc.ipv6 or home not in svc.homes:
-                continue
-            mark = _mark_text(service_mark(config, svc.name)[0])
-            name = counters.refusals(service_mark(config, svc.name)[0] >> MARK_SHIFT, number)
+        for service, name in served[home]:
+            mark = _mark_text(service_mark(config, service)[0])
             b.add(fam.filter, EVIDENCE_IN_CHAIN, "-s", address, "-p", "tcp", "-m", "tcp", "--tcp-flags", "RST", "RST",
                   "-m", "connmark", "--mark", mark, *_recent(name, "--rsource"))
         b.add(fam.mangle, EVIDENCE_OUT_CHAIN, "-d", address, *_recent(counters.home_out(number), "--rdest"))

@@ -32,6 +32,7 @@ import struct
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import Any
 
 PREFIX = "vpnoffload-"
 RECENT_DIR = "/proc/net/xt_recent"
@@ -61,6 +62,27 @@ def is_counter(name: str) -> bool:
         if len(numbers) == parts and all(n.isdigit() for n in numbers):
             return True
     return False
+
+
+def layout(config: "Any") -> tuple[dict[str, int], dict[str, list[tuple[str, str]]]]:
+    """(home -> its number, home -> [(service, its refusal count's name)]): which counts the
+    VPS's rules keep for ``config`` and under which names. One rule for both sides: the rules
+    ``firewall.policy`` writes (a ``model.Config``) and the counts ``watch.evidence`` reads (a
+    ``lean.snapshot.ConfigView``): homes by position + 1, services by their mark number
+    (position + 1), each service with each of its homes, in the config's order."""
+    homes = {name: i for i, name in enumerate(config.homes, 1)}
+    served: dict[str, list[tuple[str, str]]] = {h: [] for h in homes}
+    for index, (name, svc) in enumerate(config.services.items()):
+        if not refusal_counted(svc):
+            continue
+        for home in svc.homes:
+            served[home].append((name, refusals(index + 1, homes[home])))
+    return homes, served
+
+
+def refusal_counted(svc: "Any") -> bool:
+    """Do the VPS's rules count this service's resets? DNATed IPv4 TCP services only."""
+    return svc.via == "dnat" and svc.proto == "tcp" and not svc.ipv6
 
 
 class RecentReader:

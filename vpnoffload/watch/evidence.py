@@ -44,25 +44,6 @@ if TYPE_CHECKING:
     Reader = Callable[[Iterable[str]], dict[str, int]]
 
 
-def layout(config: "Any") -> tuple[dict[str, int], dict[str, list[tuple[str, str]]]]:
-    """(home -> its number, home -> [(service, refusal count name)]) for ``config``
-    (a ``lean.snapshot.ConfigView``), numbered as ``firewall.policy`` numbers them:
-    homes by position + 1, services by their mark number."""
-    homes = {name: i for i, name in enumerate(config.homes, 1)}
-    served: dict[str, list[tuple[str, str]]] = {h: [] for h in homes}
-    for index, (name, svc) in enumerate(config.services.items()):
-        if not refusal_counted(svc):
-            continue
-        for home in svc.homes:
-            served[home].append((name, counters.refusals(index + 1, homes[home])))
-    return homes, served
-
-
-def refusal_counted(svc: "Any") -> bool:
-    """Do the VPS's rules count this service's resets? DNATed IPv4 TCP services only."""
-    return svc.via == "dnat" and svc.proto == "tcp" and not svc.ipv6
-
-
 class Evidence:
     """Reads every count in one go per :meth:`sample`; quacks like :class:`pace.Silence`
     (``sample``, ``hurry``, ``silent_for``, ``clock``) for ``pace.wait`` and ``pace.watch_round``."""
@@ -95,7 +76,7 @@ class Evidence:
         if config is self._config:
             return
         self._config = config
-        self._homes, self._served = layout(config)
+        self._homes, self._served = counters.layout(config)
         self._names = [n for h, i in self._homes.items()
                        for n in (counters.home_in(i), counters.home_out(i), *(c for _, c in self._served[h]))]
         self._silence = {h: pace.Silence(self._reader(i), self.clock) for h, i in self._homes.items()}
