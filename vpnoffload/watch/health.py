@@ -25,6 +25,7 @@ import struct
 import time
 
 from vpnoffload.lean.marked import HEALTH_MARK, connect  # noqa: F401  (the checks' marked socket)
+from vpnoffload.watch.pace import device_packets
 
 TYPE_CHECKING = False  # typing costs ~1 MB resident (it imports re): annotations stay strings here
 if TYPE_CHECKING:
@@ -344,8 +345,4 @@ def tunnel_rx_packets(device: str) -> int | None:
     while a home box sends real traffic: a loaded tunnel that drops a check's
     packets still shows home alive; a pulled cable stops it dead.
     """
-    try:
-        with open(f"/sys/class/net/{device}/statistics/rx_packets") as fh:
-            return int(fh.read())
-    except (OSError, ValueError):
-        return None
+    return device_packets(device, "rx_packets")

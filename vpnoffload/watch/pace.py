@@ -49,16 +49,21 @@ SILENCE = 0.1
 MIN_SENT = 2
 
 
+def device_packets(device: str, which: str) -> int | None:
+    """The network device's ``which`` counter (``tx_packets``, ``rx_packets``) so far; None when
+    there is no such device."""
+    try:
+        with open(f"/sys/class/net/{device}/statistics/{which}") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
 def tunnel_counters(device: str) -> tuple[int, int] | None:
     """(tx, rx) packets of the tunnel device so far; None when there is no such device."""
-    out = []
-    for which in ("tx_packets", "rx_packets"):
-        try:
-            with open(f"/sys/class/net/{device}/statistics/{which}") as fh:
-                out.append(int(fh.read()))
-        except (OSError, ValueError):
-            return None
-    return out[0], out[1]
+    tx = device_packets(device, "tx_packets")
+    rx = device_packets(device, "rx_packets") if tx is not None else None
+    return None if tx is None or rx is None else (tx, rx)
 
 
 class Silence:
