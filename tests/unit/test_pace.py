@@ -78,6 +78,7 @@ def test_silent_for_counts_from_the_first_unanswered_packet_once_enough_went_in(
     clock.now = 0.75
     s.sample()  # three sent
     assert s.silent_for() == 0.5 and s.silent_for(1.0) == 0.75
+    assert s.silent("home") == s.silent_for() == 0.5  # one tunnel: every home's silence is its
     clock.now = 1.0
     s.sample()  # an answer
     assert s.silent_for() == 0.0
@@ -252,6 +253,10 @@ class Confirmed:
 
     def __init__(self, confirmed: bool) -> None:
         self.confirmed = confirmed
+
+    def silent(self, home: str) -> float:
+        """A confirmed round's home was silent all along (``pace.Readings.silent``)."""
+        return float("inf") if self.confirmed else 0.0
 
 
 def silenced(dog: Watchdog, confirmed: bool, monkeypatch: pytest.MonkeyPatch) -> list[float]:

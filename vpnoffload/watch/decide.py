@@ -171,7 +171,7 @@ class Watchdog:
         #: The tunnel's silence (``watch.pace.Silence``; the loop's, read between rounds too).
         #: None: rounds are not watched, no lost check is confirmed. ``watch.evidence.Evidence``
         #: in the loop: every home's own counts and the services' refusals.
-        self.silence: Any = None
+        self.silence: pace.Readings | None = None
         #: The last round ended with the tunnel silent for ``pace.confirm_after`` s (single home).
         self.confirmed = False
         #: Called once in a round while the tunnel is silent: the loop forks the swap child and
@@ -261,8 +261,7 @@ class Watchdog:
             hh.fails = max(hh.fails, self.config.watch.fall - 1)
 
     def _was_silent(self, home: str) -> bool:
-        silent = getattr(self.silence, "silent", None)
-        return silent is None or silent(home) >= pace.confirm_after(float(self.config.watch.timeout))
+        return self.silence is None or self.silence.silent(home) >= pace.confirm_after(float(self.config.watch.timeout))
 
     def _checked(self) -> dict[str, dict[str, health.Result]]:
         """One round of checks, read together with the tunnel's traffic and the visitors' flows."""

@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 
 
 class Evidence:
-    """Reads every count in one go per :meth:`sample`; quacks like :class:`pace.Silence`
-    (``sample``, ``hurry``, ``silent_for``, ``clock``) for ``pace.wait`` and ``pace.watch_round``."""
+    """Reads every count in one go per :meth:`sample`; a ``pace.Readings``, as
+    :class:`pace.Silence` is, for ``pace.wait``, ``pace.watch_round`` and ``decide``."""
 
     def __init__(self, read: "Reader", clock: "Callable[[], float]", config: "Callable[[], Any]",
                  tunnel: "pace.Silence | None" = None, watched: "Callable[[str], bool]" = lambda home: True,

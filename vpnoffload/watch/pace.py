@@ -36,8 +36,21 @@ TYPE_CHECKING = False  # typing costs ~1 MB resident: annotations stay strings h
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
 
+    from typing import Protocol
+
     #: () -> (packets sent into the tunnel, packets received from it); None: no such device.
     Counters = Callable[[], "tuple[int, int] | None"]
+
+    class Readings(Protocol):
+        """What a round and the wait between rounds read: :class:`Silence` (the tunnel's
+        counters) or ``watch.evidence.Evidence`` (each home's own counts and refusals)."""
+
+        clock: Callable[[], float]
+
+        def sample(self) -> bool: ...
+        def hurry(self) -> bool: ...
+        def silent_for(self, now: float | None = None) -> float: ...
+        def silent(self, home: str) -> float: ...
 
 #: Seconds between rounds while there is doubt (at most ``watch.interval``).
 DOUBT_INTERVAL = 0.1
@@ -105,6 +118,11 @@ class Silence:
             return 0.0
         return (self.clock() if now is None else now) - self._since
 
+    def silent(self, home: str) -> float:
+        """Seconds ``home`` has left packets unanswered: with the tunnel's counters alone, every
+        home's is the tunnel's (as ``watch.evidence.Evidence.silent``, which has each home's own)."""
+        return self.silent_for()
+
 
 def doubtful(status: "Iterable[object]") -> bool:
     """Is there doubt (``decide.ServiceStatus`` values): a healthy home failing, an unhealthy one
@@ -130,7 +148,7 @@ def confirm_after(timeout: float) -> float:
     return SILENCE + timeout
 
 
-def watch_round(silence: Silence, threads: "Sequence[object]", deadline: float, confirm: float,
+def watch_round(silence: "Readings", threads: "Sequence[object]", deadline: float, confirm: float,
                 on_doubt: "Callable[[], None]") -> bool:
     """While a round's checks run (until ``deadline``, on ``silence.clock``), read the counters
     every POLL s; call ``on_doubt`` once when they say there is doubt. True, at once, when the
@@ -151,7 +169,7 @@ def watch_round(silence: Silence, threads: "Sequence[object]", deadline: float, 
             return True
 
 
-def wait(stop: object, seconds: float, silence: "Silence | None") -> bool:
+def wait(stop: object, seconds: float, silence: "Readings | None") -> bool:
     """Wait up to ``seconds`` (``stop``: a threading.Event ends it early), reading the tunnel's
     counters every POLL s; True as soon as they say there is doubt, or a reason to hurry."""
     if silence is None:
